@@ -1,0 +1,63 @@
+# Flotilla: operate a fleet of Istio service meshes.
+#   make run    start the management plane on the embedded defaults
+#   make test   build what the tests need and run every test
+SHELL := /bin/bash
+GO    ?= go
+BIN   := $(CURDIR)/bin
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X flotilla.io/flotilla/internal/cli.Version=$(VERSION)
+
+# Code generators, pinned; installed into bin/ by `make tools`.
+BUF_VERSION            := v1.75.0
+PROTOC_GEN_GO_VERSION  := v1.36.12
+CONNECT_GO_VERSION     := v1.21.1
+
+include tools/localfleet/localfleet.mk
+
+.PHONY: all build run test test-short generate tools lint clean bench
+
+all: build
+
+## build: bin/flotilla
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla ./cmd/flotilla
+
+## run: the server on the embedded SQLite store, plus a local fleet of two clusters
+run: build fleet
+	./scripts/run.sh
+
+## test: every test, with the race detector, against a real local fleet and PostgreSQL
+test: fleet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+## test-short: unit tests only (no fleet, no database)
+test-short:
+	$(GO) test -count=1 ./internal/selector/... ./internal/schema/... ./internal/resource/...
+
+## bench: the benchmarks under bench/ (see docs/benchmarks.md)
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -timeout 30m ./bench/...
+
+$(BIN)/buf:
+	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+$(BIN)/protoc-gen-go:
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+$(BIN)/protoc-gen-connect-go:
+	GOBIN=$(BIN) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(CONNECT_GO_VERSION)
+
+## tools: the pinned code generators
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go
+
+## generate: regenerate gen/ from api/ (checked in; CI fails when it differs)
+generate: tools
+	rm -rf gen
+	cd api && $(BIN)/buf lint && $(BIN)/buf generate
+
+## lint: gofmt and go vet, here and in the local fleet's modules
+lint: fleet-lint
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN) flotilla-data .run

@@ -1,0 +1,371 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"k8s.io/apimachinery/pkg/labels"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// ActorHeader carries the caller's name until authentication arrives.
+const ActorHeader = "Flotilla-Actor"
+
+// Resources implements the ResourceService.
+type Resources struct {
+	reg  *resource.Registry
+	st   store.Store
+	log  *slog.Logger
+	stop <-chan struct{} // closed when the server shuts down; ends watches
+}
+
+var _ flotillav1alpha1connect.ResourceServiceHandler = (*Resources)(nil)
+
+func actor(h interface{ Get(string) string }) string {
+	if a := h.Get(ActorHeader); a != "" {
+		return a
+	}
+	return "anonymous"
+}
+
+// violationError builds the client-facing error for violations. A stale
+// etag makes it Aborted (retry after re-reading); otherwise InvalidArgument.
+func violationError(code connect.Code, vs []resource.Violation) error {
+	sort.SliceStable(vs, func(i, j int) bool { return vs[i].Index < vs[j].Index })
+	msgs := make([]string, 0, len(vs))
+	detail := &pb.Violations{}
+	for _, v := range vs {
+		msgs = append(msgs, v.Error())
+		detail.Violations = append(detail.Violations, &pb.Violation{Index: int32(v.Index), Kind: v.Kind, Name: v.Name, Field: v.Field, Message: v.Message})
+	}
+	err := connect.NewError(code, errors.New(strings.Join(msgs, "; ")))
+	if d, derr := connect.NewErrorDetail(detail); derr == nil {
+		err.AddDetail(d)
+	}
+	return err
+}
+
+// errRollback ends a transaction that must not commit (dry run or violations).
+var errRollback = errors.New("rollback")
+
+// Apply implements ResourceService.Apply.
+func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequest]) (*connect.Response[pb.ApplyResponse], error) {
+	in := req.Msg.GetResources()
+	if len(in) == 0 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("no resources to apply"))
+	}
+	objs := make([]*resource.Object, len(in))
+	kinds := make([]*resource.Kind, len(in))
+	var vs []resource.Violation
+	seen := map[string]int{}
+	for i, res := range in {
+		obj, bad := s.reg.Parse(i, res)
+		vs = append(vs, bad...)
+		if obj == nil {
+			continue
+		}
+		if j, dup := seen[obj.FQN()]; dup {
+			vs = append(vs, resource.Violation{Index: i, Kind: obj.Kind.Name, Name: obj.Name, Field: "metadata.name", Message: fmt.Sprintf("%s appears twice in this request (also at index %d): keep one", obj.FQN(), j)})
+			continue
+		}
+		seen[obj.FQN()] = i
+		objs[i], kinds[i] = obj, obj.Kind
+	}
+	if len(vs) > 0 {
+		return nil, violationError(connect.CodeInvalidArgument, vs)
+	}
+
+	results := make([]*pb.ApplyResult, len(in))
+	code := connect.CodeInvalidArgument
+	err := s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
+		for _, i := range s.reg.SortByDepth(kinds) {
+			obj := objs[i]
+			bad := func(field, format string, args ...any) {
+				vs = append(vs, resource.Violation{Index: i, Kind: obj.Kind.Name, Name: obj.Name, Field: field, Message: fmt.Sprintf(format, args...)})
+			}
+			rec, err := obj.Record()
+			if err != nil {
+				return err
+			}
+			old, err := tx.Get(ctx, rec.FQN)
+			exists := err == nil
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			switch {
+			case obj.ETag != "" && !exists:
+				bad("metadata.etag", "%s does not exist, so etag %q cannot match: remove the etag to create it", rec.FQN, obj.ETag)
+				continue
+			case obj.ETag != "" && obj.ETag != old.ETag:
+				code = connect.CodeAborted
+				bad("metadata.etag", "is %q but %s is now at %q: someone changed it since you read it; get it again, reapply your change, and retry", obj.ETag, rec.FQN, old.ETag)
+				continue
+			}
+			fes, err := s.reg.CheckRefs(ctx, tx, obj)
+			if err != nil {
+				return fmt.Errorf("check %s: %w", rec.FQN, err)
+			}
+			for _, fe := range fes {
+				bad(fe.Field, "%s", fe.Message)
+			}
+			if len(fes) > 0 {
+				continue
+			}
+			outcome := pb.Outcome_OUTCOME_CREATED
+			if exists {
+				outcome = pb.Outcome_OUTCOME_CONFIGURED
+				if resource.SameContent(old, rec) {
+					outcome, rec = pb.Outcome_OUTCOME_UNCHANGED, old
+				}
+			}
+			if outcome != pb.Outcome_OUTCOME_UNCHANGED {
+				if rec, err = tx.Put(ctx, rec); err != nil {
+					return err
+				}
+			}
+			out, err := s.reg.Resource(rec)
+			if err != nil {
+				return err
+			}
+			results[i] = &pb.ApplyResult{Index: int32(i), Resource: out, Outcome: outcome}
+		}
+		if len(vs) > 0 || req.Msg.GetDryRun() {
+			return errRollback
+		}
+		return nil
+	})
+	switch {
+	case len(vs) > 0:
+		return nil, violationError(code, vs)
+	case err != nil && !errors.Is(err, errRollback):
+		return nil, internal(s.log, "apply", err)
+	}
+	return connect.NewResponse(&pb.ApplyResponse{Results: results}), nil
+}
+
+func internal(log *slog.Logger, op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	}
+	log.Error(op+" failed", "err", err)
+	return connect.NewError(connect.CodeInternal, fmt.Errorf("%s failed: %w", op, err))
+}
+
+// target resolves the kind and FQN a Get or Delete names.
+func (s *Resources) target(kindName, fqn string, md *pb.Metadata) (*resource.Kind, string, error) {
+	k, ok := s.reg.Lookup(kindName)
+	if !ok {
+		return nil, "", connect.NewError(connect.CodeInvalidArgument, unknownKind(s.reg, kindName))
+	}
+	if fqn != "" {
+		return k, fqn, nil
+	}
+	if md == nil {
+		md = &pb.Metadata{}
+	}
+	f, err := s.reg.FQNOf(k, md)
+	if err != nil {
+		return nil, "", connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	return k, f, nil
+}
+
+func unknownKind(reg *resource.Registry, name string) error {
+	return fmt.Errorf("unknown kind %q: known kinds are %s", name, reg.Names())
+}
+
+func notFound(k *resource.Kind, fqn string) error {
+	return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s %s not found", k.Name, fqn))
+}
+
+// Get implements ResourceService.Get.
+func (s *Resources) Get(ctx context.Context, req *connect.Request[pb.GetRequest]) (*connect.Response[pb.GetResponse], error) {
+	k, fqn, err := s.target(req.Msg.GetKind(), req.Msg.GetFqn(), req.Msg.GetMetadata())
+	if err != nil {
+		return nil, err
+	}
+	rec, err := s.st.Get(ctx, fqn)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Kind != k.Name) {
+		return nil, notFound(k, fqn)
+	} else if err != nil {
+		return nil, internal(s.log, "get", err)
+	}
+	res, err := s.reg.Resource(rec)
+	if err != nil {
+		return nil, internal(s.log, "get", err)
+	}
+	return connect.NewResponse(&pb.GetResponse{Resource: res}), nil
+}
+
+// List implements ResourceService.List.
+func (s *Resources) List(ctx context.Context, req *connect.Request[pb.ListRequest]) (*connect.Response[pb.ListResponse], error) {
+	k, ok := s.reg.Lookup(req.Msg.GetKind())
+	if !ok {
+		return nil, connect.NewError(connect.CodeInvalidArgument, unknownKind(s.reg, req.Msg.GetKind()))
+	}
+	sel, err := labels.Parse(req.Msg.GetLabelSelector())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("label selector %q: %w", req.Msg.GetLabelSelector(), err))
+	}
+	rev, err := s.st.Revision(ctx)
+	if err != nil {
+		return nil, internal(s.log, "list", err)
+	}
+	recs, err := s.st.List(ctx, store.Query{Kind: k.Name, Ancestor: req.Msg.GetParent(), Name: req.Msg.GetName()})
+	if err != nil {
+		return nil, internal(s.log, "list", err)
+	}
+	out := &pb.ListResponse{Revision: rev}
+	for _, rec := range recs {
+		if !sel.Matches(labels.Set(rec.Labels)) {
+			continue
+		}
+		res, err := s.reg.Resource(rec)
+		if err != nil {
+			return nil, internal(s.log, "list", err)
+		}
+		out.Resources = append(out.Resources, res)
+	}
+	return connect.NewResponse(out), nil
+}
+
+// Delete implements ResourceService.Delete.
+func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRequest]) (*connect.Response[pb.DeleteResponse], error) {
+	k, fqn, err := s.target(req.Msg.GetKind(), req.Msg.GetFqn(), req.Msg.GetMetadata())
+	if err != nil {
+		return nil, err
+	}
+	var (
+		deleted []string
+		refusal error
+	)
+	err = s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
+		rec, err := tx.Get(ctx, fqn)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Kind != k.Name) {
+			refusal = notFound(k, fqn)
+			return errRollback
+		} else if err != nil {
+			return err
+		}
+		if e := req.Msg.GetEtag(); e != "" && e != rec.ETag {
+			refusal = connect.NewError(connect.CodeAborted, fmt.Errorf("etag %q is stale: %s is now at %q; get it again and retry", e, fqn, rec.ETag))
+			return errRollback
+		}
+		children, err := tx.List(ctx, store.Query{Ancestor: fqn})
+		if err != nil {
+			return err
+		}
+		if len(children) > 0 && !req.Msg.GetCascade() {
+			names := make([]string, 0, 3)
+			for _, c := range children[:min(3, len(children))] {
+				names = append(names, c.FQN)
+			}
+			refusal = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s has %d descendant(s), e.g. %s: delete them first, or delete with cascade (--cascade)", fqn, len(children), strings.Join(names, ", ")))
+			return errRollback
+		}
+		// Deepest first, so no child outlives its parent even mid-transaction.
+		sort.SliceStable(children, func(i, j int) bool {
+			return strings.Count(children[i].FQN, "/") > strings.Count(children[j].FQN, "/")
+		})
+		for _, c := range append(children, rec) {
+			if _, err := tx.Delete(ctx, c.FQN); err != nil {
+				return err
+			}
+			deleted = append(deleted, c.FQN)
+		}
+		return nil
+	})
+	if refusal != nil {
+		return nil, refusal
+	}
+	if err != nil {
+		return nil, internal(s.log, "delete", err)
+	}
+	return connect.NewResponse(&pb.DeleteResponse{Deleted: deleted}), nil
+}
+
+// Kinds implements ResourceService.Kinds.
+func (s *Resources) Kinds(context.Context, *connect.Request[pb.KindsRequest]) (*connect.Response[pb.KindsResponse], error) {
+	out := &pb.KindsResponse{}
+	for _, k := range s.reg.Kinds() {
+		out.Kinds = append(out.Kinds, &pb.KindInfo{Kind: k.Name, Plural: k.Plural, ShortNames: k.Short, Parent: k.Parent})
+	}
+	return connect.NewResponse(out), nil
+}
+
+// watchBatch bounds one read of the event log.
+const watchBatch = 500
+
+// watchPoll bounds how long a watcher sleeps without a local commit, so
+// commits by another server process on a shared database are seen too.
+const watchPoll = time.Second
+
+// Watch implements ResourceService.Watch.
+func (s *Resources) Watch(ctx context.Context, req *connect.Request[pb.WatchRequest], stream *connect.ServerStream[pb.WatchResponse]) error {
+	want := map[string]bool{}
+	for _, name := range req.Msg.GetKinds() {
+		k, ok := s.reg.Lookup(name)
+		if !ok {
+			return connect.NewError(connect.CodeInvalidArgument, unknownKind(s.reg, name))
+		}
+		want[k.Name] = true
+	}
+	after, sent := req.Msg.GetFromRevision(), req.Msg.GetFromRevision()
+	// States: read a batch and send it; when caught up, send a bookmark if
+	// filtered events moved us past the last one sent, then sleep until a
+	// commit, the poll interval, shutdown or the client leaving.
+	for {
+		changed := s.st.Changed()
+		evs, err := s.st.Events(ctx, after, watchBatch)
+		if errors.Is(err, store.ErrCompacted) {
+			return connect.NewError(connect.CodeOutOfRange, err)
+		} else if err != nil {
+			return internal(s.log, "watch", err)
+		}
+		for _, ev := range evs {
+			after = ev.Revision
+			if len(want) > 0 && !want[ev.Record.Kind] {
+				continue
+			}
+			res, err := s.reg.Resource(ev.Record)
+			if err != nil {
+				return internal(s.log, "watch", err)
+			}
+			typ := pb.EventType_EVENT_TYPE_PUT
+			if ev.Type == store.EventDelete {
+				typ = pb.EventType_EVENT_TYPE_DELETE
+			}
+			if err := stream.Send(&pb.WatchResponse{Type: typ, Revision: ev.Revision, Resource: res}); err != nil {
+				return err
+			}
+			sent = ev.Revision
+		}
+		if len(evs) == watchBatch {
+			continue
+		}
+		if after > sent {
+			if err := stream.Send(&pb.WatchResponse{Type: pb.EventType_EVENT_TYPE_BOOKMARK, Revision: after}); err != nil {
+				return err
+			}
+			sent = after
+		}
+		select {
+		case <-changed:
+		case <-time.After(watchPoll):
+		case <-s.stop:
+			return connect.NewError(connect.CodeUnavailable, errors.New("server shutting down: reconnect and resume from your last revision"))
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}

@@ -1,0 +1,157 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Server is the management plane's HTTP server.
+type Server struct {
+	reg      *resource.Registry
+	st       store.Store
+	log      *slog.Logger
+	metrics  *prometheus.Registry
+	stop     chan struct{}
+	stopOnce sync.Once
+	mux      *http.ServeMux
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithMetrics registers the server's metrics in reg instead of a private registry.
+func WithMetrics(reg *prometheus.Registry) Option { return func(s *Server) { s.metrics = reg } }
+
+// New returns a server over st. It does not listen until Serve.
+func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Server {
+	s := &Server{reg: reg, st: st, log: log, stop: make(chan struct{}), mux: http.NewServeMux()}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.metrics == nil {
+		s.metrics = prometheus.NewRegistry()
+		s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	interceptors := connect.WithInterceptors(newMetricsInterceptor(s.metrics))
+	s.mux.Handle(flotillav1alpha1connect.NewResourceServiceHandler(&Resources{reg: reg, st: st, log: log, stop: s.stop}, interceptors))
+	s.mux.Handle(flotillav1alpha1connect.NewAuditServiceHandler(&Audit{reg: reg, st: st, log: log}, interceptors))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
+	return s
+}
+
+// Handle adds a handler to the server's mux, for the planes that share its
+// port (the central control plane's agent stream, the UI).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Handler is the server's root handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.st.Ping(ctx); err != nil {
+		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// ShutdownGrace bounds how long requests in flight may take after SIGTERM.
+const ShutdownGrace = 30 * time.Second
+
+// Serve serves on ln until ctx is cancelled, then stops accepting, ends
+// watch streams (clients resume elsewhere), lets requests in flight finish
+// within ShutdownGrace, and returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // gRPC without TLS on loopback and behind a TLS-terminating proxy
+	srv := &http.Server{
+		Handler:           s.mux,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	srv.RegisterOnShutdown(func() { s.stopOnce.Do(func() { close(s.stop) }) })
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down: finishing requests in flight", "grace", ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return serr
+	}
+	return err
+}
+
+func newMetricsInterceptor(reg prometheus.Registerer) connect.Interceptor {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flotilla_api_requests_total",
+		Help: "API requests by procedure and result code.",
+	}, []string{"procedure", "code"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "flotilla_api_request_duration_seconds",
+		Help:    "Latency of unary API requests by procedure.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"procedure"})
+	reg.MustRegister(requests, latency)
+	return &metricsInterceptor{requests: requests, latency: latency}
+}
+
+type metricsInterceptor struct {
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+func codeOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return connect.CodeOf(err).String()
+}
+
+func (m *metricsInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		start := time.Now()
+		res, err := next(ctx, req)
+		p := req.Spec().Procedure
+		m.latency.WithLabelValues(p).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(p, codeOf(err)).Inc()
+		return res, err
+	}
+}
+
+func (m *metricsInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (m *metricsInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		err := next(ctx, conn)
+		m.requests.WithLabelValues(conn.Spec().Procedure, codeOf(err)).Inc()
+		return err
+	}
+}

@@ -1,0 +1,366 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"sigs.k8s.io/yaml"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/resource"
+)
+
+func newGetCmd(e *env) *cobra.Command {
+	var (
+		parents parentFlags
+		output  string
+		sel     string
+	)
+	cmd := &cobra.Command{
+		Use:   "get KIND [NAME]",
+		Short: "List resources of a kind, or show one",
+		Long: `List resources of a kind, or show one by name. Kinds may be given by name,
+plural or short name (org, tenant, ws, grp, cl). Parent flags narrow the
+search; a name that is unique in the fleet needs none.`,
+		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := e.kindArg(args[0])
+			if err != nil {
+				return err
+			}
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			var list []*pb.Resource
+			if len(args) == 2 {
+				r, err := e.find(cmd, k, args[1], &parents)
+				if err != nil {
+					return err
+				}
+				list = []*pb.Resource{r}
+			} else {
+				res, err := e.resources().List(cmd.Context(), connect.NewRequest(&pb.ListRequest{Kind: k.Name, Parent: parents.ancestor(e), LabelSelector: sel}))
+				if err != nil {
+					return err
+				}
+				list = parents.filter(res.Msg.GetResources())
+			}
+			return e.print(output, k, list, len(args) == 2)
+		},
+	}
+	parents.add(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, yaml or json")
+	cmd.Flags().StringVarP(&sel, "selector", "l", "", "label selector, e.g. env=prod,tier!=web")
+	return cmd
+}
+
+func checkOutput(o string) error {
+	switch o {
+	case "table", "yaml", "json":
+		return nil
+	}
+	return fmt.Errorf("-o %q: use table, yaml or json", o)
+}
+
+// find returns one resource by name: directly when the parent flags name its
+// every ancestor, otherwise by searching, refusing an ambiguous name.
+func (e *env) find(cmd *cobra.Command, k *resource.Kind, name string, parents *parentFlags) (*pb.Resource, error) {
+	md := parents.metadata(name)
+	if _, err := e.reg.FQNOf(k, md); err == nil {
+		res, err := e.resources().Get(cmd.Context(), connect.NewRequest(&pb.GetRequest{Kind: k.Name, Metadata: md}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.GetResource(), nil
+	}
+	res, err := e.resources().List(cmd.Context(), connect.NewRequest(&pb.ListRequest{Kind: k.Name, Name: name, Parent: parents.ancestor(e)}))
+	if err != nil {
+		return nil, err
+	}
+	found := parents.filter(res.Msg.GetResources())
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("%s %q not found", k.Name, name)
+	case 1:
+		return found[0], nil
+	}
+	var fqns []string
+	for _, r := range found {
+		fqns = append(fqns, r.GetMetadata().GetFqn())
+	}
+	return nil, fmt.Errorf("%s %q is ambiguous: %s; narrow it with --org, --tenant, --workspace or --group", k.Name, name, strings.Join(fqns, ", "))
+}
+
+// print writes resources as a table, or as YAML/JSON that applies back unchanged.
+func (e *env) print(output string, k *resource.Kind, list []*pb.Resource, single bool) error {
+	switch output {
+	case "json":
+		if single && len(list) == 1 {
+			return writeJSON(e.out, list[0])
+		}
+		items := make([]json.RawMessage, 0, len(list))
+		for _, r := range list {
+			b, err := protojson.Marshal(r)
+			if err != nil {
+				return err
+			}
+			items = append(items, b)
+		}
+		b, err := json.MarshalIndent(map[string]any{"items": items}, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(e.out, string(b))
+		return err
+	case "yaml":
+		for i, r := range list {
+			if i > 0 {
+				fmt.Fprintln(e.out, "---")
+			}
+			b, err := toYAML(r)
+			if err != nil {
+				return err
+			}
+			e.out.Write(b)
+		}
+		return nil
+	}
+	if len(list) == 0 {
+		fmt.Fprintf(e.errOut, "no %s found\n", k.Plural)
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.out, 0, 4, 3, ' ', 0)
+	cols := columnsFor(e.reg, k)
+	heads := make([]string, len(cols))
+	for i, c := range cols {
+		heads[i] = c.head
+	}
+	fmt.Fprintln(tw, strings.Join(heads, "\t"))
+	for _, r := range list {
+		cells := make([]string, len(cols))
+		for i, c := range cols {
+			cells[i] = c.value(r)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	return tw.Flush()
+}
+
+func writeJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+// toYAML renders a message as YAML with protojson's field names.
+func toYAML(m proto.Message) ([]byte, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(b)
+}
+
+type column struct {
+	head  string
+	value func(*pb.Resource) string
+}
+
+func specString(r *pb.Resource, path ...string) string {
+	var v any = r.GetSpec().AsMap()
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		v = m[p]
+	}
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case []any:
+		parts := make([]string, len(x))
+		for i, e := range x {
+			parts[i] = fmt.Sprint(e)
+		}
+		return strings.Join(parts, ",")
+	default:
+		return fmt.Sprint(x)
+	}
+}
+
+func age(r *pb.Resource) string {
+	t := r.GetMetadata().GetCreateTime()
+	if t == nil {
+		return ""
+	}
+	d := time.Since(t.AsTime())
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// columnsFor is the table layout of a kind: its name, its parents, what
+// matters about it, and its age.
+func columnsFor(reg *resource.Registry, k *resource.Kind) []column {
+	cols := []column{{"NAME", func(r *pb.Resource) string { return r.GetMetadata().GetName() }}}
+	for _, a := range reg.Ancestors(k) {
+		field := strings.ToLower(a.Name)
+		cols = append(cols, column{strings.ToUpper(a.Name), func(r *pb.Resource) string {
+			md := r.GetMetadata().ProtoReflect()
+			return md.Get(md.Descriptor().Fields().ByName(protoreflect.Name(field))).String()
+		}})
+	}
+	switch k.Name {
+	case resource.KindWorkspace:
+		cols = append(cols, column{"NAMESPACES", func(r *pb.Resource) string { return specString(r, "namespaceSelector", "names") }})
+	case resource.KindGroup:
+		cols = append(cols,
+			column{"TYPE", func(r *pb.Resource) string { return specString(r, "type") }},
+			column{"MODE", func(r *pb.Resource) string { return specString(r, "configMode") }},
+			column{"NAMESPACES", func(r *pb.Resource) string { return specString(r, "namespaceSelector", "names") }})
+	case resource.KindCluster:
+		cols = append(cols,
+			column{"NETWORK", func(r *pb.Resource) string { return specString(r, "network") }},
+			column{"REGION", func(r *pb.Resource) string { return specString(r, "region") }},
+			column{"ZONE", func(r *pb.Resource) string { return specString(r, "zone") }})
+	default:
+		cols = append(cols, column{"DISPLAY NAME", func(r *pb.Resource) string { return specString(r, "displayName") }})
+	}
+	return append(cols, column{"AGE", age})
+}
+
+func newDescribeCmd(e *env) *cobra.Command {
+	var parents parentFlags
+	cmd := &cobra.Command{
+		Use:   "describe KIND NAME",
+		Short: "Show a resource in detail: metadata, spec, status, children and recent changes",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := e.kindArg(args[0])
+			if err != nil {
+				return err
+			}
+			r, err := e.find(cmd, k, args[1], &parents)
+			if err != nil {
+				return err
+			}
+			md := r.GetMetadata()
+			w := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "Name:\t%s\n", md.GetName())
+			fmt.Fprintf(w, "Kind:\t%s\n", r.GetKind())
+			fmt.Fprintf(w, "FQN:\t%s\n", md.GetFqn())
+			fmt.Fprintf(w, "Labels:\t%s\n", kv(md.GetLabels()))
+			fmt.Fprintf(w, "Annotations:\t%s\n", kv(md.GetAnnotations()))
+			fmt.Fprintf(w, "Created:\t%s\n", md.GetCreateTime().AsTime().Format(time.RFC3339))
+			fmt.Fprintf(w, "Updated:\t%s\n", md.GetUpdateTime().AsTime().Format(time.RFC3339))
+			fmt.Fprintf(w, "Etag:\t%s\n", md.GetEtag())
+			w.Flush()
+			for _, part := range []struct {
+				title string
+				m     proto.Message
+			}{{"Spec", r.GetSpec()}, {"Status", r.GetStatus()}} {
+				fmt.Fprintf(e.out, "%s:\n", part.title)
+				if part.m == nil || len(r.GetStatus().GetFields()) == 0 && part.title == "Status" {
+					fmt.Fprintln(e.out, "  <none>")
+					continue
+				}
+				b, err := toYAML(part.m)
+				if err != nil {
+					return err
+				}
+				fmt.Fprint(e.out, indent(string(b), "  "))
+			}
+			var children []string
+			for _, ck := range e.reg.Kinds() {
+				if ck.Parent != k.Name {
+					continue
+				}
+				res, err := e.resources().List(cmd.Context(), connect.NewRequest(&pb.ListRequest{Kind: ck.Name, Parent: md.GetFqn()}))
+				if err != nil {
+					return err
+				}
+				var names []string
+				for _, c := range res.Msg.GetResources() {
+					if strings.Count(c.GetMetadata().GetFqn(), "/") == strings.Count(md.GetFqn(), "/")+2 {
+						names = append(names, c.GetMetadata().GetName())
+					}
+				}
+				if len(names) > 0 {
+					children = append(children, fmt.Sprintf("  %s: %s", ck.Plural, strings.Join(names, ", ")))
+				}
+			}
+			fmt.Fprintln(e.out, "Children:")
+			if len(children) == 0 {
+				fmt.Fprintln(e.out, "  <none>")
+			}
+			for _, c := range children {
+				fmt.Fprintln(e.out, c)
+			}
+			audit, err := e.audit().ListAudit(cmd.Context(), connect.NewRequest(&pb.ListAuditRequest{Fqn: md.GetFqn(), Limit: 5}))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.out, "Recent changes:")
+			var own []*pb.AuditRecord
+			for _, a := range audit.Msg.GetRecords() {
+				if a.GetFqn() == md.GetFqn() {
+					own = append(own, a)
+				}
+			}
+			if len(own) == 0 {
+				fmt.Fprintln(e.out, "  <none>")
+			}
+			printAudit(e.out, own, "  ")
+			return nil
+		},
+	}
+	parents.add(cmd)
+	return cmd
+}
+
+func kv(m map[string]string) string {
+	if len(m) == 0 {
+		return "<none>"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func indent(s, prefix string) string {
+	lines := strings.SplitAfter(s, "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = prefix + l
+		}
+	}
+	return strings.Join(lines, "")
+}

@@ -1,0 +1,203 @@
+// Package cli is the flotilla command: the server and the kubectl-like
+// client verbs (apply, get, describe, delete, audit, version). Commands parse
+// flags and print; the work happens in the packages they call.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/user"
+	"strings"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/resource"
+)
+
+// Version is the release, set at build time with -ldflags "-X ...cli.Version=v1.2.3".
+var Version = "dev"
+
+// DefaultServer is where the client verbs connect unless --server or
+// FLOTILLA_SERVER says otherwise.
+const DefaultServer = "http://127.0.0.1:8080"
+
+// env carries what every command shares.
+type env struct {
+	server string
+	reg    *resource.Registry
+	out    io.Writer
+	errOut io.Writer
+	in     io.Reader
+}
+
+// ExitError makes Execute return a specific exit code after the command has
+// already printed what went wrong.
+type ExitError struct{ Code int }
+
+func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// NewRoot builds the flotilla command tree.
+func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
+	e := &env{reg: resource.Builtin(), out: out, errOut: errOut, in: in}
+	root := &cobra.Command{
+		Use:           "flotilla",
+		Short:         "Operate a fleet of Istio service meshes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(in)
+	root.SetOut(out)
+	root.SetErr(errOut)
+	defaultServer := DefaultServer
+	if s := os.Getenv("FLOTILLA_SERVER"); s != "" {
+		defaultServer = s
+	}
+	root.PersistentFlags().StringVar(&e.server, "server", defaultServer, "management plane URL (env FLOTILLA_SERVER)")
+	root.AddCommand(
+		newServerCmd(e),
+		newApplyCmd(e),
+		newGetCmd(e),
+		newDescribeCmd(e),
+		newDeleteCmd(e),
+		newAuditCmd(e),
+		newVersionCmd(e),
+	)
+	return root
+}
+
+// Main runs the command line and returns the process exit code.
+func Main(args []string) int {
+	root := NewRoot(os.Stdin, os.Stdout, os.Stderr)
+	root.SetArgs(args)
+	err := root.Execute()
+	var exit *ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.Code
+	default:
+		fmt.Fprintln(os.Stderr, "error:", describeError(err))
+		return 1
+	}
+}
+
+// describeError turns an RPC error into one line a user can act on.
+func describeError(err error) string {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return err.Error()
+	}
+	if ce.Code() == connect.CodeUnavailable || ce.Code() == connect.CodeUnknown && strings.Contains(ce.Message(), "connection refused") {
+		return fmt.Sprintf("cannot reach the management plane: %s (is `flotilla server` running? set --server or FLOTILLA_SERVER)", ce.Message())
+	}
+	return ce.Message()
+}
+
+func callerName() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		name += "@" + h
+	}
+	return name
+}
+
+// actorInterceptor names the local user on every call until authentication arrives.
+func actorInterceptor() connect.Interceptor {
+	who := callerName()
+	return connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			req.Header().Set(apiserver.ActorHeader, who)
+			return next(ctx, req)
+		}
+	})
+}
+
+func (e *env) resources() flotillav1alpha1connect.ResourceServiceClient {
+	return flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))
+}
+
+func (e *env) audit() flotillav1alpha1connect.AuditServiceClient {
+	return flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, strings.TrimSuffix(e.server, "/"))
+}
+
+// violations extracts the per-field details of a server error.
+func violations(err error) []*pb.Violation {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	var out []*pb.Violation
+	for _, d := range ce.Details() {
+		if v, err := d.Value(); err == nil {
+			if vs, ok := v.(*pb.Violations); ok {
+				out = append(out, vs.GetViolations()...)
+			}
+		}
+	}
+	return out
+}
+
+// kindArg resolves a kind named on the command line.
+func (e *env) kindArg(name string) (*resource.Kind, error) {
+	k, ok := e.reg.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("unknown kind %q: known kinds are %s", name, e.reg.Names())
+	}
+	return k, nil
+}
+
+// parentFlags are --org, --tenant, --workspace and --group.
+type parentFlags struct{ org, tenant, workspace, group string }
+
+func (p *parentFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&p.org, "org", "", "organization")
+	cmd.Flags().StringVar(&p.tenant, "tenant", "", "tenant")
+	cmd.Flags().StringVar(&p.workspace, "workspace", "", "workspace")
+	cmd.Flags().StringVar(&p.group, "group", "", "group")
+}
+
+func (p *parentFlags) metadata(name string) *pb.Metadata {
+	return &pb.Metadata{Name: name, Organization: p.org, Tenant: p.tenant, Workspace: p.workspace, Group: p.group}
+}
+
+// ancestor is the FQN prefix the flags pin down, as far as they go from the root.
+func (p *parentFlags) ancestor(e *env) string {
+	var parts []string
+	for _, step := range []struct{ kind, name string }{
+		{resource.KindOrganization, p.org}, {resource.KindTenant, p.tenant},
+		{resource.KindWorkspace, p.workspace}, {resource.KindGroup, p.group},
+	} {
+		if step.name == "" {
+			break
+		}
+		k, _ := e.reg.Kind(step.kind)
+		parts = append(parts, k.Plural, step.name)
+	}
+	return strings.Join(parts, "/")
+}
+
+// filter keeps the resources whose parents match every flag given, for
+// flags that ancestor could not express (e.g. --workspace without --org).
+func (p *parentFlags) filter(list []*pb.Resource) []*pb.Resource {
+	var out []*pb.Resource
+	for _, r := range list {
+		md := r.GetMetadata()
+		if (p.org == "" || md.GetOrganization() == p.org) && (p.tenant == "" || md.GetTenant() == p.tenant) &&
+			(p.workspace == "" || md.GetWorkspace() == p.workspace) && (p.group == "" || md.GetGroup() == p.group) {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -1,0 +1,215 @@
+package resource
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/selector"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Kind names of the built-in kinds.
+const (
+	KindOrganization = "Organization"
+	KindTenant       = "Tenant"
+	KindWorkspace    = "Workspace"
+	KindGroup        = "Group"
+	KindCluster      = "Cluster"
+)
+
+// Group types and config modes.
+var (
+	GroupTypes  = []string{"traffic", "security", "gateway"}
+	ConfigModes = []string{"BRIDGED", "DIRECT"}
+)
+
+// Builtin returns a registry of the kinds this release knows, plus extra.
+func Builtin(extra ...*Kind) *Registry {
+	kinds := []*Kind{
+		{Name: KindOrganization, Plural: "organizations", Short: []string{"org", "orgs"},
+			NewSpec: func() proto.Message { return &pb.OrganizationSpec{} }},
+		{Name: KindTenant, Plural: "tenants", Short: []string{"tn"}, Parent: KindOrganization,
+			NewSpec: func() proto.Message { return &pb.TenantSpec{} }},
+		{Name: KindWorkspace, Plural: "workspaces", Short: []string{"ws"}, Parent: KindTenant,
+			NewSpec:   func() proto.Message { return &pb.WorkspaceSpec{} },
+			Validate:  validateWorkspace,
+			CheckRefs: checkWorkspace},
+		{Name: KindGroup, Plural: "groups", Short: []string{"grp"}, Parent: KindWorkspace,
+			NewSpec:   func() proto.Message { return &pb.GroupSpec{} },
+			Default:   defaultGroup,
+			Validate:  validateGroup,
+			CheckRefs: checkGroup},
+		{Name: KindCluster, Plural: "clusters", Short: []string{"cl"}, Parent: KindOrganization,
+			NewSpec:  func() proto.Message { return &pb.ClusterSpec{} },
+			Validate: validateCluster},
+	}
+	return NewRegistry(append(kinds, extra...)...)
+}
+
+func validateSelector(field string, sel *pb.NamespaceSelector) []FieldError {
+	if len(sel.GetNames()) == 0 {
+		return []FieldError{{Field: field + ".names", Message: `is required: list at least one "<cluster>/<namespace>" pattern, e.g. "*/payments"`}}
+	}
+	var out []FieldError
+	for i, n := range sel.GetNames() {
+		if _, err := selector.Parse(n); err != nil {
+			out = append(out, FieldError{Field: fmt.Sprintf("%s.names[%d]", field, i), Message: err.Error()})
+		}
+	}
+	return out
+}
+
+func validateWorkspace(spec proto.Message) []FieldError {
+	return validateSelector("spec.namespaceSelector", spec.(*pb.WorkspaceSpec).GetNamespaceSelector())
+}
+
+func defaultGroup(spec proto.Message) {
+	g := spec.(*pb.GroupSpec)
+	if g.ConfigMode == "" {
+		g.ConfigMode = "BRIDGED"
+	}
+}
+
+func oneOf(field, v string, allowed []string) []FieldError {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	if v == "" {
+		return []FieldError{{Field: field, Message: "is required: one of " + strings.Join(allowed, ", ")}}
+	}
+	return []FieldError{{Field: field, Message: fmt.Sprintf("%q is not one of %s", v, strings.Join(allowed, ", "))}}
+}
+
+func validateGroup(spec proto.Message) []FieldError {
+	g := spec.(*pb.GroupSpec)
+	out := validateSelector("spec.namespaceSelector", g.GetNamespaceSelector())
+	out = append(out, oneOf("spec.type", g.GetType(), GroupTypes)...)
+	return append(out, oneOf("spec.configMode", g.GetConfigMode(), ConfigModes)...)
+}
+
+func validateCluster(spec proto.Message) []FieldError {
+	c := spec.(*pb.ClusterSpec)
+	var out []FieldError
+	for key, val := range c.GetLabels() {
+		for _, m := range validation.IsQualifiedName(key) {
+			out = append(out, FieldError{Field: "spec.labels." + key, Message: "invalid key: " + m})
+		}
+		for _, m := range validation.IsValidLabelValue(val) {
+			out = append(out, FieldError{Field: "spec.labels." + key, Message: fmt.Sprintf("invalid value %q: %s", val, m)})
+		}
+	}
+	for _, f := range []struct{ name, v string }{{"network", c.GetNetwork()}, {"region", c.GetRegion()}, {"zone", c.GetZone()}} {
+		if f.v == "" {
+			continue
+		}
+		for _, m := range validation.IsValidLabelValue(f.v) {
+			out = append(out, FieldError{Field: "spec." + f.name, Message: fmt.Sprintf("%q: %s", f.v, m)})
+		}
+	}
+	if td := c.GetTrustDomain(); td != "" {
+		for _, m := range validation.IsDNS1123Subdomain(td) {
+			out = append(out, FieldError{Field: "spec.trustDomain", Message: fmt.Sprintf("%q: %s", td, m)})
+		}
+	}
+	return out
+}
+
+// selectorOf decodes the namespace selector of a stored workspace or group.
+func selectorOf(rec store.Record) (selector.Set, error) {
+	var spec struct {
+		NamespaceSelector struct {
+			Names []string `json:"names"`
+		} `json:"namespaceSelector"`
+	}
+	if err := json.Unmarshal(rec.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("stored %s: %w", rec.FQN, err)
+	}
+	return selector.ParseSet(spec.NamespaceSelector.Names)
+}
+
+// checkWorkspace: no namespace is owned by two workspaces of an
+// organization, and the workspace's groups stay inside its new selector.
+func checkWorkspace(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error) {
+	mine, err := selector.ParseSet(obj.Spec.(*pb.WorkspaceSpec).GetNamespaceSelector().GetNames())
+	if err != nil {
+		return nil, err // Validate already rejected it
+	}
+	org := fqn(nil, obj.Parents[0].Kind, obj.Parents[0].Name)
+	others, err := r.List(ctx, store.Query{Kind: KindWorkspace, Ancestor: org})
+	if err != nil {
+		return nil, err
+	}
+	var out []FieldError
+	for _, other := range others {
+		if other.FQN == obj.FQN() {
+			continue
+		}
+		theirs, err := selectorOf(other)
+		if err != nil {
+			return nil, err
+		}
+		for i, p := range mine {
+			for _, q := range theirs {
+				if p.Overlaps(q) {
+					out = append(out, FieldError{
+						Field:   fmt.Sprintf("spec.namespaceSelector.names[%d]", i),
+						Message: fmt.Sprintf("%q overlaps %q of workspace %s: a namespace belongs to at most one workspace; narrow one of them", p, q, other.FQN),
+					})
+				}
+			}
+		}
+	}
+	groups, err := r.List(ctx, store.Query{Kind: KindGroup, Parent: obj.FQN()})
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range groups {
+		theirs, err := selectorOf(g)
+		if err != nil {
+			return nil, err
+		}
+		for _, q := range theirs {
+			if !mine.Covers(q) {
+				out = append(out, FieldError{
+					Field:   "spec.namespaceSelector.names",
+					Message: fmt.Sprintf("no longer covers %q of group %s: keep it covered, or narrow the group first", q, g.FQN),
+				})
+			}
+		}
+	}
+	return out, nil
+}
+
+// checkGroup: the group's selector stays inside its workspace's.
+func checkGroup(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error) {
+	ws, err := r.Get(ctx, obj.ParentFQN())
+	if err != nil {
+		return nil, err
+	}
+	outer, err := selectorOf(ws)
+	if err != nil {
+		return nil, err
+	}
+	var out []FieldError
+	for i, n := range obj.Spec.(*pb.GroupSpec).GetNamespaceSelector().GetNames() {
+		p, err := selector.Parse(n)
+		if err != nil {
+			return nil, err // Validate already rejected it
+		}
+		if !outer.Covers(p) {
+			out = append(out, FieldError{
+				Field:   fmt.Sprintf("spec.namespaceSelector.names[%d]", i),
+				Message: fmt.Sprintf("%q is outside workspace %s, which selects %v: narrow it to namespaces the workspace selects", n, ws.FQN, outer),
+			})
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,48 @@
+package sqlstore
+
+// Migrations returns the schema history. Both databases take the same
+// statements. Append new versions;
+// never edit a released one.
+func Migrations() []string {
+	v1 := `
+CREATE TABLE objects (
+	fqn TEXT PRIMARY KEY,
+	kind TEXT NOT NULL,
+	name TEXT NOT NULL,
+	parent TEXT NOT NULL,
+	labels TEXT NOT NULL,
+	annotations TEXT NOT NULL,
+	spec TEXT NOT NULL,
+	status TEXT NOT NULL,
+	etag TEXT NOT NULL,
+	revision BIGINT NOT NULL,
+	create_time BIGINT NOT NULL,
+	update_time BIGINT NOT NULL
+);
+CREATE INDEX objects_kind ON objects (kind, fqn);
+CREATE INDEX objects_parent ON objects (parent);
+CREATE TABLE events (
+	revision BIGINT PRIMARY KEY,
+	type INTEGER NOT NULL,
+	fqn TEXT NOT NULL,
+	kind TEXT NOT NULL,
+	record TEXT NOT NULL
+);
+CREATE TABLE audit (
+	revision BIGINT PRIMARY KEY,
+	time BIGINT NOT NULL,
+	actor TEXT NOT NULL,
+	operation TEXT NOT NULL,
+	kind TEXT NOT NULL,
+	fqn TEXT NOT NULL,
+	changes TEXT NOT NULL
+);
+CREATE INDEX audit_time ON audit (time);
+CREATE TABLE meta (
+	key TEXT PRIMARY KEY,
+	value BIGINT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('revision', 0);
+INSERT INTO meta (key, value) VALUES ('compacted', 0)`
+	return []string{v1}
+}

@@ -1,0 +1,535 @@
+// Package sqlstore implements store.Store over database/sql. One SQL core
+// serves SQLite and PostgreSQL; a Dialect supplies what differs: how to open
+// the database, how writers are serialized across processes, and the
+// migrations' column types.
+package sqlstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Dialect is what differs between databases.
+type Dialect struct {
+	// Name is "sqlite" or "postgres".
+	Name string
+	// LockTx runs first in every write transaction and blocks until no
+	// other process writes (nil when BEGIN already takes the write lock).
+	LockTx string
+	// Migrations are applied in order; migration i has version i+1.
+	Migrations []string
+}
+
+// DB is a store.Store over a *sql.DB.
+type DB struct {
+	db      *sql.DB
+	dialect Dialect
+	now     func() time.Time
+
+	writeMu sync.Mutex // serializes writers in this process
+
+	notifyMu sync.Mutex
+	changed  chan struct{} // closed and replaced on every commit
+}
+
+var _ store.Store = (*DB)(nil)
+
+// Option configures a DB.
+type Option func(*DB)
+
+// WithClock replaces time.Now, for tests.
+func WithClock(now func() time.Time) Option { return func(d *DB) { d.now = now } }
+
+// New wraps db, applies pending migrations and returns the store. It takes
+// ownership of db.
+func New(ctx context.Context, db *sql.DB, dialect Dialect, opts ...Option) (*DB, error) {
+	d := &DB{db: db, dialect: dialect, now: time.Now, changed: make(chan struct{})}
+	for _, o := range opts {
+		o(d)
+	}
+	if err := d.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate %s store: %w", dialect.Name, err)
+	}
+	return d, nil
+}
+
+func (d *DB) migrate(ctx context.Context) error {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if d.dialect.LockTx != "" {
+		if _, err := tx.ExecContext(ctx, d.dialect.LockTx); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+		return err
+	}
+	var current int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return err
+	}
+	if current > len(d.dialect.Migrations) {
+		return fmt.Errorf("database schema version %d is newer than this binary's %d: upgrade flotilla", current, len(d.dialect.Migrations))
+	}
+	for v := current + 1; v <= len(d.dialect.Migrations); v++ {
+		for _, stmt := range splitStatements(d.dialect.Migrations[v-1]) {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("migration %d: %w", v, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, v, d.now().UnixNano()); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+func splitStatements(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ";") {
+		if p := strings.TrimSpace(part); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// querier is what *sql.DB and *sql.Tx share.
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+const recordColumns = `fqn, kind, name, parent, labels, annotations, spec, status, etag, revision, create_time, update_time`
+
+func scanRecord(scan func(...any) error) (store.Record, error) {
+	var (
+		r                        store.Record
+		labels, annotations      string
+		spec, status             string
+		createNanos, updateNanos int64
+	)
+	if err := scan(&r.FQN, &r.Kind, &r.Name, &r.Parent, &labels, &annotations, &spec, &status, &r.ETag, &r.Revision, &createNanos, &updateNanos); err != nil {
+		return store.Record{}, err
+	}
+	if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
+		return store.Record{}, fmt.Errorf("decode labels of %s: %w", r.FQN, err)
+	}
+	if err := json.Unmarshal([]byte(annotations), &r.Annotations); err != nil {
+		return store.Record{}, fmt.Errorf("decode annotations of %s: %w", r.FQN, err)
+	}
+	if len(r.Labels) == 0 {
+		r.Labels = nil
+	}
+	if len(r.Annotations) == 0 {
+		r.Annotations = nil
+	}
+	r.Spec = json.RawMessage(spec)
+	if status != "" {
+		r.Status = json.RawMessage(status)
+	}
+	r.CreateTime = time.Unix(0, createNanos).UTC()
+	r.UpdateTime = time.Unix(0, updateNanos).UTC()
+	return r, nil
+}
+
+func get(ctx context.Context, q querier, fqn string) (store.Record, error) {
+	row := q.QueryRowContext(ctx, `SELECT `+recordColumns+` FROM objects WHERE fqn = $1`, fqn)
+	r, err := scanRecord(row.Scan)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Record{}, fmt.Errorf("%s: %w", fqn, store.ErrNotFound)
+	}
+	return r, err
+}
+
+func list(ctx context.Context, q querier, query store.Query) ([]store.Record, error) {
+	var (
+		where []string
+		args  []any
+	)
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(args))))
+	}
+	if query.Kind != "" {
+		add("kind = ?", query.Kind)
+	}
+	if query.Parent != "" {
+		add("parent = ?", query.Parent)
+	}
+	if query.Name != "" {
+		add("name = ?", query.Name)
+	}
+	if query.Ancestor != "" {
+		// Descendants share the prefix "<ancestor>/". A range scan on the
+		// primary key avoids LIKE and its escaping: '/'+1 is '0'.
+		add("fqn > ?", query.Ancestor+"/")
+		add("fqn < ?", query.Ancestor+"0")
+	}
+	sqlText := `SELECT ` + recordColumns + ` FROM objects`
+	if len(where) > 0 {
+		sqlText += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	sqlText += ` ORDER BY fqn`
+	rows, err := q.QueryContext(ctx, sqlText, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Record
+	for rows.Next() {
+		r, err := scanRecord(rows.Scan)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Get implements store.Reader.
+func (d *DB) Get(ctx context.Context, fqn string) (store.Record, error) { return get(ctx, d.db, fqn) }
+
+// List implements store.Reader.
+func (d *DB) List(ctx context.Context, q store.Query) ([]store.Record, error) {
+	return list(ctx, d.db, q)
+}
+
+// Revision implements store.Store.
+func (d *DB) Revision(ctx context.Context) (int64, error) {
+	var rev int64
+	err := d.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'revision'`).Scan(&rev)
+	return rev, err
+}
+
+// Changed implements store.Store.
+func (d *DB) Changed() <-chan struct{} {
+	d.notifyMu.Lock()
+	defer d.notifyMu.Unlock()
+	return d.changed
+}
+
+func (d *DB) notify() {
+	d.notifyMu.Lock()
+	close(d.changed)
+	d.changed = make(chan struct{})
+	d.notifyMu.Unlock()
+}
+
+// Ping implements store.Store.
+func (d *DB) Ping(ctx context.Context) error { return d.db.PingContext(ctx) }
+
+// Close implements store.Store.
+func (d *DB) Close() error { return d.db.Close() }
+
+// Update implements store.Store.
+func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) error) error {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	sqlTx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer sqlTx.Rollback()
+	if d.dialect.LockTx != "" {
+		if _, err := sqlTx.ExecContext(ctx, d.dialect.LockTx); err != nil {
+			return fmt.Errorf("lock: %w", err)
+		}
+	}
+	t := &tx{tx: sqlTx, actor: actor, now: d.now().UTC()}
+	if err := sqlTx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'revision'`).Scan(&t.rev); err != nil {
+		return fmt.Errorf("read revision: %w", err)
+	}
+	start := t.rev
+	if err := fn(t); err != nil {
+		return err
+	}
+	if t.rev == start {
+		return nil // nothing written; nothing to commit
+	}
+	if _, err := sqlTx.ExecContext(ctx, `UPDATE meta SET value = $1 WHERE key = 'revision'`, t.rev); err != nil {
+		return fmt.Errorf("write revision: %w", err)
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	d.notify()
+	return nil
+}
+
+// Events implements store.Store.
+func (d *DB) Events(ctx context.Context, after int64, limit int) ([]store.Event, error) {
+	var compacted int64
+	if err := d.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'compacted'`).Scan(&compacted); err != nil {
+		return nil, err
+	}
+	if after < compacted {
+		return nil, fmt.Errorf("events after revision %d were compacted (oldest kept: %d): re-list and watch from the list's revision: %w", after, compacted+1, store.ErrCompacted)
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT revision, type, record FROM events WHERE revision > $1 ORDER BY revision LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Event
+	for rows.Next() {
+		var (
+			ev  store.Event
+			typ int
+			rec string
+		)
+		if err := rows.Scan(&ev.Revision, &typ, &rec); err != nil {
+			return nil, err
+		}
+		ev.Type = store.EventType(typ)
+		if err := json.Unmarshal([]byte(rec), &ev.Record); err != nil {
+			return nil, fmt.Errorf("decode event %d: %w", ev.Revision, err)
+		}
+		out = append(out, ev)
+	}
+	return out, rows.Err()
+}
+
+// Compact implements store.Store.
+func (d *DB) Compact(ctx context.Context, rev int64) error {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if d.dialect.LockTx != "" {
+		if _, err := tx.ExecContext(ctx, d.dialect.LockTx); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE revision <= $1`, rev); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE meta SET value = $1 WHERE key = 'compacted' AND value < $1`, rev); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Audit implements store.Store.
+func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord, error) {
+	var (
+		where []string
+		args  []any
+	)
+	add := func(cond string, v ...any) {
+		for range v {
+			cond = strings.Replace(cond, "?", "$"+strconv.Itoa(len(args)+1), 1)
+			args = append(args, v[0])
+			v = v[1:]
+		}
+		where = append(where, cond)
+	}
+	if !q.Since.IsZero() {
+		add("time >= ?", q.Since.UnixNano())
+	}
+	if q.Kind != "" {
+		add("kind = ?", q.Kind)
+	}
+	if q.FQN != "" {
+		add("(fqn = ? OR (fqn > ? AND fqn < ?))", q.FQN, q.FQN+"/", q.FQN+"0")
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	sqlText := `SELECT revision, time, actor, operation, kind, fqn, changes FROM audit`
+	if len(where) > 0 {
+		sqlText += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	sqlText += ` ORDER BY revision DESC LIMIT ` + strconv.Itoa(limit)
+	rows, err := d.db.QueryContext(ctx, sqlText, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.AuditRecord
+	for rows.Next() {
+		var (
+			a       store.AuditRecord
+			nanos   int64
+			changes string
+		)
+		if err := rows.Scan(&a.Revision, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &changes); err != nil {
+			return nil, err
+		}
+		a.Time = time.Unix(0, nanos).UTC()
+		if err := json.Unmarshal([]byte(changes), &a.Changes); err != nil {
+			return nil, fmt.Errorf("decode audit %d: %w", a.Revision, err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
+
+// tx implements store.Tx inside Update.
+type tx struct {
+	tx    *sql.Tx
+	actor string
+	now   time.Time
+	rev   int64
+}
+
+func (t *tx) Get(ctx context.Context, fqn string) (store.Record, error) { return get(ctx, t.tx, fqn) }
+
+func (t *tx) List(ctx context.Context, q store.Query) ([]store.Record, error) {
+	return list(ctx, t.tx, q)
+}
+
+func etag(fqn string, rev int64) string {
+	sum := sha256.Sum256([]byte(fqn + "\x00" + strconv.FormatInt(rev, 10)))
+	return hex.EncodeToString(sum[:8])
+}
+
+func (t *tx) Put(ctx context.Context, rec store.Record) (store.Record, error) {
+	old, err := get(ctx, t.tx, rec.FQN)
+	exists := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Record{}, err
+	}
+	t.rev++
+	rec.Revision = t.rev
+	rec.ETag = etag(rec.FQN, t.rev)
+	if len(rec.Labels) == 0 {
+		rec.Labels = nil
+	}
+	if len(rec.Annotations) == 0 {
+		rec.Annotations = nil
+	}
+	rec.UpdateTime = t.now
+	if exists {
+		rec.CreateTime = old.CreateTime
+		if rec.Status == nil {
+			rec.Status = old.Status
+		}
+	} else {
+		rec.CreateTime = t.now
+	}
+	if err := t.upsert(ctx, rec, exists); err != nil {
+		return store.Record{}, err
+	}
+	op, changes := "create", store.Diff(store.Record{}, rec)
+	if exists {
+		op, changes = "update", store.Diff(old, rec)
+	}
+	if err := t.event(ctx, store.EventPut, rec); err != nil {
+		return store.Record{}, err
+	}
+	return rec, t.audit(ctx, op, rec, changes)
+}
+
+func (t *tx) PutStatus(ctx context.Context, fqn string, status json.RawMessage) (store.Record, error) {
+	rec, err := get(ctx, t.tx, fqn)
+	if err != nil {
+		return store.Record{}, err
+	}
+	t.rev++
+	rec.Status = status
+	rec.Revision = t.rev
+	if _, err := t.tx.ExecContext(ctx, `UPDATE objects SET status = $1, revision = $2 WHERE fqn = $3`, string(status), t.rev, fqn); err != nil {
+		return store.Record{}, fmt.Errorf("write status of %s: %w", fqn, err)
+	}
+	return rec, t.event(ctx, store.EventPut, rec)
+}
+
+func (t *tx) Delete(ctx context.Context, fqn string) (store.Record, error) {
+	old, err := get(ctx, t.tx, fqn)
+	if err != nil {
+		return store.Record{}, err
+	}
+	t.rev++
+	if _, err := t.tx.ExecContext(ctx, `DELETE FROM objects WHERE fqn = $1`, fqn); err != nil {
+		return store.Record{}, fmt.Errorf("delete %s: %w", fqn, err)
+	}
+	if err := t.event(ctx, store.EventDelete, old); err != nil {
+		return store.Record{}, err
+	}
+	return old, t.audit(ctx, "delete", old, store.Diff(old, store.Record{}))
+}
+
+func (t *tx) upsert(ctx context.Context, r store.Record, exists bool) error {
+	labels, err := json.Marshal(nonNil(r.Labels))
+	if err != nil {
+		return err
+	}
+	annotations, err := json.Marshal(nonNil(r.Annotations))
+	if err != nil {
+		return err
+	}
+	args := []any{r.FQN, r.Kind, r.Name, r.Parent, string(labels), string(annotations), string(r.Spec), string(r.Status), r.ETag, r.Revision, r.CreateTime.UnixNano(), r.UpdateTime.UnixNano()}
+	q := `INSERT INTO objects (` + recordColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`
+	if exists {
+		q = `UPDATE objects SET kind = $2, name = $3, parent = $4, labels = $5, annotations = $6, spec = $7, status = $8, etag = $9, revision = $10, create_time = $11, update_time = $12 WHERE fqn = $1`
+	}
+	if _, err := t.tx.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("write %s: %w", r.FQN, err)
+	}
+	return nil
+}
+
+func (t *tx) event(ctx context.Context, typ store.EventType, r store.Record) error {
+	body, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := t.tx.ExecContext(ctx, `INSERT INTO events (revision, type, fqn, kind, record) VALUES ($1, $2, $3, $4, $5)`, t.rev, int(typ), r.FQN, r.Kind, string(body)); err != nil {
+		return fmt.Errorf("record event for %s: %w", r.FQN, err)
+	}
+	return nil
+}
+
+func (t *tx) audit(ctx context.Context, op string, r store.Record, changes []store.Change) error {
+	body, err := json.Marshal(nonNilChanges(changes))
+	if err != nil {
+		return err
+	}
+	if _, err := t.tx.ExecContext(ctx, `INSERT INTO audit (revision, time, actor, operation, kind, fqn, changes) VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.rev, t.now.UnixNano(), t.actor, op, r.Kind, r.FQN, string(body)); err != nil {
+		return fmt.Errorf("record audit for %s: %w", r.FQN, err)
+	}
+	return nil
+}
+
+func nonNil(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+func nonNilChanges(c []store.Change) []store.Change {
+	if c == nil {
+		return []store.Change{}
+	}
+	return c
+}

@@ -1,0 +1,143 @@
+// Package store keeps Flotilla's intent, its change history and its audit
+// log. It is the management plane's single source of truth.
+//
+//	apiserver ──Update(fn)──▶ Store ──one transaction──▶ objects + events + audit
+//	watchers  ◀──Events(after)── Store (revision order, no gaps)
+//
+// The store knows nothing of kinds: it keeps opaque Records keyed by their
+// fully qualified name (FQN). Writers are serialized, so the global revision
+// grows by one per mutation, in commit order, and a reader that has seen
+// revision r has seen every change up to r. Each mutation's event and audit
+// record commit in the same transaction as the mutation itself.
+//
+// Two implementations share one SQL core (package sqlstore): SQLite (the
+// embedded default) and PostgreSQL. The contract suite in storetest runs
+// against both.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Errors returned by stores. Callers test them with errors.Is.
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrCompacted = errors.New("revision compacted")
+)
+
+// Record is one stored resource. Spec and Status are canonical JSON
+// (sorted keys, no insignificant space), so equal content has equal bytes.
+type Record struct {
+	Kind        string
+	FQN         string
+	Name        string
+	Parent      string // FQN of the parent; empty for a root
+	Labels      map[string]string
+	Annotations map[string]string
+	Spec        json.RawMessage
+	Status      json.RawMessage
+	ETag        string // set by the store on every write
+	Revision    int64  // set by the store: the revision of the last write
+	CreateTime  time.Time
+	UpdateTime  time.Time
+}
+
+// Query selects records. Empty fields match everything.
+type Query struct {
+	Kind     string
+	Ancestor string // only descendants of this FQN
+	Parent   string // only direct children of this FQN
+	Name     string
+}
+
+// EventType says what happened to a record.
+type EventType int
+
+const (
+	EventPut EventType = iota + 1
+	EventDelete
+)
+
+// Event is one mutation at one revision. For a delete, Record holds the last state.
+type Event struct {
+	Revision int64
+	Type     EventType
+	Record   Record
+}
+
+// Change is one field of a field-level diff. Old is nil for an added field,
+// New for a removed one.
+type Change struct {
+	Path string          `json:"path"`
+	Old  json.RawMessage `json:"old,omitempty"`
+	New  json.RawMessage `json:"new,omitempty"`
+}
+
+// AuditRecord describes one mutation: who, when, what and how.
+type AuditRecord struct {
+	Revision  int64
+	Time      time.Time
+	Actor     string
+	Operation string // create, update or delete
+	Kind      string
+	FQN       string
+	Changes   []Change
+}
+
+// AuditQuery selects audit records, newest last.
+type AuditQuery struct {
+	Since time.Time // zero: no lower bound
+	Kind  string
+	FQN   string // this resource and its descendants
+	Limit int    // the newest Limit records; 0 means 1000
+}
+
+// Reader reads records. Records returned are the caller's to keep.
+type Reader interface {
+	Get(ctx context.Context, fqn string) (Record, error)
+	// List returns matching records ordered by FQN.
+	List(ctx context.Context, q Query) ([]Record, error)
+}
+
+// Tx is a serialized read-write transaction. It sees its own writes. It must
+// not be used after the function it was passed to returns.
+type Tx interface {
+	Reader
+	// Put creates or replaces rec (by FQN). The store sets ETag, Revision and
+	// the times, records an event and an audit record, and returns the stored form.
+	Put(ctx context.Context, rec Record) (Record, error)
+	// PutStatus replaces the status of an existing record without an audit
+	// record; it still takes a revision and emits an event.
+	PutStatus(ctx context.Context, fqn string, status json.RawMessage) (Record, error)
+	// Delete removes the record, with an event and an audit record.
+	Delete(ctx context.Context, fqn string) (Record, error)
+}
+
+// Store is the durable store. Its methods are safe for concurrent use.
+type Store interface {
+	Reader
+	// Update runs fn in a transaction that no other writer overlaps. When fn
+	// returns nil, every write made through tx commits atomically, durably,
+	// with its events and audit records, attributed to actor. When fn returns
+	// an error, nothing is written and that error is returned.
+	Update(ctx context.Context, actor string, fn func(tx Tx) error) error
+	// Revision is the newest committed revision.
+	Revision(ctx context.Context) (int64, error)
+	// Events returns up to limit events with revision > after, in revision
+	// order. It fails with ErrCompacted when events after `after` were
+	// discarded by Compact.
+	Events(ctx context.Context, after int64, limit int) ([]Event, error)
+	// Changed is closed on the next commit after it was called; callers
+	// re-call it to wait again. It lets watchers sleep between commits.
+	Changed() <-chan struct{}
+	// Compact discards events at or below rev; audit records are kept.
+	Compact(ctx context.Context, rev int64) error
+	// Audit lists audit records, oldest first.
+	Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
+	// Ping checks that the database answers.
+	Ping(ctx context.Context) error
+	Close() error
+}

@@ -1,0 +1,447 @@
+// Package storetest is the contract every store.Store implementation must
+// meet. Each implementation's tests call Run with a way to open a fresh
+// database, and to open it again as a restarted server would.
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Opener opens the same database every time it is called. Each test gets a
+// new, empty database from the factory passed to Run.
+type Opener func(t *testing.T) store.Store
+
+// Run runs the contract suite. fresh returns an Opener for a new database.
+func Run(t *testing.T, fresh func(t *testing.T) Opener) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, open Opener)
+	}{
+		{"a put record reads back with store-assigned etag revision and times", testPutGet},
+		{"every mutation takes the next revision and one event, in order", testRevisions},
+		{"a failed update writes nothing: no record, no event, no audit", testRollback},
+		{"a transaction sees its own writes", testReadOwnWrites},
+		{"list filters by kind, parent, ancestor and name without prefix confusion", testList},
+		{"every write has an audit record with a field-level diff", testAudit},
+		{"audit filters by since, kind and fqn subtree", testAuditFilters},
+		{"delete records an event with the last state and an audit record", testDelete},
+		{"put status changes status and revision but not etag or audit", testPutStatus},
+		{"events after a compacted revision are refused", testCompact},
+		{"changed fires on commit", testChanged},
+		{"acknowledged writes survive closing and reopening", testReopen},
+		{"concurrent updates get unique gap-free revisions", testConcurrent},
+		{"an unchanged update with no writes does not take a revision", testNoopUpdate},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.fn(t, fresh(t))
+		})
+	}
+}
+
+func rec(kind, fqn, parent, name string, spec string) store.Record {
+	return store.Record{Kind: kind, FQN: fqn, Name: name, Parent: parent, Labels: map[string]string{"env": "prod"}, Spec: json.RawMessage(spec)}
+}
+
+var (
+	org    = rec("Organization", "organizations/acme", "", "acme", `{}`)
+	org2   = rec("Organization", "organizations/acme2", "", "acme2", `{}`)
+	tenant = rec("Tenant", "organizations/acme/tenants/fin", "organizations/acme", "fin", `{"displayName":"Fin"}`)
+	ws     = rec("Workspace", "organizations/acme/tenants/fin/workspaces/pay", "organizations/acme/tenants/fin", "pay", `{"namespaceSelector":{"names":["*/pay"]}}`)
+)
+
+func put(t *testing.T, st store.Store, actor string, recs ...store.Record) []store.Record {
+	t.Helper()
+	var out []store.Record
+	err := st.Update(context.Background(), actor, func(tx store.Tx) error {
+		for _, r := range recs {
+			got, err := tx.Put(context.Background(), r)
+			if err != nil {
+				return err
+			}
+			out = append(out, got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	return out
+}
+
+func testPutGet(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	before := time.Now().Add(-time.Second)
+	stored := put(t, st, "alice", org)[0]
+	if stored.ETag == "" || stored.Revision != 1 || stored.CreateTime.Before(before) || !stored.CreateTime.Equal(stored.UpdateTime) {
+		t.Fatalf("store did not assign etag, revision and times: %+v", stored)
+	}
+	got, err := st.Get(ctx, org.FQN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(stored, got); diff != "" {
+		t.Fatalf("read back differs (-put +get):\n%s", diff)
+	}
+	again := put(t, st, "alice", org)[0]
+	if again.ETag == stored.ETag || !again.CreateTime.Equal(stored.CreateTime) || again.Revision != 2 {
+		t.Fatalf("second put should keep create time and change etag and revision: first %+v, second %+v", stored, again)
+	}
+	if _, err := st.Get(ctx, "organizations/none"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get of a missing record: got %v, want ErrNotFound", err)
+	}
+}
+
+func testRevisions(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org, tenant)
+	put(t, st, "a", ws)
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Delete(ctx, ws.FQN); return err }); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := st.Revision(ctx)
+	if err != nil || rev != 4 {
+		t.Fatalf("revision = %d, %v; want 4", rev, err)
+	}
+	evs, err := st.Events(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, fmt.Sprintf("%d %d %s", e.Revision, e.Type, e.Record.FQN))
+	}
+	want := []string{
+		"1 1 " + org.FQN, "2 1 " + tenant.FQN, "3 1 " + ws.FQN, "4 2 " + ws.FQN,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("events (-want +got):\n%s", diff)
+	}
+	tail, err := st.Events(ctx, 2, 1)
+	if err != nil || len(tail) != 1 || tail[0].Revision != 3 {
+		t.Fatalf("Events(after=2, limit=1) = %+v, %v; want revision 3 only", tail, err)
+	}
+}
+
+func testRollback(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	boom := errors.New("boom")
+	err := st.Update(ctx, "a", func(tx store.Tx) error {
+		if _, err := tx.Put(ctx, tenant); err != nil {
+			return err
+		}
+		if _, err := tx.Delete(ctx, org.FQN); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("update returned %v; want the function's error", err)
+	}
+	if _, err := st.Get(ctx, tenant.FQN); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("rolled-back put is visible: %v", err)
+	}
+	if _, err := st.Get(ctx, org.FQN); err != nil {
+		t.Fatalf("rolled-back delete took effect: %v", err)
+	}
+	if rev, _ := st.Revision(ctx); rev != 1 {
+		t.Fatalf("revision moved to %d after a rollback", rev)
+	}
+	evs, _ := st.Events(ctx, 0, 100)
+	audit, _ := st.Audit(ctx, store.AuditQuery{})
+	if len(evs) != 1 || len(audit) != 1 {
+		t.Fatalf("rollback left %d events and %d audit records; want 1 and 1", len(evs), len(audit))
+	}
+}
+
+func testReadOwnWrites(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	err := st.Update(ctx, "a", func(tx store.Tx) error {
+		if _, err := tx.Put(ctx, org); err != nil {
+			return err
+		}
+		if _, err := tx.Get(ctx, org.FQN); err != nil {
+			return fmt.Errorf("get own write: %w", err)
+		}
+		l, err := tx.List(ctx, store.Query{Kind: "Organization"})
+		if err != nil || len(l) != 1 {
+			return fmt.Errorf("list own write: %d, %v", len(l), err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fqns(recs []store.Record) []string {
+	out := []string{}
+	for _, r := range recs {
+		out = append(out, r.FQN)
+	}
+	return out
+}
+
+func testList(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	t2 := rec("Tenant", "organizations/acme2/tenants/fin", "organizations/acme2", "fin", `{}`)
+	put(t, st, "a", org, org2, tenant, ws, t2)
+	cases := []struct {
+		q    store.Query
+		want []string
+	}{
+		{store.Query{Kind: "Tenant"}, []string{tenant.FQN, t2.FQN}},
+		{store.Query{Ancestor: org.FQN}, []string{tenant.FQN, ws.FQN}},
+		{store.Query{Parent: org.FQN}, []string{tenant.FQN}},
+		{store.Query{Kind: "Tenant", Name: "fin"}, []string{tenant.FQN, t2.FQN}},
+		{store.Query{Kind: "Tenant", Ancestor: org2.FQN}, []string{t2.FQN}},
+		{store.Query{}, []string{org.FQN, tenant.FQN, ws.FQN, org2.FQN, t2.FQN}},
+	}
+	for _, c := range cases {
+		got, err := st.List(ctx, c.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(c.want, fqns(got)); diff != "" {
+			t.Errorf("List(%+v) (-want +got):\n%s", c.q, diff)
+		}
+	}
+}
+
+func testAudit(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "alice", tenant)
+	changed := tenant
+	changed.Spec = json.RawMessage(`{"displayName":"Finance","description":"money"}`)
+	changed.Labels = map[string]string{"env": "dev"}
+	put(t, st, "bob", changed)
+	recs, err := st.Audit(ctx, store.AuditQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("got %d audit records, want 2", len(recs))
+	}
+	if recs[0].Actor != "alice" || recs[0].Operation != "create" || recs[1].Actor != "bob" || recs[1].Operation != "update" {
+		t.Fatalf("actors/operations wrong: %+v", recs)
+	}
+	want := []store.Change{
+		{Path: "metadata.labels.env", Old: json.RawMessage(`"prod"`), New: json.RawMessage(`"dev"`)},
+		{Path: "spec.description", New: json.RawMessage(`"money"`)},
+		{Path: "spec.displayName", Old: json.RawMessage(`"Fin"`), New: json.RawMessage(`"Finance"`)},
+	}
+	if diff := cmp.Diff(want, recs[1].Changes); diff != "" {
+		t.Fatalf("update diff (-want +got):\n%s", diff)
+	}
+	if recs[1].Kind != "Tenant" || recs[1].FQN != tenant.FQN || recs[1].Time.IsZero() {
+		t.Fatalf("audit record lacks kind, fqn or time: %+v", recs[1])
+	}
+}
+
+func testAuditFilters(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org, org2, tenant)
+	mid := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	put(t, st, "a", ws)
+	check := func(q store.AuditQuery, want ...string) {
+		t.Helper()
+		recs, err := st.Audit(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range recs {
+			got = append(got, r.FQN)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("Audit(%+v) (-want +got):\n%s", q, diff)
+		}
+	}
+	check(store.AuditQuery{Kind: "Organization"}, org.FQN, org2.FQN)
+	check(store.AuditQuery{FQN: org.FQN}, org.FQN, tenant.FQN, ws.FQN)
+	check(store.AuditQuery{Since: mid}, ws.FQN)
+	check(store.AuditQuery{Limit: 2}, tenant.FQN, ws.FQN)
+}
+
+func testDelete(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	stored := put(t, st, "a", org)[0]
+	if err := st.Update(ctx, "carol", func(tx store.Tx) error { _, err := tx.Delete(ctx, org.FQN); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(ctx, org.FQN); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted record still readable: %v", err)
+	}
+	evs, _ := st.Events(ctx, 1, 10)
+	if len(evs) != 1 || evs[0].Type != store.EventDelete || evs[0].Record.ETag != stored.ETag {
+		t.Fatalf("delete event should carry the last state: %+v", evs)
+	}
+	recs, _ := st.Audit(ctx, store.AuditQuery{})
+	if len(recs) != 2 || recs[1].Operation != "delete" || recs[1].Actor != "carol" {
+		t.Fatalf("delete not audited: %+v", recs)
+	}
+	err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Delete(ctx, org.FQN); return err })
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleting a missing record: got %v, want ErrNotFound", err)
+	}
+}
+
+func testPutStatus(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	stored := put(t, st, "a", org)[0]
+	var got store.Record
+	err := st.Update(ctx, "central", func(tx store.Tx) error {
+		var err error
+		got, err = tx.PutStatus(ctx, org.FQN, json.RawMessage(`{"connected":true}`))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, _ := st.Get(ctx, org.FQN)
+	if string(read.Status) != `{"connected":true}` || read.ETag != stored.ETag || read.Revision != 2 || got.Revision != 2 {
+		t.Fatalf("status write wrong: %+v", read)
+	}
+	recs, _ := st.Audit(ctx, store.AuditQuery{})
+	if len(recs) != 1 {
+		t.Fatalf("status write was audited: %d records", len(recs))
+	}
+	// A spec write keeps the status.
+	put(t, st, "a", org)
+	read, _ = st.Get(ctx, org.FQN)
+	if string(read.Status) != `{"connected":true}` {
+		t.Fatalf("spec write dropped the status: %q", read.Status)
+	}
+}
+
+func testCompact(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org, org2, tenant)
+	if err := st.Compact(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Events(ctx, 1, 10); !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("Events after a compacted revision: got %v, want ErrCompacted", err)
+	}
+	evs, err := st.Events(ctx, 2, 10)
+	if err != nil || len(evs) != 1 || evs[0].Revision != 3 {
+		t.Fatalf("Events(after=2) = %+v, %v; want revision 3", evs, err)
+	}
+	if recs, _ := st.Audit(ctx, store.AuditQuery{}); len(recs) != 3 {
+		t.Fatalf("compaction removed audit records: %d left", len(recs))
+	}
+}
+
+func testChanged(t *testing.T, open Opener) {
+	st := open(t)
+	ch := st.Changed()
+	select {
+	case <-ch:
+		t.Fatal("changed fired before any commit")
+	default:
+	}
+	put(t, st, "a", org)
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("changed did not fire after a commit")
+	}
+}
+
+func testReopen(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	stored := put(t, st, "a", org, tenant)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st2 := open(t)
+	for _, want := range stored {
+		got, err := st2.Get(ctx, want.FQN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("after reopen (-before +after):\n%s", diff)
+		}
+	}
+	if rev, _ := st2.Revision(ctx); rev != 2 {
+		t.Fatalf("revision after reopen = %d, want 2", rev)
+	}
+	next := put(t, st2, "a", ws)[0]
+	if next.Revision != 3 {
+		t.Fatalf("first write after reopen took revision %d, want 3", next.Revision)
+	}
+}
+
+func testConcurrent(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	const writers, each = 8, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				r := rec("Organization", fmt.Sprintf("organizations/o%d-%d", w, i), "", fmt.Sprintf("o%d-%d", w, i), `{}`)
+				if err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Put(ctx, r); return err }); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	evs, err := st.Events(ctx, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != writers*each {
+		t.Fatalf("%d events, want %d", len(evs), writers*each)
+	}
+	for i, e := range evs {
+		if e.Revision != int64(i+1) {
+			t.Fatalf("event %d has revision %d: revisions must be gap-free", i, e.Revision)
+		}
+	}
+}
+
+func testNoopUpdate(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Get(ctx, org.FQN); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if rev, _ := st.Revision(ctx); rev != 1 {
+		t.Fatalf("a read-only update moved the revision to %d", rev)
+	}
+}

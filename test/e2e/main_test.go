@@ -1,0 +1,157 @@
+// Package e2e drives the real flotilla binary the way a user does: it starts
+// `flotilla server` as a process, runs CLI verbs against it, kills it, and
+// checks what survives.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// flotillaBin is the binary under test, built once by TestMain.
+var flotillaBin string
+
+// repoRoot is the repository's top directory.
+var repoRoot string
+
+func TestMain(m *testing.M) {
+	wd, err := os.Getwd()
+	if err != nil {
+		panic(err)
+	}
+	repoRoot = filepath.Clean(filepath.Join(wd, "..", ".."))
+	dir, err := os.MkdirTemp("", "flotilla-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	flotillaBin = filepath.Join(dir, "flotilla")
+	build := exec.Command("go", "build", "-race", "-o", flotillaBin, "./cmd/flotilla")
+	build.Dir = repoRoot
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build flotilla:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// server is a running `flotilla server` process.
+type server struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	addr string
+	url  string
+	log  *bytes.Buffer
+	done chan error
+}
+
+// startServer runs `flotilla server` in dir with args plus --listen, and
+// waits until it is ready. The process is killed when the test ends.
+func startServer(t *testing.T, dir string, args ...string) *server {
+	t.Helper()
+	addr := freePort(t)
+	cmd := exec.Command(flotillaBin, append([]string{"server", "--listen", addr}, args...)...)
+	cmd.Dir = dir
+	log := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, cmd: cmd, addr: addr, url: "http://" + addr, log: log, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-s.done
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", log)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(s.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return s
+			}
+		}
+		select {
+		case err := <-s.done:
+			t.Fatalf("server exited before ready: %v\n%s", err, log)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatalf("server not ready after 30s:\n%s", log)
+	return nil
+}
+
+// kill9 kills the server the hard way and waits for it to be gone.
+func (s *server) kill9() {
+	s.t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		s.t.Fatal(err)
+	}
+	<-s.done
+}
+
+// result is what one CLI invocation did.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// flotilla runs the CLI against s with stdin.
+func (s *server) flotilla(stdin string, args ...string) result {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, flotillaBin, args...)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "FLOTILLA_SERVER="+s.url)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		s.t.Fatalf("flotilla %v: %v", args, err)
+	}
+	return result{stdout: out.String(), stderr: errOut.String(), code: code}
+}
+
+// must runs the CLI and fails the test unless it exits 0.
+func (s *server) must(args ...string) string {
+	s.t.Helper()
+	r := s.flotilla("", args...)
+	if r.code != 0 {
+		s.t.Fatalf("flotilla %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
