@@ -22,9 +22,10 @@ import (
 
 func newGetCmd(e *env) *cobra.Command {
 	var (
-		parents parentFlags
-		output  string
-		sel     string
+		parents     parentFlags
+		output      string
+		sel         string
+		clusterName string
 	)
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
@@ -35,6 +36,9 @@ search; a name that is unique in the fleet needs none.`,
 		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "compiled" {
+				return e.getCompiled(cmd, clusterName, args[1:])
+			}
 			k, err := e.kindArg(args[0])
 			if err != nil {
 				return err
@@ -62,7 +66,28 @@ search; a name that is unique in the fleet needs none.`,
 	parents.add(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, yaml or json")
 	cmd.Flags().StringVarP(&sel, "selector", "l", "", "label selector, e.g. env=prod,tier!=web")
+	cmd.Flags().StringVar(&clusterName, "cluster", "", "with `get compiled`: the cluster whose native objects to show")
 	return cmd
+}
+
+// getCompiled prints the native Istio objects a cluster should have now.
+func (e *env) getCompiled(cmd *cobra.Command, cluster string, rest []string) error {
+	if cluster == "" && len(rest) == 1 {
+		cluster = rest[0]
+	}
+	if cluster == "" {
+		return fmt.Errorf("name the cluster: flotilla get compiled --cluster c1")
+	}
+	res, err := e.fleet().GetCompiled(cmd.Context(), connect.NewRequest(&pb.GetCompiledRequest{Cluster: cluster}))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.out, "# cluster %s, bundle version %s\n", res.Msg.GetCluster(), res.Msg.GetBundleVersion())
+	fmt.Fprint(e.out, res.Msg.GetObjects())
+	for _, d := range res.Msg.GetDiagnostics() {
+		fmt.Fprintf(e.errOut, "warning: %s\n", d)
+	}
+	return nil
 }
 
 func checkOutput(o string) error {

@@ -69,6 +69,9 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newDeleteCmd(e),
 		newAuditCmd(e),
 		newVersionCmd(e),
+		newAgentCmd(e),
+		newClusterCmd(e),
+		newStatusCmd(e),
 	)
 	return root
 }
@@ -124,12 +127,14 @@ func actorInterceptor() connect.Interceptor {
 	})
 }
 
+func (e *env) httpClient() *http.Client { return http.DefaultClient }
+
 func (e *env) resources() flotillav1alpha1connect.ResourceServiceClient {
-	return flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))
+	return flotillav1alpha1connect.NewResourceServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))
 }
 
 func (e *env) audit() flotillav1alpha1connect.AuditServiceClient {
-	return flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, strings.TrimSuffix(e.server, "/"))
+	return flotillav1alpha1connect.NewAuditServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"))
 }
 
 // violations extracts the per-field details of a server error.

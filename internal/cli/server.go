@@ -13,7 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/central"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
 	"flotilla.io/flotilla/internal/store/sqlite"
@@ -46,8 +49,18 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
 			srv := apiserver.New(e.reg, st, log)
+			cp := central.New(e.reg, st, log.With("component", "central"))
+			srv.Handle(agentv1connect.NewAgentServiceHandler(cp))
+			srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
+			cpDone := make(chan error, 1)
+			go func() { cpDone <- cp.Run(ctx) }()
 			log.Info("management plane serving", "addr", ln.Addr().String(), "store", desc, "version", Version)
-			return srv.Serve(ctx, ln)
+			err = srv.Serve(ctx, ln)
+			stop()
+			if cerr := <-cpDone; err == nil {
+				err = cerr
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve the API on")

@@ -24,6 +24,12 @@ type Kind struct {
 	Short []string
 	// Parent is the parent kind's Name; empty for a root kind.
 	Parent string
+	// APIVersions are the apiVersions accepted for the kind; the first is
+	// the one stored and shown. Empty means [APIVersion].
+	APIVersions []string
+	// Namespaced kinds (raw Istio objects) carry metadata.namespace: where
+	// they are written in each selected cluster.
+	Namespaced bool
 	// NewSpec returns an empty spec message of this kind.
 	NewSpec func() proto.Message
 	// Default fills defaults into a decoded spec; optional.
@@ -33,6 +39,26 @@ type Kind struct {
 	Validate func(spec proto.Message) []FieldError
 	// CheckRefs checks an object against the rest of the store; optional.
 	CheckRefs func(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error)
+}
+
+// APIVersion is the apiVersion the kind is stored and shown with.
+func (k *Kind) APIVersion() string {
+	if len(k.APIVersions) == 0 {
+		return APIVersion
+	}
+	return k.APIVersions[0]
+}
+
+func (k *Kind) acceptsAPIVersion(v string) bool {
+	if len(k.APIVersions) == 0 {
+		return v == APIVersion
+	}
+	for _, a := range k.APIVersions {
+		if a == v {
+			return true
+		}
+	}
+	return false
 }
 
 // FieldError is one problem at one field of one resource.

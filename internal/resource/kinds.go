@@ -49,6 +49,7 @@ func Builtin(extra ...*Kind) *Registry {
 			NewSpec:  func() proto.Message { return &pb.ClusterSpec{} },
 			Validate: validateCluster},
 	}
+	kinds = append(kinds, meshKinds()...)
 	return NewRegistry(append(kinds, extra...)...)
 }
 

@@ -34,6 +34,8 @@ type Object struct {
 	Parents     []Ref // root first
 	Labels      map[string]string
 	Annotations map[string]string
+	// Namespace is set for namespaced kinds (raw Istio objects).
+	Namespace string
 	// ETag, when set, must match the stored etag for a write to succeed.
 	ETag string
 	Spec proto.Message
@@ -96,10 +98,13 @@ func (r *Registry) Parse(index int, res *pb.Resource) (*Object, []Violation) {
 	bad := func(kind, field, format string, args ...any) {
 		vs = append(vs, Violation{Index: index, Kind: kind, Name: name, Field: field, Message: fmt.Sprintf(format, args...)})
 	}
-	if res.GetApiVersion() != APIVersion {
-		bad(res.GetKind(), "apiVersion", "is %q; set it to %q", res.GetApiVersion(), APIVersion)
-	}
 	k, ok := r.Kind(res.GetKind())
+	switch {
+	case ok && !k.acceptsAPIVersion(res.GetApiVersion()):
+		bad(res.GetKind(), "apiVersion", "is %q; set it to %s", res.GetApiVersion(), strings.Join(apiVersionsOf(k), " or "))
+	case !ok && res.GetApiVersion() == "":
+		bad(res.GetKind(), "apiVersion", "is missing; set it to %q", APIVersion)
+	}
 	if !ok {
 		if res.GetKind() == "" {
 			bad("", "kind", "is missing; set it to one of %s", r.Names())
@@ -117,8 +122,16 @@ func (r *Registry) Parse(index int, res *pb.Resource) (*Object, []Violation) {
 		bad(k.Name, "metadata", "is missing; give at least metadata.name")
 		return nil, vs
 	}
-	obj := &Object{Kind: k, Name: md.GetName(), ETag: md.GetEtag(), Labels: md.GetLabels(), Annotations: md.GetAnnotations()}
+	obj := &Object{Kind: k, Name: md.GetName(), Namespace: md.GetNamespace(), ETag: md.GetEtag(), Labels: md.GetLabels(), Annotations: md.GetAnnotations()}
 	checkName(md.GetName(), "metadata.name", func(f, m string) { bad(k.Name, f, "%s", m) })
+	switch {
+	case k.Namespaced && md.GetNamespace() == "":
+		bad(k.Name, "metadata.namespace", "is required: name the namespace the %s is written to in each selected cluster", k.Name)
+	case k.Namespaced:
+		checkName(md.GetNamespace(), "metadata.namespace", func(f, m string) { bad(k.Name, f, "%s", m) })
+	case md.GetNamespace() != "":
+		bad(k.Name, "metadata.namespace", "a %s has no namespace; remove this field", k.Name)
+	}
 
 	// Parents: every ancestor named, nothing else.
 	mref := md.ProtoReflect()
@@ -187,6 +200,17 @@ func (r *Registry) Parse(index int, res *pb.Resource) (*Object, []Violation) {
 	return obj, nil
 }
 
+func apiVersionsOf(k *Kind) []string {
+	if len(k.APIVersions) == 0 {
+		return []string{fmt.Sprintf("%q", APIVersion)}
+	}
+	out := make([]string, len(k.APIVersions))
+	for i, v := range k.APIVersions {
+		out[i] = fmt.Sprintf("%q", v)
+	}
+	return out
+}
+
 func checkName(v, field string, bad func(field, msg string)) {
 	for _, m := range validation.IsDNS1123Label(v) {
 		bad(field, fmt.Sprintf("%q is not a valid name: %s", v, m))
@@ -244,6 +268,7 @@ func (o *Object) Record() (store.Record, error) {
 		FQN:         o.FQN(),
 		Name:        o.Name,
 		Parent:      o.ParentFQN(),
+		Namespace:   o.Namespace,
 		Labels:      maps.Clone(o.Labels),
 		Annotations: maps.Clone(o.Annotations),
 		Spec:        spec,
@@ -252,13 +277,14 @@ func (o *Object) Record() (store.Record, error) {
 
 // SameContent reports whether writing a would change nothing in b.
 func SameContent(a, b store.Record) bool {
-	return string(a.Spec) == string(b.Spec) && maps.Equal(a.Labels, b.Labels) && maps.Equal(a.Annotations, b.Annotations)
+	return string(a.Spec) == string(b.Spec) && a.Namespace == b.Namespace && maps.Equal(a.Labels, b.Labels) && maps.Equal(a.Annotations, b.Annotations)
 }
 
 // Resource converts a stored record into its API form.
 func (r *Registry) Resource(rec store.Record) (*pb.Resource, error) {
 	md := &pb.Metadata{
 		Name:        rec.Name,
+		Namespace:   rec.Namespace,
 		Labels:      rec.Labels,
 		Annotations: rec.Annotations,
 		Etag:        rec.ETag,
@@ -276,7 +302,11 @@ func (r *Registry) Resource(rec store.Record) (*pb.Resource, error) {
 		}
 		mref.Set(metadataField(k), protoreflect.ValueOfString(parts[i+1]))
 	}
-	res := &pb.Resource{ApiVersion: APIVersion, Kind: rec.Kind, Metadata: md}
+	apiVersion := APIVersion
+	if k, ok := r.Kind(rec.Kind); ok {
+		apiVersion = k.APIVersion()
+	}
+	res := &pb.Resource{ApiVersion: apiVersion, Kind: rec.Kind, Metadata: md}
 	var err error
 	if res.Spec, err = structOf(rec.Spec); err != nil {
 		return nil, fmt.Errorf("stored record %s: spec: %w", rec.FQN, err)

@@ -20,7 +20,7 @@ func TestKindsAreFoundByNamePluralAndShortNameInAnyCase(t *testing.T) {
 			t.Errorf("Lookup(%q) = %v, %v; want %s", name, k, ok, want)
 		}
 	}
-	if _, ok := reg.Lookup("virtualservice"); ok {
+	if _, ok := reg.Lookup("widget"); ok {
 		t.Error("an unknown kind was found")
 	}
 }

@@ -35,6 +35,7 @@ type Record struct {
 	FQN         string
 	Name        string
 	Parent      string // FQN of the parent; empty for a root
+	Namespace   string // target namespace of a raw Istio object; usually empty
 	Labels      map[string]string
 	Annotations map[string]string
 	Spec        json.RawMessage
@@ -95,6 +96,18 @@ type AuditQuery struct {
 	Limit int    // the newest Limit records; 0 means 1000
 }
 
+// Credential is a secret that lets an agent act for a cluster: a one-time
+// join token, or the long-lived credential a join token is exchanged for.
+// Only its hash is stored.
+type Credential struct {
+	Hash       string // hex SHA-256 of the secret
+	Cluster    string // FQN of the cluster
+	Kind       string // "join" or "agent"
+	Expires    time.Time
+	Used       bool
+	CreateTime time.Time
+}
+
 // Reader reads records. Records returned are the caller's to keep.
 type Reader interface {
 	Get(ctx context.Context, fqn string) (Record, error)
@@ -114,6 +127,13 @@ type Tx interface {
 	PutStatus(ctx context.Context, fqn string, status json.RawMessage) (Record, error)
 	// Delete removes the record, with an event and an audit record.
 	Delete(ctx context.Context, fqn string) (Record, error)
+	// PutCredential creates or replaces a credential (by hash). It takes no
+	// revision: credentials are not intent.
+	PutCredential(ctx context.Context, c Credential) error
+	// GetCredential reads a credential by hash.
+	GetCredential(ctx context.Context, hash string) (Credential, error)
+	// DeleteCredentials removes a cluster's credentials of one kind.
+	DeleteCredentials(ctx context.Context, cluster, kind string) error
 }
 
 // Store is the durable store. Its methods are safe for concurrent use.
@@ -137,6 +157,8 @@ type Store interface {
 	Compact(ctx context.Context, rev int64) error
 	// Audit lists audit records, oldest first.
 	Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
+	// Credential reads a credential by hash, outside any transaction.
+	Credential(ctx context.Context, hash string) (Credential, error)
 	// Ping checks that the database answers.
 	Ping(ctx context.Context) error
 	Close() error

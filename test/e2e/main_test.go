@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"flotilla.io/flotilla/internal/testfleet"
 )
 
 // flotillaBin is the binary under test, built once by TestMain.
@@ -23,6 +25,9 @@ var flotillaBin string
 
 // repoRoot is the repository's top directory.
 var repoRoot string
+
+// fleet is two real clusters (c1, c2) shared by the package's tests.
+var fleet *testfleet.Fleet
 
 func TestMain(m *testing.M) {
 	wd, err := os.Getwd()
@@ -42,7 +47,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build flotilla:", err)
 		os.Exit(1)
 	}
+	f, err := testfleet.Start(testfleet.Options{Clusters: 2})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testfleet:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	fleet = f
 	code := m.Run()
+	if err := f.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "testfleet: stop:", err)
+		code = max(code, 1)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -55,6 +71,52 @@ func freePort(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// process is a flotilla process the test started; it is killed when the
+// test ends.
+type process struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	done chan error
+}
+
+// startProcess runs the flotilla binary with args in dir.
+func startProcess(t *testing.T, dir string, env []string, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(flotillaBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{t: t, cmd: cmd, log: log, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("log of %v:\n%s", args, log.String())
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits (killing after 20 s); it is idempotent.
+func (p *process) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
 }
 
 // server is a running `flotilla server` process.

@@ -45,7 +45,10 @@ type Metadata struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Revision is the store revision of the resource's last write; read-only.
-	Revision      int64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,12,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Namespace is where a raw Istio object of a DIRECT group is written in
+	// each selected cluster. Flotilla's own kinds have none.
+	Namespace     string `protobuf:"bytes,13,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +167,13 @@ func (x *Metadata) GetRevision() int64 {
 	return 0
 }
 
+func (x *Metadata) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 // Resource is the generic envelope of every Flotilla kind. The schema of spec
 // and status depends on kind and is enforced by the server.
 type Resource struct {
@@ -248,7 +258,7 @@ var File_flotilla_v1alpha1_resource_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_resource_proto_rawDesc = "" +
 	"\n" +
-	" flotilla/v1alpha1/resource.proto\x12\x11flotilla.v1alpha1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x04\n" +
+	" flotilla/v1alpha1/resource.proto\x12\x11flotilla.v1alpha1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x04\n" +
 	"\bMetadata\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
 	"\forganization\x18\x02 \x01(\tR\forganization\x12\x16\n" +
@@ -264,7 +274,8 @@ const file_flotilla_v1alpha1_resource_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1a\n" +
-	"\brevision\x18\f \x01(\x03R\brevision\x1a9\n" +
+	"\brevision\x18\f \x01(\x03R\brevision\x12\x1c\n" +
+	"\tnamespace\x18\r \x01(\tR\tnamespace\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +

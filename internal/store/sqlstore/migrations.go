@@ -44,5 +44,16 @@ CREATE TABLE meta (
 );
 INSERT INTO meta (key, value) VALUES ('revision', 0);
 INSERT INTO meta (key, value) VALUES ('compacted', 0)`
-	return []string{v1}
+	v2 := `
+CREATE TABLE credentials (
+	hash TEXT PRIMARY KEY,
+	cluster TEXT NOT NULL,
+	kind TEXT NOT NULL,
+	expires BIGINT NOT NULL,
+	used INTEGER NOT NULL,
+	create_time BIGINT NOT NULL
+);
+CREATE INDEX credentials_cluster ON credentials (cluster, kind)`
+	v3 := `ALTER TABLE objects ADD COLUMN namespace TEXT NOT NULL DEFAULT ''`
+	return []string{v1, v2, v3}
 }

@@ -41,6 +41,8 @@ type DB struct {
 
 	notifyMu sync.Mutex
 	changed  chan struct{} // closed and replaced on every commit
+
+	stmts sync.Map // query text -> *sql.Stmt, prepared once (parsing SQL costs more than a commit)
 }
 
 var _ store.Store = (*DB)(nil)
@@ -111,14 +113,67 @@ func splitStatements(s string) []string {
 	return out
 }
 
-// querier is what *sql.DB and *sql.Tx share.
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+// querier runs statements through the DB's prepared-statement cache, in a
+// transaction when tx is set.
+type querier struct {
+	d  *DB
+	tx *sql.Tx
 }
 
-const recordColumns = `fqn, kind, name, parent, labels, annotations, spec, status, etag, revision, create_time, update_time`
+func (q querier) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	v, ok := q.d.stmts.Load(query)
+	if !ok {
+		s, err := q.d.db.PrepareContext(ctx, query)
+		if err != nil {
+			return nil, err
+		}
+		if v, ok = q.d.stmts.LoadOrStore(query, s); ok {
+			s.Close() // another goroutine prepared it first
+		}
+	}
+	s := v.(*sql.Stmt)
+	if q.tx != nil {
+		return q.tx.StmtContext(ctx, s), nil
+	}
+	return s, nil
+}
+
+func (q querier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	s, err := q.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.QueryContext(ctx, args...)
+}
+
+func (q querier) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	s, err := q.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.ExecContext(ctx, args...)
+}
+
+// scanOne runs a query expected to return one row and scans it.
+func (q querier) scanOne(ctx context.Context, query string, args []any, dest ...any) error {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	return rows.Close()
+}
+
+const recordColumns = `fqn, kind, name, parent, labels, annotations, spec, status, etag, revision, create_time, update_time, namespace`
 
 func scanRecord(scan func(...any) error) (store.Record, error) {
 	var (
@@ -127,7 +182,7 @@ func scanRecord(scan func(...any) error) (store.Record, error) {
 		spec, status             string
 		createNanos, updateNanos int64
 	)
-	if err := scan(&r.FQN, &r.Kind, &r.Name, &r.Parent, &labels, &annotations, &spec, &status, &r.ETag, &r.Revision, &createNanos, &updateNanos); err != nil {
+	if err := scan(&r.FQN, &r.Kind, &r.Name, &r.Parent, &labels, &annotations, &spec, &status, &r.ETag, &r.Revision, &createNanos, &updateNanos, &r.Namespace); err != nil {
 		return store.Record{}, err
 	}
 	if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
@@ -152,8 +207,9 @@ func scanRecord(scan func(...any) error) (store.Record, error) {
 }
 
 func get(ctx context.Context, q querier, fqn string) (store.Record, error) {
-	row := q.QueryRowContext(ctx, `SELECT `+recordColumns+` FROM objects WHERE fqn = $1`, fqn)
-	r, err := scanRecord(row.Scan)
+	r, err := scanRecord(func(dest ...any) error {
+		return q.scanOne(ctx, `SELECT `+recordColumns+` FROM objects WHERE fqn = $1`, []any{fqn}, dest...)
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Record{}, fmt.Errorf("%s: %w", fqn, store.ErrNotFound)
 	}
@@ -206,11 +262,13 @@ func list(ctx context.Context, q querier, query store.Query) ([]store.Record, er
 }
 
 // Get implements store.Reader.
-func (d *DB) Get(ctx context.Context, fqn string) (store.Record, error) { return get(ctx, d.db, fqn) }
+func (d *DB) Get(ctx context.Context, fqn string) (store.Record, error) {
+	return get(ctx, querier{d: d}, fqn)
+}
 
 // List implements store.Reader.
 func (d *DB) List(ctx context.Context, q store.Query) ([]store.Record, error) {
-	return list(ctx, d.db, q)
+	return list(ctx, querier{d: d}, q)
 }
 
 // Revision implements store.Store.
@@ -238,7 +296,10 @@ func (d *DB) notify() {
 func (d *DB) Ping(ctx context.Context) error { return d.db.PingContext(ctx) }
 
 // Close implements store.Store.
-func (d *DB) Close() error { return d.db.Close() }
+func (d *DB) Close() error {
+	d.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
+	return d.db.Close()
+}
 
 // Update implements store.Store.
 func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) error) error {
@@ -254,19 +315,21 @@ func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) erro
 			return fmt.Errorf("lock: %w", err)
 		}
 	}
-	t := &tx{tx: sqlTx, actor: actor, now: d.now().UTC()}
-	if err := sqlTx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'revision'`).Scan(&t.rev); err != nil {
+	t := &tx{q: querier{d: d, tx: sqlTx}, actor: actor, now: d.now().UTC()}
+	if err := t.q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'revision'`, nil, &t.rev); err != nil {
 		return fmt.Errorf("read revision: %w", err)
 	}
 	start := t.rev
 	if err := fn(t); err != nil {
 		return err
 	}
-	if t.rev == start {
+	if t.rev == start && !t.wrote {
 		return nil // nothing written; nothing to commit
 	}
-	if _, err := sqlTx.ExecContext(ctx, `UPDATE meta SET value = $1 WHERE key = 'revision'`, t.rev); err != nil {
-		return fmt.Errorf("write revision: %w", err)
+	if t.rev != start {
+		if _, err := t.q.ExecContext(ctx, `UPDATE meta SET value = $1 WHERE key = 'revision'`, t.rev); err != nil {
+			return fmt.Errorf("write revision: %w", err)
+		}
 	}
 	if err := sqlTx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
@@ -395,16 +458,17 @@ func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord
 
 // tx implements store.Tx inside Update.
 type tx struct {
-	tx    *sql.Tx
+	wrote bool // a write that takes no revision (credentials) must still commit
+	q     querier
 	actor string
 	now   time.Time
 	rev   int64
 }
 
-func (t *tx) Get(ctx context.Context, fqn string) (store.Record, error) { return get(ctx, t.tx, fqn) }
+func (t *tx) Get(ctx context.Context, fqn string) (store.Record, error) { return get(ctx, t.q, fqn) }
 
 func (t *tx) List(ctx context.Context, q store.Query) ([]store.Record, error) {
-	return list(ctx, t.tx, q)
+	return list(ctx, t.q, q)
 }
 
 func etag(fqn string, rev int64) string {
@@ -413,7 +477,7 @@ func etag(fqn string, rev int64) string {
 }
 
 func (t *tx) Put(ctx context.Context, rec store.Record) (store.Record, error) {
-	old, err := get(ctx, t.tx, rec.FQN)
+	old, err := get(ctx, t.q, rec.FQN)
 	exists := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return store.Record{}, err
@@ -450,26 +514,26 @@ func (t *tx) Put(ctx context.Context, rec store.Record) (store.Record, error) {
 }
 
 func (t *tx) PutStatus(ctx context.Context, fqn string, status json.RawMessage) (store.Record, error) {
-	rec, err := get(ctx, t.tx, fqn)
+	rec, err := get(ctx, t.q, fqn)
 	if err != nil {
 		return store.Record{}, err
 	}
 	t.rev++
 	rec.Status = status
 	rec.Revision = t.rev
-	if _, err := t.tx.ExecContext(ctx, `UPDATE objects SET status = $1, revision = $2 WHERE fqn = $3`, string(status), t.rev, fqn); err != nil {
+	if _, err := t.q.ExecContext(ctx, `UPDATE objects SET status = $1, revision = $2 WHERE fqn = $3`, string(status), t.rev, fqn); err != nil {
 		return store.Record{}, fmt.Errorf("write status of %s: %w", fqn, err)
 	}
 	return rec, t.event(ctx, store.EventPut, rec)
 }
 
 func (t *tx) Delete(ctx context.Context, fqn string) (store.Record, error) {
-	old, err := get(ctx, t.tx, fqn)
+	old, err := get(ctx, t.q, fqn)
 	if err != nil {
 		return store.Record{}, err
 	}
 	t.rev++
-	if _, err := t.tx.ExecContext(ctx, `DELETE FROM objects WHERE fqn = $1`, fqn); err != nil {
+	if _, err := t.q.ExecContext(ctx, `DELETE FROM objects WHERE fqn = $1`, fqn); err != nil {
 		return store.Record{}, fmt.Errorf("delete %s: %w", fqn, err)
 	}
 	if err := t.event(ctx, store.EventDelete, old); err != nil {
@@ -487,12 +551,12 @@ func (t *tx) upsert(ctx context.Context, r store.Record, exists bool) error {
 	if err != nil {
 		return err
 	}
-	args := []any{r.FQN, r.Kind, r.Name, r.Parent, string(labels), string(annotations), string(r.Spec), string(r.Status), r.ETag, r.Revision, r.CreateTime.UnixNano(), r.UpdateTime.UnixNano()}
-	q := `INSERT INTO objects (` + recordColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`
+	args := []any{r.FQN, r.Kind, r.Name, r.Parent, string(labels), string(annotations), string(r.Spec), string(r.Status), r.ETag, r.Revision, r.CreateTime.UnixNano(), r.UpdateTime.UnixNano(), r.Namespace}
+	q := `INSERT INTO objects (` + recordColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
 	if exists {
-		q = `UPDATE objects SET kind = $2, name = $3, parent = $4, labels = $5, annotations = $6, spec = $7, status = $8, etag = $9, revision = $10, create_time = $11, update_time = $12 WHERE fqn = $1`
+		q = `UPDATE objects SET kind = $2, name = $3, parent = $4, labels = $5, annotations = $6, spec = $7, status = $8, etag = $9, revision = $10, create_time = $11, update_time = $12, namespace = $13 WHERE fqn = $1`
 	}
-	if _, err := t.tx.ExecContext(ctx, q, args...); err != nil {
+	if _, err := t.q.ExecContext(ctx, q, args...); err != nil {
 		return fmt.Errorf("write %s: %w", r.FQN, err)
 	}
 	return nil
@@ -503,7 +567,7 @@ func (t *tx) event(ctx context.Context, typ store.EventType, r store.Record) err
 	if err != nil {
 		return err
 	}
-	if _, err := t.tx.ExecContext(ctx, `INSERT INTO events (revision, type, fqn, kind, record) VALUES ($1, $2, $3, $4, $5)`, t.rev, int(typ), r.FQN, r.Kind, string(body)); err != nil {
+	if _, err := t.q.ExecContext(ctx, `INSERT INTO events (revision, type, fqn, kind, record) VALUES ($1, $2, $3, $4, $5)`, t.rev, int(typ), r.FQN, r.Kind, string(body)); err != nil {
 		return fmt.Errorf("record event for %s: %w", r.FQN, err)
 	}
 	return nil
@@ -514,7 +578,7 @@ func (t *tx) audit(ctx context.Context, op string, r store.Record, changes []sto
 	if err != nil {
 		return err
 	}
-	if _, err := t.tx.ExecContext(ctx, `INSERT INTO audit (revision, time, actor, operation, kind, fqn, changes) VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.rev, t.now.UnixNano(), t.actor, op, r.Kind, r.FQN, string(body)); err != nil {
+	if _, err := t.q.ExecContext(ctx, `INSERT INTO audit (revision, time, actor, operation, kind, fqn, changes) VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.rev, t.now.UnixNano(), t.actor, op, r.Kind, r.FQN, string(body)); err != nil {
 		return fmt.Errorf("record audit for %s: %w", r.FQN, err)
 	}
 	return nil
@@ -532,4 +596,57 @@ func nonNilChanges(c []store.Change) []store.Change {
 		return []store.Change{}
 	}
 	return c
+}
+
+func getCredential(ctx context.Context, q querier, hash string) (store.Credential, error) {
+	var (
+		c                store.Credential
+		expires, created int64
+		used             int
+	)
+	err := q.scanOne(ctx, `SELECT hash, cluster, kind, expires, used, create_time FROM credentials WHERE hash = $1`, []any{hash}, &c.Hash, &c.Cluster, &c.Kind, &expires, &used, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Credential{}, fmt.Errorf("credential: %w", store.ErrNotFound)
+	} else if err != nil {
+		return store.Credential{}, err
+	}
+	c.Expires, c.CreateTime, c.Used = time.Unix(0, expires).UTC(), time.Unix(0, created).UTC(), used != 0
+	return c, nil
+}
+
+// Credential implements store.Store.
+func (d *DB) Credential(ctx context.Context, hash string) (store.Credential, error) {
+	return getCredential(ctx, querier{d: d}, hash)
+}
+
+func (t *tx) GetCredential(ctx context.Context, hash string) (store.Credential, error) {
+	return getCredential(ctx, t.q, hash)
+}
+
+func (t *tx) PutCredential(ctx context.Context, c store.Credential) error {
+	if c.CreateTime.IsZero() {
+		c.CreateTime = t.now
+	}
+	used := 0
+	if c.Used {
+		used = 1
+	}
+	if _, err := t.q.ExecContext(ctx, `DELETE FROM credentials WHERE hash = $1`, c.Hash); err != nil {
+		return err
+	}
+	_, err := t.q.ExecContext(ctx, `INSERT INTO credentials (hash, cluster, kind, expires, used, create_time) VALUES ($1, $2, $3, $4, $5, $6)`,
+		c.Hash, c.Cluster, c.Kind, c.Expires.UnixNano(), used, c.CreateTime.UnixNano())
+	if err != nil {
+		return fmt.Errorf("write credential for %s: %w", c.Cluster, err)
+	}
+	t.wrote = true
+	return nil
+}
+
+func (t *tx) DeleteCredentials(ctx context.Context, cluster, kind string) error {
+	if _, err := t.q.ExecContext(ctx, `DELETE FROM credentials WHERE cluster = $1 AND kind = $2`, cluster, kind); err != nil {
+		return fmt.Errorf("delete %s credentials of %s: %w", kind, cluster, err)
+	}
+	t.wrote = true
+	return nil
 }

@@ -41,6 +41,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"acknowledged writes survive closing and reopening", testReopen},
 		{"concurrent updates get unique gap-free revisions", testConcurrent},
 		{"an unchanged update with no writes does not take a revision", testNoopUpdate},
+		{"credentials are stored by hash, updated, deleted and survive reopening", testCredentials},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -443,5 +444,44 @@ func testNoopUpdate(t *testing.T, open Opener) {
 	}
 	if rev, _ := st.Revision(ctx); rev != 1 {
 		t.Fatalf("a read-only update moved the revision to %d", rev)
+	}
+}
+
+func testCredentials(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
+	c := store.Credential{Hash: "h1", Cluster: "organizations/acme/clusters/c1", Kind: "join", Expires: exp}
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { return tx.PutCredential(ctx, c) }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Credential(ctx, "h1")
+	if err != nil || got.Cluster != c.Cluster || got.Kind != "join" || !got.Expires.Equal(exp) || got.Used || got.CreateTime.IsZero() {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+	if rev, _ := st.Revision(ctx); rev != 0 {
+		t.Fatalf("a credential took revision %d", rev)
+	}
+	err = st.Update(ctx, "a", func(tx store.Tx) error {
+		cur, err := tx.GetCredential(ctx, "h1")
+		if err != nil {
+			return err
+		}
+		cur.Used = true
+		return tx.PutCredential(ctx, cur)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st = open(t)
+	if got, err := st.Credential(ctx, "h1"); err != nil || !got.Used {
+		t.Fatalf("after reopen: %+v, %v", got, err)
+	}
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { return tx.DeleteCredentials(ctx, c.Cluster, "join") }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Credential(ctx, "h1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted credential: %v", err)
 	}
 }

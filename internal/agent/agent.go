@@ -1,0 +1,301 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/agent/apply"
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/compile"
+)
+
+// Config configures an agent.
+type Config struct {
+	// Server is the central control plane's URL.
+	Server string
+	// Cluster is this cluster's name (or FQN) in Flotilla.
+	Cluster string
+	// TokenFile holds a join token, used only until the agent has a credential.
+	TokenFile string
+	// Kube reaches the agent's own cluster. QPS and Burst are set explicitly
+	// (client-go's defaults of 5/10 cap an agent at ~300 writes a minute).
+	Kube *rest.Config
+	// Version is the agent's own version, reported to the central control plane.
+	Version string
+	Log     *slog.Logger
+	// ResyncPeriod re-applies the current bundle even without a change.
+	ResyncPeriod time.Duration
+	// TLS configures https:// servers; nil uses the system roots.
+	TLS *tls.Config
+}
+
+// Default client rate limits for the agent's Kubernetes client.
+const (
+	DefaultQPS   = 50
+	DefaultBurst = 100
+)
+
+// Agent is one cluster's edge control plane.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	kube    kubernetes.Interface
+	cache   *bundleCache
+	applier *apply.Applier
+	client  agentv1connect.AgentServiceClient
+	inv     *inventoryWatch
+
+	// outbox carries reports to the central control plane; producers never
+	// block (a full outbox drops, and the next session starts with a full
+	// report anyway).
+	outbox chan *agentv1.ConnectRequest
+
+	mu      sync.Mutex
+	current *bundle.Bundle // the bundle to reconcile; nil before the first
+	version string
+	lastAck *agentv1.Ack
+	wake    chan struct{} // capacity 1: reconcile soon
+}
+
+// New checks cfg and builds an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Server == "" || cfg.Cluster == "" {
+		return nil, errors.New("agent: --server and --cluster are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ResyncPeriod == 0 {
+		cfg.ResyncPeriod = 10 * time.Minute
+	}
+	kcfg := rest.CopyConfig(cfg.Kube)
+	if kcfg.QPS == 0 {
+		kcfg.QPS, kcfg.Burst = DefaultQPS, DefaultBurst
+	}
+	kcfg.UserAgent = "flotilla-agent/" + cfg.Version
+	kube, err := kubernetes.NewForConfig(kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: dynamic client: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Log, kube: kube, cache: &bundleCache{dyn: dyn},
+		outbox: make(chan *agentv1.ConnectRequest, 1024),
+		wake:   make(chan struct{}, 1),
+	}
+	a.applier, err = apply.New(kcfg, apply.Options{GVKs: apply.IstioKinds(), Logger: cfg.Log.With("component", "applier"), OnDrift: a.onDrift})
+	if err != nil {
+		return nil, fmt.Errorf("agent: applier: %w", err)
+	}
+	a.client = agentv1connect.NewAgentServiceClient(httpClient(cfg.Server, cfg.TLS), strings.TrimSuffix(cfg.Server, "/"), grpcOption())
+	a.inv = newInventoryWatch(kube, a.send, a.poke)
+	return a, nil
+}
+
+// httpClient speaks HTTP/2 (over TLS for https, cleartext for http), with
+// pings that find a dead connection.
+func httpClient(server string, tlsConfig *tls.Config) *http.Client {
+	p := new(http.Protocols)
+	if strings.HasPrefix(server, "https://") {
+		p.SetHTTP2(true)
+	} else {
+		p.SetUnencryptedHTTP2(true)
+	}
+	return &http.Client{Transport: &http.Transport{
+		Protocols:       p,
+		TLSClientConfig: tlsConfig,
+		HTTP2:           &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 10 * time.Second},
+	}}
+}
+
+// send queues a report without blocking.
+func (a *Agent) send(m *agentv1.ConnectRequest) {
+	select {
+	case a.outbox <- m:
+	default:
+		a.log.Warn("report queue full; dropping a report (the next session sends a full one)")
+	}
+}
+
+// poke asks the reconcile loop to run soon.
+func (a *Agent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) onDrift(d apply.Drift) {
+	a.log.Info("drift", "object", d.Kind+" "+d.Namespace+"/"+d.Name, "change", d.Change, "restored", d.Restored)
+	a.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Drift{Drift: &agentv1.Drift{
+		Fqn: d.Owner, Kind: d.Kind, Namespace: d.Namespace, Name: d.Name, Change: string(d.Change), Restored: d.Restored, Message: d.Message,
+	}}})
+}
+
+// Run runs the agent until ctx ends: it installs its CRD, reconciles from
+// the stored bundle at once (so a cluster cut off from the central control
+// plane still converges), and keeps a session with the central control plane.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.cache.install(ctx); err != nil {
+		return err
+	}
+	if err := ensureNamespace(ctx, a.kube); err != nil {
+		return err
+	}
+	if b, v, err := a.cache.load(ctx); err != nil {
+		a.log.Error("stored bundle unusable; waiting for the central control plane", "err", err)
+	} else if b != nil {
+		a.log.Info("loaded the stored bundle", "version", v)
+		a.setBundle(b, v)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for _, run := range []func(context.Context) error{a.applier.Run, a.inv.run, a.sessions} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(ctx); err != nil && ctx.Err() == nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
+	err := a.reconcileLoop(ctx)
+	cancel()
+	wg.Wait()
+	select {
+	case e := <-errs:
+		return e
+	default:
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// setBundle makes b the bundle to reconcile.
+func (a *Agent) setBundle(b *bundle.Bundle, version string) {
+	a.mu.Lock()
+	a.current, a.version = b, version
+	a.mu.Unlock()
+	a.poke()
+}
+
+// reconcileLoop compiles and applies the current bundle whenever it is
+// poked (new bundle, namespaces changed) or the resync period passes.
+func (a *Agent) reconcileLoop(ctx context.Context) error {
+	resync := time.NewTicker(a.cfg.ResyncPeriod)
+	defer resync.Stop()
+	// States: idle until poked or resynced; then reconcile once (it takes
+	// the latest bundle and namespaces, so several pokes cost one pass).
+	for {
+		select {
+		case <-a.wake:
+		case <-resync.C:
+		case <-ctx.Done():
+			return nil
+		}
+		a.reconcile(ctx)
+	}
+}
+
+func (a *Agent) reconcile(ctx context.Context) {
+	a.mu.Lock()
+	b, version := a.current, a.version
+	a.mu.Unlock()
+	if b == nil {
+		return
+	}
+	namespaces, ok := a.inv.namespaces()
+	if !ok {
+		// The namespace informer has not synced: compiling now would prune
+		// objects of namespaces not yet seen. The informer pokes on sync.
+		return
+	}
+	res := compile.Compile(b, namespaces)
+	report := a.applier.Apply(ctx, res.Objects)
+	ack := buildAck(version, b, res, report)
+	a.mu.Lock()
+	stale := a.version != version
+	a.lastAck = ack
+	a.mu.Unlock()
+	failed := 0
+	for _, r := range ack.GetResources() {
+		if r.GetState() == "Failed" {
+			failed++
+		}
+	}
+	a.log.Info("reconciled", "version", version, "objects", len(res.Objects), "created", report.Count(apply.Created), "updated", report.Count(apply.Updated), "deleted", report.Count(apply.Deleted), "failedResources", failed)
+	if !stale {
+		a.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack}})
+	}
+}
+
+// buildAck turns compile diagnostics and the apply report into one status
+// per intent resource of the bundle.
+func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply.Report) *agentv1.Ack {
+	diags := map[string][]string{}
+	for _, d := range res.Diagnostics {
+		diags[d.FQN] = append(diags[d.FQN], d.String())
+	}
+	byOwner := report.ByOwner()
+	ack := &agentv1.Ack{BundleVersion: version}
+	for _, o := range b.Objects {
+		rs := &agentv1.ResourceStatus{Fqn: o.FQN, State: "Applied"}
+		var failures []string
+		failures = append(failures, diags[o.FQN]...)
+		for _, r := range byOwner[o.FQN] {
+			switch r.Action {
+			case apply.Failed:
+				failures = append(failures, fmt.Sprintf("%s %s/%s: %s", r.Kind, r.Namespace, r.Name, r.Message))
+			case apply.Deleted:
+			default:
+				rs.Objects = append(rs.Objects, fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name))
+			}
+		}
+		sort.Strings(rs.Objects)
+		switch {
+		case len(failures) > 0:
+			rs.State, rs.Message = "Failed", strings.Join(failures, "; ")
+		case len(rs.Objects) == 0:
+			rs.Message = "nothing to write in this cluster: no namespace it selects exists here"
+		default:
+			rs.Message = fmt.Sprintf("%d object(s)", len(rs.Objects))
+		}
+		ack.Resources = append(ack.Resources, rs)
+	}
+	return ack
+}
+
+// readToken reads a join token file.
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("no credential stored in the cluster and no --token-file: run `flotilla cluster onboard <cluster>` and pass its token")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read join token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}

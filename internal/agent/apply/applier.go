@@ -1,0 +1,489 @@
+package apply
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+)
+
+// DefaultFieldManager is the server-side apply field manager used when
+// Options.FieldManager is empty.
+const DefaultFieldManager = "flotilla"
+
+// DefaultResyncPeriod is the informer resync period used when
+// Options.ResyncPeriod is zero.
+const DefaultResyncPeriod = 10 * time.Minute
+
+// Client rate limits used when the rest.Config given to New leaves them zero;
+// client-go's own defaults (5/10) would cap an agent at about 300 writes a minute.
+const (
+	DefaultQPS   = 50
+	DefaultBurst = 100
+)
+
+// listPageSize bounds one page of a list of managed objects.
+const listPageSize = 500
+
+// IstioKinds returns the Istio kinds the agent manages, for Options.GVKs. The
+// slice is new on every call.
+func IstioKinds() []schema.GroupVersionKind {
+	networking := schema.GroupVersion{Group: "networking.istio.io", Version: "v1"}
+	security := schema.GroupVersion{Group: "security.istio.io", Version: "v1"}
+	return []schema.GroupVersionKind{
+		networking.WithKind("VirtualService"),
+		networking.WithKind("DestinationRule"),
+		networking.WithKind("Gateway"),
+		networking.WithKind("ServiceEntry"),
+		networking.WithKind("Sidecar"),
+		security.WithKind("PeerAuthentication"),
+		security.WithKind("AuthorizationPolicy"),
+		security.WithKind("RequestAuthentication"),
+	}
+}
+
+// Options configure an Applier. The zero value is usable but prunes and
+// watches only the kinds of the desired objects.
+type Options struct {
+	// FieldManager is the server-side apply field manager; DefaultFieldManager if empty.
+	FieldManager string
+	// GVKs are kinds to prune and watch besides those of the desired objects,
+	// so that the last object of a kind is pruned too. Agents pass IstioKinds().
+	// A kind whose resource the cluster does not serve is skipped.
+	GVKs []schema.GroupVersionKind
+	// OnDrift, if set, is called by Run after each repair of a drifted object
+	// (or a failed attempt). Calls come one at a time from Run's worker; the
+	// function must not block for long.
+	OnDrift func(Drift)
+	// Logger receives the applier's logs; nothing is logged if nil.
+	Logger *slog.Logger
+	// ResyncPeriod is how often Run re-examines every watched object even
+	// without events; DefaultResyncPeriod if zero.
+	ResyncPeriod time.Duration
+}
+
+// Applier makes a cluster hold the desired objects: Apply converges once and
+// reports, Run keeps them converged. Apply and Run may be called from
+// different goroutines; Apply calls are serialized.
+type Applier struct {
+	dyn     dynamic.Interface
+	mapper  *restmapper.DeferredDiscoveryRESTMapper
+	manager string
+	extra   []schema.GroupVersionKind
+	onDrift func(Drift)
+	log     *slog.Logger
+	resync  time.Duration
+
+	// writeMu serializes Apply with Run's repairs, so a repair never races
+	// an Apply that is about to write the same object.
+	writeMu sync.Mutex
+
+	mu      sync.RWMutex              // guards desired
+	desired map[objKey]*desiredObject // the set passed to the last Apply
+
+	// kindsChanged tells Run that Apply brought kinds it may not watch yet.
+	kindsChanged chan struct{}
+	running      atomic.Bool
+}
+
+// New returns an Applier for the cluster that cfg reaches. cfg is copied;
+// zero QPS and Burst become DefaultQPS and DefaultBurst.
+func New(cfg *rest.Config, opts Options) (*Applier, error) {
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		cfg.QPS = DefaultQPS
+	}
+	if cfg.Burst == 0 {
+		cfg.Burst = DefaultBurst
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create dynamic client for %s: %w", cfg.Host, err)
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create discovery client for %s: %w", cfg.Host, err)
+	}
+	a := &Applier{
+		dyn:          dyn,
+		mapper:       restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disc)),
+		manager:      cmp.Or(opts.FieldManager, DefaultFieldManager),
+		extra:        slices.Clone(opts.GVKs),
+		onDrift:      opts.OnDrift,
+		log:          opts.Logger,
+		resync:       cmp.Or(opts.ResyncPeriod, DefaultResyncPeriod),
+		desired:      map[objKey]*desiredObject{},
+		kindsChanged: make(chan struct{}, 1),
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	return a, nil
+}
+
+// objKey identifies an object independently of the API version it is read in.
+type objKey struct {
+	Group, Kind, Namespace, Name string
+}
+
+func (k objKey) groupKind() schema.GroupKind { return schema.GroupKind{Group: k.Group, Kind: k.Kind} }
+
+func keyOf(obj *unstructured.Unstructured) objKey {
+	gvk := obj.GroupVersionKind()
+	return objKey{Group: gvk.Group, Kind: gvk.Kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+}
+
+// desiredObject is one desired object, prepared for applying.
+type desiredObject struct {
+	key     objKey
+	obj     *unstructured.Unstructured // a copy, carrying HashAnnotation
+	hash    string
+	owner   string
+	mapping *meta.RESTMapping
+	// applied is set once Apply has made the cluster hold this object; Run
+	// repairs only applied objects, so one the API server rejects is not
+	// reported as drift.
+	applied atomic.Bool
+}
+
+// id names an object in messages: "VirtualService payments/web".
+func id(kind, namespace, name string) string {
+	if namespace == "" {
+		return kind + " " + name
+	}
+	return kind + " " + namespace + "/" + name
+}
+
+func (d *desiredObject) id() string { return id(d.key.Kind, d.key.Namespace, d.key.Name) }
+
+func (d *desiredObject) result(action Action, message string) ObjectResult {
+	return ObjectResult{
+		Owner: d.owner, APIVersion: d.obj.GetAPIVersion(), Kind: d.key.Kind,
+		Namespace: d.key.Namespace, Name: d.key.Name, Action: action, Message: message,
+	}
+}
+
+func (d *desiredObject) failed(err error) ObjectResult { return d.result(Failed, err.Error()) }
+
+// resource returns the client for d's resource, in d's namespace if namespaced.
+func (a *Applier) resource(m *meta.RESTMapping, namespace string) dynamic.ResourceInterface {
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		return a.dyn.Resource(m.Resource).Namespace(namespace)
+	}
+	return a.dyn.Resource(m.Resource)
+}
+
+// restMapping maps gvk to its resource. A no-match error resets the cached
+// discovery and retries once, since a CRD may have been installed since.
+func (a *Applier) restMapping(gvk schema.GroupVersionKind) (*meta.RESTMapping, error) {
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if meta.IsNoMatchError(err) {
+		a.mapper.Reset()
+		m, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("map %s to a resource: %w", gvk, err)
+	}
+	return m, nil
+}
+
+// Apply makes the cluster hold exactly the desired objects: it server-side
+// applies those whose live content differs, leaves those that match
+// untouched, and deletes managed objects (of the desired kinds and
+// Options.GVKs) that are no longer desired. Every failure is collected in
+// the report; Apply never stops at the first. desired becomes the state Run
+// repairs drift towards. An empty desired set prunes every managed object.
+// Apply does not modify desired.
+func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructured) Report {
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+
+	objs, results := a.prepare(desired)
+	newKinds := a.setDesired(objs)
+	if newKinds {
+		select {
+		case a.kindsChanged <- struct{}{}:
+		default:
+		}
+	}
+
+	live, unlisted, listResults := a.listManaged(ctx, a.knownKinds())
+	results = append(results, listResults...)
+
+	for _, k := range slices.SortedFunc(maps.Keys(objs), compareKeys) {
+		d := objs[k]
+		if d.mapping == nil {
+			continue // prepare reported why
+		}
+		var known *unstructured.Unstructured
+		if !unlisted[k.groupKind()] {
+			known = live[k]
+		}
+		res, _ := a.ensure(ctx, d, known)
+		if res.Action != Failed {
+			d.applied.Store(true)
+		}
+		results = append(results, res)
+	}
+
+	results = append(results, a.prune(ctx, objs, live)...)
+	sortResults(results)
+	return Report{Results: results}
+}
+
+// prepare checks and maps every desired object and computes its hash.
+// Objects that cannot be applied get a Failed result and a nil mapping; they
+// are still returned, so that they are not pruned.
+func (a *Applier) prepare(desired []*unstructured.Unstructured) (map[objKey]*desiredObject, []ObjectResult) {
+	objs := map[objKey]*desiredObject{}
+	var results []ObjectResult
+	for _, in := range desired {
+		d, err := a.prepareOne(in)
+		if d == nil {
+			results = append(results, ObjectResult{
+				Owner: in.GetAnnotations()[OwnerAnnotation], APIVersion: in.GetAPIVersion(), Kind: in.GetKind(),
+				Namespace: in.GetNamespace(), Name: in.GetName(), Action: Failed, Message: err.Error(),
+			})
+			continue
+		}
+		if prev, dup := objs[d.key]; dup {
+			results = append(results, d.failed(fmt.Errorf("%s is desired twice (owners %q and %q); applied the first only", d.id(), prev.owner, d.owner)))
+			continue
+		}
+		if err != nil {
+			results = append(results, d.failed(err))
+			d.mapping = nil
+		}
+		objs[d.key] = d
+	}
+	return objs, results
+}
+
+// prepareOne returns the prepared object, or nil if it cannot even be
+// identified. A non-nil object with an error is desired (not to be pruned)
+// but cannot be applied.
+func (a *Applier) prepareOne(in *unstructured.Unstructured) (*desiredObject, error) {
+	gvk := in.GroupVersionKind()
+	name := id(gvk.Kind, in.GetNamespace(), in.GetName())
+	if gvk.Kind == "" || gvk.Version == "" || in.GetName() == "" {
+		return nil, fmt.Errorf("desired object %q has no apiVersion, kind or name: it cannot be applied", name)
+	}
+	obj := in.DeepCopy()
+	dropNulls(obj.Object)
+	for _, f := range []string{"resourceVersion", "uid", "managedFields", "creationTimestamp", "generation"} {
+		unstructured.RemoveNestedField(obj.Object, "metadata", f)
+	}
+	delete(obj.Object, "status")
+	d := &desiredObject{key: keyOf(obj), obj: obj, owner: obj.GetAnnotations()[OwnerAnnotation]}
+
+	labels := obj.GetLabels()
+	if labels[ManagedByLabel] != ManagedByValue {
+		return d, fmt.Errorf("desired %s lacks label %s=%s: it would be invisible to pruning and drift repair", name, ManagedByLabel, ManagedByValue)
+	}
+	if d.owner == "" {
+		return d, fmt.Errorf("desired %s lacks annotation %s naming its Flotilla resource", name, OwnerAnnotation)
+	}
+	m, err := a.restMapping(gvk)
+	if err != nil {
+		return d, fmt.Errorf("apply %s: the cluster serves no such kind (is its CRD installed?): %w", name, err)
+	}
+	namespaced := m.Scope.Name() == meta.RESTScopeNameNamespace
+	if namespaced && in.GetNamespace() == "" {
+		return d, fmt.Errorf("desired %s is namespaced but has no namespace", name)
+	}
+	if !namespaced && in.GetNamespace() != "" {
+		obj.SetNamespace("")
+		d.key.Namespace = ""
+	}
+	annotations := obj.GetAnnotations()
+	delete(annotations, HashAnnotation)
+	obj.SetAnnotations(annotations)
+	if d.hash, err = contentHash(obj.Object); err != nil {
+		return d, fmt.Errorf("hash %s: %w", name, err)
+	}
+	annotations[HashAnnotation] = d.hash
+	obj.SetAnnotations(annotations)
+	d.mapping = m
+	return d, nil
+}
+
+// setDesired records objs as the desired set and reports whether it holds
+// a kind that the previous set did not.
+func (a *Applier) setDesired(objs map[objKey]*desiredObject) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	had := map[schema.GroupKind]bool{}
+	for k := range a.desired {
+		had[k.groupKind()] = true
+	}
+	grew := false
+	for k := range objs {
+		if !had[k.groupKind()] {
+			grew = true
+		}
+	}
+	a.desired = objs
+	return grew
+}
+
+// lookup returns the desired object for k, or nil.
+func (a *Applier) lookup(k objKey) *desiredObject {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.desired[k]
+}
+
+// knownKinds returns one GVK per group and kind of the desired set and of
+// Options.GVKs, preferring the desired objects' versions, sorted.
+func (a *Applier) knownKinds() []schema.GroupVersionKind {
+	byGK := map[schema.GroupKind]schema.GroupVersionKind{}
+	a.mu.RLock()
+	for _, d := range a.desired {
+		if d.mapping != nil {
+			byGK[d.key.groupKind()] = d.obj.GroupVersionKind()
+		}
+	}
+	a.mu.RUnlock()
+	for _, gvk := range a.extra {
+		if _, ok := byGK[gvk.GroupKind()]; !ok {
+			byGK[gvk.GroupKind()] = gvk
+		}
+	}
+	return slices.SortedFunc(maps.Values(byGK), func(x, y schema.GroupVersionKind) int {
+		return cmp.Or(cmp.Compare(x.Group, y.Group), cmp.Compare(x.Kind, y.Kind))
+	})
+}
+
+// listManaged lists the managed objects of every kind in all namespaces.
+// Kinds the cluster does not serve are skipped; kinds whose list fails are
+// returned in unlisted, with a Failed result each.
+func (a *Applier) listManaged(ctx context.Context, kinds []schema.GroupVersionKind) (map[objKey]*unstructured.Unstructured, map[schema.GroupKind]bool, []ObjectResult) {
+	live := map[objKey]*unstructured.Unstructured{}
+	unlisted := map[schema.GroupKind]bool{}
+	var results []ObjectResult
+	for _, gvk := range kinds {
+		m, err := a.restMapping(gvk)
+		if err != nil {
+			a.log.Debug("kind not served; nothing to prune", "kind", gvk.String(), "err", err)
+			continue
+		}
+		opts := metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedByValue, Limit: listPageSize}
+		for {
+			list, err := a.dyn.Resource(m.Resource).List(ctx, opts)
+			if err != nil {
+				unlisted[gvk.GroupKind()] = true
+				results = append(results, ObjectResult{
+					APIVersion: gvk.GroupVersion().String(), Kind: gvk.Kind, Action: Failed,
+					Message: fmt.Errorf("list managed %s objects (nothing of this kind was pruned): %w", gvk.Kind, err).Error(),
+				})
+				break
+			}
+			for i := range list.Items {
+				obj := &list.Items[i]
+				live[keyOf(obj)] = obj
+			}
+			if opts.Continue = list.GetContinue(); opts.Continue == "" {
+				break
+			}
+		}
+	}
+	return live, unlisted, results
+}
+
+// errUnmanaged is wrapped by the failure for an object that exists without
+// the managed-by label.
+var errUnmanaged = errors.New("not managed by Flotilla")
+
+// ensure makes the cluster hold d. live is d's managed live object if the
+// caller knows it, or nil, in which case ensure reads the object first. The
+// error is the cause of a Failed result.
+func (a *Applier) ensure(ctx context.Context, d *desiredObject, live *unstructured.Unstructured) (ObjectResult, error) {
+	client := a.resource(d.mapping, d.key.Namespace)
+	if live == nil {
+		got, err := client.Get(ctx, d.key.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			err = fmt.Errorf("read %s: %w", d.id(), err)
+			return d.failed(err), err
+		default:
+			live = got
+		}
+	}
+	if live != nil {
+		if live.GetLabels()[ManagedByLabel] != ManagedByValue {
+			err := fmt.Errorf("%s exists and is %w (no %s=%s label): rename one of them or delete it",
+				d.id(), errUnmanaged, ManagedByLabel, ManagedByValue)
+			return d.failed(err), err
+		}
+		if upToDate(live, d) {
+			return d.result(Unchanged, ""), nil
+		}
+	}
+	_, err := client.Apply(ctx, d.key.Name, d.obj, metav1.ApplyOptions{FieldManager: a.manager, Force: true})
+	if err != nil {
+		err = fmt.Errorf("apply %s: %w", d.id(), err)
+		return d.failed(err), err
+	}
+	if live == nil {
+		a.log.Info("created", "object", d.id(), "owner", d.owner)
+		return d.result(Created, ""), nil
+	}
+	a.log.Info("updated", "object", d.id(), "owner", d.owner)
+	return d.result(Updated, ""), nil
+}
+
+// prune deletes the live managed objects that carry an owner annotation and
+// are not desired.
+func (a *Applier) prune(ctx context.Context, desired map[objKey]*desiredObject, live map[objKey]*unstructured.Unstructured) []ObjectResult {
+	var results []ObjectResult
+	for _, k := range slices.SortedFunc(maps.Keys(live), compareKeys) {
+		obj := live[k]
+		owner := obj.GetAnnotations()[OwnerAnnotation]
+		if _, ok := desired[k]; ok || owner == "" {
+			continue
+		}
+		res := ObjectResult{Owner: owner, APIVersion: obj.GetAPIVersion(), Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Action: Deleted}
+		m, err := a.restMapping(obj.GroupVersionKind())
+		if err == nil {
+			uid, rv := obj.GetUID(), obj.GetResourceVersion()
+			err = a.resource(m, k.Namespace).Delete(ctx, k.Name, metav1.DeleteOptions{
+				Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
+			})
+		}
+		switch {
+		case err == nil:
+			a.log.Info("pruned", "object", id(k.Kind, k.Namespace, k.Name), "owner", owner)
+		case apierrors.IsNotFound(err):
+			// Already gone: the outcome is the one wanted.
+		case apierrors.IsConflict(err):
+			res.Action, res.Message = Failed, fmt.Errorf("prune %s: it changed since it was listed; the next apply retries: %w", id(k.Kind, k.Namespace, k.Name), err).Error()
+		default:
+			res.Action, res.Message = Failed, fmt.Errorf("prune %s: %w", id(k.Kind, k.Namespace, k.Name), err).Error()
+		}
+		results = append(results, res)
+	}
+	return results
+}
+
+func compareKeys(x, y objKey) int {
+	return cmp.Or(cmp.Compare(x.Group, y.Group), cmp.Compare(x.Kind, y.Kind),
+		cmp.Compare(x.Namespace, y.Namespace), cmp.Compare(x.Name, y.Name))
+}

@@ -1,0 +1,504 @@
+package apply_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+
+	"flotilla.io/flotilla/internal/agent/apply"
+	"flotilla.io/flotilla/internal/testfleet"
+)
+
+func TestMain(m *testing.M) { testfleet.Main(m, testfleet.Options{Clusters: 1}) }
+
+var (
+	vsGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
+	drGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
+	nsGVR = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+)
+
+// env is one test's view of the cluster: a client and a namespace of its own.
+type env struct {
+	t   *testing.T
+	cfg *rest.Config
+	dyn dynamic.Interface
+	ns  string
+}
+
+var nsCounter atomic.Int64
+
+// newEnv creates a namespace for t. Tests are not parallel: pruning is
+// cluster-wide, so at its end each test deletes the managed objects it left.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	cfg := testfleet.Get(t).Cluster(t, "c1").RESTConfig(t)
+	cfg.QPS, cfg.Burst = 50, 100
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatalf("dynamic client: %v", err)
+	}
+	name := fmt.Sprintf("t%d-%s", nsCounter.Add(1), strings.ToLower(t.Name()))
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	ns := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": name},
+	}}
+	if _, err := dyn.Resource(nsGVR).Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	e := &env{t: t, cfg: cfg, dyn: dyn, ns: name}
+	t.Cleanup(func() {
+		for _, gvk := range apply.IstioKinds() {
+			gvr, _ := meta.UnsafeGuessKindToResource(gvk)
+			err := dyn.Resource(gvr).Namespace(name).DeleteCollection(context.Background(), metav1.DeleteOptions{},
+				metav1.ListOptions{LabelSelector: apply.ManagedByLabel + "=" + apply.ManagedByValue})
+			if err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("cleanup: delete managed %s in %s: %v", gvk.Kind, name, err)
+			}
+		}
+	})
+	return e
+}
+
+// newApplier returns an applier for the Istio kinds that logs to t.
+func (e *env) newApplier(onDrift func(apply.Drift)) *apply.Applier {
+	e.t.Helper()
+	a, err := apply.New(e.cfg, apply.Options{
+		GVKs:    apply.IstioKinds(),
+		OnDrift: onDrift,
+		Logger:  slog.New(slog.NewTextHandler(e.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		e.t.Fatalf("new applier: %v", err)
+	}
+	return a
+}
+
+// get returns the live object, failing the test if it cannot be read.
+func (e *env) get(gvr schema.GroupVersionResource, name string) *unstructured.Unstructured {
+	e.t.Helper()
+	obj, err := e.dyn.Resource(gvr).Namespace(e.ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatalf("get %s %s/%s: %v", gvr.Resource, e.ns, name, err)
+	}
+	return obj
+}
+
+// exists reports whether the object exists.
+func (e *env) exists(gvr schema.GroupVersionResource, name string) bool {
+	e.t.Helper()
+	_, err := e.dyn.Resource(gvr).Namespace(e.ns).Get(context.Background(), name, metav1.GetOptions{})
+	return err == nil
+}
+
+// resourceVersions returns the resourceVersion of each named object.
+func (e *env) resourceVersions(gvr schema.GroupVersionResource, names ...string) map[string]string {
+	e.t.Helper()
+	out := map[string]string{}
+	for _, n := range names {
+		out[n] = e.get(gvr, n).GetResourceVersion()
+	}
+	return out
+}
+
+// virtualService is a managed VirtualService routing host to dest.
+func (e *env) virtualService(name, dest string) *unstructured.Unstructured {
+	return managed(&unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+		"metadata": map[string]any{"name": name, "namespace": e.ns},
+		"spec": map[string]any{
+			"hosts": []any{name},
+			"http": []any{map[string]any{
+				"route": []any{map[string]any{"destination": map[string]any{"host": dest}}},
+			}},
+		},
+	}})
+}
+
+// destinationRule is a managed DestinationRule for host.
+func (e *env) destinationRule(name, host string) *unstructured.Unstructured {
+	return managed(&unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+		"metadata": map[string]any{"name": name, "namespace": e.ns},
+		"spec": map[string]any{
+			"host":          host,
+			"trafficPolicy": map[string]any{"connectionPool": map[string]any{"tcp": map[string]any{"maxConnections": int64(100)}}},
+		},
+	}})
+}
+
+// owner is the FQN of the owner of an object called name.
+func owner(name string) string { return "tenants/acme/workspaces/payments/trafficsettings/" + name }
+
+// managed adds the label and annotation the compiler puts on its objects.
+func managed(obj *unstructured.Unstructured) *unstructured.Unstructured {
+	obj.SetLabels(map[string]string{apply.ManagedByLabel: apply.ManagedByValue})
+	obj.SetAnnotations(map[string]string{apply.OwnerAnnotation: owner(obj.GetName())})
+	return obj
+}
+
+// unmanaged creates obj as a user would, without Flotilla's label.
+func (e *env) createUnmanaged(gvr schema.GroupVersionResource, obj *unstructured.Unstructured) *unstructured.Unstructured {
+	e.t.Helper()
+	obj = obj.DeepCopy()
+	obj.SetLabels(nil)
+	obj.SetAnnotations(nil)
+	got, err := e.dyn.Resource(gvr).Namespace(e.ns).Create(context.Background(), obj, metav1.CreateOptions{FieldManager: "kubectl-create"})
+	if err != nil {
+		e.t.Fatalf("create unmanaged %s %s: %v", obj.GetKind(), obj.GetName(), err)
+	}
+	return got
+}
+
+// actions maps "Kind namespace/name" to the action of each result.
+func actions(r apply.Report) map[string]apply.Action {
+	out := map[string]apply.Action{}
+	for _, res := range r.Results {
+		out[res.Kind+" "+res.Namespace+"/"+res.Name] = res.Action
+	}
+	return out
+}
+
+func (e *env) ref(kind, name string) string { return kind + " " + e.ns + "/" + name }
+
+// requireActions fails the test unless the report has exactly want.
+func requireActions(t *testing.T, r apply.Report, want map[string]apply.Action) {
+	t.Helper()
+	if diff := cmp.Diff(want, actions(r)); diff != "" {
+		t.Fatalf("report actions (-want +got):\n%s\nreport: %+v", diff, r.Results)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestDesiredObjectsAreCreatedThenASecondApplyChangesNoResourceVersion(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	desired := []*unstructured.Unstructured{
+		e.virtualService("web", "web-v1"), e.virtualService("api", "api-v1"), e.destinationRule("web", "web"),
+	}
+	first := a.Apply(context.Background(), desired)
+	requireActions(t, first, map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Created, e.ref("VirtualService", "api"): apply.Created,
+		e.ref("DestinationRule", "web"): apply.Created,
+	})
+	vs := e.get(vsGVR, "web")
+	if vs.GetAnnotations()[apply.HashAnnotation] == "" {
+		t.Errorf("created VirtualService has no %s annotation: %v", apply.HashAnnotation, vs.GetAnnotations())
+	}
+	if got := vs.GetAnnotations()[apply.OwnerAnnotation]; got != owner("web") {
+		t.Errorf("created VirtualService owner = %q, want %q", got, owner("web"))
+	}
+	vsBefore := e.resourceVersions(vsGVR, "web", "api")
+	drBefore := e.resourceVersions(drGVR, "web")
+
+	second := a.Apply(context.Background(), desired)
+	requireActions(t, second, map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Unchanged, e.ref("VirtualService", "api"): apply.Unchanged,
+		e.ref("DestinationRule", "web"): apply.Unchanged,
+	})
+	if diff := cmp.Diff(vsBefore, e.resourceVersions(vsGVR, "web", "api")); diff != "" {
+		t.Errorf("VirtualService resourceVersions moved (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(drBefore, e.resourceVersions(drGVR, "web")); diff != "" {
+		t.Errorf("DestinationRule resourceVersion moved (-before +after):\n%s", diff)
+	}
+	if got := second.ByOwner()[owner("web")]; len(got) != 2 {
+		t.Errorf("ByOwner()[%q] has %d results, want the VirtualService and the DestinationRule: %+v", owner("web"), len(got), got)
+	}
+}
+
+func TestChangingOneObjectUpdatesOnlyThatObject(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	desired := []*unstructured.Unstructured{
+		e.virtualService("web", "web-v1"), e.virtualService("api", "api-v1"), e.destinationRule("web", "web"),
+	}
+	requireActions(t, a.Apply(context.Background(), desired), map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Created, e.ref("VirtualService", "api"): apply.Created,
+		e.ref("DestinationRule", "web"): apply.Created,
+	})
+	webBefore := e.get(vsGVR, "web").GetResourceVersion()
+	apiBefore := e.resourceVersions(vsGVR, "api")
+	drBefore := e.resourceVersions(drGVR, "web")
+
+	desired[0] = e.virtualService("web", "web-v2")
+	requireActions(t, a.Apply(context.Background(), desired), map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Updated, e.ref("VirtualService", "api"): apply.Unchanged,
+		e.ref("DestinationRule", "web"): apply.Unchanged,
+	})
+	web := e.get(vsGVR, "web")
+	if web.GetResourceVersion() == webBefore {
+		t.Errorf("updated VirtualService web kept resourceVersion %s", webBefore)
+	}
+	if diff := cmp.Diff(desired[0].Object["spec"], web.Object["spec"]); diff != "" {
+		t.Errorf("VirtualService web spec (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(apiBefore, e.resourceVersions(vsGVR, "api")); diff != "" {
+		t.Errorf("VirtualService api was written (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(drBefore, e.resourceVersions(drGVR, "web")); diff != "" {
+		t.Errorf("DestinationRule web was written (-before +after):\n%s", diff)
+	}
+}
+
+func TestObjectNoLongerDesiredIsPrunedWhileHandMadeVirtualServicesAreUntouched(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	handMade := e.createUnmanaged(vsGVR, e.virtualService("hand-made", "legacy"))
+	// Labelled like Flotilla's but with no owner annotation: not Flotilla's to prune either.
+	labelledOnly := e.virtualService("labelled-only", "legacy")
+	labelledOnly.SetAnnotations(nil)
+	labelledOnly, err := e.dyn.Resource(vsGVR).Namespace(e.ns).Create(context.Background(), labelledOnly, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create labelled-only VirtualService: %v", err)
+	}
+	untouched := func(when string) {
+		t.Helper()
+		for _, obj := range []*unstructured.Unstructured{handMade, labelledOnly} {
+			if got := e.get(vsGVR, obj.GetName()).GetResourceVersion(); got != obj.GetResourceVersion() {
+				t.Errorf("%s: VirtualService %s resourceVersion %s, want %s (untouched)", when, obj.GetName(), got, obj.GetResourceVersion())
+			}
+		}
+	}
+
+	requireActions(t, a.Apply(context.Background(), []*unstructured.Unstructured{
+		e.virtualService("web", "web"), e.virtualService("old", "old"), e.destinationRule("web", "web"),
+	}), map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Created, e.ref("VirtualService", "old"): apply.Created,
+		e.ref("DestinationRule", "web"): apply.Created,
+	})
+	untouched("after the first apply")
+
+	report := a.Apply(context.Background(), []*unstructured.Unstructured{e.virtualService("web", "web")})
+	requireActions(t, report, map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Unchanged, e.ref("VirtualService", "old"): apply.Deleted,
+		e.ref("DestinationRule", "web"): apply.Deleted,
+	})
+	if got := report.ByOwner()[owner("old")]; len(got) != 1 || got[0].Action != apply.Deleted {
+		t.Errorf("ByOwner()[%q] = %+v, want one Deleted result", owner("old"), got)
+	}
+	if e.exists(vsGVR, "old") || e.exists(drGVR, "web") {
+		t.Errorf("pruned objects still exist: VirtualService old %v, DestinationRule web %v", e.exists(vsGVR, "old"), e.exists(drGVR, "web"))
+	}
+	untouched("after pruning")
+
+	requireActions(t, a.Apply(context.Background(), nil), map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Deleted,
+	})
+	untouched("after pruning everything")
+}
+
+func TestPreExistingUnmanagedObjectWithTheSameNameIsFailedAndNotModified(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	users := e.createUnmanaged(vsGVR, e.virtualService("web", "users-backend"))
+
+	report := a.Apply(context.Background(), []*unstructured.Unstructured{
+		e.virtualService("web", "flotilla-backend"), e.destinationRule("web", "web"),
+	})
+	requireActions(t, report, map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Failed, e.ref("DestinationRule", "web"): apply.Created,
+	})
+	want := fmt.Sprintf("VirtualService %s/web exists and is not managed by Flotilla (no app.kubernetes.io/managed-by=flotilla label): rename one of them or delete it", e.ns)
+	if failed := report.Failed(); len(failed) != 1 || failed[0].Message != want || failed[0].Owner != owner("web") {
+		t.Errorf("Failed() = %+v, want one result owned by %q with message %q", failed, owner("web"), want)
+	}
+	got := e.get(vsGVR, "web")
+	if got.GetResourceVersion() != users.GetResourceVersion() {
+		t.Errorf("the user's VirtualService was written: resourceVersion %s, was %s", got.GetResourceVersion(), users.GetResourceVersion())
+	}
+	if diff := cmp.Diff(users.Object["spec"], got.Object["spec"]); diff != "" {
+		t.Errorf("the user's VirtualService spec changed (-before +after):\n%s", diff)
+	}
+
+	// Pruning leaves it alone too.
+	requireActions(t, a.Apply(context.Background(), nil), map[string]apply.Action{
+		e.ref("DestinationRule", "web"): apply.Deleted,
+	})
+	if !e.exists(vsGVR, "web") {
+		t.Error("the user's VirtualService was deleted by pruning")
+	}
+}
+
+func TestObjectsTheAPIServerRejectsFailWithItsMessageWhileTheOthersSucceed(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	badVS := e.virtualService("bad", "x")
+	badVS.Object["spec"].(map[string]any)["http"] = "not a list"
+	badDR := e.destinationRule("bad", "bad")
+	badDR.Object["spec"].(map[string]any)["subsets"] = "not a list"
+
+	report := a.Apply(context.Background(), []*unstructured.Unstructured{
+		e.virtualService("good", "good"), badVS, e.destinationRule("good", "good"), badDR,
+	})
+	requireActions(t, report, map[string]apply.Action{
+		e.ref("VirtualService", "good"): apply.Created, e.ref("VirtualService", "bad"): apply.Failed,
+		e.ref("DestinationRule", "good"): apply.Created, e.ref("DestinationRule", "bad"): apply.Failed,
+	})
+	for _, f := range report.Failed() {
+		field := map[string]string{"VirtualService": "spec.http", "DestinationRule": "spec.subsets"}[f.Kind]
+		if !strings.Contains(f.Message, field) || !strings.Contains(f.Message, "Invalid value") ||
+			!strings.Contains(f.Message, f.Kind+" "+e.ns+"/bad") {
+			t.Errorf("failure %s %s: message %q does not carry the object and the server's %q rejection", f.Kind, f.Name, f.Message, field)
+		}
+	}
+	if report.Err() == nil {
+		t.Error("Report.Err() = nil with two failures")
+	}
+	if e.exists(vsGVR, "bad") || e.exists(drGVR, "bad") {
+		t.Error("a rejected object exists")
+	}
+	if !e.exists(vsGVR, "good") || !e.exists(drGVR, "good") {
+		t.Error("an accepted object of the same apply does not exist")
+	}
+}
+
+// driftRecorder collects OnDrift calls.
+type driftRecorder struct {
+	mu     sync.Mutex
+	drifts []apply.Drift
+}
+
+func (r *driftRecorder) record(d apply.Drift) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.drifts = append(r.drifts, d)
+}
+
+func (r *driftRecorder) get() []apply.Drift {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]apply.Drift(nil), r.drifts...)
+}
+
+// run runs a.Run until the test ends.
+func run(t *testing.T, a *apply.Applier) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run returned %v after cancel, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return within 30s of cancel")
+		}
+	})
+}
+
+// driftRepairBound is how fast a drift must be repaired.
+const driftRepairBound = 5 * time.Second
+
+func TestDeletedManagedVirtualServiceIsRestoredAndReportedAsDrift(t *testing.T) {
+	e := newEnv(t)
+	rec := &driftRecorder{}
+	a := e.newApplier(rec.record)
+	run(t, a)
+	desired := []*unstructured.Unstructured{e.virtualService("web", "web"), e.destinationRule("web", "web")}
+	if r := a.Apply(context.Background(), desired); r.Err() != nil {
+		t.Fatalf("apply: %v", r.Err())
+	}
+
+	if err := e.dyn.Resource(vsGVR).Namespace(e.ns).Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete VirtualService web as kubectl would: %v", err)
+	}
+	want := []apply.Drift{{
+		Owner: owner("web"), APIVersion: "networking.istio.io/v1", Kind: "VirtualService", Namespace: e.ns, Name: "web",
+		Change: apply.ChangeDeleted, Restored: true,
+	}}
+	waitFor(t, driftRepairBound, "deleted VirtualService restored and reported", func() bool {
+		return e.exists(vsGVR, "web") && len(rec.get()) > 0
+	})
+	if diff := cmp.Diff(want, rec.get()); diff != "" {
+		t.Errorf("drifts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(desired[0].Object["spec"], e.get(vsGVR, "web").Object["spec"]); diff != "" {
+		t.Errorf("restored VirtualService spec (-want +got):\n%s", diff)
+	}
+}
+
+func TestEditedManagedObjectIsRevertedAndReportedAsDrift(t *testing.T) {
+	e := newEnv(t)
+	rec := &driftRecorder{}
+	a := e.newApplier(rec.record)
+	desired := []*unstructured.Unstructured{e.virtualService("web", "web"), e.destinationRule("web", "web")}
+	if r := a.Apply(context.Background(), desired); r.Err() != nil {
+		t.Fatalf("apply: %v", r.Err())
+	}
+	run(t, a) // after Apply this time: repairs do not depend on the order
+
+	live := e.get(vsGVR, "web")
+	if err := unstructured.SetNestedField(live.Object, []any{"evil.example.com"}, "spec", "hosts"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.dyn.Resource(vsGVR).Namespace(e.ns).Update(context.Background(), live, metav1.UpdateOptions{FieldManager: "kubectl-edit"}); err != nil {
+		t.Fatalf("edit VirtualService web as kubectl would: %v", err)
+	}
+	want := []apply.Drift{{
+		Owner: owner("web"), APIVersion: "networking.istio.io/v1", Kind: "VirtualService", Namespace: e.ns, Name: "web",
+		Change: apply.ChangeModified, Restored: true,
+	}}
+	waitFor(t, driftRepairBound, "edited VirtualService reverted and reported", func() bool {
+		hosts, _, _ := unstructured.NestedStringSlice(e.get(vsGVR, "web").Object, "spec", "hosts")
+		return cmp.Equal(hosts, []string{"web"}) && len(rec.get()) > 0
+	})
+	if diff := cmp.Diff(want, rec.get()); diff != "" {
+		t.Errorf("drifts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(desired[0].Object["spec"], e.get(vsGVR, "web").Object["spec"]); diff != "" {
+		t.Errorf("reverted VirtualService spec (-want +got):\n%s", diff)
+	}
+}
+
+func TestANewApplierApplyingTheSameSetReportsUnchanged(t *testing.T) {
+	e := newEnv(t)
+	desired := []*unstructured.Unstructured{
+		e.virtualService("web", "web"), e.virtualService("api", "api"), e.destinationRule("web", "web"),
+	}
+	if r := e.newApplier(nil).Apply(context.Background(), desired); r.Count(apply.Created) != 3 {
+		t.Fatalf("first applier: %+v, want 3 Created", r.Results)
+	}
+	vsBefore := e.resourceVersions(vsGVR, "web", "api")
+	drBefore := e.resourceVersions(drGVR, "web")
+
+	restarted := e.newApplier(nil)
+	requireActions(t, restarted.Apply(context.Background(), desired), map[string]apply.Action{
+		e.ref("VirtualService", "web"): apply.Unchanged, e.ref("VirtualService", "api"): apply.Unchanged,
+		e.ref("DestinationRule", "web"): apply.Unchanged,
+	})
+	if diff := cmp.Diff(vsBefore, e.resourceVersions(vsGVR, "web", "api")); diff != "" {
+		t.Errorf("VirtualService resourceVersions moved (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(drBefore, e.resourceVersions(drGVR, "web")); diff != "" {
+		t.Errorf("DestinationRule resourceVersion moved (-before +after):\n%s", diff)
+	}
+}

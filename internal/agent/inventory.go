@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+)
+
+// inventoryWatch watches the cluster's namespaces and services and reports
+// deltas; a namespace appearing or going also pokes the reconcile loop.
+type inventoryWatch struct {
+	kube    kubernetes.Interface
+	factory informers.SharedInformerFactory
+	nsInf   cache.SharedIndexInformer
+	svcInf  cache.SharedIndexInformer
+	report  func(*agentv1.ConnectRequest)
+	poke    func()
+}
+
+func newInventoryWatch(kube kubernetes.Interface, report func(*agentv1.ConnectRequest), poke func()) *inventoryWatch {
+	f := informers.NewSharedInformerFactory(kube, 30*time.Minute)
+	w := &inventoryWatch{kube: kube, factory: f, nsInf: f.Core().V1().Namespaces().Informer(), svcInf: f.Core().V1().Services().Informer(), report: report, poke: poke}
+	w.nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if ns, ok := obj.(*corev1.Namespace); ok {
+				w.send(&agentv1.Inventory{Namespaces: []*agentv1.Namespace{namespaceOf(ns)}})
+				poke()
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if ns, ok := obj.(*corev1.Namespace); ok {
+				w.send(&agentv1.Inventory{Namespaces: []*agentv1.Namespace{namespaceOf(ns)}})
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				w.send(&agentv1.Inventory{RemovedNamespaces: []string{key}})
+				poke()
+			}
+		},
+	})
+	w.svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if s, ok := obj.(*corev1.Service); ok {
+				w.send(&agentv1.Inventory{Services: []*agentv1.Service{serviceOf(s)}})
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if s, ok := obj.(*corev1.Service); ok {
+				w.send(&agentv1.Inventory{Services: []*agentv1.Service{serviceOf(s)}})
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				w.send(&agentv1.Inventory{RemovedServices: []string{key}})
+			}
+		},
+	})
+	return w
+}
+
+func (w *inventoryWatch) send(inv *agentv1.Inventory) {
+	if !w.synced() {
+		return // the initial list goes out as one full report
+	}
+	w.report(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: inv}})
+}
+
+func (w *inventoryWatch) synced() bool { return w.nsInf.HasSynced() && w.svcInf.HasSynced() }
+
+// run starts the informers and pokes the reconcile loop once they sync.
+func (w *inventoryWatch) run(ctx context.Context) error {
+	w.factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), w.nsInf.HasSynced, w.svcInf.HasSynced) {
+		return nil // ctx ended
+	}
+	w.poke()
+	<-ctx.Done()
+	w.factory.Shutdown()
+	return nil
+}
+
+// namespaces lists the cluster's namespaces; ok is false until synced.
+func (w *inventoryWatch) namespaces() ([]string, bool) {
+	if !w.nsInf.HasSynced() {
+		return nil, false
+	}
+	var out []string
+	for _, key := range w.nsInf.GetStore().ListKeys() {
+		out = append(out, key)
+	}
+	sort.Strings(out)
+	return out, true
+}
+
+// full builds a complete inventory report.
+func (w *inventoryWatch) full(ctx context.Context) (*agentv1.Inventory, error) {
+	if !w.synced() {
+		return nil, errors.New("informers not synced yet")
+	}
+	inv := &agentv1.Inventory{Full: true}
+	if v, err := w.kube.Discovery().ServerVersion(); err == nil {
+		inv.KubernetesVersion = v.GitVersion
+	}
+	inv.Istio = istioOf(ctx, w.kube)
+	for _, obj := range w.nsInf.GetStore().List() {
+		inv.Namespaces = append(inv.Namespaces, namespaceOf(obj.(*corev1.Namespace)))
+	}
+	sort.Slice(inv.Namespaces, func(i, j int) bool { return inv.Namespaces[i].GetName() < inv.Namespaces[j].GetName() })
+	for _, obj := range w.svcInf.GetStore().List() {
+		inv.Services = append(inv.Services, serviceOf(obj.(*corev1.Service)))
+	}
+	sort.Slice(inv.Services, func(i, j int) bool {
+		a, b := inv.Services[i], inv.Services[j]
+		return a.GetNamespace()+"/"+a.GetName() < b.GetNamespace()+"/"+b.GetName()
+	})
+	return inv, nil
+}
+
+func namespaceOf(ns *corev1.Namespace) *agentv1.Namespace {
+	return &agentv1.Namespace{Name: ns.Name, Labels: ns.Labels}
+}
+
+func serviceOf(s *corev1.Service) *agentv1.Service {
+	out := &agentv1.Service{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels}
+	for _, p := range s.Spec.Ports {
+		out.Ports = append(out.Ports, &agentv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: string(p.Protocol)})
+	}
+	return out
+}
+
+// istioOf reports whether istiod runs in istio-system and at which version
+// (its image tag, or its app.kubernetes.io/version label).
+func istioOf(ctx context.Context, kube kubernetes.Interface) *agentv1.Istio {
+	deps, err := kube.AppsV1().Deployments("istio-system").List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app": "istiod"}.String()})
+	if err != nil && !apierrors.IsNotFound(err) || err == nil && len(deps.Items) == 0 {
+		d, gerr := kube.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
+		if gerr != nil {
+			return &agentv1.Istio{Installed: false}
+		}
+		deps = &appsv1.DeploymentList{Items: []appsv1.Deployment{*d}}
+	}
+	if err != nil {
+		return &agentv1.Istio{Installed: false}
+	}
+	d := deps.Items[0]
+	version := d.Labels["app.kubernetes.io/version"]
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if i := strings.LastIndex(c.Image, ":"); i >= 0 && version == "" {
+			version = c.Image[i+1:]
+		}
+	}
+	return &agentv1.Istio{Installed: true, Version: version}
+}

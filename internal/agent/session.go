@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+)
+
+// credentialSecret holds the agent's long-lived credential in its cluster.
+const credentialSecret = "flotilla-agent-credential"
+
+func grpcOption() connect.ClientOption { return connect.WithGRPC() }
+
+func ensureNamespace(ctx context.Context, kube kubernetes.Interface) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"}}}
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", Namespace, err)
+	}
+	return nil
+}
+
+// credential returns the stored credential, joining with the token file
+// first if there is none. A refused token is terminal: retrying cannot help.
+func (a *Agent) credential(ctx context.Context) (string, error) {
+	secrets := a.kube.CoreV1().Secrets(Namespace)
+	s, err := secrets.Get(ctx, credentialSecret, metav1.GetOptions{})
+	if err == nil {
+		return string(s.Data["credential"]), nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("read secret %s/%s: %w", Namespace, credentialSecret, err)
+	}
+	token, err := readToken(a.cfg.TokenFile)
+	if err != nil {
+		return "", &terminalError{err}
+	}
+	res, err := a.client.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: a.cfg.Cluster, Token: token}))
+	if err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+			return "", &terminalError{fmt.Errorf("join refused: %s", connect.NewError(connect.CodeOf(err), err).Message())}
+		}
+		return "", fmt.Errorf("join: %w", err)
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: credentialSecret, Namespace: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"},
+			Annotations: map[string]string{"flotilla.io/cluster": res.Msg.GetCluster()}},
+		Data: map[string][]byte{"credential": []byte(res.Msg.GetCredential())},
+	}
+	if _, err := secrets.Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		return "", fmt.Errorf("store credential in secret %s/%s: %w", Namespace, credentialSecret, err)
+	}
+	a.log.Info("joined", "cluster", res.Msg.GetCluster())
+	return res.Msg.GetCredential(), nil
+}
+
+// terminalError is an error that retrying does not fix.
+type terminalError struct{ err error }
+
+func (e *terminalError) Error() string { return e.err.Error() }
+func (e *terminalError) Unwrap() error { return e.err }
+
+// Backoff bounds between reconnection attempts.
+const (
+	minBackoff = 500 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// backoff returns the wait before attempt n (0-based): exponential, capped,
+// with ±20% jitter so a fleet does not reconnect in lockstep.
+func backoff(n int) time.Duration {
+	d := minBackoff << min(n, 10)
+	if d > maxBackoff {
+		d = maxBackoff
+	}
+	jitter := 0.8 + 0.4*rand.Float64()
+	return time.Duration(float64(d) * jitter)
+}
+
+// sessions keeps one session with the central control plane open,
+// reconnecting with backoff, until ctx ends or the credential is refused.
+func (a *Agent) sessions(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		cred, err := a.credential(ctx)
+		var terminal *terminalError
+		if errors.As(err, &terminal) {
+			return err
+		}
+		if err == nil {
+			var established bool
+			established, err = a.session(ctx, cred)
+			if established {
+				attempt = 0
+			}
+			if connect.CodeOf(err) == connect.CodeUnauthenticated {
+				return fmt.Errorf("the central control plane refused this cluster's credential (%s): onboard the cluster again and delete secret %s/%s", connect.NewError(connect.CodeOf(err), err).Message(), Namespace, credentialSecret)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := backoff(attempt)
+		a.log.Warn("no session with the central control plane; the cluster keeps running on its stored bundle", "err", err, "retryIn", wait.Round(time.Millisecond))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// session runs one stream. established reports whether Hello got through.
+func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
+	var established atomic.Bool // a bundle arrived or a report went out
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream := a.client.Connect(ctx)
+	stream.RequestHeader().Set("Authorization", "Bearer "+cred)
+	defer stream.CloseRequest()
+
+	// What was queued for an earlier session is superseded by Hello and a
+	// full inventory.
+	for drained := false; !drained; {
+		select {
+		case <-a.outbox:
+		default:
+			drained = true
+		}
+	}
+	a.mu.Lock()
+	hello := &agentv1.Hello{Cluster: a.cfg.Cluster, AgentVersion: a.cfg.Version, Last: a.lastAck}
+	a.mu.Unlock()
+	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		return false, err
+	}
+	if full, err := a.inv.full(ctx); err == nil {
+		if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: full}}); err != nil {
+			return false, err
+		}
+	} else {
+		a.log.Warn("inventory not ready", "err", err)
+	}
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			msg, err := stream.Receive()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if b := msg.GetBundle(); b != nil {
+				established.Store(true)
+				if err := a.receiveBundle(ctx, b); err != nil {
+					a.log.Error("bundle not stored; keeping the previous one", "version", b.GetVersion(), "err", err)
+				}
+			}
+		}
+	}()
+	a.log.Info("session open", "server", a.cfg.Server)
+	// States: forward queued reports, until the stream fails or ctx ends.
+	for {
+		select {
+		case m := <-a.outbox:
+			if err := stream.Send(m); err != nil {
+				return true, err
+			}
+			established.Store(true)
+		case err := <-recvErr:
+			return established.Load(), err
+		case <-ctx.Done():
+			return established.Load(), nil
+		}
+	}
+}

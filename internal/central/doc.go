@@ -1,0 +1,14 @@
+// Package central is the central control plane. It turns the store's intent
+// into one bundle per cluster, keeps every agent's stream fed with its
+// cluster's latest bundle, and turns what agents report (inventory, acks,
+// drift) into status.
+//
+//	store ──Changed/Events──▶ recompute ──Bundles (pure)──▶ per-cluster version
+//	                                                            │ wake (cap 1, coalescing)
+//	agent ◀──Bundle (only when its version differs)── stream ◀──┘
+//	agent ──Hello/Inventory/Ack/Drift──▶ cluster state ──(≤1/s)──▶ Cluster.status in the store
+//
+// Each cluster has its own wake channel and stream goroutine, so a slow or
+// disconnected cluster never delays another; a disconnected cluster's latest
+// bundle waits for it and is sent when it reconnects.
+package central

@@ -1,0 +1,219 @@
+package central
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// inventory is a cluster's reported facts.
+type inventory struct {
+	KubernetesVersion string                       `json:"kubernetesVersion,omitempty"`
+	Istio             *istioStatus                 `json:"istio,omitempty"`
+	Namespaces        map[string]map[string]string `json:"-"`
+	Services          map[string]*agentv1.Service  `json:"-"` // by "<ns>/<name>"
+}
+
+type istioStatus struct {
+	Installed bool   `json:"installed"`
+	Version   string `json:"version,omitempty"`
+}
+
+// merge applies a full or delta inventory report.
+func (inv *inventory) merge(m *agentv1.Inventory) {
+	if m.GetFull() || inv.Namespaces == nil {
+		inv.Namespaces = map[string]map[string]string{}
+		inv.Services = map[string]*agentv1.Service{}
+	}
+	if v := m.GetKubernetesVersion(); v != "" {
+		inv.KubernetesVersion = v
+	}
+	if m.GetIstio() != nil {
+		inv.Istio = &istioStatus{Installed: m.GetIstio().GetInstalled(), Version: m.GetIstio().GetVersion()}
+	}
+	for _, ns := range m.GetNamespaces() {
+		inv.Namespaces[ns.GetName()] = ns.GetLabels()
+	}
+	for _, ns := range m.GetRemovedNamespaces() {
+		delete(inv.Namespaces, ns)
+	}
+	for _, s := range m.GetServices() {
+		inv.Services[s.GetNamespace()+"/"+s.GetName()] = s
+	}
+	for _, s := range m.GetRemovedServices() {
+		delete(inv.Services, s)
+	}
+}
+
+// namespaceNames lists the reported namespaces, sorted.
+func (inv *inventory) namespaceNames() []string {
+	out := make([]string, 0, len(inv.Namespaces))
+	for ns := range inv.Namespaces {
+		out = append(out, ns)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// clusterStatus is the Cluster resource's status as stored and shown by
+// `flotilla get cluster -o yaml`.
+type clusterStatus struct {
+	Connected            bool             `json:"connected"`
+	LastSeen             string           `json:"lastSeen,omitempty"`
+	AgentVersion         string           `json:"agentVersion,omitempty"`
+	BundleVersion        string           `json:"bundleVersion,omitempty"`
+	DesiredBundleVersion string           `json:"desiredBundleVersion,omitempty"`
+	KubernetesVersion    string           `json:"kubernetesVersion,omitempty"`
+	Istio                *istioStatus     `json:"istio,omitempty"`
+	Namespaces           []string         `json:"namespaces,omitempty"`
+	Services             []serviceStatus  `json:"services,omitempty"`
+	Resources            []resourceStatus `json:"resources,omitempty"`
+	Drift                []driftStatus    `json:"drift,omitempty"`
+}
+
+type serviceStatus struct {
+	Namespace string            `json:"namespace"`
+	Name      string            `json:"name"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Ports     []portStatus      `json:"ports,omitempty"`
+}
+
+type portStatus struct {
+	Name     string `json:"name,omitempty"`
+	Port     uint32 `json:"port"`
+	Protocol string `json:"protocol,omitempty"`
+}
+
+type resourceStatus struct {
+	FQN     string   `json:"fqn"`
+	State   string   `json:"state"`
+	Message string   `json:"message,omitempty"`
+	Objects []string `json:"objects,omitempty"`
+}
+
+type driftStatus struct {
+	FQN      string `json:"fqn,omitempty"`
+	Object   string `json:"object"`
+	Change   string `json:"change"`
+	Restored bool   `json:"restored"`
+	Message  string `json:"message,omitempty"`
+}
+
+// status renders what is known of the cluster. Callers hold Central.mu.
+func (cl *cluster) status() clusterStatus {
+	s := clusterStatus{
+		Connected:            cl.conn != nil,
+		AgentVersion:         cl.agentVersion,
+		DesiredBundleVersion: cl.version,
+		KubernetesVersion:    cl.inv.KubernetesVersion,
+		Istio:                cl.inv.Istio,
+		Namespaces:           cl.inv.namespaceNames(),
+	}
+	if !cl.lastSeen.IsZero() {
+		s.LastSeen = cl.lastSeen.UTC().Format(time.RFC3339)
+	}
+	if cl.ack != nil {
+		s.BundleVersion = cl.ack.GetBundleVersion()
+		for _, r := range cl.ack.GetResources() {
+			s.Resources = append(s.Resources, resourceStatus{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
+		}
+	}
+	keys := make([]string, 0, len(cl.inv.Services))
+	for k := range cl.inv.Services {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		svc := cl.inv.Services[k]
+		ss := serviceStatus{Namespace: svc.GetNamespace(), Name: svc.GetName(), Labels: svc.GetLabels()}
+		for _, p := range svc.GetPorts() {
+			ss.Ports = append(ss.Ports, portStatus{Name: p.GetName(), Port: p.GetPort(), Protocol: p.GetProtocol()})
+		}
+		s.Services = append(s.Services, ss)
+	}
+	for _, d := range cl.drifts {
+		s.Drift = append(s.Drift, driftStatus{FQN: d.GetFqn(), Object: fmt.Sprintf("%s %s/%s", d.GetKind(), d.GetNamespace(), d.GetName()), Change: d.GetChange(), Restored: d.GetRestored(), Message: d.GetMessage()})
+	}
+	return s
+}
+
+// restore loads what a previous run wrote, so status survives a restart of
+// the central control plane before the agent reconnects.
+func (cl *cluster) restore(raw json.RawMessage) {
+	var s clusterStatus
+	if len(raw) == 0 || json.Unmarshal(raw, &s) != nil {
+		return
+	}
+	cl.agentVersion = s.AgentVersion
+	if t, err := time.Parse(time.RFC3339, s.LastSeen); err == nil {
+		cl.lastSeen = t
+	}
+	if s.BundleVersion != "" {
+		cl.ack = &agentv1.Ack{BundleVersion: s.BundleVersion}
+		for _, r := range s.Resources {
+			cl.ack.Resources = append(cl.ack.Resources, &agentv1.ResourceStatus{Fqn: r.FQN, State: r.State, Message: r.Message, Objects: r.Objects})
+		}
+	}
+	cl.inv.KubernetesVersion, cl.inv.Istio = s.KubernetesVersion, s.Istio
+	cl.inv.Namespaces = map[string]map[string]string{}
+	for _, ns := range s.Namespaces {
+		cl.inv.Namespaces[ns] = nil
+	}
+	cl.inv.Services = map[string]*agentv1.Service{}
+	for _, svc := range s.Services {
+		p := &agentv1.Service{Namespace: svc.Namespace, Name: svc.Name, Labels: svc.Labels}
+		for _, port := range svc.Ports {
+			p.Ports = append(p.Ports, &agentv1.ServicePort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
+		}
+		cl.inv.Services[svc.Namespace+"/"+svc.Name] = p
+	}
+	// A restored cluster is not connected until its agent says hello; mark
+	// it dirty so the stored status says so.
+	cl.dirty = s.Connected
+}
+
+// flushStatus writes the status of every changed cluster in one transaction.
+func (c *Central) flushStatus(ctx context.Context) error {
+	c.mu.Lock()
+	pending := map[string][]byte{}
+	for fqn, cl := range c.clusters {
+		if !cl.dirty {
+			continue
+		}
+		b, err := json.Marshal(cl.status())
+		if err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		pending[fqn] = b
+		cl.dirty = false
+	}
+	c.mu.Unlock()
+	if len(pending) == 0 {
+		return nil
+	}
+	err := c.st.Update(ctx, "flotilla-central", func(tx store.Tx) error {
+		for fqn, b := range pending {
+			if _, err := tx.PutStatus(ctx, fqn, b); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		c.mu.Lock()
+		for fqn := range pending {
+			if cl := c.clusters[fqn]; cl != nil {
+				cl.dirty = true // try again at the next tick
+			}
+		}
+		c.mu.Unlock()
+	}
+	return err
+}

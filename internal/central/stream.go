@@ -1,0 +1,218 @@
+package central
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/store"
+)
+
+var _ agentv1connect.AgentServiceHandler = (*Central)(nil)
+
+// Credential kinds.
+const (
+	credJoin  = "join"
+	credAgent = "agent"
+)
+
+// newSecret returns a random secret and the hash stored for it.
+func newSecret(prefix string) (secret, hash string) {
+	b := make([]byte, 32)
+	rand.Read(b)
+	secret = prefix + base64.RawURLEncoding.EncodeToString(b)
+	return secret, hashSecret(secret)
+}
+
+func hashSecret(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// sameCluster reports whether name (a name or an FQN) names the cluster fqn.
+func sameCluster(name, fqn string) bool {
+	return name == fqn || strings.HasSuffix(fqn, "/clusters/"+name)
+}
+
+// Join implements AgentService.Join.
+func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
+	var (
+		credential, cluster string
+		refusal             error
+	)
+	err := c.st.Update(ctx, "agent:"+req.Msg.GetCluster(), func(tx store.Tx) error {
+		cred, err := tx.GetCredential(ctx, hashSecret(req.Msg.GetToken()))
+		switch {
+		case errors.Is(err, store.ErrNotFound) || err == nil && cred.Kind != credJoin:
+			refusal = connect.NewError(connect.CodeUnauthenticated, errors.New("unknown join token: run `flotilla cluster onboard <cluster>` and use the token it prints"))
+			return nil
+		case err != nil:
+			return err
+		case cred.Used:
+			refusal = connect.NewError(connect.CodePermissionDenied, fmt.Errorf("this join token for %s was already used: a token joins once; run `flotilla cluster onboard` for a new one", cred.Cluster))
+			return nil
+		case c.now().After(cred.Expires):
+			refusal = connect.NewError(connect.CodePermissionDenied, fmt.Errorf("this join token for %s expired at %s: run `flotilla cluster onboard` for a new one", cred.Cluster, cred.Expires.Format(time.RFC3339)))
+			return nil
+		case !sameCluster(req.Msg.GetCluster(), cred.Cluster):
+			refusal = connect.NewError(connect.CodePermissionDenied, fmt.Errorf("this join token is for %s, not %q", cred.Cluster, req.Msg.GetCluster()))
+			return nil
+		}
+		cred.Used = true
+		if err := tx.PutCredential(ctx, cred); err != nil {
+			return err
+		}
+		// A new credential replaces the cluster's previous one.
+		if err := tx.DeleteCredentials(ctx, cred.Cluster, credAgent); err != nil {
+			return err
+		}
+		secret, hash := newSecret("fla_")
+		credential, cluster = secret, cred.Cluster
+		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: cred.Cluster, Kind: credAgent, Expires: c.now().AddDate(100, 0, 0)})
+	})
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("join: %w", err))
+	}
+	if refusal != nil {
+		return nil, refusal
+	}
+	c.log.Info("cluster joined", "cluster", cluster)
+	return connect.NewResponse(&agentv1.JoinResponse{Credential: credential, Cluster: cluster}), nil
+}
+
+// authenticate maps a stream's bearer credential to its cluster's FQN.
+func (c *Central) authenticate(ctx context.Context, header string) (string, error) {
+	secret, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok || secret == "" {
+		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("no credential: send Authorization: Bearer <credential>"))
+	}
+	cred, err := c.st.Credential(ctx, hashSecret(secret))
+	if errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != credAgent || c.now().After(cred.Expires)) {
+		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("unknown or revoked cluster credential: onboard the cluster again"))
+	} else if err != nil {
+		return "", connect.NewError(connect.CodeUnavailable, err)
+	}
+	return cred.Cluster, nil
+}
+
+// Connect implements AgentService.Connect: one stream per agent.
+func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
+	fqn, err := c.authenticate(ctx, stream.RequestHeader().Get("Authorization"))
+	if err != nil {
+		return err
+	}
+	first, err := stream.Receive()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("the first message must be Hello"))
+	}
+	if !sameCluster(hello.GetCluster(), fqn) {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("this credential serves %s, not %q", fqn, hello.GetCluster()))
+	}
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+
+	conn := &agentConn{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	conn.wake <- struct{}{} // send the current bundle if the agent lacks it
+	c.mu.Lock()
+	cl := c.clusters[fqn]
+	if cl == nil {
+		c.mu.Unlock()
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", fqn, errNoCluster))
+	}
+	if cl.conn != nil {
+		close(cl.conn.done) // a newer stream of the same agent wins
+	}
+	cl.conn = conn
+	cl.agentVersion = hello.GetAgentVersion()
+	cl.lastSeen = c.now()
+	if hello.GetLast() != nil {
+		cl.ack = hello.GetLast()
+	}
+	sent := cl.ack.GetBundleVersion()
+	cl.dirty = true
+	c.mu.Unlock()
+	c.log.Info("agent connected", "cluster", fqn, "agentVersion", hello.GetAgentVersion(), "has", sent)
+
+	defer func() {
+		c.mu.Lock()
+		if cl.conn == conn {
+			cl.conn = nil
+			cl.dirty = true
+		}
+		c.mu.Unlock()
+		c.log.Info("agent disconnected", "cluster", fqn)
+	}()
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- c.receive(stream, cl) }()
+
+	// States: wait for a wake-up (a new bundle, or the first send), a receive
+	// error, replacement by a newer stream, or the end; on a wake-up, send
+	// the latest bundle if its version differs from the last one sent.
+	for {
+		select {
+		case <-conn.wake:
+			c.mu.Lock()
+			version, content := cl.version, cl.content
+			c.mu.Unlock()
+			if version == sent || version == "" {
+				continue
+			}
+			if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: version, Content: content}}}); err != nil {
+				return err
+			}
+			sent = version
+		case err := <-recvErr:
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		case <-conn.done:
+			return connect.NewError(connect.CodeAborted, errors.New("replaced by a newer stream from the same cluster"))
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// receive reads the agent's reports until the stream ends.
+func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], cl *cluster) error {
+	for {
+		msg, err := stream.Receive()
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		cl.lastSeen = c.now()
+		cl.dirty = true
+		switch m := msg.GetMsg().(type) {
+		case *agentv1.ConnectRequest_Inventory:
+			cl.inv.merge(m.Inventory)
+		case *agentv1.ConnectRequest_Ack:
+			cl.ack = m.Ack
+		case *agentv1.ConnectRequest_Drift:
+			cl.drifts = append(cl.drifts, m.Drift)
+			if len(cl.drifts) > maxDrifts {
+				cl.drifts = cl.drifts[len(cl.drifts)-maxDrifts:]
+			}
+		}
+		c.mu.Unlock()
+	}
+}

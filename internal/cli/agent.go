@@ -1,0 +1,61 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"flotilla.io/flotilla/internal/agent"
+)
+
+func newAgentCmd(e *env) *cobra.Command {
+	var cluster, tokenFile, kubeconfig, logLevel string
+	cmd := &cobra.Command{
+		Use:   "agent --cluster NAME --token-file FILE [--kubeconfig FILE]",
+		Short: "Run the agent of one cluster",
+		Long: `Run a cluster's agent: it dials the central control plane (--server), keeps
+the latest bundle in its cluster, and applies it as native Istio objects.
+The join token is needed only the first time; the agent then keeps its
+credential in the cluster (secret flotilla-system/flotilla-agent-credential).
+Without --kubeconfig it uses the in-cluster configuration.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+			}
+			log := slog.New(slog.NewTextHandler(e.errOut, &slog.HandlerOptions{Level: level})).With("cluster", cluster)
+			var (
+				kube *rest.Config
+				err  error
+			)
+			if kubeconfig != "" {
+				kube, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+			} else {
+				kube, err = rest.InClusterConfig()
+			}
+			if err != nil {
+				return fmt.Errorf("kubernetes configuration: %w (outside a cluster, pass --kubeconfig)", err)
+			}
+			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	cmd.Flags().StringVar(&cluster, "cluster", "", "this cluster's name in Flotilla (required)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the join token from `flotilla cluster onboard`")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster configuration)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.MarkFlagRequired("cluster")
+	return cmd
+}

@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/central"
+)
+
+func (e *env) fleet() flotillav1alpha1connect.FleetServiceClient {
+	return flotillav1alpha1connect.NewFleetServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))
+}
+
+func newClusterCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "Onboard clusters"}
+	var (
+		org string
+		ttl time.Duration
+	)
+	onboard := &cobra.Command{
+		Use:   "onboard NAME",
+		Short: "Print a one-time join token for a cluster and the command that starts its agent",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			md := &pb.Metadata{Name: args[0], Organization: org}
+			if org == "" {
+				k, _ := e.reg.Kind("Cluster")
+				r, err := e.find(cmd, k, args[0], &parentFlags{})
+				if err != nil {
+					return err
+				}
+				md = r.GetMetadata()
+			}
+			res, err := e.fleet().Onboard(cmd.Context(), connect.NewRequest(&pb.OnboardRequest{Metadata: md, Ttl: durationpb.New(ttl)}))
+			if err != nil {
+				return err
+			}
+			m := res.Msg
+			fmt.Fprintf(e.errOut, "Join token for %s (valid until %s, usable once):\n", m.GetCluster(), m.GetExpireTime().AsTime().Format(time.RFC3339))
+			fmt.Fprintln(e.out, m.GetToken())
+			fmt.Fprintf(e.errOut, "\nStart the cluster's agent with:\n\n  echo %s > %s.token\n  flotilla agent --server %s --cluster %s --token-file %s.token --kubeconfig <%s's kubeconfig>\n",
+				m.GetToken(), args[0], e.server, args[0], args[0], args[0])
+			return nil
+		},
+	}
+	onboard.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
+	onboard.Flags().DurationVar(&ttl, "ttl", central.DefaultTokenTTL, "how long the token stays valid")
+	cmd.AddCommand(onboard)
+	return cmd
+}
+
+func newStatusCmd(e *env) *cobra.Command {
+	var (
+		parents parentFlags
+		wait    bool
+		timeout time.Duration
+		output  string
+	)
+	cmd := &cobra.Command{
+		Use:   "status KIND NAME",
+		Short: "Show where a resource stands in every cluster it targets",
+		Long: `Show a resource's state in every target cluster: Pending, Applied (with the
+bundle version) or Failed (with the cluster's message). Workspaces and groups
+aggregate their resources as ACCEPTED, READY, PARTIAL or FAILED. With --wait,
+exit 0 once every target cluster has applied it, 1 on a failure or timeout.`,
+		Example: "  flotilla status ingressgateway shop --wait --timeout 30s\n  flotilla status group payments-gateway",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, err := e.kindArg(args[0])
+			if err != nil {
+				return err
+			}
+			r, err := e.find(cmd, k, args[1], &parents)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if wait {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			for {
+				res, err := e.fleet().GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: k.Name, Fqn: r.GetMetadata().GetFqn()}))
+				if err != nil && !(wait && ctx.Err() != nil) {
+					return err
+				}
+				st := res.Msg
+				done := st.GetAggregate() == central.Ready || st.GetAggregate() == central.Failed
+				if !wait || done || ctx.Err() != nil {
+					if output == "json" {
+						if err := writeJSON(e.out, st); err != nil {
+							return err
+						}
+					} else {
+						printStatus(e, st)
+					}
+					switch {
+					case !wait:
+						return nil
+					case st.GetAggregate() == central.Ready:
+						return nil
+					case st.GetAggregate() == central.Failed:
+						fmt.Fprintf(e.errOut, "error: %s failed in at least one cluster\n", st.GetFqn())
+					default:
+						fmt.Fprintf(e.errOut, "error: %s is %s after %s\n", st.GetFqn(), st.GetAggregate(), timeout)
+					}
+					return &ExitError{Code: 1}
+				}
+				select {
+				case <-time.After(250 * time.Millisecond):
+				case <-ctx.Done():
+				}
+			}
+		},
+	}
+	parents.add(cmd)
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every target cluster has applied it (READY)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long --wait waits")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}
+
+func printStatus(e *env, st *pb.GetStatusResponse) {
+	fmt.Fprintf(e.out, "%s %s: %s\n", st.GetKind(), st.GetFqn(), st.GetAggregate())
+	rows := []*pb.GetStatusResponse{st}
+	if len(st.GetChildren()) > 0 {
+		rows = st.GetChildren()
+	}
+	tw := tabwriter.NewWriter(e.out, 0, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "RESOURCE\tCLUSTER\tSTATE\tVERSION\tCONNECTED\tMESSAGE")
+	for _, r := range rows {
+		if len(r.GetClusters()) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t%s\t\t\tno cluster selected yet\n", r.GetFqn(), r.GetAggregate())
+		}
+		for _, c := range r.GetClusters() {
+			v := c.GetVersion()
+			if len(v) > 12 {
+				v = v[:12]
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.GetFqn(), c.GetCluster(), c.GetState(), v, c.GetConnected(), c.GetMessage())
+		}
+	}
+	tw.Flush()
+}

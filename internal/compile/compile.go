@@ -1,0 +1,259 @@
+package compile
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/selector"
+)
+
+// The label and annotation on every emitted object. The applier lists objects
+// by the label and prunes only those whose owner is no longer compiled.
+const (
+	LabelManagedBy  = "app.kubernetes.io/managed-by"
+	ManagedBy       = "flotilla"
+	AnnotationOwner = "flotilla.io/owner"
+)
+
+// Group config modes (bundle.Group.ConfigMode).
+const (
+	ConfigModeDirect  = "DIRECT"
+	ConfigModeBridged = "BRIDGED"
+)
+
+// Diagnostic is one reason some intent was not (fully) compiled.
+type Diagnostic struct {
+	// FQN is the intent object's fully qualified name.
+	FQN string `json:"fqn"`
+	// Field is the path of the field at fault, e.g.
+	// "spec.http[0].routing.rules[1].route.host", or "" for the whole object.
+	Field string `json:"field,omitempty"`
+	// Message says what is wrong and how to fix it.
+	Message string `json:"message"`
+}
+
+// String returns "fqn: field: message".
+func (d Diagnostic) String() string {
+	if d.Field == "" {
+		return d.FQN + ": " + d.Message
+	}
+	return d.FQN + ": " + d.Field + ": " + d.Message
+}
+
+// Result is the compiled output for one cluster.
+type Result struct {
+	// Objects are sorted by (apiVersion, kind, namespace, name) and unique by
+	// that key. Each object is the caller's.
+	Objects []*unstructured.Unstructured
+	// Diagnostics are sorted by (FQN, field, message) and unique.
+	Diagnostics []Diagnostic
+}
+
+// Compile compiles b for its cluster, b.Cluster, whose existing namespaces
+// are namespaces. It never fails: intent that cannot be compiled yields
+// diagnostics, and everything else is still emitted. A nil bundle compiles
+// to nothing.
+func Compile(b *bundle.Bundle, namespaces []string) Result {
+	if b == nil {
+		return Result{Objects: []*unstructured.Unstructured{}}
+	}
+	c := &compilation{
+		cluster:    b.Cluster,
+		namespaces: make(map[string]bool, len(namespaces)),
+		groups:     make(map[string]bundle.Group, len(b.Groups)),
+	}
+	for _, ns := range namespaces {
+		c.namespaces[ns] = true
+	}
+	// Sort copies so that the first of duplicate groups (and the order of
+	// everything below) does not depend on the bundle's order.
+	groups := slices.Clone(b.Groups)
+	slices.SortStableFunc(groups, compareGroups)
+	for _, g := range groups {
+		if _, dup := c.groups[g.FQN]; !dup {
+			c.groups[g.FQN] = g
+		}
+	}
+	objects := slices.Clone(b.Objects)
+	slices.SortStableFunc(objects, compareObjects)
+	for _, o := range objects {
+		c.object(o)
+	}
+	return c.result()
+}
+
+// compilation is the state of one Compile call.
+type compilation struct {
+	cluster    string
+	namespaces map[string]bool
+	groups     map[string]bundle.Group
+	out        []emitted
+	diags      []Diagnostic
+}
+
+// emitted is an object and the FQN of the intent it came from.
+type emitted struct {
+	owner string
+	obj   *unstructured.Unstructured
+}
+
+// diag records a diagnostic for the object fqn.
+func (c *compilation) diag(fqn, field, format string, args ...any) {
+	c.diags = append(c.diags, Diagnostic{FQN: fqn, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// object runs the pass of o's kind.
+func (c *compilation) object(o bundle.Object) {
+	g, ok := c.groups[o.Group]
+	if !ok {
+		c.diag(o.FQN, "group", "group %q is not in the bundle for cluster %q", o.Group, c.cluster)
+		return
+	}
+	sel, err := selector.ParseSet(g.Namespaces)
+	if err != nil {
+		c.diag(o.FQN, "group", "group %q has an invalid namespace selector: namespaces%v", g.FQN, err)
+		return
+	}
+	t := target{cluster: c.cluster, selector: sel, namespaces: c.namespaces}
+	switch {
+	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == IngressGatewayKind:
+		c.ingressGateway(o, t)
+	case g.ConfigMode == ConfigModeDirect:
+		c.direct(o, t)
+	default:
+		c.diag(o.FQN, "kind", "%s %s is not a kind Flotilla compiles in a %s group: use %s %s, or put Istio kinds in a DIRECT group",
+			cmp.Or(o.APIVersion, `""`), cmp.Or(o.Kind, `""`), cmp.Or(g.ConfigMode, ConfigModeBridged),
+			IngressGatewayAPIVersion, IngressGatewayKind)
+	}
+}
+
+// target decides where an object's output may go.
+type target struct {
+	cluster    string
+	selector   selector.Set
+	namespaces map[string]bool
+}
+
+// reaches reports whether output may be written into namespace ns: the
+// group's selector matches (cluster, ns) and ns exists in the cluster.
+func (t target) reaches(ns string) bool {
+	return t.namespaces[ns] && t.selector.Match(t.cluster, ns)
+}
+
+// emit adds an object owned by the intent object owner.
+func (c *compilation) emit(owner, apiVersion, kind, namespace, name string, spec map[string]any) {
+	c.out = append(c.out, emitted{owner: owner, obj: &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": apiVersion,
+		"kind":       kind,
+		"metadata": map[string]any{
+			"name":        name,
+			"namespace":   namespace,
+			"labels":      map[string]any{LabelManagedBy: ManagedBy},
+			"annotations": map[string]any{AnnotationOwner: owner},
+		},
+		"spec": spec,
+	}}})
+}
+
+// result sorts the output, drops objects that collide with an earlier one
+// (reporting the collision on the later owner) and sorts the diagnostics.
+func (c *compilation) result() Result {
+	slices.SortStableFunc(c.out, func(a, b emitted) int {
+		return cmp.Or(compareKeys(a.obj, b.obj), cmp.Compare(a.owner, b.owner))
+	})
+	r := Result{Objects: make([]*unstructured.Unstructured, 0, len(c.out))}
+	for i, e := range c.out {
+		if i > 0 && compareKeys(c.out[i-1].obj, e.obj) == 0 {
+			kept := r.Objects[len(r.Objects)-1]
+			c.diag(e.owner, "", "%s %s %s/%s is also produced by %s, whose object is kept: rename one of them",
+				e.obj.GetAPIVersion(), e.obj.GetKind(), e.obj.GetNamespace(), e.obj.GetName(),
+				kept.GetAnnotations()[AnnotationOwner])
+			continue
+		}
+		r.Objects = append(r.Objects, e.obj)
+	}
+	slices.SortFunc(c.diags, func(a, b Diagnostic) int {
+		return cmp.Or(cmp.Compare(a.FQN, b.FQN), comparePaths(a.Field, b.Field),
+			cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
+	})
+	r.Diagnostics = slices.Compact(c.diags)
+	return r
+}
+
+func compareKeys(a, b *unstructured.Unstructured) int {
+	return cmp.Or(
+		cmp.Compare(a.GetAPIVersion(), b.GetAPIVersion()),
+		cmp.Compare(a.GetKind(), b.GetKind()),
+		cmp.Compare(a.GetNamespace(), b.GetNamespace()),
+		cmp.Compare(a.GetName(), b.GetName()),
+	)
+}
+
+func compareGroups(a, b bundle.Group) int {
+	return cmp.Or(
+		cmp.Compare(a.FQN, b.FQN),
+		cmp.Compare(a.ConfigMode, b.ConfigMode),
+		cmp.Compare(a.Type, b.Type),
+		slices.Compare(a.Namespaces, b.Namespaces),
+	)
+}
+
+func compareObjects(a, b bundle.Object) int {
+	return cmp.Or(
+		cmp.Compare(a.FQN, b.FQN),
+		cmp.Compare(a.APIVersion, b.APIVersion),
+		cmp.Compare(a.Kind, b.Kind),
+		cmp.Compare(a.Group, b.Group),
+		cmp.Compare(a.Namespace, b.Namespace),
+		cmp.Compare(a.Name, b.Name),
+		slices.Compare(a.Spec, b.Spec),
+	)
+}
+
+// comparePaths orders field paths as a reader expects: runs of digits
+// compare by value, so http[2] sorts before http[10].
+func comparePaths(a, b string) int {
+	for a != "" && b != "" {
+		na, nb := leadingDigits(a), leadingDigits(b)
+		if na > 0 && nb > 0 {
+			x, y := strings.TrimLeft(a[:na], "0"), strings.TrimLeft(b[:nb], "0")
+			if n := cmp.Or(cmp.Compare(len(x), len(y)), cmp.Compare(x, y)); n != 0 {
+				return n
+			}
+			a, b = a[na:], b[nb:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func leadingDigits(s string) int {
+	n := 0
+	for n < len(s) && '0' <= s[n] && s[n] <= '9' {
+		n++
+	}
+	return n
+}
+
+// Field path helpers, in the style of package schema: .name, [i], ["key"].
+
+func field(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
+
+func key(path, k string) string { return path + "[" + strconv.Quote(k) + "]" }

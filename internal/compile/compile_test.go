@@ -1,0 +1,225 @@
+package compile
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/istio"
+)
+
+const (
+	edgeGroup   = "groups/edge"
+	directGroup = "groups/raw"
+)
+
+// testBundle has a gateway group and a DIRECT group that select every
+// namespace of cluster c1, and the given objects.
+func testBundle(objects ...bundle.Object) *bundle.Bundle {
+	return &bundle.Bundle{
+		Cluster: "c1",
+		Groups: []bundle.Group{
+			{FQN: edgeGroup, Type: "gateway", ConfigMode: ConfigModeBridged, Namespaces: []string{"c1/*"}},
+			{FQN: directGroup, Type: "traffic", ConfigMode: ConfigModeDirect, Namespaces: []string{"c1/*"}},
+		},
+		Objects: objects,
+	}
+}
+
+func ingressGateway(name, spec string) bundle.Object {
+	return bundle.Object{
+		APIVersion: IngressGatewayAPIVersion, Kind: IngressGatewayKind,
+		FQN: "ingressgateways/" + name, Name: name, Group: edgeGroup, Spec: json.RawMessage(spec),
+	}
+}
+
+const validGateway = `{"workloadSelector":{"namespace":"istio-ingress","labels":{"istio":"ingressgateway"}},
+	"http":[{"name":"www","hostname":"www.example.com","port":80,"routing":{"rules":[{"route":{"host":"shop/web.shop.svc.cluster.local"}}]}}]}`
+
+func TestANilBundleCompilesToNothing(t *testing.T) {
+	r := Compile(nil, []string{"shop"})
+	if len(r.Objects) != 0 || len(r.Diagnostics) != 0 {
+		t.Errorf("Compile(nil) = %+v", r)
+	}
+}
+
+func TestInvalidIntentIsReportedEvenWhereItIsNotDelivered(t *testing.T) {
+	b := testBundle(ingressGateway("shop", `{"workloadSelector":{"namespace":"edge","labels":{"a":"b"}},"http":[{"name":"www","hostname":"www.example.com","port":80,
+		"routing":{"rules":[{"route":{"host":"no-namespace"}}]}}]}`))
+	r := Compile(b, []string{"shop"}) // edge does not exist
+	want := []Diagnostic{{
+		FQN: "ingressgateways/shop", Field: "spec.http[0].routing.rules[0].route.host",
+		Message: `route host "no-namespace" is not of the form "<namespace>/<service fqdn>", e.g. "shop/frontend.shop.svc.cluster.local"`,
+	}}
+	if diff := cmp.Diff(want, r.Diagnostics); diff != "" {
+		t.Errorf("diagnostics (-want +got):\n%s", diff)
+	}
+	if len(r.Objects) != 0 {
+		t.Errorf("emitted %d objects into a namespace that does not exist", len(r.Objects))
+	}
+}
+
+func TestEveryEmittedObjectIsOwnedByItsIntent(t *testing.T) {
+	b := testBundle(ingressGateway("shop", validGateway), bundle.Object{
+		APIVersion: "security.istio.io/v1beta1", Kind: "PeerAuthentication", FQN: "peerauthentications/strict",
+		Name: "strict", Namespace: "shop", Group: directGroup, Spec: json.RawMessage(`{"mtls":{"mode":"STRICT"}}`),
+	})
+	r := Compile(b, []string{"istio-ingress", "shop"})
+	var got []string
+	for _, o := range r.Objects {
+		got = append(got, fmt.Sprintf("%s %s %s/%s %s=%s %s=%s", o.GetAPIVersion(), o.GetKind(), o.GetNamespace(), o.GetName(),
+			LabelManagedBy, o.GetLabels()[LabelManagedBy], AnnotationOwner, o.GetAnnotations()[AnnotationOwner]))
+	}
+	want := []string{
+		"networking.istio.io/v1 Gateway istio-ingress/shop app.kubernetes.io/managed-by=flotilla flotilla.io/owner=ingressgateways/shop",
+		"networking.istio.io/v1 VirtualService istio-ingress/shop-www app.kubernetes.io/managed-by=flotilla flotilla.io/owner=ingressgateways/shop",
+		"security.istio.io/v1 PeerAuthentication shop/strict app.kubernetes.io/managed-by=flotilla flotilla.io/owner=peerauthentications/strict",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("objects (-want +got):\n%s", diff)
+	}
+	if len(r.Diagnostics) != 0 {
+		t.Errorf("unexpected diagnostics: %v", r.Diagnostics)
+	}
+}
+
+func TestADirectObjectWithANullSpecIsDeliveredWithAnEmptySpec(t *testing.T) {
+	b := testBundle(bundle.Object{
+		APIVersion: "security.istio.io/v1", Kind: "AuthorizationPolicy", FQN: "authorizationpolicies/deny",
+		Name: "deny", Namespace: "shop", Group: directGroup, Spec: json.RawMessage(`null`),
+	})
+	r := Compile(b, []string{"shop"})
+	if len(r.Objects) != 1 || len(r.Diagnostics) != 0 {
+		t.Fatalf("got %d objects, diagnostics %v", len(r.Objects), r.Diagnostics)
+	}
+	if diff := cmp.Diff(map[string]any{}, r.Objects[0].Object["spec"]); diff != "" {
+		t.Errorf("spec (-want +got):\n%s", diff)
+	}
+}
+
+func TestADirectObjectNeedsANameANamespaceAndAnObjectSpec(t *testing.T) {
+	b := testBundle(bundle.Object{
+		APIVersion: "networking.istio.io/v1", Kind: "Sidecar", FQN: "sidecars/x",
+		Name: "Bad Name", Group: directGroup, Spec: json.RawMessage(`[1]`),
+	})
+	r := Compile(b, []string{"shop"})
+	var fields []string
+	for _, d := range r.Diagnostics {
+		fields = append(fields, d.Field)
+	}
+	if diff := cmp.Diff([]string{"name", "namespace", "spec"}, fields); diff != "" {
+		t.Errorf("diagnostic fields (-want +got):\n%s\n%v", diff, r.Diagnostics)
+	}
+}
+
+func TestAFlotillaKindOtherThanIngressGatewayIsADiagnostic(t *testing.T) {
+	b := testBundle(bundle.Object{APIVersion: "flotilla.io/v1alpha1", Kind: "TrafficSetting", FQN: "trafficsettings/x", Name: "x", Group: edgeGroup})
+	r := Compile(b, []string{"shop"})
+	if len(r.Diagnostics) != 1 || r.Diagnostics[0].Field != "kind" {
+		t.Errorf("diagnostics = %v, want one on kind", r.Diagnostics)
+	}
+}
+
+// Fuzzing: the compiler must never panic, must be deterministic, and must
+// only emit objects Istio's schema accepts, whatever the specs are.
+
+var directKinds = istio.All()
+
+func compileGarbage(t *testing.T, spec []byte, kind uint8, ns string) {
+	t.Helper()
+	k := directKinds[int(kind)%len(directKinds)]
+	b := testBundle(
+		ingressGateway("gw", string(spec)),
+		bundle.Object{APIVersion: k.APIVersion, Kind: k.Kind, FQN: "direct/x", Name: "x", Namespace: ns, Group: directGroup, Spec: spec},
+	)
+	namespaces := []string{"istio-ingress", "shop", ns}
+	r := Compile(b, namespaces)
+	checkEmittedObjects(t, r)
+	again := Compile(b, namespaces)
+	if diff := cmp.Diff(render(t, r), render(t, again)); diff != "" {
+		t.Fatalf("two compilations differ:\n%s", diff)
+	}
+}
+
+func FuzzCompile(f *testing.F) {
+	f.Add([]byte(validGateway), uint8(0), "shop")
+	f.Add([]byte(`{"hosts":["a"],"http":[{"route":[{"destination":{"host":"a"},"weight":50}]}]}`), uint8(4), "istio-ingress")
+	f.Add([]byte(`{"http":[{"name":"a","routing":{"rules":[{"match":[{"path":{"regex":"("}}]}]}}]}`), uint8(1), "x")
+	f.Add([]byte(`null`), uint8(7), "")
+	f.Add([]byte(`{"portLevelMtls":{"0":{}}}`), uint8(6), "Shop")
+	f.Add([]byte(`[`), uint8(2), "shop")
+	f.Fuzz(func(t *testing.T, spec []byte, kind uint8, ns string) {
+		compileGarbage(t, spec, kind, ns)
+	})
+}
+
+// vocabulary holds the field names of IngressGatewaySpec and of Istio specs,
+// so that random specs reach deep into the passes.
+var vocabulary = []string{
+	"workloadSelector", "namespace", "labels", "http", "name", "hostname", "port", "tls", "mode",
+	"secretName", "routing", "rules", "match", "path", "headers", "route", "host", "exact", "prefix",
+	"regex", "hosts", "gateways", "destination", "weight", "number", "servers", "selector",
+	"portLevelMtls", "mtls", "action", "ports", "protocol", "egress", "subset", "x-user", "",
+}
+
+func randomValue(rng *rand.Rand, depth int) any {
+	switch n := rng.IntN(10); {
+	case depth > 5 || n < 2:
+		switch rng.IntN(7) {
+		case 0:
+			return nil
+		case 1:
+			return rng.IntN(2) == 0
+		case 2:
+			return []float64{0, 1, 80, 443, 65535, 65536, -1, 1e20, 0.5}[rng.IntN(9)]
+		case 3:
+			return []string{"", "istio-ingress", "shop", "shop/web.shop.svc.cluster.local", "SIMPLE", "MUTUAL", "*", "(", "/api", "Bad Name"}[rng.IntN(10)]
+		default:
+			return vocabulary[rng.IntN(len(vocabulary))]
+		}
+	case n < 5:
+		list := make([]any, rng.IntN(4))
+		for i := range list {
+			list[i] = randomValue(rng, depth+1)
+		}
+		return list
+	default:
+		m := map[string]any{}
+		for i := rng.IntN(5); i > 0; i-- {
+			m[vocabulary[rng.IntN(len(vocabulary))]] = randomValue(rng, depth+1)
+		}
+		return m
+	}
+}
+
+func TestCompileNeverPanicsOnGarbageSpecs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11)) // the test's randomness, not the compiler's
+	n := 1000
+	if testing.Short() {
+		n = 200
+	}
+	for i := 0; i < n; i++ {
+		v := map[string]any{}
+		for j := rng.IntN(4); j >= 0; j-- {
+			v[vocabulary[rng.IntN(len(vocabulary))]] = randomValue(rng, 0)
+		}
+		if i%3 == 0 { // start from a valid gateway and break one part
+			v = map[string]any{}
+			_ = json.Unmarshal([]byte(validGateway), &v)
+			v[vocabulary[rng.IntN(len(vocabulary))]] = randomValue(rng, 2)
+		}
+		spec, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns := []string{"shop", "istio-ingress", "", "Shop"}[rng.IntN(4)]
+		compileGarbage(t, spec, uint8(rng.IntN(256)), ns)
+		if t.Failed() {
+			t.Fatalf("spec %s", spec)
+		}
+	}
+}

@@ -1,0 +1,146 @@
+// Package istio is the catalogue of the Istio kinds Flotilla writes and
+// accepts in DIRECT groups, and the validation of their specs.
+//
+//	apiVersion + kind ──Lookup──▶ Kind{APIVersion, GVR, New}
+//	                                   │
+//	spec (decoded JSON) ──ValidateSpec─┴─▶ []FieldError
+//	                       = schema check against istio.io/api (types, unknown fields)
+//	                       + semantic checks the CRD schema misses (weights, ports)
+//
+// Every kind is served by Istio at v1; the older apiVersions (v1beta1,
+// v1alpha3) name the same kind and Lookup maps them to it.
+//
+// The package is pure: no I/O, no goroutines, no mutable globals.
+package istio
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"slices"
+
+	"google.golang.org/protobuf/proto"
+	networkingv1 "istio.io/api/networking/v1"
+	securityv1 "istio.io/api/security/v1"
+	k8sschema "k8s.io/apimachinery/pkg/runtime/schema"
+
+	"flotilla.io/flotilla/internal/schema"
+)
+
+// Kind is one Istio kind in the catalogue.
+type Kind struct {
+	// Kind is the Kubernetes kind, e.g. "VirtualService".
+	Kind string
+	// APIVersion is the version Flotilla writes, e.g. "networking.istio.io/v1".
+	APIVersion string
+	// GVR is the resource the kind is served as.
+	GVR k8sschema.GroupVersionResource
+	// New returns an empty spec message from istio.io/api.
+	New func() proto.Message
+	// older are the other versions of the API group that serve the same kind.
+	older []string
+}
+
+// FieldError is one problem in a spec; its Path starts with "spec".
+type FieldError = schema.FieldError
+
+const (
+	networkingGroup = "networking.istio.io"
+	securityGroup   = "security.istio.io"
+)
+
+var networkingOlder = []string{networkingGroup + "/v1beta1", networkingGroup + "/v1alpha3"}
+var securityOlder = []string{securityGroup + "/v1beta1"}
+
+func networking(kind, resource string, newSpec func() proto.Message) Kind {
+	return Kind{
+		Kind:       kind,
+		APIVersion: networkingGroup + "/v1",
+		GVR:        k8sschema.GroupVersionResource{Group: networkingGroup, Version: "v1", Resource: resource},
+		New:        newSpec,
+		older:      networkingOlder,
+	}
+}
+
+func security(kind, resource string, newSpec func() proto.Message) Kind {
+	return Kind{
+		Kind:       kind,
+		APIVersion: securityGroup + "/v1",
+		GVR:        k8sschema.GroupVersionResource{Group: securityGroup, Version: "v1", Resource: resource},
+		New:        newSpec,
+		older:      securityOlder,
+	}
+}
+
+// catalogue returns a fresh copy of every kind, sorted by (APIVersion, Kind).
+func catalogue() []Kind {
+	return []Kind{
+		networking("DestinationRule", "destinationrules", func() proto.Message { return &networkingv1.DestinationRule{} }),
+		networking("Gateway", "gateways", func() proto.Message { return &networkingv1.Gateway{} }),
+		networking("ServiceEntry", "serviceentries", func() proto.Message { return &networkingv1.ServiceEntry{} }),
+		networking("Sidecar", "sidecars", func() proto.Message { return &networkingv1.Sidecar{} }),
+		networking("VirtualService", "virtualservices", func() proto.Message { return &networkingv1.VirtualService{} }),
+		security("AuthorizationPolicy", "authorizationpolicies", func() proto.Message { return &securityv1.AuthorizationPolicy{} }),
+		security("PeerAuthentication", "peerauthentications", func() proto.Message { return &securityv1.PeerAuthentication{} }),
+		security("RequestAuthentication", "requestauthentications", func() proto.Message { return &securityv1.RequestAuthentication{} }),
+	}
+}
+
+// All returns every kind in the catalogue, sorted by (APIVersion, Kind). The
+// slice is the caller's.
+func All() []Kind {
+	kinds := catalogue()
+	slices.SortFunc(kinds, func(a, b Kind) int {
+		return cmp.Or(cmp.Compare(a.APIVersion, b.APIVersion), cmp.Compare(a.Kind, b.Kind))
+	})
+	return kinds
+}
+
+// Lookup returns the kind served as apiVersion and kind. Older versions of the
+// API group (networking.istio.io/v1beta1 and v1alpha3, security.istio.io/v1beta1)
+// map to the same Kind, whose APIVersion is the one Flotilla writes.
+func Lookup(apiVersion, kind string) (Kind, bool) {
+	for _, k := range catalogue() {
+		if k.Kind == kind && (k.APIVersion == apiVersion || slices.Contains(k.older, apiVersion)) {
+			return k, true
+		}
+	}
+	return Kind{}, false
+}
+
+// ValidateSpec checks spec, a value decoded from JSON or YAML into any
+// (map[string]any and friends, or a json.RawMessage), against k's istio.io/api
+// message, then applies the semantic checks Istio's CRD schema does not:
+//   - every route weight is within 0..100, and the weights of a route with
+//     more than one destination sum to 100;
+//   - every port number is within 1..65535.
+//
+// It returns nil when spec is valid. Otherwise it returns the schema errors,
+// sorted by path and using the keys as written; or, when the spec is
+// well-typed, the semantic errors in field order, using the JSON (lowerCamel)
+// field names.
+func ValidateSpec(k Kind, spec any) []FieldError {
+	const prefix = "spec"
+	if k.New == nil {
+		return []FieldError{{Path: prefix, Message: "no Istio kind to validate against"}}
+	}
+	if raw, ok := spec.(json.RawMessage); ok {
+		var v any
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return []FieldError{{Path: prefix, Message: "not valid JSON: " + err.Error()}}
+		}
+		spec = v
+	}
+	msg := k.New()
+	if err := schema.Decode(prefix, spec, msg); err != nil {
+		var errs schema.Errors
+		if errors.As(err, &errs) {
+			return errs
+		}
+		return []FieldError{{Path: prefix, Message: err.Error()}}
+	}
+	if errs := semantic(prefix, msg); len(errs) > 0 {
+		return errs
+	}
+	return nil
+}

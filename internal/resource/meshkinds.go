@@ -1,0 +1,149 @@
+package resource
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/compile"
+	"flotilla.io/flotilla/internal/istio"
+	"flotilla.io/flotilla/internal/selector"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// KindIngressGateway exposes services through a cluster's ingress gateway.
+const KindIngressGateway = "IngressGateway"
+
+// meshKinds are the kinds that live in groups and travel to clusters:
+// Flotilla's IngressGateway, and Istio's own kinds for DIRECT groups.
+func meshKinds() []*Kind {
+	kinds := []*Kind{{
+		Name: KindIngressGateway, Plural: "ingressgateways", Short: []string{"igw"}, Parent: KindGroup,
+		NewSpec:   func() proto.Message { return &pb.IngressGatewaySpec{} },
+		Validate:  validateIngressGateway,
+		CheckRefs: checkIngressGateway,
+	}}
+	for _, k := range istio.All() {
+		k := k
+		group, _, _ := strings.Cut(k.APIVersion, "/")
+		versions := []string{k.APIVersion}
+		for _, v := range []string{"v1beta1", "v1alpha3"} {
+			if alt, ok := istio.Lookup(group+"/"+v, k.Kind); ok && alt.Kind == k.Kind {
+				versions = append(versions, group+"/"+v)
+			}
+		}
+		kinds = append(kinds, &Kind{
+			Name: k.Kind, Plural: k.GVR.Resource, Parent: KindGroup,
+			APIVersions: versions, Namespaced: true,
+			NewSpec:     k.New,
+			Validate:    func(spec proto.Message) []FieldError { return validateIstio(k, spec) },
+			CheckRefs:   checkDirect,
+		})
+	}
+	return kinds
+}
+
+// validateIstio runs the semantic checks Istio's CRD schema does not (the
+// schema itself was checked when the spec was decoded).
+func validateIstio(k istio.Kind, spec proto.Message) []FieldError {
+	b, err := protojson.Marshal(spec)
+	if err != nil {
+		return []FieldError{{Field: "spec", Message: err.Error()}}
+	}
+	var out []FieldError
+	for _, e := range istio.ValidateSpec(k, json.RawMessage(b)) {
+		out = append(out, FieldError{Field: e.Path, Message: e.Message})
+	}
+	return out
+}
+
+// validateIngressGateway checks a spec with the compiler itself, so apply
+// time and compile time give the same verdict in the same words.
+func validateIngressGateway(spec proto.Message) []FieldError {
+	raw, err := protojson.Marshal(spec)
+	if err != nil {
+		return []FieldError{{Field: "spec", Message: err.Error()}}
+	}
+	const owner = "validate"
+	b := &bundle.Bundle{
+		Cluster: "validate",
+		Groups:  []bundle.Group{{FQN: "group", Type: "gateway", ConfigMode: compile.ConfigModeBridged, Namespaces: []string{"*/*"}}},
+		Objects: []bundle.Object{{APIVersion: APIVersion, Kind: KindIngressGateway, FQN: owner, Name: "validate", Group: "group", Spec: raw}},
+	}
+	var out []FieldError
+	for _, d := range compile.Compile(b, nil).Diagnostics {
+		if d.FQN == owner {
+			out = append(out, FieldError{Field: d.Field, Message: d.Message})
+		}
+	}
+	return out
+}
+
+// parentGroup reads the group an object lives in.
+func parentGroup(ctx context.Context, r store.Reader, obj *Object) (groupFields, selector.Set, error) {
+	rec, err := r.Get(ctx, obj.ParentFQN())
+	if err != nil {
+		return groupFields{}, nil, err
+	}
+	var g groupFields
+	if err := json.Unmarshal(rec.Spec, &g); err != nil {
+		return groupFields{}, nil, fmt.Errorf("stored %s: %w", rec.FQN, err)
+	}
+	sel, err := selector.ParseSet(g.NamespaceSelector.Names)
+	return g, sel, err
+}
+
+type groupFields struct {
+	Type              string `json:"type"`
+	ConfigMode        string `json:"configMode"`
+	NamespaceSelector struct {
+		Names []string `json:"names"`
+	} `json:"namespaceSelector"`
+}
+
+// selectsNamespace reports whether some pattern of sel can select ns.
+func selectsNamespace(sel selector.Set, ns string) bool {
+	for _, p := range sel {
+		if p.Namespace.Match(ns) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkIngressGateway(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error) {
+	g, sel, err := parentGroup(ctx, r, obj)
+	if err != nil {
+		return nil, err
+	}
+	var out []FieldError
+	if g.Type != "gateway" || g.ConfigMode == "DIRECT" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("an IngressGateway lives in a gateway group in BRIDGED mode; %s is a %s group in %s mode", obj.ParentFQN(), g.Type, g.ConfigMode)})
+	}
+	ns := obj.Spec.(*pb.IngressGatewaySpec).GetWorkloadSelector().GetNamespace()
+	if !selectsNamespace(sel, ns) {
+		out = append(out, FieldError{Field: "spec.workloadSelector.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", ns, obj.ParentFQN(), sel)})
+	}
+	return out, nil
+}
+
+func checkDirect(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error) {
+	g, sel, err := parentGroup(ctx, r, obj)
+	if err != nil {
+		return nil, err
+	}
+	var out []FieldError
+	if g.ConfigMode != "DIRECT" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("a raw Istio %s lives in a DIRECT group; %s is %s: set its spec.configMode to DIRECT or use another group", obj.Kind.Name, obj.ParentFQN(), g.ConfigMode)})
+	}
+	if !selectsNamespace(sel, obj.Namespace) {
+		out = append(out, FieldError{Field: "metadata.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", obj.Namespace, obj.ParentFQN(), sel)})
+	}
+	return out, nil
+}

@@ -1,0 +1,119 @@
+package fleet
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"flotilla.io/flotilla/tools/localfleet/internal/proc"
+)
+
+// binDir returns the repository's bin/ (or $FLOTILLA_BIN_DIR), failing tb
+// with the make target to run when the binaries are missing.
+func binDir(tb testing.TB) string {
+	tb.Helper()
+	dir := os.Getenv("FLOTILLA_BIN_DIR")
+	if dir == "" {
+		dir = "../../../../bin"
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, name := range []string{"etcd", "kube-apiserver", "istio-crds.yaml"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			tb.Fatalf("%v: run `make fleet` at the repository root first", err)
+		}
+	}
+	return dir
+}
+
+func testOptions(tb testing.TB, clusters int) Options {
+	bin := binDir(tb)
+	return Options{
+		Clusters:   clusters,
+		NamePrefix: "c",
+		Dir:        tb.TempDir(),
+		BinDir:     bin,
+		CRDs:       filepath.Join(bin, "istio-crds.yaml"),
+		Log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+}
+
+func TestStartedFleetIsDescribedServedOverVerifiedTLSAndFullyStopped(t *testing.T) {
+	opts := testOptions(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			f.Stop()
+		}
+	}()
+
+	onDisk, err := ReadManifest(opts.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(onDisk, f.Manifest()) {
+		t.Errorf("fleet.json %+v differs from the returned manifest %+v", onDisk, f.Manifest())
+	}
+	if len(onDisk.Clusters) != 2 || onDisk.Clusters[0].Name != "c1" || onDisk.Clusters[1].Name != "c2" {
+		t.Fatalf("manifest clusters %+v, want c1 and c2", onDisk.Clusters)
+	}
+	if onDisk.Clusters[0].Region == onDisk.Clusters[1].Region || onDisk.Clusters[0].Zone == onDisk.Clusters[1].Zone {
+		t.Errorf("clusters share a region or zone: %+v", onDisk.Clusters)
+	}
+
+	for _, c := range onDisk.Clusters {
+		raw, err := clientcmd.LoadFromFile(c.Kubeconfig)
+		if err != nil {
+			t.Fatalf("%s: load kubeconfig: %v", c.Name, err)
+		}
+		for name, cl := range raw.Clusters {
+			if cl.InsecureSkipTLSVerify || len(cl.CertificateAuthorityData) == 0 {
+				t.Errorf("%s: kubeconfig cluster %s does not verify TLS with a CA", c.Name, name)
+			}
+		}
+		cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := dc.ServerVersion()
+		if err != nil {
+			t.Fatalf("%s: server version over verified TLS: %v", c.Name, err)
+		}
+		if !strings.HasPrefix(v.GitVersion, "v1.36.") {
+			t.Errorf("%s: server version %s, want v1.36.x", c.Name, v.GitVersion)
+		}
+	}
+
+	pids := map[int]string{}
+	for _, c := range onDisk.Clusters {
+		for name, pid := range c.PIDs {
+			pids[pid] = name
+		}
+	}
+	f.Stop()
+	stopped = true
+	if alive := proc.WaitGone(pids, time.Second); len(alive) > 0 {
+		t.Errorf("processes %v still alive after Stop", alive)
+	}
+}
