@@ -88,8 +88,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		// Pings find dead agent streams; agents ping too.
-		HTTP2: &http.HTTP2Config{SendPingTimeout: 20 * time.Second, PingTimeout: 10 * time.Second},
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		HTTP2:    &http.HTTP2Config{SendPingTimeout: 20 * time.Second, PingTimeout: 10 * time.Second},
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	srv.RegisterOnShutdown(func() { s.stopOnce.Do(func() { close(s.stop) }) })
 	errc := make(chan error, 1)

@@ -41,9 +41,9 @@ func meshKinds() []*Kind {
 		kinds = append(kinds, &Kind{
 			Name: k.Kind, Plural: k.GVR.Resource, Parent: KindGroup,
 			APIVersions: versions, Namespaced: true,
-			NewSpec:     k.New,
-			Validate:    func(spec proto.Message) []FieldError { return validateIstio(k, spec) },
-			CheckRefs:   checkDirect,
+			NewSpec:   k.New,
+			Validate:  func(spec proto.Message) []FieldError { return validateIstio(k, spec) },
+			CheckRefs: checkDirect,
 		})
 	}
 	return kinds
