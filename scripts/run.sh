@@ -1,48 +1,62 @@
 #!/usr/bin/env bash
 # `make run`: the management plane on its embedded defaults (SQLite under
-# ./flotilla-data) and a local fleet of two real Kubernetes API servers with
-# Istio's CRDs. Ctrl-C stops everything it started.
+# ./flotilla-data), a local fleet of two real Kubernetes API servers with
+# Istio's CRDs, and one agent per cluster. Ctrl-C stops everything it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/bin
-fleet=$root/.run/fleet
+run=$root/.run
+fleet=$run/fleet
 listen=${FLOTILLA_LISTEN:-127.0.0.1:8080}
 url=http://$listen
+export FLOTILLA_SERVER=$url
+cd "$root"
 
 # A previous run killed without Ctrl-C may have left its fleet up.
 "$bin/localfleet" down --dir "$fleet" >/dev/null 2>&1 || true
+mkdir -p "$run"
 
 echo "starting a local fleet of two clusters in $fleet ..."
 "$bin/localfleet" up --clusters 2 --dir "$fleet"
 
-"$bin/flotilla" server --listen "$listen" &
-server=$!
+pids=()
 cleanup() {
 	trap - EXIT INT TERM
 	echo
 	echo "stopping ..."
-	kill -TERM "$server" 2>/dev/null || true
-	wait "$server" 2>/dev/null || true
+	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 	"$bin/localfleet" down --dir "$fleet" || true
 }
 trap cleanup EXIT INT TERM
 
+"$bin/flotilla" server --listen "$listen" 2>"$run/server.log" &
+server=$!
+pids+=("$server")
 for _ in $(seq 1 100); do
 	if curl -fsS "$url/readyz" >/dev/null 2>&1; then break; fi
-	if ! kill -0 "$server" 2>/dev/null; then echo "flotilla server exited; see the log above" >&2; exit 1; fi
+	if ! kill -0 "$server" 2>/dev/null; then cat "$run/server.log" >&2; echo "flotilla server exited" >&2; exit 1; fi
 	sleep 0.1
+done
+
+"$bin/flotilla" apply -f examples/fleet.yaml >/dev/null
+for c in c1 c2; do
+	kubectl --kubeconfig "$fleet/$c.kubeconfig" create namespace payments >/dev/null 2>&1 || true
+	"$bin/flotilla" cluster onboard "$c" 2>/dev/null >"$run/$c.token"
+	"$bin/flotilla" agent --cluster "$c" --token-file "$run/$c.token" --kubeconfig "$fleet/$c.kubeconfig" 2>"$run/agent-$c.log" &
+	pids+=($!)
 done
 
 cat <<MSG
 
-Flotilla is up: management plane at $url, clusters c1 and c2 in $fleet.
-Try, in another terminal:
+Flotilla is up: the management plane at $url (logs in .run/), clusters c1 and
+c2 in $fleet, and one agent per cluster. In another terminal:
 
   export PATH=$bin:\$PATH FLOTILLA_SERVER=$url
-  flotilla apply -f examples/tenancy.yaml
-  flotilla get workspaces
-  flotilla audit
-  kubectl --kubeconfig $fleet/c1.kubeconfig get crd virtualservices.networking.istio.io
+
+  flotilla apply -f examples/quickstart.yaml
+  flotilla status ingressgateway shop --wait
+  kubectl --kubeconfig $fleet/c1.kubeconfig -n payments get gateways.networking.istio.io,virtualservices.networking.istio.io
 
 Ctrl-C stops everything.
 MSG

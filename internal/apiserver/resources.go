@@ -64,93 +64,54 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	if len(in) == 0 {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("no resources to apply"))
 	}
-	objs := make([]*resource.Object, len(in))
-	kinds := make([]*resource.Kind, len(in))
-	var vs []resource.Violation
-	seen := map[string]int{}
-	for i, res := range in {
-		obj, bad := s.reg.Parse(i, res)
-		vs = append(vs, bad...)
-		if obj == nil {
-			continue
-		}
-		if j, dup := seen[obj.FQN()]; dup {
-			vs = append(vs, resource.Violation{Index: i, Kind: obj.Kind.Name, Name: obj.Name, Field: "metadata.name", Message: fmt.Sprintf("%s appears twice in this request (also at index %d): keep one", obj.FQN(), j)})
-			continue
-		}
-		seen[obj.FQN()] = i
-		objs[i], kinds[i] = obj, obj.Kind
-	}
+	objs, vs := s.reg.ParseAll(in)
 	if len(vs) > 0 {
 		return nil, violationError(connect.CodeInvalidArgument, vs)
 	}
-
-	results := make([]*pb.ApplyResult, len(in))
-	code := connect.CodeInvalidArgument
+	var (
+		written  []resource.Written
+		conflict bool
+	)
 	err := s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
-		for _, i := range s.reg.SortByDepth(kinds) {
-			obj := objs[i]
-			bad := func(field, format string, args ...any) {
-				vs = append(vs, resource.Violation{Index: i, Kind: obj.Kind.Name, Name: obj.Name, Field: field, Message: fmt.Sprintf(format, args...)})
-			}
-			rec, err := obj.Record()
-			if err != nil {
-				return err
-			}
-			old, err := tx.Get(ctx, rec.FQN)
-			exists := err == nil
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-			switch {
-			case obj.ETag != "" && !exists:
-				bad("metadata.etag", "%s does not exist, so etag %q cannot match: remove the etag to create it", rec.FQN, obj.ETag)
-				continue
-			case obj.ETag != "" && obj.ETag != old.ETag:
-				code = connect.CodeAborted
-				bad("metadata.etag", "is %q but %s is now at %q: someone changed it since you read it; get it again, reapply your change, and retry", obj.ETag, rec.FQN, old.ETag)
-				continue
-			}
-			fes, err := s.reg.CheckRefs(ctx, tx, obj)
-			if err != nil {
-				return fmt.Errorf("check %s: %w", rec.FQN, err)
-			}
-			for _, fe := range fes {
-				bad(fe.Field, "%s", fe.Message)
-			}
-			if len(fes) > 0 {
-				continue
-			}
-			outcome := pb.Outcome_OUTCOME_CREATED
-			if exists {
-				outcome = pb.Outcome_OUTCOME_CONFIGURED
-				if resource.SameContent(old, rec) {
-					outcome, rec = pb.Outcome_OUTCOME_UNCHANGED, old
-				}
-			}
-			if outcome != pb.Outcome_OUTCOME_UNCHANGED {
-				if rec, err = tx.Put(ctx, rec); err != nil {
-					return err
-				}
-			}
-			out, err := s.reg.Resource(rec)
-			if err != nil {
-				return err
-			}
-			results[i] = &pb.ApplyResult{Index: int32(i), Resource: out, Outcome: outcome}
-		}
-		if len(vs) > 0 || req.Msg.GetDryRun() {
+		var err error
+		written, vs, conflict, err = s.reg.Write(ctx, tx, objs)
+		if err == nil && (len(vs) > 0 || req.Msg.GetDryRun()) {
 			return errRollback
 		}
-		return nil
+		return err
 	})
 	switch {
+	case len(vs) > 0 && conflict:
+		return nil, violationError(connect.CodeAborted, vs)
 	case len(vs) > 0:
-		return nil, violationError(code, vs)
+		return nil, violationError(connect.CodeInvalidArgument, vs)
 	case err != nil && !errors.Is(err, errRollback):
 		return nil, internal(s.log, "apply", err)
 	}
+	results := make([]*pb.ApplyResult, len(in))
+	for _, w := range written {
+		out, err := s.reg.Resource(w.Record)
+		if err != nil {
+			return nil, internal(s.log, "apply", err)
+		}
+		results[w.Index] = &pb.ApplyResult{Index: int32(w.Index), Resource: out, Outcome: outcomes[w.Outcome]}
+	}
 	return connect.NewResponse(&pb.ApplyResponse{Results: results}), nil
+}
+
+var outcomes = map[resource.Outcome]pb.Outcome{
+	resource.Created:    pb.Outcome_OUTCOME_CREATED,
+	resource.Configured: pb.Outcome_OUTCOME_CONFIGURED,
+	resource.Unchanged:  pb.Outcome_OUTCOME_UNCHANGED,
+}
+
+// ViolationError is the client-facing error for violations: Aborted when
+// one is a stale etag (re-read and retry), InvalidArgument otherwise.
+func ViolationError(vs []resource.Violation, conflict bool) error {
+	if conflict {
+		return violationError(connect.CodeAborted, vs)
+	}
+	return violationError(connect.CodeInvalidArgument, vs)
 }
 
 func internal(log *slog.Logger, op string, err error) error {

@@ -151,20 +151,9 @@ func (c *Central) recomputeIfNeeded(ctx context.Context) error {
 }
 
 func (c *Central) recompute(ctx context.Context, rev int64) error {
-	var in Intent
-	var err error
-	if in.Clusters, err = c.st.List(ctx, store.Query{Kind: resource.KindCluster}); err != nil {
+	in, err := readIntent(ctx, c.reg, c.st)
+	if err != nil {
 		return err
-	}
-	if in.Groups, err = c.st.List(ctx, store.Query{Kind: resource.KindGroup}); err != nil {
-		return err
-	}
-	for _, k := range bundleKinds(c.reg) {
-		objs, err := c.st.List(ctx, store.Query{Kind: k})
-		if err != nil {
-			return err
-		}
-		in.Objects = append(in.Objects, objs...)
 	}
 	bundles, err := Bundles(c.reg, in)
 	if err != nil {

@@ -72,6 +72,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newAgentCmd(e),
 		newClusterCmd(e),
 		newStatusCmd(e),
+		newPlanCmd(e),
 	)
 	return root
 }

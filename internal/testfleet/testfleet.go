@@ -25,7 +25,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,15 +182,18 @@ func start(bin, dir string, opts Options) (*Fleet, error) {
 		line, _ := bufio.NewReader(readyR).ReadString('\n')
 		ready <- strings.TrimSpace(line) == "ready"
 	}()
+	// Read the log before stopping: a clean stop removes it.
 	select {
 	case ok := <-ready:
 		if !ok {
+			err := fmt.Errorf("local fleet failed to start; end of %s:\n%s", logPath, logEnd(logPath))
 			f.stop()
-			return nil, fmt.Errorf("local fleet failed to start; end of %s:\n%s", logPath, tail(logPath, 20))
+			return nil, err
 		}
 	case <-time.After(startTimeout):
+		err := fmt.Errorf("local fleet not ready within %s; end of %s:\n%s", startTimeout, logPath, logEnd(logPath))
 		f.stop()
-		return nil, fmt.Errorf("local fleet not ready within %s; end of %s:\n%s", startTimeout, logPath, tail(logPath, 20))
+		return nil, err
 	}
 	data, err := os.ReadFile(filepath.Join(dir, "fleet.json"))
 	if err == nil {
@@ -323,20 +325,15 @@ func isRepoRoot(dir string) bool {
 	return false
 }
 
-// tail returns the last n lines of the file at path.
-func tail(path string, n int) string {
-	f, err := os.Open(path)
+// logEnd returns the end of the log at path: the last 3000 bytes, enough for
+// the error that ended localfleet.
+func logEnd(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(cannot read: %v)", err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return fmt.Sprintf("(cannot read: %v)", err)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return string(b)
 }

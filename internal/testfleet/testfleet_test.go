@@ -184,6 +184,29 @@ func TestMissingBinariesNameTheMakeTarget(t *testing.T) {
 	}
 }
 
+func TestAFleetThatCannotStartReportsLocalfleetsError(t *testing.T) {
+	built, err := testfleet.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	for _, name := range []string{"localfleet", "etcd", "kube-apiserver"} {
+		if err := os.Symlink(filepath.Join(built, name), filepath.Join(bin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notCRDs := "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: oops\n"
+	if err := os.WriteFile(filepath.Join(bin, "istio-crds.yaml"), []byte(notCRDs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(testfleet.BinDirEnv, bin)
+
+	_, err = testfleet.Start(testfleet.Options{})
+	if err == nil || !strings.Contains(err.Error(), `kind "ConfigMap", want CustomResourceDefinition`) {
+		t.Fatalf("Start with a ConfigMap as CRD file: got error %v, want localfleet's complaint about the kind", err)
+	}
+}
+
 func TestNoFleetProcessOutlivesAKilledTestProcess(t *testing.T) {
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childEnv+"=1")

@@ -215,6 +215,40 @@ func TestFleetEndToEnd(t *testing.T) {
 		checkHandmade(t)
 	})
 
+	t.Run("plan previews per-cluster changes and writes nothing; get compiled shows a cluster's objects", func(t *testing.T) {
+		r := s.flotilla(quickstart(t, "shop9.example.com", 8080), "plan", "-f", "-")
+		if r.code != 0 {
+			t.Fatalf("plan: %+v", r)
+		}
+		for _, want := range []string{
+			igwFQN + " would be configured",
+			"cluster c1:\n",
+			"cluster c2:\n",
+			"~ update VirtualService payments/shop-shop  (" + igwFQN + ")",
+			"~ update Gateway payments/shop",
+			"nothing was written",
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("plan output lacks %q:\n%s", want, r.stdout)
+			}
+		}
+		if strings.Count(r.stdout, "~ update VirtualService payments/shop-shop") != 2 {
+			t.Errorf("both clusters should show the update:\n%s", r.stdout)
+		}
+		if out := s.must("get", "ingressgateway", "shop", "-o", "yaml"); !strings.Contains(out, "shop2.example.com") {
+			t.Fatalf("plan changed the stored intent:\n%s", out)
+		}
+		if out := s.must("get", "compiled", "--cluster", "c1"); !strings.Contains(out, "kind: VirtualService") || !strings.Contains(out, "- shop2.example.com") || strings.Contains(out, "shop9") {
+			t.Fatalf("get compiled --cluster c1:\n%s", out)
+		}
+		if out := s.must("status", "group", "payments-gateway"); !strings.HasPrefix(out, "Group organizations/acme/tenants/fintech/workspaces/payments/groups/payments-gateway: READY") {
+			t.Fatalf("the gateway group should aggregate to READY:\n%s", out)
+		}
+		if out := s.must("status", "workspace", "payments"); !strings.Contains(out, ": READY") {
+			t.Fatalf("the workspace should aggregate to READY:\n%s", out)
+		}
+	})
+
 	t.Run("a managed VirtualService deleted by hand is restored within 5s and reported", func(t *testing.T) {
 		if err := c1.dyn.Resource(vsGVR).Namespace("payments").Delete(ctx, "shop-shop", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -322,6 +356,9 @@ spec:
 		})
 		if !strings.Contains(rows["c2"].Message, "refused in this cluster by policy") {
 			t.Fatalf("c2's failure lacks the API server's message: %q", rows["c2"].Message)
+		}
+		if out := s.must("status", "group", "payments-direct"); !strings.Contains(out, ": FAILED") {
+			t.Fatalf("the DIRECT group should aggregate to FAILED:\n%s", out)
 		}
 		if r := s.flotilla("", "status", "virtualservice", "refused-web", "--wait", "--timeout", "5s"); r.code == 0 {
 			t.Fatal("status --wait succeeded although c2 failed")

@@ -478,11 +478,256 @@ func (x *GetCompiledResponse) GetDiagnostics() []string {
 	return nil
 }
 
+type PlanRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resources     []*Resource            `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanRequest) Reset() {
+	*x = PlanRequest{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanRequest) ProtoMessage() {}
+
+func (x *PlanRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
+func (*PlanRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PlanRequest) GetResources() []*Resource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// PlannedChange is one native object that applying would change.
+type PlannedChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Action is create, update or delete.
+	Action     string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	ApiVersion string `protobuf:"bytes,2,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	Kind       string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace  string `protobuf:"bytes,4,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name       string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	// Owner is the FQN of the intent resource the object belongs to.
+	Owner         string `protobuf:"bytes,6,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlannedChange) Reset() {
+	*x = PlannedChange{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlannedChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlannedChange) ProtoMessage() {}
+
+func (x *PlannedChange) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlannedChange.ProtoReflect.Descriptor instead.
+func (*PlannedChange) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PlannedChange) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *PlannedChange) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
+func (x *PlannedChange) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *PlannedChange) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PlannedChange) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PlannedChange) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+type ClusterPlan struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Changes []*PlannedChange       `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Diagnostics are compile problems the change would cause in this cluster.
+	Diagnostics   []string `protobuf:"bytes,3,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterPlan) Reset() {
+	*x = ClusterPlan{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterPlan) ProtoMessage() {}
+
+func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterPlan.ProtoReflect.Descriptor instead.
+func (*ClusterPlan) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ClusterPlan) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ClusterPlan) GetChanges() []*PlannedChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *ClusterPlan) GetDiagnostics() []string {
+	if x != nil {
+		return x.Diagnostics
+	}
+	return nil
+}
+
+type PlanResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Results say what would happen to each intent resource, in request order.
+	Results       []*ApplyResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	Clusters      []*ClusterPlan `protobuf:"bytes,2,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanResponse) Reset() {
+	*x = PlanResponse{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanResponse) ProtoMessage() {}
+
+func (x *PlanResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
+func (*PlanResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PlanResponse) GetResults() []*ApplyResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *PlanResponse) GetClusters() []*ClusterPlan {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
 var File_flotilla_v1alpha1_fleet_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n" +
+	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n" +
 	"\x0eOnboardRequest\x12\x10\n" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12+\n" +
@@ -514,11 +759,29 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12%\n" +
 	"\x0ebundle_version\x18\x02 \x01(\tR\rbundleVersion\x12\x18\n" +
 	"\aobjects\x18\x03 \x01(\tR\aobjects\x12 \n" +
-	"\vdiagnostics\x18\x04 \x03(\tR\vdiagnostics2\x96\x02\n" +
+	"\vdiagnostics\x18\x04 \x03(\tR\vdiagnostics\"H\n" +
+	"\vPlanRequest\x129\n" +
+	"\tresources\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.ResourceR\tresources\"\xa4\x01\n" +
+	"\rPlannedChange\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x1f\n" +
+	"\vapi_version\x18\x02 \x01(\tR\n" +
+	"apiVersion\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x06 \x01(\tR\x05owner\"\x85\x01\n" +
+	"\vClusterPlan\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12:\n" +
+	"\achanges\x18\x02 \x03(\v2 .flotilla.v1alpha1.PlannedChangeR\achanges\x12 \n" +
+	"\vdiagnostics\x18\x03 \x03(\tR\vdiagnostics\"\x84\x01\n" +
+	"\fPlanResponse\x128\n" +
+	"\aresults\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.ApplyResultR\aresults\x12:\n" +
+	"\bclusters\x18\x02 \x03(\v2\x1e.flotilla.v1alpha1.ClusterPlanR\bclusters2\xdf\x02\n" +
 	"\fFleetService\x12P\n" +
 	"\aOnboard\x12!.flotilla.v1alpha1.OnboardRequest\x1a\".flotilla.v1alpha1.OnboardResponse\x12V\n" +
 	"\tGetStatus\x12#.flotilla.v1alpha1.GetStatusRequest\x1a$.flotilla.v1alpha1.GetStatusResponse\x12\\\n" +
-	"\vGetCompiled\x12%.flotilla.v1alpha1.GetCompiledRequest\x1a&.flotilla.v1alpha1.GetCompiledResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\vGetCompiled\x12%.flotilla.v1alpha1.GetCompiledRequest\x1a&.flotilla.v1alpha1.GetCompiledResponse\x12G\n" +
+	"\x04Plan\x12\x1e.flotilla.v1alpha1.PlanRequest\x1a\x1f.flotilla.v1alpha1.PlanResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_fleet_proto_rawDescOnce sync.Once
@@ -532,7 +795,7 @@ func file_flotilla_v1alpha1_fleet_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_fleet_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
 	(*OnboardRequest)(nil),        // 0: flotilla.v1alpha1.OnboardRequest
 	(*OnboardResponse)(nil),       // 1: flotilla.v1alpha1.OnboardResponse
@@ -541,28 +804,40 @@ var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
 	(*GetStatusResponse)(nil),     // 4: flotilla.v1alpha1.GetStatusResponse
 	(*GetCompiledRequest)(nil),    // 5: flotilla.v1alpha1.GetCompiledRequest
 	(*GetCompiledResponse)(nil),   // 6: flotilla.v1alpha1.GetCompiledResponse
-	(*Metadata)(nil),              // 7: flotilla.v1alpha1.Metadata
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*PlanRequest)(nil),           // 7: flotilla.v1alpha1.PlanRequest
+	(*PlannedChange)(nil),         // 8: flotilla.v1alpha1.PlannedChange
+	(*ClusterPlan)(nil),           // 9: flotilla.v1alpha1.ClusterPlan
+	(*PlanResponse)(nil),          // 10: flotilla.v1alpha1.PlanResponse
+	(*Metadata)(nil),              // 11: flotilla.v1alpha1.Metadata
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Resource)(nil),              // 14: flotilla.v1alpha1.Resource
+	(*ApplyResult)(nil),           // 15: flotilla.v1alpha1.ApplyResult
 }
 var file_flotilla_v1alpha1_fleet_proto_depIdxs = []int32{
-	7, // 0: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	8, // 1: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
-	9, // 2: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
-	7, // 3: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	3, // 4: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
-	4, // 5: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
-	0, // 6: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
-	2, // 7: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
-	5, // 8: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
-	1, // 9: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
-	4, // 10: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
-	6, // 11: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	11, // 0: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	12, // 1: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
+	13, // 2: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
+	11, // 3: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	3,  // 4: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
+	4,  // 5: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
+	14, // 6: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
+	8,  // 7: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
+	15, // 8: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
+	9,  // 9: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
+	0,  // 10: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
+	2,  // 11: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
+	5,  // 12: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
+	7,  // 13: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
+	1,  // 14: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
+	4,  // 15: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
+	6,  // 16: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
+	10, // 17: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
+	14, // [14:18] is the sub-list for method output_type
+	10, // [10:14] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_fleet_proto_init() }
@@ -571,13 +846,14 @@ func file_flotilla_v1alpha1_fleet_proto_init() {
 		return
 	}
 	file_flotilla_v1alpha1_resource_proto_init()
+	file_flotilla_v1alpha1_service_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_fleet_proto_rawDesc), len(file_flotilla_v1alpha1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

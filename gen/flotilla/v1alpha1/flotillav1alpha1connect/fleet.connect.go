@@ -40,6 +40,8 @@ const (
 	// FleetServiceGetCompiledProcedure is the fully-qualified name of the FleetService's GetCompiled
 	// RPC.
 	FleetServiceGetCompiledProcedure = "/flotilla.v1alpha1.FleetService/GetCompiled"
+	// FleetServicePlanProcedure is the fully-qualified name of the FleetService's Plan RPC.
+	FleetServicePlanProcedure = "/flotilla.v1alpha1.FleetService/Plan"
 )
 
 // FleetServiceClient is a client for the flotilla.v1alpha1.FleetService service.
@@ -51,6 +53,10 @@ type FleetServiceClient interface {
 	GetStatus(context.Context, *connect.Request[v1alpha1.GetStatusRequest]) (*connect.Response[v1alpha1.GetStatusResponse], error)
 	// GetCompiled returns the native objects a cluster should have now.
 	GetCompiled(context.Context, *connect.Request[v1alpha1.GetCompiledRequest]) (*connect.Response[v1alpha1.GetCompiledResponse], error)
+	// Plan validates resources like Apply and reports, per cluster, which
+	// native objects applying them would create, update or delete. It writes
+	// nothing.
+	Plan(context.Context, *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error)
 }
 
 // NewFleetServiceClient constructs a client for the flotilla.v1alpha1.FleetService service. By
@@ -82,6 +88,12 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(fleetServiceMethods.ByName("GetCompiled")),
 			connect.WithClientOptions(opts...),
 		),
+		plan: connect.NewClient[v1alpha1.PlanRequest, v1alpha1.PlanResponse](
+			httpClient,
+			baseURL+FleetServicePlanProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("Plan")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -90,6 +102,7 @@ type fleetServiceClient struct {
 	onboard     *connect.Client[v1alpha1.OnboardRequest, v1alpha1.OnboardResponse]
 	getStatus   *connect.Client[v1alpha1.GetStatusRequest, v1alpha1.GetStatusResponse]
 	getCompiled *connect.Client[v1alpha1.GetCompiledRequest, v1alpha1.GetCompiledResponse]
+	plan        *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
 }
 
 // Onboard calls flotilla.v1alpha1.FleetService.Onboard.
@@ -107,6 +120,11 @@ func (c *fleetServiceClient) GetCompiled(ctx context.Context, req *connect.Reque
 	return c.getCompiled.CallUnary(ctx, req)
 }
 
+// Plan calls flotilla.v1alpha1.FleetService.Plan.
+func (c *fleetServiceClient) Plan(ctx context.Context, req *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error) {
+	return c.plan.CallUnary(ctx, req)
+}
+
 // FleetServiceHandler is an implementation of the flotilla.v1alpha1.FleetService service.
 type FleetServiceHandler interface {
 	// Onboard issues a one-time join token for an existing Cluster resource.
@@ -116,6 +134,10 @@ type FleetServiceHandler interface {
 	GetStatus(context.Context, *connect.Request[v1alpha1.GetStatusRequest]) (*connect.Response[v1alpha1.GetStatusResponse], error)
 	// GetCompiled returns the native objects a cluster should have now.
 	GetCompiled(context.Context, *connect.Request[v1alpha1.GetCompiledRequest]) (*connect.Response[v1alpha1.GetCompiledResponse], error)
+	// Plan validates resources like Apply and reports, per cluster, which
+	// native objects applying them would create, update or delete. It writes
+	// nothing.
+	Plan(context.Context, *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error)
 }
 
 // NewFleetServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -143,6 +165,12 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(fleetServiceMethods.ByName("GetCompiled")),
 		connect.WithHandlerOptions(opts...),
 	)
+	fleetServicePlanHandler := connect.NewUnaryHandler(
+		FleetServicePlanProcedure,
+		svc.Plan,
+		connect.WithSchema(fleetServiceMethods.ByName("Plan")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flotilla.v1alpha1.FleetService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case FleetServiceOnboardProcedure:
@@ -151,6 +179,8 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 			fleetServiceGetStatusHandler.ServeHTTP(w, r)
 		case FleetServiceGetCompiledProcedure:
 			fleetServiceGetCompiledHandler.ServeHTTP(w, r)
+		case FleetServicePlanProcedure:
+			fleetServicePlanHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -170,4 +200,8 @@ func (UnimplementedFleetServiceHandler) GetStatus(context.Context, *connect.Requ
 
 func (UnimplementedFleetServiceHandler) GetCompiled(context.Context, *connect.Request[v1alpha1.GetCompiledRequest]) (*connect.Response[v1alpha1.GetCompiledResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.GetCompiled is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) Plan(context.Context, *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.Plan is not implemented"))
 }

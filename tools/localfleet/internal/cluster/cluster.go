@@ -89,8 +89,8 @@ type Cluster struct {
 // because another process took its port between probing and binding.
 var errExited = errors.New("component exited during start")
 
-// Start starts etcd and kube-apiserver and returns once the API server reports
-// ready. A start that fails because a component exits early is retried on new
+// Start starts etcd and kube-apiserver (and with Workloads the rest) and
+// returns once the API server reports ready (and the node is Ready). A start that fails because a component exits early is retried on new
 // ports, up to three times.
 func Start(ctx context.Context, spec Spec, log *slog.Logger) (*Cluster, error) {
 	var err error

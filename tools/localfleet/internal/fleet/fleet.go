@@ -116,6 +116,9 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 		clusters: make([]*cluster.Cluster, opts.Clusters),
 		manifest: Manifest{SupervisorPID: os.Getpid(), Clusters: make([]ClusterInfo, opts.Clusters)},
 	}
+	// The first failure cancels the other clusters' starts.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errs := make([]error, opts.Clusters)
 	var wg sync.WaitGroup
 	for i := range opts.Clusters {
@@ -134,12 +137,14 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 			c, err := cluster.Start(ctx, spec, opts.Log)
 			if err != nil {
 				errs[i] = err
+				cancel()
 				return
 			}
 			f.clusters[i] = c
 			labels := map[string]string{LabelRegion: region, LabelZone: zone, LabelCluster: name}
 			if err := istio.Install(ctx, c.Config, crds, labels); err != nil {
 				errs[i] = fmt.Errorf("prepare cluster %s: %w", name, err)
+				cancel()
 				return
 			}
 			f.manifest.Clusters[i] = ClusterInfo{
@@ -150,7 +155,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := firstCauses(errs); err != nil {
 		f.Stop()
 		return nil, err
 	}
@@ -159,6 +164,21 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// firstCauses joins the errors that are not merely the cancellation caused by
+// another cluster's failure; if all are cancellations, it joins them all.
+func firstCauses(errs []error) error {
+	var causes []error
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			causes = append(causes, err)
+		}
+	}
+	if len(causes) == 0 {
+		return errors.Join(errs...)
+	}
+	return errors.Join(causes...)
 }
 
 // Manifest returns the description of the fleet.

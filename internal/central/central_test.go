@@ -1,0 +1,208 @@
+package central
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+	"flotilla.io/flotilla/internal/store/sqlite"
+)
+
+func rec(kind, fqn, spec string) store.Record {
+	name := fqn[strings.LastIndex(fqn, "/")+1:]
+	parent := ""
+	if i := strings.LastIndex(fqn, "/"); i > 0 {
+		parent = fqn[:strings.LastIndex(fqn[:i], "/")]
+	}
+	return store.Record{Kind: kind, FQN: fqn, Name: name, Parent: parent, Spec: json.RawMessage(spec), ETag: "e"}
+}
+
+func TestBundlesCarryTheGroupsWhoseSelectorsReachTheCluster(t *testing.T) {
+	reg := resource.Builtin()
+	g := "organizations/acme/tenants/t/workspaces/w/groups/"
+	in := Intent{
+		Clusters: []store.Record{rec("Cluster", "organizations/acme/clusters/c1", `{}`), rec("Cluster", "organizations/acme/clusters/c2", `{}`), rec("Cluster", "organizations/other/clusters/c1", `{}`)},
+		Groups: []store.Record{
+			rec("Group", g+"all", `{"type":"gateway","configMode":"BRIDGED","namespaceSelector":{"names":["*/pay"]}}`),
+			rec("Group", g+"one", `{"type":"traffic","configMode":"DIRECT","namespaceSelector":{"names":["c2/pay"]}}`),
+		},
+		Objects: []store.Record{rec("IngressGateway", g+"all/ingressgateways/shop", `{"a":1}`), rec("VirtualService", g+"one/virtualservices/vs", `{}`)},
+	}
+	got, err := Bundles(reg, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	summary := func(fqn string) string {
+		b := got[fqn]
+		var parts []string
+		for _, o := range b.Objects {
+			parts = append(parts, o.Kind+":"+o.Name)
+		}
+		return fmt.Sprintf("%s %d groups %v", b.Cluster, len(b.Groups), parts)
+	}
+	for fqn, want := range map[string]string{
+		"organizations/acme/clusters/c1":  "c1 1 groups [IngressGateway:shop]",
+		"organizations/acme/clusters/c2":  "c2 2 groups [IngressGateway:shop VirtualService:vs]",
+		"organizations/other/clusters/c1": "c1 0 groups []",
+	} {
+		if s := summary(fqn); s != want {
+			t.Errorf("bundle of %s = %s, want %s", fqn, s, want)
+		}
+	}
+	if got["organizations/acme/clusters/c1"].Objects[0].APIVersion != resource.APIVersion || got["organizations/acme/clusters/c2"].Objects[1].APIVersion != "networking.istio.io/v1" {
+		t.Error("bundle objects lack their kinds' apiVersions")
+	}
+	again, _ := Bundles(reg, in)
+	if again["organizations/acme/clusters/c2"].Version() != got["organizations/acme/clusters/c2"].Version() {
+		t.Error("the same intent gave another version")
+	}
+}
+
+// harness is a management plane with its central control plane on a real socket.
+type harness struct {
+	c     *Central
+	url   string
+	api   flotillav1alpha1connect.ResourceServiceClient
+	fleet flotillav1alpha1connect.FleetServiceClient
+	agent agentv1connect.AgentServiceClient
+}
+
+func start(t *testing.T) *harness {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "flotilla.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := resource.Builtin()
+	srv := apiserver.New(reg, st, log)
+	c := New(reg, st, log)
+	srv.Handle(agentv1connect.NewAgentServiceHandler(c))
+	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(Fleet{Central: c}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{}, 2)
+	go func() { c.Run(ctx); done <- struct{}{} }()
+	go func() { srv.Serve(ctx, ln); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done; st.Close() })
+	url := "http://" + ln.Addr().String()
+	h := &harness{c: c, url: url,
+		api:   flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url),
+		fleet: flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, url),
+		agent: agentv1connect.NewAgentServiceClient(h2c(), url, connect.WithGRPC()),
+	}
+	var rs []*pb.Resource
+	for _, y := range []struct {
+		kind string
+		md   *pb.Metadata
+	}{{"Organization", &pb.Metadata{Name: "acme"}}, {"Cluster", &pb.Metadata{Name: "c1", Organization: "acme"}}, {"Cluster", &pb.Metadata{Name: "c2", Organization: "acme"}}} {
+		s, _ := structpb.NewStruct(nil)
+		rs = append(rs, &pb.Resource{ApiVersion: resource.APIVersion, Kind: y.kind, Metadata: y.md, Spec: s})
+	}
+	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: rs})); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func h2c() *http.Client {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{Protocols: p}}
+}
+
+func (h *harness) onboard(t *testing.T, cluster string, ttl time.Duration) string {
+	t.Helper()
+	res, err := h.fleet.Onboard(context.Background(), connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: cluster, Organization: "acme"}, Ttl: durationpb.New(ttl)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Msg.GetToken()
+}
+
+func (h *harness) join(cluster, token string) (string, error) {
+	res, err := h.agent.Join(context.Background(), connect.NewRequest(&agentv1.JoinRequest{Cluster: cluster, Token: token}))
+	if err != nil {
+		return "", err
+	}
+	return res.Msg.GetCredential(), nil
+}
+
+func TestAJoinTokenWorksOnceForItsClusterUntilItExpires(t *testing.T) {
+	h := start(t)
+	token := h.onboard(t, "c1", time.Hour)
+	if _, err := h.join("c2", token); connect.CodeOf(err) != connect.CodePermissionDenied || !strings.Contains(err.Error(), "organizations/acme/clusters/c1") {
+		t.Fatalf("a token used for another cluster: %v", err)
+	}
+	if _, err := h.join("c1", token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.join("c1", token); connect.CodeOf(err) != connect.CodePermissionDenied || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("a used token: %v", err)
+	}
+	expiring := h.onboard(t, "c2", time.Second)
+	h.c.now = func() time.Time { return time.Now().Add(2 * time.Second) }
+	if _, err := h.join("c2", expiring); connect.CodeOf(err) != connect.CodePermissionDenied || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("an expired token: %v", err)
+	}
+	if _, err := h.join("c2", "flj_made-up"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("an unknown token: %v", err)
+	}
+	if _, err := h.fleet.Onboard(context.Background(), connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: "c9", Organization: "acme"}})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("onboarding a cluster that does not exist: %v", err)
+	}
+}
+
+// hello opens a stream with cred, says hello as cluster, and returns the
+// first message or the error.
+func (h *harness) hello(t *testing.T, cred, cluster string) (*agentv1.ConnectResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	stream := h.agent.Connect(ctx)
+	stream.RequestHeader().Set("Authorization", "Bearer "+cred)
+	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}}); err != nil {
+		return nil, err
+	}
+	return stream.Receive()
+}
+
+func TestACredentialServesOnlyItsOwnClustersStream(t *testing.T) {
+	h := start(t)
+	cred, err := h.join("c1", h.onboard(t, "c1", time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.hello(t, cred, "c2"); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("c1's credential on c2's stream: %v", err)
+	}
+	if _, err := h.hello(t, "fla_forged", "c1"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("a forged credential: %v", err)
+	}
+	msg, err := h.hello(t, cred, "c1")
+	if err != nil || msg.GetBundle().GetVersion() == "" {
+		t.Fatalf("c1's own stream should get its bundle: %v %v", msg, err)
+	}
+}

@@ -1,0 +1,109 @@
+package resource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Outcome is what a write did to one resource.
+type Outcome int
+
+// Outcomes of Write.
+const (
+	Created Outcome = iota + 1
+	Configured
+	Unchanged
+)
+
+// Written is the result for one object of a request.
+type Written struct {
+	Index   int // position in the request
+	Record  store.Record
+	Outcome Outcome
+}
+
+// ParseAll parses every resource of a request; a resource named twice is a
+// violation too. The objects are usable only when there are no violations.
+func (r *Registry) ParseAll(in []*pb.Resource) ([]*Object, []Violation) {
+	objs := make([]*Object, len(in))
+	var vs []Violation
+	seen := map[string]int{}
+	for i, res := range in {
+		obj, bad := r.Parse(i, res)
+		vs = append(vs, bad...)
+		if obj == nil {
+			continue
+		}
+		if j, dup := seen[obj.FQN()]; dup {
+			vs = append(vs, Violation{Index: i, Kind: obj.Kind.Name, Name: obj.Name, Field: "metadata.name", Message: fmt.Sprintf("%s appears twice in this request (also at index %d): keep one", obj.FQN(), j)})
+			continue
+		}
+		seen[obj.FQN()] = i
+		objs[i] = obj
+	}
+	return objs, vs
+}
+
+// Write writes parsed objects in tx, parents first, checking etags and
+// cross-object rules against what tx sees (earlier objects of the same
+// request included). It returns every violation, not just the first;
+// conflict is set when one is a stale etag. The caller must not commit tx
+// when there are violations. err is for failures of the store itself.
+func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object) (written []Written, vs []Violation, conflict bool, err error) {
+	kinds := make([]*Kind, len(objs))
+	for i, o := range objs {
+		kinds[i] = o.Kind
+	}
+	for _, i := range r.SortByDepth(kinds) {
+		obj := objs[i]
+		bad := func(field, format string, args ...any) {
+			vs = append(vs, Violation{Index: i, Kind: obj.Kind.Name, Name: obj.Name, Field: field, Message: fmt.Sprintf(format, args...)})
+		}
+		rec, err := obj.Record()
+		if err != nil {
+			return nil, nil, false, err
+		}
+		old, err := tx.Get(ctx, rec.FQN)
+		exists := err == nil
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, nil, false, err
+		}
+		switch {
+		case obj.ETag != "" && !exists:
+			bad("metadata.etag", "%s does not exist, so etag %q cannot match: remove the etag to create it", rec.FQN, obj.ETag)
+			continue
+		case obj.ETag != "" && obj.ETag != old.ETag:
+			conflict = true
+			bad("metadata.etag", "is %q but %s is now at %q: someone changed it since you read it; get it again, reapply your change, and retry", obj.ETag, rec.FQN, old.ETag)
+			continue
+		}
+		fes, err := r.CheckRefs(ctx, tx, obj)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("check %s: %w", rec.FQN, err)
+		}
+		for _, fe := range fes {
+			bad(fe.Field, "%s", fe.Message)
+		}
+		if len(fes) > 0 {
+			continue
+		}
+		outcome := Created
+		if exists {
+			outcome = Configured
+			if SameContent(old, rec) {
+				outcome, rec = Unchanged, old
+			}
+		}
+		if outcome != Unchanged {
+			if rec, err = tx.Put(ctx, rec); err != nil {
+				return nil, nil, false, err
+			}
+		}
+		written = append(written, Written{Index: i, Record: rec, Outcome: outcome})
+	}
+	return written, vs, conflict, nil
+}
