@@ -8,6 +8,7 @@ package propagation
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,7 +37,15 @@ import (
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
-func TestMain(m *testing.M) { testfleet.Main(m, testfleet.Options{Clusters: 2}) }
+// TestMain starts two real clusters, only when benchmarks are asked for:
+// `go test ./...` should not pay for a fleet that no test uses.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run())
+	}
+	testfleet.Main(m, testfleet.Options{Clusters: 2})
+}
 
 func res(kind string, md *pb.Metadata, spec map[string]any) *pb.Resource {
 	s, _ := structpb.NewStruct(spec)

@@ -29,17 +29,34 @@ type Server struct {
 	stop     chan struct{}
 	stopOnce sync.Once
 	mux      *http.ServeMux
+
+	retain       int64
+	compactEvery time.Duration
 }
 
 // Option configures a Server.
 type Option func(*Server)
+
+// Event-log retention defaults: the newest DefaultRetainEvents events are
+// kept for watchers to resume from; older ones are compacted every
+// DefaultCompactInterval. Audit records are never compacted.
+const (
+	DefaultRetainEvents    = 100_000
+	DefaultCompactInterval = 5 * time.Minute
+)
+
+// WithEventRetention sets how many events are kept and how often older ones
+// are discarded.
+func WithEventRetention(keep int64, every time.Duration) Option {
+	return func(s *Server) { s.retain, s.compactEvery = keep, every }
+}
 
 // WithMetrics registers the server's metrics in reg instead of a private registry.
 func WithMetrics(reg *prometheus.Registry) Option { return func(s *Server) { s.metrics = reg } }
 
 // New returns a server over st. It does not listen until Serve.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Server {
-	s := &Server{reg: reg, st: st, log: log, stop: make(chan struct{}), mux: http.NewServeMux()}
+	s := &Server{reg: reg, st: st, log: log, stop: make(chan struct{}), mux: http.NewServeMux(), retain: DefaultRetainEvents, compactEvery: DefaultCompactInterval}
 	for _, o := range opts {
 		o(s)
 	}
@@ -94,6 +111,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv.RegisterOnShutdown(func() { s.stopOnce.Do(func() { close(s.stop) }) })
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	compactCtx, stopCompacting := context.WithCancel(ctx)
+	compacted := make(chan struct{})
+	go func() { s.compactLoop(compactCtx); close(compacted) }()
+	defer func() { stopCompacting(); <-compacted }()
 	select {
 	case err := <-errc:
 		return err
@@ -155,5 +176,27 @@ func (m *metricsInterceptor) WrapStreamingHandler(next connect.StreamingHandlerF
 		err := next(ctx, conn)
 		m.requests.WithLabelValues(conn.Spec().Procedure, codeOf(err)).Inc()
 		return err
+	}
+}
+
+// compactLoop discards events beyond the retention, so the event log stays
+// bounded while watchers can still resume from any recent revision.
+func (s *Server) compactLoop(ctx context.Context) {
+	tick := time.NewTicker(s.compactEvery)
+	defer tick.Stop()
+	// States: sleep until the next tick or the end; on a tick, compact.
+	for {
+		select {
+		case <-tick.C:
+			rev, err := s.st.Revision(ctx)
+			if err != nil || rev <= s.retain {
+				continue
+			}
+			if err := s.st.Compact(ctx, rev-s.retain); err != nil && ctx.Err() == nil {
+				s.log.Warn("compact the event log", "err", err)
+			}
+		case <-ctx.Done():
+			return
+		}
 	}
 }

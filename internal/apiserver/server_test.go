@@ -77,14 +77,14 @@ type running struct {
 	audit  flotillav1alpha1connect.AuditServiceClient
 }
 
-func serve(t *testing.T, st store.Store) *running {
+func serve(t *testing.T, st store.Store, opts ...apiserver.Option) *running {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
-	srv := apiserver.New(resource.Builtin(), st, log)
+	srv := apiserver.New(resource.Builtin(), st, log, opts...)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{url: "http://" + ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
 	go func() { r.done <- srv.Serve(ctx, ln) }()
@@ -632,5 +632,30 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	}
 	if _, err := http.Get(s.url + "/healthz"); err == nil {
 		t.Fatal("server still accepts connections after shutdown")
+	}
+}
+
+func TestTheEventLogIsCompactedBeyondItsRetention(t *testing.T) {
+	st := backends[0].open(t)
+	defer st.Close()
+	s := serve(t, st, apiserver.WithEventRetention(3, 20*time.Millisecond))
+	apply(t, s.client, tenancy()...) // revisions 1..4
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := st.Events(context.Background(), 0, 10)
+		if errors.Is(err, store.ErrCompacted) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events were not compacted: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	evs, err := st.Events(context.Background(), 1, 10)
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("the newest 3 events should be kept: %d, %v", len(evs), err)
+	}
+	if audit, _ := st.Audit(context.Background(), store.AuditQuery{}); len(audit) != 4 {
+		t.Fatalf("compaction touched the audit log: %d records", len(audit))
 	}
 }

@@ -51,7 +51,14 @@ type cluster struct {
 // agentConn is one live agent stream.
 type agentConn struct {
 	wake chan struct{} // capacity 1: a pending wake-up coalesces the next ones
-	done chan struct{} // closed when a newer stream replaces this one
+	done chan struct{} // closed to end the stream; why says why
+	why  string
+}
+
+// end ends the stream for the given reason. Callers hold Central.mu.
+func (a *agentConn) end(why string) {
+	a.why = why
+	close(a.done)
 }
 
 // maxDrifts bounds the drift history kept per cluster.
@@ -100,7 +107,7 @@ func (c *Central) closeStreams() {
 	defer c.mu.Unlock()
 	for _, cl := range c.clusters {
 		if cl.conn != nil {
-			close(cl.conn.done)
+			cl.conn.end("the server is shutting down: reconnect")
 			cl.conn = nil
 		}
 	}
@@ -171,7 +178,7 @@ func (c *Central) recompute(ctx context.Context, rev int64) error {
 	for fqn, cl := range c.clusters {
 		if _, ok := bundles[fqn]; !ok {
 			if cl.conn != nil {
-				close(cl.conn.done) // the cluster was deleted: end its stream
+				cl.conn.end("the cluster was deleted from Flotilla")
 			}
 			delete(c.clusters, fqn)
 		}

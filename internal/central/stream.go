@@ -137,7 +137,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", fqn, errNoCluster))
 	}
 	if cl.conn != nil {
-		close(cl.conn.done) // a newer stream of the same agent wins
+		cl.conn.end("replaced by a newer stream from the same cluster") // the newer stream wins
 	}
 	cl.conn = conn
 	cl.agentVersion = hello.GetAgentVersion()
@@ -185,7 +185,10 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 			}
 			return err
 		case <-conn.done:
-			return connect.NewError(connect.CodeAborted, errors.New("replaced by a newer stream from the same cluster"))
+			c.mu.Lock()
+			why := conn.why
+			c.mu.Unlock()
+			return connect.NewError(connect.CodeUnavailable, errors.New(why))
 		case <-ctx.Done():
 			return nil
 		}

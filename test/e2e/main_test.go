@@ -125,7 +125,7 @@ type server struct {
 	cmd  *exec.Cmd
 	addr string
 	url  string
-	log  *bytes.Buffer
+	log  *syncBuffer
 	done chan error
 }
 
@@ -136,7 +136,7 @@ func startServer(t *testing.T, dir string, args ...string) *server {
 	addr := freePort(t)
 	cmd := exec.Command(flotillaBin, append([]string{"server", "--listen", addr}, args...)...)
 	cmd.Dir = dir
-	log := &bytes.Buffer{}
+	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -5,20 +5,22 @@ import (
 	"sync"
 )
 
-// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+// syncBuffer collects a process's output while a test reads it. It exposes
+// only Write and String, so io.Copy cannot bypass the lock through a
+// promoted ReadFrom.
 type syncBuffer struct {
-	mu sync.Mutex
-	bytes.Buffer
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
 func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.Buffer.Write(p)
+	return b.buf.Write(p)
 }
 
 func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.Buffer.String()
+	return b.buf.String()
 }
