@@ -11,43 +11,21 @@ package fanout
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/types/known/structpb"
 
+	"flotilla.io/flotilla/bench/internal/harness"
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
-	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
-	"flotilla.io/flotilla/internal/apiserver"
-	"flotilla.io/flotilla/internal/central"
-	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store/sqlite"
 )
-
-func res(kind string, md *pb.Metadata, spec map[string]any) *pb.Resource {
-	s, _ := structpb.NewStruct(spec)
-	return &pb.Resource{ApiVersion: resource.APIVersion, Kind: kind, Metadata: md, Spec: s}
-}
-
-func gateway(host string) *pb.Resource {
-	return res("IngressGateway", &pb.Metadata{Name: "shop", Organization: "acme", Tenant: "t", Workspace: "w", Group: "g"}, map[string]any{
-		"workloadSelector": map[string]any{"namespace": "payments", "labels": map[string]any{"istio": "ingressgateway"}},
-		"http": []any{map[string]any{"name": "shop", "hostname": host, "port": 80, "routing": map[string]any{"rules": []any{
-			map[string]any{"route": map[string]any{"host": "payments/web.payments.svc.cluster.local", "port": 8080}},
-		}}}},
-	})
-}
 
 func h2c() *http.Client {
 	p := new(http.Protocols)
@@ -107,49 +85,28 @@ func benchmarkFanout(b *testing.B, clusters int) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	reg := resource.Builtin()
-	srv := apiserver.New(reg, st, log)
-	cp := central.New(reg, st, log)
-	srv.Handle(agentv1connect.NewAgentServiceHandler(cp))
-	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
-	go cp.Run(ctx)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Serve(ctx, ln)
-	url := "http://" + ln.Addr().String()
-	api := flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url)
-	fleetAPI := flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, url)
-	agentAPI := agentv1connect.NewAgentServiceClient(http.DefaultClient, url)
-
-	intent := []*pb.Resource{
-		res("Organization", &pb.Metadata{Name: "acme"}, nil),
-		res("Tenant", &pb.Metadata{Name: "t", Organization: "acme"}, nil),
-		res("Workspace", &pb.Metadata{Name: "w", Organization: "acme", Tenant: "t"}, map[string]any{"namespaceSelector": map[string]any{"names": []any{"*/payments"}}}),
-		res("Group", &pb.Metadata{Name: "g", Organization: "acme", Tenant: "t", Workspace: "w"}, map[string]any{"type": "gateway", "namespaceSelector": map[string]any{"names": []any{"*/payments"}}}),
-	}
+	p := harness.Start(b, st)
+	intent := harness.Tenancy("payments")
 	for i := range clusters {
-		intent = append(intent, res("Cluster", &pb.Metadata{Name: fmt.Sprintf("c%d", i), Organization: "acme"}, nil))
+		intent = append(intent, harness.Resource("Cluster", &pb.Metadata{Name: fmt.Sprintf("c%d", i), Organization: "acme"}, nil))
 	}
-	if _, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: intent})); err != nil {
+	if _, err := p.API.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: intent})); err != nil {
 		b.Fatal(err)
 	}
 	agents := make([]*simAgent, clusters)
 	ready := make(chan error, clusters)
 	for i := range clusters {
 		name := fmt.Sprintf("c%d", i)
-		tok, err := fleetAPI.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: name, Organization: "acme"}}))
+		tok, err := p.Fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: name, Organization: "acme"}}))
 		if err != nil {
 			b.Fatal(err)
 		}
-		joined, err := agentAPI.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: name, Token: tok.Msg.GetToken()}))
+		joined, err := p.Agent.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: name, Token: tok.Msg.GetToken()}))
 		if err != nil {
 			b.Fatal(err)
 		}
 		agents[i] = &simAgent{name: name, seen: make(chan string, 16)}
-		go agents[i].run(ctx, url, joined.Msg.GetCredential(), ready)
+		go agents[i].run(ctx, p.URL, joined.Msg.GetCredential(), ready)
 	}
 	for range clusters {
 		if err := <-ready; err != nil {
@@ -160,7 +117,7 @@ func benchmarkFanout(b *testing.B, clusters int) {
 	change := func(i int) time.Duration {
 		marker := fmt.Sprintf("host-%d.example.com", i)
 		start := time.Now()
-		if _, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{gateway(marker)}})); err != nil {
+		if _, err := p.API.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{harness.Gateway(marker, "payments")}})); err != nil {
 			b.Fatal(err)
 		}
 		for _, a := range agents {
@@ -179,13 +136,7 @@ func benchmarkFanout(b *testing.B, clusters int) {
 		lat[i] = change(i)
 	}
 	b.StopTimer()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 {
-		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
-	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
-	b.ReportMetric(0, "ns/op")
+	harness.Report(b, lat, 0, "")
 }
 
 // BenchmarkFanout: one-object change to an IngressGateway every cluster

@@ -33,7 +33,7 @@ func (a *Audit) ListAudit(ctx context.Context, req *connect.Request[pb.ListAudit
 	if name := req.Msg.GetKind(); name != "" {
 		k, ok := a.reg.Lookup(name)
 		if !ok {
-			return nil, connect.NewError(connect.CodeInvalidArgument, unknownKind(a.reg, name))
+			return nil, connect.NewError(connect.CodeInvalidArgument, a.reg.UnknownKind(name))
 		}
 		q.Kind = k.Name
 	}

@@ -124,25 +124,11 @@ func internal(log *slog.Logger, op string, err error) error {
 
 // target resolves the kind and FQN a Get or Delete names.
 func (s *Resources) target(kindName, fqn string, md *pb.Metadata) (*resource.Kind, string, error) {
-	k, ok := s.reg.Lookup(kindName)
-	if !ok {
-		return nil, "", connect.NewError(connect.CodeInvalidArgument, unknownKind(s.reg, kindName))
-	}
-	if fqn != "" {
-		return k, fqn, nil
-	}
-	if md == nil {
-		md = &pb.Metadata{}
-	}
-	f, err := s.reg.FQNOf(k, md)
+	k, out, err := s.reg.Target(kindName, fqn, md)
 	if err != nil {
 		return nil, "", connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	return k, f, nil
-}
-
-func unknownKind(reg *resource.Registry, name string) error {
-	return fmt.Errorf("unknown kind %q: known kinds are %s", name, reg.Names())
+	return k, out, nil
 }
 
 func notFound(k *resource.Kind, fqn string) error {
@@ -172,7 +158,7 @@ func (s *Resources) Get(ctx context.Context, req *connect.Request[pb.GetRequest]
 func (s *Resources) List(ctx context.Context, req *connect.Request[pb.ListRequest]) (*connect.Response[pb.ListResponse], error) {
 	k, ok := s.reg.Lookup(req.Msg.GetKind())
 	if !ok {
-		return nil, connect.NewError(connect.CodeInvalidArgument, unknownKind(s.reg, req.Msg.GetKind()))
+		return nil, connect.NewError(connect.CodeInvalidArgument, s.reg.UnknownKind(req.Msg.GetKind()))
 	}
 	sel, err := labels.Parse(req.Msg.GetLabelSelector())
 	if err != nil {
@@ -277,7 +263,7 @@ func (s *Resources) Watch(ctx context.Context, req *connect.Request[pb.WatchRequ
 	for _, name := range req.Msg.GetKinds() {
 		k, ok := s.reg.Lookup(name)
 		if !ok {
-			return connect.NewError(connect.CodeInvalidArgument, unknownKind(s.reg, name))
+			return connect.NewError(connect.CodeInvalidArgument, s.reg.UnknownKind(name))
 		}
 		want[k.Name] = true
 	}

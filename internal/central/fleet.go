@@ -40,17 +40,7 @@ const (
 const DefaultTokenTTL = time.Hour
 
 func (f Fleet) target(kindName, fqn string, md *pb.Metadata) (*resource.Kind, string, error) {
-	k, ok := f.reg.Lookup(kindName)
-	if !ok {
-		return nil, "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("unknown kind %q: known kinds are %s", kindName, f.reg.Names()))
-	}
-	if fqn != "" {
-		return k, fqn, nil
-	}
-	if md == nil {
-		md = &pb.Metadata{}
-	}
-	out, err := f.reg.FQNOf(k, md)
+	k, out, err := f.reg.Target(kindName, fqn, md)
 	if err != nil {
 		return nil, "", connect.NewError(connect.CodeInvalidArgument, err)
 	}

@@ -52,11 +52,7 @@ children first.`,
 					targets = append(targets, target{kinds[i], docs[i].Res.GetMetadata()})
 				}
 			case len(args) == 2:
-				k, err := e.kindArg(args[0])
-				if err != nil {
-					return err
-				}
-				r, err := e.find(cmd, k, args[1], &parents)
+				k, r, err := e.findArg(cmd, args[0], args[1], &parents)
 				if err != nil {
 					return err
 				}

@@ -75,11 +75,7 @@ exit 0 once every target cluster has applied it, 1 on a failure or timeout.`,
 		Example: "  flotilla status ingressgateway shop --wait --timeout 30s\n  flotilla status group payments-gateway",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			k, err := e.kindArg(args[0])
-			if err != nil {
-				return err
-			}
-			r, err := e.find(cmd, k, args[1], &parents)
+			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
 			if err != nil {
 				return err
 			}

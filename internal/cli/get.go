@@ -98,6 +98,16 @@ func checkOutput(o string) error {
 	return fmt.Errorf("-o %q: use table, yaml or json", o)
 }
 
+// findArg resolves a KIND NAME pair given on the command line.
+func (e *env) findArg(cmd *cobra.Command, kindName, name string, parents *parentFlags) (*resource.Kind, *pb.Resource, error) {
+	k, err := e.kindArg(kindName)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := e.find(cmd, k, name, parents)
+	return k, r, err
+}
+
 // find returns one resource by name: directly when the parent flags name its
 // every ancestor, otherwise by searching, refusing an ambiguous name.
 func (e *env) find(cmd *cobra.Command, k *resource.Kind, name string, parents *parentFlags) (*pb.Resource, error) {
@@ -282,11 +292,7 @@ func newDescribeCmd(e *env) *cobra.Command {
 		Short: "Show a resource in detail: metadata, spec, status, children and recent changes",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			k, err := e.kindArg(args[0])
-			if err != nil {
-				return err
-			}
-			r, err := e.find(cmd, k, args[1], &parents)
+			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
 			if err != nil {
 				return err
 			}

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/schema"
 	"flotilla.io/flotilla/internal/selector"
 )
 
@@ -179,7 +179,7 @@ func (c *compilation) result() Result {
 		r.Objects = append(r.Objects, e.obj)
 	}
 	slices.SortFunc(c.diags, func(a, b Diagnostic) int {
-		return cmp.Or(cmp.Compare(a.FQN, b.FQN), comparePaths(a.Field, b.Field),
+		return cmp.Or(cmp.Compare(a.FQN, b.FQN), schema.ComparePaths(a.Field, b.Field),
 			cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
 	})
 	r.Diagnostics = slices.Compact(c.diags)
@@ -214,35 +214,6 @@ func compareObjects(a, b bundle.Object) int {
 		cmp.Compare(a.Name, b.Name),
 		slices.Compare(a.Spec, b.Spec),
 	)
-}
-
-// comparePaths orders field paths as a reader expects: runs of digits
-// compare by value, so http[2] sorts before http[10].
-func comparePaths(a, b string) int {
-	for a != "" && b != "" {
-		na, nb := leadingDigits(a), leadingDigits(b)
-		if na > 0 && nb > 0 {
-			x, y := strings.TrimLeft(a[:na], "0"), strings.TrimLeft(b[:nb], "0")
-			if n := cmp.Or(cmp.Compare(len(x), len(y)), cmp.Compare(x, y)); n != 0 {
-				return n
-			}
-			a, b = a[na:], b[nb:]
-			continue
-		}
-		if a[0] != b[0] {
-			return cmp.Compare(a[0], b[0])
-		}
-		a, b = a[1:], b[1:]
-	}
-	return cmp.Compare(len(a), len(b))
-}
-
-func leadingDigits(s string) int {
-	n := 0
-	for n < len(s) && '0' <= s[n] && s[n] <= '9' {
-		n++
-	}
-	return n
 }
 
 // Field path helpers, in the style of package schema: .name, [i], ["key"].

@@ -167,3 +167,8 @@ func (r *Registry) names() []string {
 	}
 	return out
 }
+
+// UnknownKind is the error for a kind name the registry does not know.
+func (r *Registry) UnknownKind(name string) error {
+	return fmt.Errorf("unknown kind %q: known kinds are %s", name, r.Names())
+}

@@ -329,6 +329,24 @@ func structOf(raw json.RawMessage) (*structpb.Struct, error) {
 	return structpb.NewStruct(m)
 }
 
+// Target resolves what a request names: a kind by any of its names, and an
+// FQN given directly or computed from a name and parents in md. Its errors
+// are the caller's fault (invalid argument).
+func (r *Registry) Target(kindName, fqn string, md *pb.Metadata) (*Kind, string, error) {
+	k, ok := r.Lookup(kindName)
+	if !ok {
+		return nil, "", r.UnknownKind(kindName)
+	}
+	if fqn != "" {
+		return k, fqn, nil
+	}
+	if md == nil {
+		md = &pb.Metadata{}
+	}
+	out, err := r.FQNOf(k, md)
+	return k, out, err
+}
+
 // FQNOf computes the FQN for kind k from a name and the parent names in md.
 // It reports which parent is missing.
 func (r *Registry) FQNOf(k *Kind, md *pb.Metadata) (string, error) {

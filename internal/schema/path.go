@@ -38,9 +38,9 @@ func isIdentifier(s string) bool {
 	return true
 }
 
-// comparePaths orders paths as a reader expects: runs of digits compare by
-// value, so spec.http[2] sorts before spec.http[10].
-func comparePaths(a, b string) int {
+// ComparePaths orders field paths as a reader expects: runs of digits
+// compare by value, so http[2] sorts before http[10].
+func ComparePaths(a, b string) int {
 	for a != "" && b != "" {
 		na, nb := digits(a), digits(b)
 		if na > 0 && nb > 0 {

@@ -74,7 +74,7 @@ func Check(prefix string, v any, md protoreflect.MessageDescriptor) Errors {
 		return nil
 	}
 	slices.SortFunc(c.errs, func(a, b FieldError) int {
-		if n := comparePaths(a.Path, b.Path); n != 0 {
+		if n := ComparePaths(a.Path, b.Path); n != 0 {
 			return n
 		}
 		return cmp.Or(strings.Compare(a.Path, b.Path), strings.Compare(a.Message, b.Message))

@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"crypto/sha256"
-	"encoding/json"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"

@@ -70,16 +70,11 @@ func New(ctx context.Context, db *sql.DB, dialect Dialect, opts ...Option) (*DB,
 func (d *DB) migrate(ctx context.Context) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
-	tx, err := d.db.BeginTx(ctx, nil)
+	tx, err := d.beginWrite(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if d.dialect.LockTx != "" {
-		if _, err := tx.ExecContext(ctx, d.dialect.LockTx); err != nil {
-			return err
-		}
-	}
 	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
 		return err
 	}
@@ -101,6 +96,22 @@ func (d *DB) migrate(ctx context.Context) error {
 		}
 	}
 	return tx.Commit()
+}
+
+// beginWrite starts a transaction that holds the database's write lock, so
+// no writer of another process overlaps it. Callers hold writeMu.
+func (d *DB) beginWrite(ctx context.Context) (*sql.Tx, error) {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	if d.dialect.LockTx != "" {
+		if _, err := tx.ExecContext(ctx, d.dialect.LockTx); err != nil {
+			tx.Rollback()
+			return nil, fmt.Errorf("take the write lock: %w", err)
+		}
+	}
+	return tx, nil
 }
 
 func splitStatements(s string) []string {
@@ -305,16 +316,11 @@ func (d *DB) Close() error {
 func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) error) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
-	sqlTx, err := d.db.BeginTx(ctx, nil)
+	sqlTx, err := d.beginWrite(ctx)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return err
 	}
 	defer sqlTx.Rollback()
-	if d.dialect.LockTx != "" {
-		if _, err := sqlTx.ExecContext(ctx, d.dialect.LockTx); err != nil {
-			return fmt.Errorf("lock: %w", err)
-		}
-	}
 	t := &tx{q: querier{d: d, tx: sqlTx}, actor: actor, now: d.now().UTC()}
 	if err := t.q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'revision'`, nil, &t.rev); err != nil {
 		return fmt.Errorf("read revision: %w", err)
@@ -375,16 +381,11 @@ func (d *DB) Events(ctx context.Context, after int64, limit int) ([]store.Event,
 func (d *DB) Compact(ctx context.Context, rev int64) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
-	tx, err := d.db.BeginTx(ctx, nil)
+	tx, err := d.beginWrite(ctx)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if d.dialect.LockTx != "" {
-		if _, err := tx.ExecContext(ctx, d.dialect.LockTx); err != nil {
-			return err
-		}
-	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM events WHERE revision <= $1`, rev); err != nil {
 		return err
 	}

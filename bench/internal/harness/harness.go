@@ -1,0 +1,112 @@
+// Package harness starts what the benchmarks measure: the management plane
+// and its central control plane, in process, on a real loopback socket, as
+// `flotilla server` runs them. It also builds request objects and reports
+// latency percentiles.
+package harness
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Plane is a running server and clients of it.
+type Plane struct {
+	URL   string
+	API   flotillav1alpha1connect.ResourceServiceClient
+	Fleet flotillav1alpha1connect.FleetServiceClient
+	Agent agentv1connect.AgentServiceClient
+}
+
+// Start serves st until the benchmark ends.
+func Start(tb testing.TB, st store.Store) *Plane {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := resource.Builtin()
+	srv := apiserver.New(reg, st, log)
+	cp := central.New(reg, st, log)
+	srv.Handle(agentv1connect.NewAgentServiceHandler(cp))
+	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan struct{}, 2)
+	go func() { cp.Run(ctx); done <- struct{}{} }()
+	go func() { srv.Serve(ctx, ln); done <- struct{}{} }()
+	tb.Cleanup(func() { cancel(); <-done; <-done })
+	url := "http://" + ln.Addr().String()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	return &Plane{
+		URL:   url,
+		API:   flotillav1alpha1connect.NewResourceServiceClient(client, url),
+		Fleet: flotillav1alpha1connect.NewFleetServiceClient(client, url),
+		Agent: agentv1connect.NewAgentServiceClient(client, url),
+	}
+}
+
+// Resource builds a request object.
+func Resource(kind string, md *pb.Metadata, spec map[string]any) *pb.Resource {
+	s, err := structpb.NewStruct(spec)
+	if err != nil {
+		panic(err)
+	}
+	return &pb.Resource{ApiVersion: resource.APIVersion, Kind: kind, Metadata: md, Spec: s}
+}
+
+// Tenancy is an organization "acme" with tenant t, workspace w and gateway
+// group g, all selecting namespace ns in every cluster.
+func Tenancy(ns string) []*pb.Resource {
+	sel := map[string]any{"names": []any{"*/" + ns}}
+	return []*pb.Resource{
+		Resource("Organization", &pb.Metadata{Name: "acme"}, nil),
+		Resource("Tenant", &pb.Metadata{Name: "t", Organization: "acme"}, nil),
+		Resource("Workspace", &pb.Metadata{Name: "w", Organization: "acme", Tenant: "t"}, map[string]any{"namespaceSelector": sel}),
+		Resource("Group", &pb.Metadata{Name: "g", Organization: "acme", Tenant: "t", Workspace: "w"}, map[string]any{"type": "gateway", "namespaceSelector": sel}),
+	}
+}
+
+// GatewayFQN is the FQN of the IngressGateway that Gateway builds.
+const GatewayFQN = "organizations/acme/tenants/t/workspaces/w/groups/g/ingressgateways/shop"
+
+// Gateway is IngressGateway "shop" in group g serving host in namespace ns.
+func Gateway(host, ns string) *pb.Resource {
+	return Resource("IngressGateway", &pb.Metadata{Name: "shop", Organization: "acme", Tenant: "t", Workspace: "w", Group: "g"}, map[string]any{
+		"workloadSelector": map[string]any{"namespace": ns, "labels": map[string]any{"istio": "ingressgateway"}},
+		"http": []any{map[string]any{"name": "shop", "hostname": host, "port": 80, "routing": map[string]any{"rules": []any{
+			map[string]any{"route": map[string]any{"host": ns + "/web." + ns + ".svc.cluster.local", "port": 8080}},
+		}}}},
+	})
+}
+
+// Report adds p50 and p99 (milliseconds) and, when elapsed is set, a rate
+// to the benchmark's output. ns/op is zeroed: with concurrent clients it
+// means nothing.
+func Report(b *testing.B, lat []time.Duration, elapsed time.Duration, unit string) {
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) float64 {
+		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	if elapsed > 0 {
+		b.ReportMetric(float64(len(lat))/elapsed.Seconds(), unit)
+	}
+	b.ReportMetric(0, "ns/op")
+}
