@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -142,11 +143,11 @@ func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
 	hello := &agentv1.Hello{Cluster: a.cfg.Cluster, AgentVersion: a.cfg.Version, Last: a.lastAck}
 	a.mu.Unlock()
 	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
-		return false, err
+		return false, sendError(stream, err)
 	}
 	if full, err := a.inv.full(ctx); err == nil {
 		if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: full}}); err != nil {
-			return false, err
+			return false, sendError(stream, err)
 		}
 	} else {
 		a.log.Warn("inventory not ready", "err", err)
@@ -174,7 +175,14 @@ func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
 		select {
 		case m := <-a.outbox:
 			if err := stream.Send(m); err != nil {
-				return true, err
+				// The receiving goroutine owns Receive: take the server's
+				// reason from it.
+				select {
+				case rerr := <-recvErr:
+					return true, rerr
+				case <-time.After(time.Second):
+					return true, err
+				}
 			}
 			established.Store(true)
 		case err := <-recvErr:
@@ -183,4 +191,17 @@ func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
 			return established.Load(), nil
 		}
 	}
+}
+
+// sendError returns why a Send failed: when the server ended the stream,
+// Send only sees EOF, and the server's reason (say, a refused credential)
+// comes from Receive. Only for use before anyone else receives.
+func sendError(stream *connect.BidiStreamForClient[agentv1.ConnectRequest, agentv1.ConnectResponse], err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	if _, rerr := stream.Receive(); rerr != nil && !errors.Is(rerr, io.EOF) {
+		return rerr
+	}
+	return err
 }

@@ -183,9 +183,9 @@ func (h *harness) hello(t *testing.T, cred, cluster string) (*agentv1.ConnectRes
 	t.Cleanup(cancel)
 	stream := h.agent.Connect(ctx)
 	stream.RequestHeader().Set("Authorization", "Bearer "+cred)
-	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}}); err != nil {
-		return nil, err
-	}
+	// A refusal may close the stream before Hello is written; the reason
+	// then comes from Receive, as for any failed Send.
+	stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}})
 	return stream.Receive()
 }
 
