@@ -263,6 +263,13 @@ func TestFleetEndToEnd(t *testing.T) {
 			}
 			return nil
 		})
+		// The rest of the cluster's reported facts.
+		out := s.must("get", "cluster", "c1", "-o", "yaml")
+		for _, want := range []string{"connected: true", "kubernetesVersion: v1.36", "agentVersion:", "bundleVersion:", "lastSeen:", "- payments\n", "name: kubernetes", "port: 443", "installed: false"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("cluster c1's status lacks %q:\n%s", want, out)
+			}
+		}
 	})
 
 	t.Run("a disconnected cluster stays Pending, then converges without re-applying unchanged objects", func(t *testing.T) {
