@@ -20,8 +20,11 @@ import (
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
-// flotillaBin is the binary under test, built once by TestMain.
-var flotillaBin string
+// flotillaBin is the binary under test, built once by TestMain with the race
+// detector; it runs the server and the agents. cliBin is the same code
+// without it, for the many short CLI invocations (a race-enabled binary
+// takes about a second just to start).
+var flotillaBin, cliBin string
 
 // repoRoot is the repository's top directory.
 var repoRoot string
@@ -39,13 +42,15 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	flotillaBin = filepath.Join(dir, "flotilla")
-	build := exec.Command("go", "build", "-race", "-o", flotillaBin, "./cmd/flotilla")
-	build.Dir = repoRoot
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build flotilla:", err)
-		os.Exit(1)
+	flotillaBin, cliBin = filepath.Join(dir, "flotilla-race"), filepath.Join(dir, "flotilla")
+	for _, b := range [][]string{{"-race", "-o", flotillaBin}, {"-o", cliBin}} {
+		build := exec.Command("go", append(append([]string{"build"}, b...), "./cmd/flotilla")...)
+		build.Dir = repoRoot
+		build.Stdout, build.Stderr = os.Stdout, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build flotilla:", err)
+			os.Exit(1)
+		}
 	}
 	f, err := testfleet.Start(testfleet.Options{Clusters: 2})
 	if err != nil {
@@ -192,7 +197,7 @@ func (s *server) flotilla(stdin string, args ...string) result {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, flotillaBin, args...)
+	cmd := exec.CommandContext(ctx, cliBin, args...)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "FLOTILLA_SERVER="+s.url)
 	cmd.Stdin = strings.NewReader(stdin)
