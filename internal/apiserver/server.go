@@ -77,6 +77,10 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 // port (the central control plane's agent stream, the UI).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
+// Metrics is the registry served on /metrics, for the planes that share
+// the server to add theirs.
+func (s *Server) Metrics() prometheus.Registerer { return s.metrics }
+
 // Handler is the server's root handler.
 func (s *Server) Handler() http.Handler { return s.mux }
 

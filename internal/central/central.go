@@ -29,6 +29,7 @@ type Central struct {
 	etags    map[string]string   // FQN -> etag of the intent the bundles were computed from
 	rev      int64               // store revision the bundles reflect
 	ready    chan struct{}       // closed after the first recompute
+	metrics  *metrics
 }
 
 // cluster is what Central knows of one cluster. Guarded by Central.mu.
@@ -66,7 +67,7 @@ const maxDrifts = 20
 
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger) *Central {
-	return &Central{reg: reg, st: st, log: log, now: time.Now, clusters: map[string]*cluster{}, etags: map[string]string{}, ready: make(chan struct{})}
+	return &Central{reg: reg, st: st, log: log, now: time.Now, clusters: map[string]*cluster{}, etags: map[string]string{}, ready: make(chan struct{}), metrics: newMetrics()}
 }
 
 // flushInterval bounds how often cluster status is written to the store.
@@ -158,6 +159,7 @@ func (c *Central) recomputeIfNeeded(ctx context.Context) error {
 }
 
 func (c *Central) recompute(ctx context.Context, rev int64) error {
+	defer c.observeRecompute(time.Now())
 	in, err := readIntent(ctx, c.reg, c.st)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -204,5 +205,31 @@ func TestACredentialServesOnlyItsOwnClustersStream(t *testing.T) {
 	msg, err := h.hello(t, cred, "c1")
 	if err != nil || msg.GetBundle().GetVersion() == "" {
 		t.Fatalf("c1's own stream should get its bundle: %v %v", msg, err)
+	}
+	// c1's stream is open and unacknowledged; c2 has no agent.
+	reg := prometheus.NewRegistry()
+	if err := h.c.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		"flotilla_central_connected_agents":   1,
+		"flotilla_central_clusters":           2,
+		"flotilla_central_clusters_behind":    2,
+		"flotilla_central_bundles_sent_total": 1,
+	} {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := -1.0
+		for _, f := range families {
+			if f.GetName() == name {
+				m := f.GetMetric()[0]
+				got = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+		if got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 }

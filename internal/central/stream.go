@@ -179,6 +179,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 				return err
 			}
 			sent = version
+			c.metrics.sends.Inc()
 		case err := <-recvErr:
 			if errors.Is(err, context.Canceled) {
 				return nil

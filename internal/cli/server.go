@@ -50,6 +50,9 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			}
 			srv := apiserver.New(e.reg, st, log)
 			cp := central.New(e.reg, st, log.With("component", "central"))
+			if err := cp.Register(srv.Metrics()); err != nil {
+				return err
+			}
 			srv.Handle(agentv1connect.NewAgentServiceHandler(cp))
 			srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
 			cpDone := make(chan error, 1)

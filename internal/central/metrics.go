@@ -1,0 +1,63 @@
+package central
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the central control plane's own numbers, on the server's /metrics.
+type metrics struct {
+	sends     prometheus.Counter
+	recompute prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		sends: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_central_bundles_sent_total",
+			Help: "Bundles sent to agents (only versions an agent did not have).",
+		}),
+		recompute: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "flotilla_central_recompute_seconds",
+			Help:    "Time to recompute every cluster's bundle after an intent change.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+}
+
+// Register adds the central control plane's metrics to r: bundle sends,
+// recompute time, and, read at scrape time, the connected agents and the
+// clusters that have not acknowledged their latest bundle.
+func (c *Central) Register(r prometheus.Registerer) error {
+	gauge := func(name, help string, count func(*cluster) bool) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			n := 0
+			for _, cl := range c.clusters {
+				if count(cl) {
+					n++
+				}
+			}
+			return float64(n)
+		})
+	}
+	for _, col := range []prometheus.Collector{
+		c.metrics.sends, c.metrics.recompute,
+		gauge("flotilla_central_connected_agents", "Agents with a live stream.", func(cl *cluster) bool { return cl.conn != nil }),
+		gauge("flotilla_central_clusters", "Clusters known to the central control plane.", func(*cluster) bool { return true }),
+		gauge("flotilla_central_clusters_behind", "Clusters whose agent has not acknowledged their latest bundle.", func(cl *cluster) bool {
+			return cl.ack.GetBundleVersion() != cl.version
+		}),
+	} {
+		if err := r.Register(col); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Central) observeRecompute(start time.Time) {
+	c.metrics.recompute.Observe(time.Since(start).Seconds())
+}
