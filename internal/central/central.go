@@ -177,12 +177,30 @@ func (c *Central) recompute(ctx context.Context, rev int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.etags, c.rev = etags, rev
+	var removed []string
 	for fqn, cl := range c.clusters {
 		if _, ok := bundles[fqn]; !ok {
 			if cl.conn != nil {
 				cl.conn.end("the cluster was deleted from Flotilla")
 			}
 			delete(c.clusters, fqn)
+			removed = append(removed, fqn)
+		}
+	}
+	if len(removed) > 0 {
+		// A deleted cluster's tokens and credential stop working at once.
+		err := c.st.Update(ctx, "flotilla-central", func(tx store.Tx) error {
+			for _, fqn := range removed {
+				for _, kind := range []string{credJoin, credAgent} {
+					if err := tx.DeleteCredentials(ctx, fqn, kind); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("revoke credentials of deleted clusters: %w", err)
 		}
 	}
 	for _, rec := range in.Clusters {

@@ -233,3 +233,29 @@ func TestACredentialServesOnlyItsOwnClustersStream(t *testing.T) {
 		}
 	}
 }
+
+func TestDeletingAClusterRevokesItsTokensAndCredential(t *testing.T) {
+	h := start(t)
+	cred, err := h.join("c1", h.onboard(t, "c1", time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unused := h.onboard(t, "c2", time.Hour)
+	for _, name := range []string{"c1", "c2"} {
+		if _, err := h.api.Delete(context.Background(), connect.NewRequest(&pb.DeleteRequest{Kind: "Cluster", Metadata: &pb.Metadata{Name: name, Organization: "acme"}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, helloErr := h.hello(t, cred, "c1")
+		_, joinErr := h.join("c2", unused)
+		if connect.CodeOf(helloErr) == connect.CodeUnauthenticated && connect.CodeOf(joinErr) == connect.CodeUnauthenticated {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a deleted cluster's credential or token still works: hello %v, join %v", helloErr, joinErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
