@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -105,7 +106,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: applier: %w", err)
 	}
-	a.client = agentv1connect.NewAgentServiceClient(httpClient(cfg.Server, cfg.TLS), strings.TrimSuffix(cfg.Server, "/"), grpcOption())
+	a.client = agentv1connect.NewAgentServiceClient(httpClient(cfg.Server, cfg.TLS), strings.TrimSuffix(cfg.Server, "/"), connect.WithGRPC())
 	a.inv = newInventoryWatch(kube, a.send, a.poke)
 	return a, nil
 }

@@ -21,8 +21,6 @@ import (
 // credentialSecret holds the agent's long-lived credential in its cluster.
 const credentialSecret = "flotilla-agent-credential"
 
-func grpcOption() connect.ClientOption { return connect.WithGRPC() }
-
 func ensureNamespace(ctx context.Context, kube kubernetes.Interface) error {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"}}}
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
