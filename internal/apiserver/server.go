@@ -32,6 +32,8 @@ type Server struct {
 
 	retain       int64
 	compactEvery time.Duration
+
+	certFile, keyFile string // empty: cleartext
 }
 
 // Option configures a Server.
@@ -44,6 +46,12 @@ const (
 	DefaultRetainEvents    = 100_000
 	DefaultCompactInterval = 5 * time.Minute
 )
+
+// WithTLS serves HTTPS (HTTP/1.1 and HTTP/2, negotiated by ALPN) with the
+// certificate and key in these PEM files, instead of cleartext.
+func WithTLS(certFile, keyFile string) Option {
+	return func(s *Server) { s.certFile, s.keyFile = certFile, keyFile }
+}
 
 // WithEventRetention sets how many events are kept and how often older ones
 // are discarded.
@@ -103,7 +111,11 @@ const ShutdownGrace = 30 * time.Second
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true) // gRPC without TLS on loopback and behind a TLS-terminating proxy
+	if s.certFile != "" {
+		protocols.SetHTTP2(true)
+	} else {
+		protocols.SetUnencryptedHTTP2(true) // gRPC without TLS on loopback and behind a TLS-terminating proxy
+	}
 	srv := &http.Server{
 		Handler:           s.mux,
 		Protocols:         protocols,
@@ -114,7 +126,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	srv.RegisterOnShutdown(func() { s.stopOnce.Do(func() { close(s.stop) }) })
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if s.certFile != "" {
+			errc <- srv.ServeTLS(ln, s.certFile, s.keyFile)
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
 	compactCtx, stopCompacting := context.WithCancel(ctx)
 	compacted := make(chan struct{})
 	go func() { s.compactLoop(compactCtx); close(compacted) }()

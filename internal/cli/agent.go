@@ -43,7 +43,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 			if err != nil {
 				return fmt.Errorf("kubernetes configuration: %w (outside a cluster, pass --kubeconfig)", err)
 			}
-			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log})
+			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig})
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,8 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +34,8 @@ const DefaultServer = "http://127.0.0.1:8080"
 // env carries what every command shares.
 type env struct {
 	server string
+	caFile    string
+	tlsConfig *tls.Config // from --ca-file; nil for the system roots
 	reg    *resource.Registry
 	out    io.Writer
 	errOut io.Writer
@@ -48,10 +52,11 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code
 func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 	e := &env{reg: resource.Builtin(), out: out, errOut: errOut, in: in}
 	root := &cobra.Command{
-		Use:           "flotilla",
-		Short:         "Operate a fleet of Istio service meshes",
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		Use:               "flotilla",
+		Short:             "Operate a fleet of Istio service meshes",
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: func(*cobra.Command, []string) error { return e.loadTLS() },
 	}
 	root.SetIn(in)
 	root.SetOut(out)
@@ -61,6 +66,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		defaultServer = s
 	}
 	root.PersistentFlags().StringVar(&e.server, "server", defaultServer, "management plane URL (env FLOTILLA_SERVER)")
+	root.PersistentFlags().StringVar(&e.caFile, "ca-file", os.Getenv("FLOTILLA_CA_FILE"), "PEM CA bundle that signs an https:// server's certificate, instead of the system roots (env FLOTILLA_CA_FILE)")
 	root.AddCommand(
 		newServerCmd(e),
 		newApplyCmd(e),
@@ -128,7 +134,33 @@ func actorInterceptor() connect.Interceptor {
 	})
 }
 
-func (e *env) httpClient() *http.Client { return http.DefaultClient }
+// httpClient reaches the server: HTTP/1.1 or HTTP/2, trusting --ca-file for
+// https when given.
+func (e *env) httpClient() *http.Client {
+	if e.caFile == "" {
+		return http.DefaultClient
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = e.tlsConfig
+	return &http.Client{Transport: t}
+}
+
+// loadTLS reads --ca-file once, before any command runs.
+func (e *env) loadTLS() error {
+	if e.caFile == "" {
+		return nil
+	}
+	pem, err := os.ReadFile(e.caFile)
+	if err != nil {
+		return fmt.Errorf("--ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("--ca-file %s: no PEM certificate in it", e.caFile)
+	}
+	e.tlsConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return nil
+}
 
 func (e *env) resources() flotillav1alpha1connect.ResourceServiceClient {
 	return flotillav1alpha1connect.NewResourceServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))

@@ -23,7 +23,7 @@ import (
 )
 
 func newServerCmd(e *env) *cobra.Command {
-	var listen, dataDir, storeArg, logLevel string
+	var listen, dataDir, storeArg, logLevel, tlsCert, tlsKey string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the management plane",
@@ -48,7 +48,14 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			if err != nil {
 				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
-			srv := apiserver.New(e.reg, st, log)
+			var opts []apiserver.Option
+			switch {
+			case tlsCert != "" && tlsKey != "":
+				opts = append(opts, apiserver.WithTLS(tlsCert, tlsKey))
+			case tlsCert != "" || tlsKey != "":
+				return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither for cleartext")
+			}
+			srv := apiserver.New(e.reg, st, log, opts...)
 			cp := central.New(e.reg, st, log.With("component", "central"))
 			if err := cp.Register(srv.Metrics()); err != nil {
 				return err
@@ -70,6 +77,8 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")
 	cmd.Flags().StringVar(&storeArg, "store", "sqlite", `"sqlite" (at <data-dir>/flotilla.db) or a postgres://… URL`)
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with; cleartext when unset")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	return cmd
 }
 

@@ -6,6 +6,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -138,6 +140,23 @@ type server struct {
 // waits until it is ready. The process is killed when the test ends.
 func startServer(t *testing.T, dir string, args ...string) *server {
 	t.Helper()
+	return startServerTLS(t, dir, "", args...)
+}
+
+// startServerTLS is startServer for a server whose certificate is caFile
+// (cleartext when caFile is empty).
+func startServerTLS(t *testing.T, dir, caFile string, args ...string) *server {
+	t.Helper()
+	scheme, client := "http", http.DefaultClient
+	if caFile != "" {
+		pemBytes, err := os.ReadFile(caFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pemBytes)
+		scheme, client = "https", &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
 	addr := freePort(t)
 	cmd := exec.Command(flotillaBin, append([]string{"server", "--listen", addr}, args...)...)
 	cmd.Dir = dir
@@ -147,7 +166,7 @@ func startServer(t *testing.T, dir string, args ...string) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, cmd: cmd, addr: addr, url: "http://" + addr, log: log, done: make(chan error, 1)}
+	s := &server{t: t, cmd: cmd, addr: addr, url: scheme + "://" + addr, log: log, done: make(chan error, 1)}
 	go func() { s.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
@@ -160,7 +179,7 @@ func startServer(t *testing.T, dir string, args ...string) *server {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.url + "/readyz")
+		resp, err := client.Get(s.url + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -195,11 +214,17 @@ type result struct {
 // flotilla runs the CLI against s with stdin.
 func (s *server) flotilla(stdin string, args ...string) result {
 	s.t.Helper()
+	return s.flotillaEnv(nil, stdin, args...)
+}
+
+// flotillaEnv runs the CLI against s with extra environment and stdin.
+func (s *server) flotillaEnv(env []string, stdin string, args ...string) result {
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cliBin, args...)
 	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "FLOTILLA_SERVER="+s.url)
+	cmd.Env = append(append(os.Environ(), "FLOTILLA_SERVER="+s.url), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
