@@ -33,13 +33,13 @@ const DefaultServer = "http://127.0.0.1:8080"
 
 // env carries what every command shares.
 type env struct {
-	server string
+	server    string
 	caFile    string
 	tlsConfig *tls.Config // from --ca-file; nil for the system roots
-	reg    *resource.Registry
-	out    io.Writer
-	errOut io.Writer
-	in     io.Reader
+	reg       *resource.Registry
+	out       io.Writer
+	errOut    io.Writer
+	in        io.Reader
 }
 
 // ExitError makes Execute return a specific exit code after the command has
