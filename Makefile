@@ -27,9 +27,11 @@ build:
 run: build fleet
 	./scripts/run.sh
 
-## test: every test, with the race detector, against a real local fleet and PostgreSQL
-test: fleet
+## test: every test, with the race detector, against a real local fleet and PostgreSQL,
+## then the local fleet's own tests (its module is separate)
+test: fleet-workloads
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory fleet-test
 
 ## test-short: unit tests only (no fleet, no database)
 test-short:

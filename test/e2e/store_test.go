@@ -88,6 +88,27 @@ func TestRestartDurabilityWithTheEmbeddedStore(t *testing.T) {
 	if audit := s.must("audit", "--kind", "tenant", "--since", "1h"); !strings.Contains(audit, `~ spec.displayName: "Financial services" -> "Fintech"`) {
 		t.Fatalf("audit lacks the field-level diff of the update:\n%s", audit)
 	}
+
+	desc := s.must("describe", "ws", "payments")
+	for _, want := range []string{"FQN:          organizations/acme/tenants/fintech/workspaces/payments", "groups: payments-gateway, payments-traffic", "Recent changes:", "create Workspace"} {
+		if !strings.Contains(desc, want) {
+			t.Errorf("describe lacks %q:\n%s", want, desc)
+		}
+	}
+	if r := s.flotilla("", "delete", "org", "acme"); r.code == 0 || !strings.Contains(r.stderr, "--cascade") {
+		t.Fatalf("deleting a parent without --cascade: %+v", r)
+	}
+	out = s.must("delete", "-f", "examples/tenancy.yaml")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 9 || lines[len(lines)-1] != "organizations/acme deleted" {
+		t.Fatalf("delete -f should delete the 9 objects, the organization last:\n%s", out)
+	}
+	if got := s.must("get", "orgs", "-o", "json"); strings.Contains(got, "acme") {
+		t.Fatalf("organization still listed after delete -f:\n%s", got)
+	}
+	if v := s.must("version"); !strings.HasPrefix(v, "flotilla ") {
+		t.Fatalf("version: %q", v)
+	}
 }
 
 // storeState is the logical content of the SQLite store plus the bytes of
