@@ -30,6 +30,8 @@ type Central struct {
 	rev      int64               // store revision the bundles reflect
 	ready    chan struct{}       // closed after the first recompute
 	metrics  *metrics
+
+	sendTimeout time.Duration // see DefaultSendTimeout
 }
 
 // cluster is what Central knows of one cluster. Guarded by Central.mu.
@@ -67,7 +69,7 @@ const maxDrifts = 20
 
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger) *Central {
-	return &Central{reg: reg, st: st, log: log, now: time.Now, clusters: map[string]*cluster{}, etags: map[string]string{}, ready: make(chan struct{}), metrics: newMetrics()}
+	return &Central{reg: reg, st: st, log: log, now: time.Now, clusters: map[string]*cluster{}, etags: map[string]string{}, ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout}
 }
 
 // flushInterval bounds how often cluster status is written to the store.

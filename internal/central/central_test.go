@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -98,7 +99,7 @@ func start(t *testing.T) *harness {
 	reg := resource.Builtin()
 	srv := apiserver.New(reg, st, log)
 	c := New(reg, st, log)
-	srv.Handle(agentv1connect.NewAgentServiceHandler(c))
+	srv.Handle(c.Handler())
 	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(Fleet{Central: c}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -255,6 +256,116 @@ func TestDeletingAClusterRevokesItsTokensAndCredential(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("a deleted cluster's credential or token still works: hello %v, join %v", helloErr, joinErr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// bigGateway is an IngressGateway with enough servers (about 300 KB of
+// bundle) that one unread bundle overflows the 64 KB flow-control window the
+// stuck agent of the test grants, so sends to it block.
+func bigGateway(marker string) []*pb.Resource {
+	sel := map[string]any{"names": []any{"*/pay"}}
+	mk := func(kind string, md *pb.Metadata, spec map[string]any) *pb.Resource {
+		s, err := structpb.NewStruct(spec)
+		if err != nil {
+			panic(err)
+		}
+		return &pb.Resource{ApiVersion: resource.APIVersion, Kind: kind, Metadata: md, Spec: s}
+	}
+	var servers []any
+	for i := range 2000 {
+		servers = append(servers, map[string]any{
+			"name": fmt.Sprintf("s%d", i), "hostname": fmt.Sprintf("%s-%d.example.com", marker, i), "port": 80,
+			"routing": map[string]any{"rules": []any{map[string]any{"route": map[string]any{"host": "pay/web.pay.svc.cluster.local", "port": 8080}}}},
+		})
+	}
+	return []*pb.Resource{
+		mk("Tenant", &pb.Metadata{Name: "t", Organization: "acme"}, nil),
+		mk("Workspace", &pb.Metadata{Name: "w", Organization: "acme", Tenant: "t"}, map[string]any{"namespaceSelector": sel}),
+		mk("Group", &pb.Metadata{Name: "g", Organization: "acme", Tenant: "t", Workspace: "w"}, map[string]any{"type": "gateway", "namespaceSelector": sel}),
+		mk("IngressGateway", &pb.Metadata{Name: "big", Organization: "acme", Tenant: "t", Workspace: "w", Group: "g"}, map[string]any{
+			"workloadSelector": map[string]any{"namespace": "pay", "labels": map[string]any{"istio": "ingressgateway"}},
+			"http":             servers,
+		}),
+	}
+}
+
+func TestAClusterThatStopsReadingDoesNotDelayAnotherAndIsDropped(t *testing.T) {
+	h := start(t)
+	h.c.sendTimeout = 3 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	creds := map[string]string{}
+	for _, c := range []string{"c1", "c2"} {
+		cred, err := h.join(c, h.onboard(t, c, time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds[c] = cred
+	}
+	// c1's agent grants the server only 64 KB of unread data.
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	small := agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p,
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 64 << 10, MaxReceiveBufferPerConnection: 64 << 10}}}, h.url,
+		connect.WithGRPC(), connect.WithAcceptCompression("gzip", nil, nil)) // compressed, the bundles would fit the window
+	open := func(cluster string) *connect.BidiStreamForClient[agentv1.ConnectRequest, agentv1.ConnectResponse] {
+		client := h.agent
+		if cluster == "c1" {
+			client = small
+		}
+		s := client.Connect(ctx)
+		s.RequestHeader().Set("Authorization", "Bearer "+creds[cluster])
+		if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	open("c1") // c1's agent is stuck: it never reads again
+	c2 := open("c2")
+	got := make(chan string, 64)
+	go func() {
+		for {
+			msg, err := c2.Receive()
+			if err != nil {
+				return
+			}
+			got <- string(msg.GetBundle().GetContent())
+		}
+	}()
+	<-got // c2's first bundle
+	for i := range 5 {
+		marker := fmt.Sprintf("change%d", i)
+		if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: bigGateway(marker)})); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.After(10 * time.Second)
+		for received := false; !received; {
+			select {
+			case content := <-got:
+				received = strings.Contains(content, marker+"-0.example.com")
+			case <-deadline:
+				t.Fatalf("c2 did not receive change %d while c1 was stuck", i)
+			}
+		}
+	}
+	// c2 got its first bundle and five changes; c1's stream is blocked in
+	// its first or second big send, so at most two sends to it completed.
+	if sent := testutil.ToFloat64(h.c.metrics.sends); sent < 6 || sent > 8 {
+		t.Fatalf("%v bundles sent; want c2's 6 and at most 2 to the stuck c1", sent)
+	}
+	// Its blocked send times out and the stream is dropped.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h.c.mu.Lock()
+		open := h.c.clusters["organizations/acme/clusters/c1"].conn != nil
+		h.c.mu.Unlock()
+		if !open {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stuck agent's stream was not dropped after the send timeout")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/central"
@@ -60,7 +59,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			if err := cp.Register(srv.Metrics()); err != nil {
 				return err
 			}
-			srv.Handle(agentv1connect.NewAgentServiceHandler(cp))
+			srv.Handle(cp.Handler())
 			srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
 			cpDone := make(chan error, 1)
 			go func() { cpDone <- cp.Run(ctx) }()

@@ -41,7 +41,7 @@ func Start(tb testing.TB, st store.Store) *Plane {
 	reg := resource.Builtin()
 	srv := apiserver.New(reg, st, log)
 	cp := central.New(reg, st, log)
-	srv.Handle(agentv1connect.NewAgentServiceHandler(cp))
+	srv.Handle(cp.Handler())
 	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,0 +1,43 @@
+package central
+
+import (
+	"net/http"
+	"time"
+
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+)
+
+// DefaultSendTimeout bounds one write to an agent's stream. An agent that
+// stops reading (alive, but stuck) holds a send at most this long; then its
+// stream is reset and the agent must reconnect, so it pins no goroutine and
+// no memory, and cannot hold up a shutdown.
+const DefaultSendTimeout = 30 * time.Second
+
+// Handler returns the AgentService's path and handler, with the send timeout
+// applied to every write.
+func (c *Central) Handler() (string, http.Handler) {
+	path, h := agentv1connect.NewAgentServiceHandler(c)
+	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: c.sendTimeout}, r)
+	})
+}
+
+// deadlineWriter sets a write deadline before every write and flush.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *deadlineWriter) Flush() {
+	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
