@@ -98,10 +98,7 @@ func (w *inventoryWatch) namespaces() ([]string, bool) {
 	if !w.nsInf.HasSynced() {
 		return nil, false
 	}
-	var out []string
-	for _, key := range w.nsInf.GetStore().ListKeys() {
-		out = append(out, key)
-	}
+	out := w.nsInf.GetStore().ListKeys()
 	sort.Strings(out)
 	return out, true
 }

@@ -81,22 +81,30 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 		return err
 	})
 	switch {
-	case len(vs) > 0 && conflict:
-		return nil, violationError(connect.CodeAborted, vs)
 	case len(vs) > 0:
-		return nil, violationError(connect.CodeInvalidArgument, vs)
+		return nil, ViolationError(vs, conflict)
 	case err != nil && !errors.Is(err, errRollback):
 		return nil, internal(s.log, "apply", err)
 	}
-	results := make([]*pb.ApplyResult, len(in))
+	results, err := ApplyResults(s.reg, len(in), written)
+	if err != nil {
+		return nil, internal(s.log, "apply", err)
+	}
+	return connect.NewResponse(&pb.ApplyResponse{Results: results}), nil
+}
+
+// ApplyResults turns what resource.Write wrote into API results, in request
+// order (n is the request's length).
+func ApplyResults(reg *resource.Registry, n int, written []resource.Written) ([]*pb.ApplyResult, error) {
+	results := make([]*pb.ApplyResult, n)
 	for _, w := range written {
-		out, err := s.reg.Resource(w.Record)
+		out, err := reg.Resource(w.Record)
 		if err != nil {
-			return nil, internal(s.log, "apply", err)
+			return nil, err
 		}
 		results[w.Index] = &pb.ApplyResult{Index: int32(w.Index), Resource: out, Outcome: outcomes[w.Outcome]}
 	}
-	return connect.NewResponse(&pb.ApplyResponse{Results: results}), nil
+	return results, nil
 }
 
 var outcomes = map[resource.Outcome]pb.Outcome{

@@ -1,8 +1,6 @@
 package central
 
 import (
-	"encoding/json"
-	"fmt"
 	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
@@ -28,14 +26,6 @@ func orgOf(fqn string) string {
 	return parts[0] + "/" + parts[1]
 }
 
-type groupSpec struct {
-	Type              string `json:"type"`
-	ConfigMode        string `json:"configMode"`
-	NamespaceSelector struct {
-		Names []string `json:"names"`
-	} `json:"namespaceSelector"`
-}
-
 // Bundles computes every cluster's bundle, by cluster FQN. A group reaches
 // a cluster of its organization when one of its patterns selects the
 // cluster's name; the agent narrows to namespaces when it compiles, so a new
@@ -48,16 +38,12 @@ func Bundles(reg *resource.Registry, in Intent) (map[string]*bundle.Bundle, erro
 	}
 	groups := make([]parsedGroup, 0, len(in.Groups))
 	for _, g := range in.Groups {
-		var spec groupSpec
-		if err := json.Unmarshal(g.Spec, &spec); err != nil {
-			return nil, fmt.Errorf("group %s: %w", g.FQN, err)
-		}
-		sel, err := selector.ParseSet(spec.NamespaceSelector.Names)
+		spec, sel, err := resource.StoredGroup(g)
 		if err != nil {
-			return nil, fmt.Errorf("group %s: %w", g.FQN, err)
+			return nil, err
 		}
 		groups = append(groups, parsedGroup{
-			Group: bundle.Group{FQN: g.FQN, Type: spec.Type, ConfigMode: spec.ConfigMode, Namespaces: spec.NamespaceSelector.Names},
+			Group: bundle.Group{FQN: g.FQN, Type: spec.GetType(), ConfigMode: spec.GetConfigMode(), Namespaces: spec.GetNamespaceSelector().GetNames()},
 			sel:   sel, org: orgOf(g.FQN),
 		})
 	}

@@ -61,14 +61,11 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	if err != nil && !errors.Is(err, errPlanDone) || errors.Is(err, errPlanDone) && planned == nil {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
-	out := &pb.PlanResponse{Results: make([]*pb.ApplyResult, len(objs))}
-	for _, w := range written {
-		res, err := f.reg.Resource(w.Record)
-		if err != nil {
-			return nil, connect.NewError(connect.CodeInternal, err)
-		}
-		out.Results[w.Index] = &pb.ApplyResult{Index: int32(w.Index), Resource: res, Outcome: planOutcomes[w.Outcome]}
+	results, err := apiserver.ApplyResults(f.reg, len(objs), written)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
 	}
+	out := &pb.PlanResponse{Results: results}
 	for _, rec := range clusters {
 		f.mu.Lock()
 		var (
@@ -90,12 +87,6 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	}
 	sort.Slice(out.Clusters, func(i, j int) bool { return out.Clusters[i].GetCluster() < out.Clusters[j].GetCluster() })
 	return connect.NewResponse(out), nil
-}
-
-var planOutcomes = map[resource.Outcome]pb.Outcome{
-	resource.Created:    pb.Outcome_OUTCOME_CREATED,
-	resource.Configured: pb.Outcome_OUTCOME_CONFIGURED,
-	resource.Unchanged:  pb.Outcome_OUTCOME_UNCHANGED,
 }
 
 func compileOrEmpty(b *bundle.Bundle, namespaces []string) compile.Result {

@@ -14,10 +14,10 @@ import (
 
 // inventory is a cluster's reported facts.
 type inventory struct {
-	KubernetesVersion string                       `json:"kubernetesVersion,omitempty"`
-	Istio             *istioStatus                 `json:"istio,omitempty"`
-	Namespaces        map[string]map[string]string `json:"-"`
-	Services          map[string]*agentv1.Service  `json:"-"` // by "<ns>/<name>"
+	KubernetesVersion string
+	Istio             *istioStatus
+	Namespaces        map[string]map[string]string
+	Services          map[string]*agentv1.Service // by "<ns>/<name>"
 }
 
 type istioStatus struct {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -123,7 +124,8 @@ func validateCluster(spec proto.Message) []FieldError {
 	return out
 }
 
-// selectorOf decodes the namespace selector of a stored workspace or group.
+// selectorOf decodes the namespace selector of a stored workspace or group
+// (both keep it at spec.namespaceSelector).
 func selectorOf(rec store.Record) (selector.Set, error) {
 	var spec struct {
 		NamespaceSelector struct {
@@ -134,6 +136,19 @@ func selectorOf(rec store.Record) (selector.Set, error) {
 		return nil, fmt.Errorf("stored %s: %w", rec.FQN, err)
 	}
 	return selector.ParseSet(spec.NamespaceSelector.Names)
+}
+
+// StoredGroup decodes a stored Group's spec and parses its selector.
+func StoredGroup(rec store.Record) (*pb.GroupSpec, selector.Set, error) {
+	spec := &pb.GroupSpec{}
+	if err := protojson.Unmarshal(rec.Spec, spec); err != nil {
+		return nil, nil, fmt.Errorf("stored %s: %w", rec.FQN, err)
+	}
+	sel, err := selector.ParseSet(spec.GetNamespaceSelector().GetNames())
+	if err != nil {
+		return nil, nil, fmt.Errorf("stored %s: %w", rec.FQN, err)
+	}
+	return spec, sel, nil
 }
 
 // checkWorkspace: no namespace is owned by two workspaces of an

@@ -86,25 +86,12 @@ func validateIngressGateway(spec proto.Message) []FieldError {
 }
 
 // parentGroup reads the group an object lives in.
-func parentGroup(ctx context.Context, r store.Reader, obj *Object) (groupFields, selector.Set, error) {
+func parentGroup(ctx context.Context, r store.Reader, obj *Object) (*pb.GroupSpec, selector.Set, error) {
 	rec, err := r.Get(ctx, obj.ParentFQN())
 	if err != nil {
-		return groupFields{}, nil, err
+		return nil, nil, err
 	}
-	var g groupFields
-	if err := json.Unmarshal(rec.Spec, &g); err != nil {
-		return groupFields{}, nil, fmt.Errorf("stored %s: %w", rec.FQN, err)
-	}
-	sel, err := selector.ParseSet(g.NamespaceSelector.Names)
-	return g, sel, err
-}
-
-type groupFields struct {
-	Type              string `json:"type"`
-	ConfigMode        string `json:"configMode"`
-	NamespaceSelector struct {
-		Names []string `json:"names"`
-	} `json:"namespaceSelector"`
+	return StoredGroup(rec)
 }
 
 // selectsNamespace reports whether some pattern of sel can select ns.
@@ -123,8 +110,8 @@ func checkIngressGateway(ctx context.Context, r store.Reader, obj *Object) ([]Fi
 		return nil, err
 	}
 	var out []FieldError
-	if g.Type != "gateway" || g.ConfigMode == "DIRECT" {
-		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("an IngressGateway lives in a gateway group in BRIDGED mode; %s is a %s group in %s mode", obj.ParentFQN(), g.Type, g.ConfigMode)})
+	if g.GetType() != "gateway" || g.GetConfigMode() == "DIRECT" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("an IngressGateway lives in a gateway group in BRIDGED mode; %s is a %s group in %s mode", obj.ParentFQN(), g.GetType(), g.GetConfigMode())})
 	}
 	ns := obj.Spec.(*pb.IngressGatewaySpec).GetWorkloadSelector().GetNamespace()
 	if !selectsNamespace(sel, ns) {
@@ -139,8 +126,8 @@ func checkDirect(ctx context.Context, r store.Reader, obj *Object) ([]FieldError
 		return nil, err
 	}
 	var out []FieldError
-	if g.ConfigMode != "DIRECT" {
-		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("a raw Istio %s lives in a DIRECT group; %s is %s: set its spec.configMode to DIRECT or use another group", obj.Kind.Name, obj.ParentFQN(), g.ConfigMode)})
+	if g.GetConfigMode() != "DIRECT" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("a raw Istio %s lives in a DIRECT group; %s is %s: set its spec.configMode to DIRECT or use another group", obj.Kind.Name, obj.ParentFQN(), g.GetConfigMode())})
 	}
 	if !selectsNamespace(sel, obj.Namespace) {
 		out = append(out, FieldError{Field: "metadata.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", obj.Namespace, obj.ParentFQN(), sel)})

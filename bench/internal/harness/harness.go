@@ -110,3 +110,16 @@ func Report(b *testing.B, lat []time.Duration, elapsed time.Duration, unit strin
 	}
 	b.ReportMetric(0, "ns/op")
 }
+
+// Measure runs change once to warm up, then b.N times, and reports the
+// latency percentiles of the measured runs.
+func Measure(b *testing.B, change func(i int) time.Duration) {
+	change(-1)
+	lat := make([]time.Duration, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		lat[i] = change(i)
+	}
+	b.StopTimer()
+	Report(b, lat, 0, "")
+}
