@@ -40,6 +40,9 @@ for _ in $(seq 1 100); do
 done
 
 "$bin/flotilla" apply -f examples/fleet.yaml >/dev/null
+if ! command -v kubectl >/dev/null; then
+	echo "note: kubectl is not installed; create namespace 'payments' in each cluster yourself for the quickstart to land" >&2
+fi
 for c in c1 c2; do
 	kubectl --kubeconfig "$fleet/$c.kubeconfig" create namespace payments >/dev/null 2>&1 || true
 	"$bin/flotilla" cluster onboard "$c" 2>/dev/null >"$run/$c.token"
