@@ -26,6 +26,9 @@ import (
 var (
 	ErrNotFound  = errors.New("not found")
 	ErrCompacted = errors.New("revision compacted")
+	// ErrFenced refuses a status write from a session that a newer one
+	// replaced (see Store.ClaimStatus).
+	ErrFenced = errors.New("fenced by a newer status session")
 )
 
 // Record is one stored resource. Spec and Status are canonical JSON
@@ -39,11 +42,19 @@ type Record struct {
 	Labels      map[string]string
 	Annotations map[string]string
 	Spec        json.RawMessage
-	Status      json.RawMessage
-	ETag        string // set by the store on every write
-	Revision    int64  // set by the store: the revision of the last write
-	CreateTime  time.Time
-	UpdateTime  time.Time
+	// Status is runtime state reported about the record (a cluster's
+	// connection, acknowledgements and facts). It is written with PutStatus,
+	// never by Put, and is not part of the event log or the audit (hence
+	// the json tags: events are stored as JSON).
+	Status json.RawMessage `json:"-"`
+	// StatusEpoch is the status session that wrote Status (ClaimStatus).
+	StatusEpoch int64 `json:"-"`
+	// StatusTime is when Status was last written.
+	StatusTime time.Time `json:"-"`
+	ETag       string    // set by the store on every write
+	Revision   int64     // set by the store: the revision of the last write
+	CreateTime time.Time
+	UpdateTime time.Time
 }
 
 // Query selects records. Empty fields match everything.
@@ -108,6 +119,13 @@ type Credential struct {
 	CreateTime time.Time
 }
 
+// StatusWrite is one status write of PutStatus.
+type StatusWrite struct {
+	FQN    string
+	Epoch  int64 // the writer's session, from ClaimStatus
+	Status json.RawMessage
+}
+
 // Reader reads records. Records returned are the caller's to keep.
 type Reader interface {
 	Get(ctx context.Context, fqn string) (Record, error)
@@ -122,9 +140,6 @@ type Tx interface {
 	// Put creates or replaces rec (by FQN). The store sets ETag, Revision and
 	// the times, records an event and an audit record, and returns the stored form.
 	Put(ctx context.Context, rec Record) (Record, error)
-	// PutStatus replaces the status of an existing record without an audit
-	// record; it still takes a revision and emits an event.
-	PutStatus(ctx context.Context, fqn string, status json.RawMessage) (Record, error)
 	// Delete removes the record, with an event and an audit record.
 	Delete(ctx context.Context, fqn string) (Record, error)
 	// PutCredential creates or replaces a credential (by hash). It takes no
@@ -153,6 +168,18 @@ type Store interface {
 	// Changed is closed on the next commit after it was called; callers
 	// re-call it to wait again. It lets watchers sleep between commits.
 	Changed() <-chan struct{}
+	// ClaimStatus opens a new status session for the record fqn and returns
+	// its epoch, higher than every earlier one. From then on, status writes
+	// of older sessions are refused, so a writer that lost the record (an
+	// agent that moved to another server replica) cannot overwrite the new
+	// writer's status. ErrNotFound when the record does not exist.
+	ClaimStatus(ctx context.Context, fqn string) (int64, error)
+	// PutStatus writes statuses in one transaction, outside the event log
+	// and the audit: status is runtime state, not intent, so it takes no
+	// revision and watchers of intent never see it. A write whose epoch is
+	// older than the record's latest claim is skipped and its FQN returned
+	// in fenced; a write for a record that no longer exists is skipped.
+	PutStatus(ctx context.Context, writes []StatusWrite) (fenced []string, err error)
 	// Compact discards events at or below rev; audit records are kept.
 	Compact(ctx context.Context, rev int64) error
 	// Audit lists audit records, oldest first.

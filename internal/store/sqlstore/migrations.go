@@ -55,5 +55,16 @@ CREATE TABLE credentials (
 );
 CREATE INDEX credentials_cluster ON credentials (cluster, kind)`
 	v3 := `ALTER TABLE objects ADD COLUMN namespace TEXT NOT NULL DEFAULT ''`
-	return []string{v1, v2, v3}
+	// v4 moves status out of the objects table (and so out of the event
+	// log): one row per record, fenced by the epoch of its writer's session.
+	v4 := `
+CREATE TABLE status (
+	fqn TEXT PRIMARY KEY,
+	epoch BIGINT NOT NULL,
+	body TEXT NOT NULL,
+	update_time BIGINT NOT NULL
+);
+INSERT INTO status (fqn, epoch, body, update_time) SELECT fqn, 0, status, update_time FROM objects WHERE status <> '';
+UPDATE objects SET status = ''`
+	return []string{v1, v2, v3, v4}
 }

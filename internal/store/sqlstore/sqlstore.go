@@ -184,16 +184,23 @@ func (q querier) scanOne(ctx context.Context, query string, args []any, dest ...
 	return rows.Close()
 }
 
-const recordColumns = `fqn, kind, name, parent, labels, annotations, spec, status, etag, revision, create_time, update_time, namespace`
+// objectColumns are the objects table's columns, in scanRecord's order up
+// to namespace; selectRecord adds the status row's.
+const objectColumns = `fqn, kind, name, parent, labels, annotations, spec, etag, revision, create_time, update_time, namespace`
+
+// selectRecord reads records with their status (from the status table).
+const selectRecord = `SELECT o.fqn, o.kind, o.name, o.parent, o.labels, o.annotations, o.spec, o.etag, o.revision, o.create_time, o.update_time, o.namespace,
+	COALESCE(s.body, ''), COALESCE(s.epoch, 0), COALESCE(s.update_time, 0)
+	FROM objects o LEFT JOIN status s ON s.fqn = o.fqn`
 
 func scanRecord(scan func(...any) error) (store.Record, error) {
 	var (
-		r                        store.Record
-		labels, annotations      string
-		spec, status             string
-		createNanos, updateNanos int64
+		r                                    store.Record
+		labels, annotations                  string
+		spec, status                         string
+		createNanos, updateNanos, statusTime int64
 	)
-	if err := scan(&r.FQN, &r.Kind, &r.Name, &r.Parent, &labels, &annotations, &spec, &status, &r.ETag, &r.Revision, &createNanos, &updateNanos, &r.Namespace); err != nil {
+	if err := scan(&r.FQN, &r.Kind, &r.Name, &r.Parent, &labels, &annotations, &spec, &r.ETag, &r.Revision, &createNanos, &updateNanos, &r.Namespace, &status, &r.StatusEpoch, &statusTime); err != nil {
 		return store.Record{}, err
 	}
 	if err := json.Unmarshal([]byte(labels), &r.Labels); err != nil {
@@ -211,6 +218,7 @@ func scanRecord(scan func(...any) error) (store.Record, error) {
 	r.Spec = json.RawMessage(spec)
 	if status != "" {
 		r.Status = json.RawMessage(status)
+		r.StatusTime = time.Unix(0, statusTime).UTC()
 	}
 	r.CreateTime = time.Unix(0, createNanos).UTC()
 	r.UpdateTime = time.Unix(0, updateNanos).UTC()
@@ -219,7 +227,7 @@ func scanRecord(scan func(...any) error) (store.Record, error) {
 
 func get(ctx context.Context, q querier, fqn string) (store.Record, error) {
 	r, err := scanRecord(func(dest ...any) error {
-		return q.scanOne(ctx, `SELECT `+recordColumns+` FROM objects WHERE fqn = $1`, []any{fqn}, dest...)
+		return q.scanOne(ctx, selectRecord+` WHERE o.fqn = $1`, []any{fqn}, dest...)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Record{}, fmt.Errorf("%s: %w", fqn, store.ErrNotFound)
@@ -237,25 +245,25 @@ func list(ctx context.Context, q querier, query store.Query) ([]store.Record, er
 		where = append(where, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(args))))
 	}
 	if query.Kind != "" {
-		add("kind = ?", query.Kind)
+		add("o.kind = ?", query.Kind)
 	}
 	if query.Parent != "" {
-		add("parent = ?", query.Parent)
+		add("o.parent = ?", query.Parent)
 	}
 	if query.Name != "" {
-		add("name = ?", query.Name)
+		add("o.name = ?", query.Name)
 	}
 	if query.Ancestor != "" {
 		// Descendants share the prefix "<ancestor>/". A range scan on the
 		// primary key avoids LIKE and its escaping: '/'+1 is '0'.
-		add("fqn > ?", query.Ancestor+"/")
-		add("fqn < ?", query.Ancestor+"0")
+		add("o.fqn > ?", query.Ancestor+"/")
+		add("o.fqn < ?", query.Ancestor+"0")
 	}
-	sqlText := `SELECT ` + recordColumns + ` FROM objects`
+	sqlText := selectRecord
 	if len(where) > 0 {
 		sqlText += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	sqlText += ` ORDER BY fqn`
+	sqlText += ` ORDER BY o.fqn`
 	rows, err := q.QueryContext(ctx, sqlText, args...)
 	if err != nil {
 		return nil, err
@@ -346,6 +354,20 @@ func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) erro
 
 // Events implements store.Store.
 func (d *DB) Events(ctx context.Context, after int64, limit int) ([]store.Event, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT revision, type, record FROM events WHERE revision > $1 ORDER BY revision LIMIT $2`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out, err := scanEvents(rows)
+	if err != nil {
+		return nil, err
+	}
+	// The compaction mark is read after the events: it only grows, and a
+	// compaction deletes events and raises it in one transaction, so if it
+	// is still at or below after, no event the query should have seen was
+	// missing. Reading it first would let a compaction in between pass off
+	// a gap as the full history.
 	var compacted int64
 	if err := d.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'compacted'`).Scan(&compacted); err != nil {
 		return nil, err
@@ -353,11 +375,10 @@ func (d *DB) Events(ctx context.Context, after int64, limit int) ([]store.Event,
 	if after < compacted {
 		return nil, fmt.Errorf("events after revision %d were compacted (oldest kept: %d): re-list and watch from the list's revision: %w", after, compacted+1, store.ErrCompacted)
 	}
-	rows, err := d.db.QueryContext(ctx, `SELECT revision, type, record FROM events WHERE revision > $1 ORDER BY revision LIMIT $2`, after, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
+	return out, nil
+}
+
+func scanEvents(rows *sql.Rows) ([]store.Event, error) {
 	var out []store.Event
 	for rows.Next() {
 		var (
@@ -493,11 +514,10 @@ func (t *tx) Put(ctx context.Context, rec store.Record) (store.Record, error) {
 		rec.Annotations = nil
 	}
 	rec.UpdateTime = t.now
+	// Status is not intent: Put never writes it (PutStatus does).
+	rec.Status, rec.StatusEpoch, rec.StatusTime = nil, 0, time.Time{}
 	if exists {
 		rec.CreateTime = old.CreateTime
-		if rec.Status == nil {
-			rec.Status = old.Status
-		}
 	} else {
 		rec.CreateTime = t.now
 	}
@@ -506,26 +526,13 @@ func (t *tx) Put(ctx context.Context, rec store.Record) (store.Record, error) {
 	}
 	op, changes := "create", store.Diff(store.Record{}, rec)
 	if exists {
+		old.Status, old.StatusEpoch, old.StatusTime = nil, 0, time.Time{}
 		op, changes = "update", store.Diff(old, rec)
 	}
 	if err := t.event(ctx, store.EventPut, rec); err != nil {
 		return store.Record{}, err
 	}
 	return rec, t.audit(ctx, op, rec, changes)
-}
-
-func (t *tx) PutStatus(ctx context.Context, fqn string, status json.RawMessage) (store.Record, error) {
-	rec, err := get(ctx, t.q, fqn)
-	if err != nil {
-		return store.Record{}, err
-	}
-	t.rev++
-	rec.Status = status
-	rec.Revision = t.rev
-	if _, err := t.q.ExecContext(ctx, `UPDATE objects SET status = $1, revision = $2 WHERE fqn = $3`, string(status), t.rev, fqn); err != nil {
-		return store.Record{}, fmt.Errorf("write status of %s: %w", fqn, err)
-	}
-	return rec, t.event(ctx, store.EventPut, rec)
 }
 
 func (t *tx) Delete(ctx context.Context, fqn string) (store.Record, error) {
@@ -537,6 +544,10 @@ func (t *tx) Delete(ctx context.Context, fqn string) (store.Record, error) {
 	if _, err := t.q.ExecContext(ctx, `DELETE FROM objects WHERE fqn = $1`, fqn); err != nil {
 		return store.Record{}, fmt.Errorf("delete %s: %w", fqn, err)
 	}
+	if _, err := t.q.ExecContext(ctx, `DELETE FROM status WHERE fqn = $1`, fqn); err != nil {
+		return store.Record{}, fmt.Errorf("delete status of %s: %w", fqn, err)
+	}
+	old.Status, old.StatusEpoch, old.StatusTime = nil, 0, time.Time{}
 	if err := t.event(ctx, store.EventDelete, old); err != nil {
 		return store.Record{}, err
 	}
@@ -552,10 +563,10 @@ func (t *tx) upsert(ctx context.Context, r store.Record, exists bool) error {
 	if err != nil {
 		return err
 	}
-	args := []any{r.FQN, r.Kind, r.Name, r.Parent, string(labels), string(annotations), string(r.Spec), string(r.Status), r.ETag, r.Revision, r.CreateTime.UnixNano(), r.UpdateTime.UnixNano(), r.Namespace}
-	q := `INSERT INTO objects (` + recordColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
+	args := []any{r.FQN, r.Kind, r.Name, r.Parent, string(labels), string(annotations), string(r.Spec), r.ETag, r.Revision, r.CreateTime.UnixNano(), r.UpdateTime.UnixNano(), r.Namespace}
+	q := `INSERT INTO objects (` + objectColumns + `, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, '')`
 	if exists {
-		q = `UPDATE objects SET kind = $2, name = $3, parent = $4, labels = $5, annotations = $6, spec = $7, status = $8, etag = $9, revision = $10, create_time = $11, update_time = $12, namespace = $13 WHERE fqn = $1`
+		q = `UPDATE objects SET kind = $2, name = $3, parent = $4, labels = $5, annotations = $6, spec = $7, etag = $8, revision = $9, create_time = $10, update_time = $11, namespace = $12 WHERE fqn = $1`
 	}
 	if _, err := t.q.ExecContext(ctx, q, args...); err != nil {
 		return fmt.Errorf("write %s: %w", r.FQN, err)
@@ -650,4 +661,89 @@ func (t *tx) DeleteCredentials(ctx context.Context, cluster, kind string) error 
 	}
 	t.wrote = true
 	return nil
+}
+
+// statusTx runs fn in a transaction of its own. Status writes do not take
+// the intent write lock (writeMu, LockTx): they take no revision, so they
+// need not be ordered with intent, and a status flush never waits behind
+// an apply. Rows they touch are locked by the database as usual.
+func (d *DB) statusTx(ctx context.Context, fn func(q querier) error) error {
+	sqlTx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer sqlTx.Rollback()
+	if err := fn(querier{d: d, tx: sqlTx}); err != nil {
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// ClaimStatus implements store.Store.
+func (d *DB) ClaimStatus(ctx context.Context, fqn string) (int64, error) {
+	var epoch int64
+	err := d.statusTx(ctx, func(q querier) error {
+		var n int
+		if err := q.scanOne(ctx, `SELECT COUNT(*) FROM objects WHERE fqn = $1`, []any{fqn}, &n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("claim status of %s: %w", fqn, store.ErrNotFound)
+		}
+		if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time) VALUES ($1, 0, '', 0) ON CONFLICT (fqn) DO NOTHING`, fqn); err != nil {
+			return fmt.Errorf("claim status of %s: %w", fqn, err)
+		}
+		if _, err := q.ExecContext(ctx, `UPDATE status SET epoch = epoch + 1 WHERE fqn = $1`, fqn); err != nil {
+			return fmt.Errorf("claim status of %s: %w", fqn, err)
+		}
+		return q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{fqn}, &epoch)
+	})
+	return epoch, err
+}
+
+// PutStatus implements store.Store.
+func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]string, error) {
+	var fenced []string
+	now := d.now().UnixNano()
+	err := d.statusTx(ctx, func(q querier) error {
+		fenced = fenced[:0]
+		for _, w := range writes {
+			res, err := q.ExecContext(ctx, `UPDATE status SET body = $1, update_time = $2 WHERE fqn = $3 AND epoch = $4`, string(w.Status), now, w.FQN, w.Epoch)
+			if err != nil {
+				return fmt.Errorf("write status of %s: %w", w.FQN, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				continue
+			}
+			// No row at this epoch: a newer session holds the record, or the
+			// record is gone, or it never had a status (epoch 0).
+			var stored int64
+			err = q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{w.FQN}, &stored)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				if w.Epoch != 0 {
+					continue // deleted with its record
+				}
+				if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time) SELECT fqn, 0, $1, $2 FROM objects WHERE fqn = $3`, string(w.Status), now, w.FQN); err != nil {
+					return fmt.Errorf("write status of %s: %w", w.FQN, err)
+				}
+			case err != nil:
+				return err
+			case stored > w.Epoch:
+				fenced = append(fenced, w.FQN)
+			default:
+				return fmt.Errorf("write status of %s at epoch %d: no session claimed it (latest claim %d)", w.FQN, w.Epoch, stored)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return fenced, nil
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,7 +36,10 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"every write has an audit record with a field-level diff", testAudit},
 		{"audit filters by since, kind and fqn subtree", testAuditFilters},
 		{"delete records an event with the last state and an audit record", testDelete},
-		{"put status changes status and revision but not etag or audit", testPutStatus},
+		{"status writes take no revision, event or audit, and spec writes keep them", testPutStatus},
+		{"a status write of an older session is fenced by a newer claim", testStatusFencing},
+		{"status goes with its record", testStatusDeleted},
+		{"events never skip revisions while compaction runs", testEventsUnderCompaction},
 		{"events after a compacted revision are refused", testCompact},
 		{"changed fires on commit", testChanged},
 		{"acknowledged writes survive closing and reopening", testReopen},
@@ -307,32 +311,168 @@ func testDelete(t *testing.T, open Opener) {
 	}
 }
 
+func putStatus(t *testing.T, st store.Store, fqn string, epoch int64, body string) []string {
+	t.Helper()
+	fenced, err := st.PutStatus(context.Background(), []store.StatusWrite{{FQN: fqn, Epoch: epoch, Status: json.RawMessage(body)}})
+	if err != nil {
+		t.Fatalf("put status of %s: %v", fqn, err)
+	}
+	return fenced
+}
+
 func testPutStatus(t *testing.T, open Opener) {
 	st := open(t)
 	ctx := context.Background()
 	stored := put(t, st, "a", org)[0]
-	var got store.Record
-	err := st.Update(ctx, "central", func(tx store.Tx) error {
-		var err error
-		got, err = tx.PutStatus(ctx, org.FQN, json.RawMessage(`{"connected":true}`))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
+	changed := st.Changed()
+	epoch, err := st.ClaimStatus(ctx, org.FQN)
+	if err != nil || epoch != 1 {
+		t.Fatalf("first claim: epoch %d, %v; want 1", epoch, err)
+	}
+	if fenced := putStatus(t, st, org.FQN, epoch, `{"connected":true}`); len(fenced) != 0 {
+		t.Fatalf("write of the latest session fenced: %v", fenced)
 	}
 	read, _ := st.Get(ctx, org.FQN)
-	if string(read.Status) != `{"connected":true}` || read.ETag != stored.ETag || read.Revision != 2 || got.Revision != 2 {
+	if string(read.Status) != `{"connected":true}` || read.StatusEpoch != 1 || read.StatusTime.IsZero() || read.ETag != stored.ETag || read.Revision != 1 {
 		t.Fatalf("status write wrong: %+v", read)
 	}
-	recs, _ := st.Audit(ctx, store.AuditQuery{})
-	if len(recs) != 1 {
+	if rev, _ := st.Revision(ctx); rev != 1 {
+		t.Fatalf("status write took a revision: store at %d, want 1", rev)
+	}
+	if evs, _ := st.Events(ctx, 0, 10); len(evs) != 1 {
+		t.Fatalf("status write is in the event log: %d events, want 1", len(evs))
+	}
+	if recs, _ := st.Audit(ctx, store.AuditQuery{}); len(recs) != 1 {
 		t.Fatalf("status write was audited: %d records", len(recs))
 	}
-	// A spec write keeps the status.
+	select {
+	case <-changed:
+		t.Fatal("a status write woke watchers of intent")
+	default:
+	}
+	listed, _ := st.List(ctx, store.Query{Kind: org.Kind})
+	if len(listed) != 1 || string(listed[0].Status) != `{"connected":true}` {
+		t.Fatalf("list lacks the status: %+v", listed)
+	}
+	// A spec write keeps the status, and neither its event nor its audit
+	// carries status.
 	put(t, st, "a", org)
 	read, _ = st.Get(ctx, org.FQN)
 	if string(read.Status) != `{"connected":true}` {
 		t.Fatalf("spec write dropped the status: %q", read.Status)
+	}
+	evs, _ := st.Events(ctx, 1, 10)
+	if len(evs) != 1 || evs[0].Record.Status != nil {
+		t.Fatalf("spec write's event carries status: %+v", evs)
+	}
+	recs, _ := st.Audit(ctx, store.AuditQuery{})
+	if len(recs) != 2 || len(recs[1].Changes) != 0 {
+		t.Fatalf("an unchanged spec write has audited changes (status leaked into the diff?): %+v", recs)
+	}
+	if _, err := st.ClaimStatus(ctx, "organizations/missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("claim of a missing record: %v, want ErrNotFound", err)
+	}
+}
+
+func testStatusFencing(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	// A record never claimed takes writes of epoch 0 (a writer with no
+	// session, e.g. a restarted server marking a cluster disconnected).
+	putStatus(t, st, org.FQN, 0, `{"who":"nobody"}`)
+	old, err := st.ClaimStatus(ctx, org.FQN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putStatus(t, st, org.FQN, old, `{"who":"old"}`)
+	newer, err := st.ClaimStatus(ctx, org.FQN)
+	if err != nil || newer <= old {
+		t.Fatalf("second claim: epoch %d (first %d), %v", newer, old, err)
+	}
+	for _, epoch := range []int64{old, 0} {
+		if fenced := putStatus(t, st, org.FQN, epoch, `{"who":"stale"}`); len(fenced) != 1 || fenced[0] != org.FQN {
+			t.Fatalf("write of epoch %d after a claim of %d: fenced %v, want [%s]", epoch, newer, fenced, org.FQN)
+		}
+	}
+	if read, _ := st.Get(ctx, org.FQN); string(read.Status) != `{"who":"old"}` {
+		t.Fatalf("a fenced write changed the status: %s", read.Status)
+	}
+	// One batch: the fenced write is skipped, the others commit.
+	put(t, st, "a", org2)
+	e2, _ := st.ClaimStatus(ctx, org2.FQN)
+	fenced, err := st.PutStatus(ctx, []store.StatusWrite{
+		{FQN: org.FQN, Epoch: old, Status: json.RawMessage(`{"who":"stale"}`)},
+		{FQN: org2.FQN, Epoch: e2, Status: json.RawMessage(`{"who":"new"}`)},
+	})
+	if err != nil || len(fenced) != 1 {
+		t.Fatalf("batch: fenced %v, %v", fenced, err)
+	}
+	if read, _ := st.Get(ctx, org2.FQN); string(read.Status) != `{"who":"new"}` {
+		t.Fatalf("the unfenced write of a batch was lost: %s", read.Status)
+	}
+	// Claims survive a restart.
+	st.Close()
+	st = open(t)
+	if e, err := st.ClaimStatus(ctx, org.FQN); err != nil || e != newer+1 {
+		t.Fatalf("claim after reopening: %d, %v; want %d", e, err, newer+1)
+	}
+}
+
+func testStatusDeleted(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	e, _ := st.ClaimStatus(ctx, org.FQN)
+	putStatus(t, st, org.FQN, e, `{"connected":true}`)
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Delete(ctx, org.FQN); return err }); err != nil {
+		t.Fatal(err)
+	}
+	// A late write for the deleted record is dropped, not an error.
+	if fenced := putStatus(t, st, org.FQN, e, `{"connected":true}`); len(fenced) != 0 {
+		t.Fatalf("late write fenced: %v", fenced)
+	}
+	put(t, st, "a", org)
+	if read, _ := st.Get(ctx, org.FQN); read.Status != nil {
+		t.Fatalf("a re-created record inherited the old status: %s", read.Status)
+	}
+}
+
+func testEventsUnderCompaction(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	const n = 300
+	for i := range n {
+		put(t, st, "a", rec("Organization", fmt.Sprintf("organizations/o%03d", i), "", fmt.Sprintf("o%03d", i), `{}`))
+	}
+	var finished atomic.Bool
+	done := make(chan error, 1)
+	go func() {
+		defer finished.Store(true)
+		for rev := int64(1); rev < n; rev += 3 {
+			if err := st.Compact(ctx, rev); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	// A reader stays at the compaction's edge: every answer is either
+	// ErrCompacted or starts right after the asked revision.
+	for after, reads := int64(0), 0; !finished.Load() && reads < 100_000; reads++ {
+		evs, err := st.Events(ctx, after, 5)
+		if errors.Is(err, store.ErrCompacted) {
+			after++
+			continue
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) > 0 && evs[0].Revision != after+1 {
+			t.Fatalf("Events(after=%d) began at %d: a gap passed off as history", after, evs[0].Revision)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 
