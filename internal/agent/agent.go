@@ -69,6 +69,7 @@ type Agent struct {
 	mu      sync.Mutex
 	current *bundle.Bundle // the bundle to reconcile; nil before the first
 	version string
+	rev     int64 // the store revision of current
 	lastAck *agentv1.Ack
 	wake    chan struct{} // capacity 1: reconcile soon
 }
@@ -161,11 +162,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := ensureNamespace(ctx, a.kube); err != nil {
 		return err
 	}
-	if b, v, err := a.cache.load(ctx); err != nil {
+	if b, v, rev, err := a.cache.load(ctx); err != nil {
 		a.log.Error("stored bundle unusable; waiting for the central control plane", "err", err)
 	} else if b != nil {
-		a.log.Info("loaded the stored bundle", "version", v)
-		a.setBundle(b, v)
+		a.log.Info("loaded the stored bundle", "version", v, "revision", rev)
+		a.setBundle(b, v, rev)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -196,9 +197,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // setBundle makes b the bundle to reconcile.
-func (a *Agent) setBundle(b *bundle.Bundle, version string) {
+func (a *Agent) setBundle(b *bundle.Bundle, version string, rev int64) {
 	a.mu.Lock()
-	a.current, a.version = b, version
+	a.current, a.version, a.rev = b, version, rev
 	a.mu.Unlock()
 	a.poke()
 }
@@ -223,7 +224,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 
 func (a *Agent) reconcile(ctx context.Context) {
 	a.mu.Lock()
-	b, version := a.current, a.version
+	b, version, rev := a.current, a.version, a.rev
 	a.mu.Unlock()
 	if b == nil {
 		return
@@ -237,6 +238,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	res := compile.Compile(b, namespaces)
 	report := a.applier.Apply(ctx, res.Objects)
 	ack := buildAck(version, b, res, report)
+	ack.Revision = rev
 	a.mu.Lock()
 	stale := a.version != version
 	a.lastAck = ack

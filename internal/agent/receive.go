@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,8 +10,48 @@ import (
 	"flotilla.io/flotilla/internal/bundle"
 )
 
-// receiveBundle decodes a bundle, stores it in the cluster, and only then
-// makes it the one to reconcile: what is applied is always recoverable.
+// assembler joins the parts of a bundle that travels in several messages.
+// It belongs to one stream; parts arrive in order.
+type assembler struct {
+	version string
+	next    int32
+	buf     bytes.Buffer
+}
+
+// add takes one message and returns the whole bundle once its last part
+// arrived (nil before). A part out of order, or of another version before
+// the current one is complete, starts over.
+func (as *assembler) add(m *agentv1.Bundle) (*agentv1.Bundle, error) {
+	if m.GetParts() <= 1 {
+		as.reset()
+		return m, nil
+	}
+	if m.GetPart() == 0 {
+		as.reset()
+		as.version = m.GetVersion()
+	}
+	if m.GetVersion() != as.version || m.GetPart() != as.next {
+		want := as.next
+		as.reset()
+		return nil, fmt.Errorf("bundle %s: part %d of %d arrived, expected part %d: dropping the partial bundle", m.GetVersion(), m.GetPart(), m.GetParts(), want)
+	}
+	as.buf.Write(m.GetContent())
+	as.next++
+	if as.next < m.GetParts() {
+		return nil, nil
+	}
+	whole := &agentv1.Bundle{Version: m.GetVersion(), Revision: m.GetRevision(), Content: bytes.Clone(as.buf.Bytes())}
+	as.reset()
+	return whole, nil
+}
+
+func (as *assembler) reset() {
+	as.version, as.next = "", 0
+	as.buf.Reset()
+}
+
+// receiveBundle decodes a whole bundle, stores it in the cluster, and only
+// then makes it the one to reconcile: what is applied is always recoverable.
 func (a *Agent) receiveBundle(ctx context.Context, m *agentv1.Bundle) error {
 	var b bundle.Bundle
 	if err := json.Unmarshal(m.GetContent(), &b); err != nil {
@@ -19,10 +60,10 @@ func (a *Agent) receiveBundle(ctx context.Context, m *agentv1.Bundle) error {
 	if got := b.Version(); got != m.GetVersion() {
 		return fmt.Errorf("bundle content hashes to %s, not its version %s", got, m.GetVersion())
 	}
-	if err := a.cache.store(ctx, m.GetVersion(), m.GetContent()); err != nil {
+	if err := a.cache.store(ctx, m.GetVersion(), m.GetRevision(), m.GetContent()); err != nil {
 		return err
 	}
-	a.log.Info("bundle received", "version", m.GetVersion(), "objects", len(b.Objects))
-	a.setBundle(&b, m.GetVersion())
+	a.log.Info("bundle received", "version", m.GetVersion(), "revision", m.GetRevision(), "objects", len(b.Objects), "bytes", len(m.GetContent()))
+	a.setBundle(&b, m.GetVersion(), m.GetRevision())
 	return nil
 }

@@ -153,14 +153,22 @@ func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
 
 	recvErr := make(chan error, 1)
 	go func() {
+		var parts assembler
 		for {
 			msg, err := stream.Receive()
 			if err != nil {
 				recvErr <- err
 				return
 			}
-			if b := msg.GetBundle(); b != nil {
+			if m := msg.GetBundle(); m != nil {
 				established.Store(true)
+				b, err := parts.add(m)
+				if err != nil {
+					a.log.Error("bundle part out of order", "err", err)
+					continue
+				} else if b == nil {
+					continue // more parts to come
+				}
 				if err := a.receiveBundle(ctx, b); err != nil {
 					a.log.Error("bundle not stored; keeping the previous one", "version", b.GetVersion(), "err", err)
 				}

@@ -71,10 +71,12 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	var (
 		written  []resource.Written
 		conflict bool
+		rev      int64
 	)
 	err := s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
 		var err error
 		written, vs, conflict, err = s.reg.Write(ctx, tx, objs)
+		rev = tx.Revision()
 		if err == nil && (len(vs) > 0 || req.Msg.GetDryRun()) {
 			return errRollback
 		}
@@ -90,7 +92,7 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	if err != nil {
 		return nil, internal(s.log, "apply", err)
 	}
-	return connect.NewResponse(&pb.ApplyResponse{Results: results}), nil
+	return connect.NewResponse(&pb.ApplyResponse{Results: results, Revision: rev}), nil
 }
 
 // ApplyResults turns what resource.Write wrote into API results, in request
@@ -203,6 +205,7 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 	var (
 		deleted []string
 		refusal error
+		rev     int64
 	)
 	err = s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
 		rec, err := tx.Get(ctx, fqn)
@@ -238,6 +241,7 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 			}
 			deleted = append(deleted, c.FQN)
 		}
+		rev = tx.Revision()
 		return nil
 	})
 	if refusal != nil {
@@ -246,7 +250,7 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 	if err != nil {
 		return nil, internal(s.log, "delete", err)
 	}
-	return connect.NewResponse(&pb.DeleteResponse{Deleted: deleted}), nil
+	return connect.NewResponse(&pb.DeleteResponse{Deleted: deleted, Revision: rev}), nil
 }
 
 // Kinds implements ResourceService.Kinds.

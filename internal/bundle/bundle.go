@@ -8,7 +8,9 @@
 //
 // A bundle is plain data: canonical JSON specs, everything sorted, so equal
 // intent gives an equal version and a recompute that changes nothing sends
-// nothing.
+// nothing. The version is a hash tree (bundle → groups → objects), so the
+// central control plane keeps per-object and per-group digests and rehashes
+// only what a change touched.
 package bundle
 
 import (
@@ -67,18 +69,82 @@ func (b *Bundle) Normalize() {
 	}
 }
 
-// Version is the hex SHA-256 of the normalized bundle's JSON.
-func (b *Bundle) Version() string {
-	c := *b
-	c.Groups = append([]Group(nil), b.Groups...)
-	c.Objects = append([]Object(nil), b.Objects...)
-	c.Normalize()
-	data, err := json.Marshal(&c)
+// Hash is a SHA-256 digest.
+type Hash [sha256.Size]byte
+
+// ObjectHash is the digest of one object's canonical JSON.
+func ObjectHash(o Object) Hash {
+	data, err := json.Marshal(&o)
 	if err != nil {
 		panic("bundle: marshal: " + err.Error()) // plain data always marshals
 	}
-	sum := sha256.Sum256(data)
+	return sha256.Sum256(data)
+}
+
+// GroupHash is the digest of a group and of its objects' digests, which
+// must be in FQN order.
+func GroupHash(g Group, objects []Hash) Hash {
+	if g.Namespaces == nil {
+		g.Namespaces = []string{}
+	}
+	meta, err := json.Marshal(&g)
+	if err != nil {
+		panic("bundle: marshal: " + err.Error())
+	}
+	h := sha256.New()
+	h.Write(meta)
+	for _, o := range objects {
+		h.Write(o[:])
+	}
+	var out Hash
+	h.Sum(out[:0])
+	return out
+}
+
+// VersionOf is the version of a bundle for cluster whose groups, in FQN
+// order, have these digests. Versions form a two-level hash tree (bundle →
+// groups → objects), so a server holding many clusters' bundles recomputes a
+// version from cached digests: the cost grows with the change, not with the
+// bundle.
+func VersionOf(cluster string, groups []Hash) string {
+	h := sha256.New()
+	h.Write([]byte(cluster))
+	h.Write([]byte{0})
+	for _, g := range groups {
+		h.Write(g[:])
+	}
+	sum := h.Sum(nil)
 	return hex.EncodeToString(sum[:16])
+}
+
+// Version is the bundle's version: VersionOf its groups, each hashed with
+// the objects that belong to it. Objects naming a group the bundle lacks
+// (which the central control plane never sends) are hashed last, under an
+// empty group, so that they still count.
+func (b *Bundle) Version() string {
+	groups := append([]Group(nil), b.Groups...)
+	sort.Slice(groups, func(i, j int) bool { return groups[i].FQN < groups[j].FQN })
+	objects := append([]Object(nil), b.Objects...)
+	sort.Slice(objects, func(i, j int) bool { return objects[i].FQN < objects[j].FQN })
+	byGroup := map[string][]Hash{}
+	for _, o := range objects {
+		byGroup[o.Group] = append(byGroup[o.Group], ObjectHash(o))
+	}
+	hashes := make([]Hash, 0, len(groups)+1)
+	for _, g := range groups {
+		hashes = append(hashes, GroupHash(g, byGroup[g.FQN]))
+		delete(byGroup, g.FQN)
+	}
+	var orphans []Hash
+	for _, o := range objects {
+		if _, ok := byGroup[o.Group]; ok {
+			orphans = append(orphans, ObjectHash(o))
+		}
+	}
+	if len(orphans) > 0 {
+		hashes = append(hashes, GroupHash(Group{}, orphans))
+	}
+	return VersionOf(b.Cluster, hashes)
 }
 
 // Group returns the group with the given FQN.

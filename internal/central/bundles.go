@@ -1,11 +1,11 @@
 package central
 
 import (
+	"context"
 	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/resource"
-	"flotilla.io/flotilla/internal/selector"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -26,54 +26,42 @@ func orgOf(fqn string) string {
 	return parts[0] + "/" + parts[1]
 }
 
+// buildIndex indexes intent read whole. Records that cannot be used are
+// left out and returned in broken, by FQN, with the reason.
+func buildIndex(reg *resource.Registry, in Intent) (*index, map[string]string) {
+	idx := newIndex(reg)
+	broken := map[string]string{}
+	affected := map[string]bool{}
+	for _, list := range [][]store.Record{in.Clusters, in.Groups, in.Objects} {
+		for _, r := range list {
+			if err := idx.apply(store.Event{Type: store.EventPut, Record: r}, affected); err != nil {
+				broken[r.FQN] = err.Error()
+			}
+		}
+	}
+	return idx, broken
+}
+
 // Bundles computes every cluster's bundle, by cluster FQN. A group reaches
 // a cluster of its organization when one of its patterns selects the
 // cluster's name; the agent narrows to namespaces when it compiles, so a new
-// namespace gets its policy without a round trip. It is pure.
+// namespace gets its policy without a round trip. It is pure, and it is
+// what the central control plane's incremental index must always agree with.
 func Bundles(reg *resource.Registry, in Intent) (map[string]*bundle.Bundle, error) {
-	type parsedGroup struct {
-		bundle.Group
-		sel selector.Set
-		org string
+	idx, broken := buildIndex(reg, in)
+	for fqn, why := range broken {
+		return nil, &brokenError{fqn: fqn, why: why}
 	}
-	groups := make([]parsedGroup, 0, len(in.Groups))
-	for _, g := range in.Groups {
-		spec, sel, err := resource.StoredGroup(g)
-		if err != nil {
-			return nil, err
-		}
-		groups = append(groups, parsedGroup{
-			Group: bundle.Group{FQN: g.FQN, Type: spec.GetType(), ConfigMode: spec.GetConfigMode(), Namespaces: spec.GetNamespaceSelector().GetNames()},
-			sel:   sel, org: orgOf(g.FQN),
-		})
-	}
-	byGroup := map[string][]bundle.Object{}
-	for _, o := range in.Objects {
-		apiVersion := resource.APIVersion
-		if k, ok := reg.Kind(o.Kind); ok {
-			apiVersion = k.APIVersion()
-		}
-		byGroup[o.Parent] = append(byGroup[o.Parent], bundle.Object{
-			APIVersion: apiVersion, Kind: o.Kind, FQN: o.FQN, Name: o.Name,
-			Group: o.Parent, Namespace: o.Namespace, Spec: o.Spec,
-		})
-	}
-	out := make(map[string]*bundle.Bundle, len(in.Clusters))
-	for _, c := range in.Clusters {
-		b := &bundle.Bundle{Cluster: c.Name}
-		org := orgOf(c.FQN)
-		for _, g := range groups {
-			if g.org != org || !g.sel.MatchCluster(c.Name) {
-				continue
-			}
-			b.Groups = append(b.Groups, g.Group)
-			b.Objects = append(b.Objects, byGroup[g.FQN]...)
-		}
-		b.Normalize()
-		out[c.FQN] = b
+	out := make(map[string]*bundle.Bundle, len(idx.clusters))
+	for fqn := range idx.clusters {
+		out[fqn] = idx.bundle(fqn)
 	}
 	return out, nil
 }
+
+type brokenError struct{ fqn, why string }
+
+func (e *brokenError) Error() string { return e.why }
 
 // bundleKinds are the kinds that travel in bundles: those living in groups.
 func bundleKinds(reg *resource.Registry) []string {
@@ -84,4 +72,26 @@ func bundleKinds(reg *resource.Registry) []string {
 		}
 	}
 	return out
+}
+
+// readIntent reads what bundles are computed from.
+func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (Intent, error) {
+	var (
+		in  Intent
+		err error
+	)
+	if in.Clusters, err = r.List(ctx, store.Query{Kind: resource.KindCluster}); err != nil {
+		return in, err
+	}
+	if in.Groups, err = r.List(ctx, store.Query{Kind: resource.KindGroup}); err != nil {
+		return in, err
+	}
+	for _, k := range bundleKinds(reg) {
+		objs, err := r.List(ctx, store.Query{Kind: k})
+		if err != nil {
+			return in, err
+		}
+		in.Objects = append(in.Objects, objs...)
+	}
+	return in, nil
 }

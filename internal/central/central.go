@@ -2,7 +2,6 @@ package central
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
-	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -25,37 +23,46 @@ type Central struct {
 	now func() time.Time
 
 	mu       sync.Mutex
+	idx      *index              // intent as of rev
 	clusters map[string]*cluster // by FQN
-	etags    map[string]string   // FQN -> etag of the intent the bundles were computed from
-	rev      int64               // store revision the bundles reflect
-	ready    chan struct{}       // closed after the first recompute
+	rev      int64               // store revision the index and versions reflect
+	broken   map[string]string   // FQN -> why a stored record cannot be used
+	failure  *failure            // why the index cannot catch up with the store; nil when it does
+	ready    chan struct{}       // closed after the first load
 	metrics  *metrics
 
 	sendTimeout time.Duration // see DefaultSendTimeout
+}
+
+// failure is why the central control plane cannot follow the store.
+type failure struct {
+	err   error
+	since time.Time
 }
 
 // cluster is what Central knows of one cluster. Guarded by Central.mu.
 type cluster struct {
 	fqn, name string
 
-	bundle  *bundle.Bundle
-	version string
-	content []byte // the bundle as JSON, sent on the stream
+	version string // the bundle version the cluster should have (index.version)
 
 	conn         *agentConn // nil while no agent is connected
+	epoch        int64      // the status session this server holds; 0 when none
 	agentVersion string
 	lastSeen     time.Time
 	ack          *agentv1.Ack
 	inv          inventory
 	drifts       []*agentv1.Drift // newest last, bounded
 	dirty        bool             // status not yet written to the store
+	written      time.Time        // when status was last written
 }
 
 // agentConn is one live agent stream.
 type agentConn struct {
-	wake chan struct{} // capacity 1: a pending wake-up coalesces the next ones
-	done chan struct{} // closed to end the stream; why says why
-	why  string
+	epoch int64         // the status session claimed for this stream
+	wake  chan struct{} // capacity 1: a pending wake-up coalesces the next ones
+	done  chan struct{} // closed to end the stream; why says why
+	why   string
 }
 
 // end ends the stream for the given reason. Callers hold Central.mu.
@@ -64,33 +71,50 @@ func (a *agentConn) end(why string) {
 	close(a.done)
 }
 
+func (a *agentConn) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+}
+
 // maxDrifts bounds the drift history kept per cluster.
 const maxDrifts = 20
 
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger) *Central {
-	return &Central{reg: reg, st: st, log: log, now: time.Now, clusters: map[string]*cluster{}, etags: map[string]string{}, ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout}
+	return &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
+		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout}
 }
 
-// flushInterval bounds how often cluster status is written to the store.
-const flushInterval = time.Second
+// flushInterval bounds how often cluster status is written to the store;
+// leaseInterval is how often a connected cluster's status is rewritten even
+// unchanged, so readers can tell a live writer from a dead one.
+const (
+	flushInterval = time.Second
+	leaseInterval = 10 * time.Second
+)
 
-// Run keeps bundles current and flushes status until ctx ends.
+// eventBatch bounds one read of the event log.
+const eventBatch = 1000
+
+// Run keeps the index and every cluster's version current with the store,
+// and flushes status, until ctx ends.
 func (c *Central) Run(ctx context.Context) error {
 	flush := time.NewTicker(flushInterval)
 	defer flush.Stop()
-	first := true
-	// States: recompute when the store moved past what the bundles reflect;
-	// then wait for a commit, the flush tick (status, and commits by other
-	// processes on a shared database) or the end.
+	// States: catch up with the store (load it whole first, and again when
+	// events were compacted away); then wait for a commit, the flush tick
+	// (status, and a retry after a failure) or the end.
+	loaded := false
 	for {
 		changed := c.st.Changed()
-		if err := c.recomputeIfNeeded(ctx); err != nil && ctx.Err() == nil {
-			c.log.Error("recompute bundles", "err", err)
-		} else if first && err == nil {
-			first = false
+		err := c.catchUp(ctx, !loaded)
+		if err == nil && !loaded {
+			loaded = true
 			close(c.ready)
 		}
+		c.setFailure(err)
 		select {
 		case <-changed:
 		case <-flush.C:
@@ -100,6 +124,158 @@ func (c *Central) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			c.closeStreams()
 			return nil
+		}
+	}
+}
+
+// setFailure records whether the last catch-up failed.
+func (c *Central) setFailure(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		if c.failure != nil {
+			c.log.Info("bundles caught up with the store again", "revision", c.rev)
+		}
+		c.failure = nil
+	case c.failure == nil:
+		c.log.Error("bundles cannot follow the store", "revision", c.rev, "err", err)
+		c.failure = &failure{err: err, since: c.now()}
+	default:
+		c.failure.err = err
+	}
+	c.metrics.failing.Set(boolFloat(c.failure != nil))
+}
+
+// Health is nil while bundles follow the store, and otherwise says since
+// when they do not and why.
+func (c *Central) Health() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failure == nil {
+		return nil
+	}
+	return fmt.Errorf("bundles are stuck at revision %d since %s: %w", c.rev, c.failure.since.UTC().Format(time.RFC3339), c.failure.err)
+}
+
+// catchUp applies the store's events after c.rev to the index, or reloads
+// the index from scratch when asked or when those events were compacted.
+func (c *Central) catchUp(ctx context.Context, reload bool) error {
+	for {
+		c.mu.Lock()
+		after := c.rev
+		c.mu.Unlock()
+		if reload {
+			if err := c.reload(ctx); err != nil {
+				return err
+			}
+			reload = false
+			continue
+		}
+		evs, err := c.st.Events(ctx, after, eventBatch)
+		if errors.Is(err, store.ErrCompacted) {
+			reload = true
+			continue
+		} else if err != nil {
+			return fmt.Errorf("read the event log after revision %d: %w", after, err)
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		c.applyEvents(evs)
+	}
+}
+
+// reload rebuilds the index from the store's current records. The records
+// are read at or after revision rev; the events after rev are then applied
+// again, which is harmless: applying an event is idempotent.
+func (c *Central) reload(ctx context.Context) error {
+	defer c.observeRecompute(time.Now())
+	rev, err := c.st.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("read the store's revision: %w", err)
+	}
+	in, err := readIntent(ctx, c.reg, c.st)
+	if err != nil {
+		return fmt.Errorf("read intent: %w", err)
+	}
+	idx, broken := buildIndex(c.reg, in)
+	statuses := map[string]store.Record{}
+	for _, r := range in.Clusters {
+		statuses[r.FQN] = r
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.idx, c.broken, c.rev = idx, broken, rev
+	c.syncClusters(allClusters(idx), statuses)
+	return nil
+}
+
+// applyEvents applies a batch of events to the live index and refreshes
+// the versions of the clusters they affect.
+func (c *Central) applyEvents(evs []store.Event) {
+	defer c.observeRecompute(time.Now())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	affected := map[string]bool{}
+	for _, ev := range evs {
+		c.rev = ev.Revision
+		if !c.idx.relevant(ev.Record.Kind) {
+			continue
+		}
+		if err := c.idx.apply(ev, affected); err != nil {
+			c.broken[ev.Record.FQN] = err.Error()
+			c.log.Error("stored intent cannot be used; bundles keep its previous state", "fqn", ev.Record.FQN, "revision", ev.Revision, "err", err)
+			continue
+		}
+		delete(c.broken, ev.Record.FQN)
+	}
+	c.syncClusters(affected, nil)
+}
+
+func allClusters(idx *index) map[string]bool {
+	out := make(map[string]bool, len(idx.clusters))
+	for fqn := range idx.clusters {
+		out[fqn] = true
+	}
+	return out
+}
+
+// syncClusters brings the named clusters' state in line with the index:
+// new clusters appear (with their stored status, when given), deleted ones
+// lose their stream, and changed versions wake their streams. Callers hold
+// c.mu.
+func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Record) {
+	if stored != nil { // a reload: clusters no longer in the index go too
+		for fqn := range c.clusters {
+			fqns[fqn] = true
+		}
+	}
+	for fqn := range fqns {
+		ce := c.idx.clusters[fqn]
+		cl := c.clusters[fqn]
+		if ce == nil {
+			if cl != nil {
+				if cl.conn != nil {
+					cl.conn.end("the cluster was deleted from Flotilla")
+				}
+				delete(c.clusters, fqn)
+			}
+			continue
+		}
+		if cl == nil {
+			cl = &cluster{fqn: fqn, name: ce.name}
+			if r, ok := stored[fqn]; ok {
+				cl.restore(r.Status, r.StatusEpoch)
+			}
+			c.clusters[fqn] = cl
+		}
+		if v := c.idx.version(fqn); v != cl.version {
+			cl.version = v
+			cl.dirty = true
+			if cl.conn != nil {
+				cl.conn.poke()
+			}
 		}
 	}
 }
@@ -119,116 +295,18 @@ func (c *Central) closeStreams() {
 // Ready is closed once bundles reflect the store.
 func (c *Central) Ready() <-chan struct{} { return c.ready }
 
-// recomputeIfNeeded recomputes bundles when an intent change arrived since
-// the last computation. Status-only writes (our own) do not count.
-func (c *Central) recomputeIfNeeded(ctx context.Context) error {
-	rev, err := c.st.Revision(ctx)
-	if err != nil {
-		return err
+// appliedRevision is the store revision the cluster has applied: every
+// intent change up to it is in the bundle its agent acknowledged. Callers
+// hold c.mu.
+func (c *Central) appliedRevision(cl *cluster) int64 {
+	switch {
+	case cl.ack == nil:
+		return 0
+	case cl.ack.GetBundleVersion() == cl.version:
+		// The acknowledged bundle equals the one computed at c.rev.
+		return c.rev
 	}
-	c.mu.Lock()
-	last := c.rev
-	c.mu.Unlock()
-	if rev == last && last != 0 {
-		return nil
-	}
-	relevant := last == 0
-	if !relevant {
-		kinds := map[string]bool{resource.KindGroup: true, resource.KindCluster: true}
-		for _, k := range bundleKinds(c.reg) {
-			kinds[k] = true
-		}
-		evs, err := c.st.Events(ctx, last, 100000)
-		if err != nil {
-			relevant = true // compacted: recompute to be safe
-		}
-		c.mu.Lock()
-		for _, ev := range evs {
-			if kinds[ev.Record.Kind] && (ev.Type == store.EventDelete || c.etags[ev.Record.FQN] != ev.Record.ETag) {
-				relevant = true
-				break
-			}
-		}
-		c.mu.Unlock()
-	}
-	if !relevant {
-		c.mu.Lock()
-		c.rev = rev
-		c.mu.Unlock()
-		return nil
-	}
-	return c.recompute(ctx, rev)
-}
-
-func (c *Central) recompute(ctx context.Context, rev int64) error {
-	defer c.observeRecompute(time.Now())
-	in, err := readIntent(ctx, c.reg, c.st)
-	if err != nil {
-		return err
-	}
-	bundles, err := Bundles(c.reg, in)
-	if err != nil {
-		return err
-	}
-	etags := map[string]string{}
-	for _, list := range [][]store.Record{in.Clusters, in.Groups, in.Objects} {
-		for _, r := range list {
-			etags[r.FQN] = r.ETag
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.etags, c.rev = etags, rev
-	var removed []string
-	for fqn, cl := range c.clusters {
-		if _, ok := bundles[fqn]; !ok {
-			if cl.conn != nil {
-				cl.conn.end("the cluster was deleted from Flotilla")
-			}
-			delete(c.clusters, fqn)
-			removed = append(removed, fqn)
-		}
-	}
-	if len(removed) > 0 {
-		// A deleted cluster's tokens and credential stop working at once.
-		err := c.st.Update(ctx, "flotilla-central", func(tx store.Tx) error {
-			for _, fqn := range removed {
-				for _, kind := range []string{credJoin, credAgent} {
-					if err := tx.DeleteCredentials(ctx, fqn, kind); err != nil {
-						return err
-					}
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("revoke credentials of deleted clusters: %w", err)
-		}
-	}
-	for _, rec := range in.Clusters {
-		b := bundles[rec.FQN]
-		cl := c.clusters[rec.FQN]
-		if cl == nil {
-			cl = &cluster{fqn: rec.FQN, name: rec.Name}
-			c.clusters[rec.FQN] = cl
-			cl.restore(rec.Status)
-		}
-		if v := b.Version(); v != cl.version {
-			content, err := json.Marshal(b)
-			if err != nil {
-				return fmt.Errorf("encode bundle of %s: %w", rec.FQN, err)
-			}
-			cl.bundle, cl.version, cl.content = b, v, content
-			cl.dirty = true
-			if cl.conn != nil {
-				select {
-				case cl.conn.wake <- struct{}{}:
-				default: // a wake-up is already pending
-				}
-			}
-		}
-	}
-	return nil
+	return cl.ack.GetRevision()
 }
 
 // clusterByName finds a cluster by name or FQN. Callers hold c.mu.
@@ -258,3 +336,10 @@ func (c *Central) clusterByName(name string) (*cluster, error) {
 
 // errNoCluster is returned for a stream whose cluster is not (or no longer) known.
 var errNoCluster = errors.New("cluster not registered")
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -368,5 +369,171 @@ func TestAClusterThatStopsReadingDoesNotDelayAnotherAndIsDropped(t *testing.T) {
 			t.Fatal("the stuck agent's stream was not dropped after the send timeout")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// fakeAgent is an agent stream the test drives by hand: it receives
+// bundles, and acknowledges only when told to.
+type fakeAgent struct {
+	stream  *connect.BidiStreamForClient[agentv1.ConnectRequest, agentv1.ConnectResponse]
+	bundles chan *agentv1.Bundle
+}
+
+func (h *harness) fakeAgent(t *testing.T, ctx context.Context, cluster string) *fakeAgent {
+	t.Helper()
+	cred, err := h.join(cluster, h.onboard(t, cluster, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := h.agent.Connect(ctx)
+	s.RequestHeader().Set("Authorization", "Bearer "+cred)
+	if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}}); err != nil {
+		t.Fatal(err)
+	}
+	a := &fakeAgent{stream: s, bundles: make(chan *agentv1.Bundle, 64)}
+	go func() {
+		for {
+			msg, err := s.Receive()
+			if err != nil {
+				close(a.bundles)
+				return
+			}
+			a.bundles <- msg.GetBundle()
+		}
+	}()
+	return a
+}
+
+// await returns the first bundle whose content holds marker.
+func (a *fakeAgent) await(t *testing.T, marker string) *agentv1.Bundle {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case b, ok := <-a.bundles:
+			if !ok {
+				t.Fatal("stream ended")
+			}
+			if strings.Contains(string(b.GetContent()), marker) {
+				return b
+			}
+		case <-deadline:
+			t.Fatalf("no bundle with %q", marker)
+		}
+	}
+}
+
+func (a *fakeAgent) ack(t *testing.T, b *agentv1.Bundle, fqns ...string) {
+	t.Helper()
+	ack := &agentv1.Ack{BundleVersion: b.GetVersion(), Revision: b.GetRevision()}
+	for _, f := range fqns {
+		ack.Resources = append(ack.Resources, &agentv1.ResourceStatus{Fqn: f, State: StateApplied, Message: "1 object(s)"})
+	}
+	if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func smallGateway(host string) []*pb.Resource {
+	rs := bigGateway("unused")
+	spec, _ := structpb.NewStruct(map[string]any{
+		"workloadSelector": map[string]any{"namespace": "pay", "labels": map[string]any{"istio": "ingressgateway"}},
+		"http": []any{map[string]any{"name": "web", "hostname": host, "port": 80,
+			"routing": map[string]any{"rules": []any{map[string]any{"route": map[string]any{"host": "pay/web.pay.svc.cluster.local", "port": 8080}}}}}},
+	})
+	rs[3].Metadata.Name, rs[3].Spec = "shop", spec
+	return rs
+}
+
+func TestStatusNeverReportsAChangeReadyBeforeEveryClusterAppliedItsRevision(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const fqn = "organizations/acme/tenants/t/workspaces/w/groups/g/ingressgateways/shop"
+	agents := map[string]*fakeAgent{"c1": h.fakeAgent(t, ctx, "c1"), "c2": h.fakeAgent(t, ctx, "c2")}
+	status := func(min int64) *pb.GetStatusResponse {
+		t.Helper()
+		res, err := h.fleet.GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: "IngressGateway", Fqn: fqn, MinRevision: min}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Msg
+	}
+	// notReady reads status 100 times, as fast as the API answers, with and
+	// without the write's revision: never READY.
+	notReady := func(rev int64, why string) {
+		t.Helper()
+		for i := range 100 {
+			if st := status(rev * int64(i%2)); st.GetAggregate() == Ready {
+				t.Fatalf("READY at read %d %s: %v", i, why, st)
+			}
+		}
+	}
+	for i := range 10 {
+		host := fmt.Sprintf("shop%d.example.com", i)
+		res, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallGateway(host)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := res.Msg.GetRevision()
+		if rev == 0 {
+			t.Fatal("apply returned no revision")
+		}
+		notReady(rev, "right after the apply, before any cluster acknowledged it")
+		b1, b2 := agents["c1"].await(t, host), agents["c2"].await(t, host)
+		if b1.GetRevision() < rev || b2.GetRevision() < rev {
+			t.Fatalf("bundles with the change carry revisions %d and %d, below the write's %d", b1.GetRevision(), b2.GetRevision(), rev)
+		}
+		notReady(rev, "after the bundles went out, before any cluster acknowledged them")
+		agents["c1"].ack(t, b1, fqn)
+		notReady(rev, "when only c1 acknowledged")
+		agents["c2"].ack(t, b2, fqn)
+		deadline := time.Now().Add(10 * time.Second)
+		for st := status(rev); st.GetAggregate() != Ready; st = status(rev) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not READY after both clusters acknowledged revision %d: %v", rev, st)
+			}
+			runtime.Gosched()
+		}
+		for _, row := range status(0).GetClusters() {
+			if row.GetRevision() < rev || row.GetState() != StateApplied {
+				t.Fatalf("READY with a cluster at revision %d (<%d): %v", row.GetRevision(), rev, row)
+			}
+		}
+	}
+}
+
+func TestAStatusWriteOfAReplacedSessionIsFencedAndLetsGo(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := h.fakeAgent(t, ctx, "c1")
+	<-a.bundles
+	const c1 = "organizations/acme/clusters/c1"
+	// Another server replica claims the cluster (its agent moved there).
+	if _, err := h.c.st.ClaimStatus(ctx, c1); err != nil {
+		t.Fatal(err)
+	}
+	h.c.mu.Lock()
+	h.c.clusters[c1].dirty = true
+	h.c.mu.Unlock()
+	if err := h.c.flushStatus(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := <-a.bundles; ok {
+		t.Fatal("the stream of a fenced session stayed open")
+	}
+	rec, _ := h.c.st.Get(ctx, c1)
+	var s clusterStatus
+	json.Unmarshal(rec.Status, &s)
+	before := string(rec.Status)
+	h.c.mu.Lock()
+	h.c.clusters[c1].dirty = true
+	h.c.mu.Unlock()
+	if err := h.c.flushStatus(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := h.c.st.Get(ctx, c1); string(rec.Status) != before {
+		t.Fatalf("a server that lost the cluster still writes its status: %s -> %s", before, rec.Status)
 	}
 }

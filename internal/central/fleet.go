@@ -85,30 +85,30 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 	return connect.NewResponse(&pb.OnboardResponse{Cluster: fqn, Token: token, ExpireTime: timestamppb.New(expires)}), nil
 }
 
-// clusterStates returns the state of resource fqn in every cluster whose
-// bundle carries it. Callers hold c.mu.
-func (c *Central) clusterStates(fqn string) []*pb.ClusterState {
+// clusterStates returns the state of the object fqn (in group) in every
+// cluster whose bundle carries it, judged against store revision need: a
+// cluster counts as Applied only once it has applied need. Callers hold c.mu.
+func (c *Central) clusterStates(group, fqn string, need int64) []*pb.ClusterState {
 	var out []*pb.ClusterState
-	for _, cl := range c.clusters {
-		if cl.bundle == nil || !carries(cl, fqn) {
+	for _, cf := range c.idx.targets(group, fqn) {
+		cl := c.clusters[cf]
+		if cl == nil {
 			continue
 		}
-		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.conn != nil, State: StatePending}
-		if cl.ack != nil {
-			row.Version = cl.ack.GetBundleVersion()
-		}
+		applied := c.appliedRevision(cl)
+		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.conn != nil, State: StatePending, Revision: applied, Version: cl.ack.GetBundleVersion()}
 		switch {
-		case cl.ack != nil && cl.ack.GetBundleVersion() == cl.version:
-			row.State, row.Message = StateApplied, "applied"
+		case applied >= need:
+			row.Message = "not in the bundle the cluster applied yet"
 			for _, r := range cl.ack.GetResources() {
 				if r.GetFqn() == fqn {
 					row.State, row.Message = r.GetState(), r.GetMessage()
 				}
 			}
 		case cl.conn == nil:
-			row.Message = fmt.Sprintf("agent not connected; version %s is queued for it", short(cl.version))
+			row.Message = fmt.Sprintf("agent not connected; has revision %d, revision %d is queued for it", applied, need)
 		default:
-			row.Message = fmt.Sprintf("applying version %s", short(cl.version))
+			row.Message = fmt.Sprintf("applying: has revision %d, needs %d", applied, need)
 		}
 		out = append(out, row)
 	}
@@ -117,12 +117,6 @@ func (c *Central) clusterStates(fqn string) []*pb.ClusterState {
 }
 
 func short(v string) string { return v[:min(len(v), 12)] }
-
-func carries(cl *cluster, fqn string) bool {
-	objs := cl.bundle.Objects
-	i := sort.Search(len(objs), func(i int) bool { return objs[i].FQN >= fqn })
-	return i < len(objs) && objs[i].FQN == fqn
-}
 
 func aggregate(rows []*pb.ClusterState) string {
 	if len(rows) == 0 {
@@ -159,7 +153,11 @@ func aggregateChildren(children []*pb.GetStatusResponse) string {
 	return Partial
 }
 
-// GetStatus implements FleetService.GetStatus.
+// GetStatus implements FleetService.GetStatus. A resource counts as
+// Applied in a cluster only once the cluster has applied the store revision
+// of its last write, of its group's last write, and the caller's
+// min_revision, whichever is newest: status never reports a change live
+// before it is.
 func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusRequest]) (*connect.Response[pb.GetStatusResponse], error) {
 	k, fqn, err := f.target(req.Msg.GetKind(), req.Msg.GetFqn(), req.Msg.GetMetadata())
 	if err != nil {
@@ -176,48 +174,94 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	case <-ctx.Done():
 		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
 	}
+	need := max(req.Msg.GetMinRevision(), rec.Revision)
 	out := &pb.GetStatusResponse{Fqn: fqn, Kind: k.Name}
-	if k.Parent == resource.KindGroup {
+	switch {
+	case k.Parent == resource.KindGroup:
+		group, err := f.st.Get(ctx, rec.Parent)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, connect.NewError(connect.CodeInternal, err)
+		}
+		need = max(need, group.Revision)
 		f.mu.Lock()
-		out.Clusters = f.clusterStates(fqn)
+		out.Clusters = f.clusterStates(rec.Parent, fqn, need)
+		f.judge(out, need, fqn, rec.Parent)
 		f.mu.Unlock()
-		out.Aggregate = aggregate(out.Clusters)
-		return connect.NewResponse(out), nil
-	}
-	if k.Name == resource.KindCluster {
+	case k.Name == resource.KindCluster:
 		f.mu.Lock()
 		if cl := f.clusters[fqn]; cl != nil {
-			row := &pb.ClusterState{Cluster: cl.name, Connected: cl.conn != nil, State: StatePending, Message: "no agent has acknowledged a bundle yet"}
-			if cl.ack != nil {
-				row.Version = cl.ack.GetBundleVersion()
-				if row.Version == cl.version {
-					row.State, row.Message = StateApplied, "converged"
-				} else {
-					row.Message = fmt.Sprintf("has %s, wants %s", short(row.Version), short(cl.version))
+			applied := f.appliedRevision(cl)
+			row := &pb.ClusterState{Cluster: cl.name, Connected: cl.conn != nil, State: StatePending, Revision: applied, Version: cl.ack.GetBundleVersion(), Message: "no agent has acknowledged a bundle yet"}
+			switch {
+			case cl.ack == nil:
+			case applied >= need:
+				row.State, row.Message = StateApplied, "converged"
+				if cl.ack.GetBundleVersion() != cl.version {
+					row.Message = fmt.Sprintf("has revision %d; applying %s", applied, short(cl.version))
 				}
+			default:
+				row.Message = fmt.Sprintf("has revision %d (%s), needs %d (%s)", applied, short(row.Version), need, short(cl.version))
 			}
 			out.Clusters = []*pb.ClusterState{row}
 		}
+		f.judge(out, need, fqn)
 		f.mu.Unlock()
-		out.Aggregate = aggregate(out.Clusters)
-		return connect.NewResponse(out), nil
-	}
-	// Containers (groups, workspaces, ...) aggregate the resources below them.
-	for _, bk := range bundleKinds(f.reg) {
-		children, err := f.st.List(ctx, store.Query{Kind: bk, Ancestor: fqn})
-		if err != nil {
-			return nil, connect.NewError(connect.CodeInternal, err)
+	default:
+		// Containers (groups, workspaces, ...) aggregate the resources below
+		// them; a group's own write counts for each of its children.
+		for _, bk := range bundleKinds(f.reg) {
+			children, err := f.st.List(ctx, store.Query{Kind: bk, Ancestor: fqn})
+			if err != nil {
+				return nil, connect.NewError(connect.CodeInternal, err)
+			}
+			groups := map[string]int64{}
+			for _, ch := range children {
+				if _, ok := groups[ch.Parent]; !ok {
+					g, err := f.st.Get(ctx, ch.Parent)
+					if err != nil && !errors.Is(err, store.ErrNotFound) {
+						return nil, connect.NewError(connect.CodeInternal, err)
+					}
+					groups[ch.Parent] = g.Revision
+				}
+				childNeed := max(need, ch.Revision, groups[ch.Parent])
+				row := &pb.GetStatusResponse{Fqn: ch.FQN, Kind: ch.Kind}
+				f.mu.Lock()
+				row.Clusters = f.clusterStates(ch.Parent, ch.FQN, childNeed)
+				f.judge(row, childNeed, ch.FQN, ch.Parent)
+				f.mu.Unlock()
+				out.Children = append(out.Children, row)
+			}
 		}
-		for _, ch := range children {
-			f.mu.Lock()
-			rows := f.clusterStates(ch.FQN)
-			f.mu.Unlock()
-			out.Children = append(out.Children, &pb.GetStatusResponse{Fqn: ch.FQN, Kind: ch.Kind, Aggregate: aggregate(rows), Clusters: rows})
+		sort.Slice(out.Children, func(i, j int) bool { return out.Children[i].GetFqn() < out.Children[j].GetFqn() })
+		f.mu.Lock()
+		f.judge(out, need, fqn)
+		f.mu.Unlock()
+		if out.GetError() == "" {
+			out.Aggregate = aggregateChildren(out.Children)
 		}
 	}
-	sort.Slice(out.Children, func(i, j int) bool { return out.Children[i].GetFqn() < out.Children[j].GetFqn() })
-	out.Aggregate = aggregateChildren(out.Children)
 	return connect.NewResponse(out), nil
+}
+
+// judge sets the response's revisions and aggregate. When the central
+// control plane cannot compute bundles up to need, or a record the answer
+// depends on cannot be used, the aggregate is FAILED with the reason.
+// Callers hold c.mu.
+func (c *Central) judge(out *pb.GetStatusResponse, need int64, fqns ...string) {
+	out.Revision, out.CentralRevision = need, c.rev
+	for _, f := range fqns {
+		if why, ok := c.broken[f]; ok {
+			out.Error = fmt.Sprintf("%s cannot be used: %s", f, why)
+		}
+	}
+	if c.failure != nil && c.rev < need {
+		out.Error = fmt.Sprintf("the central control plane cannot compute bundles past revision %d: %v", c.rev, c.failure.err)
+	}
+	if out.Error != "" {
+		out.Aggregate = Failed
+		return
+	}
+	out.Aggregate = aggregate(out.Clusters)
 }
 
 // GetCompiled implements FleetService.GetCompiled: the cluster's current
@@ -238,7 +282,7 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	b, version, namespaces := cl.bundle, cl.version, cl.inv.namespaceNames()
+	b, version, rev, namespaces := f.idx.bundle(cl.fqn), cl.version, f.rev, cl.inv.namespaceNames()
 	f.mu.Unlock()
 	res := compile.Compile(b, namespaces)
 	var docs []string
@@ -249,7 +293,7 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 		}
 		docs = append(docs, string(y))
 	}
-	out := &pb.GetCompiledResponse{Cluster: cl.fqn, BundleVersion: version, Objects: strings.Join(docs, "---\n")}
+	out := &pb.GetCompiledResponse{Cluster: cl.fqn, BundleVersion: version, Revision: rev, Objects: strings.Join(docs, "---\n")}
 	for _, d := range res.Diagnostics {
 		out.Diagnostics = append(out.Diagnostics, d.String())
 	}

@@ -10,6 +10,7 @@ import (
 type metrics struct {
 	sends     prometheus.Counter
 	recompute prometheus.Histogram
+	failing   prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -20,8 +21,12 @@ func newMetrics() *metrics {
 		}),
 		recompute: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "flotilla_central_recompute_seconds",
-			Help:    "Time to recompute every cluster's bundle after an intent change.",
+			Help:    "Time to apply a batch of intent changes to the index and rehash the affected clusters' bundles (or to reload it whole).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flotilla_central_bundles_failing",
+			Help: "1 while bundles cannot follow the store (see /readyz and the server log), else 0.",
 		}),
 	}
 }
@@ -44,11 +49,16 @@ func (c *Central) Register(r prometheus.Registerer) error {
 		})
 	}
 	for _, col := range []prometheus.Collector{
-		c.metrics.sends, c.metrics.recompute,
+		c.metrics.sends, c.metrics.recompute, c.metrics.failing,
 		gauge("flotilla_central_connected_agents", "Agents with a live stream.", func(cl *cluster) bool { return cl.conn != nil }),
 		gauge("flotilla_central_clusters", "Clusters known to the central control plane.", func(*cluster) bool { return true }),
 		gauge("flotilla_central_clusters_behind", "Clusters whose agent has not acknowledged their latest bundle.", func(cl *cluster) bool {
 			return cl.ack.GetBundleVersion() != cl.version
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_revision", Help: "Store revision the bundles reflect."}, func() float64 {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return float64(c.rev)
 		}),
 	} {
 		if err := r.Register(col); err != nil {

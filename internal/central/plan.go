@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 
 	"connectrpc.com/connect"
@@ -20,10 +21,13 @@ import (
 // errPlanDone ends the plan's transaction without committing it.
 var errPlanDone = errors.New("plan: roll back")
 
-// Plan implements FleetService.Plan: it writes the resources in a
-// transaction it never commits, computes the bundles that would result, and
-// compiles each cluster's old and new bundle against the namespaces its
-// agent last reported.
+// Plan implements FleetService.Plan. It validates the resources exactly as
+// Apply would, in a transaction it never commits and leaves at once (it
+// holds the write lock only while the writes are checked). It then applies
+// the would-be records to a copy-on-write clone of the central control
+// plane's index, outside any lock on the store, and compiles the old and
+// new bundle of each affected cluster against the namespaces its agent last
+// reported.
 func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (*connect.Response[pb.PlanResponse], error) {
 	objs, vs := f.reg.ParseAll(req.Msg.GetResources())
 	if len(vs) > 0 {
@@ -37,20 +41,10 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	var (
 		written  []resource.Written
 		conflict bool
-		planned  map[string]*bundle.Bundle
-		clusters []store.Record
 	)
 	err := f.st.Update(ctx, "plan", func(tx store.Tx) error {
 		var err error
-		if written, vs, conflict, err = f.reg.Write(ctx, tx, objs); err != nil || len(vs) > 0 {
-			return errors.Join(err, errPlanDone)
-		}
-		in, err := readIntent(ctx, f.reg, tx)
-		if err != nil {
-			return err
-		}
-		clusters = in.Clusters
-		if planned, err = Bundles(f.reg, in); err != nil {
+		if written, vs, conflict, err = f.reg.Write(ctx, tx, objs); err != nil {
 			return err
 		}
 		return errPlanDone
@@ -58,28 +52,53 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	if len(vs) > 0 {
 		return nil, apiserver.ViolationError(vs, conflict)
 	}
-	if err != nil && !errors.Is(err, errPlanDone) || errors.Is(err, errPlanDone) && planned == nil {
+	if err != nil && !errors.Is(err, errPlanDone) {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
 	results, err := apiserver.ApplyResults(f.reg, len(objs), written)
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
-	out := &pb.PlanResponse{Results: results}
-	for _, rec := range clusters {
-		f.mu.Lock()
-		var (
-			current    *bundle.Bundle
-			namespaces []string
-		)
-		if cl := f.clusters[rec.FQN]; cl != nil {
-			current, namespaces = cl.bundle, cl.inv.namespaceNames()
+
+	type before struct {
+		name       string
+		current    *bundle.Bundle
+		namespaces []string
+	}
+	f.mu.Lock()
+	planned := f.idx.clone()
+	affected := map[string]bool{}
+	for _, w := range written {
+		if w.Outcome == resource.Unchanged || !planned.relevant(w.Record.Kind) {
+			continue
 		}
-		f.mu.Unlock()
-		cp := &pb.ClusterPlan{Cluster: rec.Name}
-		before := compileOrEmpty(current, namespaces)
-		after := compile.Compile(planned[rec.FQN], namespaces)
-		cp.Changes = diffObjects(before.Objects, after.Objects)
+		if err := planned.apply(store.Event{Type: store.EventPut, Record: w.Record}, affected); err != nil {
+			f.mu.Unlock()
+			return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("plan %s: %w", w.Record.FQN, err))
+		}
+	}
+	olds := map[string]before{}
+	for fqn := range affected {
+		b := before{current: f.idx.bundle(fqn)}
+		if ce := planned.clusters[fqn]; ce != nil {
+			b.name = ce.name
+		}
+		if cl := f.clusters[fqn]; cl != nil {
+			b.namespaces = cl.inv.namespaceNames()
+		}
+		olds[fqn] = b
+	}
+	f.mu.Unlock()
+
+	out := &pb.PlanResponse{Results: results}
+	for fqn, old := range olds {
+		next := planned.bundle(fqn)
+		if next == nil {
+			continue
+		}
+		cp := &pb.ClusterPlan{Cluster: old.name}
+		after := compile.Compile(next, old.namespaces)
+		cp.Changes = diffObjects(compileOrEmpty(old.current, old.namespaces).Objects, after.Objects)
 		for _, d := range after.Diagnostics {
 			cp.Diagnostics = append(cp.Diagnostics, d.String())
 		}
@@ -135,26 +154,4 @@ func sameObject(a, b *unstructured.Unstructured) bool {
 	ja, errA := json.Marshal(a.Object)
 	jb, errB := json.Marshal(b.Object)
 	return errA == nil && errB == nil && string(ja) == string(jb)
-}
-
-// readIntent reads what bundles are computed from.
-func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (Intent, error) {
-	var (
-		in  Intent
-		err error
-	)
-	if in.Clusters, err = r.List(ctx, store.Query{Kind: resource.KindCluster}); err != nil {
-		return in, err
-	}
-	if in.Groups, err = r.List(ctx, store.Query{Kind: resource.KindGroup}); err != nil {
-		return in, err
-	}
-	for _, k := range bundleKinds(reg) {
-		objs, err := r.List(ctx, store.Query{Kind: k})
-		if err != nil {
-			return in, err
-		}
-		in.Objects = append(in.Objects, objs...)
-	}
-	return in, nil
 }

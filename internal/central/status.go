@@ -3,7 +3,6 @@ package central
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -64,17 +63,22 @@ func (inv *inventory) namespaceNames() []string {
 // clusterStatus is the Cluster resource's status as stored and shown by
 // `flotilla get cluster -o yaml`.
 type clusterStatus struct {
-	Connected            bool             `json:"connected"`
-	LastSeen             string           `json:"lastSeen,omitempty"`
-	AgentVersion         string           `json:"agentVersion,omitempty"`
-	BundleVersion        string           `json:"bundleVersion,omitempty"`
-	DesiredBundleVersion string           `json:"desiredBundleVersion,omitempty"`
-	KubernetesVersion    string           `json:"kubernetesVersion,omitempty"`
-	Istio                *istioStatus     `json:"istio,omitempty"`
-	Namespaces           []string         `json:"namespaces,omitempty"`
-	Services             []serviceStatus  `json:"services,omitempty"`
-	Resources            []resourceStatus `json:"resources,omitempty"`
-	Drift                []driftStatus    `json:"drift,omitempty"`
+	Connected            bool   `json:"connected"`
+	LastSeen             string `json:"lastSeen,omitempty"`
+	AgentVersion         string `json:"agentVersion,omitempty"`
+	BundleVersion        string `json:"bundleVersion,omitempty"`
+	DesiredBundleVersion string `json:"desiredBundleVersion,omitempty"`
+	// BundleRevision is the store revision of the bundle the agent
+	// acknowledged; AppliedRevision is the newest store revision the
+	// cluster is known to have applied (at least BundleRevision).
+	BundleRevision    int64            `json:"bundleRevision,omitempty"`
+	AppliedRevision   int64            `json:"appliedRevision,omitempty"`
+	KubernetesVersion string           `json:"kubernetesVersion,omitempty"`
+	Istio             *istioStatus     `json:"istio,omitempty"`
+	Namespaces        []string         `json:"namespaces,omitempty"`
+	Services          []serviceStatus  `json:"services,omitempty"`
+	Resources         []resourceStatus `json:"resources,omitempty"`
+	Drift             []driftStatus    `json:"drift,omitempty"`
 }
 
 type serviceStatus struct {
@@ -106,8 +110,9 @@ type driftStatus struct {
 }
 
 // status renders what is known of the cluster. Callers hold Central.mu.
-func (cl *cluster) status() clusterStatus {
+func (c *Central) status(cl *cluster) clusterStatus {
 	s := clusterStatus{
+		AppliedRevision:      c.appliedRevision(cl),
 		Connected:            cl.conn != nil,
 		AgentVersion:         cl.agentVersion,
 		DesiredBundleVersion: cl.version,
@@ -120,6 +125,7 @@ func (cl *cluster) status() clusterStatus {
 	}
 	if cl.ack != nil {
 		s.BundleVersion = cl.ack.GetBundleVersion()
+		s.BundleRevision = cl.ack.GetRevision()
 		for _, r := range cl.ack.GetResources() {
 			s.Resources = append(s.Resources, resourceStatus{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
 		}
@@ -145,17 +151,18 @@ func (cl *cluster) status() clusterStatus {
 
 // restore loads what a previous run wrote, so status survives a restart of
 // the central control plane before the agent reconnects.
-func (cl *cluster) restore(raw json.RawMessage) {
+func (cl *cluster) restore(raw json.RawMessage, epoch int64) {
 	var s clusterStatus
 	if len(raw) == 0 || json.Unmarshal(raw, &s) != nil {
 		return
 	}
+	cl.epoch = epoch
 	cl.agentVersion = s.AgentVersion
 	if t, err := time.Parse(time.RFC3339, s.LastSeen); err == nil {
 		cl.lastSeen = t
 	}
 	if s.BundleVersion != "" {
-		cl.ack = &agentv1.Ack{BundleVersion: s.BundleVersion}
+		cl.ack = &agentv1.Ack{BundleVersion: s.BundleVersion, Revision: s.BundleRevision}
 		for _, r := range s.Resources {
 			cl.ack.Resources = append(cl.ack.Resources, &agentv1.ResourceStatus{Fqn: r.FQN, State: r.State, Message: r.Message, Objects: r.Objects})
 		}
@@ -178,42 +185,63 @@ func (cl *cluster) restore(raw json.RawMessage) {
 	cl.dirty = s.Connected
 }
 
-// flushStatus writes the status of every changed cluster in one transaction.
+// flushStatus writes the status of every changed cluster, and of every
+// connected one whose lease is due, in one transaction. Each write carries
+// the epoch of this server's status session for the cluster: a write that a
+// newer session fenced means another server replica serves the cluster
+// now, so this one lets go of it.
 func (c *Central) flushStatus(ctx context.Context) error {
 	c.mu.Lock()
-	pending := map[string][]byte{}
+	now := c.now()
+	var writes []store.StatusWrite
 	for fqn, cl := range c.clusters {
-		if !cl.dirty {
+		due := cl.conn != nil && now.Sub(cl.written) >= leaseInterval
+		if !cl.dirty && !due {
 			continue
 		}
-		b, err := json.Marshal(cl.status())
+		if cl.epoch < 0 { // another replica holds it
+			cl.dirty = false
+			continue
+		}
+		b, err := json.Marshal(c.status(cl))
 		if err != nil {
 			c.mu.Unlock()
 			return err
 		}
-		pending[fqn] = b
+		writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch, Status: b})
 		cl.dirty = false
 	}
 	c.mu.Unlock()
-	if len(pending) == 0 {
+	if len(writes) == 0 {
 		return nil
 	}
-	err := c.st.Update(ctx, "flotilla-central", func(tx store.Tx) error {
-		for fqn, b := range pending {
-			if _, err := tx.PutStatus(ctx, fqn, b); err != nil && !errors.Is(err, store.ErrNotFound) {
-				return err
-			}
-		}
-		return nil
-	})
+	fenced, err := c.st.PutStatus(ctx, writes)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err != nil {
-		c.mu.Lock()
-		for fqn := range pending {
-			if cl := c.clusters[fqn]; cl != nil {
+		for _, w := range writes {
+			if cl := c.clusters[w.FQN]; cl != nil {
 				cl.dirty = true // try again at the next tick
 			}
 		}
-		c.mu.Unlock()
+		return err
 	}
-	return err
+	for _, w := range writes {
+		if cl := c.clusters[w.FQN]; cl != nil {
+			cl.written = now
+		}
+	}
+	for _, fqn := range fenced {
+		cl := c.clusters[fqn]
+		if cl == nil {
+			continue
+		}
+		c.log.Info("another server replica serves this cluster now; letting go of it", "cluster", fqn)
+		if cl.conn != nil && cl.conn.epoch <= cl.epoch {
+			cl.conn.end("another server replica serves this cluster now")
+			cl.conn = nil
+		}
+		cl.epoch = -1 // write nothing more until an agent connects here again
+	}
+	return nil
 }

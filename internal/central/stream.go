@@ -128,7 +128,15 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		return ctx.Err()
 	}
 
-	conn := &agentConn{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	// A new status session: from now on, status written for this cluster by
+	// an older stream (here or on another replica) is refused.
+	epoch, err := c.st.ClaimStatus(ctx, fqn)
+	if errors.Is(err, store.ErrNotFound) {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", fqn, errNoCluster))
+	} else if err != nil {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("open a status session for %s: %w", fqn, err))
+	}
+	conn := &agentConn{epoch: epoch, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	conn.wake <- struct{}{} // send the current bundle if the agent lacks it
 	c.mu.Lock()
 	cl := c.clusters[fqn]
@@ -139,7 +147,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	if cl.conn != nil {
 		cl.conn.end("replaced by a newer stream from the same cluster") // the newer stream wins
 	}
-	cl.conn = conn
+	cl.conn, cl.epoch = conn, epoch
 	cl.agentVersion = hello.GetAgentVersion()
 	cl.lastSeen = c.now()
 	if hello.GetLast() != nil {
@@ -170,12 +178,19 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		select {
 		case <-conn.wake:
 			c.mu.Lock()
-			version, content := cl.version, cl.content
+			version, rev := cl.version, c.rev
+			var content []byte
+			if version != sent && version != "" {
+				content, err = c.idx.content(fqn)
+			}
 			c.mu.Unlock()
-			if version == sent || version == "" {
+			if err != nil {
+				return connect.NewError(connect.CodeUnavailable, err)
+			}
+			if content == nil {
 				continue
 			}
-			if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: version, Content: content}}}); err != nil {
+			if err := sendBundle(stream, version, rev, content); err != nil {
 				return err
 			}
 			sent = version
@@ -219,4 +234,24 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 		}
 		c.mu.Unlock()
 	}
+}
+
+// maxPart bounds one bundle message; larger bundles go in parts.
+const maxPart = 1 << 20
+
+// sendBundle sends a bundle in one message, or in parts of at most maxPart
+// bytes, back to back.
+func sendBundle(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], version string, rev int64, content []byte) error {
+	parts := (len(content) + maxPart - 1) / maxPart
+	if parts <= 1 {
+		return stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: version, Revision: rev, Content: content}}})
+	}
+	for i := range parts {
+		chunk := content[i*maxPart : min((i+1)*maxPart, len(content))]
+		m := &agentv1.Bundle{Version: version, Revision: rev, Content: chunk, Part: int32(i), Parts: int32(parts)}
+		if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: m}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -46,6 +46,9 @@ the order in the files. On any error nothing is written and the exit code is 1.`
 			for _, r := range res.Msg.GetResults() {
 				fmt.Fprintf(e.out, "%s %s%s\n", r.GetResource().GetMetadata().GetFqn(), outcomeWord(r.GetOutcome()), suffix)
 			}
+			if !dryRun {
+				fmt.Fprintf(e.errOut, "store revision %d (wait for it: flotilla status KIND NAME --wait --revision %d)\n", res.Msg.GetRevision(), res.Msg.GetRevision())
+			}
 			return nil
 		},
 	}

@@ -60,19 +60,24 @@ func newClusterCmd(e *env) *cobra.Command {
 
 func newStatusCmd(e *env) *cobra.Command {
 	var (
-		parents parentFlags
-		wait    bool
-		timeout time.Duration
-		output  string
+		parents  parentFlags
+		wait     bool
+		timeout  time.Duration
+		output   string
+		revision int64
 	)
 	cmd := &cobra.Command{
 		Use:   "status KIND NAME",
 		Short: "Show where a resource stands in every cluster it targets",
 		Long: `Show a resource's state in every target cluster: Pending, Applied (with the
-bundle version) or Failed (with the cluster's message). Workspaces and groups
-aggregate their resources as ACCEPTED, READY, PARTIAL or FAILED. With --wait,
-exit 0 once every target cluster has applied it, 1 on a failure or timeout.`,
-		Example: "  flotilla status ingressgateway shop --wait --timeout 30s\n  flotilla status group payments-gateway",
+store revision the cluster has applied) or Failed (with the cluster's
+message). A cluster counts as Applied only once it has applied the
+resource's last write (and its group's), or --revision when that is newer:
+pass the revision that apply printed to wait for that apply. Workspaces and
+groups aggregate their resources as ACCEPTED, READY, PARTIAL or FAILED.
+With --wait, exit 0 once every target cluster has applied it, 1 on a
+failure or timeout.`,
+		Example: "  flotilla status ingressgateway shop --wait --timeout 30s\n  flotilla status group payments-gateway --wait --revision 42",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
@@ -85,65 +90,95 @@ exit 0 once every target cluster has applied it, 1 on a failure or timeout.`,
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
+			req := &pb.GetStatusRequest{Kind: k.Name, Fqn: r.GetMetadata().GetFqn(), MinRevision: revision}
+			var last *pb.GetStatusResponse
 			for {
-				res, err := e.fleet().GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: k.Name, Fqn: r.GetMetadata().GetFqn()}))
-				if err != nil && !(wait && ctx.Err() != nil) {
+				res, err := e.fleet().GetStatus(ctx, connect.NewRequest(req))
+				switch {
+				case err == nil:
+					last = res.Msg
+				case !wait || ctx.Err() == nil && !retryable(err):
 					return err
 				}
-				st := res.Msg
-				done := st.GetAggregate() == central.Ready || st.GetAggregate() == central.Failed
-				if !wait || done || ctx.Err() != nil {
-					if output == "json" {
-						if err := writeJSON(e.out, st); err != nil {
-							return err
-						}
-					} else {
-						printStatus(e, st)
+				if wait && ctx.Err() == nil && (last == nil || !settled(last)) {
+					select {
+					case <-time.After(250 * time.Millisecond):
+					case <-ctx.Done():
 					}
-					switch {
-					case !wait:
-						return nil
-					case st.GetAggregate() == central.Ready:
-						return nil
-					case st.GetAggregate() == central.Failed:
-						fmt.Fprintf(e.errOut, "error: %s failed in at least one cluster\n", st.GetFqn())
-					default:
-						fmt.Fprintf(e.errOut, "error: %s is %s after %s\n", st.GetFqn(), st.GetAggregate(), timeout)
+					continue
+				}
+				if last == nil { // timed out without one answer
+					return fmt.Errorf("no status for %s within %s: %w", req.GetFqn(), timeout, err)
+				}
+				if output == "json" {
+					if err := writeJSON(e.out, last); err != nil {
+						return err
 					}
-					return &ExitError{Code: 1}
+				} else {
+					printStatus(e, last)
 				}
-				select {
-				case <-time.After(250 * time.Millisecond):
-				case <-ctx.Done():
+				switch {
+				case !wait:
+					return nil
+				case last.GetAggregate() == central.Failed:
+					fmt.Fprintf(e.errOut, "error: %s failed in at least one cluster\n", last.GetFqn())
+				case settled(last):
+					return nil
+				default:
+					fmt.Fprintf(e.errOut, "error: %s is %s after %s (clusters must reach revision %d)\n", last.GetFqn(), last.GetAggregate(), timeout, last.GetRevision())
 				}
+				return &ExitError{Code: 1}
 			}
 		},
 	}
 	parents.add(cmd)
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until every target cluster has applied it (READY)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long --wait waits")
+	cmd.Flags().Int64Var(&revision, "revision", 0, "count a cluster as Applied only once it has applied this store revision (printed by apply)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return cmd
 }
 
+// settled reports whether waiting can stop: the resource is READY or
+// FAILED, or it targets no cluster and the central control plane has
+// computed bundles up to the revision asked for (nothing to wait for).
+func settled(st *pb.GetStatusResponse) bool {
+	switch st.GetAggregate() {
+	case central.Ready, central.Failed:
+		return true
+	case central.Accepted:
+		return st.GetCentralRevision() >= st.GetRevision() && len(st.GetChildren()) == 0 && len(st.GetClusters()) == 0
+	}
+	return false
+}
+
+// retryable reports whether a failed status read is worth retrying while
+// waiting: the server is starting, unreachable or slow.
+func retryable(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnknown:
+		return true
+	}
+	return false
+}
+
 func printStatus(e *env, st *pb.GetStatusResponse) {
-	fmt.Fprintf(e.out, "%s %s: %s\n", st.GetKind(), st.GetFqn(), st.GetAggregate())
+	fmt.Fprintf(e.out, "%s %s: %s (revision %d; central at %d)\n", st.GetKind(), st.GetFqn(), st.GetAggregate(), st.GetRevision(), st.GetCentralRevision())
+	if st.GetError() != "" {
+		fmt.Fprintf(e.out, "error: %s\n", st.GetError())
+	}
 	rows := []*pb.GetStatusResponse{st}
 	if len(st.GetChildren()) > 0 {
 		rows = st.GetChildren()
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "RESOURCE\tCLUSTER\tSTATE\tVERSION\tCONNECTED\tMESSAGE")
+	fmt.Fprintln(tw, "RESOURCE\tCLUSTER\tSTATE\tREVISION\tCONNECTED\tMESSAGE")
 	for _, r := range rows {
 		if len(r.GetClusters()) == 0 {
 			fmt.Fprintf(tw, "%s\t-\t%s\t\t\tno cluster selected yet\n", r.GetFqn(), r.GetAggregate())
 		}
 		for _, c := range r.GetClusters() {
-			v := c.GetVersion()
-			if len(v) > 12 {
-				v = v[:12]
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.GetFqn(), c.GetCluster(), c.GetState(), v, c.GetConnected(), c.GetMessage())
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%v\t%s\n", r.GetFqn(), c.GetCluster(), c.GetState(), c.GetRevision(), c.GetConnected(), c.GetMessage())
 		}
 	}
 	tw.Flush()

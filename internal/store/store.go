@@ -140,7 +140,8 @@ type Tx interface {
 	// Put creates or replaces rec (by FQN). The store sets ETag, Revision and
 	// the times, records an event and an audit record, and returns the stored form.
 	Put(ctx context.Context, rec Record) (Record, error)
-	// Delete removes the record, with an event and an audit record.
+	// Delete removes the record, with an event and an audit record, and
+	// with it its status and the credentials issued for it.
 	Delete(ctx context.Context, fqn string) (Record, error)
 	// PutCredential creates or replaces a credential (by hash). It takes no
 	// revision: credentials are not intent.
@@ -149,6 +150,9 @@ type Tx interface {
 	GetCredential(ctx context.Context, hash string) (Credential, error)
 	// DeleteCredentials removes a cluster's credentials of one kind.
 	DeleteCredentials(ctx context.Context, cluster, kind string) error
+	// Revision is the store's revision as this transaction sees it: that of
+	// its own last write, or the one it started from.
+	Revision() int64
 }
 
 // Store is the durable store. Its methods are safe for concurrent use.

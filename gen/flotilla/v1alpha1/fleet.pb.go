@@ -147,10 +147,15 @@ func (x *OnboardResponse) GetExpireTime() *timestamppb.Timestamp {
 }
 
 type GetStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	Fqn           string                 `protobuf:"bytes,2,opt,name=fqn,proto3" json:"fqn,omitempty"`
-	Metadata      *Metadata              `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Kind     string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Fqn      string                 `protobuf:"bytes,2,opt,name=fqn,proto3" json:"fqn,omitempty"`
+	Metadata *Metadata              `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// MinRevision is the store revision a cluster must have applied for the
+	// resource to count as Applied there: pass the revision Apply returned to
+	// wait for that write. The resource's own last write (and its group's)
+	// always count, so 0 means "its current intent".
+	MinRevision   int64 `protobuf:"varint,4,opt,name=min_revision,json=minRevision,proto3" json:"min_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,6 +211,13 @@ func (x *GetStatusRequest) GetMetadata() *Metadata {
 	return nil
 }
 
+func (x *GetStatusRequest) GetMinRevision() int64 {
+	if x != nil {
+		return x.MinRevision
+	}
+	return 0
+}
+
 // ClusterState is one resource's state in one cluster.
 type ClusterState struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -213,9 +225,12 @@ type ClusterState struct {
 	// State is Pending, Applied or Failed.
 	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	// Version is the bundle version the cluster acknowledged.
-	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
-	Connected     bool   `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	Version   string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Message   string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	Connected bool   `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Revision is the store revision the cluster has applied: its agent
+	// acknowledged a bundle holding every intent change up to it.
+	Revision      int64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -285,6 +300,13 @@ func (x *ClusterState) GetConnected() bool {
 	return false
 }
 
+func (x *ClusterState) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type GetStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Fqn   string                 `protobuf:"bytes,1,opt,name=fqn,proto3" json:"fqn,omitempty"`
@@ -294,7 +316,17 @@ type GetStatusResponse struct {
 	Aggregate string          `protobuf:"bytes,3,opt,name=aggregate,proto3" json:"aggregate,omitempty"`
 	Clusters  []*ClusterState `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
 	// Children holds the aggregate of each child, for workspaces and groups.
-	Children      []*GetStatusResponse `protobuf:"bytes,5,rep,name=children,proto3" json:"children,omitempty"`
+	Children []*GetStatusResponse `protobuf:"bytes,5,rep,name=children,proto3" json:"children,omitempty"`
+	// Revision is the store revision the clusters were judged against: the
+	// request's min_revision or the resource's own last write, whichever is
+	// newer.
+	Revision int64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// CentralRevision is the store revision the central control plane has
+	// computed bundles for. Below revision, clusters cannot have it yet.
+	CentralRevision int64 `protobuf:"varint,7,opt,name=central_revision,json=centralRevision,proto3" json:"central_revision,omitempty"`
+	// Error, when set, says why the central control plane cannot compute
+	// bundles; the aggregate is then FAILED.
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +396,27 @@ func (x *GetStatusResponse) GetChildren() []*GetStatusResponse {
 	return nil
 }
 
+func (x *GetStatusResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *GetStatusResponse) GetCentralRevision() int64 {
+	if x != nil {
+		return x.CentralRevision
+	}
+	return 0
+}
+
+func (x *GetStatusResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type GetCompiledRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Cluster is the cluster's name or FQN.
@@ -413,6 +466,8 @@ type GetCompiledResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	BundleVersion string                 `protobuf:"bytes,2,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	// Revision is the store revision of that bundle.
+	Revision int64 `protobuf:"varint,5,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Objects is multi-document YAML.
 	Objects       string   `protobuf:"bytes,3,opt,name=objects,proto3" json:"objects,omitempty"`
 	Diagnostics   []string `protobuf:"bytes,4,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
@@ -462,6 +517,13 @@ func (x *GetCompiledResponse) GetBundleVersion() string {
 		return x.BundleVersion
 	}
 	return ""
+}
+
+func (x *GetCompiledResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 func (x *GetCompiledResponse) GetObjects() string {
@@ -736,28 +798,34 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"q\n" +
+	"expireTime\"\x94\x01\n" +
 	"\x10GetStatusRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03fqn\x18\x02 \x01(\tR\x03fqn\x127\n" +
-	"\bmetadata\x18\x03 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\"\x90\x01\n" +
+	"\bmetadata\x18\x03 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12!\n" +
+	"\fmin_revision\x18\x04 \x01(\x03R\vminRevision\"\xac\x01\n" +
 	"\fClusterState\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1c\n" +
-	"\tconnected\x18\x05 \x01(\bR\tconnected\"\xd6\x01\n" +
+	"\tconnected\x18\x05 \x01(\bR\tconnected\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\"\xb3\x02\n" +
 	"\x11GetStatusResponse\x12\x10\n" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1c\n" +
 	"\taggregate\x18\x03 \x01(\tR\taggregate\x12;\n" +
 	"\bclusters\x18\x04 \x03(\v2\x1f.flotilla.v1alpha1.ClusterStateR\bclusters\x12@\n" +
-	"\bchildren\x18\x05 \x03(\v2$.flotilla.v1alpha1.GetStatusResponseR\bchildren\".\n" +
+	"\bchildren\x18\x05 \x03(\v2$.flotilla.v1alpha1.GetStatusResponseR\bchildren\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\x12)\n" +
+	"\x10central_revision\x18\a \x01(\x03R\x0fcentralRevision\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\".\n" +
 	"\x12GetCompiledRequest\x12\x18\n" +
-	"\acluster\x18\x01 \x01(\tR\acluster\"\x92\x01\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"\xae\x01\n" +
 	"\x13GetCompiledResponse\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12%\n" +
-	"\x0ebundle_version\x18\x02 \x01(\tR\rbundleVersion\x12\x18\n" +
+	"\x0ebundle_version\x18\x02 \x01(\tR\rbundleVersion\x12\x1a\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\x12\x18\n" +
 	"\aobjects\x18\x03 \x01(\tR\aobjects\x12 \n" +
 	"\vdiagnostics\x18\x04 \x03(\tR\vdiagnostics\"H\n" +
 	"\vPlanRequest\x129\n" +

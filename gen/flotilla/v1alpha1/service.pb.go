@@ -249,7 +249,11 @@ func (x *ApplyResult) GetOutcome() Outcome {
 type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Results are in request order.
-	Results       []*ApplyResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	Results []*ApplyResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// Revision is the store revision that holds this apply (the newest
+	// revision when nothing changed). Pass it to GetStatus as min_revision
+	// to wait until clusters have it.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -289,6 +293,13 @@ func (x *ApplyResponse) GetResults() []*ApplyResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *ApplyResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // Violation is one invalid field of one resource in a request. It is sent as
@@ -726,7 +737,9 @@ func (x *DeleteRequest) GetEtag() string {
 type DeleteResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Deleted lists the FQNs removed, children first.
-	Deleted       []string `protobuf:"bytes,1,rep,name=deleted,proto3" json:"deleted,omitempty"`
+	Deleted []string `protobuf:"bytes,1,rep,name=deleted,proto3" json:"deleted,omitempty"`
+	// Revision is the store revision of the delete.
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -766,6 +779,13 @@ func (x *DeleteResponse) GetDeleted() []string {
 		return x.Deleted
 	}
 	return nil
+}
+
+func (x *DeleteResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type WatchRequest struct {
@@ -1315,9 +1335,10 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\vApplyResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.ResourceR\bresource\x124\n" +
-	"\aoutcome\x18\x03 \x01(\x0e2\x1a.flotilla.v1alpha1.OutcomeR\aoutcome\"I\n" +
+	"\aoutcome\x18\x03 \x01(\x0e2\x1a.flotilla.v1alpha1.OutcomeR\aoutcome\"e\n" +
 	"\rApplyResponse\x128\n" +
-	"\aresults\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.ApplyResultR\aresults\"y\n" +
+	"\aresults\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.ApplyResultR\aresults\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"y\n" +
 	"\tViolation\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -1349,9 +1370,10 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\x03fqn\x18\x02 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12\x18\n" +
 	"\acascade\x18\x04 \x01(\bR\acascade\x12\x12\n" +
-	"\x04etag\x18\x05 \x01(\tR\x04etag\"*\n" +
+	"\x04etag\x18\x05 \x01(\tR\x04etag\"F\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x03(\tR\adeleted\"I\n" +
+	"\adeleted\x18\x01 \x03(\tR\adeleted\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"I\n" +
 	"\fWatchRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x03R\ffromRevision\x12\x14\n" +
 	"\x05kinds\x18\x02 \x03(\tR\x05kinds\"\x96\x01\n" +

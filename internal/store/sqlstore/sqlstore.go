@@ -489,6 +489,8 @@ type tx struct {
 
 func (t *tx) Get(ctx context.Context, fqn string) (store.Record, error) { return get(ctx, t.q, fqn) }
 
+func (t *tx) Revision() int64 { return t.rev }
+
 func (t *tx) List(ctx context.Context, q store.Query) ([]store.Record, error) {
 	return list(ctx, t.q, q)
 }
@@ -546,6 +548,11 @@ func (t *tx) Delete(ctx context.Context, fqn string) (store.Record, error) {
 	}
 	if _, err := t.q.ExecContext(ctx, `DELETE FROM status WHERE fqn = $1`, fqn); err != nil {
 		return store.Record{}, fmt.Errorf("delete status of %s: %w", fqn, err)
+	}
+	// Credentials issued for the record (a cluster's join tokens and agent
+	// credential) stop working in the same transaction.
+	if _, err := t.q.ExecContext(ctx, `DELETE FROM credentials WHERE cluster = $1`, fqn); err != nil {
+		return store.Record{}, fmt.Errorf("revoke credentials of %s: %w", fqn, err)
 	}
 	old.Status, old.StatusEpoch, old.StatusTime = nil, 0, time.Time{}
 	if err := t.event(ctx, store.EventDelete, old); err != nil {

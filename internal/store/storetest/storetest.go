@@ -39,6 +39,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"status writes take no revision, event or audit, and spec writes keep them", testPutStatus},
 		{"a status write of an older session is fenced by a newer claim", testStatusFencing},
 		{"status goes with its record", testStatusDeleted},
+		{"deleting a record revokes the credentials issued for it, in the same transaction", testDeleteRevokes},
 		{"events never skip revisions while compaction runs", testEventsUnderCompaction},
 		{"events after a compacted revision are refused", testCompact},
 		{"changed fires on commit", testChanged},
@@ -435,6 +436,38 @@ func testStatusDeleted(t *testing.T, open Opener) {
 	put(t, st, "a", org)
 	if read, _ := st.Get(ctx, org.FQN); read.Status != nil {
 		t.Fatalf("a re-created record inherited the old status: %s", read.Status)
+	}
+}
+
+func testDeleteRevokes(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org, org2)
+	err := st.Update(ctx, "a", func(tx store.Tx) error {
+		for _, c := range []store.Credential{
+			{Hash: "h1", Cluster: org.FQN, Kind: "agent", Expires: time.Now().Add(time.Hour)},
+			{Hash: "h2", Cluster: org.FQN, Kind: "join", Expires: time.Now().Add(time.Hour)},
+			{Hash: "h3", Cluster: org2.FQN, Kind: "agent", Expires: time.Now().Add(time.Hour)},
+		} {
+			if err := tx.PutCredential(ctx, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Delete(ctx, org.FQN); return err }); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"h1", "h2"} {
+		if _, err := st.Credential(ctx, h); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("credential %s of the deleted record still works: %v", h, err)
+		}
+	}
+	if _, err := st.Credential(ctx, "h3"); err != nil {
+		t.Errorf("another record's credential was revoked: %v", err)
 	}
 }
 

@@ -637,6 +637,8 @@ type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BundleVersion string                 `protobuf:"bytes,1,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
 	Resources     []*ResourceStatus      `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
+	// Revision is the store revision of the bundle acknowledged (Bundle.revision).
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -683,6 +685,13 @@ func (x *Ack) GetResources() []*ResourceStatus {
 		return x.Resources
 	}
 	return nil
+}
+
+func (x *Ack) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // ResourceStatus is the outcome for one intent resource in this cluster.
@@ -918,13 +927,22 @@ type ConnectResponse_Bundle struct {
 
 func (*ConnectResponse_Bundle) isConnectResponse_Msg() {}
 
-// Bundle is the intent for the agent's cluster. It is sent only when its
-// version differs from what the agent has.
+// Bundle is the intent for the agent's cluster, or one part of it. It is
+// sent only when its version differs from what the agent has.
 type Bundle struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Content is the bundle as JSON (package bundle's Bundle).
-	Content       []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	Content []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// Revision is the store revision the bundle was computed from: it holds
+	// every intent change up to and including it.
+	Revision int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// A large bundle travels in parts: Content is then part Part (0-based)
+	// of Parts, and the parts are sent in order, back to back. The agent
+	// uses a version only once it has every part and the whole hashes to
+	// Version. Parts 0 means a bundle in one message.
+	Part          int32 `protobuf:"varint,4,opt,name=part,proto3" json:"part,omitempty"`
+	Parts         int32 `protobuf:"varint,5,opt,name=parts,proto3" json:"parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -971,6 +989,27 @@ func (x *Bundle) GetContent() []byte {
 		return x.Content
 	}
 	return nil
+}
+
+func (x *Bundle) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Bundle) GetPart() int32 {
+	if x != nil {
+		return x.Part
+	}
+	return 0
+}
+
+func (x *Bundle) GetParts() int32 {
+	if x != nil {
+		return x.Parts
+	}
+	return 0
 }
 
 var File_flotilla_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -1026,10 +1065,11 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"m\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x89\x01\n" +
 	"\x03Ack\x12%\n" +
 	"\x0ebundle_version\x18\x01 \x01(\tR\rbundleVersion\x12?\n" +
-	"\tresources\x18\x02 \x03(\v2!.flotilla.agent.v1.ResourceStatusR\tresources\"l\n" +
+	"\tresources\x18\x02 \x03(\v2!.flotilla.agent.v1.ResourceStatusR\tresources\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"l\n" +
 	"\x0eResourceStatus\x12\x10\n" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -1045,10 +1085,13 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\amessage\x18\a \x01(\tR\amessage\"M\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.flotilla.agent.v1.BundleH\x00R\x06bundleB\x05\n" +
-	"\x03msg\"<\n" +
+	"\x03msg\"\x82\x01\n" +
 	"\x06Bundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\fR\acontent2\xad\x01\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
+	"\x04part\x18\x04 \x01(\x05R\x04part\x12\x14\n" +
+	"\x05parts\x18\x05 \x01(\x05R\x05parts2\xad\x01\n" +
 	"\fAgentService\x12G\n" +
 	"\x04Join\x12\x1e.flotilla.agent.v1.JoinRequest\x1a\x1f.flotilla.agent.v1.JoinResponse\x12T\n" +
 	"\aConnect\x12!.flotilla.agent.v1.ConnectRequest\x1a\".flotilla.agent.v1.ConnectResponse(\x010\x01B4Z2flotilla.io/flotilla/gen/flotilla/agent/v1;agentv1b\x06proto3"

@@ -1,0 +1,401 @@
+package central
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/selector"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// index is the intent that bundles are computed from, kept current from
+// the store's event log: clusters, groups and the objects inside groups,
+// with each object's and each group's digest cached (package bundle's hash
+// tree). A change rehashes the objects and groups it touched and then only
+// the versions of the clusters those groups select, so the cost of a change
+// grows with the change, not with the fleet.
+//
+// An index is not safe for concurrent use (Central.mu guards the live one).
+// A copy made with clone shares unchanged entries with its original and
+// copies an entry before changing it, so Plan can apply a hypothetical
+// change to a clone without a store transaction and without touching the
+// live index.
+type index struct {
+	reg *resource.Registry
+	// inBundle holds the kinds that live in groups and travel in bundles.
+	inBundle map[string]bool
+
+	clusters map[string]*clusterEntry // by FQN
+	byOrg    map[string]map[string]bool
+	groups   map[string]*groupEntry // by FQN
+	cow      bool                   // a clone: copy entries before changing them
+}
+
+// clusterEntry is one Cluster resource and the groups that select it.
+type clusterEntry struct {
+	fqn, name, org string
+	groups         []string // FQNs, sorted
+}
+
+// groupEntry is one group, its objects and the clusters it selects.
+type groupEntry struct {
+	group    bundle.Group
+	sel      selector.Set
+	org      string
+	objects  map[string]*objectEntry // by FQN
+	hash     bundle.Hash
+	clusters map[string]bool // FQNs of the clusters it selects
+}
+
+// objectEntry is one object of a group with its digest and JSON, computed
+// once per write and shared by every bundle that carries it.
+type objectEntry struct {
+	obj  bundle.Object
+	hash bundle.Hash
+	json []byte
+}
+
+func newIndex(reg *resource.Registry) *index {
+	in := map[string]bool{}
+	for _, k := range bundleKinds(reg) {
+		in[k] = true
+	}
+	return &index{reg: reg, inBundle: in, clusters: map[string]*clusterEntry{}, byOrg: map[string]map[string]bool{}, groups: map[string]*groupEntry{}}
+}
+
+// clone returns a copy-on-write copy of x.
+func (x *index) clone() *index {
+	c := &index{reg: x.reg, inBundle: x.inBundle, cow: true,
+		clusters: make(map[string]*clusterEntry, len(x.clusters)),
+		byOrg:    make(map[string]map[string]bool, len(x.byOrg)),
+		groups:   make(map[string]*groupEntry, len(x.groups))}
+	for k, v := range x.clusters {
+		c.clusters[k] = v
+	}
+	for k, v := range x.byOrg {
+		c.byOrg[k] = v
+	}
+	for k, v := range x.groups {
+		c.groups[k] = v
+	}
+	return c
+}
+
+// relevant reports whether a record of this kind can change a bundle.
+func (x *index) relevant(kind string) bool {
+	return kind == resource.KindCluster || kind == resource.KindGroup || x.inBundle[kind]
+}
+
+// apply applies one event and adds the FQNs of the clusters whose bundle it
+// may have changed to affected. It fails only on a stored record it cannot
+// decode, and then changes nothing.
+func (x *index) apply(ev store.Event, affected map[string]bool) error {
+	r := ev.Record
+	del := ev.Type == store.EventDelete
+	switch {
+	case r.Kind == resource.KindCluster:
+		if del {
+			x.removeCluster(r.FQN)
+		} else if _, ok := x.clusters[r.FQN]; !ok {
+			x.addCluster(r)
+		} else {
+			return nil // a cluster's spec does not change its bundle
+		}
+		affected[r.FQN] = true
+	case r.Kind == resource.KindGroup:
+		if del {
+			return x.removeGroup(r.FQN, affected)
+		}
+		return x.putGroup(r, affected)
+	case x.inBundle[r.Kind]:
+		g := x.groups[r.Parent]
+		if g == nil {
+			if del {
+				return nil
+			}
+			return fmt.Errorf("%s: its group %s is unknown", r.FQN, r.Parent)
+		}
+		g = x.mutGroup(r.Parent)
+		if del {
+			delete(g.objects, r.FQN)
+		} else {
+			e, err := x.newObject(r)
+			if err != nil {
+				return err
+			}
+			g.objects[r.FQN] = e
+		}
+		g.rehash()
+		for c := range g.clusters {
+			affected[c] = true
+		}
+	}
+	return nil
+}
+
+func (x *index) newObject(r store.Record) (*objectEntry, error) {
+	apiVersion := resource.APIVersion
+	if k, ok := x.reg.Kind(r.Kind); ok {
+		apiVersion = k.APIVersion()
+	}
+	o := bundle.Object{APIVersion: apiVersion, Kind: r.Kind, FQN: r.FQN, Name: r.Name, Group: r.Parent, Namespace: r.Namespace, Spec: r.Spec}
+	data, err := json.Marshal(&o)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", r.FQN, err)
+	}
+	return &objectEntry{obj: o, hash: bundle.ObjectHash(o), json: data}, nil
+}
+
+func (x *index) addCluster(r store.Record) {
+	c := &clusterEntry{fqn: r.FQN, name: r.Name, org: orgOf(r.FQN)}
+	x.clusters[r.FQN] = c
+	orgs := x.byOrg[c.org]
+	if x.cow || orgs == nil {
+		orgs = cloneSet(orgs)
+		x.byOrg[c.org] = orgs
+	}
+	orgs[r.FQN] = true
+	for fqn, g := range x.groups {
+		if g.org == c.org && g.sel.MatchCluster(c.name) {
+			g = x.mutGroup(fqn)
+			g.clusters[c.fqn] = true
+			c.groups = append(c.groups, fqn)
+		}
+	}
+	sort.Strings(c.groups)
+}
+
+func (x *index) removeCluster(fqn string) {
+	c := x.clusters[fqn]
+	if c == nil {
+		return
+	}
+	delete(x.clusters, fqn)
+	if x.cow {
+		x.byOrg[c.org] = cloneSet(x.byOrg[c.org])
+	}
+	delete(x.byOrg[c.org], fqn)
+	for _, g := range c.groups {
+		delete(x.mutGroup(g).clusters, fqn)
+	}
+}
+
+func (x *index) putGroup(r store.Record, affected map[string]bool) error {
+	spec, sel, err := resource.StoredGroup(r)
+	if err != nil {
+		return err
+	}
+	g := x.mutGroup(r.FQN)
+	if g == nil {
+		g = &groupEntry{org: orgOf(r.FQN), objects: map[string]*objectEntry{}, clusters: map[string]bool{}}
+		x.groups[r.FQN] = g
+	}
+	g.group = bundle.Group{FQN: r.FQN, Type: spec.GetType(), ConfigMode: spec.GetConfigMode(), Namespaces: spec.GetNamespaceSelector().GetNames()}
+	if g.group.Namespaces == nil {
+		g.group.Namespaces = []string{}
+	}
+	g.sel = sel
+	g.rehash()
+	for c := range g.clusters {
+		affected[c] = true // the group's content changed, or it left them
+	}
+	for c := range x.byOrg[g.org] {
+		now := g.sel.MatchCluster(x.clusters[c].name)
+		if now == g.clusters[c] {
+			continue
+		}
+		affected[c] = true
+		ce := x.mutCluster(c)
+		if now {
+			g.clusters[c] = true
+			ce.groups = insertSorted(ce.groups, r.FQN)
+		} else {
+			delete(g.clusters, c)
+			ce.groups = removeSorted(ce.groups, r.FQN)
+		}
+	}
+	return nil
+}
+
+func (x *index) removeGroup(fqn string, affected map[string]bool) error {
+	g := x.groups[fqn]
+	if g == nil {
+		return nil
+	}
+	delete(x.groups, fqn)
+	for c := range g.clusters {
+		affected[c] = true
+		ce := x.mutCluster(c)
+		ce.groups = removeSorted(ce.groups, fqn)
+	}
+	return nil
+}
+
+// mutGroup returns the group to change: in a clone, a private copy.
+func (x *index) mutGroup(fqn string) *groupEntry {
+	g := x.groups[fqn]
+	if g == nil || !x.cow {
+		return g
+	}
+	c := *g
+	c.objects = make(map[string]*objectEntry, len(g.objects))
+	for k, v := range g.objects {
+		c.objects[k] = v
+	}
+	c.clusters = cloneSet(g.clusters)
+	x.groups[fqn] = &c
+	return &c
+}
+
+// mutCluster returns the cluster to change: in a clone, a private copy.
+func (x *index) mutCluster(fqn string) *clusterEntry {
+	c := x.clusters[fqn]
+	if c == nil || !x.cow {
+		return c
+	}
+	cp := *c
+	cp.groups = slices.Clone(c.groups)
+	x.clusters[fqn] = &cp
+	return &cp
+}
+
+// rehash recomputes the group's digest from its objects' cached digests.
+func (g *groupEntry) rehash() {
+	fqns := make([]string, 0, len(g.objects))
+	for f := range g.objects {
+		fqns = append(fqns, f)
+	}
+	sort.Strings(fqns)
+	hashes := make([]bundle.Hash, len(fqns))
+	for i, f := range fqns {
+		hashes[i] = g.objects[f].hash
+	}
+	g.hash = bundle.GroupHash(g.group, hashes)
+}
+
+// version is the cluster's bundle version, from cached group digests.
+func (x *index) version(fqn string) string {
+	c := x.clusters[fqn]
+	if c == nil {
+		return ""
+	}
+	hashes := make([]bundle.Hash, len(c.groups))
+	for i, g := range c.groups {
+		hashes[i] = x.groups[g].hash
+	}
+	return bundle.VersionOf(c.name, hashes)
+}
+
+// bundle assembles the cluster's bundle. The objects are shared with the
+// index: callers must not change them.
+func (x *index) bundle(fqn string) *bundle.Bundle {
+	c := x.clusters[fqn]
+	if c == nil {
+		return nil
+	}
+	b := &bundle.Bundle{Cluster: c.name, Groups: []bundle.Group{}, Objects: []bundle.Object{}}
+	for _, gf := range c.groups {
+		g := x.groups[gf]
+		b.Groups = append(b.Groups, g.group)
+		for _, o := range g.objects {
+			b.Objects = append(b.Objects, o.obj)
+		}
+	}
+	sort.Slice(b.Objects, func(i, j int) bool { return b.Objects[i].FQN < b.Objects[j].FQN })
+	return b
+}
+
+// content is the cluster's bundle as JSON, assembled from the objects'
+// cached JSON; it decodes to bundle(fqn).
+func (x *index) content(fqn string) ([]byte, error) {
+	c := x.clusters[fqn]
+	if c == nil {
+		return nil, fmt.Errorf("cluster %s: %w", fqn, errNoCluster)
+	}
+	var objs []*objectEntry
+	groups := make([]bundle.Group, 0, len(c.groups))
+	for _, gf := range c.groups {
+		g := x.groups[gf]
+		groups = append(groups, g.group)
+		for _, o := range g.objects {
+			objs = append(objs, o)
+		}
+	}
+	sort.Slice(objs, func(i, j int) bool { return objs[i].obj.FQN < objs[j].obj.FQN })
+	head, err := json.Marshal(struct {
+		Cluster string         `json:"cluster"`
+		Groups  []bundle.Group `json:"groups"`
+	}{c.name, groups})
+	if err != nil {
+		return nil, err
+	}
+	size := len(head) + 16
+	for _, o := range objs {
+		size += len(o.json) + 1
+	}
+	out := make([]byte, 0, size)
+	out = append(out, head[:len(head)-1]...)
+	out = append(out, `,"objects":[`...)
+	for i, o := range objs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, o.json...)
+	}
+	return append(out, "]}"...), nil
+}
+
+// carries reports whether the cluster's bundle holds the object.
+func (x *index) carries(cluster, group, object string) bool {
+	g := x.groups[group]
+	if g == nil || !g.clusters[cluster] {
+		return false
+	}
+	_, ok := g.objects[object]
+	return ok
+}
+
+// targets lists the clusters whose bundle holds the object, sorted.
+func (x *index) targets(group, object string) []string {
+	g := x.groups[group]
+	if g == nil {
+		return nil
+	}
+	if _, ok := g.objects[object]; !ok {
+		return nil
+	}
+	out := make([]string, 0, len(g.clusters))
+	for c := range g.clusters {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func cloneSet(m map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func insertSorted(s []string, v string) []string {
+	i, found := slices.BinarySearch(s, v)
+	if found {
+		return s
+	}
+	return slices.Insert(s, i, v)
+}
+
+func removeSorted(s []string, v string) []string {
+	i, found := slices.BinarySearch(s, v)
+	if !found {
+		return s
+	}
+	return slices.Delete(s, i, i+1)
+}

@@ -1,0 +1,196 @@
+package central
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// world is intent as plain records, the model the index must agree with.
+type world map[string]store.Record
+
+func (w world) intent() Intent {
+	var in Intent
+	fqns := make([]string, 0, len(w))
+	for f := range w {
+		fqns = append(fqns, f)
+	}
+	sort.Strings(fqns)
+	for _, f := range fqns {
+		r := w[f]
+		switch r.Kind {
+		case resource.KindCluster:
+			in.Clusters = append(in.Clusters, r)
+		case resource.KindGroup:
+			in.Groups = append(in.Groups, r)
+		default:
+			in.Objects = append(in.Objects, r)
+		}
+	}
+	return in
+}
+
+// randomChange returns a random intent change that keeps the world valid:
+// clusters, groups (with random selectors) and objects in groups come and
+// go, and specs change.
+func randomChange(rnd *rand.Rand, w world) store.Event {
+	const gp = "organizations/acme/tenants/t/workspaces/w/groups/"
+	names := []string{"c1", "c2", "c3", "c4"}
+	pick := func(kind string) (store.Record, bool) {
+		var fqns []string
+		for f, r := range w {
+			if r.Kind == kind {
+				fqns = append(fqns, f)
+			}
+		}
+		if len(fqns) == 0 {
+			return store.Record{}, false
+		}
+		sort.Strings(fqns)
+		return w[fqns[rnd.IntN(len(fqns))]], true
+	}
+	for {
+		switch rnd.IntN(7) {
+		case 0: // a cluster appears
+			n := names[rnd.IntN(len(names))]
+			return store.Event{Type: store.EventPut, Record: rec("Cluster", "organizations/acme/clusters/"+n, `{}`)}
+		case 1: // a cluster goes
+			if c, ok := pick(resource.KindCluster); ok {
+				return store.Event{Type: store.EventDelete, Record: c}
+			}
+		case 2, 3: // a group appears or changes its selector
+			g := fmt.Sprintf("g%d", rnd.IntN(3))
+			sel := []string{`"*/pay"`, `"c1/pay"`, `"c2/*"`, `"c3/pay","c4/pay"`}[rnd.IntN(4)]
+			return store.Event{Type: store.EventPut, Record: rec("Group", gp+g, `{"type":"traffic","configMode":"DIRECT","namespaceSelector":{"names":[`+sel+`]}}`)}
+		case 4: // a group goes, once empty
+			if g, ok := pick(resource.KindGroup); ok {
+				empty := true
+				for _, r := range w {
+					if r.Parent == g.FQN {
+						empty = false
+					}
+				}
+				if empty {
+					return store.Event{Type: store.EventDelete, Record: g}
+				}
+			}
+		case 5: // an object appears or changes
+			if g, ok := pick(resource.KindGroup); ok {
+				o := rec("VirtualService", fmt.Sprintf("%s/virtualservices/vs%d", g.FQN, rnd.IntN(4)), fmt.Sprintf(`{"hosts":["h%d"]}`, rnd.IntN(5)))
+				o.Namespace = "pay"
+				return store.Event{Type: store.EventPut, Record: o}
+			}
+		case 6: // an object goes
+			if o, ok := pick("VirtualService"); ok {
+				return store.Event{Type: store.EventDelete, Record: o}
+			}
+		}
+	}
+}
+
+func TestTheIncrementalIndexAlwaysAgreesWithBundlesComputedFromScratch(t *testing.T) {
+	reg := resource.Builtin()
+	for seed := range uint64(20) {
+		rnd := rand.New(rand.NewPCG(seed, 1))
+		w := world{}
+		idx := newIndex(reg)
+		for step := range 200 {
+			ev := randomChange(rnd, w)
+			before := map[string]string{}
+			for f := range idx.clusters {
+				before[f] = idx.version(f)
+			}
+			affected := map[string]bool{}
+			if err := idx.apply(ev, affected); err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			if ev.Type == store.EventDelete {
+				delete(w, ev.Record.FQN)
+			} else {
+				w[ev.Record.FQN] = ev.Record
+			}
+			want, err := Bundles(reg, w.intent())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(want) != len(idx.clusters) {
+				t.Fatalf("seed %d step %d: index has %d clusters, want %d", seed, step, len(idx.clusters), len(want))
+			}
+			for f, b := range want {
+				got := idx.bundle(f)
+				if diff := cmp.Diff(b, got); diff != "" {
+					t.Fatalf("seed %d step %d (%v %s): bundle of %s differs (-scratch +index):\n%s", seed, step, ev.Type, ev.Record.FQN, f, diff)
+				}
+				if v := idx.version(f); v != b.Version() {
+					t.Fatalf("seed %d step %d: version of %s is %s, the bundle hashes to %s", seed, step, f, v, b.Version())
+				}
+				var decoded bundle.Bundle
+				content, err := idx.content(f)
+				if err != nil || json.Unmarshal(content, &decoded) != nil {
+					t.Fatalf("content of %s does not decode: %v", f, err)
+				}
+				if diff := cmp.Diff(b, &decoded); diff != "" {
+					t.Fatalf("seed %d step %d: content of %s differs:\n%s", seed, step, f, diff)
+				}
+				if before[f] != idx.version(f) && !affected[f] {
+					t.Fatalf("seed %d step %d: %s changed version but was not reported affected", seed, step, f)
+				}
+			}
+		}
+	}
+}
+
+func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
+	reg := resource.Builtin()
+	rnd := rand.New(rand.NewPCG(7, 7))
+	w := world{}
+	idx := newIndex(reg)
+	for range 100 {
+		ev := randomChange(rnd, w)
+		if err := idx.apply(ev, map[string]bool{}); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Type == store.EventDelete {
+			delete(w, ev.Record.FQN)
+		} else {
+			w[ev.Record.FQN] = ev.Record
+		}
+	}
+	snapshot := func() map[string]string {
+		out := map[string]string{}
+		for f := range idx.clusters {
+			c, _ := idx.content(f)
+			out[f] = idx.version(f) + string(c)
+		}
+		return out
+	}
+	live := snapshot()
+	for range 200 {
+		c, wc := idx.clone(), world{}
+		for f, r := range w {
+			wc[f] = r
+		}
+		for range 5 {
+			ev := randomChange(rnd, wc)
+			if err := c.apply(ev, map[string]bool{}); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Type == store.EventDelete {
+				delete(wc, ev.Record.FQN)
+			} else {
+				wc[ev.Record.FQN] = ev.Record
+			}
+		}
+	}
+	if diff := cmp.Diff(live, snapshot()); diff != "" {
+		t.Fatalf("changes to clones leaked into the live index:\n%s", diff)
+	}
+}
