@@ -68,6 +68,9 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	if len(vs) > 0 {
 		return nil, violationError(connect.CodeInvalidArgument, vs)
 	}
+	for _, o := range objs {
+		o.Force = req.Msg.GetForce()
+	}
 	var (
 		written  []resource.Written
 		conflict bool

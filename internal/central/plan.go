@@ -33,6 +33,9 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	if len(vs) > 0 {
 		return nil, apiserver.ViolationError(vs, false)
 	}
+	for _, o := range objs {
+		o.Force = true // show what a forced apply would delete
+	}
 	select {
 	case <-f.ready:
 	case <-ctx.Done():

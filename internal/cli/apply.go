@@ -14,6 +14,7 @@ func newApplyCmd(e *env) *cobra.Command {
 	var (
 		files  []string
 		dryRun bool
+		force  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR|-",
@@ -31,7 +32,7 @@ the order in the files. On any error nothing is written and the exit code is 1.`
 			if len(errs) > 0 {
 				return e.reportManifestErrors(errs)
 			}
-			req := &pb.ApplyRequest{DryRun: dryRun}
+			req := &pb.ApplyRequest{DryRun: dryRun, Force: force}
 			for _, d := range docs {
 				req.Resources = append(req.Resources, d.Res)
 			}
@@ -54,6 +55,7 @@ the order in the files. On any error nothing is written and the exit code is 1.`
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file, directory or - (repeatable)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and report what would change, without writing")
+	cmd.Flags().BoolVar(&force, "force", false, "allow a change that deletes live objects in clusters (a group whose selector narrows); see `flotilla plan` first")
 	return cmd
 }
 

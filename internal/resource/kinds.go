@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -215,7 +216,8 @@ func checkGroup(ctx context.Context, r store.Reader, obj *Object) ([]FieldError,
 		return nil, err
 	}
 	var out []FieldError
-	for i, n := range obj.Spec.(*pb.GroupSpec).GetNamespaceSelector().GetNames() {
+	spec := obj.Spec.(*pb.GroupSpec)
+	for i, n := range spec.GetNamespaceSelector().GetNames() {
 		p, err := selector.Parse(n)
 		if err != nil {
 			return nil, err // Validate already rejected it
@@ -227,5 +229,72 @@ func checkGroup(ctx context.Context, r store.Reader, obj *Object) ([]FieldError,
 			})
 		}
 	}
+	changes, err := checkGroupChange(ctx, r, obj, spec)
+	return append(out, changes...), err
+}
+
+// checkGroupChange guards the resources of an existing group: a new type
+// or mode must still suit every one of them, and a selector that narrows
+// removes their objects from the namespaces it no longer selects, so it
+// needs Force (plan shows what would go).
+func checkGroupChange(ctx context.Context, r store.Reader, obj *Object, spec *pb.GroupSpec) ([]FieldError, error) {
+	old, err := r.Get(ctx, obj.FQN())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	children, err := r.List(ctx, store.Query{Parent: old.FQN})
+	if err != nil || len(children) == 0 {
+		return nil, err
+	}
+	oldSpec, oldSel, err := StoredGroup(old)
+	if err != nil {
+		return nil, err
+	}
+	var out []FieldError
+	if spec.GetType() != oldSpec.GetType() || spec.GetConfigMode() != oldSpec.GetConfigMode() {
+		var misfits []string
+		for _, c := range children {
+			if suitsGroup(c.Kind, spec) != "" {
+				misfits = append(misfits, c.Kind+" "+c.Name)
+			}
+		}
+		if len(misfits) > 0 {
+			out = append(out, FieldError{Field: "spec.configMode", Message: fmt.Sprintf("a %s group in %s mode cannot hold %d of its resources (%s): delete or move them first, or keep type %s and mode %s",
+				spec.GetType(), spec.GetConfigMode(), len(misfits), strings.Join(misfits[:min(3, len(misfits))], ", "), oldSpec.GetType(), oldSpec.GetConfigMode())})
+		}
+	}
+	if !obj.Force {
+		newSel, err := selector.ParseSet(spec.GetNamespaceSelector().GetNames())
+		if err != nil {
+			return nil, err
+		}
+		var lost []string
+		for _, p := range oldSel {
+			if !newSel.Covers(p) {
+				lost = append(lost, p.String())
+			}
+		}
+		if len(lost) > 0 {
+			out = append(out, FieldError{Field: "spec.namespaceSelector.names", Message: fmt.Sprintf("no longer selects %s, where its %d resource(s) have live objects that would be deleted: run `flotilla plan` to see them, then apply with --force",
+				strings.Join(lost, ", "), len(children))})
+		}
+	}
 	return out, nil
+}
+
+// suitsGroup says why a resource of kind cannot live in a group of spec,
+// or "" when it can.
+func suitsGroup(kind string, spec *pb.GroupSpec) string {
+	if kind == KindIngressGateway {
+		if spec.GetType() != "gateway" || spec.GetConfigMode() == "DIRECT" {
+			return "an IngressGateway lives in a gateway group in BRIDGED mode"
+		}
+		return ""
+	}
+	if spec.GetConfigMode() != "DIRECT" {
+		return "a raw Istio " + kind + " lives in a DIRECT group"
+	}
+	return ""
 }

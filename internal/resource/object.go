@@ -39,6 +39,9 @@ type Object struct {
 	// ETag, when set, must match the stored etag for a write to succeed.
 	ETag string
 	Spec proto.Message
+	// Force allows a change that removes live objects from clusters (a
+	// group with resources whose selector narrows).
+	Force bool
 }
 
 // FQN is the object's fully qualified name.

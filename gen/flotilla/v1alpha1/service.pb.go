@@ -136,7 +136,11 @@ type ApplyRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Resources []*Resource            `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
 	// DryRun validates and reports outcomes without writing.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Force allows changes that delete live objects in clusters as a side
+	// effect: a group with resources whose namespace selector narrows. Plan
+	// shows what would go.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,6 +185,13 @@ func (x *ApplyRequest) GetResources() []*Resource {
 func (x *ApplyRequest) GetDryRun() bool {
 	if x != nil {
 		return x.DryRun
+	}
+	return false
+}
+
+func (x *ApplyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
 	}
 	return false
 }
@@ -1328,10 +1339,11 @@ var File_flotilla_v1alpha1_service_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fflotilla/v1alpha1/service.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"b\n" +
+	"\x1fflotilla/v1alpha1/service.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"x\n" +
 	"\fApplyRequest\x129\n" +
 	"\tresources\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.ResourceR\tresources\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\x92\x01\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\x92\x01\n" +
 	"\vApplyResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x127\n" +
 	"\bresource\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.ResourceR\bresource\x124\n" +
