@@ -23,7 +23,7 @@ func TestAGroupChangeThatWouldStrandOrPruneItsResourcesIsRefused(t *testing.T) {
 		apply(t, r.client, rs...)
 		apply(t, r.client, res("IngressGateway", &pb.Metadata{Name: "shop", Organization: "acme", Tenant: "fin", Workspace: "pay", Group: "gw"}, map[string]any{
 			"workloadSelector": map[string]any{"namespace": "pay", "labels": map[string]any{"istio": "ingressgateway"}},
-			"http": []any{map[string]any{"name": "web", "hostname": "shop.example.com", "port": 80, "routing": map[string]any{"rules": []any{map[string]any{"route": map[string]any{"host": "pay/web.pay.svc.cluster.local", "port": 8080}}}}}},
+			"http":             []any{map[string]any{"name": "web", "hostname": "shop.example.com", "port": 80, "routing": map[string]any{"rules": []any{map[string]any{"route": map[string]any{"host": "pay/web.pay.svc.cluster.local", "port": 8080}}}}}},
 		}))
 		before := snapshot(t, st)
 		for _, tc := range []struct {
