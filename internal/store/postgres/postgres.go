@@ -1,20 +1,28 @@
 // Package postgres opens Flotilla's production store on PostgreSQL through
 // jackc/pgx/v5. Writers from any number of server processes are serialized
 // with a transaction-scoped advisory lock, so revisions stay gap-free and in
-// commit order.
+// commit order. Every commit that takes a revision sends a NOTIFY, and each
+// store LISTENs, so watchers in every process wake on every process's
+// commits without polling.
 package postgres
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 
+	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 
 	"flotilla.io/flotilla/internal/store/sqlstore"
 )
 
-// Open connects to the database at url (postgres://…) and migrates it.
+// channel is the NOTIFY channel of commits.
+const channel = "flotilla_commits"
+
+// Open connects to the database at url (postgres://…), migrates it, and
+// starts listening for other processes' commits until the store closes.
 func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.DB, error) {
 	db, err := sql.Open("pgx", url)
 	if err != nil {
@@ -25,7 +33,46 @@ func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.D
 		db.Close()
 		return nil, fmt.Errorf("connect to postgres store: %w", err)
 	}
-	return sqlstore.New(ctx, db, Dialect, opts...)
+	d, err := sqlstore.New(ctx, db, Dialect, opts...)
+	if err != nil {
+		return nil, err
+	}
+	lctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); listen(lctx, url, d) }()
+	d.OnClose(func() { stop(); <-done })
+	return d, nil
+}
+
+// listen wakes d's watchers on every NOTIFY of the channel. After a lost
+// connection it reconnects with backoff, and wakes the watchers once on
+// reconnecting: commits may have gone unnoticed in between, and a watcher
+// woken for nothing only re-reads.
+func listen(ctx context.Context, url string, d *sqlstore.DB) {
+	wait := 100 * time.Millisecond
+	// States: connect and LISTEN; wait for notifications until the
+	// connection fails; back off; again, until ctx ends.
+	for ctx.Err() == nil {
+		conn, err := pgx.Connect(ctx, url)
+		if err == nil {
+			if _, err = conn.Exec(ctx, "LISTEN "+channel); err == nil {
+				wait = 100 * time.Millisecond
+				d.Wake()
+				for err == nil {
+					_, err = conn.WaitForNotification(ctx)
+					if err == nil {
+						d.Wake()
+					}
+				}
+			}
+			conn.Close(context.Background())
+		}
+		select {
+		case <-time.After(wait):
+			wait = min(2*wait, 5*time.Second)
+		case <-ctx.Done():
+		}
+	}
 }
 
 // Dialect is PostgreSQL's flavour of the shared SQL core.
@@ -34,4 +81,5 @@ var Dialect = sqlstore.Dialect{
 	// 0x466c6f74 is "Flot": one lock for every Flotilla writer of this database.
 	LockTx:     `SELECT pg_advisory_xact_lock(1181511540)`,
 	Migrations: sqlstore.Migrations(),
+	NotifyTx:   `NOTIFY ` + channel,
 }

@@ -29,6 +29,10 @@ type Dialect struct {
 	LockTx string
 	// Migrations are applied in order; migration i has version i+1.
 	Migrations []string
+	// NotifyTx, when set, runs in every write transaction that takes a
+	// revision, so that other processes on the same database learn of the
+	// commit (PostgreSQL's NOTIFY is delivered at commit).
+	NotifyTx string
 }
 
 // DB is a store.Store over a *sql.DB.
@@ -43,6 +47,9 @@ type DB struct {
 	changed  chan struct{} // closed and replaced on every commit
 
 	stmts sync.Map // query text -> *sql.Stmt, prepared once (parsing SQL costs more than a commit)
+
+	closeMu sync.Mutex
+	onClose []func() // run by Close, before the database closes
 }
 
 var _ store.Store = (*DB)(nil)
@@ -304,6 +311,18 @@ func (d *DB) Changed() <-chan struct{} {
 	return d.changed
 }
 
+// Wake wakes the store's watchers (Changed) for a commit made by another
+// process, as a dialect's listener learns of it.
+func (d *DB) Wake() { d.notify() }
+
+// OnClose registers fn to run when the store closes, before the database
+// does: a dialect stops its listener with it.
+func (d *DB) OnClose(fn func()) {
+	d.closeMu.Lock()
+	defer d.closeMu.Unlock()
+	d.onClose = append(d.onClose, fn)
+}
+
 func (d *DB) notify() {
 	d.notifyMu.Lock()
 	close(d.changed)
@@ -316,6 +335,13 @@ func (d *DB) Ping(ctx context.Context) error { return d.db.PingContext(ctx) }
 
 // Close implements store.Store.
 func (d *DB) Close() error {
+	d.closeMu.Lock()
+	fns := d.onClose
+	d.onClose = nil
+	d.closeMu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 	d.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
 	return d.db.Close()
 }
@@ -343,6 +369,11 @@ func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) erro
 	if t.rev != start {
 		if _, err := t.q.ExecContext(ctx, `UPDATE meta SET value = $1 WHERE key = 'revision'`, t.rev); err != nil {
 			return fmt.Errorf("write revision: %w", err)
+		}
+		if d.dialect.NotifyTx != "" {
+			if _, err := sqlTx.ExecContext(ctx, d.dialect.NotifyTx); err != nil {
+				return fmt.Errorf("notify: %w", err)
+			}
 		}
 	}
 	if err := sqlTx.Commit(); err != nil {
