@@ -8,11 +8,14 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 
 	"flotilla.io/flotilla/internal/store/sqlstore"
@@ -33,23 +36,31 @@ func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.D
 		db.Close()
 		return nil, fmt.Errorf("connect to postgres store: %w", err)
 	}
-	d, err := sqlstore.New(ctx, db, Dialect, opts...)
+	// Each store tags its notifications, so that it wakes only for other
+	// processes' commits (its own wake it directly).
+	idb := make([]byte, 8)
+	rand.Read(idb)
+	id := hex.EncodeToString(idb)
+	dialect := Dialect
+	dialect.NotifyTx = "NOTIFY " + channel + ", '" + id + "'"
+	d, err := sqlstore.New(ctx, db, dialect, opts...)
 	if err != nil {
 		return nil, err
 	}
 	lctx, stop := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); listen(lctx, url, d) }()
+	go func() { defer close(done); listen(lctx, url, id, d) }()
 	d.OnClose(func() { stop(); <-done })
 	return d, nil
 }
 
-// listen wakes d's watchers on every NOTIFY of the channel. After a lost
-// connection it reconnects with backoff, and wakes the watchers once on
-// reconnecting: commits may have gone unnoticed in between, and a watcher
-// woken for nothing only re-reads.
-func listen(ctx context.Context, url string, d *sqlstore.DB) {
+// listen wakes d's watchers on every NOTIFY of the channel but its own (id).
+// After a lost connection it reconnects with backoff, and wakes the
+// watchers once on reconnecting: commits may have gone unnoticed in
+// between, and a watcher woken for nothing only re-reads.
+func listen(ctx context.Context, url, id string, d *sqlstore.DB) {
 	wait := 100 * time.Millisecond
+	first := true
 	// States: connect and LISTEN; wait for notifications until the
 	// connection fails; back off; again, until ctx ends.
 	for ctx.Err() == nil {
@@ -57,10 +68,14 @@ func listen(ctx context.Context, url string, d *sqlstore.DB) {
 		if err == nil {
 			if _, err = conn.Exec(ctx, "LISTEN "+channel); err == nil {
 				wait = 100 * time.Millisecond
-				d.Wake()
+				if !first {
+					d.Wake()
+				}
+				first = false
 				for err == nil {
-					_, err = conn.WaitForNotification(ctx)
-					if err == nil {
+					var n *pgconn.Notification
+					n, err = conn.WaitForNotification(ctx)
+					if err == nil && n.Payload != id {
 						d.Wake()
 					}
 				}
