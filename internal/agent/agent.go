@@ -27,7 +27,9 @@ import (
 
 // Config configures an agent.
 type Config struct {
-	// Server is the central control plane's URL.
+	// Server is the central control plane's URL, or several server
+	// replicas' URLs separated by commas: the agent keeps one session, and
+	// moves to the next replica when a session fails.
 	Server string
 	// Cluster is this cluster's name (or FQN) in Flotilla.
 	Cluster string
@@ -58,7 +60,8 @@ type Agent struct {
 	kube    kubernetes.Interface
 	cache   *bundleCache
 	applier *apply.Applier
-	client  agentv1connect.AgentServiceClient
+	servers []string
+	clients []agentv1connect.AgentServiceClient // one per server
 	inv     *inventoryWatch
 
 	// outbox carries reports to the central control plane; producers never
@@ -107,7 +110,14 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: applier: %w", err)
 	}
-	a.client = agentv1connect.NewAgentServiceClient(httpClient(cfg.Server, cfg.TLS), strings.TrimSuffix(cfg.Server, "/"), connect.WithGRPC())
+	for _, s := range strings.Split(cfg.Server, ",") {
+		s = strings.TrimSuffix(strings.TrimSpace(s), "/")
+		if s == "" {
+			continue
+		}
+		a.servers = append(a.servers, s)
+		a.clients = append(a.clients, agentv1connect.NewAgentServiceClient(httpClient(s, cfg.TLS), s, connect.WithGRPC()))
+	}
 	a.inv = newInventoryWatch(kube, a.send, a.poke)
 	return a, nil
 }

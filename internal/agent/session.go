@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 )
 
 // credentialSecret holds the agent's long-lived credential in its cluster.
@@ -31,7 +32,7 @@ func ensureNamespace(ctx context.Context, kube kubernetes.Interface) error {
 
 // credential returns the stored credential, joining with the token file
 // first if there is none. A refused token is terminal: retrying cannot help.
-func (a *Agent) credential(ctx context.Context) (string, error) {
+func (a *Agent) credential(ctx context.Context, client agentv1connect.AgentServiceClient) (string, error) {
 	secrets := a.kube.CoreV1().Secrets(Namespace)
 	s, err := secrets.Get(ctx, credentialSecret, metav1.GetOptions{})
 	if err == nil {
@@ -44,7 +45,7 @@ func (a *Agent) credential(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", &terminalError{err}
 	}
-	res, err := a.client.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: a.cfg.Cluster, Token: token}))
+	res, err := client.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: a.cfg.Cluster, Token: token}))
 	if err != nil {
 		switch connect.CodeOf(err) {
 		case connect.CodeUnauthenticated, connect.CodePermissionDenied:
@@ -90,15 +91,16 @@ func backoff(n int) time.Duration {
 // sessions keeps one session with the central control plane open,
 // reconnecting with backoff, until ctx ends or the credential is refused.
 func (a *Agent) sessions(ctx context.Context) error {
-	for attempt := 0; ; attempt++ {
-		cred, err := a.credential(ctx)
+	for attempt, server := 0, 0; ; attempt++ {
+		client := a.clients[server]
+		cred, err := a.credential(ctx, client)
 		var terminal *terminalError
 		if errors.As(err, &terminal) {
 			return err
 		}
 		if err == nil {
 			var established bool
-			established, err = a.session(ctx, cred)
+			established, err = a.session(ctx, client, a.servers[server], cred)
 			if established {
 				attempt = 0
 			}
@@ -108,6 +110,16 @@ func (a *Agent) sessions(ctx context.Context) error {
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if len(a.clients) > 1 {
+			// Another replica may be up: try it at once, and back off only
+			// once every replica was tried.
+			server = (server + 1) % len(a.clients)
+			if server != 0 {
+				attempt--
+				a.log.Warn("session with a server replica failed; trying the next", "err", err, "next", a.servers[server])
+				continue
+			}
 		}
 		wait := backoff(attempt)
 		a.log.Warn("no session with the central control plane; the cluster keeps running on its stored bundle", "err", err, "retryIn", wait.Round(time.Millisecond))
@@ -120,11 +132,11 @@ func (a *Agent) sessions(ctx context.Context) error {
 }
 
 // session runs one stream. established reports whether Hello got through.
-func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
+func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceClient, server, cred string) (bool, error) {
 	var established atomic.Bool // a bundle arrived or a report went out
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream := a.client.Connect(ctx)
+	stream := client.Connect(ctx)
 	stream.RequestHeader().Set("Authorization", "Bearer "+cred)
 	defer stream.CloseRequest()
 
@@ -175,7 +187,7 @@ func (a *Agent) session(ctx context.Context, cred string) (bool, error) {
 			}
 		}
 	}()
-	a.log.Info("session open", "server", a.cfg.Server)
+	a.log.Info("session open", "server", server)
 	// States: forward queued reports, until the stream fails or ctx ends.
 	for {
 		select {

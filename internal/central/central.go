@@ -32,7 +32,16 @@ type Central struct {
 	metrics  *metrics
 
 	sendTimeout time.Duration // see DefaultSendTimeout
+	shared      bool          // other server replicas share the store
 }
+
+// Option configures a Central.
+type Option func(*Central)
+
+// Shared says that other server replicas share the store: status of
+// clusters whose agents they serve is then read back from the store every
+// flush interval, so every replica answers status for the whole fleet.
+func Shared() Option { return func(c *Central) { c.shared = true } }
 
 // failure is why the central control plane cannot follow the store.
 type failure struct {
@@ -55,7 +64,20 @@ type cluster struct {
 	drifts       []*agentv1.Drift // newest last, bounded
 	dirty        bool             // status not yet written to the store
 	written      time.Time        // when status was last written
+
+	// mirror is set while the status comes from the store rather than from
+	// a stream of ours: another server replica serves the cluster (or
+	// served it before this one started). A mirror is never written back,
+	// except to mark a dead writer's cluster disconnected.
+	mirror          bool
+	mirrorConnected bool      // the stored status says connected, and its writer renews it
+	statusTime      time.Time // when the mirrored status was written
 }
+
+// connected reports whether an agent of the cluster has a live stream, to
+// this replica or, as far as the store says, to another. Callers hold
+// Central.mu.
+func (cl *cluster) connected() bool { return cl.conn != nil || cl.mirror && cl.mirrorConnected }
 
 // agentConn is one live agent stream.
 type agentConn struct {
@@ -82,9 +104,13 @@ func (a *agentConn) poke() {
 const maxDrifts = 20
 
 // New returns a central control plane over st.
-func New(reg *resource.Registry, st store.Store, log *slog.Logger) *Central {
-	return &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
+func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
+	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
 		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // flushInterval bounds how often cluster status is written to the store;
@@ -120,6 +146,11 @@ func (c *Central) Run(ctx context.Context) error {
 		case <-flush.C:
 			if err := c.flushStatus(ctx); err != nil && ctx.Err() == nil {
 				c.log.Error("write cluster status", "err", err)
+			}
+			if loaded {
+				if err := c.refreshMirrors(ctx); err != nil && ctx.Err() == nil {
+					c.log.Warn("read other replicas' cluster status", "err", err)
+				}
 			}
 		case <-ctx.Done():
 			c.closeStreams()
@@ -266,7 +297,7 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 		if cl == nil {
 			cl = &cluster{fqn: fqn, name: ce.name}
 			if r, ok := stored[fqn]; ok {
-				cl.restore(r.Status, r.StatusEpoch)
+				c.restore(cl, r)
 			}
 			c.clusters[fqn] = cl
 		}

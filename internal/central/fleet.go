@@ -96,7 +96,7 @@ func (c *Central) clusterStates(group, fqn string, need int64) []*pb.ClusterStat
 			continue
 		}
 		applied := c.appliedRevision(cl)
-		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.conn != nil, State: StatePending, Revision: applied, Version: cl.ack.GetBundleVersion()}
+		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.connected(), State: StatePending, Revision: applied, Version: cl.ack.GetBundleVersion()}
 		switch {
 		case applied >= need:
 			row.Message = "not in the bundle the cluster applied yet"
@@ -191,7 +191,7 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 		f.mu.Lock()
 		if cl := f.clusters[fqn]; cl != nil {
 			applied := f.appliedRevision(cl)
-			row := &pb.ClusterState{Cluster: cl.name, Connected: cl.conn != nil, State: StatePending, Revision: applied, Version: cl.ack.GetBundleVersion(), Message: "no agent has acknowledged a bundle yet"}
+			row := &pb.ClusterState{Cluster: cl.name, Connected: cl.connected(), State: StatePending, Revision: applied, Version: cl.ack.GetBundleVersion(), Message: "no agent has acknowledged a bundle yet"}
 			switch {
 			case cl.ack == nil:
 			case applied >= need:

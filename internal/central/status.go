@@ -8,6 +8,7 @@ import (
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -113,7 +114,7 @@ type driftStatus struct {
 func (c *Central) status(cl *cluster) clusterStatus {
 	s := clusterStatus{
 		AppliedRevision:      c.appliedRevision(cl),
-		Connected:            cl.conn != nil,
+		Connected:            cl.connected(),
 		AgentVersion:         cl.agentVersion,
 		DesiredBundleVersion: cl.version,
 		KubernetesVersion:    cl.inv.KubernetesVersion,
@@ -149,18 +150,26 @@ func (c *Central) status(cl *cluster) clusterStatus {
 	return s
 }
 
-// restore loads what a previous run wrote, so status survives a restart of
-// the central control plane before the agent reconnects.
-func (cl *cluster) restore(raw json.RawMessage, epoch int64) {
+// staleAfter is how old a stored "connected" status may be before its
+// writer counts as gone: it renews the status every leaseInterval.
+const staleAfter = 3 * leaseInterval
+
+// restore mirrors the cluster's stored status: what a previous run of this
+// server, or another replica, wrote. Status thus survives a restart of the
+// central control plane before the agent reconnects, and a replica answers
+// for clusters it does not serve. Callers hold c.mu.
+func (c *Central) restore(cl *cluster, rec store.Record) {
 	var s clusterStatus
-	if len(raw) == 0 || json.Unmarshal(raw, &s) != nil {
+	if len(rec.Status) == 0 || json.Unmarshal(rec.Status, &s) != nil {
 		return
 	}
-	cl.epoch = epoch
+	cl.mirror, cl.epoch, cl.statusTime = true, rec.StatusEpoch, rec.StatusTime
+	cl.mirrorConnected = s.Connected && c.now().Sub(rec.StatusTime) < staleAfter
 	cl.agentVersion = s.AgentVersion
 	if t, err := time.Parse(time.RFC3339, s.LastSeen); err == nil {
 		cl.lastSeen = t
 	}
+	cl.ack = nil
 	if s.BundleVersion != "" {
 		cl.ack = &agentv1.Ack{BundleVersion: s.BundleVersion, Revision: s.BundleRevision}
 		for _, r := range s.Resources {
@@ -180,9 +189,45 @@ func (cl *cluster) restore(raw json.RawMessage, epoch int64) {
 		}
 		cl.inv.Services[svc.Namespace+"/"+svc.Name] = p
 	}
-	// A restored cluster is not connected until its agent says hello; mark
-	// it dirty so the stored status says so.
-	cl.dirty = s.Connected
+	// A status that says connected but that no writer renews any more is
+	// marked disconnected, with the stored epoch: if another replica
+	// claims the cluster meanwhile, the write is fenced.
+	cl.dirty = s.Connected && !cl.mirrorConnected
+}
+
+// refreshMirrors reads back the stored status of the clusters that no
+// stream of this replica serves, when it changed.
+func (c *Central) refreshMirrors(ctx context.Context) error {
+	if !c.shared {
+		// Alone on the store: nobody else writes status, so a mirror (left
+		// by this server's previous run) only needs to expire.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, cl := range c.clusters {
+			if cl.mirror && cl.mirrorConnected && c.now().Sub(cl.statusTime) >= staleAfter {
+				cl.mirrorConnected, cl.dirty = false, true
+			}
+		}
+		return nil
+	}
+	recs, err := c.st.List(ctx, store.Query{Kind: resource.KindCluster})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range recs {
+		cl := c.clusters[r.FQN]
+		if cl == nil || cl.conn != nil || cl.dirty {
+			continue
+		}
+		fresh := cl.mirrorConnected && c.now().Sub(cl.statusTime) < staleAfter
+		if r.StatusEpoch == cl.epoch && r.StatusTime.Equal(cl.statusTime) && fresh == cl.mirrorConnected {
+			continue
+		}
+		c.restore(cl, r)
+	}
+	return nil
 }
 
 // flushStatus writes the status of every changed cluster, and of every
@@ -199,7 +244,7 @@ func (c *Central) flushStatus(ctx context.Context) error {
 		if !cl.dirty && !due {
 			continue
 		}
-		if cl.epoch < 0 { // another replica holds it
+		if cl.epoch < 0 || cl.mirror && !cl.dirty { // another replica holds it
 			cl.dirty = false
 			continue
 		}

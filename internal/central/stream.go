@@ -147,7 +147,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	if cl.conn != nil {
 		cl.conn.end("replaced by a newer stream from the same cluster") // the newer stream wins
 	}
-	cl.conn, cl.epoch = conn, epoch
+	cl.conn, cl.epoch, cl.mirror = conn, epoch, false
 	cl.agentVersion = hello.GetAgentVersion()
 	cl.lastSeen = c.now()
 	if hello.GetLast() != nil {

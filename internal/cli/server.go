@@ -13,9 +13,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
-	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
 	"flotilla.io/flotilla/internal/store/sqlite"
@@ -54,22 +53,12 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			case tlsCert != "" || tlsKey != "":
 				return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither for cleartext")
 			}
-			srv := apiserver.New(e.reg, st, log, opts...)
-			cp := central.New(e.reg, st, log.With("component", "central"))
-			if err := cp.Register(srv.Metrics()); err != nil {
+			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres")})
+			if err != nil {
 				return err
 			}
-			srv.Handle(cp.Handler())
-			srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
-			cpDone := make(chan error, 1)
-			go func() { cpDone <- cp.Run(ctx) }()
 			log.Info("management plane serving", "addr", ln.Addr().String(), "store", desc, "version", Version)
-			err = srv.Serve(ctx, ln)
-			stop()
-			if cerr := <-cpDone; err == nil {
-				err = cerr
-			}
-			return err
+			return p.Run(ctx, ln)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve the API on")

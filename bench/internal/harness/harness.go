@@ -19,8 +19,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
-	"flotilla.io/flotilla/internal/apiserver"
-	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -38,19 +37,17 @@ func Start(tb testing.TB, st store.Store) *Plane {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	reg := resource.Builtin()
-	srv := apiserver.New(reg, st, log)
-	cp := central.New(reg, st, log)
-	srv.Handle(cp.Handler())
-	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
+	p, err := plane.New(resource.Builtin(), st, log, plane.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	done := make(chan struct{}, 2)
-	go func() { cp.Run(ctx); done <- struct{}{} }()
-	go func() { srv.Serve(ctx, ln); done <- struct{}{} }()
-	tb.Cleanup(func() { cancel(); <-done; <-done })
+	done := make(chan struct{})
+	go func() { p.Run(ctx, ln); close(done) }()
+	tb.Cleanup(func() { cancel(); <-done })
 	url := "http://" + ln.Addr().String()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	return &Plane{

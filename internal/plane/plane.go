@@ -1,0 +1,68 @@
+// Package plane assembles the management plane as `flotilla server` runs it:
+// the API server, the central control plane inside it (its agent stream,
+// fleet service and metrics), on one port. The command, the benchmarks and
+// any test that wants the real server build it here, so no copy of the
+// wiring can miss a piece.
+//
+//	store ──▶ apiserver (resources, audit, health, metrics)
+//	      └─▶ central (agent stream, fleet service, bundles, status) ──▶ same mux
+package plane
+
+import (
+	"context"
+	"log/slog"
+	"net"
+
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Config configures a Plane.
+type Config struct {
+	// Shared says that other server replicas share the store.
+	Shared bool
+	// API are options of the API server (TLS, retention, metrics, ...).
+	API []apiserver.Option
+	// Central are options of the central control plane.
+	Central []central.Option
+}
+
+// Plane is a management plane with its central control plane.
+type Plane struct {
+	API     *apiserver.Server
+	Central *central.Central
+}
+
+// New builds the plane over st. It serves nothing until Run.
+func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (*Plane, error) {
+	copts := cfg.Central
+	if cfg.Shared {
+		copts = append(copts, central.Shared())
+	}
+	cp := central.New(reg, st, log.With("component", "central"), copts...)
+	srv := apiserver.New(reg, st, log, cfg.API...)
+	if err := cp.Register(srv.Metrics()); err != nil {
+		return nil, err
+	}
+	srv.Handle(cp.Handler())
+	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
+	return &Plane{API: srv, Central: cp}, nil
+}
+
+// Run runs the central control plane and serves on ln until ctx ends, then
+// shuts both down and returns the first error.
+func (p *Plane) Run(ctx context.Context, ln net.Listener) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- p.Central.Run(ctx) }()
+	err := p.API.Serve(ctx, ln)
+	stop()
+	if cerr := <-cpDone; err == nil {
+		err = cerr
+	}
+	return err
+}
