@@ -537,3 +537,21 @@ func TestAStatusWriteOfAReplacedSessionIsFencedAndLetsGo(t *testing.T) {
 		t.Fatalf("a server that lost the cluster still writes its status: %s -> %s", before, rec.Status)
 	}
 }
+
+func TestAnIdleAgentStreamOutlivesTheSendTimeout(t *testing.T) {
+	h := start(t)
+	h.c.sendTimeout = 500 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := h.fakeAgent(t, ctx, "c1")
+	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallGateway("idle0.example.com")})); err != nil {
+		t.Fatal(err)
+	}
+	a.await(t, "idle0.example.com")
+	// The stimulus is idleness itself: four send timeouts without a write.
+	time.Sleep(4 * h.c.sendTimeout)
+	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallGateway("idle1.example.com")})); err != nil {
+		t.Fatal(err)
+	}
+	a.await(t, "idle1.example.com") // on the same stream: it fails if the stream was reset
+}

@@ -22,7 +22,9 @@ func (c *Central) Handler() (string, http.Handler) {
 	})
 }
 
-// deadlineWriter sets a write deadline before every write and flush.
+// deadlineWriter bounds every write and flush with a deadline, and clears
+// it once the write is done: a deadline left behind would reset an idle
+// stream when it passes (HTTP/2 enforces it per stream, write or not).
 type deadlineWriter struct {
 	http.ResponseWriter
 	rc      *http.ResponseController
@@ -31,11 +33,13 @@ type deadlineWriter struct {
 
 func (w *deadlineWriter) Write(p []byte) (int, error) {
 	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	defer w.rc.SetWriteDeadline(time.Time{})
 	return w.ResponseWriter.Write(p)
 }
 
 func (w *deadlineWriter) Flush() {
 	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	defer w.rc.SetWriteDeadline(time.Time{})
 	w.rc.Flush()
 }
 
