@@ -34,6 +34,8 @@ type Server struct {
 	compactEvery time.Duration
 
 	certFile, keyFile string // empty: cleartext
+
+	readiness []func() error // more conditions of /readyz
 }
 
 // Option configures a Server.
@@ -57,6 +59,12 @@ func WithTLS(certFile, keyFile string) Option {
 // are discarded.
 func WithEventRetention(keep int64, every time.Duration) Option {
 	return func(s *Server) { s.retain, s.compactEvery = keep, every }
+}
+
+// WithReadiness adds a condition to /readyz: while check fails, the server
+// answers 503 with the check's error, which must be fit for anyone to read.
+func WithReadiness(check func() error) Option {
+	return func(s *Server) { s.readiness = append(s.readiness, check) }
 }
 
 // WithMetrics registers the server's metrics in reg instead of a private registry.
@@ -98,6 +106,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if err := s.st.Ping(ctx); err != nil {
 		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return
+	}
+	for _, check := range s.readiness {
+		if err := check(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 	}
 	fmt.Fprintln(w, "ok")
 }

@@ -175,18 +175,21 @@ func (c *Central) setFailure(err error) {
 	default:
 		c.failure.err = err
 	}
-	c.metrics.failing.Set(boolFloat(c.failure != nil))
 }
 
 // Health is nil while bundles follow the store, and otherwise says since
-// when they do not and why.
+// when they do not; the reason is in status (for those who may read it)
+// and in the log, not here: Health is served to anyone on /readyz.
 func (c *Central) Health() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.failure == nil {
-		return nil
+	switch {
+	case c.failure != nil:
+		return fmt.Errorf("central control plane: bundles are stuck at store revision %d since %s (see the server log)", c.rev, c.failure.since.UTC().Format(time.RFC3339))
+	case len(c.broken) > 0:
+		return fmt.Errorf("central control plane: %d stored record(s) cannot be used, so bundles that need them are stale (see status and the server log)", len(c.broken))
 	}
-	return fmt.Errorf("bundles are stuck at revision %d since %s: %w", c.rev, c.failure.since.UTC().Format(time.RFC3339), c.failure.err)
+	return nil
 }
 
 // catchUp applies the store's events after c.rev to the index, or reloads

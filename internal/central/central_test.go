@@ -98,8 +98,9 @@ func start(t *testing.T) *harness {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := resource.Builtin()
-	srv := apiserver.New(reg, st, log)
+	// The wiring of package plane, which this package's tests cannot import.
 	c := New(reg, st, log)
+	srv := apiserver.New(reg, st, log, apiserver.WithReadiness(c.Health))
 	srv.Handle(c.Handler())
 	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(Fleet{Central: c}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -554,4 +555,95 @@ func TestAnIdleAgentStreamOutlivesTheSendTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.await(t, "idle1.example.com") // on the same stream: it fails if the stream was reset
+}
+
+func TestAStoredGroupThatCannotBeUsedShowsAsFailedInStatusReadinessAndMetrics(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallGateway("shop.example.com")})); err != nil {
+		t.Fatal(err)
+	}
+	const group = "organizations/acme/tenants/t/workspaces/w/groups/g"
+	good, err := h.c.st.Get(ctx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A record no validation would let through, as a bad migration or a
+	// hand edit of the database could leave it.
+	bad := good
+	bad.Spec = json.RawMessage(`{"type":"gateway","bogus":true}`)
+	put := func(r store.Record) int64 {
+		var rev int64
+		if err := h.c.st.Update(ctx, "db-admin", func(tx store.Tx) error {
+			_, err := tx.Put(ctx, r)
+			rev = tx.Revision()
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	readyz := func() (int, string) {
+		resp, err := http.Get(h.url + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	rev := put(bad)
+	var st *pb.GetStatusResponse
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status %v", what, st)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	status := func() *pb.GetStatusResponse {
+		res, err := h.fleet.GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: "IngressGateway", Fqn: group + "/ingressgateways/shop", MinRevision: rev}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Msg
+	}
+	eventually("FAILED with the reason", func() bool {
+		st = status()
+		return st.GetAggregate() == Failed && strings.Contains(st.GetError(), group+" cannot be used") && strings.Contains(st.GetError(), "bogus")
+	})
+	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "cannot be used") || strings.Contains(body, "bogus") {
+		t.Fatalf("readyz with a broken record: %d %q (must say not ready, without internal detail)", code, body)
+	}
+	reg := prometheus.NewRegistry()
+	h.c.Register(reg)
+	if v := gaugeValue(t, reg, "flotilla_central_bundles_failing"); v != 1 {
+		t.Fatalf("flotilla_central_bundles_failing = %v with a broken record", v)
+	}
+	rev = put(good)
+	eventually("recovers once the record is fixed", func() bool { st = status(); return st.GetError() == "" })
+	if code, _ := readyz(); code != http.StatusOK {
+		t.Fatalf("readyz after the fix: %d", code)
+	}
+	if v := gaugeValue(t, reg, "flotilla_central_bundles_failing"); v != 0 {
+		t.Fatalf("flotilla_central_bundles_failing = %v after the fix", v)
+	}
+}
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

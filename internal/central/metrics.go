@@ -10,7 +10,6 @@ import (
 type metrics struct {
 	sends     prometheus.Counter
 	recompute prometheus.Histogram
-	failing   prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -23,10 +22,6 @@ func newMetrics() *metrics {
 			Name:    "flotilla_central_recompute_seconds",
 			Help:    "Time to apply a batch of intent changes to the index and rehash the affected clusters' bundles (or to reload it whole).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
-		}),
-		failing: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flotilla_central_bundles_failing",
-			Help: "1 while bundles cannot follow the store (see /readyz and the server log), else 0.",
 		}),
 	}
 }
@@ -49,7 +44,10 @@ func (c *Central) Register(r prometheus.Registerer) error {
 		})
 	}
 	for _, col := range []prometheus.Collector{
-		c.metrics.sends, c.metrics.recompute, c.metrics.failing,
+		c.metrics.sends, c.metrics.recompute,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_bundles_failing", Help: "1 while some bundles cannot be computed (see /readyz, status and the server log), else 0."}, func() float64 {
+			return boolFloat(c.Health() != nil)
+		}),
 		gauge("flotilla_central_connected_agents", "Agents with a live stream.", func(cl *cluster) bool { return cl.conn != nil }),
 		gauge("flotilla_central_clusters", "Clusters known to the central control plane.", func(*cluster) bool { return true }),
 		gauge("flotilla_central_clusters_behind", "Clusters whose agent has not acknowledged their latest bundle.", func(cl *cluster) bool {

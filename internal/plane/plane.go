@@ -43,7 +43,7 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 		copts = append(copts, central.Shared())
 	}
 	cp := central.New(reg, st, log.With("component", "central"), copts...)
-	srv := apiserver.New(reg, st, log, cfg.API...)
+	srv := apiserver.New(reg, st, log, append(cfg.API, apiserver.WithReadiness(cp.Health))...)
 	if err := cp.Register(srv.Metrics()); err != nil {
 		return nil, err
 	}
