@@ -62,6 +62,10 @@ func TestMain(m *testing.M) {
 	}
 	fleet = f
 	code := m.Run()
+	if err := writeMatrix(); err != nil {
+		fmt.Fprintln(os.Stderr, "failure matrix:", err)
+		code = max(code, 1)
+	}
 	if err := f.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "testfleet: stop:", err)
 		code = max(code, 1)
@@ -134,6 +138,8 @@ type server struct {
 	url  string
 	log  *syncBuffer
 	done chan error
+
+	client *http.Client // for /readyz
 }
 
 // startServer runs `flotilla server` in dir with args plus --listen, and
@@ -157,8 +163,29 @@ func startServerTLS(t *testing.T, dir, caFile string, args ...string) *server {
 		pool.AppendCertsFromPEM(pemBytes)
 		scheme, client = "https", &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
-	addr := freePort(t)
-	cmd := exec.Command(flotillaBin, append([]string{"server", "--listen", addr}, args...)...)
+	return runServer(t, dir, scheme, client, append([]string{"server", "--listen", freePort(t)}, args...))
+}
+
+// restart starts the server again, with the same arguments and address,
+// once the previous process is gone (kill9 or stop it first).
+func (s *server) restart(t *testing.T) *server {
+	t.Helper()
+	return runServer(t, s.cmd.Dir, strings.SplitN(s.url, "://", 2)[0], s.client, s.cmd.Args[1:])
+}
+
+// stop ends the server with SIGTERM (a graceful shutdown) and waits.
+func (s *server) stop() {
+	if s.cmd.ProcessState != nil {
+		return
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	<-s.done
+}
+
+func runServer(t *testing.T, dir, scheme string, client *http.Client, args []string) *server {
+	t.Helper()
+	addr := args[2] // server --listen ADDR ...
+	cmd := exec.Command(flotillaBin, args...)
 	cmd.Dir = dir
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
@@ -166,7 +193,7 @@ func startServerTLS(t *testing.T, dir, caFile string, args ...string) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, cmd: cmd, addr: addr, url: scheme + "://" + addr, log: log, done: make(chan error, 1)}
+	s := &server{t: t, cmd: cmd, addr: addr, url: scheme + "://" + addr, log: log, done: make(chan error, 1), client: client}
 	go func() { s.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {

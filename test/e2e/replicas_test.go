@@ -181,7 +181,8 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("every agent moved to replica b %s after the kill", time.Since(killed).Round(time.Millisecond))
+	moved := time.Since(killed)
+	t.Logf("every agent moved to replica b %s after the kill", moved.Round(time.Millisecond))
 
 	// Nothing acknowledged was lost: the intent, and every cluster's status.
 	if after := b.must("get", "ingressgateway", "shop", "-o", "yaml"); after != before {
@@ -195,6 +196,9 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Aggregate != "READY" || len(st.Clusters) != sims+2 {
 		t.Fatalf("status lost across the kill (%v):\n%s", err, out)
 	}
+	record(matrixRow{scenario: "one of two server replicas on PostgreSQL killed (kill -9); 2 real and 200 simulated agents",
+		checked:  []string{"every agent moves to the other replica", "intent and every cluster's status intact", "status --wait truthful after the move"},
+		recovery: moved, how: "kill → all 202 agents streaming from the surviving replica"})
 	// Status stays truthful: after each change, status --wait returns only
 	// once the change is live in the real clusters.
 	for i := range 3 {
