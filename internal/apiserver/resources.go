@@ -132,6 +132,9 @@ func internal(log *slog.Logger, op string, err error) error {
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	}
 	log.Error(op+" failed", "err", err)
+	if errors.Is(err, store.ErrUnavailable) {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s failed: the store is unavailable, so nothing was written: retry once it is back (GET /readyz says when)", op))
+	}
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("%s failed: %w", op, err))
 }
 

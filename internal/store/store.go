@@ -26,6 +26,9 @@ import (
 var (
 	ErrNotFound  = errors.New("not found")
 	ErrCompacted = errors.New("revision compacted")
+	// ErrUnavailable says the database could not be reached: a write
+	// failing with it was not made.
+	ErrUnavailable = errors.New("the store is unavailable")
 	// ErrFenced refuses a status write from a session that a newer one
 	// replaced (see Store.ClaimStatus).
 	ErrFenced = errors.New("fenced by a newer status session")

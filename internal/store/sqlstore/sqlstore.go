@@ -110,12 +110,12 @@ func (d *DB) migrate(ctx context.Context) error {
 func (d *DB) beginWrite(ctx context.Context) (*sql.Tx, error) {
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return nil, fmt.Errorf("begin: %w: %w", store.ErrUnavailable, err)
 	}
 	if d.dialect.LockTx != "" {
 		if _, err := tx.ExecContext(ctx, d.dialect.LockTx); err != nil {
 			tx.Rollback()
-			return nil, fmt.Errorf("take the write lock: %w", err)
+			return nil, fmt.Errorf("take the write lock: %w: %w", store.ErrUnavailable, err)
 		}
 	}
 	return tx, nil
