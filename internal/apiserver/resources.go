@@ -14,6 +14,7 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apierror"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -38,23 +39,6 @@ func actor(h interface{ Get(string) string }) string {
 	return "anonymous"
 }
 
-// violationError builds the client-facing error for violations. A stale
-// etag makes it Aborted (retry after re-reading); otherwise InvalidArgument.
-func violationError(code connect.Code, vs []resource.Violation) error {
-	sort.SliceStable(vs, func(i, j int) bool { return vs[i].Index < vs[j].Index })
-	msgs := make([]string, 0, len(vs))
-	detail := &pb.Violations{}
-	for _, v := range vs {
-		msgs = append(msgs, v.Error())
-		detail.Violations = append(detail.Violations, &pb.Violation{Index: int32(v.Index), Kind: v.Kind, Name: v.Name, Field: v.Field, Message: v.Message})
-	}
-	err := connect.NewError(code, errors.New(strings.Join(msgs, "; ")))
-	if d, derr := connect.NewErrorDetail(detail); derr == nil {
-		err.AddDetail(d)
-	}
-	return err
-}
-
 // errRollback ends a transaction that must not commit (dry run or violations).
 var errRollback = errors.New("rollback")
 
@@ -66,7 +50,7 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	}
 	objs, vs := s.reg.ParseAll(in)
 	if len(vs) > 0 {
-		return nil, violationError(connect.CodeInvalidArgument, vs)
+		return nil, apierror.Violations(vs, false)
 	}
 	for _, o := range objs {
 		o.Force = req.Msg.GetForce()
@@ -87,44 +71,15 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	})
 	switch {
 	case len(vs) > 0:
-		return nil, ViolationError(vs, conflict)
+		return nil, apierror.Violations(vs, conflict)
 	case err != nil && !errors.Is(err, errRollback):
 		return nil, internal(s.log, "apply", err)
 	}
-	results, err := ApplyResults(s.reg, len(in), written)
+	results, err := s.reg.Results(len(in), written)
 	if err != nil {
 		return nil, internal(s.log, "apply", err)
 	}
 	return connect.NewResponse(&pb.ApplyResponse{Results: results, Revision: rev}), nil
-}
-
-// ApplyResults turns what resource.Write wrote into API results, in request
-// order (n is the request's length).
-func ApplyResults(reg *resource.Registry, n int, written []resource.Written) ([]*pb.ApplyResult, error) {
-	results := make([]*pb.ApplyResult, n)
-	for _, w := range written {
-		out, err := reg.Resource(w.Record)
-		if err != nil {
-			return nil, err
-		}
-		results[w.Index] = &pb.ApplyResult{Index: int32(w.Index), Resource: out, Outcome: outcomes[w.Outcome]}
-	}
-	return results, nil
-}
-
-var outcomes = map[resource.Outcome]pb.Outcome{
-	resource.Created:    pb.Outcome_OUTCOME_CREATED,
-	resource.Configured: pb.Outcome_OUTCOME_CONFIGURED,
-	resource.Unchanged:  pb.Outcome_OUTCOME_UNCHANGED,
-}
-
-// ViolationError is the client-facing error for violations: Aborted when
-// one is a stale etag (re-read and retry), InvalidArgument otherwise.
-func ViolationError(vs []resource.Violation, conflict bool) error {
-	if conflict {
-		return violationError(connect.CodeAborted, vs)
-	}
-	return violationError(connect.CodeInvalidArgument, vs)
 }
 
 func internal(log *slog.Logger, op string, err error) error {

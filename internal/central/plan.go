@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
-	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/apierror"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/resource"
@@ -31,7 +31,7 @@ var errPlanDone = errors.New("plan: roll back")
 func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (*connect.Response[pb.PlanResponse], error) {
 	objs, vs := f.reg.ParseAll(req.Msg.GetResources())
 	if len(vs) > 0 {
-		return nil, apiserver.ViolationError(vs, false)
+		return nil, apierror.Violations(vs, false)
 	}
 	for _, o := range objs {
 		o.Force = true // show what a forced apply would delete
@@ -53,12 +53,12 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		return errPlanDone
 	})
 	if len(vs) > 0 {
-		return nil, apiserver.ViolationError(vs, conflict)
+		return nil, apierror.Violations(vs, conflict)
 	}
 	if err != nil && !errors.Is(err, errPlanDone) {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
-	results, err := apiserver.ApplyResults(f.reg, len(objs), written)
+	results, err := f.reg.Results(len(objs), written)
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}

@@ -107,3 +107,23 @@ func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object) (writ
 	}
 	return written, vs, conflict, nil
 }
+
+// Results turns what Write wrote into API results, in request order (n is
+// the request's length).
+func (r *Registry) Results(n int, written []Written) ([]*pb.ApplyResult, error) {
+	results := make([]*pb.ApplyResult, n)
+	for _, w := range written {
+		out, err := r.Resource(w.Record)
+		if err != nil {
+			return nil, err
+		}
+		results[w.Index] = &pb.ApplyResult{Index: int32(w.Index), Resource: out, Outcome: outcomes[w.Outcome]}
+	}
+	return results, nil
+}
+
+var outcomes = map[Outcome]pb.Outcome{
+	Created:    pb.Outcome_OUTCOME_CREATED,
+	Configured: pb.Outcome_OUTCOME_CONFIGURED,
+	Unchanged:  pb.Outcome_OUTCOME_UNCHANGED,
+}

@@ -1,0 +1,37 @@
+// Package apierror turns invalid input into the errors every API handler
+// returns, so that the resource API and the central control plane's plan
+// report violations the same way. It sits below both.
+package apierror
+
+import (
+	"errors"
+	"sort"
+	"strings"
+
+	"connectrpc.com/connect"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/resource"
+)
+
+// Violations is the client-facing error for violations, each also sent as
+// a Violation detail: Aborted when one is a stale etag (re-read and retry),
+// InvalidArgument otherwise.
+func Violations(vs []resource.Violation, conflict bool) error {
+	code := connect.CodeInvalidArgument
+	if conflict {
+		code = connect.CodeAborted
+	}
+	sort.SliceStable(vs, func(i, j int) bool { return vs[i].Index < vs[j].Index })
+	msgs := make([]string, 0, len(vs))
+	detail := &pb.Violations{}
+	for _, v := range vs {
+		msgs = append(msgs, v.Error())
+		detail.Violations = append(detail.Violations, &pb.Violation{Index: int32(v.Index), Kind: v.Kind, Name: v.Name, Field: v.Field, Message: v.Message})
+	}
+	err := connect.NewError(code, errors.New(strings.Join(msgs, "; ")))
+	if d, derr := connect.NewErrorDetail(detail); derr == nil {
+		err.AddDetail(d)
+	}
+	return err
+}
