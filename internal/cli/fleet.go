@@ -80,15 +80,19 @@ failure or timeout.`,
 		Example: "  flotilla status ingressgateway shop --wait --timeout 30s\n  flotilla status group payments-gateway --wait --revision 42",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			if wait {
+			if wait { // the whole wait, finding the resource included, is bounded
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
+				cmd.SetContext(ctx)
+			}
+			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
+			if err != nil {
+				if wait && ctx.Err() != nil {
+					return fmt.Errorf("no answer from the server within %s (%v)", timeout, connect.CodeOf(err))
+				}
+				return err
 			}
 			req := &pb.GetStatusRequest{Kind: k.Name, Fqn: r.GetMetadata().GetFqn(), MinRevision: revision}
 			var last *pb.GetStatusResponse
@@ -108,7 +112,7 @@ failure or timeout.`,
 					continue
 				}
 				if last == nil { // timed out without one answer
-					return fmt.Errorf("no status for %s within %s: %w", req.GetFqn(), timeout, err)
+					return fmt.Errorf("no status for %s within %s (%v)", req.GetFqn(), timeout, connect.CodeOf(err))
 				}
 				if output == "json" {
 					if err := writeJSON(e.out, last); err != nil {
