@@ -29,6 +29,7 @@ type Central struct {
 	broken   map[string]string   // FQN -> why a stored record cannot be used
 	failure  *failure            // why the index cannot catch up with the store; nil when it does
 	ready    chan struct{}       // closed after the first load
+	closing  bool                // set at shutdown: no new streams
 	metrics  *metrics
 
 	sendTimeout time.Duration // see DefaultSendTimeout
@@ -140,7 +141,9 @@ func (c *Central) Run(ctx context.Context) error {
 			loaded = true
 			close(c.ready)
 		}
-		c.setFailure(err)
+		if ctx.Err() == nil {
+			c.setFailure(err)
+		}
 		select {
 		case <-changed:
 		case <-flush.C:
@@ -314,10 +317,13 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 	}
 }
 
-// closeStreams ends every agent stream; agents reconnect with backoff.
+// closeStreams ends every agent stream, and refuses new ones: agents
+// reconnect with backoff, to this server once it is back or to another
+// replica.
 func (c *Central) closeStreams() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closing = true
 	for _, cl := range c.clusters {
 		if cl.conn != nil {
 			cl.conn.end("the server is shutting down: reconnect")

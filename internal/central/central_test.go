@@ -647,3 +647,27 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+func TestAStatusWriteFencedByAReconnectOfOurOwnDoesNotDropTheNewStream(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const c1 = "organizations/acme/clusters/c1"
+	a := h.fakeAgent(t, ctx, "c1")
+	<-a.bundles
+	h.c.mu.Lock()
+	defer h.c.mu.Unlock()
+	cl := h.c.clusters[c1]
+	// A flush took its writes under the cluster's previous session, and
+	// the agent's reconnect here claimed the current one meanwhile.
+	stale := []store.StatusWrite{{FQN: c1, Epoch: cl.epoch - 1}}
+	h.c.letGo(stale, []string{c1})
+	if cl.conn == nil || cl.epoch < 0 || !cl.dirty {
+		t.Fatalf("a fence of our own dropped the stream: conn %v epoch %d dirty %v", cl.conn != nil, cl.epoch, cl.dirty)
+	}
+	// The same fence under the current session means another replica.
+	h.c.letGo([]store.StatusWrite{{FQN: c1, Epoch: cl.epoch}}, []string{c1})
+	if cl.conn != nil || cl.epoch != -1 {
+		t.Fatal("a fence by another replica did not let go of the cluster")
+	}
+}

@@ -276,17 +276,35 @@ func (c *Central) flushStatus(ctx context.Context) error {
 			cl.written = now
 		}
 	}
+	c.letGo(writes, fenced)
+	return nil
+}
+
+// letGo handles status writes that a newer session fenced: when the newer
+// session is another replica's, this one lets go of the cluster; when it is
+// one of this replica's own streams, which claimed it while the write was
+// on its way, the status is written again under it. Callers hold c.mu.
+func (c *Central) letGo(writes []store.StatusWrite, fenced []string) {
+	epochs := make(map[string]int64, len(writes))
+	for _, w := range writes {
+		epochs[w.FQN] = w.Epoch
+	}
 	for _, fqn := range fenced {
 		cl := c.clusters[fqn]
 		if cl == nil {
 			continue
 		}
+		if cl.epoch != epochs[fqn] {
+			// A stream of ours claimed a newer session while the write was
+			// on its way: the fence is our own. Write again with it.
+			cl.dirty = true
+			continue
+		}
 		c.log.Info("another server replica serves this cluster now; letting go of it", "cluster", fqn)
-		if cl.conn != nil && cl.conn.epoch <= cl.epoch {
+		if cl.conn != nil {
 			cl.conn.end("another server replica serves this cluster now")
 			cl.conn = nil
 		}
 		cl.epoch = -1 // write nothing more until an agent connects here again
 	}
-	return nil
 }

@@ -139,6 +139,10 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	conn := &agentConn{epoch: epoch, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	conn.wake <- struct{}{} // send the current bundle if the agent lacks it
 	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return connect.NewError(connect.CodeUnavailable, errors.New("the server is shutting down: reconnect"))
+	}
 	cl := c.clusters[fqn]
 	if cl == nil {
 		c.mu.Unlock()

@@ -29,6 +29,11 @@ type Dialect struct {
 	LockTx string
 	// Migrations are applied in order; migration i has version i+1.
 	Migrations []string
+	// SingleWriter says the database takes one writer at a time whatever
+	// the rows (SQLite): status transactions then queue on the process's
+	// writer mutex rather than on the database's busy handler, which
+	// backs off by sleeping and gives up under a storm of writers.
+	SingleWriter bool
 	// NotifyTx, when set, runs in every write transaction that takes a
 	// revision, so that other processes on the same database learn of the
 	// commit (PostgreSQL's NOTIFY is delivered at commit).
@@ -702,13 +707,18 @@ func (t *tx) DeleteCredentials(ctx context.Context, cluster, kind string) error 
 }
 
 // statusTx runs fn in a transaction of its own. Status writes do not take
-// the intent write lock (writeMu, LockTx): they take no revision, so they
-// need not be ordered with intent, and a status flush never waits behind
-// an apply. Rows they touch are locked by the database as usual.
+// the intent write lock (LockTx): they take no revision, so they need not
+// be ordered with intent, and on PostgreSQL a status flush never waits
+// behind an apply (rows they touch are locked as usual). On a single-writer
+// database they queue on writeMu with everything else.
 func (d *DB) statusTx(ctx context.Context, fn func(q querier) error) error {
+	if d.dialect.SingleWriter {
+		d.writeMu.Lock()
+		defer d.writeMu.Unlock()
+	}
 	sqlTx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return fmt.Errorf("begin: %w: %w", store.ErrUnavailable, err)
 	}
 	defer sqlTx.Rollback()
 	if err := fn(querier{d: d, tx: sqlTx}); err != nil {
