@@ -127,3 +127,29 @@ func BenchmarkApplyAt100PerSecond(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkApplyInAGroup: one client changes an IngressGateway that ten
+// clusters' groups select, so each write also makes the central control
+// plane update its index, rehash ten bundles and send them (no agents are
+// connected: the bundles wait for them).
+func BenchmarkApplyInAGroup(b *testing.B) {
+	for _, kind := range []string{"sqlite", "postgres"} {
+		b.Run(kind, func(b *testing.B) {
+			p := setup(b, kind)
+			intent := harness.Tenancy("bench")
+			for c := range 10 {
+				intent = append(intent, harness.Resource("Cluster", &pb.Metadata{Name: fmt.Sprintf("c%d", c), Organization: "acme"}, nil))
+			}
+			if _, err := p.API.Apply(context.Background(), connect.NewRequest(&pb.ApplyRequest{Resources: intent})); err != nil {
+				b.Fatal(err)
+			}
+			harness.Measure(b, func(i int) time.Duration {
+				t0 := time.Now()
+				if err := apply(p, harness.Gateway(fmt.Sprintf("h%d.example.com", i), "bench")); err != nil {
+					b.Fatal(err)
+				}
+				return time.Since(t0)
+			})
+		})
+	}
+}
