@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -312,4 +313,122 @@ func TestFailureMatrixStoreDown(t *testing.T) {
 	record(matrixRow{scenario: "store down (PostgreSQL stopped)",
 		checked:  []string{"running config untouched", "kubectl works", "agents keep their streams", "apply refused with a clear error and nothing written", "/readyz 503", "a change applies everywhere once the store is back"},
 		recovery: recovery, how: "PostgreSQL start → an apply succeeds and is applied in every cluster"})
+}
+
+// freeze stops (SIGSTOP) or continues (SIGCONT) a local-fleet cluster's
+// etcd and kube-apiserver: the whole cluster's control plane is down, with
+// its data kept, and comes back as it was.
+func freeze(t *testing.T, name string, stop bool) {
+	t.Helper()
+	sig := syscall.SIGCONT
+	if stop {
+		sig = syscall.SIGSTOP
+	}
+	for _, c := range fleet.Clusters() {
+		if c.Name != name {
+			continue
+		}
+		for _, comp := range []string{"kube-apiserver", "etcd"} {
+			if err := syscall.Kill(c.PIDs[comp], sig); err != nil {
+				t.Fatalf("signal %s of %s: %v", comp, name, err)
+			}
+		}
+		return
+	}
+	t.Fatalf("no cluster %s", name)
+}
+
+func TestFailureMatrixClusterDownAndLostConnectivity(t *testing.T) {
+	cs := clusters(t)
+	for _, c := range cs {
+		c.reset(t, "payments")
+	}
+	c1, c2 := cs[0], cs[1]
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	applyHost(t, s, "net0.example.com")
+	// c2's agent reaches the server through a link the test can cut.
+	link := newPartition(t, s.addr)
+	for _, c := range cs {
+		token := strings.TrimSpace(s.must("cluster", "onboard", c.name))
+		if err := os.WriteFile(filepath.Join(dir, c.name+".token"), []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		server := s.url
+		if c == c2 {
+			server = link.url()
+		}
+		startProcess(t, dir, nil, "agent", "--server", server, "--cluster", c.name, "--token-file", filepath.Join(dir, c.name+".token"), "--kubeconfig", c.kubeconfig)
+	}
+	s.must("status", "ingressgateway", "shop", "--wait", "--timeout", "50s")
+	host := func(c *kcluster) string {
+		vs, err := c.get(vsGVR, "payments", "shop-shop")
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		return vsHost(vs)
+	}
+	// queuedThenApplied applies a change during the failure, checks that c1
+	// gets it and c2 is Pending, then recovers and measures until c2 has it.
+	queuedThenApplied := func(t *testing.T, h string, recover func()) time.Duration {
+		rev := applyHost(t, s, h)
+		eventually(t, 30*time.Second, "c1 applies the change during c2's failure", func() error {
+			rows := clusterRows(t, s, rev)
+			if rows["c1"].State != "Applied" || rows["c2"].State != "Pending" {
+				return fmt.Errorf("rows %+v", rows)
+			}
+			if got := host(c1); got != h {
+				return fmt.Errorf("c1 has %s", got)
+			}
+			return nil
+		})
+		start := time.Now()
+		recover()
+		s.must("status", "ingressgateway", "shop", "--wait", "--revision", strconv.FormatInt(rev, 10), "--timeout", "50s")
+		if got := host(c2); got != h {
+			t.Fatalf("c2 did not get the queued change: %s", got)
+		}
+		return time.Since(start)
+	}
+
+	t.Run("connectivity between a cluster and the management plane is lost", func(t *testing.T) {
+		before := host(c2)
+		link.setCut(true)
+		eventually(t, 30*time.Second, "the server sees c2 disconnected", func() error {
+			if n := connectedAgents(t, s.url); n != 1 {
+				return fmt.Errorf("%d agents connected", n)
+			}
+			return nil
+		})
+		recovery := queuedThenApplied(t, "net1.example.com", func() {
+			if got := host(c2); got != before {
+				t.Fatalf("c2's running config changed while cut off: %s", got)
+			}
+			cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "while-cut-off", Namespace: "payments"}}
+			if _, err := c2.kube.CoreV1().ConfigMaps("payments").Create(context.Background(), cm, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("kubectl in c2 fails while it is cut off: %v", err)
+			}
+			link.setCut(false)
+		})
+		record(matrixRow{scenario: "lost connectivity between c2 and the management plane (its connections cut, new ones refused)",
+			checked:  []string{"c2's running config untouched", "kubectl in c2 works", "c1 applies a change meanwhile; c2 Pending", "the change is applied in c2 when the link is back"},
+			recovery: recovery, how: "link restored → the queued change applied in c2 (includes the agent's reconnect backoff)"})
+	})
+
+	t.Run("a workload cluster fails", func(t *testing.T) {
+		freeze(t, c2.name, true)
+		frozen := true
+		defer func() {
+			if frozen {
+				freeze(t, c2.name, false)
+			}
+		}()
+		recovery := queuedThenApplied(t, "net2.example.com", func() {
+			freeze(t, c2.name, false)
+			frozen = false
+		})
+		record(matrixRow{scenario: "workload cluster c2 down (its etcd and kube-apiserver stopped, then continued)",
+			checked:  []string{"c1 applies a change meanwhile; c2 Pending", "the change queued for c2 is applied when the cluster is back"},
+			recovery: recovery, how: "cluster back → the queued change applied in c2"})
+	})
 }
