@@ -182,7 +182,12 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 					continue // more parts to come
 				}
 				if err := a.receiveBundle(ctx, b); err != nil {
-					a.log.Error("bundle not stored; keeping the previous one", "version", b.GetVersion(), "err", err)
+					// The server sends a version once per stream: end this
+					// one, so the next session's Hello (with the last
+					// version applied) makes it send the bundle again.
+					a.log.Error("bundle not stored; keeping the previous one and reconnecting to get it again", "version", b.GetVersion(), "err", err)
+					recvErr <- fmt.Errorf("store bundle %s: %w", b.GetVersion(), err)
+					return
 				}
 			}
 		}
