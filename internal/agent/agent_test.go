@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/testfleet"
+)
+
+func TestMain(m *testing.M) { testfleet.Main(m, testfleet.Options{Clusters: 1}) }
+
+// corruptingServer is an agent service whose first stream sends a bundle
+// that does not hash to its version (a fault the real server cannot be
+// made to produce), and whose later streams send the good one.
+type corruptingServer struct {
+	agentv1connect.UnimplementedAgentServiceHandler
+	good    *bundle.Bundle
+	streams atomic.Int32
+	acked   chan string
+}
+
+func (s *corruptingServer) Join(context.Context, *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
+	return connect.NewResponse(&agentv1.JoinResponse{Credential: "fla_test", Cluster: "organizations/acme/clusters/c1"}), nil
+}
+
+func (s *corruptingServer) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
+	if _, err := stream.Receive(); err != nil { // Hello
+		return err
+	}
+	content, _ := json.Marshal(s.good)
+	version := s.good.Version()
+	if s.streams.Add(1) == 1 {
+		content = []byte(`{"cluster":"c1","groups":[],"objects":[],"tampered":true}`)
+		version = "0123456789abcdef0123456789abcdef" // not what the content hashes to
+	}
+	if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: version, Revision: 7, Content: content}}}); err != nil {
+		return err
+	}
+	for {
+		msg, err := stream.Receive()
+		if err != nil {
+			return err
+		}
+		if a := msg.GetAck(); a != nil {
+			select {
+			case s.acked <- a.GetBundleVersion():
+			default:
+			}
+		}
+	}
+}
+
+func TestABundleTheAgentCannotStoreIsFetchedAgainOnANewSession(t *testing.T) {
+	cfg := testfleet.Get(t).Cluster(t, "c1").RESTConfig(t)
+	good := &bundle.Bundle{Cluster: "c1", Groups: []bundle.Group{}, Objects: []bundle.Object{}}
+	srv := &corruptingServer{good: good, acked: make(chan string, 1)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: p}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
+	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	select {
+	case v := <-srv.acked:
+		if v != good.Version() {
+			t.Fatalf("acknowledged %s, want the good version %s", v, good.Version())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the agent never got the bundle again: %d stream(s) opened", srv.streams.Load())
+	}
+	if n := srv.streams.Load(); n < 2 {
+		t.Fatalf("acknowledged on %d stream(s); the bad bundle should have ended the first", n)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
