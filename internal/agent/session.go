@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
@@ -160,7 +161,18 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 			return false, sendError(stream, err)
 		}
 	} else {
-		a.log.Warn("inventory not ready", "err", err)
+		// The informers are still listing: the full report goes out as soon
+		// as they have synced (deltas are held back until then, so the
+		// central control plane never has a partial inventory).
+		a.log.Info("inventory not synced yet; its full report follows", "err", err)
+		go func() {
+			if !cache.WaitForCacheSync(ctx.Done(), a.inv.synced) {
+				return // the session ended first
+			}
+			if full, err := a.inv.full(ctx); err == nil {
+				a.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: full}})
+			}
+		}()
 	}
 
 	recvErr := make(chan error, 1)
