@@ -39,6 +39,7 @@ func buildIndex(reg *resource.Registry, in Intent) (*index, map[string]string) {
 			}
 		}
 	}
+	idx.rehash()
 	return idx, broken
 }
 

@@ -195,31 +195,52 @@ func (c *Central) Health() error {
 	return nil
 }
 
-// catchUp applies the store's events after c.rev to the index, or reloads
-// the index from scratch when asked or when those events were compacted.
+// maxPending bounds the events read before they are applied; a catch-up
+// further behind reloads the index instead.
+const maxPending = 100_000
+
+// catchUp brings the index up to the store: it reads every event after
+// c.rev, then applies them all at once, so that bundles only ever reflect
+// whole transactions (one apply of ten thousand objects is ten thousand
+// events). It reloads the index from scratch when asked, when those events
+// were compacted, or when there are too many of them.
 func (c *Central) catchUp(ctx context.Context, reload bool) error {
 	for {
-		c.mu.Lock()
-		after := c.rev
-		c.mu.Unlock()
 		if reload {
 			if err := c.reload(ctx); err != nil {
 				return err
 			}
 			reload = false
+		}
+		c.mu.Lock()
+		after := c.rev
+		c.mu.Unlock()
+		var pending []store.Event
+		for {
+			evs, err := c.st.Events(ctx, after, eventBatch)
+			if errors.Is(err, store.ErrCompacted) {
+				reload = true
+				break
+			} else if err != nil {
+				return fmt.Errorf("read the event log after revision %d: %w", after, err)
+			}
+			if len(evs) == 0 {
+				break
+			}
+			pending = append(pending, evs...)
+			after = evs[len(evs)-1].Revision
+			if len(pending) > maxPending {
+				reload = true
+				break
+			}
+		}
+		if reload {
 			continue
 		}
-		evs, err := c.st.Events(ctx, after, eventBatch)
-		if errors.Is(err, store.ErrCompacted) {
-			reload = true
-			continue
-		} else if err != nil {
-			return fmt.Errorf("read the event log after revision %d: %w", after, err)
+		if len(pending) > 0 {
+			c.applyEvents(pending)
 		}
-		if len(evs) == 0 {
-			return nil
-		}
-		c.applyEvents(evs)
+		return nil
 	}
 }
 
@@ -267,6 +288,7 @@ func (c *Central) applyEvents(evs []store.Event) {
 		}
 		delete(c.broken, ev.Record.FQN)
 	}
+	c.idx.rehash()
 	c.syncClusters(affected, nil)
 }
 

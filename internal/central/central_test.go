@@ -25,6 +25,7 @@ import (
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/sqlite"
@@ -669,5 +670,37 @@ func TestAStatusWriteFencedByAReconnectOfOurOwnDoesNotDropTheNewStream(t *testin
 	h.c.letGo([]store.StatusWrite{{FQN: c1, Epoch: cl.epoch}}, []string{c1})
 	if cl.conn != nil || cl.epoch != -1 {
 		t.Fatal("a fence by another replica did not let go of the cluster")
+	}
+}
+
+func TestBundlesOnlyEverReflectWholeTransactions(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := h.fakeAgent(t, ctx, "c1")
+	<-a.bundles // the empty first bundle
+	const n = 2500 // two and a half event batches in one transaction
+	rs := bigGateway("unused")[:2]
+	group, _ := structpb.NewStruct(map[string]any{"type": "traffic", "configMode": "DIRECT", "namespaceSelector": map[string]any{"names": []any{"*/pay"}}})
+	rs = append(rs, &pb.Resource{ApiVersion: resource.APIVersion, Kind: "Group", Metadata: &pb.Metadata{Name: "direct", Organization: "acme", Tenant: "t", Workspace: "w"}, Spec: group})
+	rs[1].Spec, _ = structpb.NewStruct(map[string]any{"namespaceSelector": map[string]any{"names": []any{"*/pay"}}})
+	for i := range n {
+		spec, _ := structpb.NewStruct(map[string]any{"hosts": []any{fmt.Sprintf("h%04d.example.com", i)}, "http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web"}}}}}})
+		rs = append(rs, &pb.Resource{ApiVersion: "networking.istio.io/v1", Kind: "VirtualService", Metadata: &pb.Metadata{Name: fmt.Sprintf("vs%04d", i), Namespace: "pay", Organization: "acme", Tenant: "t", Workspace: "w", Group: "direct"}, Spec: spec})
+	}
+	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: rs})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-a.bundles:
+		var got bundle.Bundle
+		if err := json.Unmarshal(b.GetContent(), &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Objects) != n {
+			t.Fatalf("the first bundle after a %d-object apply holds %d objects: a partial transaction reached the cluster", n, len(got.Objects))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no bundle")
 	}
 }

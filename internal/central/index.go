@@ -48,6 +48,7 @@ type groupEntry struct {
 	org      string
 	objects  map[string]*objectEntry // by FQN
 	hash     bundle.Hash
+	stale    bool            // hash not yet recomputed after a change
 	clusters map[string]bool // FQNs of the clusters it selects
 }
 
@@ -129,7 +130,7 @@ func (x *index) apply(ev store.Event, affected map[string]bool) error {
 			}
 			g.objects[r.FQN] = e
 		}
-		g.rehash()
+		g.stale = true
 		for c := range g.clusters {
 			affected[c] = true
 		}
@@ -199,7 +200,7 @@ func (x *index) putGroup(r store.Record, affected map[string]bool) error {
 		g.group.Namespaces = []string{}
 	}
 	g.sel = sel
-	g.rehash()
+	g.stale = true
 	for c := range g.clusters {
 		affected[c] = true // the group's content changed, or it left them
 	}
@@ -263,6 +264,18 @@ func (x *index) mutCluster(fqn string) *clusterEntry {
 	return &cp
 }
 
+// rehash recomputes the digests of the groups changed since the last call.
+// Changes only mark a group stale, so a batch of events (one transaction
+// can put ten thousand objects in one group) rehashes each group once.
+func (x *index) rehash() {
+	for fqn, g := range x.groups {
+		if g.stale {
+			g = x.mutGroup(fqn)
+			g.rehash()
+		}
+	}
+}
+
 // rehash recomputes the group's digest from its objects' cached digests.
 func (g *groupEntry) rehash() {
 	fqns := make([]string, 0, len(g.objects))
@@ -274,10 +287,11 @@ func (g *groupEntry) rehash() {
 	for i, f := range fqns {
 		hashes[i] = g.objects[f].hash
 	}
-	g.hash = bundle.GroupHash(g.group, hashes)
+	g.hash, g.stale = bundle.GroupHash(g.group, hashes), false
 }
 
-// version is the cluster's bundle version, from cached group digests.
+// version is the cluster's bundle version, from cached group digests:
+// call rehash first after changes.
 func (x *index) version(fqn string) string {
 	c := x.clusters[fqn]
 	if c == nil {

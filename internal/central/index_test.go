@@ -112,6 +112,7 @@ func TestTheIncrementalIndexAlwaysAgreesWithBundlesComputedFromScratch(t *testin
 			if err := idx.apply(ev, affected); err != nil {
 				t.Fatalf("seed %d step %d: %v", seed, step, err)
 			}
+			idx.rehash()
 			if ev.Type == store.EventDelete {
 				delete(w, ev.Record.FQN)
 			} else {
@@ -158,6 +159,7 @@ func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
 		if err := idx.apply(ev, map[string]bool{}); err != nil {
 			t.Fatal(err)
 		}
+		idx.rehash()
 		if ev.Type == store.EventDelete {
 			delete(w, ev.Record.FQN)
 		} else {
@@ -183,6 +185,7 @@ func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
 			if err := c.apply(ev, map[string]bool{}); err != nil {
 				t.Fatal(err)
 			}
+			c.rehash()
 			if ev.Type == store.EventDelete {
 				delete(wc, ev.Record.FQN)
 			} else {

@@ -15,7 +15,11 @@ import (
 )
 
 func newAgentCmd(e *env) *cobra.Command {
-	var cluster, tokenFile, kubeconfig, logLevel string
+	var (
+		cluster, tokenFile, kubeconfig, logLevel string
+		qps                                      float32
+		burst                                    int
+	)
 	cmd := &cobra.Command{
 		Use:   "agent --cluster NAME --token-file FILE [--kubeconfig FILE]",
 		Short: "Run the agent of one cluster",
@@ -43,6 +47,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 			if err != nil {
 				return fmt.Errorf("kubernetes configuration: %w (outside a cluster, pass --kubeconfig)", err)
 			}
+			kube.QPS, kube.Burst = qps, burst
 			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig})
 			if err != nil {
 				return err
@@ -56,6 +61,8 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the join token from `flotilla cluster onboard`")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster configuration)")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().Float32Var(&qps, "kube-qps", agent.DefaultQPS, "requests per second the agent may send its cluster's API server")
+	cmd.Flags().IntVar(&burst, "kube-burst", agent.DefaultBurst, "burst above --kube-qps")
 	cmd.MarkFlagRequired("cluster")
 	return cmd
 }
