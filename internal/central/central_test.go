@@ -678,7 +678,7 @@ func TestBundlesOnlyEverReflectWholeTransactions(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := h.fakeAgent(t, ctx, "c1")
-	<-a.bundles // the empty first bundle
+	<-a.bundles    // the empty first bundle
 	const n = 2500 // two and a half event batches in one transaction
 	rs := bigGateway("unused")[:2]
 	group, _ := structpb.NewStruct(map[string]any{"type": "traffic", "configMode": "DIRECT", "namespaceSelector": map[string]any{"names": []any{"*/pay"}}})
