@@ -49,7 +49,15 @@ func TestAClusterWithTenThousandObjectsConvergesAndAOneObjectChangeRewritesOneOb
 	os.WriteFile(filepath.Join(dir, "c1.token"), []byte(token), 0o600)
 	start := time.Now()
 	startProcess(t, dir, nil, "agent", "--server", s.url, "--cluster", "c1", "--token-file", filepath.Join(dir, "c1.token"), "--kubeconfig", c1.kubeconfig, "--kube-qps", "500", "--kube-burst", "1000")
-	s.must("status", "group", "payments-direct", "--wait", "--timeout", "55s")
+	// The CLI's own wait is bounded by the test's exec limit: poll it.
+	eventually(t, 4*time.Minute, "10,000 objects applied", func() error {
+		r := s.flotilla("", "status", "group", "payments-direct", "-o", "json")
+		if r.code != 0 || !strings.Contains(r.stdout, `"READY"`) {
+			failed := s.flotilla("", "status", "virtualservice", "vs09999")
+			return fmt.Errorf("not READY yet: %s", failed.stdout)
+		}
+		return nil
+	})
 	t.Logf("10,000 objects converged %s after the agent started", time.Since(start).Round(time.Millisecond))
 
 	list := func() map[string]string {
