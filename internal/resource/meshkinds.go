@@ -110,8 +110,8 @@ func checkIngressGateway(ctx context.Context, r store.Reader, obj *Object) ([]Fi
 		return nil, err
 	}
 	var out []FieldError
-	if g.GetType() != "gateway" || g.GetConfigMode() == "DIRECT" {
-		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("an IngressGateway lives in a gateway group in BRIDGED mode; %s is a %s group in %s mode", obj.ParentFQN(), g.GetType(), g.GetConfigMode())})
+	if why := suitsGroup(obj.Kind.Name, g); why != "" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("%s; %s is a %s group in %s mode", why, obj.ParentFQN(), g.GetType(), g.GetConfigMode())})
 	}
 	ns := obj.Spec.(*pb.IngressGatewaySpec).GetWorkloadSelector().GetNamespace()
 	if !selectsNamespace(sel, ns) {
@@ -126,8 +126,8 @@ func checkDirect(ctx context.Context, r store.Reader, obj *Object) ([]FieldError
 		return nil, err
 	}
 	var out []FieldError
-	if g.GetConfigMode() != "DIRECT" {
-		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("a raw Istio %s lives in a DIRECT group; %s is %s: set its spec.configMode to DIRECT or use another group", obj.Kind.Name, obj.ParentFQN(), g.GetConfigMode())})
+	if why := suitsGroup(obj.Kind.Name, g); why != "" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("%s; %s is %s: set its spec.configMode to DIRECT or use another group", why, obj.ParentFQN(), g.GetConfigMode())})
 	}
 	if !selectsNamespace(sel, obj.Namespace) {
 		out = append(out, FieldError{Field: "metadata.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", obj.Namespace, obj.ParentFQN(), sel)})
