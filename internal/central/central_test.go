@@ -379,6 +379,7 @@ func TestAClusterThatStopsReadingDoesNotDelayAnotherAndIsDropped(t *testing.T) {
 type fakeAgent struct {
 	stream  *connect.BidiStreamForClient[agentv1.ConnectRequest, agentv1.ConnectResponse]
 	bundles chan *agentv1.Bundle
+	cred    string
 }
 
 func (h *harness) fakeAgent(t *testing.T, ctx context.Context, cluster string) *fakeAgent {
@@ -392,7 +393,7 @@ func (h *harness) fakeAgent(t *testing.T, ctx context.Context, cluster string) *
 	if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}}); err != nil {
 		t.Fatal(err)
 	}
-	a := &fakeAgent{stream: s, bundles: make(chan *agentv1.Bundle, 64)}
+	a := &fakeAgent{stream: s, bundles: make(chan *agentv1.Bundle, 64), cred: cred}
 	go func() {
 		for {
 			msg, err := s.Receive()
@@ -702,5 +703,54 @@ func TestBundlesOnlyEverReflectWholeTransactions(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("no bundle")
+	}
+}
+
+func TestOnboardingAClusterWithAConnectedAgentNeedsForceAndNeverSilentlyTakesOver(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := h.fakeAgent(t, ctx, "c1")
+	<-a.bundles
+	// Without force, no new token while the agent is connected...
+	_, err := h.fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: "c1", Organization: "acme"}}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("onboarding a cluster with a connected agent: %v", err)
+	}
+	res, err := h.fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: "c1", Organization: "acme"}, Force: true}))
+	if err != nil {
+		t.Fatalf("a forced onboarding: %v", err)
+	}
+	forced := res.Msg.GetToken()
+	// The live agent keeps working until the forced token is used.
+	if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: &agentv1.Ack{BundleVersion: "x"}}}); err != nil {
+		t.Fatalf("the live agent's stream broke: %v", err)
+	}
+	if _, err := h.join("c1", forced); err != nil {
+		t.Fatalf("joining with the forced token: %v", err)
+	}
+}
+
+func TestAnUnforcedTokenCannotReplaceAConnectedAgent(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := h.fakeAgent(t, ctx, "c1")
+	<-a.bundles
+	// A token issued while the agent was briefly away, used once it is back.
+	h.c.mu.Lock()
+	cl := h.c.clusters["organizations/acme/clusters/c1"]
+	conn := cl.conn
+	cl.conn = nil
+	h.c.mu.Unlock()
+	stale := h.onboard(t, "c1", time.Hour)
+	h.c.mu.Lock()
+	cl.conn = conn
+	h.c.mu.Unlock()
+	if _, err := h.join("c1", stale); connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "connected agent") {
+		t.Fatalf("a join over a connected agent: %v", err)
+	}
+	if _, err := h.hello(t, a.cred, "c1"); err != nil {
+		t.Fatalf("the live agent's credential stopped working: %v", err)
 	}
 }

@@ -60,6 +60,13 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("ttl %s: give a duration between 1s and 168h", ttl))
 		}
 	}
+	if f.agentConnected(fqn) && !req.Msg.GetForce() {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s has a connected agent: a new join would replace its credential; pass --force to move the cluster to a new agent", fqn))
+	}
+	kind := credJoin
+	if req.Msg.GetForce() {
+		kind = credJoinForce
+	}
 	token, hash := newSecret("flj_")
 	expires := f.now().Add(ttl).UTC()
 	var missing bool
@@ -71,10 +78,12 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 		} else if err != nil {
 			return err
 		}
-		if err := tx.DeleteCredentials(ctx, fqn, credJoin); err != nil {
-			return err
+		for _, k := range []string{credJoin, credJoinForce} {
+			if err := tx.DeleteCredentials(ctx, fqn, k); err != nil {
+				return err
+			}
 		}
-		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: fqn, Kind: credJoin, Expires: expires})
+		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: fqn, Kind: kind, Expires: expires})
 	})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, err)

@@ -22,8 +22,9 @@ var _ agentv1connect.AgentServiceHandler = (*Central)(nil)
 
 // Credential kinds.
 const (
-	credJoin  = "join"
-	credAgent = "agent"
+	credJoin      = "join"
+	credJoinForce = "join-force" // may replace a connected agent
+	credAgent     = "agent"
 )
 
 // newSecret returns a random secret and the hash stored for it.
@@ -53,7 +54,7 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 	err := c.st.Update(ctx, "agent:"+req.Msg.GetCluster(), func(tx store.Tx) error {
 		cred, err := tx.GetCredential(ctx, hashSecret(req.Msg.GetToken()))
 		switch {
-		case errors.Is(err, store.ErrNotFound) || err == nil && cred.Kind != credJoin:
+		case errors.Is(err, store.ErrNotFound) || err == nil && cred.Kind != credJoin && cred.Kind != credJoinForce:
 			refusal = connect.NewError(connect.CodeUnauthenticated, errors.New("unknown join token: run `flotilla cluster onboard <cluster>` and use the token it prints"))
 			return nil
 		case err != nil:
@@ -66,6 +67,11 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 			return nil
 		case !sameCluster(req.Msg.GetCluster(), cred.Cluster):
 			refusal = connect.NewError(connect.CodePermissionDenied, fmt.Errorf("this join token is for %s, not %q", cred.Cluster, req.Msg.GetCluster()))
+			return nil
+		case cred.Kind != credJoinForce && c.agentConnected(cred.Cluster):
+			// A join replaces the cluster's credential: never silently
+			// take over from a working agent.
+			refusal = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s has a connected agent, and joining would replace its credential: to move the cluster to a new agent, run `flotilla cluster onboard --force`", cred.Cluster))
 			return nil
 		}
 		cred.Used = true
@@ -258,4 +264,13 @@ func sendBundle(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.Conne
 		}
 	}
 	return nil
+}
+
+// agentConnected reports whether the cluster has a live agent stream, to
+// this replica or, as far as the store says, to another.
+func (c *Central) agentConnected(fqn string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.clusters[fqn]
+	return cl != nil && cl.connected()
 }

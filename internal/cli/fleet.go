@@ -23,12 +23,13 @@ func (e *env) fleet() flotillav1alpha1connect.FleetServiceClient {
 func newClusterCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "cluster", Short: "Onboard clusters"}
 	var (
-		org string
-		ttl time.Duration
+		org   string
+		ttl   time.Duration
+		force bool
 	)
 	onboard := &cobra.Command{
 		Use:   "onboard NAME",
-		Short: "Print a one-time join token for a cluster and the command that starts its agent",
+		Short: "Print a one-time join token for a cluster (to stdout only) and how to start its agent",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			md := &pb.Metadata{Name: args[0], Organization: org}
@@ -40,20 +41,23 @@ func newClusterCmd(e *env) *cobra.Command {
 				}
 				md = r.GetMetadata()
 			}
-			res, err := e.fleet().Onboard(cmd.Context(), connect.NewRequest(&pb.OnboardRequest{Metadata: md, Ttl: durationpb.New(ttl)}))
+			res, err := e.fleet().Onboard(cmd.Context(), connect.NewRequest(&pb.OnboardRequest{Metadata: md, Ttl: durationpb.New(ttl), Force: force}))
 			if err != nil {
 				return err
 			}
 			m := res.Msg
 			fmt.Fprintf(e.errOut, "Join token for %s (valid until %s, usable once):\n", m.GetCluster(), m.GetExpireTime().AsTime().Format(time.RFC3339))
 			fmt.Fprintln(e.out, m.GetToken())
-			fmt.Fprintf(e.errOut, "\nStart the cluster's agent with:\n\n  echo %s > %s.token\n  flotilla agent --server %s --cluster %s --token-file %s.token --kubeconfig <%s's kubeconfig>\n",
-				m.GetToken(), args[0], e.server, args[0], args[0], args[0])
+			// The token goes to stdout only, never into a hint on stderr that
+			// ends up in scrollback and CI logs.
+			fmt.Fprintf(e.errOut, "\nSave it with `flotilla cluster onboard %s > %s.token` and start the cluster's agent with:\n\n  flotilla agent --server %s --cluster %s --token-file %s.token --kubeconfig <%s's kubeconfig>\n",
+				args[0], args[0], e.server, args[0], args[0], args[0])
 			return nil
 		},
 	}
 	onboard.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
 	onboard.Flags().DurationVar(&ttl, "ttl", central.DefaultTokenTTL, "how long the token stays valid")
+	onboard.Flags().BoolVar(&force, "force", false, "issue a token even though the cluster's agent is connected: joining with it replaces that agent's credential")
 	cmd.AddCommand(onboard)
 	return cmd
 }

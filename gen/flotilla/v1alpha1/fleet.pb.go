@@ -29,7 +29,11 @@ type OnboardRequest struct {
 	Fqn      string    `protobuf:"bytes,1,opt,name=fqn,proto3" json:"fqn,omitempty"`
 	Metadata *Metadata `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	// Ttl bounds the token's life; default one hour.
-	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Force issues a token for a cluster whose agent is connected: its join
+	// replaces that agent's credential. Without it such a request is refused,
+	// and a token issued earlier cannot be used while an agent is connected.
+	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -83,6 +87,13 @@ func (x *OnboardRequest) GetTtl() *durationpb.Duration {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *OnboardRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type OnboardResponse struct {
@@ -789,11 +800,12 @@ var File_flotilla_v1alpha1_fleet_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x01\n" +
+	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n" +
 	"\x0eOnboardRequest\x12\x10\n" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"~\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"~\n" +
 	"\x0fOnboardResponse\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
