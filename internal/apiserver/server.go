@@ -104,7 +104,9 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.st.Ping(ctx); err != nil {
-		http.Error(w, "store unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		// The reason goes to the log: /readyz answers anyone.
+		s.log.Warn("not ready: the store does not answer", "err", err)
+		http.Error(w, "not ready: the store is unavailable (see the server log)", http.StatusServiceUnavailable)
 		return
 	}
 	for _, check := range s.readiness {

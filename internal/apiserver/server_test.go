@@ -592,8 +592,8 @@ func TestHealthReadinessAndMetricsEndpoints(t *testing.T) {
 		t.Fatalf("metrics %d lacks the apply counter:\n%s", code, body)
 	}
 	st.Close() // the store goes away: not ready, still alive
-	if code, _ := get("/readyz"); code != 503 {
-		t.Fatalf("readyz with a closed store = %d, want 503", code)
+	if code, body := get("/readyz"); code != 503 || strings.Contains(body, "closed") || !strings.Contains(body, "store is unavailable") {
+		t.Fatalf("readyz with a closed store = %d %q, want 503 without the internal error", code, body)
 	}
 	if code, _ := get("/healthz"); code != 200 {
 		t.Fatalf("healthz with a closed store = %d, want 200", code)
