@@ -75,6 +75,9 @@ type Agent struct {
 	rev     int64 // the store revision of current
 	lastAck *agentv1.Ack
 	wake    chan struct{} // capacity 1: reconcile soon
+
+	// sleep waits between session attempts (sleepCtx; tests record it).
+	sleep func(ctx context.Context, d time.Duration) bool
 }
 
 // New checks cfg and builds an agent; Run starts it.
@@ -105,6 +108,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, log: cfg.Log, kube: kube, cache: &bundleCache{dyn: dyn},
 		outbox: make(chan *agentv1.ConnectRequest, 1024),
 		wake:   make(chan struct{}, 1),
+		sleep:  sleepCtx,
 	}
 	a.applier, err = apply.New(kcfg, apply.Options{GVKs: apply.IstioKinds(), Logger: cfg.Log.With("component", "applier"), OnDrift: a.onDrift})
 	if err != nil {

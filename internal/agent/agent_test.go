@@ -114,3 +114,110 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
 }
+
+// flakyServer refuses its first streams, then serves one session that
+// delivers a bundle and ends, then refuses again.
+type flakyServer struct {
+	agentv1connect.UnimplementedAgentServiceHandler
+	good    *bundle.Bundle
+	refuse  int32 // streams refused before the good one
+	streams atomic.Int32
+}
+
+func (s *flakyServer) Join(context.Context, *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
+	return connect.NewResponse(&agentv1.JoinResponse{Credential: "fla_test", Cluster: "organizations/acme/clusters/c1"}), nil
+}
+
+func (s *flakyServer) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
+	n := s.streams.Add(1)
+	if n <= s.refuse || n > s.refuse+1 {
+		return connect.NewError(connect.CodeUnavailable, errors.New("not now"))
+	}
+	if _, err := stream.Receive(); err != nil {
+		return err
+	}
+	content, _ := json.Marshal(s.good)
+	if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: s.good.Version(), Content: content}}}); err != nil {
+		return err
+	}
+	for { // a working session: until the agent acknowledges the bundle
+		msg, err := stream.Receive()
+		if err != nil {
+			return err
+		}
+		if msg.GetAck() != nil {
+			return connect.NewError(connect.CodeUnavailable, errors.New("the server restarts"))
+		}
+	}
+}
+
+func TestReconnectBackoffGrowsWithinBoundsIsJitteredAndResetsAfterASession(t *testing.T) {
+	cfg := testfleet.Get(t).Cluster(t, "c1").RESTConfig(t)
+	const refused = 8
+	srv := &flakyServer{good: &bundle.Bundle{Cluster: "c1", Groups: []bundle.Group{}, Objects: []bundle.Object{}}, refuse: refused}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: p}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
+	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waits := make(chan time.Duration, 64)
+	a.sleep = func(ctx context.Context, d time.Duration) bool {
+		select {
+		case waits <- d:
+		case <-ctx.Done():
+			return false
+		}
+		return ctx.Err() == nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var got []time.Duration
+	for len(got) < refused+3 {
+		select {
+		case d := <-waits:
+			got = append(got, d)
+		case err := <-done:
+			t.Fatalf("agent stopped: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d waits: %v", len(got), got)
+		}
+	}
+	cancel()
+	<-done
+	for i, d := range got {
+		if d < time.Duration(float64(minBackoff)*0.8) || d > time.Duration(float64(maxBackoff)*1.2) {
+			t.Fatalf("wait %d is %s, outside [0.8×%s, 1.2×%s]", i, d, minBackoff, maxBackoff)
+		}
+	}
+	// Growing while refused: each wait is well above the one two attempts
+	// before (jitter is ±20 %, growth ×4), until the cap.
+	for i := 2; i < refused; i++ {
+		if got[i] < maxBackoff*8/10 && got[i] <= got[i-2] {
+			t.Fatalf("waits do not grow: %v", got)
+		}
+	}
+	// The session that delivered a bundle resets the backoff: the wait
+	// after it is back at the floor.
+	after := got[refused]
+	if after > time.Duration(float64(minBackoff)*1.2) {
+		t.Fatalf("the wait after a successful session is %s, not reset to about %s: %v", after, minBackoff, got)
+	}
+	if got[refused-1] <= after {
+		t.Fatalf("no reset visible: %v", got)
+	}
+}

@@ -124,11 +124,19 @@ func (a *Agent) sessions(ctx context.Context) error {
 		}
 		wait := backoff(attempt)
 		a.log.Warn("no session with the central control plane; the cluster keeps running on its stored bundle", "err", err, "retryIn", wait.Round(time.Millisecond))
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
+		if !a.sleep(ctx, wait) {
 			return nil
 		}
+	}
+}
+
+// sleepCtx waits d, or until ctx ends (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-time.After(d):
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
