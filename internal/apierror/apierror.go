@@ -22,6 +22,14 @@ func Violations(vs []resource.Violation, conflict bool) error {
 	if conflict {
 		code = connect.CodeAborted
 	}
+	return withCode(code, vs)
+}
+
+// Denied is the error for writes the caller has no permission for:
+// PermissionDenied, with each refusal as a Violation detail.
+func Denied(vs []resource.Violation) error { return withCode(connect.CodePermissionDenied, vs) }
+
+func withCode(code connect.Code, vs []resource.Violation) error {
 	sort.SliceStable(vs, func(i, j int) bool { return vs[i].Index < vs[j].Index })
 	msgs := make([]string, 0, len(vs))
 	detail := &pb.Violations{}

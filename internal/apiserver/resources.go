@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,13 +15,11 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/access"
 	"flotilla.io/flotilla/internal/apierror"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
-
-// ActorHeader carries the caller's name until authentication arrives.
-const ActorHeader = "Flotilla-Actor"
 
 // Resources implements the ResourceService.
 type Resources struct {
@@ -28,16 +27,10 @@ type Resources struct {
 	st   store.Store
 	log  *slog.Logger
 	stop <-chan struct{} // closed when the server shuts down; ends watches
+	auth *Auth
 }
 
 var _ flotillav1alpha1connect.ResourceServiceHandler = (*Resources)(nil)
-
-func actor(h interface{ Get(string) string }) string {
-	if a := h.Get(ActorHeader); a != "" {
-		return a
-	}
-	return "anonymous"
-}
 
 // errRollback ends a transaction that must not commit (dry run or violations).
 var errRollback = errors.New("rollback")
@@ -58,11 +51,20 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 	var (
 		written  []resource.Written
 		conflict bool
+		denied   bool
 		rev      int64
 	)
-	err := s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
-		var err error
-		written, vs, conflict, err = s.reg.Write(ctx, tx, objs)
+	err := s.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
+		chk, err := access.Checker(ctx, s.auth.Policies, tx, tx.Revision())
+		if err != nil {
+			return err
+		}
+		guard := access.Guard(chk, tx)
+		written, vs, conflict, err = s.reg.Write(ctx, tx, objs, func(ctx context.Context, obj *resource.Object, rec *store.Record, old *store.Record) (string, error) {
+			refusal, err := guard(ctx, obj, rec, old)
+			denied = denied || refusal != ""
+			return refusal, err
+		})
 		rev = tx.Revision()
 		if err == nil && (len(vs) > 0 || req.Msg.GetDryRun()) {
 			return errRollback
@@ -70,6 +72,8 @@ func (s *Resources) Apply(ctx context.Context, req *connect.Request[pb.ApplyRequ
 		return err
 	})
 	switch {
+	case denied:
+		return nil, apierror.Denied(vs)
 	case len(vs) > 0:
 		return nil, apierror.Violations(vs, conflict)
 	case err != nil && !errors.Is(err, errRollback):
@@ -112,8 +116,13 @@ func (s *Resources) Get(ctx context.Context, req *connect.Request[pb.GetRequest]
 	if err != nil {
 		return nil, err
 	}
+	chk, err := access.ReadChecker(ctx, s.auth.Policies, s.st)
+	if err != nil {
+		return nil, internal(s.log, "get", err)
+	}
 	rec, err := s.st.Get(ctx, fqn)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Kind != k.Name) {
+	// A record the caller may not read looks absent: same code, same words.
+	if errors.Is(err, store.ErrNotFound) || (err == nil && (rec.Kind != k.Name || !access.CanRead(chk, rec))) {
 		return nil, notFound(k, fqn)
 	} else if err != nil {
 		return nil, internal(s.log, "get", err)
@@ -135,26 +144,77 @@ func (s *Resources) List(ctx context.Context, req *connect.Request[pb.ListReques
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("label selector %q: %w", req.Msg.GetLabelSelector(), err))
 	}
+	size := int(req.Msg.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("page_size %d: give 0 (the default, %d) up to %d", size, DefaultPageSize, MaxPageSize))
+	case size == 0:
+		size = DefaultPageSize
+	case size > MaxPageSize:
+		size = MaxPageSize
+	}
+	after, err := decodePageToken(req.Msg.GetPageToken())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
 	rev, err := s.st.Revision(ctx)
 	if err != nil {
 		return nil, internal(s.log, "list", err)
 	}
-	recs, err := s.st.List(ctx, store.Query{Kind: k.Name, Ancestor: req.Msg.GetParent(), Name: req.Msg.GetName()})
+	chk, err := access.Checker(ctx, s.auth.Policies, s.st, rev)
 	if err != nil {
 		return nil, internal(s.log, "list", err)
 	}
 	out := &pb.ListResponse{Revision: rev}
-	for _, rec := range recs {
-		if !sel.Matches(labels.Set(rec.Labels)) {
-			continue
-		}
-		res, err := s.reg.Resource(rec)
+	// Hidden and unselected records are skipped without counting, so a
+	// page is full unless the list ends; a scan is bounded all the same.
+	for scanned := 0; len(out.Resources) < size && scanned < 50*size; {
+		recs, err := s.st.List(ctx, store.Query{Kind: k.Name, Ancestor: req.Msg.GetParent(), Name: req.Msg.GetName(), After: after, Limit: size})
 		if err != nil {
 			return nil, internal(s.log, "list", err)
 		}
-		out.Resources = append(out.Resources, res)
+		scanned += len(recs)
+		for _, rec := range recs {
+			after = rec.FQN
+			if !sel.Matches(labels.Set(rec.Labels)) || !access.CanRead(chk, rec) {
+				continue
+			}
+			res, err := s.reg.Resource(rec)
+			if err != nil {
+				return nil, internal(s.log, "list", err)
+			}
+			out.Resources = append(out.Resources, res)
+			if len(out.Resources) == size {
+				break
+			}
+		}
+		if len(recs) < size {
+			after = ""
+			break
+		}
+	}
+	if after != "" {
+		out.NextPageToken = encodePageToken(after)
 	}
 	return connect.NewResponse(out), nil
+}
+
+// List page sizes.
+const (
+	DefaultPageSize = 500
+	MaxPageSize     = 1000
+)
+
+func encodePageToken(after string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(after))
+}
+
+func decodePageToken(tok string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", errors.New("page_token is damaged: pass the next_page_token of the previous page unchanged")
+	}
+	return string(b), nil
 }
 
 // Delete implements ResourceService.Delete.
@@ -168,13 +228,21 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 		refusal error
 		rev     int64
 	)
-	err = s.st.Update(ctx, actor(req.Header()), func(tx store.Tx) error {
+	err = s.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
+		chk, err := access.Checker(ctx, s.auth.Policies, tx, tx.Revision())
+		if err != nil {
+			return err
+		}
 		rec, err := tx.Get(ctx, fqn)
-		if errors.Is(err, store.ErrNotFound) || (err == nil && rec.Kind != k.Name) {
+		if errors.Is(err, store.ErrNotFound) || (err == nil && (rec.Kind != k.Name || !access.CanRead(chk, rec))) {
 			refusal = notFound(k, fqn)
 			return errRollback
 		} else if err != nil {
 			return err
+		}
+		if ok, reason := access.CanDelete(chk, rec); !ok {
+			refusal = connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: "+reason))
+			return errRollback
 		}
 		if e := req.Msg.GetEtag(); e != "" && e != rec.ETag {
 			refusal = connect.NewError(connect.CodeAborted, fmt.Errorf("etag %q is stale: %s is now at %q; get it again and retry", e, fqn, rec.ETag))
@@ -196,6 +264,12 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 		sort.SliceStable(children, func(i, j int) bool {
 			return strings.Count(children[i].FQN, "/") > strings.Count(children[j].FQN, "/")
 		})
+		for _, c := range children {
+			if ok, reason := access.CanDelete(chk, c); !ok {
+				refusal = connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: deleting %s deletes %s: %s", fqn, c.FQN, reason))
+				return errRollback
+			}
+		}
 		for _, c := range append(children, rec) {
 			if _, err := tx.Delete(ctx, c.FQN); err != nil {
 				return err
@@ -252,9 +326,13 @@ func (s *Resources) Watch(ctx context.Context, req *connect.Request[pb.WatchRequ
 		} else if err != nil {
 			return internal(s.log, "watch", err)
 		}
+		chk, err := access.ReadChecker(ctx, s.auth.Policies, s.st)
+		if err != nil {
+			return internal(s.log, "watch", err)
+		}
 		for _, ev := range evs {
 			after = ev.Revision
-			if len(want) > 0 && !want[ev.Record.Kind] {
+			if len(want) > 0 && !want[ev.Record.Kind] || !access.CanRead(chk, ev.Record) {
 				continue
 			}
 			res, err := s.reg.Resource(ev.Record)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/authz"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -36,6 +37,9 @@ type Server struct {
 	certFile, keyFile string // empty: cleartext
 
 	readiness []func() error // more conditions of /readyz
+
+	auth  *Auth
+	authn *authInterceptor
 }
 
 // Option configures a Server.
@@ -67,6 +71,10 @@ func WithReadiness(check func() error) Option {
 	return func(s *Server) { s.readiness = append(s.readiness, check) }
 }
 
+// WithAuth sets how callers authenticate and what they may do. A server
+// without it refuses every call but /healthz and /readyz.
+func WithAuth(a *Auth) Option { return func(s *Server) { s.auth = a } }
+
 // WithMetrics registers the server's metrics in reg instead of a private registry.
 func WithMetrics(reg *prometheus.Registry) Option { return func(s *Server) { s.metrics = reg } }
 
@@ -80,14 +88,33 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 		s.metrics = prometheus.NewRegistry()
 		s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	interceptors := connect.WithInterceptors(newMetricsInterceptor(s.metrics))
-	s.mux.Handle(flotillav1alpha1connect.NewResourceServiceHandler(&Resources{reg: reg, st: st, log: log, stop: s.stop}, interceptors))
-	s.mux.Handle(flotillav1alpha1connect.NewAuditServiceHandler(&Audit{reg: reg, st: st, log: log}, interceptors))
+	if s.auth == nil {
+		// Secure by default: with no way to authenticate, nobody gets in.
+		s.auth = &Auth{Policies: authz.NewCache(resource.NodeKinds...)}
+	}
+	s.authn = &authInterceptor{auth: s.auth, st: st, log: log}
+	hopts := s.HandlerOptions()
+	s.mux.Handle(flotillav1alpha1connect.NewResourceServiceHandler(&Resources{reg: reg, st: st, log: log, stop: s.stop, auth: s.auth}, hopts...))
+	s.mux.Handle(flotillav1alpha1connect.NewAuditServiceHandler(&Audit{reg: reg, st: st, log: log, auth: s.auth}, hopts...))
+	s.mux.Handle(flotillav1alpha1connect.NewIdentityServiceHandler(&Identity{auth: s.auth, reg: reg, st: st, log: log}, hopts...))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
+	s.mux.Handle("GET /metrics", s.auth.requireToken(promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{})))
 	return s
 }
+
+// HandlerOptions are the options every API handler on the server's port
+// takes: authentication, metrics and the message size limit. The planes
+// that share the port (the central's fleet service) register with them.
+func (s *Server) HandlerOptions() []connect.HandlerOption {
+	return []connect.HandlerOption{
+		connect.WithInterceptors(newMetricsInterceptor(s.metrics), s.authn),
+		connect.WithReadMaxBytes(MaxRequestBytes),
+	}
+}
+
+// Auth is the server's authentication and authorization.
+func (s *Server) Auth() *Auth { return s.auth }
 
 // Handle adds a handler to the server's mux, for the planes that share its
 // port (the central control plane's agent stream, the UI).
@@ -98,7 +125,7 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 func (s *Server) Metrics() prometheus.Registerer { return s.metrics }
 
 // Handler is the server's root handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.edge(s.mux) }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -133,9 +160,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		protocols.SetUnencryptedHTTP2(true) // gRPC without TLS on loopback and behind a TLS-terminating proxy
 	}
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.Handler(),
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 		// Pings find dead agent streams; agents ping too.
 		HTTP2:    &http.HTTP2Config{SendPingTimeout: 20 * time.Second, PingTimeout: 10 * time.Second},
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -152,6 +181,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	compactCtx, stopCompacting := context.WithCancel(ctx)
 	compacted := make(chan struct{})
 	go func() { s.compactLoop(compactCtx); close(compacted) }()
+	go s.reloadKeys(compactCtx)
 	defer func() { stopCompacting(); <-compacted }()
 	select {
 	case err := <-errc:
@@ -214,6 +244,30 @@ func (m *metricsInterceptor) WrapStreamingHandler(next connect.StreamingHandlerF
 		err := next(ctx, conn)
 		m.requests.WithLabelValues(conn.Spec().Procedure, codeOf(err)).Inc()
 		return err
+	}
+}
+
+// KeyReloadInterval is how often the server looks for a signing-key file
+// that another replica or an operator changed.
+const KeyReloadInterval = 2 * time.Second
+
+func (s *Server) reloadKeys(ctx context.Context) {
+	if s.auth.Issuer == nil {
+		return
+	}
+	tick := time.NewTicker(KeyReloadInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if changed, err := s.auth.Issuer.Keys.Reload(); err != nil {
+				s.log.Warn("reload the signing keys; keeping the ones loaded", "err", err)
+			} else if changed {
+				s.log.Info("signing keys reloaded from disk")
+			}
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 

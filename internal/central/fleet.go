@@ -14,13 +14,21 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/access"
+	"flotilla.io/flotilla/internal/authz"
+	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
 
-// Fleet serves the FleetService from a Central.
-type Fleet struct{ *Central }
+// Fleet serves the FleetService from a Central. Every call is authorized
+// against Policies, for the caller the authentication interceptor put in
+// the context.
+type Fleet struct {
+	*Central
+	Policies *authz.Cache
+}
 
 var _ flotillav1alpha1connect.FleetServiceHandler = Fleet{}
 
@@ -69,14 +77,26 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 	}
 	token, hash := newSecret("flj_")
 	expires := f.now().Add(ttl).UTC()
-	var missing bool
-	err = f.st.Update(ctx, "onboard:"+fqn, func(tx store.Tx) error {
+	var (
+		missing bool
+		denied  error
+	)
+	err = f.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
+		chk, err := access.Checker(ctx, f.Policies, tx, tx.Revision())
+		if err != nil {
+			return err
+		}
 		rec, err := tx.Get(ctx, fqn)
-		if errors.Is(err, store.ErrNotFound) || err == nil && rec.Kind != resource.KindCluster {
+		if errors.Is(err, store.ErrNotFound) || err == nil && (rec.Kind != resource.KindCluster || !access.CanRead(chk, rec)) {
 			missing = true
 			return nil
 		} else if err != nil {
 			return err
+		}
+		// A join token lets its holder act as the cluster: it takes Write.
+		if ok, reason := chk.Can(authz.Write, resource.KindCluster, fqn, rec.Annotations[authz.CreatorAnnotation]); !ok {
+			denied = connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: onboarding issues the cluster's credential; "+reason))
+			return nil
 		}
 		for _, k := range []string{credJoin, credJoinForce} {
 			if err := tx.DeleteCredentials(ctx, fqn, k); err != nil {
@@ -88,10 +108,35 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
+	if denied != nil {
+		return nil, denied
+	}
 	if missing {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("cluster %s does not exist: apply a Cluster resource first", fqn))
 	}
 	return connect.NewResponse(&pb.OnboardResponse{Cluster: fqn, Token: token, ExpireTime: timestamppb.New(expires)}), nil
+}
+
+// readable is the part of a bundle the checker's principal may read: the
+// objects it may read, and the groups they are in.
+func readable(chk *authz.Checker, b *bundle.Bundle) *bundle.Bundle {
+	if b == nil || chk.Principal().Bootstrap() {
+		return b
+	}
+	out := &bundle.Bundle{Cluster: b.Cluster}
+	groups := map[string]bool{}
+	for _, o := range b.Objects {
+		if ok, _ := chk.Can(authz.Read, o.Kind, o.FQN, ""); ok {
+			out.Objects = append(out.Objects, o)
+			groups[o.Group] = true
+		}
+	}
+	for _, g := range b.Groups {
+		if groups[g.FQN] {
+			out.Groups = append(out.Groups, g)
+		}
+	}
+	return out
 }
 
 // clusterStates returns the state of the object fqn (in group) in every
@@ -172,8 +217,12 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	if err != nil {
 		return nil, err
 	}
+	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
 	rec, err := f.st.Get(ctx, fqn)
-	if errors.Is(err, store.ErrNotFound) || err == nil && rec.Kind != k.Name {
+	if errors.Is(err, store.ErrNotFound) || err == nil && (rec.Kind != k.Name || !access.CanRead(chk, rec)) {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("%s %s not found", k.Name, fqn))
 	} else if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, err)
@@ -225,6 +274,9 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 			}
 			groups := map[string]int64{}
 			for _, ch := range children {
+				if !access.CanRead(chk, ch) {
+					continue
+				}
 				if _, ok := groups[ch.Parent]; !ok {
 					g, err := f.st.Get(ctx, ch.Parent)
 					if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -293,7 +345,15 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 	}
 	b, version, rev, namespaces := f.idx.bundle(cl.fqn), cl.version, f.rev, cl.inv.namespaceNames()
 	f.mu.Unlock()
-	res := compile.Compile(b, namespaces)
+	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	crec, err := f.st.Get(ctx, cl.fqn)
+	if err != nil || !access.CanRead(chk, crec) {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", req.Msg.GetCluster()))
+	}
+	res := compile.Compile(readable(chk, b), namespaces)
 	var docs []string
 	for _, o := range res.Objects {
 		y, err := yaml.Marshal(o.Object)

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/access"
 	"flotilla.io/flotilla/internal/apierror"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
@@ -44,15 +45,27 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	var (
 		written  []resource.Written
 		conflict bool
+		denied   bool
 	)
-	err := f.st.Update(ctx, "plan", func(tx store.Tx) error {
-		var err error
-		if written, vs, conflict, err = f.reg.Write(ctx, tx, objs); err != nil {
+	err := f.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
+		chk, err := access.Checker(ctx, f.Policies, tx, tx.Revision())
+		if err != nil {
+			return err
+		}
+		guard := access.Guard(chk, tx)
+		if written, vs, conflict, err = f.reg.Write(ctx, tx, objs, func(ctx context.Context, obj *resource.Object, rec *store.Record, old *store.Record) (string, error) {
+			refusal, err := guard(ctx, obj, rec, old)
+			denied = denied || refusal != ""
+			return refusal, err
+		}); err != nil {
 			return err
 		}
 		return errPlanDone
 	})
-	if len(vs) > 0 {
+	switch {
+	case denied:
+		return nil, apierror.Denied(vs)
+	case len(vs) > 0:
 		return nil, apierror.Violations(vs, conflict)
 	}
 	if err != nil && !errors.Is(err, errPlanDone) {

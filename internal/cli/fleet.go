@@ -17,7 +17,7 @@ import (
 )
 
 func (e *env) fleet() flotillav1alpha1connect.FleetServiceClient {
-	return flotillav1alpha1connect.NewFleetServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))
+	return flotillav1alpha1connect.NewFleetServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), e.clientOptions()...)
 }
 
 func newClusterCmd(e *env) *cobra.Command {

@@ -4,7 +4,6 @@
 package cli
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/user"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -20,7 +18,6 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
-	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/resource"
 )
 
@@ -33,8 +30,12 @@ const DefaultServer = "http://127.0.0.1:8080"
 
 // env carries what every command shares.
 type env struct {
-	server    string
-	caFile    string
+	server      string
+	caFile      string
+	contextName string
+	cfg         *Config // the client config file
+	cfgPath     string
+	cachedToken string
 	tlsConfig *tls.Config // from --ca-file; nil for the system roots
 	reg       *resource.Registry
 	out       io.Writer
@@ -56,7 +57,12 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		Short:             "Operate a fleet of Istio service meshes",
 		SilenceUsage:      true,
 		SilenceErrors:     true,
-		PersistentPreRunE: func(*cobra.Command, []string) error { return e.loadTLS() },
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := e.loadConfig(cmd); err != nil {
+				return err
+			}
+			return e.loadTLS()
+		},
 	}
 	root.SetIn(in)
 	root.SetOut(out)
@@ -67,6 +73,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&e.server, "server", defaultServer, "management plane URL (env FLOTILLA_SERVER)")
 	root.PersistentFlags().StringVar(&e.caFile, "ca-file", os.Getenv("FLOTILLA_CA_FILE"), "PEM CA bundle that signs an https:// server's certificate, instead of the system roots (env FLOTILLA_CA_FILE)")
+	root.PersistentFlags().StringVar(&e.contextName, "context", os.Getenv("FLOTILLA_CONTEXT"), "context of the config file to use (env FLOTILLA_CONTEXT; default: the current one)")
 	root.AddCommand(
 		newServerCmd(e),
 		newApplyCmd(e),
@@ -79,6 +86,10 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newClusterCmd(e),
 		newStatusCmd(e),
 		newPlanCmd(e),
+		newLoginCmd(e),
+		newWhoamiCmd(e),
+		newAuthCmd(e),
+		newServiceAccountCmd(e),
 	)
 	return root
 }
@@ -112,26 +123,28 @@ func describeError(err error) string {
 	return ce.Message()
 }
 
-func callerName() string {
-	name := "unknown"
-	if u, err := user.Current(); err == nil {
-		name = u.Username
+// loadConfig reads the config file and takes the server and CA file from
+// the context, unless a flag or the environment names them.
+func (e *env) loadConfig(cmd *cobra.Command) error {
+	cfg, path, err := loadConfig()
+	if err != nil {
+		return err
 	}
-	if h, err := os.Hostname(); err == nil {
-		name += "@" + h
+	e.cfg, e.cfgPath = cfg, path
+	if cmd.Name() == "login" {
+		return nil // login makes the context; the flags say where
 	}
-	return name
-}
-
-// actorInterceptor names the local user on every call until authentication arrives.
-func actorInterceptor() connect.Interceptor {
-	who := callerName()
-	return connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set(apiserver.ActorHeader, who)
-			return next(ctx, req)
-		}
-	})
+	x, err := e.current()
+	if err != nil || x == nil {
+		return err
+	}
+	if !cmd.Flags().Changed("server") && os.Getenv("FLOTILLA_SERVER") == "" {
+		e.server = x.Server
+	}
+	if !cmd.Flags().Changed("ca-file") && os.Getenv("FLOTILLA_CA_FILE") == "" && x.CAFile != "" {
+		e.caFile = x.CAFile
+	}
+	return nil
 }
 
 // httpClient reaches the server: HTTP/1.1 or HTTP/2, trusting --ca-file for
@@ -163,11 +176,11 @@ func (e *env) loadTLS() error {
 }
 
 func (e *env) resources() flotillav1alpha1connect.ResourceServiceClient {
-	return flotillav1alpha1connect.NewResourceServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), connect.WithInterceptors(actorInterceptor()))
+	return flotillav1alpha1connect.NewResourceServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), e.clientOptions()...)
 }
 
 func (e *env) audit() flotillav1alpha1connect.AuditServiceClient {
-	return flotillav1alpha1connect.NewAuditServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"))
+	return flotillav1alpha1connect.NewAuditServiceClient(e.httpClient(), strings.TrimSuffix(e.server, "/"), e.clientOptions()...)
 }
 
 // violations extracts the per-field details of a server error.

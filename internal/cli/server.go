@@ -2,18 +2,23 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
@@ -22,6 +27,8 @@ import (
 
 func newServerCmd(e *env) *cobra.Command {
 	var listen, dataDir, storeArg, logLevel, tlsCert, tlsKey string
+	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
+	var insecure, resetBootstrap bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the management plane",
@@ -53,6 +60,11 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			case tlsCert != "" || tlsKey != "":
 				return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither for cleartext")
 			}
+			auth, err := serverAuth(ctx, e, st, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA, insecure, resetBootstrap)
+			if err != nil {
+				return err
+			}
+			opts = append(opts, apiserver.WithAuth(auth))
 			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres")})
 			if err != nil {
 				return err
@@ -67,7 +79,64 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) to serve HTTPS with; cleartext when unset")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	cmd.Flags().StringVar(&keyFile, "signing-key-file", "", "file of the keys that sign access tokens (default <data-dir>/"+apiserver.SigningKeyFile+"; created when missing; back it up with the store, and give replicas the same file)")
+	cmd.Flags().StringVar(&issuer, "issuer", "flotilla", "the iss of the access tokens this server issues; replicas share it")
+	cmd.Flags().StringVar(&oidcIssuer, "oidc-issuer", "", "URL of the OIDC provider people log in with (flotilla login --oidc)")
+	cmd.Flags().StringVar(&oidcClient, "oidc-client-id", "flotilla", "the OIDC client id of the CLI and the UI")
+	cmd.Flags().StringVar(&oidcCA, "oidc-ca-file", "", "PEM CA bundle of the OIDC provider's certificate, instead of the system roots")
+	cmd.Flags().BoolVar(&insecure, "insecure-no-auth", false, "serve every caller as the administrator, with no login: only for throwaway demos")
+	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one stops working) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile)
 	return cmd
+}
+
+// serverAuth sets up authentication: the signing keys, the OIDC provider,
+// and on first start the bootstrap administrator credential, printed once.
+func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA string, insecure, reset bool) (*apiserver.Auth, error) {
+	if keyFile == "" {
+		keyFile = filepath.Join(dataDir, apiserver.SigningKeyFile)
+	}
+	auth, err := apiserver.NewAuth(keyFile, issuer)
+	if err != nil {
+		return nil, fmt.Errorf("--signing-key-file: %w", err)
+	}
+	if oidcIssuer != "" {
+		auth.OIDC = &authn.OIDC{Issuer: oidcIssuer, ClientID: oidcClient}
+		if oidcCA != "" {
+			pem, err := os.ReadFile(oidcCA)
+			if err != nil {
+				return nil, fmt.Errorf("--oidc-ca-file: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("--oidc-ca-file %s: no PEM certificate in it", oidcCA)
+			}
+			t := http.DefaultTransport.(*http.Transport).Clone()
+			t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+			auth.OIDC.Client = &http.Client{Transport: t, Timeout: 30 * time.Second}
+		}
+	}
+	if insecure {
+		auth.Insecure = true
+		fmt.Fprintln(e.errOut, strings.Repeat("!", 78))
+		fmt.Fprintln(e.errOut, "!! --insecure-no-auth: EVERY caller is the administrator, with no login.")
+		fmt.Fprintln(e.errOut, "!! Anyone who reaches this port can change or delete the whole fleet's config.")
+		fmt.Fprintln(e.errOut, "!! Use it only for a throwaway demo on a machine nobody else can reach.")
+		fmt.Fprintln(e.errOut, strings.Repeat("!", 78))
+	}
+	path := filepath.Join(dataDir, apiserver.BootstrapAdminFile)
+	ensure := auth.EnsureBootstrap
+	if reset {
+		ensure = auth.ResetBootstrap
+	}
+	secret, err := ensure(ctx, st, path)
+	if err != nil {
+		return nil, fmt.Errorf("create the bootstrap credential: %w", err)
+	}
+	if secret != "" {
+		abs, _ := filepath.Abs(path)
+		fmt.Fprintf(e.out, "Bootstrap administrator credential (shown once; also in %s, mode 0600):\n  %s\nLog in with: flotilla login --bootstrap-file %s\n", abs, secret, abs)
+	}
+	return auth, nil
 }
 
 func openStore(ctx context.Context, arg, dataDir string) (store.Store, string, error) {

@@ -48,7 +48,7 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 		return nil, err
 	}
 	srv.Handle(cp.Handler())
-	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp}))
+	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies}, srv.HandlerOptions()...))
 	return &Plane{API: srv, Central: cp}, nil
 }
 

@@ -51,8 +51,11 @@ func Builtin(extra ...*Kind) *Registry {
 			NewSpec:  func() proto.Message { return &pb.ClusterSpec{} },
 			Validate: validateCluster},
 	}
+	var reg *Registry
+	kinds = append(kinds, iamKinds(func(name string) bool { _, ok := reg.Kind(name); return ok })...)
 	kinds = append(kinds, meshKinds()...)
-	return NewRegistry(append(kinds, extra...)...)
+	reg = NewRegistry(append(kinds, extra...)...)
+	return reg
 }
 
 func validateSelector(field string, sel *pb.NamespaceSelector) []FieldError {

@@ -48,12 +48,18 @@ func (r *Registry) ParseAll(in []*pb.Resource) ([]*Object, []Violation) {
 	return objs, vs
 }
 
-// Write writes parsed objects in tx, parents first, checking etags and
-// cross-object rules against what tx sees (earlier objects of the same
+// Guard authorizes one write inside the transaction, before the write's
+// references are checked. It may set the server-kept annotations of rec (the
+// record about to be written); old is nil for a create. A non-empty refusal
+// refuses the write.
+type Guard func(ctx context.Context, obj *Object, rec *store.Record, old *store.Record) (refusal string, err error)
+
+// Write writes parsed objects in tx, parents first, checking etags, guard
+// and cross-object rules against what tx sees (earlier objects of the same
 // request included). It returns every violation, not just the first;
 // conflict is set when one is a stale etag. The caller must not commit tx
 // when there are violations. err is for failures of the store itself.
-func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object) (written []Written, vs []Violation, conflict bool, err error) {
+func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object, guard Guard) (written []Written, vs []Violation, conflict bool, err error) {
 	kinds := make([]*Kind, len(objs))
 	for i, o := range objs {
 		kinds[i] = o.Kind
@@ -80,6 +86,20 @@ func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object) (writ
 			conflict = true
 			bad("metadata.etag", "is %q but %s is now at %q: someone changed it since you read it; get it again, reapply your change, and retry", obj.ETag, rec.FQN, old.ETag)
 			continue
+		}
+		if guard != nil {
+			var prev *store.Record
+			if exists {
+				prev = &old
+			}
+			refusal, err := guard(ctx, obj, &rec, prev)
+			if err != nil {
+				return nil, nil, false, err
+			}
+			if refusal != "" {
+				bad("", "%s", refusal)
+				continue
+			}
 		}
 		fes, err := r.CheckRefs(ctx, tx, obj)
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -66,6 +67,8 @@ type Query struct {
 	Ancestor string // only descendants of this FQN
 	Parent   string // only direct children of this FQN
 	Name     string
+	After    string // only FQNs after this one (paging)
+	Limit    int    // at most this many; 0 means no bound
 }
 
 // EventType says what happened to a record.
@@ -91,15 +94,37 @@ type Change struct {
 	New  json.RawMessage `json:"new,omitempty"`
 }
 
-// AuditRecord describes one mutation: who, when, what and how.
+// AuditRecord describes one mutation: who, when, what and how; or one
+// request that was refused and so changed nothing.
 type AuditRecord struct {
-	Revision  int64
+	Revision  int64 // 0 for a refused request
 	Time      time.Time
-	Actor     string
-	Operation string // create, update or delete
+	Actor     string // see Actor
+	Operation string // create, update or delete; for a refused request, its operation
 	Kind      string
 	FQN       string
 	Changes   []Change
+	// Refused is set on a request the server turned down; Reason says why.
+	Refused bool
+	Reason  string
+}
+
+// Actor names who made a change and how they proved it, as the audit
+// keeps it: "user:alice@example.com via oidc". System writers pass a plain
+// name and an empty method.
+func Actor(subject, method string) string {
+	if method == "" {
+		return subject
+	}
+	return subject + " via " + method
+}
+
+// SplitActor undoes Actor.
+func SplitActor(actor string) (subject, method string) {
+	if i := strings.LastIndex(actor, " via "); i >= 0 {
+		return actor[:i], actor[i+len(" via "):]
+	}
+	return actor, ""
 }
 
 // AuditQuery selects audit records, newest last.
@@ -108,6 +133,8 @@ type AuditQuery struct {
 	Kind  string
 	FQN   string // this resource and its descendants
 	Limit int    // the newest Limit records; 0 means 1000
+	// Refused adds the refused requests, merged in time order.
+	Refused bool
 }
 
 // Credential is a secret that lets an agent act for a cluster: a one-time
@@ -153,9 +180,16 @@ type Tx interface {
 	GetCredential(ctx context.Context, hash string) (Credential, error)
 	// DeleteCredentials removes a cluster's credentials of one kind.
 	DeleteCredentials(ctx context.Context, cluster, kind string) error
+	// CountCredentials counts a cluster's credentials of one kind.
+	CountCredentials(ctx context.Context, cluster, kind string) (int, error)
 	// Revision is the store's revision as this transaction sees it: that of
 	// its own last write, or the one it started from.
 	Revision() int64
+	// KindsChanged lists the kinds of the records written after revision
+	// after, as this transaction sees them; ErrCompacted when events after
+	// it were discarded. Caches of a few kinds use it to tell whether they
+	// are still current.
+	KindsChanged(ctx context.Context, after int64) ([]string, error)
 }
 
 // Store is the durable store. Its methods are safe for concurrent use.
@@ -191,6 +225,11 @@ type Store interface {
 	Compact(ctx context.Context, rev int64) error
 	// Audit lists audit records, oldest first.
 	Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
+	// Refuse records a refused request in the audit (Refused and Revision
+	// are ignored). It writes nothing else.
+	Refuse(ctx context.Context, r AuditRecord) error
+	// KindsChanged is Tx.KindsChanged outside a transaction.
+	KindsChanged(ctx context.Context, after int64) ([]string, error)
 	// Credential reads a credential by hash, outside any transaction.
 	Credential(ctx context.Context, hash string) (Credential, error)
 	// Ping checks that the database answers.

@@ -407,6 +407,414 @@ func (x *ClusterSpec) GetTrustDomain() string {
 	return ""
 }
 
+// TeamSpec groups people. A person belongs to a team when listed in
+// members or when their OIDC provider puts them in one of oidc_groups.
+type TeamSpec struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DisplayName string                 `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// Members are user names (the OIDC email, or "admin" for the bootstrap administrator).
+	Members []string `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"`
+	// OidcGroups are group names of the OIDC provider whose members belong to the team.
+	OidcGroups    []string `protobuf:"bytes,4,rep,name=oidc_groups,json=oidcGroups,proto3" json:"oidc_groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TeamSpec) Reset() {
+	*x = TeamSpec{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TeamSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TeamSpec) ProtoMessage() {}
+
+func (x *TeamSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TeamSpec.ProtoReflect.Descriptor instead.
+func (*TeamSpec) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TeamSpec) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *TeamSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *TeamSpec) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *TeamSpec) GetOidcGroups() []string {
+	if x != nil {
+		return x.OidcGroups
+	}
+	return nil
+}
+
+// ServiceAccountKey is the public half of a service account's key pair.
+type ServiceAccountKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id names the key in the assertions signed with it ("kid").
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// PublicKey is the PEM-encoded (PKIX) Ed25519 public key.
+	PublicKey     string `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceAccountKey) Reset() {
+	*x = ServiceAccountKey{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceAccountKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceAccountKey) ProtoMessage() {}
+
+func (x *ServiceAccountKey) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceAccountKey.ProtoReflect.Descriptor instead.
+func (*ServiceAccountKey) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ServiceAccountKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ServiceAccountKey) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+// ServiceAccountSpec is a machine identity. It exchanges an assertion signed
+// with one of its keys for a short-lived token.
+type ServiceAccountSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DisplayName   string                 `protobuf:"bytes,1,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Keys          []*ServiceAccountKey   `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceAccountSpec) Reset() {
+	*x = ServiceAccountSpec{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceAccountSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceAccountSpec) ProtoMessage() {}
+
+func (x *ServiceAccountSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceAccountSpec.ProtoReflect.Descriptor instead.
+func (*ServiceAccountSpec) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ServiceAccountSpec) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *ServiceAccountSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ServiceAccountSpec) GetKeys() []*ServiceAccountKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// RoleRule grants permissions on kinds.
+type RoleRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Permissions: Read, Write, Create, Delete, SetPolicy.
+	Permissions []string `protobuf:"bytes,1,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	// Kinds the rule covers; "*" covers every kind.
+	Kinds         []string `protobuf:"bytes,2,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleRule) Reset() {
+	*x = RoleRule{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleRule) ProtoMessage() {}
+
+func (x *RoleRule) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleRule.ProtoReflect.Descriptor instead.
+func (*RoleRule) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RoleRule) GetPermissions() []string {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+func (x *RoleRule) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+// RoleSpec is a custom role: permissions × kinds.
+type RoleSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Description   string                 `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+	Rules         []*RoleRule            `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoleSpec) Reset() {
+	*x = RoleSpec{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoleSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoleSpec) ProtoMessage() {}
+
+func (x *RoleSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoleSpec.ProtoReflect.Descriptor instead.
+func (*RoleSpec) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RoleSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *RoleSpec) GetRules() []*RoleRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// AccessRule gives one role to subjects.
+type AccessRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Role is a built-in role (admin, editor, creator, writer, reader) or the
+	// name of a Role of the organization.
+	Role          string   `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Subjects      []string `protobuf:"bytes,2,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessRule) Reset() {
+	*x = AccessRule{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessRule) ProtoMessage() {}
+
+func (x *AccessRule) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessRule.ProtoReflect.Descriptor instead.
+func (*AccessRule) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AccessRule) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AccessRule) GetSubjects() []string {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+// AccessBindingSpec attaches roles to subjects on one node of the hierarchy;
+// they hold on that node and everything below it.
+type AccessBindingSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Target is the FQN of an organization, tenant, workspace, group or
+	// cluster, e.g. "organizations/acme/tenants/payments".
+	Target        string        `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Allow         []*AccessRule `protobuf:"bytes,2,rep,name=allow,proto3" json:"allow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessBindingSpec) Reset() {
+	*x = AccessBindingSpec{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessBindingSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessBindingSpec) ProtoMessage() {}
+
+func (x *AccessBindingSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessBindingSpec.ProtoReflect.Descriptor instead.
+func (*AccessBindingSpec) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AccessBindingSpec) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AccessBindingSpec) GetAllow() []*AccessRule {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
 var File_flotilla_v1alpha1_kinds_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
@@ -442,7 +850,34 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
+	"\bTeamSpec\x12!\n" +
+	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
+	"\amembers\x18\x03 \x03(\tR\amembers\x12\x1f\n" +
+	"\voidc_groups\x18\x04 \x03(\tR\n" +
+	"oidcGroups\"B\n" +
+	"\x11ServiceAccountKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\tR\tpublicKey\"\x93\x01\n" +
+	"\x12ServiceAccountSpec\x12!\n" +
+	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x128\n" +
+	"\x04keys\x18\x03 \x03(\v2$.flotilla.v1alpha1.ServiceAccountKeyR\x04keys\"B\n" +
+	"\bRoleRule\x12 \n" +
+	"\vpermissions\x18\x01 \x03(\tR\vpermissions\x12\x14\n" +
+	"\x05kinds\x18\x02 \x03(\tR\x05kinds\"_\n" +
+	"\bRoleSpec\x12 \n" +
+	"\vdescription\x18\x01 \x01(\tR\vdescription\x121\n" +
+	"\x05rules\x18\x02 \x03(\v2\x1b.flotilla.v1alpha1.RoleRuleR\x05rules\"<\n" +
+	"\n" +
+	"AccessRule\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x1a\n" +
+	"\bsubjects\x18\x02 \x03(\tR\bsubjects\"`\n" +
+	"\x11AccessBindingSpec\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x123\n" +
+	"\x05allow\x18\x02 \x03(\v2\x1d.flotilla.v1alpha1.AccessRuleR\x05allowB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_kinds_proto_rawDescOnce sync.Once
@@ -456,25 +891,35 @@ func file_flotilla_v1alpha1_kinds_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_kinds_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_kinds_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_flotilla_v1alpha1_kinds_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_flotilla_v1alpha1_kinds_proto_goTypes = []any{
-	(*OrganizationSpec)(nil),  // 0: flotilla.v1alpha1.OrganizationSpec
-	(*TenantSpec)(nil),        // 1: flotilla.v1alpha1.TenantSpec
-	(*NamespaceSelector)(nil), // 2: flotilla.v1alpha1.NamespaceSelector
-	(*WorkspaceSpec)(nil),     // 3: flotilla.v1alpha1.WorkspaceSpec
-	(*GroupSpec)(nil),         // 4: flotilla.v1alpha1.GroupSpec
-	(*ClusterSpec)(nil),       // 5: flotilla.v1alpha1.ClusterSpec
-	nil,                       // 6: flotilla.v1alpha1.ClusterSpec.LabelsEntry
+	(*OrganizationSpec)(nil),   // 0: flotilla.v1alpha1.OrganizationSpec
+	(*TenantSpec)(nil),         // 1: flotilla.v1alpha1.TenantSpec
+	(*NamespaceSelector)(nil),  // 2: flotilla.v1alpha1.NamespaceSelector
+	(*WorkspaceSpec)(nil),      // 3: flotilla.v1alpha1.WorkspaceSpec
+	(*GroupSpec)(nil),          // 4: flotilla.v1alpha1.GroupSpec
+	(*ClusterSpec)(nil),        // 5: flotilla.v1alpha1.ClusterSpec
+	(*TeamSpec)(nil),           // 6: flotilla.v1alpha1.TeamSpec
+	(*ServiceAccountKey)(nil),  // 7: flotilla.v1alpha1.ServiceAccountKey
+	(*ServiceAccountSpec)(nil), // 8: flotilla.v1alpha1.ServiceAccountSpec
+	(*RoleRule)(nil),           // 9: flotilla.v1alpha1.RoleRule
+	(*RoleSpec)(nil),           // 10: flotilla.v1alpha1.RoleSpec
+	(*AccessRule)(nil),         // 11: flotilla.v1alpha1.AccessRule
+	(*AccessBindingSpec)(nil),  // 12: flotilla.v1alpha1.AccessBindingSpec
+	nil,                        // 13: flotilla.v1alpha1.ClusterSpec.LabelsEntry
 }
 var file_flotilla_v1alpha1_kinds_proto_depIdxs = []int32{
-	2, // 0: flotilla.v1alpha1.WorkspaceSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
-	2, // 1: flotilla.v1alpha1.GroupSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
-	6, // 2: flotilla.v1alpha1.ClusterSpec.labels:type_name -> flotilla.v1alpha1.ClusterSpec.LabelsEntry
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2,  // 0: flotilla.v1alpha1.WorkspaceSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
+	2,  // 1: flotilla.v1alpha1.GroupSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
+	13, // 2: flotilla.v1alpha1.ClusterSpec.labels:type_name -> flotilla.v1alpha1.ClusterSpec.LabelsEntry
+	7,  // 3: flotilla.v1alpha1.ServiceAccountSpec.keys:type_name -> flotilla.v1alpha1.ServiceAccountKey
+	9,  // 4: flotilla.v1alpha1.RoleSpec.rules:type_name -> flotilla.v1alpha1.RoleRule
+	11, // 5: flotilla.v1alpha1.AccessBindingSpec.allow:type_name -> flotilla.v1alpha1.AccessRule
+	6,  // [6:6] is the sub-list for method output_type
+	6,  // [6:6] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_kinds_proto_init() }
@@ -488,7 +933,7 @@ func file_flotilla_v1alpha1_kinds_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_kinds_proto_rawDesc), len(file_flotilla_v1alpha1_kinds_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

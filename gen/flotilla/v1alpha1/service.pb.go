@@ -552,7 +552,12 @@ type ListRequest struct {
 	// LabelSelector uses Kubernetes syntax: "env=prod,tier!=web,team".
 	LabelSelector string `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
 	// Name, when set, lists only resources with this name (under any parent).
-	Name          string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// PageSize caps the resources returned; 0 means 500, and the server
+	// caps it at 1000.
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// PageToken continues a list from the next_page_token of the last page.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -615,11 +620,27 @@ func (x *ListRequest) GetName() string {
 	return ""
 }
 
+func (x *ListRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Resources []*Resource            `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
-	// Revision is the store revision the list was read at.
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Revision is the store revision the page was read at.
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// NextPageToken is set when more resources follow; pass it as page_token.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -666,6 +687,13 @@ func (x *ListResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type DeleteRequest struct {
@@ -1071,8 +1099,12 @@ type ListAuditRequest struct {
 	Kind  string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Fqn lists the records of this resource and its descendants.
 	Fqn string `protobuf:"bytes,3,opt,name=fqn,proto3" json:"fqn,omitempty"`
-	// Limit caps the number of records (newest kept); 0 means 1000.
-	Limit         int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Limit caps the number of records (newest kept); 0 means 1000, and
+	// the server caps it at 1000.
+	Limit int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Refused adds the requests the server refused (bad input, no
+	// credential, no permission).
+	Refused       bool `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1133,6 +1165,13 @@ func (x *ListAuditRequest) GetLimit() int32 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *ListAuditRequest) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
 }
 
 // FieldChange is one field of a field-level diff.
@@ -1204,10 +1243,17 @@ type AuditRecord struct {
 	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	Actor    string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
 	// Operation is create, update or delete.
-	Operation     string         `protobuf:"bytes,4,opt,name=operation,proto3" json:"operation,omitempty"`
-	Kind          string         `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
-	Fqn           string         `protobuf:"bytes,6,opt,name=fqn,proto3" json:"fqn,omitempty"`
-	Changes       []*FieldChange `protobuf:"bytes,7,rep,name=changes,proto3" json:"changes,omitempty"`
+	Operation string         `protobuf:"bytes,4,opt,name=operation,proto3" json:"operation,omitempty"`
+	Kind      string         `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
+	Fqn       string         `protobuf:"bytes,6,opt,name=fqn,proto3" json:"fqn,omitempty"`
+	Changes   []*FieldChange `protobuf:"bytes,7,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Method is how the actor authenticated: bootstrap, serviceaccount or oidc.
+	Method string `protobuf:"bytes,8,opt,name=method,proto3" json:"method,omitempty"`
+	// Refused is set on a request the server turned down (bad input, no
+	// credential, no permission); nothing was written for it.
+	Refused bool `protobuf:"varint,9,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Reason says why a refused request was refused.
+	Reason        string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1291,6 +1337,27 @@ func (x *AuditRecord) GetChanges() []*FieldChange {
 	return nil
 }
 
+func (x *AuditRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+func (x *AuditRecord) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type ListAuditResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
@@ -1368,15 +1435,19 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\x03fqn\x18\x02 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\"F\n" +
 	"\vGetResponse\x127\n" +
-	"\bresource\x18\x01 \x01(\v2\x1b.flotilla.v1alpha1.ResourceR\bresource\"t\n" +
+	"\bresource\x18\x01 \x01(\v2\x1b.flotilla.v1alpha1.ResourceR\bresource\"\xb0\x01\n" +
 	"\vListRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06parent\x18\x02 \x01(\tR\x06parent\x12%\n" +
 	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\tR\x04name\"e\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"\x8d\x01\n" +
 	"\fListResponse\x129\n" +
 	"\tresources\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.ResourceR\tresources\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x9c\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x9c\x01\n" +
 	"\rDeleteRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03fqn\x18\x02 \x01(\tR\x03fqn\x127\n" +
@@ -1401,16 +1472,17 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"shortNames\x12\x16\n" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\"B\n" +
 	"\rKindsResponse\x121\n" +
-	"\x05kinds\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.KindInfoR\x05kinds\"\x80\x01\n" +
+	"\x05kinds\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.KindInfoR\x05kinds\"\x9a\x01\n" +
 	"\x10ListAuditRequest\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03fqn\x18\x03 \x01(\tR\x03fqn\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\x05R\x05limit\"u\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\bR\arefused\"u\n" +
 	"\vFieldChange\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12(\n" +
 	"\x03old\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x03old\x12(\n" +
-	"\x03new\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x03new\"\xed\x01\n" +
+	"\x03new\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x03new\"\xb7\x02\n" +
 	"\vAuditRecord\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -1418,7 +1490,11 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\toperation\x18\x04 \x01(\tR\toperation\x12\x12\n" +
 	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03fqn\x18\x06 \x01(\tR\x03fqn\x128\n" +
-	"\achanges\x18\a \x03(\v2\x1e.flotilla.v1alpha1.FieldChangeR\achanges\"M\n" +
+	"\achanges\x18\a \x03(\v2\x1e.flotilla.v1alpha1.FieldChangeR\achanges\x12\x16\n" +
+	"\x06method\x18\b \x01(\tR\x06method\x12\x18\n" +
+	"\arefused\x18\t \x01(\bR\arefused\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\"M\n" +
 	"\x11ListAuditResponse\x128\n" +
 	"\arecords\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.AuditRecordR\arecords*{\n" +
 	"\aOutcome\x12\x17\n" +

@@ -66,5 +66,17 @@ CREATE TABLE status (
 );
 INSERT INTO status (fqn, epoch, body, update_time) SELECT fqn, 0, status, update_time FROM objects WHERE status <> '';
 UPDATE objects SET status = ''`
-	return []string{v1, v2, v3, v4}
+	// v5 keeps requests the server refused (bad input, no credential, no
+	// permission). They wrote nothing, so they take no revision.
+	v5 := `
+CREATE TABLE refused (
+	time BIGINT NOT NULL,
+	actor TEXT NOT NULL,
+	operation TEXT NOT NULL,
+	kind TEXT NOT NULL,
+	fqn TEXT NOT NULL,
+	reason TEXT NOT NULL
+);
+CREATE INDEX refused_time ON refused (time)`
+	return []string{v1, v2, v3, v4, v5}
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -271,11 +272,17 @@ func list(ctx context.Context, q querier, query store.Query) ([]store.Record, er
 		add("o.fqn > ?", query.Ancestor+"/")
 		add("o.fqn < ?", query.Ancestor+"0")
 	}
+	if query.After != "" {
+		add("o.fqn > ?", query.After)
+	}
 	sqlText := selectRecord
 	if len(where) > 0 {
 		sqlText += ` WHERE ` + strings.Join(where, " AND ")
 	}
 	sqlText += ` ORDER BY o.fqn`
+	if query.Limit > 0 {
+		sqlText += ` LIMIT ` + strconv.Itoa(query.Limit)
+	}
 	rows, err := q.QueryContext(ctx, sqlText, args...)
 	if err != nil {
 		return nil, err
@@ -454,6 +461,33 @@ func (d *DB) Compact(ctx context.Context, rev int64) error {
 
 // Audit implements store.Store.
 func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord, error) {
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	out, err := d.auditRows(ctx, q, limit, `SELECT revision, time, actor, operation, kind, fqn, changes FROM audit`, `revision`)
+	if err != nil {
+		return nil, err
+	}
+	if q.Refused {
+		refused, err := d.auditRows(ctx, q, limit, `SELECT 0, time, actor, operation, kind, fqn, reason FROM refused`, `time`)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, refused...)
+		// Newest first by time; a refusal sorts after a change of the same instant.
+		sort.SliceStable(out, func(i, j int) bool { return out[i].Time.After(out[j].Time) })
+		out = out[:min(len(out), limit)]
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, nil
+}
+
+// auditRows reads the newest limit rows of one audit table matching q,
+// newest first. The last column is the changes (audit) or the reason (refused).
+func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, sqlText, order string) ([]store.AuditRecord, error) {
 	var (
 		where []string
 		args  []any
@@ -475,15 +509,11 @@ func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord
 	if q.FQN != "" {
 		add("(fqn = ? OR (fqn > ? AND fqn < ?))", q.FQN, q.FQN+"/", q.FQN+"0")
 	}
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 1000
-	}
-	sqlText := `SELECT revision, time, actor, operation, kind, fqn, changes FROM audit`
+	refused := order == "time"
 	if len(where) > 0 {
 		sqlText += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	sqlText += ` ORDER BY revision DESC LIMIT ` + strconv.Itoa(limit)
+	sqlText += ` ORDER BY ` + order + ` DESC LIMIT ` + strconv.Itoa(limit)
 	rows, err := d.db.QueryContext(ctx, sqlText, args...)
 	if err != nil {
 		return nil, err
@@ -492,24 +522,68 @@ func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord
 	var out []store.AuditRecord
 	for rows.Next() {
 		var (
-			a       store.AuditRecord
-			nanos   int64
-			changes string
+			a     store.AuditRecord
+			nanos int64
+			last  string
 		)
-		if err := rows.Scan(&a.Revision, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &changes); err != nil {
+		if err := rows.Scan(&a.Revision, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &last); err != nil {
 			return nil, err
 		}
 		a.Time = time.Unix(0, nanos).UTC()
-		if err := json.Unmarshal([]byte(changes), &a.Changes); err != nil {
+		if refused {
+			a.Refused, a.Reason = true, last
+		} else if err := json.Unmarshal([]byte(last), &a.Changes); err != nil {
 			return nil, fmt.Errorf("decode audit %d: %w", a.Revision, err)
 		}
 		out = append(out, a)
 	}
+	return out, rows.Err()
+}
+
+// Refuse implements store.Store.
+func (d *DB) Refuse(ctx context.Context, r store.AuditRecord) error {
+	_, err := d.db.ExecContext(ctx, `INSERT INTO refused (time, actor, operation, kind, fqn, reason) VALUES ($1, $2, $3, $4, $5, $6)`,
+		d.now().UTC().UnixNano(), r.Actor, r.Operation, r.Kind, r.FQN, r.Reason)
+	if err != nil {
+		return fmt.Errorf("record a refused request: %w", err)
+	}
+	return nil
+}
+
+// KindsChanged implements store.Store.
+func (d *DB) KindsChanged(ctx context.Context, after int64) ([]string, error) {
+	return kindsChanged(ctx, querier{d: d}, after)
+}
+
+// KindsChanged implements store.Tx.
+func (t *tx) KindsChanged(ctx context.Context, after int64) ([]string, error) {
+	return kindsChanged(ctx, t.q, after)
+}
+
+func kindsChanged(ctx context.Context, q querier, after int64) ([]string, error) {
+	rows, err := q.QueryContext(ctx, `SELECT DISTINCT kind FROM events WHERE revision > $1`, after)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
+	// As in Events, the mark is read after the rows.
+	var compacted int64
+	if err := q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'compacted'`, nil, &compacted); err != nil {
+		return nil, err
+	}
+	if after < compacted {
+		return nil, fmt.Errorf("events after revision %d were compacted: %w", after, store.ErrCompacted)
 	}
 	return out, nil
 }
@@ -794,4 +868,11 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 		return nil, err
 	}
 	return fenced, nil
+}
+
+// CountCredentials implements store.Tx.
+func (t *tx) CountCredentials(ctx context.Context, cluster, kind string) (int, error) {
+	var n int
+	err := t.q.scanOne(ctx, `SELECT COUNT(*) FROM credentials WHERE cluster = $1 AND kind = $2`, []any{cluster, kind}, &n)
+	return n, err
 }

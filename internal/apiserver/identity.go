@@ -1,0 +1,262 @@
+package apiserver
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/access"
+	"flotilla.io/flotilla/internal/authn"
+	"flotilla.io/flotilla/internal/authz"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Identity implements the IdentityService.
+type Identity struct {
+	auth *Auth
+	reg  *resource.Registry
+	st   store.Store
+	log  *slog.Logger
+}
+
+var _ flotillav1alpha1connect.IdentityServiceHandler = (*Identity)(nil)
+
+// GetLoginConfig implements IdentityService.GetLoginConfig.
+func (s *Identity) GetLoginConfig(context.Context, *connect.Request[pb.GetLoginConfigRequest]) (*connect.Response[pb.GetLoginConfigResponse], error) {
+	out := &pb.GetLoginConfigResponse{}
+	if o := s.auth.OIDC; o != nil {
+		out.OidcIssuer, out.OidcClientId = o.Issuer, o.ClientID
+	}
+	return connect.NewResponse(out), nil
+}
+
+func unauthenticated(format string, args ...any) error {
+	return connect.NewError(connect.CodeUnauthenticated, fmt.Errorf(format, args...))
+}
+
+// Token implements IdentityService.Token.
+func (s *Identity) Token(ctx context.Context, req *connect.Request[pb.TokenRequest]) (*connect.Response[pb.TokenResponse], error) {
+	var (
+		p   authn.Principal
+		ttl = s.auth.UserTTL
+	)
+	switch g := req.Msg.GetGrant().(type) {
+	case *pb.TokenRequest_BootstrapCredential:
+		cred, err := s.st.Credential(ctx, authn.HashSecret(strings.TrimSpace(g.BootstrapCredential)))
+		if errors.Is(err, store.ErrNotFound) || err == nil && cred.Kind != bootstrapKind {
+			return nil, unauthenticated("the bootstrap credential is wrong: use the one the server wrote to %s in its data directory", BootstrapAdminFile)
+		} else if err != nil {
+			return nil, internal(s.log, "token", err)
+		}
+		p = authn.Principal{Subject: authn.BootstrapSubject, Method: authn.MethodBootstrap}
+	case *pb.TokenRequest_ServiceAccountAssertion:
+		account, keyID, err := authn.AssertionAccount(g.ServiceAccountAssertion)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeUnauthenticated, err)
+		}
+		pub, err := s.accountKey(ctx, account, keyID)
+		if err != nil {
+			return nil, err
+		}
+		if err := authn.VerifyAssertion(g.ServiceAccountAssertion, pub, time.Now()); err != nil {
+			return nil, connect.NewError(connect.CodeUnauthenticated, err)
+		}
+		p, ttl = authn.Principal{Subject: authn.ServiceAccountPrefix + account, Method: authn.MethodServiceAccount}, s.auth.MachineTTL
+	case *pb.TokenRequest_OidcIdToken:
+		var err error
+		if p, err = s.auth.OIDC.Verify(ctx, g.OidcIdToken); err != nil {
+			return nil, connect.NewError(connect.CodeUnauthenticated, err)
+		}
+	default:
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("give a credential: bootstrap_credential, service_account_assertion or oidc_id_token"))
+	}
+	token, exp, err := s.auth.Issuer.Mint(p, ttl)
+	if err != nil {
+		return nil, internal(s.log, "token", err)
+	}
+	return connect.NewResponse(&pb.TokenResponse{AccessToken: token, ExpireTime: timestamppb.New(exp), Subject: p.Subject}), nil
+}
+
+// accountKey finds a service account's public key by id.
+func (s *Identity) accountKey(ctx context.Context, account, keyID string) (ed25519.PublicKey, error) {
+	rec, err := s.st.Get(ctx, account)
+	if errors.Is(err, store.ErrNotFound) || err == nil && rec.Kind != authz.KindServiceAccount {
+		return nil, unauthenticated("no service account %s", account)
+	} else if err != nil {
+		return nil, internal(s.log, "token", err)
+	}
+	var spec pb.ServiceAccountSpec
+	if err := protojson.Unmarshal(rec.Spec, &spec); err != nil {
+		return nil, internal(s.log, "token", err)
+	}
+	for _, k := range spec.GetKeys() {
+		if k.GetId() == keyID {
+			pub, err := authn.ParsePublicKey(k.GetPublicKey())
+			if err != nil {
+				return nil, internal(s.log, "token", err)
+			}
+			return pub, nil
+		}
+	}
+	return nil, unauthenticated("service account %s has no key %q (removed?): create a key with `flotilla serviceaccount key create`", account, keyID)
+}
+
+// WhoAmI implements IdentityService.WhoAmI.
+func (s *Identity) WhoAmI(ctx context.Context, _ *connect.Request[pb.WhoAmIRequest]) (*connect.Response[pb.WhoAmIResponse], error) {
+	chk, err := access.ReadChecker(ctx, s.auth.Policies, s.st)
+	if err != nil {
+		return nil, internal(s.log, "whoami", err)
+	}
+	p := chk.Principal()
+	out := &pb.WhoAmIResponse{Subject: p.Subject, Method: p.Method, Teams: chk.Teams(), Groups: p.Groups}
+	if !p.Expires.IsZero() {
+		out.ExpireTime = timestamppb.New(p.Expires)
+	}
+	return connect.NewResponse(out), nil
+}
+
+// CanI implements IdentityService.CanI.
+func (s *Identity) CanI(ctx context.Context, req *connect.Request[pb.CanIRequest]) (*connect.Response[pb.CanIResponse], error) {
+	perm, err := authz.ParsePermission(req.Msg.GetPermission())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	k, ok := s.reg.Lookup(req.Msg.GetKind())
+	if !ok {
+		return nil, connect.NewError(connect.CodeInvalidArgument, s.reg.UnknownKind(req.Msg.GetKind()))
+	}
+	chk, err := access.ReadChecker(ctx, s.auth.Policies, s.st)
+	if err != nil {
+		return nil, internal(s.log, "can-i", err)
+	}
+	var creator string
+	if rec, err := s.st.Get(ctx, req.Msg.GetFqn()); err == nil {
+		creator = rec.Annotations[authz.CreatorAnnotation]
+	}
+	allowed, reason := chk.Can(perm, k.Name, req.Msg.GetFqn(), creator)
+	return connect.NewResponse(&pb.CanIResponse{Allowed: allowed, Reason: reason}), nil
+}
+
+// CreateServiceAccountKey implements IdentityService.CreateServiceAccountKey.
+func (s *Identity) CreateServiceAccountKey(ctx context.Context, req *connect.Request[pb.CreateServiceAccountKeyRequest]) (*connect.Response[pb.CreateServiceAccountKeyResponse], error) {
+	fqn := req.Msg.GetFqn()
+	id, pubPEM, privPEM, err := authn.NewServiceAccountKey()
+	if err != nil {
+		return nil, internal(s.log, "create key", err)
+	}
+	var (
+		refusal error
+		rev     int64
+	)
+	err = s.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
+		chk, err := access.Checker(ctx, s.auth.Policies, tx, tx.Revision())
+		if err != nil {
+			return err
+		}
+		rec, err := tx.Get(ctx, fqn)
+		if errors.Is(err, store.ErrNotFound) || err == nil && (rec.Kind != authz.KindServiceAccount || !access.CanRead(chk, rec)) {
+			refusal = connect.NewError(connect.CodeNotFound, fmt.Errorf("ServiceAccount %s not found", fqn))
+			return errRollback
+		} else if err != nil {
+			return err
+		}
+		if ok, reason := chk.Can(authz.Write, authz.KindServiceAccount, fqn, rec.Annotations[authz.CreatorAnnotation]); !ok {
+			refusal = connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: "+reason))
+			return errRollback
+		}
+		var spec pb.ServiceAccountSpec
+		if err := protojson.Unmarshal(rec.Spec, &spec); err != nil {
+			return err
+		}
+		spec.Keys = append(spec.Keys, &pb.ServiceAccountKey{Id: id, PublicKey: pubPEM})
+		if rec.Spec, err = resource.SpecJSON(&spec); err != nil {
+			return err
+		}
+		if _, err := tx.Put(ctx, rec); err != nil {
+			return err
+		}
+		rev = tx.Revision()
+		return nil
+	})
+	if refusal != nil {
+		return nil, refusal
+	}
+	if err != nil {
+		return nil, internal(s.log, "create key", err)
+	}
+	return connect.NewResponse(&pb.CreateServiceAccountKeyResponse{KeyId: id, PrivateKey: privPEM, Revision: rev}), nil
+}
+
+// keyAdmin allows signing-key changes to the bootstrap administrator and
+// to whoever holds SetPolicy on every organization: the keys serve them all.
+func (s *Identity) keyAdmin(ctx context.Context) error {
+	chk, err := access.ReadChecker(ctx, s.auth.Policies, s.st)
+	if err != nil {
+		return internal(s.log, "signing keys", err)
+	}
+	if chk.Principal().Bootstrap() {
+		return nil
+	}
+	orgs, err := s.st.List(ctx, store.Query{Kind: resource.KindOrganization})
+	if err != nil {
+		return internal(s.log, "signing keys", err)
+	}
+	for _, o := range orgs {
+		if ok, _ := chk.Can(authz.SetPolicy, authz.KindAccessBinding, o.FQN, o.Annotations[authz.CreatorAnnotation]); !ok {
+			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: the signing keys serve every organization, so changing them needs SetPolicy on all of them; %s lacks it on %s", chk.Principal().Subject, o.FQN))
+		}
+	}
+	if len(orgs) == 0 {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: only the bootstrap administrator changes signing keys before an organization exists"))
+	}
+	return nil
+}
+
+func signingKeyPB(k authn.Key, signing bool) *pb.SigningKey {
+	return &pb.SigningKey{Id: k.ID, CreateTime: timestamppb.New(k.Created), Signing: signing}
+}
+
+// ListSigningKeys implements IdentityService.ListSigningKeys.
+func (s *Identity) ListSigningKeys(ctx context.Context, _ *connect.Request[pb.ListSigningKeysRequest]) (*connect.Response[pb.ListSigningKeysResponse], error) {
+	out := &pb.ListSigningKeysResponse{}
+	for i, k := range s.auth.Issuer.Keys.Keys() {
+		out.Keys = append(out.Keys, signingKeyPB(k, i == 0))
+	}
+	return connect.NewResponse(out), nil
+}
+
+// RotateSigningKey implements IdentityService.RotateSigningKey.
+func (s *Identity) RotateSigningKey(ctx context.Context, _ *connect.Request[pb.RotateSigningKeyRequest]) (*connect.Response[pb.RotateSigningKeyResponse], error) {
+	if err := s.keyAdmin(ctx); err != nil {
+		return nil, err
+	}
+	k, err := s.auth.Issuer.Keys.Rotate()
+	if err != nil {
+		return nil, internal(s.log, "rotate the signing key", err)
+	}
+	s.log.Info("signing key rotated", "key", k.ID, "by", access.Actor(ctx))
+	return connect.NewResponse(&pb.RotateSigningKeyResponse{Key: signingKeyPB(k, true)}), nil
+}
+
+// RemoveSigningKey implements IdentityService.RemoveSigningKey.
+func (s *Identity) RemoveSigningKey(ctx context.Context, req *connect.Request[pb.RemoveSigningKeyRequest]) (*connect.Response[pb.RemoveSigningKeyResponse], error) {
+	if err := s.keyAdmin(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.auth.Issuer.Keys.Remove(req.Msg.GetId()); err != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+	}
+	s.log.Info("signing key removed", "key", req.Msg.GetId(), "by", access.Actor(ctx))
+	return connect.NewResponse(&pb.RemoveSigningKeyResponse{}), nil
+}
