@@ -30,7 +30,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$bin/flotilla" server --listen "$listen" 2>"$run/server.log" &
+# On first start the server prints the bootstrap administrator credential
+# (also kept in flotilla-data/bootstrap-admin, mode 0600); the log keeps it.
+"$bin/flotilla" server --listen "$listen" >>"$run/server.log" 2>&1 &
 server=$!
 pids+=("$server")
 for _ in $(seq 1 100); do
@@ -39,6 +41,9 @@ for _ in $(seq 1 100); do
 	sleep 0.1
 done
 
+# Log this machine's CLI in as the administrator (context "local" in the
+# client config file); later commands in any terminal use it.
+"$bin/flotilla" login --context local --bootstrap-file "$root/flotilla-data/bootstrap-admin"
 "$bin/flotilla" apply -f examples/fleet.yaml >/dev/null
 if ! command -v kubectl >/dev/null; then
 	echo "note: kubectl is not installed; create namespace 'payments' in each cluster yourself for the quickstart to land" >&2
@@ -53,7 +58,9 @@ done
 cat <<MSG
 
 Flotilla is up: the management plane at $url (logs in .run/), clusters c1 and
-c2 in $fleet, and one agent per cluster. In another terminal:
+c2 in $fleet, and one agent per cluster. The CLI is logged in as the
+bootstrap administrator (context "local"; the credential is in
+flotilla-data/bootstrap-admin). In another terminal:
 
   export PATH=$bin:\$PATH FLOTILLA_SERVER=$url
 

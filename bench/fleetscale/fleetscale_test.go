@@ -46,6 +46,7 @@ import (
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/testauth"
 )
 
 var (
@@ -75,12 +76,13 @@ func flotillaBin(tb testing.TB) string {
 
 // server is a `flotilla server` child process on a SQLite store.
 type server struct {
-	tb   testing.TB
-	dir  string
-	addr string
-	url  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	tb    testing.TB
+	dir   string
+	addr  string
+	url   string
+	cmd   *exec.Cmd
+	done  chan struct{}
+	token string // the bootstrap administrator's
 }
 
 func startServer(tb testing.TB, dir, addr string) *server {
@@ -106,6 +108,9 @@ func (s *server) start() {
 		if resp, err := http.Get(s.url + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
+				if s.token == "" {
+					s.token = harness.BootstrapToken(s.tb, s.url, s.dir)
+				}
 				return
 			}
 		}
@@ -259,8 +264,8 @@ func startFleet(b *testing.B, n int) *fleet {
 	ln.Close()
 	srv := startServer(b, b.TempDir(), addr)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	api := flotillav1alpha1connect.NewResourceServiceClient(client, srv.url)
-	fl := flotillav1alpha1connect.NewFleetServiceClient(client, srv.url)
+	api := flotillav1alpha1connect.NewResourceServiceClient(client, srv.url, testauth.Bearer(srv.token))
+	fl := flotillav1alpha1connect.NewFleetServiceClient(client, srv.url, testauth.Bearer(srv.token))
 	f := &fleet{srv: srv, api: api, wake: make(chan struct{}, 1)}
 	f.apply = func(rs []*pb.Resource) int64 {
 		res, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: rs}))
@@ -438,6 +443,7 @@ spec:
 			b.Fatal(err)
 		}
 		cmd := exec.Command(flotillaBin(b), "apply", "-f", file, "--server", f.srv.url)
+		cmd.Env = append(os.Environ(), "FLOTILLA_TOKEN="+f.srv.token)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = io.Discard, &out
 		start := time.Now()

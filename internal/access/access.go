@@ -106,11 +106,11 @@ func Guard(chk *authz.Checker, rd store.Reader) resource.Guard {
 		if obj.Kind.Name == authz.KindAccessBinding {
 			return bindingGuard(ctx, chk, rd, obj, old)
 		}
-		perm := authz.Create
+		perm, owner := authz.Create, "" // a new object has no creator yet
 		if old != nil {
-			perm = authz.Write
+			perm, owner = authz.Write, creator
 		}
-		if ok, reason := chk.Can(perm, obj.Kind.Name, rec.FQN, creator); !ok {
+		if ok, reason := chk.Can(perm, obj.Kind.Name, rec.FQN, owner); !ok {
 			return "permission denied: " + reason, nil
 		}
 		if old == nil {

@@ -62,8 +62,27 @@ func (a *Agent) credential(ctx context.Context, client agentv1connect.AgentServi
 	if _, err := secrets.Create(ctx, secret, metav1.CreateOptions{}); err != nil {
 		return "", fmt.Errorf("store credential in secret %s/%s: %w", Namespace, credentialSecret, err)
 	}
-	a.log.Info("joined", "cluster", res.Msg.GetCluster())
+	a.log.Info("joined", "cluster", res.Msg.GetCluster(), "credentialExpires", res.Msg.GetExpireTime().AsTime())
 	return res.Msg.GetCredential(), nil
+}
+
+// storeCredential keeps a renewed credential in the cluster, for the next
+// session. The stream in use goes on with the old one (still valid).
+func (a *Agent) storeCredential(ctx context.Context, c *agentv1.AgentCredential) error {
+	secrets := a.kube.CoreV1().Secrets(Namespace)
+	s, err := secrets.Get(ctx, credentialSecret, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read secret %s/%s: %w", Namespace, credentialSecret, err)
+	}
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	s.Data["credential"] = []byte(c.GetCredential())
+	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("store the renewed credential in secret %s/%s: %w", Namespace, credentialSecret, err)
+	}
+	a.log.Info("credential renewed", "expires", c.GetExpireTime().AsTime())
+	return nil
 }
 
 // terminalError is an error that retrying does not fix.
@@ -191,6 +210,14 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 			if err != nil {
 				recvErr <- err
 				return
+			}
+			if c := msg.GetCredential(); c != nil {
+				if err := a.storeCredential(ctx, c); err != nil {
+					// The old credential still works; the server renews
+					// again on the next stream.
+					a.log.Error("renewed credential not stored", "err", err)
+				}
+				continue
 			}
 			if m := msg.GetBundle(); m != nil {
 				established.Store(true)

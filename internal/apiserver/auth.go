@@ -320,6 +320,10 @@ const (
 	MaxRequestBytes = 8 << 20
 	// MaxPublicRequestBytes bounds the requests that need no token.
 	MaxPublicRequestBytes = 64 << 10
+	// maxMessageBytes bounds one decoded (decompressed) message; above
+	// MaxRequestBytes so that the body limit, which is audited, acts first
+	// on uncompressed requests.
+	maxMessageBytes = 2 * MaxRequestBytes
 )
 
 // Time limits of unary calls: reading the request, and the whole call.
@@ -349,11 +353,15 @@ func (s *Server) edge(next http.Handler) http.Handler {
 		if public[proc] {
 			limit = MaxPublicRequestBytes
 		}
+		tooLarge := func(size string) error {
+			err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("the request body is %s bytes; this server takes at most %d: split the request (e.g. apply fewer files at once)", size, limit))
+			// The refusal is the caller's when its token is good.
+			ctx, _ := s.auth.authenticate(r.Context(), r.Header)
+			s.authn.refused(ctx, hostOf(r.RemoteAddr), proc, "", "", err)
+			return err
+		}
 		if r.ContentLength > limit {
-			err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("the request body is %d bytes; this server takes at most %d: split the request (e.g. apply fewer files at once)", r.ContentLength, limit))
-			if s.authn != nil {
-				s.authn.refused(r.Context(), hostOf(r.RemoteAddr), proc, "", "", err)
-			}
+			err := tooLarge(fmt.Sprint(r.ContentLength))
 			io.Copy(io.Discard, io.LimitReader(r.Body, 64<<10)) // let the client see the answer
 			if errw.IsSupported(r) {
 				errw.Write(w, r, err)
@@ -362,11 +370,32 @@ func (s *Server) edge(next http.Handler) http.Handler {
 			}
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		// A body of no declared length is cut at the limit as it is read
+		// (connect then answers ResourceExhausted); it is audited after.
+		body := &cappedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit)}
+		r.Body = body
 		rc := http.NewResponseController(w)
 		_ = rc.SetReadDeadline(time.Now().Add(RequestReadTimeout))
 		ctx, cancel := context.WithTimeout(r.Context(), RequestTimeout)
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
+		if body.over {
+			tooLarge("more than " + fmt.Sprint(limit))
+		}
 	})
+}
+
+// cappedBody notes that a request body hit its size limit.
+type cappedBody struct {
+	io.ReadCloser
+	over bool
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		b.over = true
+	}
+	return n, err
 }

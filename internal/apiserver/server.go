@@ -38,8 +38,9 @@ type Server struct {
 
 	readiness []func() error // more conditions of /readyz
 
-	auth  *Auth
-	authn *authInterceptor
+	auth     *Auth
+	authn    *authInterceptor
+	hmetrics connect.Interceptor
 }
 
 // Option configures a Server.
@@ -93,6 +94,7 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 		s.auth = &Auth{Policies: authz.NewCache(resource.NodeKinds...)}
 	}
 	s.authn = &authInterceptor{auth: s.auth, st: st, log: log}
+	s.hmetrics = newMetricsInterceptor(s.metrics)
 	hopts := s.HandlerOptions()
 	s.mux.Handle(flotillav1alpha1connect.NewResourceServiceHandler(&Resources{reg: reg, st: st, log: log, stop: s.stop, auth: s.auth}, hopts...))
 	s.mux.Handle(flotillav1alpha1connect.NewAuditServiceHandler(&Audit{reg: reg, st: st, log: log, auth: s.auth}, hopts...))
@@ -108,8 +110,8 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 // that share the port (the central's fleet service) register with them.
 func (s *Server) HandlerOptions() []connect.HandlerOption {
 	return []connect.HandlerOption{
-		connect.WithInterceptors(newMetricsInterceptor(s.metrics), s.authn),
-		connect.WithReadMaxBytes(MaxRequestBytes),
+		connect.WithInterceptors(s.hmetrics, s.authn),
+		connect.WithReadMaxBytes(maxMessageBytes),
 	}
 }
 

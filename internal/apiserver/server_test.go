@@ -27,6 +27,7 @@ import (
 	"flotilla.io/flotilla/internal/store/postgres"
 	"flotilla.io/flotilla/internal/store/postgres/pgtest"
 	"flotilla.io/flotilla/internal/store/sqlite"
+	"flotilla.io/flotilla/internal/testauth"
 )
 
 // backends are the stores every API test runs against.
@@ -71,6 +72,8 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 // running is a server on a real loopback socket.
 type running struct {
 	url    string
+	auth   *apiserver.Auth
+	token  string // the bootstrap administrator's
 	stop   context.CancelFunc
 	done   chan error
 	client flotillav1alpha1connect.ResourceServiceClient
@@ -84,16 +87,17 @@ func serve(t *testing.T, st store.Store, opts ...apiserver.Option) *running {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
-	srv := apiserver.New(resource.Builtin(), st, log, opts...)
+	auth, token := testauth.New(t)
+	srv := apiserver.New(resource.Builtin(), st, log, append([]apiserver.Option{apiserver.WithAuth(auth)}, opts...)...)
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{url: "http://" + ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
+	r := &running{url: "http://" + ln.Addr().String(), stop: cancel, done: make(chan error, 1), auth: auth, token: token}
 	go func() { r.done <- srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		<-r.done
 	})
-	r.client = flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, r.url)
-	r.audit = flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, r.url)
+	r.client = flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, r.url, testauth.Bearer(token))
+	r.audit = flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, r.url, testauth.Bearer(token))
 	return r
 }
 
@@ -549,15 +553,18 @@ func TestOnePortServesGRPCGRPCWebAndJSON(t *testing.T) {
 		return p
 	}()}}
 	for name, c := range map[string]flotillav1alpha1connect.ResourceServiceClient{
-		"grpc":     flotillav1alpha1connect.NewResourceServiceClient(h2c, s.url, connect.WithGRPC()),
-		"grpc-web": flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, s.url, connect.WithGRPCWeb()),
+		"grpc":     flotillav1alpha1connect.NewResourceServiceClient(h2c, s.url, connect.WithGRPC(), testauth.Bearer(s.token)),
+		"grpc-web": flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, s.url, connect.WithGRPCWeb(), testauth.Bearer(s.token)),
 	} {
 		out, err := c.Get(context.Background(), connect.NewRequest(&pb.GetRequest{Kind: "org", Fqn: "organizations/acme"}))
 		if err != nil || out.Msg.GetResource().GetMetadata().GetName() != "acme" {
 			t.Fatalf("%s: %v %v", name, out, err)
 		}
 	}
-	resp, err := http.Post(s.url+"/flotilla.v1alpha1.ResourceService/Get", "application/json", bytes.NewBufferString(`{"kind":"Organization","fqn":"organizations/acme"}`))
+	req, _ := http.NewRequest("POST", s.url+"/flotilla.v1alpha1.ResourceService/Get", bytes.NewBufferString(`{"kind":"Organization","fqn":"organizations/acme"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -572,8 +579,12 @@ func TestHealthReadinessAndMetricsEndpoints(t *testing.T) {
 	st := backends[0].open(t)
 	s := serve(t, st)
 	apply(t, s.client, tenancy()[2])
-	get := func(path string) (int, string) {
-		resp, err := http.Get(s.url + path)
+	get := func(path string, token ...string) (int, string) {
+		req, _ := http.NewRequest("GET", s.url+path, nil)
+		for _, tok := range token {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -587,7 +598,10 @@ func TestHealthReadinessAndMetricsEndpoints(t *testing.T) {
 	if code, _ := get("/readyz"); code != 200 {
 		t.Fatalf("readyz %d", code)
 	}
-	code, body := get("/metrics")
+	if code, _ := get("/metrics"); code != http.StatusUnauthorized {
+		t.Fatalf("metrics without a token = %d, want 401", code)
+	}
+	code, body := get("/metrics", s.token)
 	if code != 200 || !strings.Contains(body, `flotilla_api_requests_total{code="ok",procedure="/flotilla.v1alpha1.ResourceService/Apply"} 1`) {
 		t.Fatalf("metrics %d lacks the apply counter:\n%s", code, body)
 	}

@@ -34,7 +34,15 @@ type Central struct {
 
 	sendTimeout time.Duration // see DefaultSendTimeout
 	shared      bool          // other server replicas share the store
+	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
 }
+
+// DefaultAgentCredentialTTL is how long an agent credential lives. The
+// server sends a new one on the agent's stream once a third of it is left.
+const DefaultAgentCredentialTTL = 30 * 24 * time.Hour
+
+// WithAgentCredentialTTL sets the life of agent credentials.
+func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.agentTTL = d } }
 
 // Option configures a Central.
 type Option func(*Central)
@@ -107,7 +115,7 @@ const maxDrifts = 20
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
-		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout}
+		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL}
 	for _, o := range opts {
 		o(c)
 	}

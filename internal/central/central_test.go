@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/sqlite"
+	"flotilla.io/flotilla/internal/testauth"
 )
 
 func rec(kind, fqn, spec string) store.Record {
@@ -90,7 +92,7 @@ type harness struct {
 	agent agentv1connect.AgentServiceClient
 }
 
-func start(t *testing.T) *harness {
+func start(t *testing.T, opts ...Option) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "flotilla.db"))
@@ -100,10 +102,11 @@ func start(t *testing.T) *harness {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := resource.Builtin()
 	// The wiring of package plane, which this package's tests cannot import.
-	c := New(reg, st, log)
-	srv := apiserver.New(reg, st, log, apiserver.WithReadiness(c.Health))
+	c := New(reg, st, log, opts...)
+	auth, token := testauth.New(t)
+	srv := apiserver.New(reg, st, log, apiserver.WithReadiness(c.Health), apiserver.WithAuth(auth))
 	srv.Handle(c.Handler())
-	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(Fleet{Central: c}))
+	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(Fleet{Central: c, Policies: auth.Policies}, srv.HandlerOptions()...))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -114,8 +117,8 @@ func start(t *testing.T) *harness {
 	t.Cleanup(func() { cancel(); <-done; <-done; st.Close() })
 	url := "http://" + ln.Addr().String()
 	h := &harness{c: c, url: url,
-		api:   flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url),
-		fleet: flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, url),
+		api:   flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url, testauth.Bearer(token)),
+		fleet: flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, url, testauth.Bearer(token)),
 		agent: agentv1connect.NewAgentServiceClient(h2c(), url, connect.WithGRPC()),
 	}
 	var rs []*pb.Resource
@@ -209,6 +212,27 @@ func TestACredentialServesOnlyItsOwnClustersStream(t *testing.T) {
 	msg, err := h.hello(t, cred, "c1")
 	if err != nil || msg.GetBundle().GetVersion() == "" {
 		t.Fatalf("c1's own stream should get its bundle: %v %v", msg, err)
+	}
+	// The agent's credential opens its stream and nothing else.
+	asAgent := testauth.Bearer(cred)
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"get": func() error {
+			_, err := flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, h.url, asAgent).Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "Cluster", Fqn: "organizations/acme/clusters/c1"}))
+			return err
+		},
+		"onboard": func() error {
+			_, err := flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, h.url, asAgent).Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Fqn: "organizations/acme/clusters/c2"}))
+			return err
+		},
+		"compiled": func() error {
+			_, err := flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, h.url, asAgent).GetCompiled(ctx, connect.NewRequest(&pb.GetCompiledRequest{Cluster: "c2"}))
+			return err
+		},
+	} {
+		if err := call(); connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Errorf("an agent credential calls the management API (%s): %v", name, err)
+		}
 	}
 	// c1's stream is open and unacknowledged; c2 has no agent.
 	reg := prometheus.NewRegistry()
@@ -752,5 +776,54 @@ func TestAnUnforcedTokenCannotReplaceAConnectedAgent(t *testing.T) {
 	}
 	if _, err := h.hello(t, a.cred, "c1"); err != nil {
 		t.Fatalf("the live agent's credential stopped working: %v", err)
+	}
+}
+
+func TestAnAgentCredentialIsRenewedOnItsStreamBeforeItExpires(t *testing.T) {
+	h := start(t, WithAgentCredentialTTL(time.Hour))
+	var offset atomic.Int64 // the test's clock runs ahead of the wall clock by this
+	h.c.now = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	old, err := h.join("c1", h.onboard(t, "c1", time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fresh, it is not renewed: the stream opens with the bundle.
+	if msg, err := h.hello(t, old, "c1"); err != nil || msg.GetBundle() == nil {
+		t.Fatalf("a fresh credential's stream: %v %v", msg, err)
+	}
+	// With less than a third of its life left, the next stream renews it.
+	offset.Store(int64(41 * time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream := h.agent.Connect(ctx)
+	stream.RequestHeader().Set("Authorization", "Bearer "+old)
+	stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: "c1"}}})
+	var renewed *agentv1.AgentCredential
+	for i := 0; i < 10 && renewed == nil; i++ {
+		msg, err := stream.Receive()
+		if err != nil {
+			t.Fatalf("no renewed credential on the stream: %v", err)
+		}
+		renewed = msg.GetCredential()
+	}
+	if renewed == nil || renewed.GetCredential() == old {
+		t.Fatalf("no new credential in the stream's first 10 messages")
+	}
+	if left := time.Until(renewed.GetExpireTime().AsTime()) - 41*time.Minute; left < 59*time.Minute || left > time.Hour {
+		t.Fatalf("the renewed credential lives %s, want an hour", left)
+	}
+	cancel()
+	// Both work until the old one expires; then only the new one does.
+	for name, cred := range map[string]string{"old": old, "renewed": renewed.GetCredential()} {
+		if _, err := h.hello(t, cred, "c1"); err != nil {
+			t.Fatalf("the %s credential, before the old one expires: %v", name, err)
+		}
+	}
+	offset.Store(int64(61 * time.Minute))
+	if _, err := h.hello(t, old, "c1"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("the old credential after it expired: %v", err)
+	}
+	if _, err := h.hello(t, renewed.GetCredential(), "c1"); err != nil {
+		t.Fatalf("the renewed credential: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
@@ -49,6 +50,7 @@ func sameCluster(name, fqn string) bool {
 func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
 	var (
 		credential, cluster string
+		expires             time.Time
 		refusal             error
 	)
 	err := c.st.Update(ctx, "agent:"+req.Msg.GetCluster(), func(tx store.Tx) error {
@@ -83,8 +85,8 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 			return err
 		}
 		secret, hash := newSecret("fla_")
-		credential, cluster = secret, cred.Cluster
-		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: cred.Cluster, Kind: credAgent, Expires: c.now().AddDate(100, 0, 0)})
+		credential, cluster, expires = secret, cred.Cluster, c.now().Add(c.agentTTL).UTC()
+		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: cred.Cluster, Kind: credAgent, Expires: expires})
 	})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("join: %w", err))
@@ -93,27 +95,51 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 		return nil, refusal
 	}
 	c.log.Info("cluster joined", "cluster", cluster)
-	return connect.NewResponse(&agentv1.JoinResponse{Credential: credential, Cluster: cluster}), nil
+	return connect.NewResponse(&agentv1.JoinResponse{Credential: credential, Cluster: cluster, ExpireTime: timestamppb.New(expires)}), nil
 }
 
-// authenticate maps a stream's bearer credential to its cluster's FQN.
-func (c *Central) authenticate(ctx context.Context, header string) (string, error) {
+// renewal says when an agent credential expiring at expires is renewed:
+// once a third of its life is left.
+func (c *Central) renewal(expires time.Time) time.Time { return expires.Add(-c.agentTTL / 3) }
+
+// rotate issues the cluster a new agent credential. The one in use stays
+// valid until it expires, so an agent that dies before storing the new one
+// still reconnects; credentials that already expired are removed.
+func (c *Central) rotate(ctx context.Context, fqn string) (*agentv1.AgentCredential, time.Time, error) {
+	secret, hash := newSecret("fla_")
+	expires := c.now().Add(c.agentTTL).UTC()
+	err := c.st.Update(ctx, "agent:"+fqn, func(tx store.Tx) error {
+		if err := tx.DeleteExpiredCredentials(ctx, fqn, credAgent, c.now()); err != nil {
+			return err
+		}
+		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: fqn, Kind: credAgent, Expires: expires})
+	})
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	c.log.Info("agent credential renewed", "cluster", fqn, "expires", expires)
+	return &agentv1.AgentCredential{Credential: secret, ExpireTime: timestamppb.New(expires)}, expires, nil
+}
+
+// authenticate maps a stream's bearer credential to its cluster's FQN and
+// the credential's expiry.
+func (c *Central) authenticate(ctx context.Context, header string) (string, time.Time, error) {
 	secret, ok := strings.CutPrefix(header, "Bearer ")
 	if !ok || secret == "" {
-		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("no credential: send Authorization: Bearer <credential>"))
+		return "", time.Time{}, connect.NewError(connect.CodeUnauthenticated, errors.New("no credential: send Authorization: Bearer <credential>"))
 	}
 	cred, err := c.st.Credential(ctx, hashSecret(secret))
 	if errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != credAgent || c.now().After(cred.Expires)) {
-		return "", connect.NewError(connect.CodeUnauthenticated, errors.New("unknown or revoked cluster credential: onboard the cluster again"))
+		return "", time.Time{}, connect.NewError(connect.CodeUnauthenticated, errors.New("unknown, expired or revoked cluster credential: onboard the cluster again"))
 	} else if err != nil {
-		return "", connect.NewError(connect.CodeUnavailable, err)
+		return "", time.Time{}, connect.NewError(connect.CodeUnavailable, err)
 	}
-	return cred.Cluster, nil
+	return cred.Cluster, cred.Expires, nil
 }
 
 // Connect implements AgentService.Connect: one stream per agent.
 func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
-	fqn, err := c.authenticate(ctx, stream.RequestHeader().Get("Authorization"))
+	fqn, expires, err := c.authenticate(ctx, stream.RequestHeader().Get("Authorization"))
 	if err != nil {
 		return err
 	}
@@ -181,6 +207,11 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- c.receive(stream, cl) }()
 
+	// The credential is renewed on this stream when its time comes (at
+	// once if it already has); renew fires then.
+	renew := time.NewTimer(max(0, c.renewal(expires).Sub(c.now())))
+	defer renew.Stop()
+
 	// States: wait for a wake-up (a new bundle, or the first send), a receive
 	// error, replacement by a newer stream, or the end; on a wake-up, send
 	// the latest bundle if its version differs from the last one sent.
@@ -205,6 +236,17 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 			}
 			sent = version
 			c.metrics.sends.Inc()
+		case <-renew.C:
+			cred, next, err := c.rotate(ctx, fqn)
+			if err != nil {
+				c.log.Warn("renew an agent credential; retrying in a minute", "cluster", fqn, "err", err)
+				renew.Reset(time.Minute)
+				continue
+			}
+			if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Credential{Credential: cred}}); err != nil {
+				return err
+			}
+			renew.Reset(c.renewal(next).Sub(c.now()))
 		case err := <-recvErr:
 			if errors.Is(err, context.Canceled) {
 				return nil

@@ -35,6 +35,7 @@ func newAuditCmd(e *env) *cobra.Command {
 	var (
 		since, kind, fqn, output string
 		limit                    int32
+		refused                  bool
 	)
 	cmd := &cobra.Command{
 		Use:     "audit",
@@ -42,7 +43,7 @@ func newAuditCmd(e *env) *cobra.Command {
 		Example: "  flotilla audit --since 1h\n  flotilla audit --kind workspace --fqn organizations/acme",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &pb.ListAuditRequest{Fqn: fqn, Limit: limit}
+			req := &pb.ListAuditRequest{Fqn: fqn, Limit: limit, Refused: refused}
 			if kind != "" {
 				k, err := e.kindArg(kind)
 				if err != nil {
@@ -86,6 +87,7 @@ func newAuditCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&fqn, "fqn", "", "only this resource and its descendants")
 	cmd.Flags().Int32Var(&limit, "limit", 0, "at most this many of the newest records (default 1000)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, yaml or json")
+	cmd.Flags().BoolVar(&refused, "refused", false, "also list requests the server refused (bad input, no credential, no permission)")
 	return cmd
 }
 
@@ -93,7 +95,15 @@ func newAuditCmd(e *env) *cobra.Command {
 // "+" added, "-" removed, "~" changed.
 func printAudit(w io.Writer, recs []*pb.AuditRecord, prefix string) {
 	for _, r := range recs {
-		fmt.Fprintf(w, "%s%s  rev %d  %s  %s %s %s\n", prefix, r.GetTime().AsTime().Format(time.RFC3339), r.GetRevision(), r.GetActor(), r.GetOperation(), r.GetKind(), r.GetFqn())
+		who := r.GetActor()
+		if r.GetMethod() != "" {
+			who += " (" + r.GetMethod() + ")"
+		}
+		if r.GetRefused() {
+			fmt.Fprintf(w, "%s%s  REFUSED  %s  %s %s %s\n%s    reason: %s\n", prefix, r.GetTime().AsTime().Format(time.RFC3339), who, r.GetOperation(), r.GetKind(), r.GetFqn(), prefix, r.GetReason())
+			continue
+		}
+		fmt.Fprintf(w, "%s%s  rev %d  %s  %s %s %s\n", prefix, r.GetTime().AsTime().Format(time.RFC3339), r.GetRevision(), who, r.GetOperation(), r.GetKind(), r.GetFqn())
 		for _, c := range r.GetChanges() {
 			switch {
 			case c.GetOld() == nil:

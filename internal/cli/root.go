@@ -36,11 +36,11 @@ type env struct {
 	cfg         *Config // the client config file
 	cfgPath     string
 	cachedToken string
-	tlsConfig *tls.Config // from --ca-file; nil for the system roots
-	reg       *resource.Registry
-	out       io.Writer
-	errOut    io.Writer
-	in        io.Reader
+	tlsConfig   *tls.Config // from --ca-file; nil for the system roots
+	reg         *resource.Registry
+	out         io.Writer
+	errOut      io.Writer
+	in          io.Reader
 }
 
 // ExitError makes Execute return a specific exit code after the command has
@@ -53,10 +53,10 @@ func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code
 func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 	e := &env{reg: resource.Builtin(), out: out, errOut: errOut, in: in}
 	root := &cobra.Command{
-		Use:               "flotilla",
-		Short:             "Operate a fleet of Istio service meshes",
-		SilenceUsage:      true,
-		SilenceErrors:     true,
+		Use:           "flotilla",
+		Short:         "Operate a fleet of Istio service meshes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			if err := e.loadConfig(cmd); err != nil {
 				return err

@@ -180,6 +180,9 @@ type Tx interface {
 	GetCredential(ctx context.Context, hash string) (Credential, error)
 	// DeleteCredentials removes a cluster's credentials of one kind.
 	DeleteCredentials(ctx context.Context, cluster, kind string) error
+	// DeleteExpiredCredentials removes a cluster's credentials of one kind
+	// that expired before now.
+	DeleteExpiredCredentials(ctx context.Context, cluster, kind string, now time.Time) error
 	// CountCredentials counts a cluster's credentials of one kind.
 	CountCredentials(ctx context.Context, cluster, kind string) (int, error)
 	// Revision is the store's revision as this transaction sees it: that of

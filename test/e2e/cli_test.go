@@ -30,7 +30,7 @@ func TestStatusWaitAgainstAServerThatNeverAnswersTimesOutCleanly(t *testing.T) {
 		}
 	}()
 	s := &server{t: t, url: "http://" + ln.Addr().String()}
-	r := s.flotilla("", "status", "ingressgateway", "shop", "--org", "acme", "--tenant", "t", "--workspace", "w", "--group", "g", "--wait", "--timeout", "1s")
+	r := s.flotillaEnv([]string{"FLOTILLA_TOKEN=any"}, "", "status", "ingressgateway", "shop", "--org", "acme", "--tenant", "t", "--workspace", "w", "--group", "g", "--wait", "--timeout", "1s")
 	if r.code != 1 || strings.Contains(r.stderr, "panic") || !strings.Contains(r.stderr, "within 1s") {
 		t.Fatalf("status --wait against a silent server: exit %d\n%s", r.code, r.stderr)
 	}

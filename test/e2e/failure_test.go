@@ -227,7 +227,7 @@ func TestFailureMatrix(t *testing.T) {
 		restarted := time.Now()
 		s = s.restart(top)
 		eventually(t, 60*time.Second, "both agents back", func() error {
-			if n := connectedAgents(t, s.url); n != len(cs) {
+			if n := connectedAgents(t, s); n != len(cs) {
 				return fmt.Errorf("%d agents connected", n)
 			}
 			return nil
@@ -284,7 +284,7 @@ func TestFailureMatrixStoreDown(t *testing.T) {
 	if resp.StatusCode != 503 {
 		t.Fatalf("readyz with the store down: %d", resp.StatusCode)
 	}
-	if n := connectedAgents(t, s.url); n != len(cs) {
+	if n := connectedAgents(t, s); n != len(cs) {
 		t.Fatalf("agents lost their streams when the store went down: %d connected", n)
 	}
 
@@ -395,7 +395,7 @@ func TestFailureMatrixClusterDownAndLostConnectivity(t *testing.T) {
 		before := host(c2)
 		link.setCut(true)
 		eventually(t, 30*time.Second, "the server sees c2 disconnected", func() error {
-			if n := connectedAgents(t, s.url); n != 1 {
+			if n := connectedAgents(t, s); n != 1 {
 				return fmt.Errorf("%d agents connected", n)
 			}
 			return nil

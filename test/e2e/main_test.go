@@ -19,6 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
@@ -140,6 +144,55 @@ type server struct {
 	done chan error
 
 	client *http.Client // for /readyz
+
+	// config is the CLI's config file for this server: `flotilla login`
+	// with the bootstrap credential wrote it (see login).
+	config string
+	// token is an access token of the bootstrap administrator, for calls
+	// the tests make without the CLI.
+	token string
+	// caFile is the CA of an https server's certificate.
+	caFile string
+}
+
+// bootstrapFile is where a server started in dir wrote its bootstrap
+// administrator credential.
+func bootstrapFile(dir string) string {
+	return filepath.Join(dir, "flotilla-data", "bootstrap-admin")
+}
+
+// login logs the CLI in to s with the bootstrap credential in file, the way
+// the quickstart does, and gets a token for the tests' own calls.
+func (s *server) login(file string) {
+	s.t.Helper()
+	s.config = filepath.Join(s.t.TempDir(), "config.yaml")
+	var env []string
+	if s.caFile != "" {
+		env = append(env, "FLOTILLA_CA_FILE="+s.caFile)
+	}
+	if r := s.flotillaEnv(env, "", "login", "--bootstrap-file", file); r.code != 0 {
+		s.t.Fatalf("flotilla login: %+v\nserver log:\n%s", r, s.log)
+	}
+	secret, err := os.ReadFile(file)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	tok, err := flotillav1alpha1connect.NewIdentityServiceClient(s.client, s.url).Token(context.Background(),
+		connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: strings.TrimSpace(string(secret))}}))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.token = tok.Msg.GetAccessToken()
+}
+
+// authGet is an authenticated GET of a plain HTTP endpoint (/metrics).
+func (s *server) authGet(path string) (*http.Response, error) {
+	req, err := http.NewRequest("GET", s.url+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	return s.client.Do(req)
 }
 
 // startServer runs `flotilla server` in dir with args plus --listen, and
@@ -163,14 +216,14 @@ func startServerTLS(t *testing.T, dir, caFile string, args ...string) *server {
 		pool.AppendCertsFromPEM(pemBytes)
 		scheme, client = "https", &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
-	return runServer(t, dir, scheme, client, append([]string{"server", "--listen", freePort(t)}, args...))
+	return runServer(t, dir, scheme, client, caFile, append([]string{"server", "--listen", freePort(t)}, args...))
 }
 
 // restart starts the server again, with the same arguments and address,
 // once the previous process is gone (kill9 or stop it first).
 func (s *server) restart(t *testing.T) *server {
 	t.Helper()
-	return runServer(t, s.cmd.Dir, strings.SplitN(s.url, "://", 2)[0], s.client, s.cmd.Args[1:])
+	return runServer(t, s.cmd.Dir, strings.SplitN(s.url, "://", 2)[0], s.client, s.caFile, s.cmd.Args[1:])
 }
 
 // stop ends the server with SIGTERM (a graceful shutdown) and waits.
@@ -182,7 +235,7 @@ func (s *server) stop() {
 	<-s.done
 }
 
-func runServer(t *testing.T, dir, scheme string, client *http.Client, args []string) *server {
+func runServer(t *testing.T, dir, scheme string, client *http.Client, caFile string, args []string) *server {
 	t.Helper()
 	addr := args[2] // server --listen ADDR ...
 	cmd := exec.Command(flotillaBin, args...)
@@ -193,7 +246,7 @@ func runServer(t *testing.T, dir, scheme string, client *http.Client, args []str
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, cmd: cmd, addr: addr, url: scheme + "://" + addr, log: log, done: make(chan error, 1), client: client}
+	s := &server{t: t, cmd: cmd, addr: addr, url: scheme + "://" + addr, log: log, done: make(chan error, 1), client: client, caFile: caFile}
 	go func() { s.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
@@ -210,6 +263,9 @@ func runServer(t *testing.T, dir, scheme string, client *http.Client, args []str
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
+				if _, err := os.Stat(bootstrapFile(dir)); err == nil {
+					s.login(bootstrapFile(dir))
+				}
 				return s
 			}
 		}
@@ -251,7 +307,11 @@ func (s *server) flotillaEnv(env []string, stdin string, args ...string) result 
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cliBin, args...)
 	cmd.Dir = repoRoot
-	cmd.Env = append(append(os.Environ(), "FLOTILLA_SERVER="+s.url), env...)
+	config := s.config
+	if config == "" { // never the user's own config file
+		config = filepath.Join(s.t.TempDir(), "no-config.yaml")
+	}
+	cmd.Env = append(append(os.Environ(), "FLOTILLA_SERVER="+s.url, "FLOTILLA_CONFIG="+config), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut

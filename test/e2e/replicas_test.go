@@ -22,6 +22,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/store/postgres/pgtest"
+	"flotilla.io/flotilla/internal/testauth"
 )
 
 func h2cClient() *http.Client {
@@ -90,9 +91,9 @@ func (a *simAgent) run(ctx context.Context) {
 }
 
 // connectedAgents reads flotilla_central_connected_agents from a server.
-func connectedAgents(t *testing.T, url string) int {
+func connectedAgents(t *testing.T, s *server) int {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
+	resp, err := s.authGet("/metrics")
 	if err != nil {
 		return -1
 	}
@@ -112,6 +113,7 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 	db := pgtest.NewDatabase(t)
 	a := startServer(t, t.TempDir(), "--store", db)
 	b := startServer(t, t.TempDir(), "--store", db)
+	b.login(bootstrapFile(a.cmd.Dir)) // the store has one bootstrap credential: a made it
 	cs := clusters(t)
 	for _, c := range cs {
 		c.reset(t, "payments")
@@ -137,7 +139,7 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 		}
 		startProcess(t, dir, nil, "agent", "--server", a.url+","+b.url, "--cluster", c.name, "--token-file", filepath.Join(dir, c.name+".token"), "--kubeconfig", c.kubeconfig)
 	}
-	fleetA := flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, a.url)
+	fleetA := flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, a.url, testauth.Bearer(a.token))
 	agentA := agentv1connect.NewAgentServiceClient(h2cClient(), a.url, connect.WithGRPC())
 	agents := make([]*simAgent, sims)
 	for i := range sims {
@@ -161,7 +163,7 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 	// serves (it reads their status back from the store).
 	b.must("status", "ingressgateway", "shop", "--wait", "--timeout", "50s")
 	eventually(t, 30*time.Second, "agents on both replicas", func() error {
-		if n, m := connectedAgents(t, a.url), connectedAgents(t, b.url); n+m != sims+2 || n < sims/2 {
+		if n, m := connectedAgents(t, a), connectedAgents(t, b); n+m != sims+2 || n < sims/2 {
 			return fmt.Errorf("a has %d agents, b %d", n, m)
 		}
 		return nil
@@ -171,7 +173,7 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 	a.kill9()
 	killed := time.Now()
 	eventually(t, 10*time.Second, "every agent on replica b", func() error {
-		if n := connectedAgents(t, b.url); n != sims+2 {
+		if n := connectedAgents(t, b); n != sims+2 {
 			return fmt.Errorf("b has %d of %d agents", n, sims+2)
 		}
 		for _, s := range agents {

@@ -151,9 +151,11 @@ func TestBadInputNamesDocumentAndFieldAndLeavesTheStoreUnchanged(t *testing.T) {
 
 	// A stale etag: read the tenant, let someone else change it, then apply the old read.
 	staleFile := filepath.Join(t.TempDir(), "stale-etag.yaml")
-	if err := os.WriteFile(staleFile, []byte(s.must("get", "tenant", "fintech", "-o", "yaml")), 0o600); err != nil {
+	stale := s.must("get", "tenant", "fintech", "-o", "yaml")
+	if err := os.WriteFile(staleFile, []byte(stale), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	etagLine := fmt.Sprintf(":%d:", strings.Count(stale[:strings.Index(stale, "etag:")], "\n")+1)
 	if r := s.flotilla("apiVersion: flotilla.io/v1alpha1\nkind: Tenant\nmetadata: {name: fintech, organization: acme}\nspec: {displayName: Changed}\n", "apply", "-f", "-"); r.code != 0 {
 		t.Fatalf("concurrent change: %+v", r)
 	}
@@ -168,7 +170,7 @@ func TestBadInputNamesDocumentAndFieldAndLeavesTheStoreUnchanged(t *testing.T) {
 		{"unknown field", bad + "unknown-field.yaml", []string{bad + "unknown-field.yaml:16:", "document 2 (Workspace \"shop\")", "spec.namespaceSelector.exclude", "unknown field"}},
 		{"missing parent", bad + "missing-parent.yaml", []string{bad + "missing-parent.yaml:12:", "document 2 (Workspace \"shop\")", "metadata.tenant", `Tenant "wholesale" does not exist`}},
 		{"namespace owned by another workspace", bad + "owned-namespace.yaml", []string{bad + "owned-namespace.yaml:15:", "document 2 (Workspace \"shop\")", "spec.namespaceSelector.names[1]", "overlaps", "workspaces/payments"}},
-		{"stale etag", staleFile, []string{staleFile + ":5:", "document 1 (Tenant \"fintech\")", "metadata.etag", "get it again"}},
+		{"stale etag", staleFile, []string{staleFile + etagLine, "document 1 (Tenant \"fintech\")", "metadata.etag", "get it again"}},
 		{"group selector outside its workspace", bad + "group-outside.yaml", []string{bad + "group-outside.yaml:17:", "document 2 (Group \"everything\")", "spec.namespaceSelector.names[1]", "outside workspace"}},
 	}
 	for _, c := range cases {
@@ -203,7 +205,9 @@ func TestPostgresStoreServesTheQuickstart(t *testing.T) {
 	}
 	before := everything(s)
 	s.kill9()
+	first := bootstrapFile(s.cmd.Dir)
 	s = startServer(t, t.TempDir(), "--store", s.cmd.Args[len(s.cmd.Args)-1])
+	s.login(first) // the credential lives in the store; the new data dir has no copy
 	if after := everything(s); after != before {
 		t.Fatalf("objects differ after restart on postgres")
 	}

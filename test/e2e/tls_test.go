@@ -63,8 +63,10 @@ func TestCLIAndAgentsTalkToAnHTTPSServer(t *testing.T) {
 	s := startServerTLS(t, dir, certFile, "--tls-cert", certFile, "--tls-key", keyFile)
 
 	// Without the CA the client refuses the server, and says why.
+	// (The login context remembers the CA; a client without it is refused.)
 	os.Unsetenv("FLOTILLA_CA_FILE")
-	if r := s.flotillaEnv(nil, "", "get", "orgs"); r.code == 0 || !strings.Contains(r.stderr, "certificate") {
+	bare := []string{"FLOTILLA_CONFIG=" + filepath.Join(t.TempDir(), "none.yaml"), "FLOTILLA_TOKEN=" + s.token}
+	if r := s.flotillaEnv(bare, "", "get", "orgs"); r.code == 0 || !strings.Contains(r.stderr, "certificate") {
 		t.Fatalf("an untrusted server was accepted: %+v", r)
 	}
 	ca := []string{"FLOTILLA_CA_FILE=" + certFile}

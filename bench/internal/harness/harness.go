@@ -10,23 +10,31 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
+	"flotilla.io/flotilla/internal/testauth"
 )
 
 // Plane is a running server and clients of it.
 type Plane struct {
 	URL   string
+	Auth  *apiserver.Auth
+	Token string // the bootstrap administrator's
 	API   flotillav1alpha1connect.ResourceServiceClient
 	Fleet flotillav1alpha1connect.FleetServiceClient
 	Agent agentv1connect.AgentServiceClient
@@ -37,7 +45,8 @@ func Start(tb testing.TB, st store.Store) *Plane {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p, err := plane.New(resource.Builtin(), st, log, plane.Config{})
+	auth, token := testauth.New(tb)
+	p, err := plane.New(resource.Builtin(), st, log, plane.Config{API: []apiserver.Option{apiserver.WithAuth(auth)}})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -51,9 +60,9 @@ func Start(tb testing.TB, st store.Store) *Plane {
 	url := "http://" + ln.Addr().String()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	return &Plane{
-		URL:   url,
-		API:   flotillav1alpha1connect.NewResourceServiceClient(client, url),
-		Fleet: flotillav1alpha1connect.NewFleetServiceClient(client, url),
+		URL: url, Auth: auth, Token: token,
+		API:   flotillav1alpha1connect.NewResourceServiceClient(client, url, testauth.Bearer(token)),
+		Fleet: flotillav1alpha1connect.NewFleetServiceClient(client, url, testauth.Bearer(token)),
 		Agent: agentv1connect.NewAgentServiceClient(client, url),
 	}
 }
@@ -119,4 +128,20 @@ func Measure(b *testing.B, change func(i int) time.Duration) {
 	}
 	b.StopTimer()
 	Report(b, lat, 0, "")
+}
+
+// BootstrapToken exchanges the bootstrap credential a `flotilla server`
+// wrote to dataDir for an access token, as `flotilla login` does.
+func BootstrapToken(tb testing.TB, url, dataDir string) string {
+	tb.Helper()
+	secret, err := os.ReadFile(filepath.Join(dataDir, apiserver.BootstrapAdminFile))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	res, err := flotillav1alpha1connect.NewIdentityServiceClient(http.DefaultClient, url).Token(context.Background(),
+		connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: strings.TrimSpace(string(secret))}}))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res.Msg.GetAccessToken()
 }

@@ -876,3 +876,12 @@ func (t *tx) CountCredentials(ctx context.Context, cluster, kind string) (int, e
 	err := t.q.scanOne(ctx, `SELECT COUNT(*) FROM credentials WHERE cluster = $1 AND kind = $2`, []any{cluster, kind}, &n)
 	return n, err
 }
+
+// DeleteExpiredCredentials implements store.Tx.
+func (t *tx) DeleteExpiredCredentials(ctx context.Context, cluster, kind string, now time.Time) error {
+	if _, err := t.q.ExecContext(ctx, `DELETE FROM credentials WHERE cluster = $1 AND kind = $2 AND expires < $3`, cluster, kind, now.UnixNano()); err != nil {
+		return fmt.Errorf("delete expired %s credentials of %s: %w", kind, cluster, err)
+	}
+	t.wrote = true
+	return nil
+}

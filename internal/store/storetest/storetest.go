@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -47,6 +49,10 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"concurrent updates get unique gap-free revisions", testConcurrent},
 		{"an unchanged update with no writes does not take a revision", testNoopUpdate},
 		{"credentials are stored by hash, updated, deleted and survive reopening", testCredentials},
+		{"refused requests are audited apart, without a revision, and merge in time order", testRefused},
+		{"kinds changed since a revision, in and out of a transaction", testKindsChanged},
+		{"list pages by FQN with after and limit", testListPages},
+		{"expired credentials are removed and counted per cluster and kind", testExpiredCredentials},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -656,5 +662,133 @@ func testCredentials(t *testing.T, open Opener) {
 	}
 	if _, err := st.Credential(ctx, "h1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("deleted credential: %v", err)
+	}
+}
+
+func testRefused(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, store.Actor("user:a", "oidc"), org)
+	if err := st.Refuse(ctx, store.AuditRecord{Actor: store.Actor("user:b", "oidc"), Operation: "Apply", Kind: "Tenant", FQN: tenant.FQN, Reason: "permission denied"}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, st, "system", tenant)
+	rev, _ := st.Revision(ctx)
+	plain, err := st.Audit(ctx, store.AuditQuery{})
+	if err != nil || len(plain) != 2 {
+		t.Fatalf("audit without refusals: %v %v", plain, err)
+	}
+	all, err := st.Audit(ctx, store.AuditQuery{Refused: true})
+	if err != nil || len(all) != 3 {
+		t.Fatalf("audit with refusals: %v %v", all, err)
+	}
+	if !all[1].Refused || all[1].Revision != 0 || all[1].Reason != "permission denied" || all[0].Refused || all[2].Refused {
+		t.Fatalf("the refusal is not between the two writes, or lacks its reason: %+v", all)
+	}
+	if sub, method := store.SplitActor(all[1].Actor); sub != "user:b" || method != "oidc" {
+		t.Fatalf("actor %q splits into %q %q", all[1].Actor, sub, method)
+	}
+	if now, _ := st.Revision(ctx); now != rev {
+		t.Fatalf("a refusal took a revision: %d → %d", rev, now)
+	}
+	scoped, err := st.Audit(ctx, store.AuditQuery{Refused: true, FQN: org.FQN + "/tenants", Limit: 1})
+	if err != nil || len(scoped) != 1 || scoped[0].FQN != tenant.FQN || scoped[0].Refused {
+		t.Fatalf("newest record under the tenants: %+v %v", scoped, err)
+	}
+}
+
+func testKindsChanged(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	rev, _ := st.Revision(ctx)
+	put(t, st, "a", tenant)
+	put(t, st, "a", ws)
+	got, err := st.KindsChanged(ctx, rev)
+	sort.Strings(got)
+	if err != nil || strings.Join(got, ",") != "Tenant,Workspace" {
+		t.Fatalf("kinds changed after %d: %v %v", rev, got, err)
+	}
+	err = st.Update(ctx, "a", func(tx store.Tx) error {
+		kinds, err := tx.KindsChanged(ctx, tx.Revision())
+		if err != nil || len(kinds) != 0 {
+			t.Errorf("nothing changed after the transaction's own start: %v %v", kinds, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, _ := st.Revision(ctx)
+	if err := st.Compact(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.KindsChanged(ctx, rev); !errors.Is(err, store.ErrCompacted) {
+		t.Fatalf("kinds changed across a compaction: %v, want ErrCompacted", err)
+	}
+}
+
+func testListPages(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org, org2, tenant, ws)
+	var got []string
+	after := ""
+	for range 10 {
+		page, err := st.List(ctx, store.Query{After: after, Limit: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page {
+			got = append(got, r.FQN)
+			after = r.FQN
+		}
+		if len(page) < 3 {
+			break
+		}
+	}
+	if strings.Join(got, " ") != strings.Join([]string{org.FQN, tenant.FQN, ws.FQN, org2.FQN}, " ") {
+		t.Fatalf("pages of 3 gave %v", got)
+	}
+}
+
+func testExpiredCredentials(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	now := time.Now()
+	err := st.Update(ctx, "a", func(tx store.Tx) error {
+		for i, exp := range []time.Time{now.Add(-time.Hour), now.Add(-time.Minute), now.Add(time.Hour)} {
+			if err := tx.PutCredential(ctx, store.Credential{Hash: fmt.Sprint("h", i), Cluster: org.FQN, Kind: "agent", Expires: exp}); err != nil {
+				return err
+			}
+		}
+		return tx.PutCredential(ctx, store.Credential{Hash: "other", Cluster: org.FQN, Kind: "join", Expires: now.Add(-time.Hour)})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(kind string) int {
+		var n int
+		if err := st.Update(ctx, "a", func(tx store.Tx) error {
+			var err error
+			n, err = tx.CountCredentials(ctx, org.FQN, kind)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if count("agent") != 3 || count("join") != 1 {
+		t.Fatalf("counts before: agent %d join %d", count("agent"), count("join"))
+	}
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { return tx.DeleteExpiredCredentials(ctx, org.FQN, "agent", now) }); err != nil {
+		t.Fatal(err)
+	}
+	if count("agent") != 1 || count("join") != 1 {
+		t.Fatalf("counts after removing expired agent credentials: agent %d join %d", count("agent"), count("join"))
+	}
+	if _, err := st.Credential(ctx, "h2"); err != nil {
+		t.Fatalf("the live credential went too: %v", err)
 	}
 }

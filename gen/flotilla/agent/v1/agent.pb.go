@@ -9,6 +9,7 @@ package agentv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -78,7 +79,10 @@ type JoinResponse struct {
 	// Credential authenticates the cluster's stream from now on.
 	Credential string `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
 	// Cluster is the FQN of the cluster joined.
-	Cluster       string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// ExpireTime is when the credential expires; the server sends a new one
+	// on the stream well before.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -125,6 +129,13 @@ func (x *JoinResponse) GetCluster() string {
 		return x.Cluster
 	}
 	return ""
+}
+
+func (x *JoinResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
 }
 
 // ConnectRequest is one message from the agent.
@@ -866,6 +877,7 @@ type ConnectResponse struct {
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*ConnectResponse_Bundle
+	//	*ConnectResponse_Credential
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -917,6 +929,15 @@ func (x *ConnectResponse) GetBundle() *Bundle {
 	return nil
 }
 
+func (x *ConnectResponse) GetCredential() *AgentCredential {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_Credential); ok {
+			return x.Credential
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -925,7 +946,69 @@ type ConnectResponse_Bundle struct {
 	Bundle *Bundle `protobuf:"bytes,1,opt,name=bundle,proto3,oneof"`
 }
 
+type ConnectResponse_Credential struct {
+	// Credential replaces the agent's credential before it expires. The
+	// agent stores it and uses it from its next stream on; the one in use
+	// stays valid until it expires.
+	Credential *AgentCredential `protobuf:"bytes,2,opt,name=credential,proto3,oneof"`
+}
+
 func (*ConnectResponse_Bundle) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_Credential) isConnectResponse_Msg() {}
+
+// AgentCredential is a cluster's stream credential.
+type AgentCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    string                 `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentCredential) Reset() {
+	*x = AgentCredential{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentCredential) ProtoMessage() {}
+
+func (x *AgentCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
+func (*AgentCredential) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AgentCredential) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *AgentCredential) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
 
 // Bundle is the intent for the agent's cluster, or one part of it. It is
 // sent only when its version differs from what the agent has.
@@ -949,7 +1032,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1044,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1057,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Bundle) GetVersion() string {
@@ -1016,15 +1099,17 @@ var File_flotilla_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/agent/v1/agent.proto\x12\x11flotilla.agent.v1\"=\n" +
+	"\x1dflotilla/agent/v1/agent.proto\x12\x11flotilla.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\vJoinRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"H\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\x85\x01\n" +
 	"\fJoinResponse\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
 	"credential\x12\x18\n" +
-	"\acluster\x18\x02 \x01(\tR\acluster\"\xe5\x01\n" +
+	"\acluster\x18\x02 \x01(\tR\acluster\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\xe5\x01\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.flotilla.agent.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\tinventory\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.InventoryH\x00R\tinventory\x12*\n" +
@@ -1082,10 +1167,19 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x16\n" +
 	"\x06change\x18\x05 \x01(\tR\x06change\x12\x1a\n" +
 	"\brestored\x18\x06 \x01(\bR\brestored\x12\x18\n" +
-	"\amessage\x18\a \x01(\tR\amessage\"M\n" +
+	"\amessage\x18\a \x01(\tR\amessage\"\x93\x01\n" +
 	"\x0fConnectResponse\x123\n" +
-	"\x06bundle\x18\x01 \x01(\v2\x19.flotilla.agent.v1.BundleH\x00R\x06bundleB\x05\n" +
-	"\x03msg\"\x82\x01\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x19.flotilla.agent.v1.BundleH\x00R\x06bundle\x12D\n" +
+	"\n" +
+	"credential\x18\x02 \x01(\v2\".flotilla.agent.v1.AgentCredentialH\x00R\n" +
+	"credentialB\x05\n" +
+	"\x03msg\"n\n" +
+	"\x0fAgentCredential\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\tR\n" +
+	"credential\x12;\n" +
+	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\x82\x01\n" +
 	"\x06Bundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\fR\acontent\x12\x1a\n" +
@@ -1108,48 +1202,53 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
-	(*JoinRequest)(nil),     // 0: flotilla.agent.v1.JoinRequest
-	(*JoinResponse)(nil),    // 1: flotilla.agent.v1.JoinResponse
-	(*ConnectRequest)(nil),  // 2: flotilla.agent.v1.ConnectRequest
-	(*Hello)(nil),           // 3: flotilla.agent.v1.Hello
-	(*Inventory)(nil),       // 4: flotilla.agent.v1.Inventory
-	(*Istio)(nil),           // 5: flotilla.agent.v1.Istio
-	(*Namespace)(nil),       // 6: flotilla.agent.v1.Namespace
-	(*Service)(nil),         // 7: flotilla.agent.v1.Service
-	(*ServicePort)(nil),     // 8: flotilla.agent.v1.ServicePort
-	(*Ack)(nil),             // 9: flotilla.agent.v1.Ack
-	(*ResourceStatus)(nil),  // 10: flotilla.agent.v1.ResourceStatus
-	(*Drift)(nil),           // 11: flotilla.agent.v1.Drift
-	(*ConnectResponse)(nil), // 12: flotilla.agent.v1.ConnectResponse
-	(*Bundle)(nil),          // 13: flotilla.agent.v1.Bundle
-	nil,                     // 14: flotilla.agent.v1.Namespace.LabelsEntry
-	nil,                     // 15: flotilla.agent.v1.Service.LabelsEntry
+	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
+	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
+	(*ConnectRequest)(nil),        // 2: flotilla.agent.v1.ConnectRequest
+	(*Hello)(nil),                 // 3: flotilla.agent.v1.Hello
+	(*Inventory)(nil),             // 4: flotilla.agent.v1.Inventory
+	(*Istio)(nil),                 // 5: flotilla.agent.v1.Istio
+	(*Namespace)(nil),             // 6: flotilla.agent.v1.Namespace
+	(*Service)(nil),               // 7: flotilla.agent.v1.Service
+	(*ServicePort)(nil),           // 8: flotilla.agent.v1.ServicePort
+	(*Ack)(nil),                   // 9: flotilla.agent.v1.Ack
+	(*ResourceStatus)(nil),        // 10: flotilla.agent.v1.ResourceStatus
+	(*Drift)(nil),                 // 11: flotilla.agent.v1.Drift
+	(*ConnectResponse)(nil),       // 12: flotilla.agent.v1.ConnectResponse
+	(*AgentCredential)(nil),       // 13: flotilla.agent.v1.AgentCredential
+	(*Bundle)(nil),                // 14: flotilla.agent.v1.Bundle
+	nil,                           // 15: flotilla.agent.v1.Namespace.LabelsEntry
+	nil,                           // 16: flotilla.agent.v1.Service.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	3,  // 0: flotilla.agent.v1.ConnectRequest.hello:type_name -> flotilla.agent.v1.Hello
-	4,  // 1: flotilla.agent.v1.ConnectRequest.inventory:type_name -> flotilla.agent.v1.Inventory
-	9,  // 2: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
-	11, // 3: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
-	9,  // 4: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
-	5,  // 5: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
-	6,  // 6: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
-	7,  // 7: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
-	14, // 8: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
-	15, // 9: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
-	8,  // 10: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
-	10, // 11: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
-	13, // 12: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
-	0,  // 13: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 14: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
-	1,  // 15: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
-	12, // 16: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
-	15, // [15:17] is the sub-list for method output_type
-	13, // [13:15] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	17, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
+	3,  // 1: flotilla.agent.v1.ConnectRequest.hello:type_name -> flotilla.agent.v1.Hello
+	4,  // 2: flotilla.agent.v1.ConnectRequest.inventory:type_name -> flotilla.agent.v1.Inventory
+	9,  // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
+	11, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
+	9,  // 5: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
+	5,  // 6: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
+	6,  // 7: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
+	7,  // 8: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
+	15, // 9: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
+	16, // 10: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
+	8,  // 11: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
+	10, // 12: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
+	14, // 13: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
+	13, // 14: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
+	17, // 15: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 16: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 17: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
+	1,  // 18: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
+	12, // 19: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
+	18, // [18:20] is the sub-list for method output_type
+	16, // [16:18] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1165,6 +1264,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 	}
 	file_flotilla_agent_v1_agent_proto_msgTypes[12].OneofWrappers = []any{
 		(*ConnectResponse_Bundle)(nil),
+		(*ConnectResponse_Credential)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1172,7 +1272,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,369 @@
+package apiserver_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/authn"
+	"flotilla.io/flotilla/internal/testauth"
+)
+
+// An object of the authorization matrix: where it sits and how to write it.
+type mobj struct {
+	name string // the table's name for it
+	res  *pb.Resource
+}
+
+func md(name string, parents ...string) *pb.Metadata {
+	m := &pb.Metadata{Name: name}
+	for i, p := range parents {
+		switch i {
+		case 0:
+			m.Organization = p
+		case 1:
+			m.Tenant = p
+		case 2:
+			m.Workspace = p
+		case 3:
+			m.Group = p
+		}
+	}
+	return m
+}
+
+func gateway(name, host string) *pb.Resource {
+	return res("IngressGateway", md(name, "acme", "t1", "w1", "g1"), map[string]any{
+		"workloadSelector": map[string]any{"namespace": "pay", "labels": map[string]any{"istio": "ingressgateway"}},
+		"http": []any{map[string]any{"name": "web", "hostname": host, "port": 80, "routing": map[string]any{"rules": []any{
+			map[string]any{"route": map[string]any{"host": "pay/web.pay.svc.cluster.local", "port": 8080}},
+		}}}},
+	})
+}
+
+func virtualService(name string) *pb.Resource {
+	r := res("VirtualService", md(name, "acme", "t1", "w1", "g2"), map[string]any{"hosts": []any{name + ".pay.svc.cluster.local"},
+		"http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web.pay.svc.cluster.local"}}}}}})
+	r.ApiVersion, r.Metadata.Namespace = "networking.istio.io/v1", "pay"
+	return r
+}
+
+func selector(ns string) map[string]any {
+	return map[string]any{"namespaceSelector": map[string]any{"names": []any{"*/" + ns}}}
+}
+
+// matrixObjects exist before every case (the bootstrap administrator makes them).
+func matrixObjects() []mobj {
+	g := func(typ, mode string) map[string]any {
+		s := selector("pay")
+		s["type"], s["configMode"] = typ, mode
+		return s
+	}
+	return []mobj{
+		{"org", res("Organization", md("acme"), nil)},
+		{"t1", res("Tenant", md("t1", "acme"), nil)},
+		{"t2", res("Tenant", md("t2", "acme"), nil)},
+		{"w1", res("Workspace", md("w1", "acme", "t1"), selector("pay"))},
+		{"w2", res("Workspace", md("w2", "acme", "t1"), selector("ledger"))},
+		{"g1", res("Group", md("g1", "acme", "t1", "w1"), g("gateway", "BRIDGED"))},
+		{"g2", res("Group", md("g2", "acme", "t1", "w1"), g("traffic", "DIRECT"))},
+		{"igw", gateway("shop", "shop.example.com")},
+		{"vs", virtualService("vs")},
+		{"c1", res("Cluster", md("c1", "acme"), nil)},
+		{"c2", res("Cluster", md("c2", "acme"), nil)},
+		{"team", res("Team", md("devs", "acme"), map[string]any{"members": []any{"nobody@example.com"}})},
+		{"sa", res("ServiceAccount", md("ci", "acme"), nil)},
+		{"role", res("Role", md("viewer", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Read"}, "kinds": []any{"*"}}}})},
+	}
+}
+
+// matrixNew are objects a case tries to create, one of each kind.
+func matrixNew() []mobj {
+	g := selector("pay")
+	g["type"] = "gateway"
+	return []mobj{
+		{"new-tenant", res("Tenant", md("t9", "acme"), nil)},
+		{"new-ws", res("Workspace", md("w9", "acme", "t1"), selector("other"))},
+		{"new-group", res("Group", md("g9", "acme", "t1", "w1"), g)},
+		{"new-igw", gateway("shop9", "shop9.example.com")},
+		{"new-vs", virtualService("vs9")},
+		{"new-cluster", res("Cluster", md("c9", "acme"), nil)},
+		{"new-team", res("Team", md("ops", "acme"), nil)},
+		{"new-sa", res("ServiceAccount", md("deploy", "acme"), nil)},
+		{"new-role", res("Role", md("auditor", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Read"}, "kinds": []any{"*"}}}})},
+	}
+}
+
+// The expected outcomes, written out rather than derived: where each
+// binding level reaches, and what each role may do there.
+var (
+	levels = map[string]string{ // level → the node its binding targets
+		"organization": "organizations/acme",
+		"tenant":       "organizations/acme/tenants/t1",
+		"workspace":    "organizations/acme/tenants/t1/workspaces/w1",
+		"group":        "organizations/acme/tenants/t1/workspaces/w1/groups/g1",
+		"cluster":      "organizations/acme/clusters/c1",
+	}
+	reach = map[string][]string{ // level → the objects (existing and new) a binding there covers
+		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "igw", "vs", "c1", "c2", "team", "sa", "role",
+			"new-tenant", "new-ws", "new-group", "new-igw", "new-vs", "new-cluster", "new-team", "new-sa", "new-role"},
+		"tenant":    {"t1", "w1", "w2", "g1", "g2", "igw", "vs", "new-ws", "new-group", "new-igw", "new-vs"},
+		"workspace": {"w1", "g1", "g2", "igw", "vs", "new-group", "new-igw", "new-vs"},
+		"group":     {"g1", "igw", "new-igw"},
+		"cluster":   {"c1"},
+	}
+	roleVerbs = map[string][]string{
+		"admin":   {"get", "list", "update", "delete", "create", "setpolicy"},
+		"editor":  {"get", "list", "update", "delete", "create"},
+		"creator": {"get", "list", "create"},
+		"writer":  {"get", "list", "update"},
+		"reader":  {"get", "list"},
+	}
+)
+
+func clientFor(url, token string) flotillav1alpha1connect.ResourceServiceClient {
+	return flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url, testauth.Bearer(token))
+}
+
+func codeOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return connect.CodeOf(err).String()
+}
+
+func TestAuthorizationMatrix(t *testing.T) {
+	st := backends[0].open(t)
+	s := serve(t, st)
+	ctx := context.Background()
+	admin := s.client
+	objs := matrixObjects()
+	byName := map[string]*pb.Resource{}
+	var all []*pb.Resource
+	for _, o := range objs {
+		byName[o.name] = o.res
+		all = append(all, o.res)
+	}
+	apply(t, admin, all...)
+	fqnOf := func(r *pb.Resource) string {
+		got, err := admin.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: r.GetKind(), Metadata: r.GetMetadata()}))
+		if err != nil {
+			t.Fatalf("get %s %s: %v", r.GetKind(), r.GetMetadata().GetName(), err)
+		}
+		return got.Msg.GetResource().GetMetadata().GetFqn()
+	}
+	fqns := map[string]string{}
+	for _, o := range objs {
+		fqns[o.name] = fqnOf(o.res)
+	}
+	restore := func() { // put back whatever a case deleted
+		t.Helper()
+		apply(t, admin, all...)
+	}
+	deleteNew := func(r *pb.Resource) {
+		t.Helper()
+		if _, err := admin.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: r.GetKind(), Metadata: r.GetMetadata(), Cascade: true})); err != nil {
+			t.Fatalf("clean up %s: %v", r.GetMetadata().GetName(), err)
+		}
+	}
+
+	failures := 0
+	for _, role := range []string{"admin", "editor", "creator", "writer", "reader"} {
+		for _, level := range []string{"organization", "tenant", "workspace", "group", "cluster"} {
+			user := fmt.Sprintf("user:%s-at-%s@example.com", role, level)
+			apply(t, admin, res("AccessBinding", md("b-"+role+"-"+level, "acme"), map[string]any{
+				"target": levels[level], "allow": []any{map[string]any{"role": role, "subjects": []any{user}}}}))
+			c := clientFor(s.url, testauth.Token(t, s.auth, user, authn.MethodOIDC))
+			may := func(verb, obj string) bool {
+				return slices.Contains(roleVerbs[role], verb) && slices.Contains(reach[level], obj)
+			}
+			check := func(verb, obj, got string, ok bool) {
+				t.Helper()
+				if want := may(verb, obj); ok != want {
+					failures++
+					t.Errorf("%s at %s: %s %s = %s, want allowed=%v", role, level, verb, obj, got, want)
+				}
+			}
+			for _, o := range objs {
+				r := o.res
+				// get: a hidden object is NotFound, like a missing one
+				_, err := c.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: r.GetKind(), Fqn: fqns[o.name]}))
+				if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+					t.Fatalf("get %s: %v", o.name, err)
+				}
+				check("get", o.name, codeOf(err), err == nil)
+				// list: the object appears only when readable
+				l, err := c.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: r.GetKind()}))
+				if err != nil {
+					t.Fatalf("list %s: %v", r.GetKind(), err)
+				}
+				listed := false
+				for _, x := range l.Msg.GetResources() {
+					listed = listed || x.GetMetadata().GetFqn() == fqns[o.name]
+				}
+				check("list", o.name, fmt.Sprint("listed=", listed), listed)
+				// update: a new label
+				upd := cloneRes(r)
+				upd.Metadata.Labels = map[string]string{"touched": strings.ReplaceAll(role+"-"+level, "_", "-")}
+				_, err = c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{upd}}))
+				if err != nil && connect.CodeOf(err) != connect.CodePermissionDenied {
+					t.Fatalf("update %s: %v", o.name, err)
+				}
+				check("update", o.name, codeOf(err), err == nil)
+				// delete: allowed is done, or refused only for its descendants;
+				// refused is PermissionDenied, or NotFound when it is hidden.
+				_, err = c.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: r.GetKind(), Fqn: fqns[o.name]}))
+				allowed := err == nil || connect.CodeOf(err) == connect.CodeFailedPrecondition
+				switch {
+				case allowed:
+				case !may("get", o.name) && connect.CodeOf(err) != connect.CodeNotFound:
+					t.Errorf("%s at %s: delete of hidden %s = %v, want NotFound", role, level, o.name, err)
+				case may("get", o.name) && connect.CodeOf(err) != connect.CodePermissionDenied:
+					t.Errorf("%s at %s: delete %s = %v, want PermissionDenied", role, level, o.name, err)
+				}
+				check("delete", o.name, codeOf(err), allowed)
+				if err == nil {
+					restore()
+				}
+			}
+			for _, o := range matrixNew() {
+				_, err := c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{o.res}}))
+				if err != nil && connect.CodeOf(err) != connect.CodePermissionDenied {
+					t.Fatalf("create %s: %v", o.name, err)
+				}
+				check("create", o.name, codeOf(err), err == nil)
+				if err == nil {
+					deleteNew(o.res)
+				}
+			}
+			// setpolicy: grant someone else reader on the level's node.
+			_, err := c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{res("AccessBinding", md("grant-"+role+"-"+level, "acme"), map[string]any{
+				"target": levels[level], "allow": []any{map[string]any{"role": "reader", "subjects": []any{"user:friend@example.com"}}}})}}))
+			if err != nil && connect.CodeOf(err) != connect.CodePermissionDenied {
+				t.Fatalf("setpolicy: %v", err)
+			}
+			if ok := err == nil; ok != slices.Contains(roleVerbs[role], "setpolicy") {
+				failures++
+				t.Errorf("%s at %s: grant reader on its node = %s", role, level, codeOf(err))
+			}
+			// Nobody grants more than they hold: admin on the organization.
+			if level != "organization" {
+				_, err := c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{res("AccessBinding", md("up-"+role+"-"+level, "acme"), map[string]any{
+					"target": levels["organization"], "allow": []any{map[string]any{"role": "admin", "subjects": []any{user}}}})}}))
+				if connect.CodeOf(err) != connect.CodePermissionDenied {
+					failures++
+					t.Errorf("%s at %s granted itself admin on the organization: %v", role, level, err)
+				}
+			}
+			// And nobody below admin grants itself admin where it is bound.
+			_, err = c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{res("AccessBinding", md("self-"+role+"-"+level, "acme"), map[string]any{
+				"target": levels[level], "allow": []any{map[string]any{"role": "admin", "subjects": []any{user}}}})}}))
+			if (err == nil) != (role == "admin") {
+				failures++
+				t.Errorf("%s at %s: grant itself admin on its own node = %s", role, level, codeOf(err))
+			}
+		}
+	}
+	t.Logf("5 roles × 5 levels × (%d objects × get, list, update, delete + %d creates + grant and escalation): %d unexpected outcomes", len(objs), len(matrixNew()), failures)
+}
+
+func cloneRes(r *pb.Resource) *pb.Resource { return proto.Clone(r).(*pb.Resource) }
+
+func TestTeamsServiceAccountsAndAuditAreScoped(t *testing.T) {
+	st := backends[0].open(t)
+	s := serve(t, st)
+	ctx := context.Background()
+	var all []*pb.Resource
+	for _, o := range matrixObjects() {
+		all = append(all, o.res)
+	}
+	apply(t, s.client, all...)
+	apply(t, s.client,
+		res("Team", md("payments", "acme"), map[string]any{"members": []any{"carol@example.com"}, "oidcGroups": []any{"payments-eng"}}),
+		res("ServiceAccount", md("g1-bot", "acme"), nil),
+	)
+	apply(t, s.client,
+		res("AccessBinding", md("payments-editors", "acme"), map[string]any{"target": levels["workspace"], "allow": []any{map[string]any{"role": "editor", "subjects": []any{"team:payments"}}}}),
+		res("AccessBinding", md("g1-bot-reader", "acme"), map[string]any{"target": levels["group"], "allow": []any{map[string]any{"role": "reader", "subjects": []any{"serviceaccount:g1-bot"}}}}),
+	)
+	// A member by name, and a member by the OIDC provider's group.
+	for _, who := range []struct {
+		subject string
+		groups  []string
+	}{{"user:carol@example.com", nil}, {"user:dave@example.com", []string{"payments-eng"}}} {
+		c := clientFor(s.url, testauth.Token(t, s.auth, who.subject, authn.MethodOIDC, who.groups...))
+		if _, err := c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{gateway("team-made", "team.example.com")}})); err != nil {
+			t.Fatalf("%s (team payments, editor on w1) cannot create in w1: %v", who.subject, err)
+		}
+		// Another workspace, of the same tenant, is out of reach...
+		_, err := c.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "Workspace", Fqn: "organizations/acme/tenants/t1/workspaces/w2"}))
+		_, missing := c.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "Workspace", Fqn: "organizations/acme/tenants/t1/workspaces/nope"}))
+		// ...and looks exactly like one that does not exist.
+		if connect.CodeOf(err) != connect.CodeNotFound || strings.Replace(err.Error(), "w2", "nope", 1) != missing.Error() {
+			t.Fatalf("%s: hidden workspace = %v; missing workspace = %v: they must look alike", who.subject, err, missing)
+		}
+		if _, err := s.client.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: "IngressGateway", Metadata: md("team-made", "acme", "t1", "w1", "g1")})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Someone outside the team gets nothing.
+	out := clientFor(s.url, testauth.Token(t, s.auth, "user:eve@example.com", authn.MethodOIDC, "other-group"))
+	if l, err := out.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "Group"})); err != nil || len(l.Msg.GetResources()) != 0 {
+		t.Fatalf("an outsider lists groups: %v %v", l, err)
+	}
+
+	// A service account bound to group g1 reads g1 and nothing beside it.
+	bot := clientFor(s.url, testauth.Token(t, s.auth, "serviceaccount:organizations/acme/serviceaccounts/g1-bot", authn.MethodServiceAccount))
+	l, err := bot.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "Group", Parent: "organizations/acme"}))
+	if err != nil || len(l.Msg.GetResources()) != 1 || l.Msg.GetResources()[0].GetMetadata().GetName() != "g1" {
+		t.Fatalf("the g1 service account lists groups %v (%v), want only g1", l.Msg.GetResources(), err)
+	}
+	if _, err := bot.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "Group", Fqn: "organizations/acme/tenants/t1/workspaces/w1/groups/g2"})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("the g1 service account reads sibling g2: %v", err)
+	}
+	if _, err := bot.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "VirtualService", Fqn: "organizations/acme/tenants/t1/workspaces/w1/groups/g2/virtualservices/vs"})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("the g1 service account reads g2's VirtualService: %v", err)
+	}
+
+	// Audit: a workspace editor sees its workspace's records and no others'.
+	carol := testauth.Token(t, s.auth, "user:carol@example.com", authn.MethodOIDC)
+	audit := flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, s.url, testauth.Bearer(carol))
+	recs, err := audit.ListAudit(ctx, connect.NewRequest(&pb.ListAuditRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, r := range recs.Msg.GetRecords() {
+		if !strings.HasPrefix(r.GetFqn(), levels["workspace"]) {
+			t.Errorf("carol reads an audit record outside her workspace: %s %s", r.GetOperation(), r.GetFqn())
+		}
+		seen++
+	}
+	if seen == 0 {
+		t.Fatal("carol sees no audit record of her own workspace")
+	}
+	other, err := audit.ListAudit(ctx, connect.NewRequest(&pb.ListAuditRequest{Fqn: "organizations/acme/tenants/t2"}))
+	if err != nil || len(other.Msg.GetRecords()) != 0 {
+		t.Fatalf("carol reads tenant t2's audit: %v %v", other.Msg.GetRecords(), err)
+	}
+	// Her own writes are attributed to her, with how she logged in.
+	mine, err := s.audit.ListAudit(ctx, connect.NewRequest(&pb.ListAuditRequest{Kind: "IngressGateway"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var by []string
+	for _, r := range mine.Msg.GetRecords() {
+		by = append(by, r.GetActor()+"/"+r.GetMethod()+"/"+r.GetOperation())
+	}
+	if !slices.Contains(by, "user:carol@example.com/oidc/create") || !slices.Contains(by, "user:admin/bootstrap/delete") {
+		t.Fatalf("audit actors %v lack carol's create (oidc) and the administrator's delete (bootstrap)", by)
+	}
+}

@@ -1,0 +1,374 @@
+package apiserver_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/authn"
+	"flotilla.io/flotilla/internal/store"
+	"flotilla.io/flotilla/internal/testauth"
+)
+
+func identityClient(url, token string) flotillav1alpha1connect.IdentityServiceClient {
+	if token == "" {
+		return flotillav1alpha1connect.NewIdentityServiceClient(http.DefaultClient, url)
+	}
+	return flotillav1alpha1connect.NewIdentityServiceClient(http.DefaultClient, url, testauth.Bearer(token))
+}
+
+func TestEveryCallButHealthAndLoginNeedsAToken(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	ctx := context.Background()
+	anon := flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, s.url)
+	for name, call := range map[string]func() error{
+		"get":   func() error { _, err := anon.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "org", Fqn: "organizations/acme"})); return err },
+		"list":  func() error { _, err := anon.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "org"})); return err },
+		"kinds": func() error { _, err := anon.Kinds(ctx, connect.NewRequest(&pb.KindsRequest{})); return err },
+		"apply": func() error {
+			_, err := anon.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: tenancy()[2:3]}))
+			return err
+		},
+		"watch": func() error {
+			w, err := anon.Watch(ctx, connect.NewRequest(&pb.WatchRequest{}))
+			if err != nil {
+				return err
+			}
+			defer w.Close()
+			w.Receive()
+			return w.Err()
+		},
+		"audit": func() error {
+			_, err := flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, s.url).ListAudit(ctx, connect.NewRequest(&pb.ListAuditRequest{}))
+			return err
+		},
+		"whoami": func() error {
+			_, err := identityClient(s.url, "").WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{}))
+			return err
+		},
+	} {
+		if err := call(); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "flotilla login") {
+			t.Errorf("%s without a token: %v, want Unauthenticated saying how to log in", name, err)
+		}
+	}
+	if _, err := identityClient(s.url, "").GetLoginConfig(ctx, connect.NewRequest(&pb.GetLoginConfigRequest{})); err != nil {
+		t.Errorf("GetLoginConfig needs no token: %v", err)
+	}
+	if l, err := s.client.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "org"})); err != nil || len(l.Msg.GetResources()) != 0 {
+		t.Fatalf("nothing was written by the refused apply: %v %v", l, err)
+	}
+}
+
+func TestBootstrapCredentialIsWrittenOnceAndLogsIn(t *testing.T) {
+	st := backends[0].open(t)
+	s := serve(t, st)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "data", apiserver.BootstrapAdminFile)
+	secret, err := s.auth.EnsureBootstrap(ctx, st, path)
+	if err != nil || secret == "" {
+		t.Fatalf("first start: %q %v", secret, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("bootstrap file: %v %v, want mode 0600", fi, err)
+	}
+	if again, err := s.auth.EnsureBootstrap(ctx, st, path); err != nil || again != "" {
+		t.Fatalf("second start made another credential: %q %v", again, err)
+	}
+	id := identityClient(s.url, "")
+	tok, err := id.Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret}}))
+	if err != nil || tok.Msg.GetSubject() != authn.BootstrapSubject {
+		t.Fatalf("log in with the bootstrap credential: %v %v", tok, err)
+	}
+	who, err := identityClient(s.url, tok.Msg.GetAccessToken()).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{}))
+	if err != nil || who.Msg.GetMethod() != authn.MethodBootstrap {
+		t.Fatalf("whoami: %v %v", who, err)
+	}
+	_, err = id.Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret + "x"}}))
+	if connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), apiserver.BootstrapAdminFile) {
+		t.Fatalf("a wrong bootstrap credential: %v", err)
+	}
+	// Resetting replaces it: the old one stops working.
+	fresh, err := s.auth.ResetBootstrap(ctx, st, path)
+	if err != nil || fresh == "" || fresh == secret {
+		t.Fatalf("reset: %q %v", fresh, err)
+	}
+	if _, err := id.Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret}})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("the replaced credential still logs in: %v", err)
+	}
+}
+
+func TestAServiceAccountLogsInWithItsKeyAndOnlyItsKey(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	ctx := context.Background()
+	apply(t, s.client, tenancy()[2], res("ServiceAccount", md("ci", "acme"), nil), res("ServiceAccount", md("other", "acme"), nil))
+	apply(t, s.client, res("AccessBinding", md("ci-reader", "acme"), map[string]any{"target": "organizations/acme",
+		"allow": []any{map[string]any{"role": "reader", "subjects": []any{"serviceaccount:ci"}}}}))
+	admin := identityClient(s.url, s.token)
+	key := func(account string) authn.ServiceAccountKeyFile {
+		fqn := "organizations/acme/serviceaccounts/" + account
+		k, err := admin.CreateServiceAccountKey(ctx, connect.NewRequest(&pb.CreateServiceAccountKeyRequest{Fqn: fqn}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return authn.ServiceAccountKeyFile{Account: fqn, KeyID: k.Msg.GetKeyId(), PrivateKey: k.Msg.GetPrivateKey()}
+	}
+	ci, other := key("ci"), key("other")
+	exchange := func(kf authn.ServiceAccountKeyFile, now time.Time) (*pb.TokenResponse, error) {
+		a, err := kf.SignAssertion(now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := identityClient(s.url, "").Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_ServiceAccountAssertion{ServiceAccountAssertion: a}}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg, nil
+	}
+	tok, err := exchange(ci, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if life := time.Until(tok.GetExpireTime().AsTime()); life > apiserver.DefaultMachineTokenTTL || life < apiserver.DefaultMachineTokenTTL-time.Minute {
+		t.Fatalf("a service account's token lives %s, want %s", life, apiserver.DefaultMachineTokenTTL)
+	}
+	who, err := identityClient(s.url, tok.GetAccessToken()).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{}))
+	if err != nil || who.Msg.GetSubject() != "serviceaccount:organizations/acme/serviceaccounts/ci" || who.Msg.GetMethod() != authn.MethodServiceAccount {
+		t.Fatalf("whoami as ci: %v %v", who, err)
+	}
+	if _, err := clientFor(s.url, tok.GetAccessToken()).Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "org", Fqn: "organizations/acme"})); err != nil {
+		t.Fatalf("ci (reader on acme) cannot read acme: %v", err)
+	}
+	// The server keeps the public key only.
+	got, err := s.client.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "ServiceAccount", Fqn: ci.Account}))
+	if err != nil || !strings.Contains(fmt.Sprint(got.Msg), "PUBLIC KEY") || strings.Contains(fmt.Sprint(got.Msg), "PRIVATE") {
+		t.Fatalf("the stored service account: %v %v", got, err)
+	}
+	// Another account's key does not speak for ci, nor does a stale assertion.
+	forged := other
+	forged.Account = ci.Account
+	for name, kf := range map[string]authn.ServiceAccountKeyFile{"other's key under ci's key id": {Account: ci.Account, KeyID: ci.KeyID, PrivateKey: other.PrivateKey}, "another account's key id": forged} {
+		if _, err := exchange(kf, time.Now()); connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Errorf("%s: %v, want Unauthenticated", name, err)
+		}
+	}
+	if _, err := exchange(ci, time.Now().Add(-10*time.Minute)); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("an expired assertion: %v", err)
+	}
+}
+
+func TestTokensOfAnotherIssuerExpiredOrOfARemovedKeyAreRefusedClearly(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	ctx := context.Background()
+	get := func(tok string) error {
+		_, err := identityClient(s.url, tok).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{}))
+		return err
+	}
+	old := s.token
+	foreign := &authn.Issuer{Name: "someone-else", Keys: s.auth.Issuer.Keys}
+	ftok, _, err := foreign.Mint(authn.Principal{Subject: authn.BootstrapSubject, Method: authn.MethodBootstrap}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, _, err := s.auth.Issuer.Mint(authn.Principal{Subject: authn.BootstrapSubject, Method: authn.MethodBootstrap}, -time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tok, want := range map[string]string{ftok: `issued by "someone-else"`, expired: "expired", "abc.def": "malformed", old[:len(old)-4] + "AAAA": "signature"} {
+		if err := get(tok); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), want) {
+			t.Errorf("token refused with %v, want Unauthenticated saying %q", err, want)
+		}
+	}
+	// Rotate: old tokens keep working, new ones carry the new key.
+	admin := identityClient(s.url, s.token)
+	first := s.auth.Issuer.Keys.Signer().ID
+	rot, err := admin.RotateSigningKey(ctx, connect.NewRequest(&pb.RotateSigningKeyRequest{}))
+	if err != nil || rot.Msg.GetKey().GetId() == first {
+		t.Fatalf("rotate: %v %v", rot, err)
+	}
+	if err := get(old); err != nil {
+		t.Fatalf("a token of the previous key stopped working after rotation: %v", err)
+	}
+	if _, err := admin.RemoveSigningKey(ctx, connect.NewRequest(&pb.RemoveSigningKeyRequest{Id: rot.Msg.GetKey().GetId()})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("removing the signing key must be refused: %v", err)
+	}
+	fresh := testauth.Token(t, s.auth, authn.BootstrapSubject, authn.MethodBootstrap)
+	if _, err := identityClient(s.url, fresh).RemoveSigningKey(ctx, connect.NewRequest(&pb.RemoveSigningKeyRequest{Id: first})); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(old); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), first) {
+		t.Fatalf("a token of a removed key: %v, want Unauthenticated naming key %s", err, first)
+	}
+	if err := get(fresh); err != nil {
+		t.Fatalf("a token of the current key: %v", err)
+	}
+	// Nobody but the bootstrap administrator or an admin of every
+	// organization changes keys.
+	apply(t, clientFor(s.url, fresh), tenancy()[2])
+	someone := identityClient(s.url, testauth.Token(t, s.auth, "user:mallory@example.com", authn.MethodOIDC))
+	if _, err := someone.RotateSigningKey(ctx, connect.NewRequest(&pb.RotateSigningKeyRequest{})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("mallory rotates the signing key: %v", err)
+	}
+}
+
+func TestRotatingTheSigningKeyUnderLoadFailsNoRequest(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	ctx := context.Background()
+	apply(t, s.client, tenancy()[2])
+	const clients, applies = 16, 40
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		failures []error
+		done     = make(chan struct{})
+	)
+	oldTokens := make([]string, clients)
+	for i := range clients {
+		oldTokens[i] = testauth.Token(t, s.auth, authn.BootstrapSubject, authn.MethodBootstrap)
+	}
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tok := oldTokens[i]
+			for n := range applies {
+				if n == applies/2 { // half way, log in again: a token of whichever key signs now
+					tok = testauth.Token(t, s.auth, authn.BootstrapSubject, authn.MethodBootstrap)
+				}
+				r := res("Tenant", md(fmt.Sprintf("t%d", i), "acme"), map[string]any{"description": fmt.Sprint(n)})
+				if _, err := clientFor(s.url, tok).Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{r}})); err != nil {
+					mu.Lock()
+					failures = append(failures, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	admin := identityClient(s.url, s.token)
+	rotations := 0
+	for rotations < 10 {
+		if _, err := admin.RotateSigningKey(ctx, connect.NewRequest(&pb.RotateSigningKeyRequest{})); err != nil {
+			t.Fatal(err)
+		}
+		rotations++
+		select {
+		case <-done:
+		case <-time.After(300 * time.Millisecond): // spread the rotations over the load
+			continue
+		}
+		break
+	}
+	<-done
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d applies failed during %d key rotations, e.g. %v", len(failures), clients*applies, rotations, failures[0])
+	}
+	for _, tok := range oldTokens {
+		if _, err := clientFor(s.url, tok).Kinds(ctx, connect.NewRequest(&pb.KindsRequest{})); err != nil {
+			t.Fatalf("a token from before the rotations stopped working: %v", err)
+		}
+	}
+	t.Logf("%d applies by %d clients across %d rotations: 0 failed", clients*applies, clients, rotations)
+}
+
+// refusals lists the audit's refused records.
+func refusals(t *testing.T, s *running) []*pb.AuditRecord {
+	t.Helper()
+	out, err := s.audit.ListAudit(context.Background(), connect.NewRequest(&pb.ListAuditRequest{Refused: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r []*pb.AuditRecord
+	for _, a := range out.Msg.GetRecords() {
+		if a.GetRefused() {
+			r = append(r, a)
+		}
+	}
+	return r
+}
+
+func TestBadInputIsRefusedClearlyAuditedAndWritesNothing(t *testing.T) {
+	st := backends[0].open(t)
+	s := serve(t, st)
+	ctx := context.Background()
+	apply(t, s.client, tenancy()[2])
+	before, err := st.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := `{"resources":[{"apiVersion":"flotilla.io/v1alpha1","kind":"Tenant","metadata":{"name":"big","organization":"acme"},"spec":{"description":"` + strings.Repeat("x", 10<<20) + `"}}]}`
+	post := func(body, token string, chunked bool) (int, string) {
+		var rd = strings.NewReader(body)
+		req, _ := http.NewRequest("POST", s.url+flotillav1alpha1connect.ResourceServiceApplyProcedure, rd)
+		if chunked {
+			req, _ = http.NewRequest("POST", s.url+flotillav1alpha1connect.ResourceServiceApplyProcedure, struct{ *strings.Reader }{rd})
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		return resp.StatusCode, b.String()
+	}
+	for _, chunked := range []bool{false, true} {
+		code, body := post(big, s.token, chunked)
+		if code == 200 || !strings.Contains(body, "resource_exhausted") {
+			t.Fatalf("a 10 MB body (chunked=%v): %d %s", chunked, code, body)
+		}
+	}
+	code, body := post(`{"resources":[]}`, "not-a-token", false)
+	if code != 401 || !strings.Contains(body, "malformed token") {
+		t.Fatalf("a malformed token: %d %s", code, body)
+	}
+	for name, r := range map[string]struct {
+		res  *pb.Resource
+		want string
+	}{
+		"a binding to an unknown role": {res("AccessBinding", md("bad", "acme"), map[string]any{"target": "organizations/acme", "allow": []any{map[string]any{"role": "superuser", "subjects": []any{"user:x@example.com"}}}}), `unknown role "superuser"`},
+		"a role granting an unknown permission": {res("Role", md("bad", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Destroy"}, "kinds": []any{"*"}}}}), `unknown permission "Destroy"`},
+	} {
+		_, err := s.client.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{r.res}}))
+		if connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), r.want) || !strings.Contains(err.Error(), "spec.") {
+			t.Errorf("%s: %v, want InvalidArgument naming the field and saying %s", name, err, r.want)
+		}
+	}
+	after, err := st.Revision(ctx)
+	if err != nil || after != before {
+		t.Fatalf("bad input wrote something: revision %d → %d (%v)", before, after, err)
+	}
+	got := refusals(t, s)
+	var reasons []string
+	for _, r := range got {
+		reasons = append(reasons, r.GetActor()+": "+r.GetReason())
+		if strings.Contains(r.GetReason(), "request body") && (r.GetActor() != authn.BootstrapSubject || r.GetMethod() != authn.MethodBootstrap) {
+			t.Errorf("an oversized body sent with the administrator's token is audited as %s (%s)", r.GetActor(), r.GetMethod())
+		}
+	}
+	joined := strings.Join(reasons, "\n")
+	for _, want := range []string{"request body is", "malformed token", `unknown role "superuser"`, `unknown permission "Destroy"`} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("the audit's refusals lack %q:\n%s", want, joined)
+		}
+	}
+	if len(got) != 5 {
+		t.Errorf("%d refusals audited, want 5 (two bodies, a token, a binding, a role):\n%s", len(got), joined)
+	}
+}
+
+var _ = store.Actor
