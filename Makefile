@@ -29,7 +29,7 @@ run: build fleet
 
 ## test: every test, with the race detector, against a real local fleet and PostgreSQL,
 ## then the local fleet's own tests (its module is separate)
-test: fleet-workloads
+test: fleet-workloads $(BIN)/dex
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fleet-test
 
@@ -47,6 +47,12 @@ $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(BIN)/protoc-gen-connect-go:
 	GOBIN=$(BIN) $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(CONNECT_GO_VERSION)
+
+# Dex, the OIDC provider the end-to-end tests log people in through, built
+# from its pinned module (tools/dex) like the local fleet's binaries.
+$(BIN)/dex: tools/dex/go.mod tools/dex/go.sum
+	cd tools/dex && $(GO) build -trimpath -ldflags '-s -w' -o $@ github.com/dexidp/dex/cmd/dex
+	touch $@
 
 ## tools: the pinned code generators
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go

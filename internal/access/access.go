@@ -48,7 +48,16 @@ func Checker(ctx context.Context, cache *authz.Cache, src authz.Source, rev int6
 	if err != nil {
 		return nil, fmt.Errorf("read the access policy: %w", err)
 	}
-	return pol.For(p), nil
+	chk := pol.For(p)
+	// A failed read finds no creator: it denies, never allows.
+	chk.Creators(func(fqn string) string {
+		rec, err := src.Get(ctx, fqn)
+		if err != nil {
+			return ""
+		}
+		return rec.Annotations[authz.CreatorAnnotation]
+	})
+	return chk, nil
 }
 
 // ReadChecker is Checker at the store's newest revision, for reads.

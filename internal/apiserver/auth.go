@@ -21,7 +21,6 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/authz"
-	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -37,8 +36,6 @@ const (
 	BootstrapAdminFile = "bootstrap-admin"
 )
 
-// MethodInsecure names callers of a server run with --insecure-no-auth.
-const MethodInsecure = "insecure-no-auth"
 
 // bootstrapCluster keys the bootstrap credential in the credentials table.
 const bootstrapCluster, bootstrapKind = "flotilla:bootstrap", "bootstrap"
@@ -70,7 +67,7 @@ func NewAuth(keyFile, issuer string) (*Auth, error) {
 	}
 	return &Auth{
 		Issuer:   &authn.Issuer{Name: issuer, Keys: ks},
-		Policies: authz.NewCache(resource.NodeKinds...),
+		Policies: authz.NewCache(),
 		UserTTL:  DefaultUserTokenTTL, MachineTTL: DefaultMachineTokenTTL,
 		// An address may log in a few times a second; a burst covers a
 		// script starting many clients at once.
@@ -138,7 +135,7 @@ var writes = map[string]bool{
 // authenticate resolves the caller from the Authorization header.
 func (a *Auth) authenticate(ctx context.Context, h http.Header) (context.Context, error) {
 	if a.Insecure {
-		return authn.WithPrincipal(ctx, authn.Principal{Subject: authn.BootstrapSubject, Method: MethodInsecure}), nil
+		return authn.WithPrincipal(ctx, authn.Principal{Subject: authn.BootstrapSubject, Method: authn.MethodInsecure}), nil
 	}
 	if a.Issuer == nil {
 		return ctx, connect.NewError(connect.CodeUnauthenticated, errors.New("this server has no authentication configured, so it serves nobody"))

@@ -91,7 +91,7 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 	}
 	if s.auth == nil {
 		// Secure by default: with no way to authenticate, nobody gets in.
-		s.auth = &Auth{Policies: authz.NewCache(resource.NodeKinds...)}
+		s.auth = &Auth{Policies: authz.NewCache()}
 	}
 	s.authn = &authInterceptor{auth: s.auth, st: st, log: log}
 	s.hmetrics = newMetricsInterceptor(s.metrics)

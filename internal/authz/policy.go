@@ -67,23 +67,21 @@ type team struct {
 	groups  map[string]bool
 }
 
-// Policy is a snapshot of everything authorization reads. It is immutable.
+// Policy is a snapshot of the access bindings, roles and teams. It is
+// immutable. (Who created what is read from the objects themselves: see
+// Checker.Creators.)
 type Policy struct {
 	bindings map[string][]binding // by target FQN
 	roles    map[string]Role      // custom roles by FQN
 	teams    map[string][]team    // by organization FQN
-	creators map[string]string    // node FQN → creator subject
 }
 
-// NewPolicy builds a policy from the records of the node kinds and the
-// identity kinds. Records of other kinds are ignored.
+// NewPolicy builds a policy from the records of the identity kinds.
+// Records of other kinds are ignored.
 func NewPolicy(recs []store.Record) (*Policy, error) {
-	p := &Policy{bindings: map[string][]binding{}, roles: map[string]Role{}, teams: map[string][]team{}, creators: map[string]string{}}
+	p := &Policy{bindings: map[string][]binding{}, roles: map[string]Role{}, teams: map[string][]team{}}
 	var bindings []store.Record
 	for _, rec := range recs {
-		if c := rec.Annotations[CreatorAnnotation]; c != "" {
-			p.creators[rec.FQN] = c
-		}
 		switch rec.Kind {
 		case KindRole:
 			r, err := decodeRole(rec.Name, rec.Spec)
@@ -199,6 +197,29 @@ type Checker struct {
 	who  authn.Principal
 	keys map[string]bool // the principal's subject and its teams
 	made map[string]bool // objects the principal created since the snapshot (this request)
+
+	creatorOf func(fqn string) string // reads an object's creator; nil: nobody
+	creators  map[string]string       // what creatorOf answered, per FQN
+}
+
+// Creators tells the checker how to read who created an object (its
+// CreatorAnnotation): the creator of a node is its admin. The answers are
+// kept for the checker's life, one request.
+func (c *Checker) Creators(lookup func(fqn string) string) { c.creatorOf = lookup }
+
+func (c *Checker) creator(fqn string) string {
+	if c.creatorOf == nil {
+		return ""
+	}
+	if v, ok := c.creators[fqn]; ok {
+		return v
+	}
+	if c.creators == nil {
+		c.creators = map[string]string{}
+	}
+	v := c.creatorOf(fqn)
+	c.creators[fqn] = v
+	return v
 }
 
 // Created notes that the principal just created fqn, so it is its admin
@@ -249,9 +270,9 @@ func (c *Checker) Can(perm Permission, kind, fqn, creator string) (bool, string)
 		return true, "the bootstrap administrator holds every permission"
 	}
 	for _, node := range Ancestry(fqn) {
-		made := c.pol.creators[node]
-		if node == fqn && creator != "" {
-			made = creator
+		made := creator
+		if node != fqn || creator == "" {
+			made = c.creator(node)
 		}
 		if made == c.who.Subject || c.made[node] {
 			return true, fmt.Sprintf("%s created %s and so is its admin", c.who.Subject, node)
@@ -293,7 +314,7 @@ func (c *Checker) Holds(role Role, target string) (bool, string) {
 
 // Source is what a Cache reads policy from: the store, or a transaction.
 type Source interface {
-	List(ctx context.Context, q store.Query) ([]store.Record, error)
+	store.Reader
 	KindsChanged(ctx context.Context, after int64) ([]string, error)
 }
 
@@ -307,14 +328,9 @@ type Cache struct {
 	rev int64
 }
 
-// NewCache returns a cache over the node kinds given (the kinds access
-// bindings can target) and the identity kinds.
-func NewCache(nodeKinds ...string) *Cache {
-	c := &Cache{kinds: map[string]bool{KindTeam: true, KindRole: true, KindAccessBinding: true}}
-	for _, k := range nodeKinds {
-		c.kinds[k] = true
-	}
-	return c
+// NewCache returns an empty cache.
+func NewCache() *Cache {
+	return &Cache{kinds: map[string]bool{KindTeam: true, KindRole: true, KindAccessBinding: true}}
 }
 
 // Policy returns the policy as src sees it at revision rev. src must not

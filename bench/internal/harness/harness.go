@@ -40,12 +40,30 @@ type Plane struct {
 	Agent agentv1connect.AgentServiceClient
 }
 
-// Start serves st until the benchmark ends.
-func Start(tb testing.TB, st store.Store) *Plane {
+// Start serves st until the benchmark ends, with authentication and
+// authorization on; the clients are the bootstrap administrator.
+func Start(tb testing.TB, st store.Store) *Plane { return start(tb, st, false) }
+
+// StartWithoutAuth is Start with --insecure-no-auth: every caller is the
+// administrator and no token is checked, for the figure without auth.
+func StartWithoutAuth(tb testing.TB, st store.Store) *Plane { return start(tb, st, true) }
+
+// As returns the plane's clients for another caller's token.
+func (p *Plane) As(token string) *Plane {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	out := *p
+	out.Token = token
+	out.API = flotillav1alpha1connect.NewResourceServiceClient(client, p.URL, testauth.Bearer(token))
+	out.Fleet = flotillav1alpha1connect.NewFleetServiceClient(client, p.URL, testauth.Bearer(token))
+	return &out
+}
+
+func start(tb testing.TB, st store.Store, insecure bool) *Plane {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	auth, token := testauth.New(tb)
+	auth.Insecure = insecure
 	p, err := plane.New(resource.Builtin(), st, log, plane.Config{API: []apiserver.Option{apiserver.WithAuth(auth)}})
 	if err != nil {
 		tb.Fatal(err)
