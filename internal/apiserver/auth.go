@@ -36,7 +36,6 @@ const (
 	BootstrapAdminFile = "bootstrap-admin"
 )
 
-
 // bootstrapCluster keys the bootstrap credential in the credentials table.
 const bootstrapCluster, bootstrapKind = "flotilla:bootstrap", "bootstrap"
 

@@ -34,7 +34,10 @@ func TestEveryCallButHealthAndLoginNeedsAToken(t *testing.T) {
 	ctx := context.Background()
 	anon := flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, s.url)
 	for name, call := range map[string]func() error{
-		"get":   func() error { _, err := anon.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "org", Fqn: "organizations/acme"})); return err },
+		"get": func() error {
+			_, err := anon.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "org", Fqn: "organizations/acme"}))
+			return err
+		},
 		"list":  func() error { _, err := anon.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "org"})); return err },
 		"kinds": func() error { _, err := anon.Kinds(ctx, connect.NewRequest(&pb.KindsRequest{})); return err },
 		"apply": func() error {
@@ -340,7 +343,7 @@ func TestBadInputIsRefusedClearlyAuditedAndWritesNothing(t *testing.T) {
 		res  *pb.Resource
 		want string
 	}{
-		"a binding to an unknown role": {res("AccessBinding", md("bad", "acme"), map[string]any{"target": "organizations/acme", "allow": []any{map[string]any{"role": "superuser", "subjects": []any{"user:x@example.com"}}}}), `unknown role "superuser"`},
+		"a binding to an unknown role":          {res("AccessBinding", md("bad", "acme"), map[string]any{"target": "organizations/acme", "allow": []any{map[string]any{"role": "superuser", "subjects": []any{"user:x@example.com"}}}}), `unknown role "superuser"`},
 		"a role granting an unknown permission": {res("Role", md("bad", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Destroy"}, "kinds": []any{"*"}}}}), `unknown permission "Destroy"`},
 	} {
 		_, err := s.client.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{r.res}}))
