@@ -367,3 +367,59 @@ func TestTeamsServiceAccountsAndAuditAreScoped(t *testing.T) {
 		t.Fatalf("audit actors %v lack carol's create (oidc) and the administrator's delete (bootstrap)", by)
 	}
 }
+
+func TestListsArePagedAndCappedAndSkipWhatTheCallerMayNotRead(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	ctx := context.Background()
+	rs := []*pb.Resource{res("Organization", md("acme"), nil), res("Tenant", md("open", "acme"), nil), res("Tenant", md("closed", "acme"), nil)}
+	for i := range 1200 {
+		parent := "open"
+		if i%3 == 0 {
+			parent = "closed"
+		}
+		rs = append(rs, res("Workspace", md(fmt.Sprintf("w%04d", i), "acme", parent), selector(fmt.Sprintf("ns%04d", i))))
+	}
+	apply(t, s.client, rs...)
+	apply(t, s.client, res("AccessBinding", md("open-readers", "acme"), map[string]any{"target": "organizations/acme/tenants/open",
+		"allow": []any{map[string]any{"role": "reader", "subjects": []any{"user:reader@example.com"}}}}))
+	walk := func(c flotillav1alpha1connect.ResourceServiceClient, size int32) (pages []int, names map[string]int) {
+		names = map[string]int{}
+		req := &pb.ListRequest{Kind: "Workspace", PageSize: size}
+		for range 100 {
+			l, err := c.List(ctx, connect.NewRequest(req))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pages = append(pages, len(l.Msg.GetResources()))
+			for _, r := range l.Msg.GetResources() {
+				names[r.GetMetadata().GetFqn()]++
+			}
+			if l.Msg.GetNextPageToken() == "" {
+				return pages, names
+			}
+			req.PageToken = l.Msg.GetNextPageToken()
+		}
+		t.Fatal("more than 100 pages")
+		return nil, nil
+	}
+	pages, names := walk(s.client, 0)
+	if fmt.Sprint(pages) != "[500 500 200]" || len(names) != 1200 {
+		t.Fatalf("default pages %v, %d distinct workspaces; want [500 500 200] and 1200", pages, len(names))
+	}
+	if pages, _ := walk(s.client, 5000); fmt.Sprint(pages) != "[1000 200]" {
+		t.Fatalf("page_size 5000 gave pages %v; want the cap, [1000 200]", pages)
+	}
+	reader := clientFor(s.url, testauth.Token(t, s.auth, "user:reader@example.com", authn.MethodOIDC))
+	pages, names = walk(reader, 300)
+	for fqn, n := range names {
+		if !strings.Contains(fqn, "/tenants/open/") || n != 1 {
+			t.Fatalf("the reader of tenant open listed %s (%d times)", fqn, n)
+		}
+	}
+	if len(names) != 800 || pages[0] != 300 {
+		t.Fatalf("the reader of tenant open listed %d workspaces in pages %v; want 800 in full pages", len(names), pages)
+	}
+	if _, err := s.client.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "Workspace", PageToken: "%%%"})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("a damaged page token: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -54,11 +55,11 @@ search; a name that is unique in the fleet needs none.`,
 				}
 				list = []*pb.Resource{r}
 			} else {
-				res, err := e.resources().List(cmd.Context(), connect.NewRequest(&pb.ListRequest{Kind: k.Name, Parent: parents.ancestor(e), LabelSelector: sel}))
+				all, err := e.listAll(cmd.Context(), &pb.ListRequest{Kind: k.Name, Parent: parents.ancestor(e), LabelSelector: sel})
 				if err != nil {
 					return err
 				}
-				list = parents.filter(res.Msg.GetResources())
+				list = parents.filter(all)
 			}
 			return e.print(output, k, list, len(args) == 2)
 		},
@@ -119,11 +120,11 @@ func (e *env) find(cmd *cobra.Command, k *resource.Kind, name string, parents *p
 		}
 		return res.Msg.GetResource(), nil
 	}
-	res, err := e.resources().List(cmd.Context(), connect.NewRequest(&pb.ListRequest{Kind: k.Name, Name: name, Parent: parents.ancestor(e)}))
+	all, err := e.listAll(cmd.Context(), &pb.ListRequest{Kind: k.Name, Name: name, Parent: parents.ancestor(e)})
 	if err != nil {
 		return nil, err
 	}
-	found := parents.filter(res.Msg.GetResources())
+	found := parents.filter(all)
 	switch len(found) {
 	case 0:
 		return nil, fmt.Errorf("%s %q not found", k.Name, name)
@@ -327,12 +328,12 @@ func newDescribeCmd(e *env) *cobra.Command {
 				if ck.Parent != k.Name {
 					continue
 				}
-				res, err := e.resources().List(cmd.Context(), connect.NewRequest(&pb.ListRequest{Kind: ck.Name, Parent: md.GetFqn()}))
+				all, err := e.listAll(cmd.Context(), &pb.ListRequest{Kind: ck.Name, Parent: md.GetFqn()})
 				if err != nil {
 					return err
 				}
 				var names []string
-				for _, c := range res.Msg.GetResources() {
+				for _, c := range all {
 					if strings.Count(c.GetMetadata().GetFqn(), "/") == strings.Count(md.GetFqn(), "/")+2 {
 						names = append(names, c.GetMetadata().GetName())
 					}
@@ -394,4 +395,20 @@ func indent(s, prefix string) string {
 		}
 	}
 	return strings.Join(lines, "")
+}
+
+// listAll follows a list's pages to the end.
+func (e *env) listAll(ctx context.Context, req *pb.ListRequest) ([]*pb.Resource, error) {
+	var out []*pb.Resource
+	for {
+		res, err := e.resources().List(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res.Msg.GetResources()...)
+		if res.Msg.GetNextPageToken() == "" {
+			return out, nil
+		}
+		req.PageToken = res.Msg.GetNextPageToken()
+	}
 }
