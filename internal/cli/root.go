@@ -90,6 +90,7 @@ func NewRoot(in io.Reader, out, errOut io.Writer) *cobra.Command {
 		newWhoamiCmd(e),
 		newAuthCmd(e),
 		newServiceAccountCmd(e),
+		newCreateCmd(e),
 	)
 	return root
 }

@@ -19,6 +19,7 @@ import (
 
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/authn"
+	"flotilla.io/flotilla/internal/central"
 	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
@@ -29,6 +30,7 @@ func newServerCmd(e *env) *cobra.Command {
 	var listen, dataDir, storeArg, logLevel, tlsCert, tlsKey string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
+	var agentTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the management plane",
@@ -65,7 +67,11 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				return err
 			}
 			opts = append(opts, apiserver.WithAuth(auth))
-			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres")})
+			if agentTTL < time.Second {
+				return fmt.Errorf("--agent-credential-ttl %s: give at least 1s", agentTTL)
+			}
+			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres"),
+				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}})
 			if err != nil {
 				return err
 			}
@@ -84,6 +90,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&oidcIssuer, "oidc-issuer", "", "URL of the OIDC provider people log in with (flotilla login --oidc)")
 	cmd.Flags().StringVar(&oidcClient, "oidc-client-id", "flotilla", "the OIDC client id of the CLI and the UI")
 	cmd.Flags().StringVar(&oidcCA, "oidc-ca-file", "", "PEM CA bundle of the OIDC provider's certificate, instead of the system roots")
+	cmd.Flags().DurationVar(&agentTTL, "agent-credential-ttl", central.DefaultAgentCredentialTTL, "life of an agent's credential; the server sends a new one on the agent's stream when a third is left")
 	cmd.Flags().BoolVar(&insecure, "insecure-no-auth", false, "serve every caller as the administrator, with no login: only for throwaway demos")
 	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one stops working) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile)
 	return cmd
