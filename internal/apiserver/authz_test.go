@@ -14,6 +14,7 @@ import (
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/authn"
+	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/testauth"
 )
 
@@ -49,13 +50,6 @@ func gateway(name, host string) *pb.Resource {
 	})
 }
 
-func virtualService(name string) *pb.Resource {
-	r := res("VirtualService", md(name, "acme", "t1", "w1", "g2"), map[string]any{"hosts": []any{name + ".pay.svc.cluster.local"},
-		"http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web.pay.svc.cluster.local"}}}}}})
-	r.ApiVersion, r.Metadata.Namespace = "networking.istio.io/v1", "pay"
-	return r
-}
-
 func selector(ns string) map[string]any {
 	return map[string]any{"namespaceSelector": map[string]any{"names": []any{"*/" + ns}}}
 }
@@ -67,7 +61,7 @@ func matrixObjects() []mobj {
 		s["type"], s["configMode"] = typ, mode
 		return s
 	}
-	return []mobj{
+	return append([]mobj{
 		{"org", res("Organization", md("acme"), nil)},
 		{"t1", res("Tenant", md("t1", "acme"), nil)},
 		{"t2", res("Tenant", md("t2", "acme"), nil)},
@@ -76,30 +70,44 @@ func matrixObjects() []mobj {
 		{"g1", res("Group", md("g1", "acme", "t1", "w1"), g("gateway", "BRIDGED"))},
 		{"g2", res("Group", md("g2", "acme", "t1", "w1"), g("traffic", "DIRECT"))},
 		{"igw", gateway("shop", "shop.example.com")},
-		{"vs", virtualService("vs")},
 		{"c1", res("Cluster", md("c1", "acme"), nil)},
 		{"c2", res("Cluster", md("c2", "acme"), nil)},
 		{"team", res("Team", md("devs", "acme"), map[string]any{"members": []any{"nobody@example.com"}})},
 		{"sa", res("ServiceAccount", md("ci", "acme"), nil)},
 		{"role", res("Role", md("viewer", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Read"}, "kinds": []any{"*"}}}})},
+	}, istioObjects("")...)
+}
+
+// istioObjects is one object of every raw Istio kind, in the DIRECT group
+// g2 of workspace w1, named after its kind (with prefix); the table calls
+// them "<prefix>istio".
+func istioObjects(prefix string) []mobj {
+	var out []mobj
+	for _, k := range resource.Builtin().Kinds() {
+		if k.Parent != resource.KindGroup || k.Name == resource.KindIngressGateway {
+			continue
+		}
+		r := res(k.Name, md(prefix+strings.ToLower(k.Name), "acme", "t1", "w1", "g2"), nil)
+		r.ApiVersion, r.Metadata.Namespace = k.APIVersion(), "pay"
+		out = append(out, mobj{prefix + "istio", r})
 	}
+	return out
 }
 
 // matrixNew are objects a case tries to create, one of each kind.
 func matrixNew() []mobj {
 	g := selector("pay")
 	g["type"] = "gateway"
-	return []mobj{
+	return append([]mobj{
 		{"new-tenant", res("Tenant", md("t9", "acme"), nil)},
 		{"new-ws", res("Workspace", md("w9", "acme", "t1"), selector("other"))},
 		{"new-group", res("Group", md("g9", "acme", "t1", "w1"), g)},
 		{"new-igw", gateway("shop9", "shop9.example.com")},
-		{"new-vs", virtualService("vs9")},
 		{"new-cluster", res("Cluster", md("c9", "acme"), nil)},
 		{"new-team", res("Team", md("ops", "acme"), nil)},
 		{"new-sa", res("ServiceAccount", md("deploy", "acme"), nil)},
 		{"new-role", res("Role", md("auditor", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Read"}, "kinds": []any{"*"}}}})},
-	}
+	}, istioObjects("new-")...)
 }
 
 // The expected outcomes, written out rather than derived: where each
@@ -113,10 +121,10 @@ var (
 		"cluster":      "organizations/acme/clusters/c1",
 	}
 	reach = map[string][]string{ // level → the objects (existing and new) a binding there covers
-		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "igw", "vs", "c1", "c2", "team", "sa", "role",
-			"new-tenant", "new-ws", "new-group", "new-igw", "new-vs", "new-cluster", "new-team", "new-sa", "new-role"},
-		"tenant":    {"t1", "w1", "w2", "g1", "g2", "igw", "vs", "new-ws", "new-group", "new-igw", "new-vs"},
-		"workspace": {"w1", "g1", "g2", "igw", "vs", "new-group", "new-igw", "new-vs"},
+		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "igw", "istio", "c1", "c2", "team", "sa", "role",
+			"new-tenant", "new-ws", "new-group", "new-igw", "new-istio", "new-cluster", "new-team", "new-sa", "new-role"},
+		"tenant":    {"t1", "w1", "w2", "g1", "g2", "igw", "istio", "new-ws", "new-group", "new-igw", "new-istio"},
+		"workspace": {"w1", "g1", "g2", "igw", "istio", "new-group", "new-igw", "new-istio"},
 		"group":     {"g1", "igw", "new-igw"},
 		"cluster":   {"c1"},
 	}
@@ -146,10 +154,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	ctx := context.Background()
 	admin := s.client
 	objs := matrixObjects()
-	byName := map[string]*pb.Resource{}
 	var all []*pb.Resource
 	for _, o := range objs {
-		byName[o.name] = o.res
 		all = append(all, o.res)
 	}
 	apply(t, admin, all...)
@@ -160,9 +166,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 		return got.Msg.GetResource().GetMetadata().GetFqn()
 	}
-	fqns := map[string]string{}
+	fqns := map[*pb.Resource]string{}
 	for _, o := range objs {
-		fqns[o.name] = fqnOf(o.res)
+		fqns[o.res] = fqnOf(o.res)
 	}
 	restore := func() { // put back whatever a case deleted
 		t.Helper()
@@ -185,17 +191,19 @@ func TestAuthorizationMatrix(t *testing.T) {
 			may := func(verb, obj string) bool {
 				return slices.Contains(roleVerbs[role], verb) && slices.Contains(reach[level], obj)
 			}
+			var cur string // the kind being checked, for messages
 			check := func(verb, obj, got string, ok bool) {
 				t.Helper()
 				if want := may(verb, obj); ok != want {
 					failures++
-					t.Errorf("%s at %s: %s %s = %s, want allowed=%v", role, level, verb, obj, got, want)
+					t.Errorf("%s at %s: %s %s (%s) = %s, want allowed=%v", role, level, verb, obj, cur, got, want)
 				}
 			}
 			for _, o := range objs {
 				r := o.res
+				cur = r.GetKind()
 				// get: a hidden object is NotFound, like a missing one
-				_, err := c.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: r.GetKind(), Fqn: fqns[o.name]}))
+				_, err := c.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: r.GetKind(), Fqn: fqns[o.res]}))
 				if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
 					t.Fatalf("get %s: %v", o.name, err)
 				}
@@ -207,7 +215,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				}
 				listed := false
 				for _, x := range l.Msg.GetResources() {
-					listed = listed || x.GetMetadata().GetFqn() == fqns[o.name]
+					listed = listed || x.GetMetadata().GetFqn() == fqns[o.res]
 				}
 				check("list", o.name, fmt.Sprint("listed=", listed), listed)
 				// update: a new label
@@ -220,7 +228,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				check("update", o.name, codeOf(err), err == nil)
 				// delete: allowed is done, or refused only for its descendants;
 				// refused is PermissionDenied, or NotFound when it is hidden.
-				_, err = c.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: r.GetKind(), Fqn: fqns[o.name]}))
+				_, err = c.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: r.GetKind(), Fqn: fqns[o.res]}))
 				allowed := err == nil || connect.CodeOf(err) == connect.CodeFailedPrecondition
 				switch {
 				case allowed:
@@ -235,6 +243,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				}
 			}
 			for _, o := range matrixNew() {
+				cur = o.res.GetKind()
 				_, err := c.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{o.res}}))
 				if err != nil && connect.CodeOf(err) != connect.CodePermissionDenied {
 					t.Fatalf("create %s: %v", o.name, err)
@@ -329,7 +338,11 @@ func TestTeamsServiceAccountsAndAuditAreScoped(t *testing.T) {
 	if _, err := bot.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "Group", Fqn: "organizations/acme/tenants/t1/workspaces/w1/groups/g2"})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("the g1 service account reads sibling g2: %v", err)
 	}
-	if _, err := bot.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "VirtualService", Fqn: "organizations/acme/tenants/t1/workspaces/w1/groups/g2/virtualservices/vs"})); connect.CodeOf(err) != connect.CodeNotFound {
+	vs := "organizations/acme/tenants/t1/workspaces/w1/groups/g2/virtualservices/virtualservice"
+	if _, err := s.client.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "VirtualService", Fqn: vs})); err != nil {
+		t.Fatalf("g2's VirtualService: %v", err)
+	}
+	if _, err := bot.Get(ctx, connect.NewRequest(&pb.GetRequest{Kind: "VirtualService", Fqn: vs})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("the g1 service account reads g2's VirtualService: %v", err)
 	}
 
