@@ -170,9 +170,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 	for _, o := range objs {
 		fqns[o.res] = fqnOf(o.res)
 	}
-	restore := func() { // put back whatever a case deleted
+	restore := func(r *pb.Resource) { // put back what a case deleted (a leaf: containers refuse a plain delete)
 		t.Helper()
-		apply(t, admin, all...)
+		apply(t, admin, r)
 	}
 	deleteNew := func(r *pb.Resource) {
 		t.Helper()
@@ -239,7 +239,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 				}
 				check("delete", o.name, codeOf(err), allowed)
 				if err == nil {
-					restore()
+					restore(r)
 				}
 			}
 			for _, o := range matrixNew() {
@@ -384,20 +384,24 @@ func TestTeamsServiceAccountsAndAuditAreScoped(t *testing.T) {
 func TestListsArePagedAndCappedAndSkipWhatTheCallerMayNotRead(t *testing.T) {
 	s := serve(t, backends[0].open(t))
 	ctx := context.Background()
-	rs := []*pb.Resource{res("Organization", md("acme"), nil), res("Tenant", md("open", "acme"), nil), res("Tenant", md("closed", "acme"), nil)}
+	// Groups in two workspaces; a reader is bound to one of them.
+	rs := []*pb.Resource{res("Organization", md("acme"), nil), res("Tenant", md("t", "acme"), nil),
+		res("Workspace", md("open", "acme", "t"), selector("open")), res("Workspace", md("closed", "acme", "t"), selector("closed"))}
 	for i := range 1200 {
-		parent := "open"
+		ws := "open"
 		if i%3 == 0 {
-			parent = "closed"
+			ws = "closed"
 		}
-		rs = append(rs, res("Workspace", md(fmt.Sprintf("w%04d", i), "acme", parent), selector(fmt.Sprintf("ns%04d", i))))
+		g := selector(ws)
+		g["type"] = "traffic"
+		rs = append(rs, res("Group", md(fmt.Sprintf("g%04d", i), "acme", "t", ws), g))
 	}
 	apply(t, s.client, rs...)
-	apply(t, s.client, res("AccessBinding", md("open-readers", "acme"), map[string]any{"target": "organizations/acme/tenants/open",
+	apply(t, s.client, res("AccessBinding", md("open-readers", "acme"), map[string]any{"target": "organizations/acme/tenants/t/workspaces/open",
 		"allow": []any{map[string]any{"role": "reader", "subjects": []any{"user:reader@example.com"}}}}))
 	walk := func(c flotillav1alpha1connect.ResourceServiceClient, size int32) (pages []int, names map[string]int) {
 		names = map[string]int{}
-		req := &pb.ListRequest{Kind: "Workspace", PageSize: size}
+		req := &pb.ListRequest{Kind: "Group", PageSize: size}
 		for range 100 {
 			l, err := c.List(ctx, connect.NewRequest(req))
 			if err != nil {
@@ -417,7 +421,7 @@ func TestListsArePagedAndCappedAndSkipWhatTheCallerMayNotRead(t *testing.T) {
 	}
 	pages, names := walk(s.client, 0)
 	if fmt.Sprint(pages) != "[500 500 200]" || len(names) != 1200 {
-		t.Fatalf("default pages %v, %d distinct workspaces; want [500 500 200] and 1200", pages, len(names))
+		t.Fatalf("default pages %v, %d distinct groups; want [500 500 200] and 1200", pages, len(names))
 	}
 	if pages, _ := walk(s.client, 5000); fmt.Sprint(pages) != "[1000 200]" {
 		t.Fatalf("page_size 5000 gave pages %v; want the cap, [1000 200]", pages)
@@ -425,14 +429,14 @@ func TestListsArePagedAndCappedAndSkipWhatTheCallerMayNotRead(t *testing.T) {
 	reader := clientFor(s.url, testauth.Token(t, s.auth, "user:reader@example.com", authn.MethodOIDC))
 	pages, names = walk(reader, 300)
 	for fqn, n := range names {
-		if !strings.Contains(fqn, "/tenants/open/") || n != 1 {
-			t.Fatalf("the reader of tenant open listed %s (%d times)", fqn, n)
+		if !strings.Contains(fqn, "/workspaces/open/") || n != 1 {
+			t.Fatalf("the reader of workspace open listed %s (%d times)", fqn, n)
 		}
 	}
 	if len(names) != 800 || pages[0] != 300 {
-		t.Fatalf("the reader of tenant open listed %d workspaces in pages %v; want 800 in full pages", len(names), pages)
+		t.Fatalf("the reader of workspace open listed %d groups in pages %v; want 800 in full pages", len(names), pages)
 	}
-	if _, err := s.client.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "Workspace", PageToken: "%%%"})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+	if _, err := s.client.List(ctx, connect.NewRequest(&pb.ListRequest{Kind: "Group", PageToken: "%%%"})); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("a damaged page token: %v", err)
 	}
 }
