@@ -23,13 +23,13 @@ all: build
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla ./cmd/flotilla
 
-## run: the server on the embedded SQLite store, plus a local fleet of two clusters
-run: build fleet
+## run: the server on the embedded SQLite store, plus a local fleet of two clusters with istiod
+run: build fleet-istio
 	./scripts/run.sh
 
 ## test: every test, with the race detector, against a real local fleet and PostgreSQL,
 ## then the local fleet's own tests (its module is separate)
-test: fleet-workloads $(BIN)/dex
+test: fleet-workloads fleet-istio $(BIN)/dex
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fleet-test
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the management plane on its embedded defaults (SQLite under
 # ./flotilla-data), a local fleet of two real Kubernetes API servers with
-# Istio's CRDs, and one agent per cluster. Ctrl-C stops everything it started.
+# Istio's CRDs and an istiod each, and one agent per cluster. Ctrl-C stops everything it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/bin
@@ -16,8 +16,8 @@ cd "$root"
 "$bin/localfleet" down --dir "$fleet" >/dev/null 2>&1 || true
 mkdir -p "$run"
 
-echo "starting a local fleet of two clusters in $fleet ..."
-"$bin/localfleet" up --clusters 2 --dir "$fleet"
+echo "starting a local fleet of two clusters, each with istiod, in $fleet ..."
+"$bin/localfleet" up --clusters 2 --istio --dir "$fleet"
 
 pids=()
 cleanup() {
@@ -67,6 +67,9 @@ flotilla-data/bootstrap-admin). In another terminal:
   flotilla apply -f examples/quickstart.yaml
   flotilla status ingressgateway shop --wait
   kubectl --kubeconfig $fleet/c1.kubeconfig -n payments get gateways.networking.istio.io,virtualservices.networking.istio.io
+
+What each cluster's istiod made of it: its debug endpoints (/debug/configz,
+/debug/registryz) are at the http addresses printed above.
 
 Ctrl-C stops everything.
 MSG

@@ -87,11 +87,21 @@ func istioObjects(prefix string) []mobj {
 		if k.Parent != resource.KindGroup || k.Name == resource.KindIngressGateway {
 			continue
 		}
-		r := res(k.Name, md(prefix+strings.ToLower(k.Name), "acme", "t1", "w1", "g2"), nil)
+		r := res(k.Name, md(prefix+strings.ToLower(k.Name), "acme", "t1", "w1", "g2"), minimalIstioSpecs[k.Name])
 		r.ApiVersion, r.Metadata.Namespace = k.APIVersion(), "pay"
 		out = append(out, mobj{prefix + "istio", r})
 	}
 	return out
+}
+
+// minimalIstioSpecs are the smallest specs Istio's validation accepts, by
+// kind; the security kinds accept an empty spec.
+var minimalIstioSpecs = map[string]map[string]any{
+	"DestinationRule": {"host": "web.pay.svc.cluster.local"},
+	"Gateway":         {"servers": []any{map[string]any{"port": map[string]any{"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": []any{"*"}}}},
+	"ServiceEntry":    {"hosts": []any{"x.example.com"}, "ports": []any{map[string]any{"number": 443, "name": "https", "protocol": "TLS"}}, "resolution": "DNS"},
+	"Sidecar":         {"egress": []any{map[string]any{"hosts": []any{"./*"}}}},
+	"VirtualService":  {"hosts": []any{"web"}, "http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web"}}}}}},
 }
 
 // matrixNew are objects a case tries to create, one of each kind.

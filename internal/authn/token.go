@@ -2,6 +2,8 @@ package authn
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -84,15 +86,21 @@ func (is *Issuer) now() time.Time {
 	return time.Now()
 }
 
-// Mint signs an access token for p that expires after ttl.
+// Mint signs an access token for p that expires after ttl. Every token has
+// its own ID (jti), so two tokens minted in the same second differ.
 func (is *Issuer) Mint(p Principal, ttl time.Duration) (string, time.Time, error) {
 	key := is.Keys.Signer()
 	now := is.now().Truncate(time.Second)
 	exp := now.Add(ttl)
+	var jti [12]byte
+	if _, err := rand.Read(jti[:]); err != nil {
+		return "", time.Time{}, err
+	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer: is.Name, Subject: p.Subject, Audience: jwt.ClaimStrings{Audience},
 			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp),
+			ID: base64.RawURLEncoding.EncodeToString(jti[:]),
 		},
 		Method: p.Method, Groups: p.Groups,
 	})

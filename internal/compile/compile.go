@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/istio"
 	"flotilla.io/flotilla/internal/schema"
 	"flotilla.io/flotilla/internal/selector"
 )
@@ -146,8 +147,27 @@ func (t target) reaches(ns string) bool {
 	return t.namespaces[ns] && t.selector.Match(t.cluster, ns)
 }
 
-// emit adds an object owned by the intent object owner.
+// emit adds an object owned by the intent object owner, once Istio's own
+// validation accepts it.
 func (c *compilation) emit(owner, apiVersion, kind, namespace, name string, spec map[string]any) {
+	k, ok := istio.Lookup(apiVersion, kind)
+	if !ok {
+		c.diag(owner, "", "compiled a %s %s, which is not an Istio kind Flotilla delivers; this is a bug in Flotilla", apiVersion, kind)
+		return
+	}
+	// What the compiler produces passes Istio's own validation, or is not
+	// delivered: istiod would reject it in the cluster anyway.
+	if errs := istio.Validate(k, name, namespace, spec); len(errs) > 0 {
+		for _, e := range errs {
+			c.diag(owner, "", "the %s %s/%s compiled from it is invalid, so it is not delivered: %s: %s", kind, namespace, name, e.Path, e.Message)
+		}
+		return
+	}
+	c.add(owner, apiVersion, kind, namespace, name, spec)
+}
+
+// add appends an object known to be valid to the output.
+func (c *compilation) add(owner, apiVersion, kind, namespace, name string, spec map[string]any) {
 	c.out = append(c.out, emitted{owner: owner, obj: &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": apiVersion,
 		"kind":       kind,

@@ -223,3 +223,21 @@ func TestCompileNeverPanicsOnGarbageSpecs(t *testing.T) {
 		}
 	}
 }
+
+// The compiler's own output passes through Istio's validation: an object
+// istiod would reject is reported on its owner and not delivered.
+func TestCompiledObjectsIstioRejectsAreNotDelivered(t *testing.T) {
+	c := &compilation{}
+	c.emit("owner/good", "networking.istio.io/v1", "VirtualService", "shop", "good",
+		map[string]any{"hosts": []any{"a"}, "tcp": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "a"}}}}}})
+	c.emit("owner/bad", "networking.istio.io/v1", "VirtualService", "shop", "bad",
+		map[string]any{"hosts": []any{"a"}, "tcp": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "a", "port": map[string]any{"number": int64(999999)}}}}}}})
+	r := c.result()
+	if len(r.Objects) != 1 || r.Objects[0].GetName() != "good" {
+		t.Fatalf("delivered %d objects (%v); want only good", len(r.Objects), r.Objects)
+	}
+	want := "the VirtualService shop/bad compiled from it is invalid, so it is not delivered: spec.tcp[0].route[0].destination.port.number: port number 999999 must be in the range 1..65535"
+	if len(r.Diagnostics) != 1 || r.Diagnostics[0].FQN != "owner/bad" || r.Diagnostics[0].Message != want {
+		t.Fatalf("diagnostics %+v; want one on owner/bad: %s", r.Diagnostics, want)
+	}
+}

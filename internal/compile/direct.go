@@ -42,14 +42,14 @@ func (c *compilation) direct(o bundle.Object, t target) {
 	if !ok {
 		return
 	}
-	for _, e := range istio.ValidateSpec(k, spec) {
+	for _, e := range istio.Validate(k, o.Name, o.Namespace, spec) {
 		c.diag(o.FQN, e.Path, "%s", e.Message)
 		valid = false
 	}
 	if !valid || !t.reaches(o.Namespace) {
 		return
 	}
-	c.emit(o.FQN, k.APIVersion, k.Kind, o.Namespace, o.Name, spec)
+	c.add(o.FQN, k.APIVersion, k.Kind, o.Namespace, o.Name, spec) // validated above
 }
 
 // directSpec decodes the spec into JSON values as unstructured objects hold

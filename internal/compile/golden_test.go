@@ -118,7 +118,7 @@ func checkEmittedObjects(t *testing.T, r Result) {
 			t.Errorf("%s: %s is not a catalogued Istio apiVersion", id, o.GetAPIVersion())
 			continue
 		}
-		if errs := istio.ValidateSpec(k, o.Object["spec"]); errs != nil {
+		if errs := istio.Validate(k, o.GetName(), o.GetNamespace(), o.Object["spec"]); errs != nil {
 			t.Errorf("%s: emitted spec is invalid: %v", id, errs)
 		}
 		if o.GetLabels()[LabelManagedBy] != ManagedBy || o.GetAnnotations()[AnnotationOwner] == "" {

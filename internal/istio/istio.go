@@ -1,16 +1,19 @@
 // Package istio is the catalogue of the Istio kinds Flotilla writes and
-// accepts in DIRECT groups, and the validation of their specs.
+// accepts in DIRECT groups, and the validation of their objects.
 //
 //	apiVersion + kind ──Lookup──▶ Kind{APIVersion, GVR, New}
 //	                                   │
-//	spec (decoded JSON) ──ValidateSpec─┴─▶ []FieldError
-//	                       = schema check against istio.io/api (types, unknown fields)
-//	                       + semantic checks the CRD schema misses (weights, ports)
+//	name, namespace, spec ──Validate───┴─▶ []FieldError
+//	     = schema check against istio.io/api (types, unknown fields: what the CRD schema checks)
+//	     + Istio's own validation (istio.io/istio/pkg/config/validation, as istiod's webhook runs it),
+//	       each error placed on the field that causes it
 //
 // Every kind is served by Istio at v1; the older apiVersions (v1beta1,
 // v1alpha3) name the same kind and Lookup maps them to it.
 //
-// The package is pure: no I/O, no goroutines, no mutable globals.
+// Flotilla keeps no semantic rules of its own for Istio objects: what Istio
+// accepts, Flotilla accepts. The package is pure: no I/O, no goroutines, no
+// mutable globals.
 package istio
 
 import (
@@ -108,18 +111,17 @@ func Lookup(apiVersion, kind string) (Kind, bool) {
 	return Kind{}, false
 }
 
-// ValidateSpec checks spec, a value decoded from JSON or YAML into any
-// (map[string]any and friends, or a json.RawMessage), against k's istio.io/api
-// message, then applies the semantic checks Istio's CRD schema does not:
-//   - every route weight is within 0..100, and the weights of a route with
-//     more than one destination sum to 100;
-//   - every port number is within 1..65535.
+// Validate checks the object of kind k named name in namespace, whose spec
+// is a value decoded from JSON or YAML into any (map[string]any and friends,
+// or a json.RawMessage), as the cluster would: first against k's istio.io/api
+// message (the CRD schema's job: types and unknown fields), then with Istio's
+// own validation, the code istiod's admission webhook runs.
 //
-// It returns nil when spec is valid. Otherwise it returns the schema errors,
-// sorted by path and using the keys as written; or, when the spec is
-// well-typed, the semantic errors in field order, using the JSON (lowerCamel)
-// field names.
-func ValidateSpec(k Kind, spec any) []FieldError {
+// It returns nil when the object is valid. Otherwise it returns the schema
+// errors, sorted by path and using the keys as written; or, when the spec is
+// well-typed, Istio's errors in Istio's words, each at the field whose removal
+// clears it (see locator), sorted by path.
+func Validate(k Kind, name, namespace string, spec any) []FieldError {
 	const prefix = "spec"
 	if k.New == nil {
 		return []FieldError{{Path: prefix, Message: "no Istio kind to validate against"}}
@@ -139,8 +141,5 @@ func ValidateSpec(k Kind, spec any) []FieldError {
 		}
 		return []FieldError{{Path: prefix, Message: err.Error()}}
 	}
-	if errs := semantic(prefix, msg); len(errs) > 0 {
-		return errs
-	}
-	return nil
+	return validateWithIstio(k, name, namespace, msg, spec)
 }

@@ -87,7 +87,7 @@ func decodeJSON(t *testing.T, s string) any {
 	return v
 }
 
-func TestValidateSpecReportsEachProblemWithItsFieldPath(t *testing.T) {
+func TestValidateReportsIstiosOwnErrorsAtTheirFields(t *testing.T) {
 	for _, tc := range []struct {
 		name, kind, spec string
 		want             []FieldError
@@ -100,9 +100,9 @@ func TestValidateSpecReportsEachProblemWithItsFieldPath(t *testing.T) {
 				{"destination":{"host":"b"},"weight":30}]}]}`,
 		},
 		{
-			name: "a single destination needs no weight",
+			name: "weights need not sum to 100: Istio normalizes them",
 			kind: "VirtualService",
-			spec: `{"hosts":["a"],"http":[{"route":[{"destination":{"host":"a"}}]}]}`,
+			spec: `{"hosts":["a"],"tcp":[{"route":[{"destination":{"host":"a"},"weight":50},{"destination":{"host":"b"},"weight":40}]}]}`,
 		},
 		{
 			name: "a wrong type is rejected by the schema",
@@ -117,24 +117,30 @@ func TestValidateSpecReportsEachProblemWithItsFieldPath(t *testing.T) {
 			want: []FieldError{{Path: "spec.http[0].route[0].destination.hostt", Message: `unknown field "hostt"; did you mean "host"?`}},
 		},
 		{
-			name: "weights out of range and not summing to 100",
+			name: "an invalid regex and negative retry attempts",
 			kind: "VirtualService",
-			spec: `{"hosts":["a"],"http":[{"route":[{"destination":{"host":"a"},"weight":900},{"destination":{"host":"b"},"weight":-1}]}],
-				"tcp":[{"route":[{"destination":{"host":"a"},"weight":50},{"destination":{"host":"b"},"weight":40}]}]}`,
+			spec: `{"hosts":["a"],"http":[{"match":[{"uri":{"regex":"(["}}],"retries":{"attempts":-1},"route":[{"destination":{"host":"a"}}]}]}`,
 			want: []FieldError{
-				{Path: "spec.http[0].route[0].weight", Message: "weight 900 is out of range: use a weight within 0..100"},
-				{Path: "spec.http[0].route[1].weight", Message: "weight -1 is out of range: use a weight within 0..100"},
-				{Path: "spec.http[0].route", Message: "the weights of the 2 destinations sum to 899: they must sum to 100"},
-				{Path: "spec.tcp[0].route", Message: "the weights of the 2 destinations sum to 90: they must sum to 100"},
+				{Path: "spec.http[0].match[0].uri.regex", Message: "\"uri\": error parsing regexp: missing closing ]: `[`; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)"},
+				{Path: "spec.http[0].retries.attempts", Message: "attempts cannot be negative"},
 			},
 		},
 		{
-			name: "ports out of range in a VirtualService",
+			name: "an invalid hostname, and weights that are all zero",
 			kind: "VirtualService",
-			spec: `{"hosts":["a"],"http":[{"match":[{"port":70000}],"route":[{"destination":{"host":"a","port":{"number":999999}}}]}]}`,
+			spec: `{"hosts":["a..b"],"http":[{"route":[{"destination":{"host":"a"},"weight":0},{"destination":{"host":"b"},"weight":0}]}]}`,
 			want: []FieldError{
-				{Path: "spec.http[0].match[0].port", Message: "port 70000 is out of range: use a port within 1..65535"},
-				{Path: "spec.http[0].route[0].destination.port.number", Message: "port 999999 is out of range: use a port within 1..65535"},
+				{Path: "spec.hosts[0]", Message: `domain name ".b" invalid (label "" invalid)`},
+				{Path: "spec.http[0].route", Message: "total destination weight = 0"},
+			},
+		},
+		{
+			name: "ports out of range in a VirtualService, twice the same message",
+			kind: "VirtualService",
+			spec: `{"hosts":["a"],"http":[{"match":[{"port":999999}],"route":[{"destination":{"host":"a","port":{"number":999999}}}]}]}`,
+			want: []FieldError{
+				{Path: "spec.http[0].match[0].port", Message: "port number 999999 must be in the range 1..65535"},
+				{Path: "spec.http[0].route[0].destination.port.number", Message: "port number 999999 must be in the range 1..65535"},
 			},
 		},
 		{
@@ -142,21 +148,30 @@ func TestValidateSpecReportsEachProblemWithItsFieldPath(t *testing.T) {
 			kind: "Gateway",
 			spec: `{"servers":[{"port":{"name":"http","protocol":"HTTP"},"hosts":["*"]},{"port":{"number":80000,"name":"x","protocol":"HTTP"},"hosts":["*"]}]}`,
 			want: []FieldError{
-				{Path: "spec.servers[0].port.number", Message: "a port number is required, within 1..65535"},
-				{Path: "spec.servers[1].port.number", Message: "port 80000 is out of range: use a port within 1..65535"},
+				{Path: "spec.servers[0].port", Message: "port number 0 must be in the range 1..65535"},
+				{Path: "spec.servers[1].port.number", Message: "port number 80000 must be in the range 1..65535"},
 			},
 		},
 		{
-			name: "ServiceEntry ports",
+			name: "ServiceEntry target port",
 			kind: "ServiceEntry",
 			spec: `{"hosts":["x.example.com"],"ports":[{"number":443,"name":"https","protocol":"TLS","targetPort":65536}]}`,
-			want: []FieldError{{Path: "spec.ports[0].targetPort", Message: "port 65536 is out of range: use a port within 1..65535"}},
+			want: []FieldError{{Path: "spec.ports[0].targetPort", Message: "port number 65536 must be in the range 1..65535"}},
 		},
 		{
-			name: "PeerAuthentication port-level keys",
+			name: "PeerAuthentication port-level keys, and port-level mTLS without a selector",
 			kind: "PeerAuthentication",
 			spec: `{"portLevelMtls":{"8080":{"mode":"DISABLE"},"70000":{"mode":"STRICT"}}}`,
-			want: []FieldError{{Path: `spec.portLevelMtls["70000"]`, Message: "port 70000 is out of range: use a port within 1..65535"}},
+			want: []FieldError{
+				{Path: "spec.portLevelMtls", Message: "mesh/namespace peer authentication cannot have port level mTLS"},
+				{Path: `spec.portLevelMtls["70000"]`, Message: "port must be in range 1..65535"},
+			},
+		},
+		{
+			name: "a DestinationRule with a negative connection limit",
+			kind: "DestinationRule",
+			spec: `{"host":"a","trafficPolicy":{"connectionPool":{"tcp":{"maxConnections":-1}}}}`,
+			want: []FieldError{{Path: "spec.trafficPolicy.connectionPool.tcp.maxConnections", Message: "max connections must be non-negative"}},
 		},
 		{
 			name: "a valid AuthorizationPolicy passes",
@@ -172,26 +187,65 @@ func TestValidateSpecReportsEachProblemWithItsFieldPath(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := kindNamed(t, tc.kind)
-			got := ValidateSpec(k, decodeJSON(t, tc.spec))
+			got := Validate(k, "x", "default", decodeJSON(t, tc.spec))
 			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("ValidateSpec (-want +got):\n%s", diff)
+				t.Errorf("Validate (-want +got):\n%s", diff)
 			}
 		})
 	}
 }
 
-func TestValidateSpecAcceptsRawJSON(t *testing.T) {
+func TestValidateReadsTheObjectsNamespace(t *testing.T) {
+	// Istio's rule: exportTo may not name the object's own namespace twice,
+	// once as "." and once by name. The same spec is fine elsewhere.
+	k := kindNamed(t, "VirtualService")
+	spec := `{"hosts":["a"],"exportTo":[".","payments"],"tcp":[{"route":[{"destination":{"host":"a"}}]}]}`
+	if errs := Validate(k, "x", "shop", decodeJSON(t, spec)); errs != nil {
+		t.Fatalf("in namespace shop: %v", errs)
+	}
+	want := []FieldError{{Path: "spec.exportTo", Message: "duplicate entries in exportTo for entry payments"}}
+	if diff := cmp.Diff(want, Validate(k, "x", "payments", decodeJSON(t, spec))); diff != "" {
+		t.Fatalf("in namespace payments (-want +got):\n%s", diff)
+	}
+}
+
+func TestValidateAcceptsRawJSON(t *testing.T) {
 	k := kindNamed(t, "PeerAuthentication")
-	if errs := ValidateSpec(k, json.RawMessage(`{"mtls":{"mode":"STRICT"}}`)); errs != nil {
+	if errs := Validate(k, "x", "default", json.RawMessage(`{"mtls":{"mode":"STRICT"}}`)); errs != nil {
 		t.Errorf("valid raw spec: %v", errs)
 	}
-	if errs := ValidateSpec(k, json.RawMessage(`{"mtls":`)); len(errs) != 1 || errs[0].Path != "spec" {
+	if errs := Validate(k, "x", "default", json.RawMessage(`{"mtls":`)); len(errs) != 1 || errs[0].Path != "spec" {
 		t.Errorf("broken raw spec: got %v, want one error at spec", errs)
 	}
 }
 
-func TestValidateSpecOfTheZeroKindIsAnErrorNotAPanic(t *testing.T) {
-	if errs := ValidateSpec(Kind{}, map[string]any{}); len(errs) != 1 {
+func TestValidateOfTheZeroKindIsAnErrorNotAPanic(t *testing.T) {
+	if errs := Validate(Kind{}, "x", "default", map[string]any{}); len(errs) != 1 {
 		t.Errorf("got %v, want one error", errs)
+	}
+}
+
+func TestLocatingIsBoundedForHugeSpecs(t *testing.T) {
+	k := kindNamed(t, "VirtualService")
+	var hosts []any
+	for range 3000 {
+		hosts = append(hosts, "a..b")
+	}
+	errs := Validate(k, "x", "default", map[string]any{"hosts": hosts, "tcp": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "a"}}}}}})
+	if len(errs) == 0 {
+		t.Fatal("3000 bad hosts passed")
+	}
+	for _, e := range errs {
+		if e.Message != `domain name ".b" invalid (label "" invalid)` {
+			t.Fatalf("unexpected error %v", e)
+		}
+	}
+}
+
+func TestEveryKindHasIstiosOwnValidation(t *testing.T) {
+	for _, k := range All() {
+		if _, ok := istioValidator(k); !ok {
+			t.Errorf("%s has no Istio validation function", k.Kind)
+		}
 	}
 }

@@ -37,6 +37,9 @@ type Kind struct {
 	// Validate checks a decoded spec alone; optional. Paths are relative to
 	// the resource ("spec.type").
 	Validate func(spec proto.Message) []FieldError
+	// ValidateIn is Validate for kinds whose rules also read the object's
+	// name and namespace (Istio's own kinds); optional.
+	ValidateIn func(name, namespace string, spec proto.Message) []FieldError
 	// CheckRefs checks an object against the rest of the store; optional.
 	CheckRefs func(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error)
 }

@@ -41,23 +41,25 @@ func meshKinds() []*Kind {
 		kinds = append(kinds, &Kind{
 			Name: k.Kind, Plural: k.GVR.Resource, Parent: KindGroup,
 			APIVersions: versions, Namespaced: true,
-			NewSpec:   k.New,
-			Validate:  func(spec proto.Message) []FieldError { return validateIstio(k, spec) },
+			NewSpec: k.New,
+			ValidateIn: func(name, namespace string, spec proto.Message) []FieldError {
+				return validateIstio(k, name, namespace, spec)
+			},
 			CheckRefs: checkDirect,
 		})
 	}
 	return kinds
 }
 
-// validateIstio runs the semantic checks Istio's CRD schema does not (the
-// schema itself was checked when the spec was decoded).
-func validateIstio(k istio.Kind, spec proto.Message) []FieldError {
+// validateIstio runs Istio's own validation, as istiod's admission webhook
+// would in each cluster (the schema was checked when the spec was decoded).
+func validateIstio(k istio.Kind, name, namespace string, spec proto.Message) []FieldError {
 	b, err := protojson.Marshal(spec)
 	if err != nil {
 		return []FieldError{{Field: "spec", Message: err.Error()}}
 	}
 	var out []FieldError
-	for _, e := range istio.ValidateSpec(k, json.RawMessage(b)) {
+	for _, e := range istio.Validate(k, name, namespace, json.RawMessage(b)) {
 		out = append(out, FieldError{Field: e.Path, Message: e.Message})
 	}
 	return out

@@ -197,6 +197,11 @@ func (r *Registry) Parse(index int, res *pb.Resource) (*Object, []Violation) {
 			bad(k.Name, e.Field, "%s", e.Message)
 		}
 	}
+	if k.ValidateIn != nil {
+		for _, e := range k.ValidateIn(obj.Name, obj.Namespace, obj.Spec) {
+			bad(k.Name, e.Field, "%s", e.Message)
+		}
+	}
 	if len(vs) > 0 {
 		return nil, vs
 	}

@@ -47,6 +47,7 @@ const BinDirEnv = "FLOTILLA_BIN_DIR"
 const (
 	makeTarget          = "make fleet"
 	makeWorkloadsTarget = "make fleet-workloads"
+	makeIstioTarget     = "make fleet-istio"
 )
 
 // startTimeout bounds how long Start waits for the fleet to be ready.
@@ -61,6 +62,10 @@ type Options struct {
 	// with IPs and Services get EndpointSlices. It needs `make
 	// fleet-workloads` and about 250 MB more per cluster.
 	Workloads bool
+	// Istio adds an istiod per cluster, against the cluster's API server;
+	// Cluster.Istiod says where. It needs `make fleet-istio` and about 150
+	// MB more per cluster.
+	Istio bool
 }
 
 // Fleet is a running local fleet. Stop must be called to end it.
@@ -83,10 +88,25 @@ type Cluster struct {
 	// Region and Zone are the cluster's topology, also set as the
 	// topology.kubernetes.io/region and /zone labels of namespace istio-system.
 	Region, Zone string
-	// PIDs maps component name ("etcd", "kube-apiserver", and with
-	// Workloads "kube-controller-manager", "kube-scheduler", "kwok") to
-	// process id.
+	// Network is the cluster's Istio network, also the
+	// topology.istio.io/network label of namespace istio-system.
+	Network string
+	// PIDs maps component name ("etcd", "kube-apiserver", with Workloads
+	// "kube-controller-manager", "kube-scheduler", "kwok", and with Istio
+	// "istiod") to process id.
 	PIDs map[string]int
+	// Istiod is where the cluster's istiod listens; nil without Istio.
+	Istiod *Istiod
+}
+
+// Istiod is where a cluster's istiod listens, all on loopback.
+type Istiod struct {
+	// HTTP serves /ready and the debug endpoints (/debug/configz, …).
+	HTTP string `json:"http"`
+	// GRPC serves plain-text xDS: what package xdsprobe connects to.
+	GRPC string `json:"grpc"`
+	// Monitoring serves Prometheus metrics at /metrics.
+	Monitoring string `json:"monitoring"`
 }
 
 // manifest mirrors DIR/fleet.json as written by bin/localfleet
@@ -99,7 +119,9 @@ type manifest struct {
 		Kubeconfig string         `json:"kubeconfig"`
 		Region     string         `json:"region"`
 		Zone       string         `json:"zone"`
+		Network    string         `json:"network"`
 		PIDs       map[string]int `json:"pids"`
+		Istiod     *Istiod        `json:"istiod"`
 	} `json:"clusters"`
 }
 
@@ -118,6 +140,14 @@ func Start(opts Options) (*Fleet, error) {
 	if opts.Workloads {
 		need = append(need, "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml")
 		target = makeWorkloadsTarget
+	}
+	if opts.Istio {
+		need = append(need, "istiod")
+		if opts.Workloads {
+			target += " fleet-istio"
+		} else {
+			target = makeIstioTarget
+		}
 	}
 	for _, name := range need {
 		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
@@ -158,7 +188,7 @@ func start(bin, dir string, opts Options) (*Fleet, error) {
 
 	cmd := exec.Command(filepath.Join(bin, "localfleet"), "run",
 		"--clusters="+strconv.Itoa(opts.Clusters), "--dir="+dir, "--bin-dir="+bin,
-		"--workloads="+strconv.FormatBool(opts.Workloads), "--stop-on-stdin-close", "--remove-dir", "--ready-fd=3")
+		"--workloads="+strconv.FormatBool(opts.Workloads), "--istio="+strconv.FormatBool(opts.Istio), "--stop-on-stdin-close", "--remove-dir", "--ready-fd=3")
 	cmd.Stdin = stdinR
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = []*os.File{readyW}
@@ -216,7 +246,7 @@ func (f *Fleet) Clusters() []Cluster {
 	for _, c := range f.manifest.Clusters {
 		out = append(out, Cluster{
 			Name: c.Name, Server: c.Server, Kubeconfig: c.Kubeconfig,
-			Region: c.Region, Zone: c.Zone, PIDs: c.PIDs,
+			Region: c.Region, Zone: c.Zone, Network: c.Network, PIDs: c.PIDs, Istiod: c.Istiod,
 		})
 	}
 	return out

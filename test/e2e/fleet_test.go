@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+
+	"flotilla.io/flotilla/internal/testfleet"
 )
 
 var (
@@ -32,6 +34,7 @@ type kcluster struct {
 	kubeconfig string
 	kube       kubernetes.Interface
 	dyn        dynamic.Interface
+	info       testfleet.Cluster
 }
 
 func clusters(t *testing.T) []*kcluster {
@@ -39,7 +42,7 @@ func clusters(t *testing.T) []*kcluster {
 	for _, c := range fleet.Clusters() {
 		cfg := c.RESTConfig(t)
 		cfg.QPS, cfg.Burst = 50, 100
-		out = append(out, &kcluster{name: c.Name, kubeconfig: c.Kubeconfig, kube: kubernetes.NewForConfigOrDie(cfg), dyn: dynamic.NewForConfigOrDie(cfg)})
+		out = append(out, &kcluster{name: c.Name, kubeconfig: c.Kubeconfig, kube: kubernetes.NewForConfigOrDie(cfg), dyn: dynamic.NewForConfigOrDie(cfg), info: c})
 	}
 	return out
 }
@@ -198,6 +201,13 @@ func TestFleetEndToEnd(t *testing.T) {
 				t.Fatalf("%s: virtualservice: %v %v", c.name, err, vs)
 			}
 		}
+		// What the data plane would be told: istiod took both objects, and
+		// the ingress gateway's proxy routes the hostname to the services.
+		for _, c := range cs {
+			c.istiodHas(t, "Gateway", "payments", "shop")
+			c.istiodHas(t, "VirtualService", "payments", "shop-shop")
+			c.gatewayRoutes(t, "shop.example.com", "outbound|8080||api.payments.svc.cluster.local", "outbound|8080||web.payments.svc.cluster.local")
+		}
 		checkHandmade(t)
 	})
 
@@ -216,6 +226,11 @@ func TestFleetEndToEnd(t *testing.T) {
 					t.Fatalf("%s: status --wait returned before the change was live: host %q, want %q (%v)", c.name, vsHost(vs), host, err)
 				}
 			}
+		}
+		// istiod follows: the gateway proxy is told the last host, not the first.
+		for _, c := range cs {
+			c.gatewayRoutes(t, "shop2.example.com", "outbound|8080||api.payments.svc.cluster.local", "outbound|8080||web.payments.svc.cluster.local")
+			c.gatewayRoutes(t, "shop.example.com")
 		}
 		checkHandmade(t)
 	})
@@ -338,9 +353,28 @@ spec:
 		if r := s.flotilla("", "get", "group", "payments-direct"); r.code == 0 {
 			t.Fatalf("a rejected request stored its valid documents: %s", r.stdout)
 		}
-		r = s.flotilla(directGroup+"---\n"+strings.Replace(bad, "{host: web, hostt: x}", "{host: web}", 1)+"    - route: [{destination: {host: web}, weight: 900}]\n", "apply", "-f", "-")
-		if r.code == 0 || !strings.Contains(r.stderr, "weight") {
-			t.Fatalf("a route weight of 900 should be refused: %+v", r)
+		// What the CRD schema accepts but Istio's own validation rejects is
+		// refused with Istio's message, the document and the field.
+		for _, tc := range []struct{ name, http, field, message string }{
+			{"an invalid regex", "[{match: [{uri: {regex: '(['}}], route: [{destination: {host: web}}]}]",
+				"spec.http[0].match[0].uri.regex", "error parsing regexp"},
+			{"negative retry attempts", "[{retries: {attempts: -1}, route: [{destination: {host: web}}]}]",
+				"spec.http[0].retries.attempts", "attempts cannot be negative"},
+			{"an invalid hostname", "[{route: [{destination: {host: 'web..payments'}}]}]",
+				"spec.http[0].route[0].destination.host", `domain name ".payments" invalid`},
+			{"a port of 999999", "[{route: [{destination: {host: web, port: {number: 999999}}}]}]",
+				"spec.http[0].route[0].destination.port.number", "port number 999999 must be in the range 1..65535"},
+		} {
+			doc := strings.Replace(bad, "    - route:\n        - destination: {host: web, hostt: x}\n", "", 1)
+			doc = strings.Replace(doc, "  http:\n", "  http: "+tc.http+"\n", 1)
+			r := s.flotilla(directGroup+"---\n"+doc, "apply", "-f", "-")
+			if r.code == 0 || !strings.Contains(r.stderr, tc.field) || !strings.Contains(r.stderr, tc.message) ||
+				!strings.Contains(r.stderr, `document 2 (VirtualService "broken")`) {
+				t.Fatalf("%s: want a refusal naming document 2, %s and Istio's %q: %+v", tc.name, tc.field, tc.message, r)
+			}
+			if r := s.flotilla("", "get", "group", "payments-direct"); r.code == 0 {
+				t.Fatalf("%s: a rejected request stored its valid documents: %s", tc.name, r.stdout)
+			}
 		}
 	})
 

@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	f, err := testfleet.Start(testfleet.Options{Clusters: 2})
+	f, err := testfleet.Start(testfleet.Options{Clusters: 2, Istio: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testfleet:", err)
 		os.RemoveAll(dir)

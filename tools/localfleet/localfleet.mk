@@ -1,5 +1,5 @@
 # Make fragment for the local fleet: etcd, kube-apiserver and localfleet in
-# bin/, plus Istio's CRDs in bin/istio-crds.yaml.
+# bin/, plus Istio's CRDs in bin/istio-crds.yaml, and istiod (fleet-istio).
 #
 # Include it from the top-level Makefile (`include tools/localfleet/localfleet.mk`)
 # or use it alone from the repository root: `make -f tools/localfleet/localfleet.mk fleet`.
@@ -28,16 +28,26 @@ LOCALFLEET_K8S_LDFLAGS := -s -w \
 LOCALFLEET_MOD      := $(LOCALFLEET_DIR)/go.mod $(LOCALFLEET_DIR)/go.sum
 LOCALFLEET_ETCD_MOD := $(LOCALFLEET_DIR)/etcd/go.mod $(LOCALFLEET_DIR)/etcd/go.sum
 LOCALFLEET_KWOK_MOD := $(LOCALFLEET_DIR)/kwok/go.mod $(LOCALFLEET_DIR)/kwok/go.sum
+LOCALFLEET_ISTIO_MOD := $(LOCALFLEET_DIR)/istiod/go.mod $(LOCALFLEET_DIR)/istiod/go.sum
 LOCALFLEET_SRC      := $(shell find $(LOCALFLEET_DIR) -name '*.go' -not -name '*_test.go' -not -path '$(LOCALFLEET_DIR)/etcd/*')
 LOCALFLEET_ETCD_SRC := $(wildcard $(LOCALFLEET_DIR)/etcd/*.go)
 
-.PHONY: fleet fleet-workloads fleet-bench fleet-clean fleet-lint fleet-test
+.PHONY: fleet fleet-workloads fleet-istio fleet-bench fleet-clean fleet-lint fleet-test
 
 ## fleet: build bin/etcd, bin/kube-apiserver, bin/localfleet and bin/istio-crds.yaml
 fleet: $(LOCALFLEET_BIN)/kube-apiserver $(LOCALFLEET_BIN)/etcd $(LOCALFLEET_BIN)/localfleet $(LOCALFLEET_BIN)/istio-crds.yaml
 
 ## fleet-workloads: fleet, plus what `localfleet --workloads` needs: kube-controller-manager, kube-scheduler, kwok and its stages
 fleet-workloads: fleet $(LOCALFLEET_BIN)/kube-controller-manager $(LOCALFLEET_BIN)/kube-scheduler $(LOCALFLEET_BIN)/kwok $(LOCALFLEET_BIN)/kwok-stages.yaml
+
+## fleet-istio: fleet, plus what `localfleet --istio` needs: istiod (pilot-discovery), built from the pinned istio.io/istio
+fleet-istio: fleet $(LOCALFLEET_BIN)/istiod
+
+# istiod is Istio's pilot-discovery under the name its processes go by. A
+# cold build takes about 6 minutes on 2 cores; see docs/benchmarks.md.
+$(LOCALFLEET_BIN)/istiod: $(LOCALFLEET_ISTIO_MOD)
+	cd $(LOCALFLEET_DIR)/istiod && $(LOCALFLEET_GO) build -trimpath -ldflags '-s -w' -o $@ istio.io/istio/pilot/cmd/pilot-discovery
+	touch $@
 
 $(LOCALFLEET_BIN)/kube-apiserver $(LOCALFLEET_BIN)/kube-controller-manager $(LOCALFLEET_BIN)/kube-scheduler: $(LOCALFLEET_BIN)/%: $(LOCALFLEET_MOD)
 	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) build -trimpath -ldflags '$(LOCALFLEET_K8S_LDFLAGS)' -o $@ k8s.io/kubernetes/cmd/$*
@@ -64,10 +74,11 @@ $(LOCALFLEET_BIN)/localfleet: $(LOCALFLEET_MOD) $(LOCALFLEET_SRC)
 	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) build -trimpath -o $@ .
 	touch $@
 
-# Istio's CRDs, from the istio.io/api version pinned in the tools module.
-$(LOCALFLEET_BIN)/istio-crds.yaml: $(LOCALFLEET_MOD)
-	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) mod download istio.io/api
-	install -D -m 0644 "$$(cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) list -m -f '{{.Dir}}' istio.io/api)/kubernetes/customresourcedefinitions.gen.yaml" $@
+# Istio's CRDs, from the istio.io/istio version istiod is built from (its
+# base chart's crd-all.gen.yaml), so that the two never disagree.
+$(LOCALFLEET_BIN)/istio-crds.yaml: $(LOCALFLEET_ISTIO_MOD)
+	cd $(LOCALFLEET_DIR)/istiod && $(LOCALFLEET_GO) mod download istio.io/istio
+	install -D -m 0644 "$$(cd $(LOCALFLEET_DIR)/istiod && $(LOCALFLEET_GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $@
 
 ## fleet-lint: gofmt and go vet of the local fleet's modules (not covered by ./... at the root)
 fleet-lint:
@@ -76,16 +87,16 @@ fleet-lint:
 	cd $(LOCALFLEET_DIR)/etcd && go vet ./...
 
 ## fleet-test: tests of the local fleet's module (they start real clusters)
-fleet-test: fleet-workloads
+fleet-test: fleet-workloads fleet-istio
 	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) test ./...
 
 ## fleet-bench: start time, `up --clusters 2` time and idle RSS (docs/benchmarks.md, "Local fleet")
-fleet-bench: fleet-workloads
+fleet-bench: fleet-workloads fleet-istio
 	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) test -run '^$$' -bench 'StartOneCluster|UpTwoClusters' -benchtime 3x ./internal/fleet/
 	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) test -run '^$$' -bench 'IdleClusterRSS' -benchtime 1x ./internal/fleet/
 
 fleet-clean:
-	rm -f $(addprefix $(LOCALFLEET_BIN)/,kube-apiserver etcd localfleet istio-crds.yaml kube-controller-manager kube-scheduler kwok kwok-stages.yaml)
+	rm -f $(addprefix $(LOCALFLEET_BIN)/,kube-apiserver etcd localfleet istio-crds.yaml kube-controller-manager kube-scheduler kwok kwok-stages.yaml istiod)
 
 ifneq ($(LOCALFLEET_INCLUDED),)
 .DEFAULT_GOAL := $(LOCALFLEET_GOAL)

@@ -4,12 +4,12 @@
 //
 // Usage:
 //
-//	localfleet up   --clusters N --dir DIR [--name-prefix c] [--workloads]   start in the background
-//	localfleet down --dir DIR                                                stop what up started
-//	localfleet run  --clusters N --dir DIR [--name-prefix c] [--workloads]   run in the foreground
+//	localfleet up   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio]   start in the background
+//	localfleet down --dir DIR                                                          stop what up started
+//	localfleet run  --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio]   run in the foreground
 //
 // up starts a detached `localfleet run` (the supervisor) and returns once
-// every cluster is ready. The supervisor owns every etcd and kube-apiserver,
+// every cluster is ready. The supervisor owns every etcd, kube-apiserver and istiod,
 // each of which dies with it (parent-death signal); down signals the
 // supervisor, which stops its clusters and exits. See docs/localfleet.md.
 package main
@@ -67,8 +67,8 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  localfleet up   --clusters N --dir DIR [--name-prefix c] [--workloads] [--bin-dir D] [--crds FILE]
-  localfleet run  --clusters N --dir DIR [--name-prefix c] [--workloads] [--bin-dir D] [--crds FILE] [--stop-on-stdin-close] [--remove-dir] [--ready-fd N]
+  localfleet up   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bin-dir D] [--crds FILE]
+  localfleet run  --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bin-dir D] [--crds FILE] [--stop-on-stdin-close] [--remove-dir] [--ready-fd N]
   localfleet down --dir DIR
 `)
 	os.Exit(2)
@@ -82,6 +82,7 @@ type startFlags struct {
 	binDir     string
 	crds       string
 	workloads  bool
+	istio      bool
 }
 
 func (s *startFlags) register(fs *flag.FlagSet) {
@@ -91,6 +92,7 @@ func (s *startFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.binDir, "bin-dir", "", "directory holding etcd and kube-apiserver (default: this executable's directory)")
 	fs.StringVar(&s.crds, "crds", "", "Istio CRD YAML (default: istio-crds.yaml in the bin directory)")
 	fs.BoolVar(&s.workloads, "workloads", false, "also run kube-controller-manager, kube-scheduler and kwok, so that pods run (build with `make fleet-workloads`)")
+	fs.BoolVar(&s.istio, "istio", false, "also run an istiod per cluster, its xDS and debug ports on loopback (build with `make fleet-istio`)")
 }
 
 // resolve checks the flags and fills in the defaults, all as absolute paths.
@@ -130,6 +132,11 @@ func (s *startFlags) resolve() error {
 			}
 		}
 	}
+	if s.istio {
+		if _, err := os.Stat(filepath.Join(s.binDir, "istiod")); err != nil {
+			return fmt.Errorf("%w (--istio needs `make fleet-istio` at the repository root)", err)
+		}
+	}
 	return nil
 }
 
@@ -137,6 +144,7 @@ func (s *startFlags) args() []string {
 	return []string{
 		"--clusters=" + strconv.Itoa(s.clusters), "--dir=" + s.dir, "--name-prefix=" + s.namePrefix,
 		"--bin-dir=" + s.binDir, "--crds=" + s.crds, "--workloads=" + strconv.FormatBool(s.workloads),
+		"--istio=" + strconv.FormatBool(s.istio),
 	}
 }
 
@@ -218,6 +226,9 @@ func up(args []string) error {
 		len(m.Clusters), time.Since(start).Seconds(), m.SupervisorPID, s.dir)
 	for _, c := range m.Clusters {
 		fmt.Printf("  %-6s %-24s %s/%s  KUBECONFIG=%s\n", c.Name, c.Server, c.Region, c.Zone, c.Kubeconfig)
+		if c.Istiod != nil {
+			fmt.Printf("         istiod xDS %s, debug http://%s/debug\n", c.Istiod.GRPC, c.Istiod.HTTP)
+		}
 	}
 	return nil
 }
@@ -265,7 +276,7 @@ func run(args []string) error {
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	f, err := fleet.Start(startCtx, fleet.Options{
 		Clusters: s.clusters, NamePrefix: s.namePrefix, Dir: s.dir,
-		BinDir: s.binDir, CRDs: s.crds, Workloads: s.workloads, Log: log,
+		BinDir: s.binDir, CRDs: s.crds, Workloads: s.workloads, Istio: s.istio, Log: log,
 	})
 	cancelStart()
 	if err != nil {

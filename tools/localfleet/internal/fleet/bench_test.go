@@ -16,11 +16,12 @@ import (
 //
 //	make fleet-bench   (from the repository root)
 
-// modes are the two kinds of cluster: control plane only, and with workloads.
+// modes are the kinds of cluster: control plane only, with workloads, and
+// with istiod.
 var modes = []struct {
-	name      string
-	workloads bool
-}{{"control-plane", false}, {"workloads", true}}
+	name             string
+	workloads, istio bool
+}{{"control-plane", false, false}, {"workloads", true, false}, {"istio", false, true}}
 
 // BenchmarkStartOneCluster measures the time from nothing to one cluster
 // ready with Istio's CRDs Established (and, with workloads, its node Ready).
@@ -29,7 +30,7 @@ func BenchmarkStartOneCluster(b *testing.B) {
 	for _, mode := range modes {
 		b.Run(mode.name, func(b *testing.B) {
 			opts := testOptions(b, 1)
-			opts.Workloads = mode.workloads
+			opts.Workloads, opts.Istio = mode.workloads, mode.istio
 			for b.Loop() {
 				f, err := Start(context.Background(), opts)
 				if err != nil {
@@ -49,7 +50,7 @@ func BenchmarkIdleClusterRSS(b *testing.B) {
 	for _, mode := range modes {
 		b.Run(mode.name, func(b *testing.B) {
 			opts := testOptions(b, 1)
-			opts.Workloads = mode.workloads
+			opts.Workloads, opts.Istio = mode.workloads, mode.istio
 			f, err := Start(context.Background(), opts)
 			if err != nil {
 				b.Fatal(err)
@@ -78,8 +79,14 @@ func BenchmarkIdleClusterRSS(b *testing.B) {
 }
 
 // BenchmarkUpTwoClusters measures the wall time of `localfleet up
-// --clusters 2`, the command a user runs; `down` is timed separately.
+// --clusters 2` (and with --istio), the command a user runs; `down` is
+// timed separately.
 func BenchmarkUpTwoClusters(b *testing.B) {
+	b.Run("control-plane", func(b *testing.B) { benchUp(b) })
+	b.Run("istio", func(b *testing.B) { benchUp(b, "--istio") })
+}
+
+func benchUp(b *testing.B, flags ...string) {
 	bin := binDir(b)
 	exe := filepath.Join(bin, "localfleet")
 	if _, err := os.Stat(exe); err != nil {
@@ -88,7 +95,7 @@ func BenchmarkUpTwoClusters(b *testing.B) {
 	var down time.Duration
 	for b.Loop() {
 		dir := b.TempDir()
-		if out, err := exec.Command(exe, "up", "--clusters", "2", "--dir", dir).CombinedOutput(); err != nil {
+		if out, err := exec.Command(exe, append([]string{"up", "--clusters", "2", "--dir", dir}, flags...)...).CombinedOutput(); err != nil {
 			b.Fatalf("up: %v\n%s", err, out)
 		}
 		b.StopTimer()

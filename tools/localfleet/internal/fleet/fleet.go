@@ -1,8 +1,8 @@
 // Package fleet starts and stops a local fleet: N clusters started in
 // parallel, each prepared for Istio, and described by DIR/fleet.json.
 //
-//	Start ──┬─ cluster.Start(c1) ── istio.Install(c1) ──┬── WriteManifest ── (serve) ── Stop
-//	        └─ cluster.Start(c2) ── istio.Install(c2) ──┘
+//	Start ──┬─ cluster.Start(c1) ── istio.Install(c1) ── [StartIstiod(c1)] ──┬── WriteManifest ── (serve) ── Stop
+//	        └─ cluster.Start(c2) ── istio.Install(c2) ── [StartIstiod(c2)] ──┘
 //
 // Layout of DIR:
 //
@@ -35,6 +35,9 @@ const (
 	LabelRegion  = "topology.kubernetes.io/region"
 	LabelZone    = "topology.kubernetes.io/zone"
 	LabelCluster = "localfleet.flotilla.io/cluster"
+	// LabelNetwork is Istio's: istiod reads its cluster's network from the
+	// label on its own namespace.
+	LabelNetwork = "topology.istio.io/network"
 )
 
 // Options configure Start.
@@ -52,6 +55,9 @@ type Options struct {
 	// Workloads adds kube-controller-manager, kube-scheduler and kwok to
 	// every cluster (see cluster.Spec.Workloads).
 	Workloads bool
+	// Istio adds an istiod (pilot-discovery) to every cluster, started once
+	// Istio's CRDs are installed.
+	Istio bool
 	// Log receives progress messages.
 	Log *slog.Logger
 }
@@ -75,16 +81,21 @@ type ClusterInfo struct {
 	Kubeconfig string `json:"kubeconfig"`
 	Region     string `json:"region"`
 	Zone       string `json:"zone"`
-	// PIDs maps component name ("etcd", "kube-apiserver", and with
-	// workloads "kube-controller-manager", "kube-scheduler", "kwok") to
-	// process id.
+	// Network is the cluster's Istio network, network-i.
+	Network string `json:"network"`
+	// PIDs maps component name ("etcd", "kube-apiserver", with workloads
+	// "kube-controller-manager", "kube-scheduler", "kwok", and with Istio
+	// "istiod") to process id.
 	PIDs map[string]int `json:"pids"`
+	// Istiod is where the cluster's istiod listens; nil without Istio.
+	Istiod *cluster.IstiodAddrs `json:"istiod,omitempty"`
 }
 
-// Topology returns the region and zone of the i-th cluster, counting from 1:
-// region-i and zone-ia, so every cluster has its own region and zone.
-func Topology(i int) (region, zone string) {
-	return "region-" + strconv.Itoa(i), "zone-" + strconv.Itoa(i) + "a"
+// Topology returns the region, zone and Istio network of the i-th cluster,
+// counting from 1: region-i, zone-ia and network-i, so every cluster has its
+// own.
+func Topology(i int) (region, zone, network string) {
+	return "region-" + strconv.Itoa(i), "zone-" + strconv.Itoa(i) + "a", "network-" + strconv.Itoa(i)
 }
 
 // Fleet is a running set of clusters. Stop must be called to end it.
@@ -124,7 +135,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	for i := range opts.Clusters {
 		wg.Go(func() {
 			name := opts.NamePrefix + strconv.Itoa(i+1)
-			region, zone := Topology(i + 1)
+			region, zone, network := Topology(i + 1)
 			spec := cluster.Spec{
 				Name:       name,
 				Dir:        filepath.Join(dir, name),
@@ -141,16 +152,24 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 				return
 			}
 			f.clusters[i] = c
-			labels := map[string]string{LabelRegion: region, LabelZone: zone, LabelCluster: name}
+			labels := map[string]string{LabelRegion: region, LabelZone: zone, LabelCluster: name, LabelNetwork: network}
 			if err := istio.Install(ctx, c.Config, crds, labels); err != nil {
 				errs[i] = fmt.Errorf("prepare cluster %s: %w", name, err)
 				cancel()
 				return
 			}
-			f.manifest.Clusters[i] = ClusterInfo{
-				Name: name, Server: c.Server, Kubeconfig: spec.Kubeconfig,
-				Region: region, Zone: zone, PIDs: c.PIDs(),
+			info := ClusterInfo{Name: name, Server: c.Server, Kubeconfig: spec.Kubeconfig, Region: region, Zone: zone, Network: network}
+			if opts.Istio {
+				addrs, err := c.StartIstiod(ctx, cluster.IstiodSpec{Network: network}, opts.Log)
+				if err != nil {
+					errs[i] = err
+					cancel()
+					return
+				}
+				info.Istiod = &addrs
 			}
+			info.PIDs = c.PIDs()
+			f.manifest.Clusters[i] = info
 			opts.Log.Info("cluster ready", "cluster", name, "server", c.Server)
 		})
 	}

@@ -1,0 +1,332 @@
+// Package xdsprobe asks a real istiod what it would tell a proxy: it connects
+// over ADS as a sidecar or a gateway of a given namespace, labels, cluster,
+// network and locality, and returns the clusters, endpoints, listeners and
+// routes that proxy would receive. There is no Envoy on the test machines;
+// this is how tests check what the data plane would be told.
+//
+//	Fetch(istiod xDS address, Proxy) ──delta ADS (istio.io/istio/pkg/adsc)──▶ Snapshot
+//	    watches every Cluster and Listener, then the Endpoints and Routes they name
+//
+// It is for tests and tools: each Fetch is one short connection.
+package xdsprobe
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"istio.io/istio/pilot/pkg/model"
+	v3 "istio.io/istio/pilot/pkg/xds/v3"
+	"istio.io/istio/pkg/adsc"
+	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/network"
+)
+
+// Proxy types, as Istio names them.
+const (
+	Sidecar = "sidecar"
+	Gateway = "router"
+)
+
+// Proxy is who the probe connects as.
+type Proxy struct {
+	// Type is Sidecar or Gateway; empty means Sidecar.
+	Type string
+	// Namespace and Labels are the proxy's pod's; Workload names it.
+	Namespace string
+	Labels    map[string]string
+	Workload  string
+	// IP is the pod's address; empty means 10.244.255.254.
+	IP string
+	// Cluster is the proxy's cluster ID, Network its Istio network.
+	Cluster, Network string
+	// Region and Zone are its locality.
+	Region, Zone string
+}
+
+// Snapshot is the configuration one proxy received, keyed by resource name.
+type Snapshot struct {
+	Clusters  map[string]*clusterv3.Cluster
+	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	Listeners map[string]*listenerv3.Listener
+	Routes    map[string]*routev3.RouteConfiguration
+}
+
+// Fetch connects to the istiod xDS server at addr (plain-text gRPC) as p and
+// returns what p receives once every Cluster and Listener has arrived, and
+// every Endpoints and Route resource they name.
+func Fetch(ctx context.Context, addr string, p Proxy) (*Snapshot, error) {
+	if p.Type == "" {
+		p.Type = Sidecar
+	}
+	if p.IP == "" {
+		p.IP = "10.244.255.254"
+	}
+	if p.Workload == "" {
+		p.Workload = "probe"
+	}
+	meta := &model.NodeMetadata{
+		Namespace:    p.Namespace,
+		Labels:       p.Labels,
+		ClusterID:    cluster.ID(p.Cluster),
+		Network:      network.ID(p.Network),
+		WorkloadName: p.Workload,
+		Generator:    "",
+	}
+	s := &state{
+		snap: Snapshot{
+			Clusters:  map[string]*clusterv3.Cluster{},
+			Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+			Listeners: map[string]*listenerv3.Listener{},
+			Routes:    map[string]*routev3.RouteConfiguration{},
+		},
+		wantEDS: map[string]bool{},
+		wantRDS: map[string]bool{},
+	}
+	c := adsc.NewDelta(addr, &adsc.DeltaADSConfig{Config: adsc.Config{
+		ClientName: "xdsprobe",
+		Namespace:  p.Namespace,
+		Workload:   p.Workload,
+		IP:         p.IP,
+		NodeType:   model.NodeType(p.Type),
+		Meta:       meta.ToStruct(),
+		Locality:   &corev3.Locality{Region: p.Region, Zone: p.Zone},
+		GrpcOpts:   []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+	}},
+		adsc.Watch[*clusterv3.Cluster]("*"),
+		adsc.Watch[*listenerv3.Listener]("*"),
+		adsc.Register(s.cluster),
+		adsc.Register(s.listener),
+		adsc.Register(s.endpoints),
+		adsc.Register(s.route),
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		c.Close()
+		<-done
+	}()
+	select {
+	case <-c.Synced():
+	case <-ctx.Done():
+		return nil, fmt.Errorf("xds %s: no Clusters and Listeners for %s/%s: %w", addr, p.Namespace, p.Workload, ctx.Err())
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if snap, ok := s.complete(); ok {
+			return snap, nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("xds %s: missing %s: %w", addr, s.missing(), ctx.Err())
+		}
+	}
+}
+
+// state collects the resources as they arrive.
+type state struct {
+	mu      sync.Mutex
+	snap    Snapshot
+	wantEDS map[string]bool // EDS service names the clusters named
+	wantRDS map[string]bool // route names the listeners named
+}
+
+func (s *state) cluster(ctx adsc.HandlerContext, name, _ string, c *clusterv3.Cluster, ev adsc.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ev == adsc.EventDelete {
+		delete(s.snap.Clusters, name)
+		return
+	}
+	s.snap.Clusters[name] = c
+	if c.GetType() == clusterv3.Cluster_EDS {
+		eds := c.GetEdsClusterConfig().GetServiceName()
+		if eds == "" {
+			eds = name
+		}
+		s.wantEDS[eds] = true
+		ctx.RegisterDependency(v3.EndpointType, eds)
+	}
+}
+
+func (s *state) listener(ctx adsc.HandlerContext, name, _ string, l *listenerv3.Listener, ev adsc.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ev == adsc.EventDelete {
+		delete(s.snap.Listeners, name)
+		return
+	}
+	s.snap.Listeners[name] = l
+	for _, fc := range l.GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			hcm := &hcmv3.HttpConnectionManager{}
+			if f.GetTypedConfig() == nil || f.GetTypedConfig().UnmarshalTo(hcm) != nil {
+				continue
+			}
+			if r := hcm.GetRds().GetRouteConfigName(); r != "" {
+				s.wantRDS[r] = true
+				ctx.RegisterDependency(v3.RouteType, r)
+			}
+		}
+	}
+}
+
+func (s *state) endpoints(_ adsc.HandlerContext, name, _ string, e *endpointv3.ClusterLoadAssignment, ev adsc.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ev == adsc.EventDelete {
+		delete(s.snap.Endpoints, name)
+		return
+	}
+	s.snap.Endpoints[name] = e
+}
+
+func (s *state) route(_ adsc.HandlerContext, name, _ string, r *routev3.RouteConfiguration, ev adsc.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ev == adsc.EventDelete {
+		delete(s.snap.Routes, name)
+		return
+	}
+	s.snap.Routes[name] = r
+}
+
+// complete returns a copy of the snapshot once every named dependency has
+// arrived.
+func (s *state) complete() (*Snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n := range s.wantEDS {
+		if s.snap.Endpoints[n] == nil {
+			return nil, false
+		}
+	}
+	for n := range s.wantRDS {
+		if s.snap.Routes[n] == nil {
+			return nil, false
+		}
+	}
+	out := &Snapshot{
+		Clusters:  map[string]*clusterv3.Cluster{},
+		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+		Listeners: map[string]*listenerv3.Listener{},
+		Routes:    map[string]*routev3.RouteConfiguration{},
+	}
+	for k, v := range s.snap.Clusters {
+		out.Clusters[k] = v
+	}
+	for k, v := range s.snap.Endpoints {
+		out.Endpoints[k] = v
+	}
+	for k, v := range s.snap.Listeners {
+		out.Listeners[k] = v
+	}
+	for k, v := range s.snap.Routes {
+		out.Routes[k] = v
+	}
+	return out, true
+}
+
+func (s *state) missing() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for n := range s.wantEDS {
+		if s.snap.Endpoints[n] == nil {
+			out = append(out, "endpoints "+n)
+		}
+	}
+	for n := range s.wantRDS {
+		if s.snap.Routes[n] == nil {
+			out = append(out, "route "+n)
+		}
+	}
+	sort.Strings(out)
+	return fmt.Sprint(out)
+}
+
+// Upstreams returns the upstream clusters that the routes of virtual hosts
+// serving domain send traffic to, sorted and without repeats.
+func (s *Snapshot) Upstreams(domain string) []string {
+	var out []string
+	for _, rc := range s.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			if !slices.Contains(vh.GetDomains(), domain) {
+				continue
+			}
+			for _, r := range vh.GetRoutes() {
+				a := r.GetRoute()
+				if c := a.GetCluster(); c != "" {
+					out = append(out, c)
+				}
+				for _, wc := range a.GetWeightedClusters().GetClusters() {
+					out = append(out, wc.GetName())
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Domains returns every domain of every virtual host, sorted.
+func (s *Snapshot) Domains() []string {
+	var out []string
+	for _, rc := range s.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			out = append(out, vh.GetDomains()...)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Endpoint is one endpoint of a cluster as the proxy sees it.
+type Endpoint struct {
+	Address        string
+	Region, Zone   string
+	Priority       uint32
+	LocalityWeight uint32
+}
+
+// EndpointsOf returns the endpoints the proxy received for the EDS cluster
+// named name, in the order received.
+func (s *Snapshot) EndpointsOf(name string) []Endpoint {
+	cla := s.Endpoints[name]
+	if c := s.Clusters[name]; c != nil && c.GetEdsClusterConfig().GetServiceName() != "" {
+		cla = s.Endpoints[c.GetEdsClusterConfig().GetServiceName()]
+	}
+	var out []Endpoint
+	for _, le := range cla.GetEndpoints() {
+		for _, lb := range le.GetLbEndpoints() {
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			out = append(out, Endpoint{
+				Address:        fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()),
+				Region:         le.GetLocality().GetRegion(),
+				Zone:           le.GetLocality().GetZone(),
+				Priority:       le.GetPriority(),
+				LocalityWeight: le.GetLoadBalancingWeight().GetValue(),
+			})
+		}
+	}
+	return out
+}

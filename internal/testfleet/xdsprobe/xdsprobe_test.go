@@ -1,0 +1,162 @@
+package xdsprobe_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"flotilla.io/flotilla/internal/testfleet"
+	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
+)
+
+func TestMain(m *testing.M) {
+	testfleet.Main(m, testfleet.Options{Clusters: 1, Istio: true})
+}
+
+// apply creates obj (apiVersion, kind, namespace, name, spec) in the
+// cluster, replacing an older copy.
+func apply(t *testing.T, c testfleet.Cluster, group, version, resource, kind, ns, name string, spec map[string]any) {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(c.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gvr := schema.GroupVersionResource{Group: group, Version: version, Resource: resource}
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": group + "/" + version, "kind": kind,
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec":     spec,
+	}}
+	ctx := context.Background()
+	_ = dyn.Resource(gvr).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	if _, err := dyn.Resource(gvr).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create %s %s/%s: %v", kind, ns, name, err)
+	}
+}
+
+func namespace(t *testing.T, c testfleet.Cluster, name string) {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(c.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+}
+
+// eventually fetches as p until check passes, for up to 30 s.
+func eventually(t *testing.T, c testfleet.Cluster, p xdsprobe.Proxy, what string, check func(*xdsprobe.Snapshot) error) *xdsprobe.Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last error
+	for attempt := 0; attempt < 300 && time.Now().Before(deadline); attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		snap, err := xdsprobe.Fetch(ctx, c.Istiod.GRPC, p)
+		cancel()
+		if err == nil {
+			if last = check(snap); last == nil {
+				return snap
+			}
+		} else {
+			last = err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, last)
+	return nil
+}
+
+func TestAGatewayProxyReceivesTheRouteOfAVirtualServiceBoundToItsGateway(t *testing.T) {
+	c := testfleet.Get(t).Clusters()[0]
+	if c.Istiod == nil {
+		t.Fatal("the fleet has no istiod")
+	}
+	namespace(t, c, "shop")
+	apply(t, c, "networking.istio.io", "v1", "gateways", "Gateway", "shop", "gw", map[string]any{
+		"selector": map[string]any{"istio": "ingressgateway"},
+		"servers":  []any{map[string]any{"port": map[string]any{"number": int64(80), "name": "http", "protocol": "HTTP"}, "hosts": []any{"shop.example.com"}}},
+	})
+	apply(t, c, "networking.istio.io", "v1", "virtualservices", "VirtualService", "shop", "shop", map[string]any{
+		"hosts": []any{"shop.example.com"}, "gateways": []any{"gw"},
+		"http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web.shop.svc.cluster.local", "port": map[string]any{"number": int64(8080)}}}}}},
+	})
+	gw := xdsprobe.Proxy{Type: xdsprobe.Gateway, Namespace: "shop", Labels: map[string]string{"istio": "ingressgateway"},
+		Workload: "ingressgateway", Cluster: c.Name, Network: c.Network, Region: c.Region, Zone: c.Zone}
+	want := []string{"outbound|8080||web.shop.svc.cluster.local"}
+	eventually(t, c, gw, "the gateway's route for shop.example.com", func(s *xdsprobe.Snapshot) error {
+		if got := s.Upstreams("shop.example.com"); !slices.Equal(got, want) {
+			return fmt.Errorf("upstreams %v, want %v (domains %v)", got, want, s.Domains())
+		}
+		return nil
+	})
+
+	// A proxy the Gateway does not select gets no such route.
+	other := gw
+	other.Labels = map[string]string{"istio": "eastwestgateway"}
+	s := eventually(t, c, other, "a gateway the Gateway does not select", func(*xdsprobe.Snapshot) error { return nil })
+	if got := s.Upstreams("shop.example.com"); len(got) != 0 {
+		t.Fatalf("an unselected gateway received routes for shop.example.com: %v", got)
+	}
+}
+
+func TestASidecarReceivesEndpointsWithLocalityAndFailoverPriority(t *testing.T) {
+	c := testfleet.Get(t).Clusters()[0]
+	namespace(t, c, "db")
+	apply(t, c, "networking.istio.io", "v1", "serviceentries", "ServiceEntry", "db", "db", map[string]any{
+		"hosts":      []any{"db.example.com"},
+		"ports":      []any{map[string]any{"number": int64(5432), "name": "tcp", "protocol": "TCP"}},
+		"resolution": "STATIC",
+		"location":   "MESH_INTERNAL",
+		"endpoints": []any{
+			map[string]any{"address": "10.1.0.1", "locality": "region-1/zone-1a"},
+			map[string]any{"address": "10.2.0.1", "locality": "region-2/zone-2a"},
+		},
+	})
+	apply(t, c, "networking.istio.io", "v1", "destinationrules", "DestinationRule", "db", "db", map[string]any{
+		"host": "db.example.com",
+		"trafficPolicy": map[string]any{
+			"loadBalancer":     map[string]any{"localityLbSetting": map[string]any{"enabled": true}},
+			"outlierDetection": map[string]any{"consecutive5xxErrors": int64(3), "interval": "10s", "baseEjectionTime": "30s"},
+		},
+	})
+	sidecar := xdsprobe.Proxy{Namespace: "db", Labels: map[string]string{"app": "client"}, Workload: "client",
+		Cluster: c.Name, Network: c.Network, Region: "region-1", Zone: "zone-1a"}
+	const name = "outbound|5432||db.example.com"
+	s := eventually(t, c, sidecar, "the db endpoints with priorities", func(s *xdsprobe.Snapshot) error {
+		eps := s.EndpointsOf(name)
+		if len(eps) != 2 {
+			return fmt.Errorf("endpoints of %s: %+v", name, eps)
+		}
+		return nil
+	})
+	prio := map[string]uint32{}
+	for _, e := range s.EndpointsOf(name) {
+		prio[e.Region] = e.Priority
+		if e.Address != map[string]string{"region-1": "10.1.0.1:5432", "region-2": "10.2.0.1:5432"}[e.Region] {
+			t.Errorf("endpoint %+v has the wrong locality", e)
+		}
+	}
+	if !(prio["region-1"] == 0 && prio["region-2"] > 0) {
+		t.Fatalf("priorities %v: want the proxy's own region first (0) and the other after", prio)
+	}
+}
+
+func TestFetchFromNoIstiodFailsWithinItsContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := xdsprobe.Fetch(ctx, "127.0.0.1:1", xdsprobe.Proxy{Namespace: "x"}); err == nil {
+		t.Fatal("a fetch from a closed port succeeded")
+	}
+}
