@@ -43,6 +43,10 @@ type Config struct {
 	Log     *slog.Logger
 	// ResyncPeriod re-applies the current bundle even without a change.
 	ResyncPeriod time.Duration
+	// RuntimeDigestInterval is how often the agent sends the digest of the
+	// runtime state it reported, so that the central control plane can
+	// prove it holds the same; zero means DefaultRuntimeDigestInterval.
+	RuntimeDigestInterval time.Duration
 	// TLS configures https:// servers; nil uses the system roots.
 	TLS *tls.Config
 }
@@ -63,6 +67,7 @@ type Agent struct {
 	servers []string
 	clients []agentv1connect.AgentServiceClient // one per server
 	inv     *inventoryWatch
+	rt      *runtimeWatch
 
 	// outbox carries reports to the central control plane; producers never
 	// block (a full outbox drops, and the next session starts with a full
@@ -79,6 +84,13 @@ type Agent struct {
 	// sleep waits between session attempts (sleepCtx; tests record it).
 	sleep func(ctx context.Context, d time.Duration) bool
 }
+
+// DefaultRuntimeDigestInterval is how often the runtime digest is sent.
+const DefaultRuntimeDigestInterval = 30 * time.Second
+
+// runtimeBatch is how long the agent gathers runtime changes after the
+// first one before it reports them, so a burst travels in few messages.
+const runtimeBatch = 20 * time.Millisecond
 
 // New checks cfg and builds an agent; Run starts it.
 func New(cfg Config) (*Agent, error) {
@@ -123,6 +135,11 @@ func New(cfg Config) (*Agent, error) {
 		a.clients = append(a.clients, agentv1connect.NewAgentServiceClient(httpClient(s, cfg.TLS), s, connect.WithGRPC()))
 	}
 	a.inv = newInventoryWatch(kube, a.send, a.poke)
+	a.rt = newRuntimeWatch(a.inv.factory)
+	if cfg.RuntimeDigestInterval == 0 {
+		cfg.RuntimeDigestInterval = DefaultRuntimeDigestInterval
+		a.cfg.RuntimeDigestInterval = cfg.RuntimeDigestInterval
+	}
 	return a, nil
 }
 

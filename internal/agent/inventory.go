@@ -19,20 +19,21 @@ import (
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 )
 
-// inventoryWatch watches the cluster's namespaces and services and reports
-// deltas; a namespace appearing or going also pokes the reconcile loop.
+// inventoryWatch watches the cluster's namespaces and reports deltas; a
+// namespace appearing or going also pokes the reconcile loop. Services and
+// their endpoints are runtime state (runtimeWatch), on the same informer
+// factory.
 type inventoryWatch struct {
 	kube    kubernetes.Interface
 	factory informers.SharedInformerFactory
 	nsInf   cache.SharedIndexInformer
-	svcInf  cache.SharedIndexInformer
 	report  func(*agentv1.ConnectRequest)
 	poke    func()
 }
 
 func newInventoryWatch(kube kubernetes.Interface, report func(*agentv1.ConnectRequest), poke func()) *inventoryWatch {
 	f := informers.NewSharedInformerFactory(kube, 30*time.Minute)
-	w := &inventoryWatch{kube: kube, factory: f, nsInf: f.Core().V1().Namespaces().Informer(), svcInf: f.Core().V1().Services().Informer(), report: report, poke: poke}
+	w := &inventoryWatch{kube: kube, factory: f, nsInf: f.Core().V1().Namespaces().Informer(), report: report, poke: poke}
 	w.nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if ns, ok := obj.(*corev1.Namespace); ok {
@@ -52,23 +53,6 @@ func newInventoryWatch(kube kubernetes.Interface, report func(*agentv1.ConnectRe
 			}
 		},
 	})
-	w.svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) {
-			if s, ok := obj.(*corev1.Service); ok {
-				w.send(&agentv1.Inventory{Services: []*agentv1.Service{serviceOf(s)}})
-			}
-		},
-		UpdateFunc: func(_, obj any) {
-			if s, ok := obj.(*corev1.Service); ok {
-				w.send(&agentv1.Inventory{Services: []*agentv1.Service{serviceOf(s)}})
-			}
-		},
-		DeleteFunc: func(obj any) {
-			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-				w.send(&agentv1.Inventory{RemovedServices: []string{key}})
-			}
-		},
-	})
 	return w
 }
 
@@ -79,12 +63,13 @@ func (w *inventoryWatch) send(inv *agentv1.Inventory) {
 	w.report(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: inv}})
 }
 
-func (w *inventoryWatch) synced() bool { return w.nsInf.HasSynced() && w.svcInf.HasSynced() }
+func (w *inventoryWatch) synced() bool { return w.nsInf.HasSynced() }
 
-// run starts the informers and pokes the reconcile loop once they sync.
+// run starts the informers (its own and runtimeWatch's) and pokes the
+// reconcile loop once the namespaces sync.
 func (w *inventoryWatch) run(ctx context.Context) error {
 	w.factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), w.nsInf.HasSynced, w.svcInf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), w.nsInf.HasSynced) {
 		return nil // ctx ended
 	}
 	w.poke()
@@ -117,26 +102,11 @@ func (w *inventoryWatch) full(ctx context.Context) (*agentv1.Inventory, error) {
 		inv.Namespaces = append(inv.Namespaces, namespaceOf(obj.(*corev1.Namespace)))
 	}
 	sort.Slice(inv.Namespaces, func(i, j int) bool { return inv.Namespaces[i].GetName() < inv.Namespaces[j].GetName() })
-	for _, obj := range w.svcInf.GetStore().List() {
-		inv.Services = append(inv.Services, serviceOf(obj.(*corev1.Service)))
-	}
-	sort.Slice(inv.Services, func(i, j int) bool {
-		a, b := inv.Services[i], inv.Services[j]
-		return a.GetNamespace()+"/"+a.GetName() < b.GetNamespace()+"/"+b.GetName()
-	})
 	return inv, nil
 }
 
 func namespaceOf(ns *corev1.Namespace) *agentv1.Namespace {
 	return &agentv1.Namespace{Name: ns.Name, Labels: ns.Labels}
-}
-
-func serviceOf(s *corev1.Service) *agentv1.Service {
-	out := &agentv1.Service{Namespace: s.Namespace, Name: s.Name, Labels: s.Labels}
-	for _, p := range s.Spec.Ports {
-		out.Ports = append(out.Ports, &agentv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: string(p.Protocol)})
-	}
-	return out
 }
 
 // istioOf reports whether istiod runs in istio-system and at which version

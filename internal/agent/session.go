@@ -202,6 +202,21 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 		}()
 	}
 
+	// Runtime state: a full report once the informers have synced, then
+	// deltas of whatever changed, a digest now and then, and a full report
+	// again when the central control plane asks for one.
+	rt := &runtimeReporter{w: a.rt}
+	rtReady := make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), a.rt.synced) {
+			close(rtReady)
+		}
+	}()
+	resync := make(chan string, 1)
+	digest := time.NewTicker(a.cfg.RuntimeDigestInterval)
+	defer digest.Stop()
+	var rtChanged <-chan struct{} // nil until the first full report is out
+
 	recvErr := make(chan error, 1)
 	go func() {
 		var parts assembler
@@ -210,6 +225,14 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 			if err != nil {
 				recvErr <- err
 				return
+			}
+			if r := msg.GetResync(); r != nil {
+				a.log.Warn("the central control plane asks for the full runtime state", "reason", r.GetReason())
+				select {
+				case resync <- r.GetReason():
+				default: // one is pending
+				}
+				continue
 			}
 			if c := msg.GetCredential(); c != nil {
 				if err := a.storeCredential(ctx, c); err != nil {
@@ -241,20 +264,58 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 	}()
 	a.log.Info("session open", "server", server)
 	// States: forward queued reports, until the stream fails or ctx ends.
+	send := func(m *agentv1.ConnectRequest) error {
+		if err := stream.Send(m); err != nil {
+			// The receiving goroutine owns Receive: take the server's
+			// reason from it.
+			select {
+			case rerr := <-recvErr:
+				return rerr
+			case <-time.After(time.Second):
+				return err
+			}
+		}
+		established.Store(true)
+		return nil
+	}
+	sendRuntime := func(m *agentv1.Runtime) error {
+		return send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Runtime{Runtime: m}})
+	}
 	for {
 		select {
 		case m := <-a.outbox:
-			if err := stream.Send(m); err != nil {
-				// The receiving goroutine owns Receive: take the server's
-				// reason from it.
-				select {
-				case rerr := <-recvErr:
-					return true, rerr
-				case <-time.After(time.Second):
+			if err := send(m); err != nil {
+				return true, err
+			}
+		case <-rtReady:
+			rtReady = nil
+			if err := sendRuntime(rt.fullReport()); err != nil {
+				return true, err
+			}
+			rtChanged = a.rt.changed
+		case <-rtChanged:
+			if !sleepCtx(ctx, runtimeBatch) {
+				return established.Load(), nil
+			}
+			if m := rt.delta(); m != nil {
+				if err := sendRuntime(m); err != nil {
 					return true, err
 				}
 			}
-			established.Store(true)
+		case <-resync:
+			if rtChanged == nil {
+				continue // the first full report is still to come
+			}
+			if err := sendRuntime(rt.fullReport()); err != nil {
+				return true, err
+			}
+		case <-digest.C:
+			if rtChanged == nil {
+				continue
+			}
+			if err := send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Digest{Digest: rt.digest()}}); err != nil {
+				return true, err
+			}
 		case err := <-recvErr:
 			return established.Load(), err
 		case <-ctx.Done():

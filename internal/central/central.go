@@ -10,6 +10,7 @@ import (
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -35,7 +36,13 @@ type Central struct {
 	sendTimeout time.Duration // see DefaultSendTimeout
 	shared      bool          // other server replicas share the store
 	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
+
+	services *registry.Registry // what runs in the clusters: runtime state, never stored
 }
+
+// Services is the fleet service registry: the runtime state the agents
+// connected to this replica report.
+func (c *Central) Services() *registry.Registry { return c.services }
 
 // DefaultAgentCredentialTTL is how long an agent credential lives. The
 // server sends a new one on the agent's stream once a third of it is left.
@@ -90,10 +97,11 @@ func (cl *cluster) connected() bool { return cl.conn != nil || cl.mirror && cl.m
 
 // agentConn is one live agent stream.
 type agentConn struct {
-	epoch int64         // the status session claimed for this stream
-	wake  chan struct{} // capacity 1: a pending wake-up coalesces the next ones
-	done  chan struct{} // closed to end the stream; why says why
-	why   string
+	epoch  int64         // the status session claimed for this stream
+	wake   chan struct{} // capacity 1: a pending wake-up coalesces the next ones
+	resync chan string   // capacity 1: ask the agent for a full runtime report, and why
+	done   chan struct{} // closed to end the stream; why says why
+	why    string
 }
 
 // end ends the stream for the given reason. Callers hold Central.mu.
@@ -115,7 +123,8 @@ const maxDrifts = 20
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
-		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL}
+		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL,
+		services: registry.New()}
 	for _, o := range opts {
 		o(c)
 	}
@@ -328,6 +337,7 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 				}
 				delete(c.clusters, fqn)
 			}
+			c.services.Remove(fqn)
 			continue
 		}
 		if cl == nil {

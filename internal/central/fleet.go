@@ -368,3 +368,42 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 	}
 	return connect.NewResponse(out), nil
 }
+
+// ListServices lists the fleet's services from the registry, with only the
+// instances in clusters the caller may read; a service with none is left
+// out.
+func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListServicesRequest]) (*connect.Response[pb.ListServicesResponse], error) {
+	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	readable := map[string]bool{}
+	visible := func(fqn string) bool {
+		ok, seen := readable[fqn]
+		if !seen {
+			rec, err := f.st.Get(ctx, fqn)
+			ok = err == nil && access.CanRead(chk, rec)
+			readable[fqn] = ok
+		}
+		return ok
+	}
+	out := &pb.ListServicesResponse{}
+	for _, s := range f.services.Services(visible) {
+		if ns := req.Msg.GetNamespace(); ns != "" && s.Namespace != ns || req.Msg.GetName() != "" && s.Name != req.Msg.GetName() {
+			continue
+		}
+		info := &pb.FleetServiceInfo{Namespace: s.Namespace, Name: s.Name, Conflicts: s.Conflicts}
+		for _, p := range s.Ports {
+			info.Ports = append(info.Ports, &pb.FleetServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol})
+		}
+		for _, in := range s.Instances {
+			si := &pb.ServiceInstance{Cluster: in.Cluster, Ready: in.Ready, Stale: in.Stale, LastSeen: timestamppb.New(in.LastSeen)}
+			for _, l := range in.Localities {
+				si.Endpoints = append(si.Endpoints, &pb.LocalityCount{Region: l.GetRegion(), Zone: l.GetZone(), Ready: l.GetReady()})
+			}
+			info.Instances = append(info.Instances, si)
+		}
+		out.Services = append(out.Services, info)
+	}
+	return connect.NewResponse(out), nil
+}

@@ -9,6 +9,7 @@ import (
 // metrics are the central control plane's own numbers, on the server's /metrics.
 type metrics struct {
 	sends     prometheus.Counter
+	resyncs   prometheus.Counter
 	recompute prometheus.Histogram
 }
 
@@ -17,6 +18,10 @@ func newMetrics() *metrics {
 		sends: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_central_bundles_sent_total",
 			Help: "Bundles sent to agents (only versions an agent did not have).",
+		}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_central_runtime_resyncs_total",
+			Help: "Full runtime reports asked of agents because a delta was out of sequence or a digest differed.",
 		}),
 		recompute: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "flotilla_central_recompute_seconds",
@@ -44,7 +49,7 @@ func (c *Central) Register(r prometheus.Registerer) error {
 		})
 	}
 	for _, col := range []prometheus.Collector{
-		c.metrics.sends, c.metrics.recompute,
+		c.metrics.sends, c.metrics.resyncs, c.metrics.recompute,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_bundles_failing", Help: "1 while some bundles cannot be computed (see /readyz, status and the server log), else 0."}, func() float64 {
 			return boolFloat(c.Health() != nil)
 		}),

@@ -12,12 +12,13 @@ import (
 	"flotilla.io/flotilla/internal/store"
 )
 
-// inventory is a cluster's reported facts.
+// inventory is a cluster's reported facts. Its services and endpoints are
+// runtime state, kept in the registry (package registry), not here: the
+// Cluster's status would otherwise churn with every endpoint.
 type inventory struct {
 	KubernetesVersion string
 	Istio             *istioStatus
 	Namespaces        map[string]map[string]string
-	Services          map[string]*agentv1.Service // by "<ns>/<name>"
 }
 
 type istioStatus struct {
@@ -29,7 +30,6 @@ type istioStatus struct {
 func (inv *inventory) merge(m *agentv1.Inventory) {
 	if m.GetFull() || inv.Namespaces == nil {
 		inv.Namespaces = map[string]map[string]string{}
-		inv.Services = map[string]*agentv1.Service{}
 	}
 	if v := m.GetKubernetesVersion(); v != "" {
 		inv.KubernetesVersion = v
@@ -42,12 +42,6 @@ func (inv *inventory) merge(m *agentv1.Inventory) {
 	}
 	for _, ns := range m.GetRemovedNamespaces() {
 		delete(inv.Namespaces, ns)
-	}
-	for _, s := range m.GetServices() {
-		inv.Services[s.GetNamespace()+"/"+s.GetName()] = s
-	}
-	for _, s := range m.GetRemovedServices() {
-		delete(inv.Services, s)
 	}
 }
 
@@ -77,22 +71,8 @@ type clusterStatus struct {
 	KubernetesVersion string           `json:"kubernetesVersion,omitempty"`
 	Istio             *istioStatus     `json:"istio,omitempty"`
 	Namespaces        []string         `json:"namespaces,omitempty"`
-	Services          []serviceStatus  `json:"services,omitempty"`
 	Resources         []resourceStatus `json:"resources,omitempty"`
 	Drift             []driftStatus    `json:"drift,omitempty"`
-}
-
-type serviceStatus struct {
-	Namespace string            `json:"namespace"`
-	Name      string            `json:"name"`
-	Labels    map[string]string `json:"labels,omitempty"`
-	Ports     []portStatus      `json:"ports,omitempty"`
-}
-
-type portStatus struct {
-	Name     string `json:"name,omitempty"`
-	Port     uint32 `json:"port"`
-	Protocol string `json:"protocol,omitempty"`
 }
 
 type resourceStatus struct {
@@ -131,19 +111,6 @@ func (c *Central) status(cl *cluster) clusterStatus {
 			s.Resources = append(s.Resources, resourceStatus{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
 		}
 	}
-	keys := make([]string, 0, len(cl.inv.Services))
-	for k := range cl.inv.Services {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		svc := cl.inv.Services[k]
-		ss := serviceStatus{Namespace: svc.GetNamespace(), Name: svc.GetName(), Labels: svc.GetLabels()}
-		for _, p := range svc.GetPorts() {
-			ss.Ports = append(ss.Ports, portStatus{Name: p.GetName(), Port: p.GetPort(), Protocol: p.GetProtocol()})
-		}
-		s.Services = append(s.Services, ss)
-	}
 	for _, d := range cl.drifts {
 		s.Drift = append(s.Drift, driftStatus{FQN: d.GetFqn(), Object: fmt.Sprintf("%s %s/%s", d.GetKind(), d.GetNamespace(), d.GetName()), Change: d.GetChange(), Restored: d.GetRestored(), Message: d.GetMessage()})
 	}
@@ -180,14 +147,6 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 	cl.inv.Namespaces = map[string]map[string]string{}
 	for _, ns := range s.Namespaces {
 		cl.inv.Namespaces[ns] = nil
-	}
-	cl.inv.Services = map[string]*agentv1.Service{}
-	for _, svc := range s.Services {
-		p := &agentv1.Service{Namespace: svc.Namespace, Name: svc.Name, Labels: svc.Labels}
-		for _, port := range svc.Ports {
-			p.Ports = append(p.Ports, &agentv1.ServicePort{Name: port.Name, Port: port.Port, Protocol: port.Protocol})
-		}
-		cl.inv.Services[svc.Namespace+"/"+svc.Name] = p
 	}
 	// A status that says connected but that no writer renews any more is
 	// marked disconnected, with the stored epoch: if another replica

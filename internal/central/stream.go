@@ -168,7 +168,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	} else if err != nil {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("open a status session for %s: %w", fqn, err))
 	}
-	conn := &agentConn{epoch: epoch, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	conn := &agentConn{epoch: epoch, wake: make(chan struct{}, 1), resync: make(chan string, 1), done: make(chan struct{})}
 	conn.wake <- struct{}{} // send the current bundle if the agent lacks it
 	c.mu.Lock()
 	if c.closing {
@@ -199,13 +199,16 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		if cl.conn == conn {
 			cl.conn = nil
 			cl.dirty = true
+			// Its services stay, marked stale: a lost control connection
+			// is not an outage.
+			c.services.Disconnected(fqn, c.now())
 		}
 		c.mu.Unlock()
 		c.log.Info("agent disconnected", "cluster", fqn)
 	}()
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.receive(stream, cl) }()
+	go func() { recvErr <- c.receive(stream, cl, conn) }()
 
 	// The credential is renewed on this stream when its time comes (at
 	// once if it already has); renew fires then.
@@ -236,6 +239,11 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 			}
 			sent = version
 			c.metrics.sends.Inc()
+		case why := <-conn.resync:
+			if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Resync{Resync: &agentv1.Resync{Reason: why}}}); err != nil {
+				return err
+			}
+			c.metrics.resyncs.Inc()
 		case <-renew.C:
 			cred, next, err := c.rotate(ctx, fqn)
 			if err != nil {
@@ -264,11 +272,26 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 }
 
 // receive reads the agent's reports until the stream ends.
-func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], cl *cluster) error {
+func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], cl *cluster, conn *agentConn) error {
 	for {
 		msg, err := stream.Receive()
 		if err != nil {
 			return err
+		}
+		// Runtime state goes to the registry, outside c.mu.
+		var rterr error
+		switch m := msg.GetMsg().(type) {
+		case *agentv1.ConnectRequest_Runtime:
+			rterr = c.services.Apply(cl.fqn, m.Runtime, c.now())
+		case *agentv1.ConnectRequest_Digest:
+			rterr = c.services.Check(cl.fqn, m.Digest)
+		}
+		if rterr != nil {
+			c.log.Warn("runtime state out of sync; asking the agent for a full report", "cluster", cl.fqn, "err", rterr)
+			select {
+			case conn.resync <- rterr.Error():
+			default: // one is pending
+			}
 		}
 		c.mu.Lock()
 		cl.lastSeen = c.now()

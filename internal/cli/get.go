@@ -34,11 +34,17 @@ func newGetCmd(e *env) *cobra.Command {
 		Long: `List resources of a kind, or show one by name. Kinds may be given by name,
 plural or short name (org, tenant, ws, grp, cl). Parent flags narrow the
 search; a name that is unique in the fleet needs none.`,
-		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml",
+		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml\n  flotilla get services\n  flotilla get service shop/reviews -o yaml",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] == "compiled" {
 				return e.getCompiled(cmd, clusterName, args[1:])
+			}
+			if args[0] == "services" || args[0] == "service" || args[0] == "svc" {
+				if err := checkOutput(output); err != nil {
+					return err
+				}
+				return e.getServices(cmd, output, args[1:])
 			}
 			k, err := e.kindArg(args[0])
 			if err != nil {
@@ -69,6 +75,72 @@ search; a name that is unique in the fleet needs none.`,
 	cmd.Flags().StringVarP(&sel, "selector", "l", "", "label selector, e.g. env=prod,tier!=web")
 	cmd.Flags().StringVar(&clusterName, "cluster", "", "with `get compiled`: the cluster whose native objects to show")
 	return cmd
+}
+
+// getServices prints the fleet's services: each namespace/name with its
+// clusters, ready endpoints per cluster and locality, ports and conflicts.
+// It is runtime state, as the agents report it.
+func (e *env) getServices(cmd *cobra.Command, output string, rest []string) error {
+	req := &pb.ListServicesRequest{}
+	if len(rest) == 1 {
+		ns, name, ok := strings.Cut(rest[0], "/")
+		if !ok || ns == "" || name == "" {
+			return fmt.Errorf("name a service as NAMESPACE/NAME, e.g. shop/reviews (got %q)", rest[0])
+		}
+		req.Namespace, req.Name = ns, name
+	}
+	res, err := e.fleet().ListServices(cmd.Context(), connect.NewRequest(req))
+	if err != nil {
+		return err
+	}
+	services := res.Msg.GetServices()
+	if len(rest) == 1 && len(services) == 0 {
+		return fmt.Errorf("no service %s in any cluster you may read", rest[0])
+	}
+	switch output {
+	case "yaml", "json":
+		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(res.Msg)
+		if err != nil {
+			return err
+		}
+		if output == "yaml" {
+			if b, err = yaml.JSONToYAML(b); err != nil {
+				return err
+			}
+		}
+		_, err = e.out.Write(b)
+		return err
+	}
+	tw := tabwriter.NewWriter(e.out, 0, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tCLUSTERS\tREADY\tPORTS\tCONFLICTS")
+	for _, s := range services {
+		var clusters, ready, ports []string
+		for _, in := range s.GetInstances() {
+			name := in.GetCluster()[strings.LastIndex(in.GetCluster(), "/")+1:]
+			clusters = append(clusters, name)
+			var locs []string
+			for _, l := range in.GetEndpoints() {
+				locs = append(locs, fmt.Sprintf("%s/%s:%d", l.GetRegion(), l.GetZone(), l.GetReady()))
+			}
+			r := fmt.Sprintf("%s=%d", name, in.GetReady())
+			if len(locs) > 0 {
+				r += "(" + strings.Join(locs, ",") + ")"
+			}
+			if in.GetStale() {
+				r += fmt.Sprintf("[stale %s]", time.Since(in.GetLastSeen().AsTime()).Round(time.Second))
+			}
+			ready = append(ready, r)
+		}
+		for _, p := range s.GetPorts() {
+			ports = append(ports, fmt.Sprintf("%s:%d/%s", p.GetName(), p.GetNumber(), p.GetProtocol()))
+		}
+		conflicts := "-"
+		if len(s.GetConflicts()) > 0 {
+			conflicts = strings.Join(s.GetConflicts(), "; ")
+		}
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", s.GetNamespace(), s.GetName(), strings.Join(clusters, ","), strings.Join(ready, " "), strings.Join(ports, ","), conflicts)
+	}
+	return tw.Flush()
 }
 
 // getCompiled prints the native Istio objects a cluster should have now.

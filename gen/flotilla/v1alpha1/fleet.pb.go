@@ -796,6 +796,383 @@ func (x *PlanResponse) GetClusters() []*ClusterPlan {
 	return nil
 }
 
+type ListServicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace and Name, when set, narrow the list.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServicesRequest) Reset() {
+	*x = ListServicesRequest{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServicesRequest) ProtoMessage() {}
+
+func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
+func (*ListServicesRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListServicesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListServicesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListServicesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Services      []*FleetServiceInfo    `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServicesResponse) Reset() {
+	*x = ListServicesResponse{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServicesResponse) ProtoMessage() {}
+
+func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
+func (*ListServicesResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListServicesResponse) GetServices() []*FleetServiceInfo {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+// FleetServiceInfo is one namespace/name across the fleet.
+type FleetServiceInfo struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Ports     []*FleetServicePort    `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	// Instances are by cluster FQN.
+	Instances []*ServiceInstance `protobuf:"bytes,4,rep,name=instances,proto3" json:"instances,omitempty"`
+	// Conflicts say where clusters disagree (ports of another name or
+	// protocol); they are reported, never merged.
+	Conflicts     []string `protobuf:"bytes,5,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetServiceInfo) Reset() {
+	*x = FleetServiceInfo{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetServiceInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetServiceInfo) ProtoMessage() {}
+
+func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetServiceInfo.ProtoReflect.Descriptor instead.
+func (*FleetServiceInfo) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FleetServiceInfo) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *FleetServiceInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FleetServiceInfo) GetPorts() []*FleetServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *FleetServiceInfo) GetInstances() []*ServiceInstance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+func (x *FleetServiceInfo) GetConflicts() []string {
+	if x != nil {
+		return x.Conflicts
+	}
+	return nil
+}
+
+type FleetServicePort struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Number        uint32                 `protobuf:"varint,2,opt,name=number,proto3" json:"number,omitempty"`
+	Protocol      string                 `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetServicePort) Reset() {
+	*x = FleetServicePort{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetServicePort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetServicePort) ProtoMessage() {}
+
+func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetServicePort.ProtoReflect.Descriptor instead.
+func (*FleetServicePort) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *FleetServicePort) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FleetServicePort) GetNumber() uint32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *FleetServicePort) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+// ServiceInstance is a service in one cluster.
+type ServiceInstance struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Ready counts the ready endpoints; endpoints splits them by locality.
+	Ready     uint32           `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	Endpoints []*LocalityCount `protobuf:"bytes,3,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// Stale is set while the cluster's agent is disconnected: the numbers
+	// are its last report, as of last_seen.
+	Stale         bool                   `protobuf:"varint,4,opt,name=stale,proto3" json:"stale,omitempty"`
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceInstance) Reset() {
+	*x = ServiceInstance{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceInstance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceInstance) ProtoMessage() {}
+
+func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceInstance.ProtoReflect.Descriptor instead.
+func (*ServiceInstance) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ServiceInstance) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *ServiceInstance) GetReady() uint32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *ServiceInstance) GetEndpoints() []*LocalityCount {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ServiceInstance) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *ServiceInstance) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+type LocalityCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Zone          string                 `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
+	Ready         uint32                 `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalityCount) Reset() {
+	*x = LocalityCount{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalityCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalityCount) ProtoMessage() {}
+
+func (x *LocalityCount) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalityCount.ProtoReflect.Descriptor instead.
+func (*LocalityCount) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *LocalityCount) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *LocalityCount) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *LocalityCount) GetReady() uint32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
 var File_flotilla_v1alpha1_fleet_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
@@ -856,12 +1233,38 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\vdiagnostics\x18\x03 \x03(\tR\vdiagnostics\"\x84\x01\n" +
 	"\fPlanResponse\x128\n" +
 	"\aresults\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.ApplyResultR\aresults\x12:\n" +
-	"\bclusters\x18\x02 \x03(\v2\x1e.flotilla.v1alpha1.ClusterPlanR\bclusters2\xdf\x02\n" +
+	"\bclusters\x18\x02 \x03(\v2\x1e.flotilla.v1alpha1.ClusterPlanR\bclusters\"G\n" +
+	"\x13ListServicesRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"W\n" +
+	"\x14ListServicesResponse\x12?\n" +
+	"\bservices\x18\x01 \x03(\v2#.flotilla.v1alpha1.FleetServiceInfoR\bservices\"\xdf\x01\n" +
+	"\x10FleetServiceInfo\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
+	"\x05ports\x18\x03 \x03(\v2#.flotilla.v1alpha1.FleetServicePortR\x05ports\x12@\n" +
+	"\tinstances\x18\x04 \x03(\v2\".flotilla.v1alpha1.ServiceInstanceR\tinstances\x12\x1c\n" +
+	"\tconflicts\x18\x05 \x03(\tR\tconflicts\"Z\n" +
+	"\x10FleetServicePort\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06number\x18\x02 \x01(\rR\x06number\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\xd0\x01\n" +
+	"\x0fServiceInstance\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\rR\x05ready\x12>\n" +
+	"\tendpoints\x18\x03 \x03(\v2 .flotilla.v1alpha1.LocalityCountR\tendpoints\x12\x14\n" +
+	"\x05stale\x18\x04 \x01(\bR\x05stale\x127\n" +
+	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"Q\n" +
+	"\rLocalityCount\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\rR\x05ready2\xc0\x03\n" +
 	"\fFleetService\x12P\n" +
 	"\aOnboard\x12!.flotilla.v1alpha1.OnboardRequest\x1a\".flotilla.v1alpha1.OnboardResponse\x12V\n" +
 	"\tGetStatus\x12#.flotilla.v1alpha1.GetStatusRequest\x1a$.flotilla.v1alpha1.GetStatusResponse\x12\\\n" +
 	"\vGetCompiled\x12%.flotilla.v1alpha1.GetCompiledRequest\x1a&.flotilla.v1alpha1.GetCompiledResponse\x12G\n" +
-	"\x04Plan\x12\x1e.flotilla.v1alpha1.PlanRequest\x1a\x1f.flotilla.v1alpha1.PlanResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\x04Plan\x12\x1e.flotilla.v1alpha1.PlanRequest\x1a\x1f.flotilla.v1alpha1.PlanResponse\x12_\n" +
+	"\fListServices\x12&.flotilla.v1alpha1.ListServicesRequest\x1a'.flotilla.v1alpha1.ListServicesResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_fleet_proto_rawDescOnce sync.Once
@@ -875,7 +1278,7 @@ func file_flotilla_v1alpha1_fleet_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_fleet_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
 	(*OnboardRequest)(nil),        // 0: flotilla.v1alpha1.OnboardRequest
 	(*OnboardResponse)(nil),       // 1: flotilla.v1alpha1.OnboardResponse
@@ -888,36 +1291,49 @@ var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
 	(*PlannedChange)(nil),         // 8: flotilla.v1alpha1.PlannedChange
 	(*ClusterPlan)(nil),           // 9: flotilla.v1alpha1.ClusterPlan
 	(*PlanResponse)(nil),          // 10: flotilla.v1alpha1.PlanResponse
-	(*Metadata)(nil),              // 11: flotilla.v1alpha1.Metadata
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
-	(*Resource)(nil),              // 14: flotilla.v1alpha1.Resource
-	(*ApplyResult)(nil),           // 15: flotilla.v1alpha1.ApplyResult
+	(*ListServicesRequest)(nil),   // 11: flotilla.v1alpha1.ListServicesRequest
+	(*ListServicesResponse)(nil),  // 12: flotilla.v1alpha1.ListServicesResponse
+	(*FleetServiceInfo)(nil),      // 13: flotilla.v1alpha1.FleetServiceInfo
+	(*FleetServicePort)(nil),      // 14: flotilla.v1alpha1.FleetServicePort
+	(*ServiceInstance)(nil),       // 15: flotilla.v1alpha1.ServiceInstance
+	(*LocalityCount)(nil),         // 16: flotilla.v1alpha1.LocalityCount
+	(*Metadata)(nil),              // 17: flotilla.v1alpha1.Metadata
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*Resource)(nil),              // 20: flotilla.v1alpha1.Resource
+	(*ApplyResult)(nil),           // 21: flotilla.v1alpha1.ApplyResult
 }
 var file_flotilla_v1alpha1_fleet_proto_depIdxs = []int32{
-	11, // 0: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	12, // 1: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
-	13, // 2: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
-	11, // 3: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	17, // 0: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	18, // 1: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 2: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
+	17, // 3: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
 	3,  // 4: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
 	4,  // 5: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
-	14, // 6: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
+	20, // 6: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
 	8,  // 7: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
-	15, // 8: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
+	21, // 8: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
 	9,  // 9: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
-	0,  // 10: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
-	2,  // 11: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
-	5,  // 12: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
-	7,  // 13: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
-	1,  // 14: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
-	4,  // 15: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
-	6,  // 16: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
-	10, // 17: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 10: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
+	14, // 11: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
+	15, // 12: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
+	16, // 13: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
+	19, // 14: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
+	0,  // 15: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
+	2,  // 16: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
+	5,  // 17: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
+	7,  // 18: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
+	11, // 19: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
+	1,  // 20: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
+	4,  // 21: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
+	6,  // 22: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
+	10, // 23: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
+	12, // 24: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_fleet_proto_init() }
@@ -933,7 +1349,7 @@ func file_flotilla_v1alpha1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_fleet_proto_rawDesc), len(file_flotilla_v1alpha1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

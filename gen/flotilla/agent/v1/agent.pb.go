@@ -147,6 +147,8 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Inventory
 	//	*ConnectRequest_Ack
 	//	*ConnectRequest_Drift
+	//	*ConnectRequest_Runtime
+	//	*ConnectRequest_Digest
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -225,6 +227,24 @@ func (x *ConnectRequest) GetDrift() *Drift {
 	return nil
 }
 
+func (x *ConnectRequest) GetRuntime() *Runtime {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_Runtime); ok {
+			return x.Runtime
+		}
+	}
+	return nil
+}
+
+func (x *ConnectRequest) GetDigest() *RuntimeDigest {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_Digest); ok {
+			return x.Digest
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -245,6 +265,14 @@ type ConnectRequest_Drift struct {
 	Drift *Drift `protobuf:"bytes,4,opt,name=drift,proto3,oneof"`
 }
 
+type ConnectRequest_Runtime struct {
+	Runtime *Runtime `protobuf:"bytes,5,opt,name=runtime,proto3,oneof"`
+}
+
+type ConnectRequest_Digest struct {
+	Digest *RuntimeDigest `protobuf:"bytes,6,opt,name=digest,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Inventory) isConnectRequest_Msg() {}
@@ -252,6 +280,10 @@ func (*ConnectRequest_Inventory) isConnectRequest_Msg() {}
 func (*ConnectRequest_Ack) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Drift) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_Runtime) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_Digest) isConnectRequest_Msg() {}
 
 // Hello opens a stream. It carries what the agent already has, so a central
 // control plane that restarted learns the cluster's state without waiting.
@@ -643,6 +675,367 @@ func (x *ServicePort) GetProtocol() string {
 	return ""
 }
 
+// Runtime reports what runs in the cluster: its services with their ready
+// endpoints per locality, and its east-west gateway. It is kept apart from
+// intent (never stored in the event log). The first Runtime on a stream is
+// full, with seq 1; each later one has the next seq and carries the current
+// state of every service that changed since the one before (state, not
+// events: changes in between are coalesced, never dropped). A full report
+// later in a stream (after a Resync) replaces everything.
+type Runtime struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Seq      uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Full     bool                   `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	Services []*ServiceState        `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
+	// Removed are "<namespace>/<name>" of services that are gone.
+	Removed []string `protobuf:"bytes,4,rep,name=removed,proto3" json:"removed,omitempty"`
+	// EastWestGateway is set in a full report when the cluster has one, and
+	// in a delta when it changed; east_west_gateway_removed says it went.
+	EastWestGateway        *EastWestGateway `protobuf:"bytes,5,opt,name=east_west_gateway,json=eastWestGateway,proto3" json:"east_west_gateway,omitempty"`
+	EastWestGatewayRemoved bool             `protobuf:"varint,6,opt,name=east_west_gateway_removed,json=eastWestGatewayRemoved,proto3" json:"east_west_gateway_removed,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *Runtime) Reset() {
+	*x = Runtime{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Runtime) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Runtime) ProtoMessage() {}
+
+func (x *Runtime) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Runtime.ProtoReflect.Descriptor instead.
+func (*Runtime) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Runtime) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Runtime) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *Runtime) GetServices() []*ServiceState {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *Runtime) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *Runtime) GetEastWestGateway() *EastWestGateway {
+	if x != nil {
+		return x.EastWestGateway
+	}
+	return nil
+}
+
+func (x *Runtime) GetEastWestGatewayRemoved() bool {
+	if x != nil {
+		return x.EastWestGatewayRemoved
+	}
+	return false
+}
+
+// ServiceState is one Kubernetes Service and its ready endpoints.
+type ServiceState struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Labels    map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Ports     []*ServicePort         `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
+	// Endpoints are the ready endpoints per locality, sorted by region and
+	// zone; a service without ready endpoints has none.
+	Endpoints     []*LocalityEndpoints `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceState) Reset() {
+	*x = ServiceState{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceState) ProtoMessage() {}
+
+func (x *ServiceState) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceState.ProtoReflect.Descriptor instead.
+func (*ServiceState) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ServiceState) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceState) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServiceState) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ServiceState) GetPorts() []*ServicePort {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *ServiceState) GetEndpoints() []*LocalityEndpoints {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+type LocalityEndpoints struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Zone          string                 `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
+	Ready         uint32                 `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalityEndpoints) Reset() {
+	*x = LocalityEndpoints{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalityEndpoints) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalityEndpoints) ProtoMessage() {}
+
+func (x *LocalityEndpoints) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalityEndpoints.ProtoReflect.Descriptor instead.
+func (*LocalityEndpoints) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *LocalityEndpoints) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *LocalityEndpoints) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *LocalityEndpoints) GetReady() uint32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+// EastWestGateway is the Service of the cluster's east-west gateway
+// (label istio=eastwestgateway) and the address other clusters reach it at.
+type EastWestGateway struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Address comes from the annotation flotilla.io/external-address when
+	// set, else from the Service's LoadBalancer status; empty when neither.
+	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// Port is the Service's port named "tls", else 15443.
+	Port          uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EastWestGateway) Reset() {
+	*x = EastWestGateway{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EastWestGateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EastWestGateway) ProtoMessage() {}
+
+func (x *EastWestGateway) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EastWestGateway.ProtoReflect.Descriptor instead.
+func (*EastWestGateway) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EastWestGateway) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *EastWestGateway) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EastWestGateway) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *EastWestGateway) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// RuntimeDigest is the SHA-256 of the agent's runtime state as of seq
+// (package registry's Digest); the central control plane compares it with
+// its own and sends Resync when they differ.
+type RuntimeDigest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuntimeDigest) Reset() {
+	*x = RuntimeDigest{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuntimeDigest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuntimeDigest) ProtoMessage() {}
+
+func (x *RuntimeDigest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuntimeDigest.ProtoReflect.Descriptor instead.
+func (*RuntimeDigest) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RuntimeDigest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RuntimeDigest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
 // Ack reports the outcome of applying one bundle version.
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -656,7 +1049,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +1061,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +1074,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ack) GetBundleVersion() string {
@@ -721,7 +1114,7 @@ type ResourceStatus struct {
 
 func (x *ResourceStatus) Reset() {
 	*x = ResourceStatus{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +1126,7 @@ func (x *ResourceStatus) String() string {
 func (*ResourceStatus) ProtoMessage() {}
 
 func (x *ResourceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +1139,7 @@ func (x *ResourceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceStatus.ProtoReflect.Descriptor instead.
 func (*ResourceStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResourceStatus) GetFqn() string {
@@ -794,7 +1187,7 @@ type Drift struct {
 
 func (x *Drift) Reset() {
 	*x = Drift{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +1199,7 @@ func (x *Drift) String() string {
 func (*Drift) ProtoMessage() {}
 
 func (x *Drift) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +1212,7 @@ func (x *Drift) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drift.ProtoReflect.Descriptor instead.
 func (*Drift) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Drift) GetFqn() string {
@@ -878,6 +1271,7 @@ type ConnectResponse struct {
 	//
 	//	*ConnectResponse_Bundle
 	//	*ConnectResponse_Credential
+	//	*ConnectResponse_Resync
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -885,7 +1279,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1291,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1304,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConnectResponse) GetMsg() isConnectResponse_Msg {
@@ -938,6 +1332,15 @@ func (x *ConnectResponse) GetCredential() *AgentCredential {
 	return nil
 }
 
+func (x *ConnectResponse) GetResync() *Resync {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_Resync); ok {
+			return x.Resync
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -953,9 +1356,61 @@ type ConnectResponse_Credential struct {
 	Credential *AgentCredential `protobuf:"bytes,2,opt,name=credential,proto3,oneof"`
 }
 
+type ConnectResponse_Resync struct {
+	// Resync asks for a full Runtime report: the central control plane saw
+	// a gap in seq or a digest that differs from its own.
+	Resync *Resync `protobuf:"bytes,3,opt,name=resync,proto3,oneof"`
+}
+
 func (*ConnectResponse_Bundle) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Credential) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_Resync) isConnectResponse_Msg() {}
+
+type Resync struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resync) Reset() {
+	*x = Resync{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resync) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resync) ProtoMessage() {}
+
+func (x *Resync) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resync.ProtoReflect.Descriptor instead.
+func (*Resync) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Resync) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
 
 // AgentCredential is a cluster's stream credential.
 type AgentCredential struct {
@@ -968,7 +1423,7 @@ type AgentCredential struct {
 
 func (x *AgentCredential) Reset() {
 	*x = AgentCredential{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1435,7 @@ func (x *AgentCredential) String() string {
 func (*AgentCredential) ProtoMessage() {}
 
 func (x *AgentCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1448,7 @@ func (x *AgentCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
 func (*AgentCredential) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AgentCredential) GetCredential() string {
@@ -1032,7 +1487,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1499,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1512,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Bundle) GetVersion() string {
@@ -1109,12 +1564,14 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"credential\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\xe5\x01\n" +
+	"expireTime\"\xd9\x02\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.flotilla.agent.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\tinventory\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.InventoryH\x00R\tinventory\x12*\n" +
 	"\x03ack\x18\x03 \x01(\v2\x16.flotilla.agent.v1.AckH\x00R\x03ack\x120\n" +
-	"\x05drift\x18\x04 \x01(\v2\x18.flotilla.agent.v1.DriftH\x00R\x05driftB\x05\n" +
+	"\x05drift\x18\x04 \x01(\v2\x18.flotilla.agent.v1.DriftH\x00R\x05drift\x126\n" +
+	"\aruntime\x18\x05 \x01(\v2\x1a.flotilla.agent.v1.RuntimeH\x00R\aruntime\x12:\n" +
+	"\x06digest\x18\x06 \x01(\v2 .flotilla.agent.v1.RuntimeDigestH\x00R\x06digestB\x05\n" +
 	"\x03msg\"r\n" +
 	"\x05Hello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12#\n" +
@@ -1150,7 +1607,35 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\vServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x89\x01\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"\x91\x02\n" +
+	"\aRuntime\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\x12;\n" +
+	"\bservices\x18\x03 \x03(\v2\x1f.flotilla.agent.v1.ServiceStateR\bservices\x12\x18\n" +
+	"\aremoved\x18\x04 \x03(\tR\aremoved\x12N\n" +
+	"\x11east_west_gateway\x18\x05 \x01(\v2\".flotilla.agent.v1.EastWestGatewayR\x0feastWestGateway\x129\n" +
+	"\x19east_west_gateway_removed\x18\x06 \x01(\bR\x16eastWestGatewayRemoved\"\xba\x02\n" +
+	"\fServiceState\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12C\n" +
+	"\x06labels\x18\x03 \x03(\v2+.flotilla.agent.v1.ServiceState.LabelsEntryR\x06labels\x124\n" +
+	"\x05ports\x18\x04 \x03(\v2\x1e.flotilla.agent.v1.ServicePortR\x05ports\x12B\n" +
+	"\tendpoints\x18\x05 \x03(\v2$.flotilla.agent.v1.LocalityEndpointsR\tendpoints\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x11LocalityEndpoints\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\rR\x05ready\"q\n" +
+	"\x0fEastWestGateway\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\"9\n" +
+	"\rRuntimeDigest\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"\x89\x01\n" +
 	"\x03Ack\x12%\n" +
 	"\x0ebundle_version\x18\x01 \x01(\tR\rbundleVersion\x12?\n" +
 	"\tresources\x18\x02 \x03(\v2!.flotilla.agent.v1.ResourceStatusR\tresources\x12\x1a\n" +
@@ -1167,13 +1652,16 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x16\n" +
 	"\x06change\x18\x05 \x01(\tR\x06change\x12\x1a\n" +
 	"\brestored\x18\x06 \x01(\bR\brestored\x12\x18\n" +
-	"\amessage\x18\a \x01(\tR\amessage\"\x93\x01\n" +
+	"\amessage\x18\a \x01(\tR\amessage\"\xc8\x01\n" +
 	"\x0fConnectResponse\x123\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.flotilla.agent.v1.BundleH\x00R\x06bundle\x12D\n" +
 	"\n" +
 	"credential\x18\x02 \x01(\v2\".flotilla.agent.v1.AgentCredentialH\x00R\n" +
-	"credentialB\x05\n" +
-	"\x03msg\"n\n" +
+	"credential\x123\n" +
+	"\x06resync\x18\x03 \x01(\v2\x19.flotilla.agent.v1.ResyncH\x00R\x06resyncB\x05\n" +
+	"\x03msg\" \n" +
+	"\x06Resync\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"n\n" +
 	"\x0fAgentCredential\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\tR\n" +
@@ -1202,7 +1690,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
@@ -1213,42 +1701,57 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*Namespace)(nil),             // 6: flotilla.agent.v1.Namespace
 	(*Service)(nil),               // 7: flotilla.agent.v1.Service
 	(*ServicePort)(nil),           // 8: flotilla.agent.v1.ServicePort
-	(*Ack)(nil),                   // 9: flotilla.agent.v1.Ack
-	(*ResourceStatus)(nil),        // 10: flotilla.agent.v1.ResourceStatus
-	(*Drift)(nil),                 // 11: flotilla.agent.v1.Drift
-	(*ConnectResponse)(nil),       // 12: flotilla.agent.v1.ConnectResponse
-	(*AgentCredential)(nil),       // 13: flotilla.agent.v1.AgentCredential
-	(*Bundle)(nil),                // 14: flotilla.agent.v1.Bundle
-	nil,                           // 15: flotilla.agent.v1.Namespace.LabelsEntry
-	nil,                           // 16: flotilla.agent.v1.Service.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*Runtime)(nil),               // 9: flotilla.agent.v1.Runtime
+	(*ServiceState)(nil),          // 10: flotilla.agent.v1.ServiceState
+	(*LocalityEndpoints)(nil),     // 11: flotilla.agent.v1.LocalityEndpoints
+	(*EastWestGateway)(nil),       // 12: flotilla.agent.v1.EastWestGateway
+	(*RuntimeDigest)(nil),         // 13: flotilla.agent.v1.RuntimeDigest
+	(*Ack)(nil),                   // 14: flotilla.agent.v1.Ack
+	(*ResourceStatus)(nil),        // 15: flotilla.agent.v1.ResourceStatus
+	(*Drift)(nil),                 // 16: flotilla.agent.v1.Drift
+	(*ConnectResponse)(nil),       // 17: flotilla.agent.v1.ConnectResponse
+	(*Resync)(nil),                // 18: flotilla.agent.v1.Resync
+	(*AgentCredential)(nil),       // 19: flotilla.agent.v1.AgentCredential
+	(*Bundle)(nil),                // 20: flotilla.agent.v1.Bundle
+	nil,                           // 21: flotilla.agent.v1.Namespace.LabelsEntry
+	nil,                           // 22: flotilla.agent.v1.Service.LabelsEntry
+	nil,                           // 23: flotilla.agent.v1.ServiceState.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	17, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: flotilla.agent.v1.ConnectRequest.hello:type_name -> flotilla.agent.v1.Hello
 	4,  // 2: flotilla.agent.v1.ConnectRequest.inventory:type_name -> flotilla.agent.v1.Inventory
-	9,  // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
-	11, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
-	9,  // 5: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
-	5,  // 6: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
-	6,  // 7: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
-	7,  // 8: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
-	15, // 9: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
-	16, // 10: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
-	8,  // 11: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
-	10, // 12: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
-	14, // 13: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
-	13, // 14: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
-	17, // 15: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 16: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 17: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
-	1,  // 18: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
-	12, // 19: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
-	18, // [18:20] is the sub-list for method output_type
-	16, // [16:18] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	14, // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
+	16, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
+	9,  // 5: flotilla.agent.v1.ConnectRequest.runtime:type_name -> flotilla.agent.v1.Runtime
+	13, // 6: flotilla.agent.v1.ConnectRequest.digest:type_name -> flotilla.agent.v1.RuntimeDigest
+	14, // 7: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
+	5,  // 8: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
+	6,  // 9: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
+	7,  // 10: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
+	21, // 11: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
+	22, // 12: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
+	8,  // 13: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
+	10, // 14: flotilla.agent.v1.Runtime.services:type_name -> flotilla.agent.v1.ServiceState
+	12, // 15: flotilla.agent.v1.Runtime.east_west_gateway:type_name -> flotilla.agent.v1.EastWestGateway
+	23, // 16: flotilla.agent.v1.ServiceState.labels:type_name -> flotilla.agent.v1.ServiceState.LabelsEntry
+	8,  // 17: flotilla.agent.v1.ServiceState.ports:type_name -> flotilla.agent.v1.ServicePort
+	11, // 18: flotilla.agent.v1.ServiceState.endpoints:type_name -> flotilla.agent.v1.LocalityEndpoints
+	15, // 19: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
+	20, // 20: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
+	19, // 21: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
+	18, // 22: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
+	24, // 23: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 24: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 25: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
+	1,  // 26: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
+	17, // 27: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
+	26, // [26:28] is the sub-list for method output_type
+	24, // [24:26] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1261,10 +1764,13 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Inventory)(nil),
 		(*ConnectRequest_Ack)(nil),
 		(*ConnectRequest_Drift)(nil),
+		(*ConnectRequest_Runtime)(nil),
+		(*ConnectRequest_Digest)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[12].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
 		(*ConnectResponse_Bundle)(nil),
 		(*ConnectResponse_Credential)(nil),
+		(*ConnectResponse_Resync)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1272,7 +1778,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -42,6 +42,9 @@ const (
 	FleetServiceGetCompiledProcedure = "/flotilla.v1alpha1.FleetService/GetCompiled"
 	// FleetServicePlanProcedure is the fully-qualified name of the FleetService's Plan RPC.
 	FleetServicePlanProcedure = "/flotilla.v1alpha1.FleetService/Plan"
+	// FleetServiceListServicesProcedure is the fully-qualified name of the FleetService's ListServices
+	// RPC.
+	FleetServiceListServicesProcedure = "/flotilla.v1alpha1.FleetService/ListServices"
 )
 
 // FleetServiceClient is a client for the flotilla.v1alpha1.FleetService service.
@@ -57,6 +60,10 @@ type FleetServiceClient interface {
 	// native objects applying them would create, update or delete. It writes
 	// nothing.
 	Plan(context.Context, *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error)
+	// ListServices lists the fleet's services as the agents report them: one
+	// service per namespace/name, with its instance in each cluster the
+	// caller may read. It is runtime state, not intent.
+	ListServices(context.Context, *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error)
 }
 
 // NewFleetServiceClient constructs a client for the flotilla.v1alpha1.FleetService service. By
@@ -94,15 +101,22 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(fleetServiceMethods.ByName("Plan")),
 			connect.WithClientOptions(opts...),
 		),
+		listServices: connect.NewClient[v1alpha1.ListServicesRequest, v1alpha1.ListServicesResponse](
+			httpClient,
+			baseURL+FleetServiceListServicesProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("ListServices")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // fleetServiceClient implements FleetServiceClient.
 type fleetServiceClient struct {
-	onboard     *connect.Client[v1alpha1.OnboardRequest, v1alpha1.OnboardResponse]
-	getStatus   *connect.Client[v1alpha1.GetStatusRequest, v1alpha1.GetStatusResponse]
-	getCompiled *connect.Client[v1alpha1.GetCompiledRequest, v1alpha1.GetCompiledResponse]
-	plan        *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
+	onboard      *connect.Client[v1alpha1.OnboardRequest, v1alpha1.OnboardResponse]
+	getStatus    *connect.Client[v1alpha1.GetStatusRequest, v1alpha1.GetStatusResponse]
+	getCompiled  *connect.Client[v1alpha1.GetCompiledRequest, v1alpha1.GetCompiledResponse]
+	plan         *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
+	listServices *connect.Client[v1alpha1.ListServicesRequest, v1alpha1.ListServicesResponse]
 }
 
 // Onboard calls flotilla.v1alpha1.FleetService.Onboard.
@@ -125,6 +139,11 @@ func (c *fleetServiceClient) Plan(ctx context.Context, req *connect.Request[v1al
 	return c.plan.CallUnary(ctx, req)
 }
 
+// ListServices calls flotilla.v1alpha1.FleetService.ListServices.
+func (c *fleetServiceClient) ListServices(ctx context.Context, req *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error) {
+	return c.listServices.CallUnary(ctx, req)
+}
+
 // FleetServiceHandler is an implementation of the flotilla.v1alpha1.FleetService service.
 type FleetServiceHandler interface {
 	// Onboard issues a one-time join token for an existing Cluster resource.
@@ -138,6 +157,10 @@ type FleetServiceHandler interface {
 	// native objects applying them would create, update or delete. It writes
 	// nothing.
 	Plan(context.Context, *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error)
+	// ListServices lists the fleet's services as the agents report them: one
+	// service per namespace/name, with its instance in each cluster the
+	// caller may read. It is runtime state, not intent.
+	ListServices(context.Context, *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error)
 }
 
 // NewFleetServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -171,6 +194,12 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(fleetServiceMethods.ByName("Plan")),
 		connect.WithHandlerOptions(opts...),
 	)
+	fleetServiceListServicesHandler := connect.NewUnaryHandler(
+		FleetServiceListServicesProcedure,
+		svc.ListServices,
+		connect.WithSchema(fleetServiceMethods.ByName("ListServices")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flotilla.v1alpha1.FleetService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case FleetServiceOnboardProcedure:
@@ -181,6 +210,8 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 			fleetServiceGetCompiledHandler.ServeHTTP(w, r)
 		case FleetServicePlanProcedure:
 			fleetServicePlanHandler.ServeHTTP(w, r)
+		case FleetServiceListServicesProcedure:
+			fleetServiceListServicesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -204,4 +235,8 @@ func (UnimplementedFleetServiceHandler) GetCompiled(context.Context, *connect.Re
 
 func (UnimplementedFleetServiceHandler) Plan(context.Context, *connect.Request[v1alpha1.PlanRequest]) (*connect.Response[v1alpha1.PlanResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.Plan is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) ListServices(context.Context, *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.ListServices is not implemented"))
 }

@@ -1,0 +1,275 @@
+// Package registry is the fleet service registry: what runs in every
+// cluster, as agents report it, merged into one view of the fleet's
+// services. It is runtime state, kept in memory and apart from intent: it
+// never enters the store's event log, and watchers of intent never see it.
+//
+//	agent ──Runtime{seq, full | delta}──▶ Apply ──▶ per-cluster state ──Services──▶ fleet view
+//	agent ──RuntimeDigest{seq, sha256}──▶ Check ──(differs)──▶ ErrOutOfSync: ask for a full report
+//
+// A service is identified by namespace and name: the same namespace/name in
+// several clusters is one service (namespace sameness). Ports that disagree
+// between clusters are reported as conflicts, never merged silently.
+//
+// The registry is safe for concurrent use. It does no I/O.
+package registry
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+)
+
+// ErrOutOfSync says a report cannot be applied or does not match: a delta
+// whose seq does not follow the last one, or a digest that differs. The
+// caller asks the agent for a full report; the registry keeps its state.
+var ErrOutOfSync = errors.New("runtime state out of sync")
+
+// Registry holds the runtime state of every cluster.
+type Registry struct {
+	mu       sync.Mutex
+	clusters map[string]*cluster // by cluster FQN
+}
+
+// cluster is one cluster's reported state.
+type cluster struct {
+	seq       uint64
+	services  map[string]*agentv1.ServiceState // by "<namespace>/<name>"
+	gateway   *agentv1.EastWestGateway
+	connected bool
+	lastSeen  time.Time // the last report, or the disconnect
+}
+
+// New returns an empty registry.
+func New() *Registry { return &Registry{clusters: map[string]*cluster{}} }
+
+// Apply applies one Runtime report of cluster. A full report replaces what
+// the registry holds; a delta must carry the seq after the last one applied,
+// or Apply returns ErrOutOfSync and changes nothing.
+func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[clusterFQN]
+	if m.GetFull() {
+		c = &cluster{services: map[string]*agentv1.ServiceState{}, connected: true}
+		r.clusters[clusterFQN] = c
+	} else if c == nil || m.GetSeq() != c.seq+1 {
+		have := uint64(0)
+		if c != nil {
+			have = c.seq
+		}
+		return fmt.Errorf("%w: %s sent delta %d after %d", ErrOutOfSync, clusterFQN, m.GetSeq(), have)
+	}
+	c.seq = m.GetSeq()
+	c.connected = true
+	c.lastSeen = now
+	for _, s := range m.GetServices() {
+		c.services[Key(s.GetNamespace(), s.GetName())] = s
+	}
+	for _, k := range m.GetRemoved() {
+		delete(c.services, k)
+	}
+	if m.GetEastWestGatewayRemoved() {
+		c.gateway = nil
+	}
+	if g := m.GetEastWestGateway(); g != nil {
+		c.gateway = g
+	}
+	return nil
+}
+
+// Check compares the agent's digest with the registry's state for cluster:
+// ErrOutOfSync when they differ.
+func (r *Registry) Check(clusterFQN string, d *agentv1.RuntimeDigest) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[clusterFQN]
+	if c == nil {
+		return fmt.Errorf("%w: %s has no runtime state yet", ErrOutOfSync, clusterFQN)
+	}
+	if c.seq != d.GetSeq() {
+		return fmt.Errorf("%w: %s digest at seq %d, registry at %d", ErrOutOfSync, clusterFQN, d.GetSeq(), c.seq)
+	}
+	if got := Digest(c.services, c.gateway); got != d.GetSha256() {
+		return fmt.Errorf("%w: %s digest differs at seq %d", ErrOutOfSync, clusterFQN, c.seq)
+	}
+	return nil
+}
+
+// Disconnected marks cluster's state stale from now on: it is kept (a lost
+// control connection is not an outage), and its age is shown.
+func (r *Registry) Disconnected(clusterFQN string, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterFQN]; c != nil && c.connected {
+		c.connected = false
+		c.lastSeen = now
+	}
+}
+
+// Remove forgets a deleted cluster.
+func (r *Registry) Remove(clusterFQN string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.clusters, clusterFQN)
+}
+
+// Key is a service's key: "<namespace>/<name>".
+func Key(namespace, name string) string { return namespace + "/" + name }
+
+// Digest is the SHA-256, in hex, of a runtime state: every service in key
+// order, each as its deterministic protobuf encoding, then the gateway. The
+// agent computes it over what it sent, the registry over what it applied.
+func Digest(services map[string]*agentv1.ServiceState, gateway *agentv1.EastWestGateway) string {
+	keys := make([]string, 0, len(services))
+	for k := range services {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	h := sha256.New()
+	det := proto.MarshalOptions{Deterministic: true}
+	var n [8]byte
+	write := func(b []byte) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	for _, k := range keys {
+		b, _ := det.Marshal(services[k]) // a message of known fields does not fail
+		write([]byte(k))
+		write(b)
+	}
+	if gateway != nil {
+		b, _ := det.Marshal(gateway)
+		write([]byte("east-west-gateway"))
+		write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Service is one service of the fleet: one namespace/name, in every cluster
+// that runs it.
+type Service struct {
+	Namespace, Name string
+	// Ports are the ports of every cluster, by number; a port that
+	// disagrees between clusters is listed as the first cluster has it, and
+	// in Conflicts.
+	Ports []Port
+	// Instances are the clusters that have the service, by cluster FQN.
+	Instances []Instance
+	// Conflicts say, in words, where the clusters disagree.
+	Conflicts []string
+}
+
+// Port is one service port.
+type Port struct {
+	Name     string
+	Number   uint32
+	Protocol string
+}
+
+// Instance is the service in one cluster.
+type Instance struct {
+	Cluster string
+	// Ready counts the ready endpoints; Localities splits them by locality.
+	Ready      uint32
+	Localities []*agentv1.LocalityEndpoints
+	// Stale is set while the cluster's agent is disconnected: the state is
+	// its last report, from LastSeen.
+	Stale    bool
+	LastSeen time.Time
+	// Gateway is the cluster's east-west gateway, if it has one.
+	Gateway *agentv1.EastWestGateway
+}
+
+// Services returns the fleet's services, by namespace and name, with their
+// instances by cluster. visible, when not nil, limits the clusters included.
+func (r *Registry) Services(visible func(clusterFQN string) bool) []Service {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	byKey := map[string]*Service{}
+	for fqn, c := range r.clusters {
+		if visible != nil && !visible(fqn) {
+			continue
+		}
+		for k, s := range c.services {
+			svc := byKey[k]
+			if svc == nil {
+				svc = &Service{Namespace: s.GetNamespace(), Name: s.GetName()}
+				byKey[k] = svc
+			}
+			in := Instance{Cluster: fqn, Localities: s.GetEndpoints(), Stale: !c.connected, LastSeen: c.lastSeen, Gateway: c.gateway}
+			for _, l := range s.GetEndpoints() {
+				in.Ready += l.GetReady()
+			}
+			svc.Instances = append(svc.Instances, in)
+		}
+	}
+	out := make([]Service, 0, len(byKey))
+	for _, svc := range byKey {
+		slices.SortFunc(svc.Instances, func(a, b Instance) int { return cmp.Compare(a.Cluster, b.Cluster) })
+		svc.Ports, svc.Conflicts = r.mergePorts(Key(svc.Namespace, svc.Name), svc.Instances)
+		out = append(out, *svc)
+	}
+	slices.SortFunc(out, func(a, b Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return out
+}
+
+// mergePorts merges the ports of a service's instances, in cluster order,
+// and describes every disagreement: the same number with another name or
+// protocol, or the same name on another number. Callers hold r.mu.
+func (r *Registry) mergePorts(key string, instances []Instance) ([]Port, []string) {
+	type seen struct {
+		p       Port
+		cluster string
+	}
+	byNumber := map[uint32]seen{}
+	byName := map[string]seen{}
+	var ports []Port
+	var conflicts []string
+	for _, in := range instances {
+		for _, sp := range r.clusters[in.Cluster].services[key].GetPorts() {
+			p := Port{Name: sp.GetName(), Number: sp.GetPort(), Protocol: sp.GetProtocol()}
+			if first, ok := byNumber[p.Number]; ok {
+				if first.p != p {
+					conflicts = append(conflicts, fmt.Sprintf("port %d is %s in %s but %s in %s",
+						p.Number, describe(first.p), clusterName(first.cluster), describe(p), clusterName(in.Cluster)))
+				}
+				continue
+			}
+			if first, ok := byName[p.Name]; ok && p.Name != "" {
+				conflicts = append(conflicts, fmt.Sprintf("port %q is %d in %s but %d in %s",
+					p.Name, first.p.Number, clusterName(first.cluster), p.Number, clusterName(in.Cluster)))
+				continue
+			}
+			byNumber[p.Number] = seen{p, in.Cluster}
+			byName[p.Name] = seen{p, in.Cluster}
+			ports = append(ports, p)
+		}
+	}
+	slices.SortFunc(ports, func(a, b Port) int { return cmp.Compare(a.Number, b.Number) })
+	return ports, conflicts
+}
+
+func describe(p Port) string {
+	if p.Name == "" {
+		return "unnamed/" + p.Protocol
+	}
+	return p.Name + "/" + p.Protocol
+}
+
+// clusterName is the last segment of a cluster FQN.
+func clusterName(fqn string) string { return fqn[strings.LastIndex(fqn, "/")+1:] }

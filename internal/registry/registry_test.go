@@ -1,0 +1,135 @@
+package registry
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+)
+
+const (
+	c1 = "organizations/acme/clusters/c1"
+	c2 = "organizations/acme/clusters/c2"
+)
+
+var t0 = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+
+func svc(ns, name string, ready uint32, ports ...*agentv1.ServicePort) *agentv1.ServiceState {
+	s := &agentv1.ServiceState{Namespace: ns, Name: name, Ports: ports}
+	if ready > 0 {
+		s.Endpoints = []*agentv1.LocalityEndpoints{{Region: "region-1", Zone: "zone-1a", Ready: ready}}
+	}
+	return s
+}
+
+func port(name string, n uint32, proto string) *agentv1.ServicePort {
+	return &agentv1.ServicePort{Name: name, Port: n, Protocol: proto}
+}
+
+func TestTheSameNamespaceAndNameInTwoClustersIsOneService(t *testing.T) {
+	r := New()
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
+		svc("shop", "reviews", 2, port("http", 9080, "TCP")), svc("shop", "ratings", 0, port("http", 9080, "TCP"))}}, t0))
+	must(t, r.Apply(c2, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
+		svc("shop", "reviews", 3, port("http", 9080, "TCP")), svc("other", "reviews", 1)}}, t0))
+	got := r.Services(nil)
+	var names []string
+	for _, s := range got {
+		names = append(names, s.Namespace+"/"+s.Name)
+	}
+	if diff := cmp.Diff([]string{"other/reviews", "shop/ratings", "shop/reviews"}, names); diff != "" {
+		t.Fatalf("services (-want +got):\n%s", diff)
+	}
+	reviews := got[2]
+	if len(reviews.Instances) != 2 || reviews.Instances[0].Cluster != c1 || reviews.Instances[0].Ready != 2 || reviews.Instances[1].Ready != 3 {
+		t.Fatalf("reviews instances: %+v", reviews.Instances)
+	}
+	if len(reviews.Conflicts) != 0 || len(reviews.Ports) != 1 {
+		t.Fatalf("reviews ports %v, conflicts %v", reviews.Ports, reviews.Conflicts)
+	}
+	// Only the clusters the caller may see.
+	only := r.Services(func(fqn string) bool { return fqn == c2 })
+	if len(only) != 2 || len(only[1].Instances) != 1 || only[1].Instances[0].Cluster != c2 {
+		t.Fatalf("services visible in c2 only: %+v", only)
+	}
+}
+
+func TestPortsThatDisagreeAreConflictsNotMerged(t *testing.T) {
+	r := New()
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
+		svc("shop", "reviews", 1, port("http", 9080, "TCP"), port("grpc", 9090, "TCP"))}}, t0))
+	must(t, r.Apply(c2, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
+		svc("shop", "reviews", 1, port("grpc", 9080, "TCP"), port("grpc", 9091, "TCP"))}}, t0))
+	s := r.Services(nil)[0]
+	want := []string{
+		`port 9080 is http/TCP in c1 but grpc/TCP in c2`,
+		`port "grpc" is 9090 in c1 but 9091 in c2`,
+	}
+	if diff := cmp.Diff(want, s.Conflicts); diff != "" {
+		t.Fatalf("conflicts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Port{{"http", 9080, "TCP"}, {"grpc", 9090, "TCP"}}, s.Ports); diff != "" {
+		t.Fatalf("ports (-want +got):\n%s", diff)
+	}
+}
+
+func TestADeltaOutOfSequenceIsRefusedAndChangesNothing(t *testing.T) {
+	r := New()
+	if err := r.Apply(c1, &agentv1.Runtime{Seq: 5, Services: []*agentv1.ServiceState{svc("a", "b", 1)}}, t0); !errors.Is(err, ErrOutOfSync) {
+		t.Fatalf("a delta before any full report: %v", err)
+	}
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{svc("a", "b", 1)}}, t0))
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 2, Services: []*agentv1.ServiceState{svc("a", "b", 4)}}, t0))
+	if err := r.Apply(c1, &agentv1.Runtime{Seq: 4, Removed: []string{"a/b"}}, t0); !errors.Is(err, ErrOutOfSync) {
+		t.Fatalf("a skipped seq: %v", err)
+	}
+	if s := r.Services(nil); len(s) != 1 || s[0].Instances[0].Ready != 4 {
+		t.Fatalf("the refused delta changed the state: %+v", s)
+	}
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 3, Removed: []string{"a/b"}}, t0))
+	if s := r.Services(nil); len(s) != 0 {
+		t.Fatalf("removed service still listed: %+v", s)
+	}
+}
+
+func TestTheDigestMatchesOnlyTheSameState(t *testing.T) {
+	r := New()
+	state := map[string]*agentv1.ServiceState{"a/b": svc("a", "b", 1, port("http", 80, "TCP")), "a/c": svc("a", "c", 2)}
+	gw := &agentv1.EastWestGateway{Namespace: "istio-system", Name: "eastwest", Address: "127.0.0.2", Port: 15443}
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{state["a/c"], state["a/b"]}, EastWestGateway: gw}, t0))
+	must(t, r.Check(c1, &agentv1.RuntimeDigest{Seq: 1, Sha256: Digest(state, gw)}))
+	if err := r.Check(c1, &agentv1.RuntimeDigest{Seq: 1, Sha256: Digest(state, nil)}); !errors.Is(err, ErrOutOfSync) {
+		t.Fatalf("a digest without the gateway matched: %v", err)
+	}
+	other := map[string]*agentv1.ServiceState{"a/b": svc("a", "b", 2, port("http", 80, "TCP")), "a/c": state["a/c"]}
+	if err := r.Check(c1, &agentv1.RuntimeDigest{Seq: 1, Sha256: Digest(other, gw)}); !errors.Is(err, ErrOutOfSync) {
+		t.Fatalf("a digest of another endpoint count matched: %v", err)
+	}
+	if err := r.Check(c1, &agentv1.RuntimeDigest{Seq: 2, Sha256: Digest(state, gw)}); !errors.Is(err, ErrOutOfSync) {
+		t.Fatalf("a digest at another seq matched: %v", err)
+	}
+}
+
+func TestADisconnectedClusterKeepsItsStateMarkedStaleAndADeletedOneLosesIt(t *testing.T) {
+	r := New()
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{svc("a", "b", 1)}}, t0))
+	r.Disconnected(c1, t0.Add(time.Minute))
+	in := r.Services(nil)[0].Instances[0]
+	if !in.Stale || !in.LastSeen.Equal(t0.Add(time.Minute)) || in.Ready != 1 {
+		t.Fatalf("after the disconnect: %+v", in)
+	}
+	r.Remove(c1)
+	if s := r.Services(nil); len(s) != 0 {
+		t.Fatalf("a deleted cluster's services remain: %+v", s)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
