@@ -18,6 +18,7 @@ import (
 	"flotilla.io/flotilla/internal/authz"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
+	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -377,21 +378,14 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInternal, err)
 	}
-	readable := map[string]bool{}
+	// Read on the cluster; the checker reads creators itself, so no
+	// cluster record is fetched (the bootstrap administrator needs none).
 	visible := func(fqn string) bool {
-		ok, seen := readable[fqn]
-		if !seen {
-			rec, err := f.st.Get(ctx, fqn)
-			ok = err == nil && access.CanRead(chk, rec)
-			readable[fqn] = ok
-		}
+		ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn, "")
 		return ok
 	}
 	out := &pb.ListServicesResponse{}
-	for _, s := range f.services.Services(visible) {
-		if ns := req.Msg.GetNamespace(); ns != "" && s.Namespace != ns || req.Msg.GetName() != "" && s.Name != req.Msg.GetName() {
-			continue
-		}
+	for _, s := range f.services.Services(visible, registry.Filter{Namespace: req.Msg.GetNamespace(), Name: req.Msg.GetName()}) {
 		info := &pb.FleetServiceInfo{Namespace: s.Namespace, Name: s.Name, Conflicts: s.Conflicts}
 		for _, p := range s.Ports {
 			info.Ports = append(info.Ports, &pb.FleetServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol})

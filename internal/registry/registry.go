@@ -193,17 +193,41 @@ type Instance struct {
 	Gateway *agentv1.EastWestGateway
 }
 
-// Services returns the fleet's services, by namespace and name, with their
-// instances by cluster. visible, when not nil, limits the clusters included.
-func (r *Registry) Services(visible func(clusterFQN string) bool) []Service {
+// Filter narrows Services; empty fields match everything.
+type Filter struct {
+	Namespace, Name string
+}
+
+func (f Filter) match(s *agentv1.ServiceState) bool {
+	return (f.Namespace == "" || s.GetNamespace() == f.Namespace) && (f.Name == "" || s.GetName() == f.Name)
+}
+
+// Services returns the fleet's services that f matches, by namespace and
+// name, with their instances by cluster. visible, when not nil, limits the
+// clusters included; it is asked once per cluster that has a match.
+func (r *Registry) Services(visible func(clusterFQN string) bool, f Filter) []Service {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	byKey := map[string]*Service{}
 	for fqn, c := range r.clusters {
-		if visible != nil && !visible(fqn) {
-			continue
+		candidates := c.services
+		if f.Namespace != "" && f.Name != "" { // one service: look it up
+			candidates = nil
+			if s := c.services[Key(f.Namespace, f.Name)]; s != nil {
+				candidates = map[string]*agentv1.ServiceState{Key(f.Namespace, f.Name): s}
+			}
 		}
-		for k, s := range c.services {
+		checked := false
+		for k, s := range candidates {
+			if !f.match(s) {
+				continue
+			}
+			if !checked {
+				if visible != nil && !visible(fqn) {
+					break
+				}
+				checked = true
+			}
 			svc := byKey[k]
 			if svc == nil {
 				svc = &Service{Namespace: s.GetNamespace(), Name: s.GetName()}

@@ -35,7 +35,7 @@ func TestTheSameNamespaceAndNameInTwoClustersIsOneService(t *testing.T) {
 		svc("shop", "reviews", 2, port("http", 9080, "TCP")), svc("shop", "ratings", 0, port("http", 9080, "TCP"))}}, t0))
 	must(t, r.Apply(c2, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
 		svc("shop", "reviews", 3, port("http", 9080, "TCP")), svc("other", "reviews", 1)}}, t0))
-	got := r.Services(nil)
+	got := r.Services(nil, Filter{})
 	var names []string
 	for _, s := range got {
 		names = append(names, s.Namespace+"/"+s.Name)
@@ -51,9 +51,15 @@ func TestTheSameNamespaceAndNameInTwoClustersIsOneService(t *testing.T) {
 		t.Fatalf("reviews ports %v, conflicts %v", reviews.Ports, reviews.Conflicts)
 	}
 	// Only the clusters the caller may see.
-	only := r.Services(func(fqn string) bool { return fqn == c2 })
+	only := r.Services(func(fqn string) bool { return fqn == c2 }, Filter{})
 	if len(only) != 2 || len(only[1].Instances) != 1 || only[1].Instances[0].Cluster != c2 {
 		t.Fatalf("services visible in c2 only: %+v", only)
+	}
+	if one := r.Services(nil, Filter{Namespace: "shop", Name: "reviews"}); len(one) != 1 || len(one[0].Instances) != 2 {
+		t.Fatalf("shop/reviews alone: %+v", one)
+	}
+	if ns := r.Services(nil, Filter{Namespace: "shop"}); len(ns) != 2 {
+		t.Fatalf("namespace shop: %+v", ns)
 	}
 }
 
@@ -63,7 +69,7 @@ func TestPortsThatDisagreeAreConflictsNotMerged(t *testing.T) {
 		svc("shop", "reviews", 1, port("http", 9080, "TCP"), port("grpc", 9090, "TCP"))}}, t0))
 	must(t, r.Apply(c2, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
 		svc("shop", "reviews", 1, port("grpc", 9080, "TCP"), port("grpc", 9091, "TCP"))}}, t0))
-	s := r.Services(nil)[0]
+	s := r.Services(nil, Filter{})[0]
 	want := []string{
 		`port 9080 is http/TCP in c1 but grpc/TCP in c2`,
 		`port "grpc" is 9090 in c1 but 9091 in c2`,
@@ -86,11 +92,11 @@ func TestADeltaOutOfSequenceIsRefusedAndChangesNothing(t *testing.T) {
 	if err := r.Apply(c1, &agentv1.Runtime{Seq: 4, Removed: []string{"a/b"}}, t0); !errors.Is(err, ErrOutOfSync) {
 		t.Fatalf("a skipped seq: %v", err)
 	}
-	if s := r.Services(nil); len(s) != 1 || s[0].Instances[0].Ready != 4 {
+	if s := r.Services(nil, Filter{}); len(s) != 1 || s[0].Instances[0].Ready != 4 {
 		t.Fatalf("the refused delta changed the state: %+v", s)
 	}
 	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 3, Removed: []string{"a/b"}}, t0))
-	if s := r.Services(nil); len(s) != 0 {
+	if s := r.Services(nil, Filter{}); len(s) != 0 {
 		t.Fatalf("removed service still listed: %+v", s)
 	}
 }
@@ -117,12 +123,12 @@ func TestADisconnectedClusterKeepsItsStateMarkedStaleAndADeletedOneLosesIt(t *te
 	r := New()
 	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{svc("a", "b", 1)}}, t0))
 	r.Disconnected(c1, t0.Add(time.Minute))
-	in := r.Services(nil)[0].Instances[0]
+	in := r.Services(nil, Filter{})[0].Instances[0]
 	if !in.Stale || !in.LastSeen.Equal(t0.Add(time.Minute)) || in.Ready != 1 {
 		t.Fatalf("after the disconnect: %+v", in)
 	}
 	r.Remove(c1)
-	if s := r.Services(nil); len(s) != 0 {
+	if s := r.Services(nil, Filter{}); len(s) != 0 {
 		t.Fatalf("a deleted cluster's services remain: %+v", s)
 	}
 }
