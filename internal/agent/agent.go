@@ -190,7 +190,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cache.install(ctx); err != nil {
 		return err
 	}
-	if err := ensureNamespace(ctx, a.kube); err != nil {
+	if err := ensureNamespaces(ctx, a.kube); err != nil {
 		return err
 	}
 	if b, v, rev, err := a.cache.load(ctx); err != nil {

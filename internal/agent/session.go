@@ -18,15 +18,20 @@ import (
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/compile"
 )
 
 // credentialSecret holds the agent's long-lived credential in its cluster.
 const credentialSecret = "flotilla-agent-credential"
 
-func ensureNamespace(ctx context.Context, kube kubernetes.Interface) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"}}}
-	if _, err := kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create namespace %s: %w", Namespace, err)
+// ensureNamespaces creates the agent's own namespace and the one that holds
+// the ServiceEntries of services running only in other clusters.
+func ensureNamespaces(ctx context.Context, kube kubernetes.Interface) error {
+	for _, name := range []string{Namespace, compile.MulticlusterNamespace} {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"}}}
+		if _, err := kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create namespace %s: %w", name, err)
+		}
 	}
 	return nil
 }

@@ -50,6 +50,69 @@ type Bundle struct {
 	Cluster string   `json:"cluster"`
 	Groups  []Group  `json:"groups"`
 	Objects []Object `json:"objects"`
+	// Multicluster is what the cluster needs for traffic across clusters;
+	// nil when no workspace setting exposes anything to it.
+	Multicluster *Multicluster `json:"multicluster,omitempty"`
+}
+
+// Multicluster is the remote slice of the fleet service registry that one
+// cluster needs, joined with the workspace settings that expose it: the
+// east-west gateways to open here, and the instances elsewhere of the
+// services exposed to it. It travels in the bundle, so a cluster cut off
+// from the central control plane keeps its remote endpoints.
+type Multicluster struct {
+	EastWest []EastWest      `json:"eastWest,omitempty"`
+	Services []RemoteService `json:"services,omitempty"`
+}
+
+// EastWest is an east-west gateway to open in this cluster.
+type EastWest struct {
+	// Owner is the FQN of the WorkspaceSetting that asks for it.
+	Owner     string            `json:"owner"`
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels"`
+}
+
+// RemoteService is an exposed service with instances in other clusters.
+type RemoteService struct {
+	// Owner is the FQN of the WorkspaceSetting that exposes it.
+	Owner     string        `json:"owner"`
+	Namespace string        `json:"namespace"`
+	Name      string        `json:"name"`
+	Ports     []ServicePort `json:"ports"`
+	// Local is set when the service also runs in this cluster; Selector is
+	// then its Service's selector here, which the WorkloadEntries for the
+	// remote instances must carry.
+	Local    bool              `json:"local,omitempty"`
+	Selector map[string]string `json:"selector,omitempty"`
+	// FailoverPriority is the setting's, for the DestinationRule.
+	FailoverPriority []string `json:"failoverPriority,omitempty"`
+	// Remotes are the instances in other clusters, by cluster.
+	Remotes []RemoteInstance `json:"remotes"`
+}
+
+// ServicePort is a port of a service.
+type ServicePort struct {
+	Name     string `json:"name"`
+	Number   uint32 `json:"number"`
+	Protocol string `json:"protocol"`
+}
+
+// RemoteInstance is a service's presence in another cluster, reached
+// through that cluster's east-west gateway.
+type RemoteInstance struct {
+	Cluster string `json:"cluster"`
+	// Address and Port are the remote east-west gateway's.
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+	Region  string `json:"region,omitempty"`
+	Zone    string `json:"zone,omitempty"`
+	// Ready counts the ready endpoints there; zero means none (scaled to
+	// zero), and the instance gets no traffic.
+	Ready uint32 `json:"ready"`
+	// Stale is set while that cluster's agent is disconnected: its last
+	// report stands.
+	Stale bool `json:"stale,omitempty"`
 }
 
 // Normalize sorts groups and objects by FQN, so equal content is equal bytes.
@@ -144,7 +207,26 @@ func (b *Bundle) Version() string {
 	if len(orphans) > 0 {
 		hashes = append(hashes, GroupHash(Group{}, orphans))
 	}
-	return VersionOf(b.Cluster, hashes)
+	return WithMulticluster(VersionOf(b.Cluster, hashes), b.Multicluster)
+}
+
+// WithMulticluster is the version of a bundle whose intent has version
+// intent and whose multicluster slice is mc: intent alone when mc is nil,
+// so bundles without one keep their versions.
+func WithMulticluster(intent string, mc *Multicluster) string {
+	if mc == nil {
+		return intent
+	}
+	data, err := json.Marshal(mc)
+	if err != nil {
+		panic("bundle: marshal: " + err.Error())
+	}
+	h := sha256.New()
+	h.Write([]byte(intent))
+	h.Write([]byte{0})
+	h.Write(data)
+	sum := h.Sum(nil)
+	return hex.EncodeToString(sum[:16])
 }
 
 // Group returns the group with the given FQN.

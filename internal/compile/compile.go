@@ -86,6 +86,9 @@ func Compile(b *bundle.Bundle, namespaces []string) Result {
 	for _, o := range objects {
 		c.object(o)
 	}
+	if b.Multicluster != nil {
+		c.multicluster(b.Multicluster)
+	}
 	return c.result()
 }
 

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -144,6 +145,17 @@ func TestCompileIsByteForByteDeterministicWhateverTheInputOrder(t *testing.T) {
 				s.Groups = append(s.Groups, gc.Groups...)
 				s.Objects = append(s.Objects, gc.Objects...)
 				ns := append([]string(nil), gc.Namespaces...)
+				if mc := gc.Multicluster; mc != nil {
+					m := &bundle.Multicluster{EastWest: slices.Clone(mc.EastWest)}
+					for _, svc := range mc.Services {
+						svc.Remotes = slices.Clone(svc.Remotes)
+						rng.Shuffle(len(svc.Remotes), func(i, j int) { svc.Remotes[i], svc.Remotes[j] = svc.Remotes[j], svc.Remotes[i] })
+						m.Services = append(m.Services, svc)
+					}
+					rng.Shuffle(len(m.Services), func(i, j int) { m.Services[i], m.Services[j] = m.Services[j], m.Services[i] })
+					rng.Shuffle(len(m.EastWest), func(i, j int) { m.EastWest[i], m.EastWest[j] = m.EastWest[j], m.EastWest[i] })
+					s.Multicluster = m
+				}
 				rng.Shuffle(len(s.Groups), func(i, j int) { s.Groups[i], s.Groups[j] = s.Groups[j], s.Groups[i] })
 				rng.Shuffle(len(s.Objects), func(i, j int) { s.Objects[i], s.Objects[j] = s.Objects[j], s.Objects[i] })
 				rng.Shuffle(len(ns), func(i, j int) { ns[i], ns[j] = ns[j], ns[i] })

@@ -83,6 +83,7 @@ func catalogue() []Kind {
 		networking("ServiceEntry", "serviceentries", func() proto.Message { return &networkingv1.ServiceEntry{} }),
 		networking("Sidecar", "sidecars", func() proto.Message { return &networkingv1.Sidecar{} }),
 		networking("VirtualService", "virtualservices", func() proto.Message { return &networkingv1.VirtualService{} }),
+		networking("WorkloadEntry", "workloadentries", func() proto.Message { return &networkingv1.WorkloadEntry{} }),
 		security("AuthorizationPolicy", "authorizationpolicies", func() proto.Message { return &securityv1.AuthorizationPolicy{} }),
 		security("PeerAuthentication", "peerauthentications", func() proto.Message { return &securityv1.PeerAuthentication{} }),
 		security("RequestAuthentication", "requestauthentications", func() proto.Message { return &securityv1.RequestAuthentication{} }),

@@ -33,7 +33,7 @@ func TestLookupMapsEveryServedVersionToTheV1Kind(t *testing.T) {
 	}
 }
 
-func TestAllListsTheEightKindsSortedWithTheirResources(t *testing.T) {
+func TestAllListsTheKindsSortedWithTheirResources(t *testing.T) {
 	var got []string
 	for _, k := range All() {
 		got = append(got, k.APIVersion+" "+k.Kind+" "+k.GVR.String())
@@ -50,6 +50,7 @@ func TestAllListsTheEightKindsSortedWithTheirResources(t *testing.T) {
 		"networking.istio.io/v1 ServiceEntry networking.istio.io/v1, Resource=serviceentries",
 		"networking.istio.io/v1 Sidecar networking.istio.io/v1, Resource=sidecars",
 		"networking.istio.io/v1 VirtualService networking.istio.io/v1, Resource=virtualservices",
+		"networking.istio.io/v1 WorkloadEntry networking.istio.io/v1, Resource=workloadentries",
 		"security.istio.io/v1 AuthorizationPolicy security.istio.io/v1, Resource=authorizationpolicies",
 		"security.istio.io/v1 PeerAuthentication security.istio.io/v1, Resource=peerauthentications",
 		"security.istio.io/v1 RequestAuthentication security.istio.io/v1, Resource=requestauthentications",

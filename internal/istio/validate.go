@@ -45,6 +45,8 @@ func istioValidator(k Kind) (validation.ValidateFunc, bool) {
 		return validation.ValidateSidecar, true
 	case "VirtualService":
 		return validation.ValidateVirtualService, true
+	case "WorkloadEntry":
+		return validation.ValidateWorkloadEntry, true
 	}
 	return nil, false
 }

@@ -54,6 +54,7 @@ func Builtin(extra ...*Kind) *Registry {
 	var reg *Registry
 	kinds = append(kinds, iamKinds(func(name string) bool { _, ok := reg.Kind(name); return ok })...)
 	kinds = append(kinds, meshKinds()...)
+	kinds = append(kinds, settingKinds()...)
 	reg = NewRegistry(append(kinds, extra...)...)
 	return reg
 }

@@ -815,11 +815,172 @@ func (x *AccessBindingSpec) GetAllow() []*AccessRule {
 	return nil
 }
 
+// WorkspaceSettingSpec configures a workspace as a whole. Its one setting
+// today is cross-cluster exposure through east-west gateways.
+type WorkspaceSettingSpec struct {
+	state           protoimpl.MessageState   `protogen:"open.v1"`
+	EastWestGateway *EastWestGatewaySettings `protobuf:"bytes,1,opt,name=east_west_gateway,json=eastWestGateway,proto3" json:"east_west_gateway,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WorkspaceSettingSpec) Reset() {
+	*x = WorkspaceSettingSpec{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkspaceSettingSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkspaceSettingSpec) ProtoMessage() {}
+
+func (x *WorkspaceSettingSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkspaceSettingSpec.ProtoReflect.Descriptor instead.
+func (*WorkspaceSettingSpec) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WorkspaceSettingSpec) GetEastWestGateway() *EastWestGatewaySettings {
+	if x != nil {
+		return x.EastWestGateway
+	}
+	return nil
+}
+
+// EastWestGatewaySettings exposes the workspace's services to the other
+// clusters through each cluster's east-west gateway, and configures how
+// clients fail over between them.
+type EastWestGatewaySettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// WorkloadSelector picks the east-west gateway pods; the Istio Gateway
+	// (port 15443, TLS AUTO_PASSTHROUGH, hosts *.local) is written in its
+	// namespace in every cluster the workspace reaches.
+	WorkloadSelector *WorkloadSelector `protobuf:"bytes,1,opt,name=workload_selector,json=workloadSelector,proto3" json:"workload_selector,omitempty"`
+	// ExposedServices picks the workspace's services by label; empty means
+	// every service of the workspace.
+	ExposedServices []*ExposedServices `protobuf:"bytes,2,rep,name=exposed_services,json=exposedServices,proto3" json:"exposed_services,omitempty"`
+	// FailoverPriority is Istio's localityLbSetting.failoverPriority: labels
+	// whose equality with the client's ranks endpoints. Empty means locality
+	// order: same zone, then same region, then other regions.
+	FailoverPriority []string `protobuf:"bytes,3,rep,name=failover_priority,json=failoverPriority,proto3" json:"failover_priority,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *EastWestGatewaySettings) Reset() {
+	*x = EastWestGatewaySettings{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EastWestGatewaySettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EastWestGatewaySettings) ProtoMessage() {}
+
+func (x *EastWestGatewaySettings) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EastWestGatewaySettings.ProtoReflect.Descriptor instead.
+func (*EastWestGatewaySettings) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EastWestGatewaySettings) GetWorkloadSelector() *WorkloadSelector {
+	if x != nil {
+		return x.WorkloadSelector
+	}
+	return nil
+}
+
+func (x *EastWestGatewaySettings) GetExposedServices() []*ExposedServices {
+	if x != nil {
+		return x.ExposedServices
+	}
+	return nil
+}
+
+func (x *EastWestGatewaySettings) GetFailoverPriority() []string {
+	if x != nil {
+		return x.FailoverPriority
+	}
+	return nil
+}
+
+type ExposedServices struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServiceLabels map[string]string      `protobuf:"bytes,1,rep,name=service_labels,json=serviceLabels,proto3" json:"service_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExposedServices) Reset() {
+	*x = ExposedServices{}
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExposedServices) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExposedServices) ProtoMessage() {}
+
+func (x *ExposedServices) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_kinds_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExposedServices.ProtoReflect.Descriptor instead.
+func (*ExposedServices) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_kinds_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExposedServices) GetServiceLabels() map[string]string {
+	if x != nil {
+		return x.ServiceLabels
+	}
+	return nil
+}
+
 var File_flotilla_v1alpha1_kinds_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/v1alpha1/kinds.proto\x12\x11flotilla.v1alpha1\"W\n" +
+	"\x1dflotilla/v1alpha1/kinds.proto\x12\x11flotilla.v1alpha1\x1a\x1fflotilla/v1alpha1/gateway.proto\"W\n" +
 	"\x10OrganizationSpec\x12!\n" +
 	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"Q\n" +
@@ -877,7 +1038,18 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\bsubjects\x18\x02 \x03(\tR\bsubjects\"`\n" +
 	"\x11AccessBindingSpec\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x123\n" +
-	"\x05allow\x18\x02 \x03(\v2\x1d.flotilla.v1alpha1.AccessRuleR\x05allowB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\x05allow\x18\x02 \x03(\v2\x1d.flotilla.v1alpha1.AccessRuleR\x05allow\"n\n" +
+	"\x14WorkspaceSettingSpec\x12V\n" +
+	"\x11east_west_gateway\x18\x01 \x01(\v2*.flotilla.v1alpha1.EastWestGatewaySettingsR\x0feastWestGateway\"\xe7\x01\n" +
+	"\x17EastWestGatewaySettings\x12P\n" +
+	"\x11workload_selector\x18\x01 \x01(\v2#.flotilla.v1alpha1.WorkloadSelectorR\x10workloadSelector\x12M\n" +
+	"\x10exposed_services\x18\x02 \x03(\v2\".flotilla.v1alpha1.ExposedServicesR\x0fexposedServices\x12+\n" +
+	"\x11failover_priority\x18\x03 \x03(\tR\x10failoverPriority\"\xb1\x01\n" +
+	"\x0fExposedServices\x12\\\n" +
+	"\x0eservice_labels\x18\x01 \x03(\v25.flotilla.v1alpha1.ExposedServices.ServiceLabelsEntryR\rserviceLabels\x1a@\n" +
+	"\x12ServiceLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_kinds_proto_rawDescOnce sync.Once
@@ -891,35 +1063,44 @@ func file_flotilla_v1alpha1_kinds_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_kinds_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_kinds_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_flotilla_v1alpha1_kinds_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_flotilla_v1alpha1_kinds_proto_goTypes = []any{
-	(*OrganizationSpec)(nil),   // 0: flotilla.v1alpha1.OrganizationSpec
-	(*TenantSpec)(nil),         // 1: flotilla.v1alpha1.TenantSpec
-	(*NamespaceSelector)(nil),  // 2: flotilla.v1alpha1.NamespaceSelector
-	(*WorkspaceSpec)(nil),      // 3: flotilla.v1alpha1.WorkspaceSpec
-	(*GroupSpec)(nil),          // 4: flotilla.v1alpha1.GroupSpec
-	(*ClusterSpec)(nil),        // 5: flotilla.v1alpha1.ClusterSpec
-	(*TeamSpec)(nil),           // 6: flotilla.v1alpha1.TeamSpec
-	(*ServiceAccountKey)(nil),  // 7: flotilla.v1alpha1.ServiceAccountKey
-	(*ServiceAccountSpec)(nil), // 8: flotilla.v1alpha1.ServiceAccountSpec
-	(*RoleRule)(nil),           // 9: flotilla.v1alpha1.RoleRule
-	(*RoleSpec)(nil),           // 10: flotilla.v1alpha1.RoleSpec
-	(*AccessRule)(nil),         // 11: flotilla.v1alpha1.AccessRule
-	(*AccessBindingSpec)(nil),  // 12: flotilla.v1alpha1.AccessBindingSpec
-	nil,                        // 13: flotilla.v1alpha1.ClusterSpec.LabelsEntry
+	(*OrganizationSpec)(nil),        // 0: flotilla.v1alpha1.OrganizationSpec
+	(*TenantSpec)(nil),              // 1: flotilla.v1alpha1.TenantSpec
+	(*NamespaceSelector)(nil),       // 2: flotilla.v1alpha1.NamespaceSelector
+	(*WorkspaceSpec)(nil),           // 3: flotilla.v1alpha1.WorkspaceSpec
+	(*GroupSpec)(nil),               // 4: flotilla.v1alpha1.GroupSpec
+	(*ClusterSpec)(nil),             // 5: flotilla.v1alpha1.ClusterSpec
+	(*TeamSpec)(nil),                // 6: flotilla.v1alpha1.TeamSpec
+	(*ServiceAccountKey)(nil),       // 7: flotilla.v1alpha1.ServiceAccountKey
+	(*ServiceAccountSpec)(nil),      // 8: flotilla.v1alpha1.ServiceAccountSpec
+	(*RoleRule)(nil),                // 9: flotilla.v1alpha1.RoleRule
+	(*RoleSpec)(nil),                // 10: flotilla.v1alpha1.RoleSpec
+	(*AccessRule)(nil),              // 11: flotilla.v1alpha1.AccessRule
+	(*AccessBindingSpec)(nil),       // 12: flotilla.v1alpha1.AccessBindingSpec
+	(*WorkspaceSettingSpec)(nil),    // 13: flotilla.v1alpha1.WorkspaceSettingSpec
+	(*EastWestGatewaySettings)(nil), // 14: flotilla.v1alpha1.EastWestGatewaySettings
+	(*ExposedServices)(nil),         // 15: flotilla.v1alpha1.ExposedServices
+	nil,                             // 16: flotilla.v1alpha1.ClusterSpec.LabelsEntry
+	nil,                             // 17: flotilla.v1alpha1.ExposedServices.ServiceLabelsEntry
+	(*WorkloadSelector)(nil),        // 18: flotilla.v1alpha1.WorkloadSelector
 }
 var file_flotilla_v1alpha1_kinds_proto_depIdxs = []int32{
 	2,  // 0: flotilla.v1alpha1.WorkspaceSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
 	2,  // 1: flotilla.v1alpha1.GroupSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
-	13, // 2: flotilla.v1alpha1.ClusterSpec.labels:type_name -> flotilla.v1alpha1.ClusterSpec.LabelsEntry
+	16, // 2: flotilla.v1alpha1.ClusterSpec.labels:type_name -> flotilla.v1alpha1.ClusterSpec.LabelsEntry
 	7,  // 3: flotilla.v1alpha1.ServiceAccountSpec.keys:type_name -> flotilla.v1alpha1.ServiceAccountKey
 	9,  // 4: flotilla.v1alpha1.RoleSpec.rules:type_name -> flotilla.v1alpha1.RoleRule
 	11, // 5: flotilla.v1alpha1.AccessBindingSpec.allow:type_name -> flotilla.v1alpha1.AccessRule
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 6: flotilla.v1alpha1.WorkspaceSettingSpec.east_west_gateway:type_name -> flotilla.v1alpha1.EastWestGatewaySettings
+	18, // 7: flotilla.v1alpha1.EastWestGatewaySettings.workload_selector:type_name -> flotilla.v1alpha1.WorkloadSelector
+	15, // 8: flotilla.v1alpha1.EastWestGatewaySettings.exposed_services:type_name -> flotilla.v1alpha1.ExposedServices
+	17, // 9: flotilla.v1alpha1.ExposedServices.service_labels:type_name -> flotilla.v1alpha1.ExposedServices.ServiceLabelsEntry
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_kinds_proto_init() }
@@ -927,13 +1108,14 @@ func file_flotilla_v1alpha1_kinds_proto_init() {
 	if File_flotilla_v1alpha1_kinds_proto != nil {
 		return
 	}
+	file_flotilla_v1alpha1_gateway_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_kinds_proto_rawDesc), len(file_flotilla_v1alpha1_kinds_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

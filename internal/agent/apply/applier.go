@@ -53,6 +53,7 @@ func IstioKinds() []schema.GroupVersionKind {
 		networking.WithKind("Gateway"),
 		networking.WithKind("ServiceEntry"),
 		networking.WithKind("Sidecar"),
+		networking.WithKind("WorkloadEntry"),
 		security.WithKind("PeerAuthentication"),
 		security.WithKind("AuthorizationPolicy"),
 		security.WithKind("RequestAuthentication"),

@@ -15,6 +15,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/testfleet"
 	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
 )
@@ -158,5 +160,69 @@ func TestFetchFromNoIstiodFailsWithinItsContext(t *testing.T) {
 	defer cancel()
 	if _, err := xdsprobe.Fetch(ctx, "127.0.0.1:1", xdsprobe.Proxy{Namespace: "x"}); err == nil {
 		t.Fatal("a fetch from a closed port succeeded")
+	}
+}
+
+// What the compiler writes for cross-cluster failover is accepted by the
+// API server (Istio's CRD schemas) and becomes, through the real istiod, the
+// endpoints a sidecar is told: the remote east-west gateway on 15443 with
+// the remote locality, for a service that also runs here (WorkloadEntry
+// selected by the local Service) and for one that runs only elsewhere
+// (ServiceEntry).
+func TestFailoverConfigFromTheCompilerReachesASidecarThroughIstiod(t *testing.T) {
+	c := testfleet.Get(t).Clusters()[0]
+	for _, ns := range []string{"shop", compile.MulticlusterNamespace} {
+		namespace(t, c, ns)
+	}
+	cs, err := kubernetes.NewForConfig(c.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_ = cs.CoreV1().Services("shop").Delete(ctx, "reviews", metav1.DeleteOptions{})
+	if _, err := cs.CoreV1().Services("shop").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "reviews"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "reviews"}, Ports: []corev1.ServicePort{{Name: "http", Port: 9080}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	owner := "organizations/acme/tenants/fintech/workspaces/shop/workspacesettings/multicluster"
+	remote := bundle.RemoteInstance{Cluster: "c2", Address: "127.0.0.2", Port: 15443, Region: "region-2", Zone: "zone-2a", Ready: 3}
+	b := &bundle.Bundle{Cluster: c.Name, Multicluster: &bundle.Multicluster{
+		EastWest: []bundle.EastWest{{Owner: owner, Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}}},
+		Services: []bundle.RemoteService{
+			{Owner: owner, Namespace: "shop", Name: "reviews", Local: true, Selector: map[string]string{"app": "reviews"},
+				Ports: []bundle.ServicePort{{Name: "http", Number: 9080, Protocol: "TCP"}}, Remotes: []bundle.RemoteInstance{remote}},
+			{Owner: owner, Namespace: "shop", Name: "ratings",
+				Ports: []bundle.ServicePort{{Name: "http", Number: 9080, Protocol: "TCP"}}, Remotes: []bundle.RemoteInstance{remote}},
+		},
+	}}
+	res := compile.Compile(b, []string{"istio-system", "shop", compile.MulticlusterNamespace})
+	if len(res.Diagnostics) != 0 || len(res.Objects) != 5 {
+		t.Fatalf("compiled %d objects with diagnostics %v; want 5 and none", len(res.Objects), res.Diagnostics)
+	}
+	dyn, err := dynamic.NewForConfig(c.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range res.Objects {
+		gv, _ := schema.ParseGroupVersion(o.GetAPIVersion())
+		gvr := gv.WithResource(map[string]string{"Gateway": "gateways", "WorkloadEntry": "workloadentries", "ServiceEntry": "serviceentries", "DestinationRule": "destinationrules"}[o.GetKind()])
+		_ = dyn.Resource(gvr).Namespace(o.GetNamespace()).Delete(ctx, o.GetName(), metav1.DeleteOptions{})
+		if _, err := dyn.Resource(gvr).Namespace(o.GetNamespace()).Create(ctx, o, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("the API server refused %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+		}
+	}
+	sidecar := xdsprobe.Proxy{Namespace: "shop", Labels: map[string]string{"app": "productpage"}, Workload: "productpage",
+		Cluster: c.Name, Network: c.Network, Region: c.Region, Zone: c.Zone}
+	want := xdsprobe.Endpoint{Address: "127.0.0.2:15443", Region: "region-2", Zone: "zone-2a"}
+	for _, host := range []string{"reviews", "ratings"} {
+		name := "outbound|9080||" + host + ".shop.svc.cluster.local"
+		eventually(t, c, sidecar, "the remote gateway in the EDS of "+host, func(s *xdsprobe.Snapshot) error {
+			for _, e := range s.EndpointsOf(name) {
+				if e.Address == want.Address && e.Region == want.Region && e.Zone == want.Zone {
+					return nil
+				}
+			}
+			return fmt.Errorf("endpoints of %s: %+v", name, s.EndpointsOf(name))
+		})
 	}
 }
