@@ -173,7 +173,7 @@ func (w *runtimeWatch) service(key string) *agentv1.ServiceState {
 		return nil
 	}
 	svc := obj.(*corev1.Service)
-	out := &agentv1.ServiceState{Namespace: svc.Namespace, Name: svc.Name, Labels: svc.Labels}
+	out := &agentv1.ServiceState{Namespace: svc.Namespace, Name: svc.Name, Labels: svc.Labels, Selector: svc.Spec.Selector}
 	for _, p := range svc.Spec.Ports {
 		out.Ports = append(out.Ports, &agentv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: string(p.Protocol)})
 	}

@@ -38,6 +38,7 @@ type Central struct {
 	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
 
 	services *registry.Registry // what runs in the clusters: runtime state, never stored
+	mc       *multicluster      // the bundles' multicluster slices; guarded by mu
 }
 
 // Services is the fleet service registry: the runtime state the agents
@@ -124,7 +125,7 @@ const maxDrifts = 20
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
 		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL,
-		services: registry.New()}
+		services: registry.New(), mc: newMulticluster()}
 	for _, o := range opts {
 		o(c)
 	}
@@ -150,6 +151,7 @@ func (c *Central) Run(ctx context.Context) error {
 	// States: catch up with the store (load it whole first, and again when
 	// events were compacted away); then wait for a commit, the flush tick
 	// (status, and a retry after a failure) or the end.
+	go c.runMulticluster(ctx)
 	loaded := false
 	for {
 		changed := c.st.Changed()
@@ -275,6 +277,10 @@ func (c *Central) reload(ctx context.Context) error {
 		return fmt.Errorf("read intent: %w", err)
 	}
 	idx, broken := buildIndex(c.reg, in)
+	mc := newMulticluster()
+	if err := mc.load(ctx, c.st); err != nil {
+		return fmt.Errorf("read workspace settings: %w", err)
+	}
 	statuses := map[string]store.Record{}
 	for _, r := range in.Clusters {
 		statuses[r.FQN] = r
@@ -282,6 +288,9 @@ func (c *Central) reload(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idx, c.broken, c.rev = idx, broken, rev
+	mc.slices, mc.raw, mc.wake = c.mc.slices, c.mc.raw, c.mc.wake
+	c.mc = mc
+	c.mc.poke()
 	c.syncClusters(allClusters(idx), statuses)
 	return nil
 }
@@ -295,6 +304,12 @@ func (c *Central) applyEvents(evs []store.Event) {
 	affected := map[string]bool{}
 	for _, ev := range evs {
 		c.rev = ev.Revision
+		if c.mc.relevant(ev.Record.Kind) {
+			if err := c.mc.apply(ev); err != nil {
+				c.log.Error("stored workspace or setting cannot be used for multicluster config", "fqn", ev.Record.FQN, "err", err)
+			}
+			continue
+		}
 		if !c.idx.relevant(ev.Record.Kind) {
 			continue
 		}
@@ -347,7 +362,7 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 			}
 			c.clusters[fqn] = cl
 		}
-		if v := c.idx.version(fqn); v != cl.version {
+		if v := c.version(fqn); v != cl.version {
 			cl.version = v
 			cl.dirty = true
 			if cl.conn != nil {

@@ -344,7 +344,7 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	b, version, rev, namespaces := f.idx.bundle(cl.fqn), cl.version, f.rev, cl.inv.namespaceNames()
+	b, version, rev, namespaces := f.bundleOf(cl.fqn), cl.version, f.rev, cl.inv.namespaceNames()
 	f.mu.Unlock()
 	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
 	if err != nil {

@@ -77,9 +77,10 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	}
 
 	type before struct {
-		name       string
-		current    *bundle.Bundle
-		namespaces []string
+		name         string
+		current      *bundle.Bundle
+		namespaces   []string
+		multicluster *bundle.Multicluster
 	}
 	f.mu.Lock()
 	planned := f.idx.clone()
@@ -95,7 +96,7 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	}
 	olds := map[string]before{}
 	for fqn := range affected {
-		b := before{current: f.idx.bundle(fqn)}
+		b := before{current: f.bundleOf(fqn), multicluster: f.mc.slices[fqn]}
 		if ce := planned.clusters[fqn]; ce != nil {
 			b.name = ce.name
 		}
@@ -112,6 +113,9 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		if next == nil {
 			continue
 		}
+		// Plan previews intent: the multicluster slice (runtime state) is
+		// the same before and after.
+		next.Multicluster = old.multicluster
 		cp := &pb.ClusterPlan{Cluster: old.name}
 		after := compile.Compile(next, old.namespaces)
 		cp.Changes = diffObjects(compileOrEmpty(old.current, old.namespaces).Objects, after.Objects)

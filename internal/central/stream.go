@@ -225,7 +225,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 			version, rev := cl.version, c.rev
 			var content []byte
 			if version != sent && version != "" {
-				content, err = c.idx.content(fqn)
+				content, err = c.content(fqn)
 			}
 			c.mu.Unlock()
 			if err != nil {

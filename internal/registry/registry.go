@@ -40,6 +40,7 @@ var ErrOutOfSync = errors.New("runtime state out of sync")
 type Registry struct {
 	mu       sync.Mutex
 	clusters map[string]*cluster // by cluster FQN
+	changed  chan struct{}       // capacity 1: a pending signal coalesces the next ones
 }
 
 // cluster is one cluster's reported state.
@@ -52,7 +53,19 @@ type cluster struct {
 }
 
 // New returns an empty registry.
-func New() *Registry { return &Registry{clusters: map[string]*cluster{}} }
+func New() *Registry {
+	return &Registry{clusters: map[string]*cluster{}, changed: make(chan struct{}, 1)}
+}
+
+// Changed receives a value after the registry changed; signals coalesce.
+func (r *Registry) Changed() <-chan struct{} { return r.changed }
+
+func (r *Registry) signal() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
 
 // Apply applies one Runtime report of cluster. A full report replaces what
 // the registry holds; a delta must carry the seq after the last one applied,
@@ -86,6 +99,7 @@ func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) e
 	if g := m.GetEastWestGateway(); g != nil {
 		c.gateway = g
 	}
+	r.signal()
 	return nil
 }
 
@@ -115,6 +129,7 @@ func (r *Registry) Disconnected(clusterFQN string, now time.Time) {
 	if c := r.clusters[clusterFQN]; c != nil && c.connected {
 		c.connected = false
 		c.lastSeen = now
+		r.signal()
 	}
 }
 
@@ -122,7 +137,10 @@ func (r *Registry) Disconnected(clusterFQN string, now time.Time) {
 func (r *Registry) Remove(clusterFQN string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.clusters, clusterFQN)
+	if _, ok := r.clusters[clusterFQN]; ok {
+		delete(r.clusters, clusterFQN)
+		r.signal()
+	}
 }
 
 // Key is a service's key: "<namespace>/<name>".
@@ -191,6 +209,8 @@ type Instance struct {
 	LastSeen time.Time
 	// Gateway is the cluster's east-west gateway, if it has one.
 	Gateway *agentv1.EastWestGateway
+	// Labels and Selector are the Service's in that cluster.
+	Labels, Selector map[string]string
 }
 
 // Filter narrows Services; empty fields match everything.
@@ -233,7 +253,8 @@ func (r *Registry) Services(visible func(clusterFQN string) bool, f Filter) []Se
 				svc = &Service{Namespace: s.GetNamespace(), Name: s.GetName()}
 				byKey[k] = svc
 			}
-			in := Instance{Cluster: fqn, Localities: s.GetEndpoints(), Stale: !c.connected, LastSeen: c.lastSeen, Gateway: c.gateway}
+			in := Instance{Cluster: fqn, Localities: s.GetEndpoints(), Stale: !c.connected, LastSeen: c.lastSeen, Gateway: c.gateway,
+				Labels: s.GetLabels(), Selector: s.GetSelector()}
 			for _, l := range s.GetEndpoints() {
 				in.Ready += l.GetReady()
 			}

@@ -302,3 +302,6 @@ func suitsGroup(kind string, spec *pb.GroupSpec) string {
 	}
 	return ""
 }
+
+// StoredWorkspaceSelector decodes a stored Workspace's namespace selector.
+func StoredWorkspaceSelector(rec store.Record) (selector.Set, error) { return selectorOf(rec) }

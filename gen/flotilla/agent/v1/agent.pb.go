@@ -778,7 +778,10 @@ type ServiceState struct {
 	Ports     []*ServicePort         `protobuf:"bytes,4,rep,name=ports,proto3" json:"ports,omitempty"`
 	// Endpoints are the ready endpoints per locality, sorted by region and
 	// zone; a service without ready endpoints has none.
-	Endpoints     []*LocalityEndpoints `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Endpoints []*LocalityEndpoints `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// Selector is the Service's pod selector: WorkloadEntries for its remote
+	// instances carry it, so that the Service selects them too.
+	Selector      map[string]string `protobuf:"bytes,6,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -844,6 +847,13 @@ func (x *ServiceState) GetPorts() []*ServicePort {
 func (x *ServiceState) GetEndpoints() []*LocalityEndpoints {
 	if x != nil {
 		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ServiceState) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
 	}
 	return nil
 }
@@ -1614,14 +1624,18 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\bservices\x18\x03 \x03(\v2\x1f.flotilla.agent.v1.ServiceStateR\bservices\x12\x18\n" +
 	"\aremoved\x18\x04 \x03(\tR\aremoved\x12N\n" +
 	"\x11east_west_gateway\x18\x05 \x01(\v2\".flotilla.agent.v1.EastWestGatewayR\x0feastWestGateway\x129\n" +
-	"\x19east_west_gateway_removed\x18\x06 \x01(\bR\x16eastWestGatewayRemoved\"\xba\x02\n" +
+	"\x19east_west_gateway_removed\x18\x06 \x01(\bR\x16eastWestGatewayRemoved\"\xc2\x03\n" +
 	"\fServiceState\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12C\n" +
 	"\x06labels\x18\x03 \x03(\v2+.flotilla.agent.v1.ServiceState.LabelsEntryR\x06labels\x124\n" +
 	"\x05ports\x18\x04 \x03(\v2\x1e.flotilla.agent.v1.ServicePortR\x05ports\x12B\n" +
-	"\tendpoints\x18\x05 \x03(\v2$.flotilla.agent.v1.LocalityEndpointsR\tendpoints\x1a9\n" +
+	"\tendpoints\x18\x05 \x03(\v2$.flotilla.agent.v1.LocalityEndpointsR\tendpoints\x12I\n" +
+	"\bselector\x18\x06 \x03(\v2-.flotilla.agent.v1.ServiceState.SelectorEntryR\bselector\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
 	"\x11LocalityEndpoints\x12\x16\n" +
@@ -1690,7 +1704,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
@@ -1716,10 +1730,11 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	nil,                           // 21: flotilla.agent.v1.Namespace.LabelsEntry
 	nil,                           // 22: flotilla.agent.v1.Service.LabelsEntry
 	nil,                           // 23: flotilla.agent.v1.ServiceState.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	nil,                           // 24: flotilla.agent.v1.ServiceState.SelectorEntry
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	24, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
+	25, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: flotilla.agent.v1.ConnectRequest.hello:type_name -> flotilla.agent.v1.Hello
 	4,  // 2: flotilla.agent.v1.ConnectRequest.inventory:type_name -> flotilla.agent.v1.Inventory
 	14, // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
@@ -1738,20 +1753,21 @@ var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
 	23, // 16: flotilla.agent.v1.ServiceState.labels:type_name -> flotilla.agent.v1.ServiceState.LabelsEntry
 	8,  // 17: flotilla.agent.v1.ServiceState.ports:type_name -> flotilla.agent.v1.ServicePort
 	11, // 18: flotilla.agent.v1.ServiceState.endpoints:type_name -> flotilla.agent.v1.LocalityEndpoints
-	15, // 19: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
-	20, // 20: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
-	19, // 21: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
-	18, // 22: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
-	24, // 23: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 24: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 25: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
-	1,  // 26: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
-	17, // 27: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
-	26, // [26:28] is the sub-list for method output_type
-	24, // [24:26] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	24, // 19: flotilla.agent.v1.ServiceState.selector:type_name -> flotilla.agent.v1.ServiceState.SelectorEntry
+	15, // 20: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
+	20, // 21: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
+	19, // 22: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
+	18, // 23: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
+	25, // 24: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 25: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 26: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
+	1,  // 27: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
+	17, // 28: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
+	27, // [27:29] is the sub-list for method output_type
+	25, // [25:27] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1778,7 +1794,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

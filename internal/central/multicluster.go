@@ -1,0 +1,299 @@
+package central
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/registry"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/selector"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// multicluster joins the fleet service registry with the workspace settings
+// into each cluster's Multicluster slice of its bundle: the east-west
+// gateways to open there and the remote instances of the services exposed
+// to it. Guarded by Central.mu.
+//
+//	registry change ─┐
+//	setting/workspace change ─┴─(50 ms)─▶ recompute every slice ─▶ changed slices change the cluster's bundle version
+type multicluster struct {
+	workspaces map[string]selector.Set // workspace FQN → its namespace selector
+	settings   map[string]mcSetting    // WorkspaceSetting FQN → setting
+	slices     map[string]*bundle.Multicluster
+	raw        map[string][]byte // slices as JSON, to tell a change
+	wake       chan struct{}     // capacity 1
+}
+
+type mcSetting struct {
+	fqn, workspace, org string
+	ew                  *pb.EastWestGatewaySettings
+}
+
+func newMulticluster() *multicluster {
+	return &multicluster{workspaces: map[string]selector.Set{}, settings: map[string]mcSetting{},
+		slices: map[string]*bundle.Multicluster{}, raw: map[string][]byte{}, wake: make(chan struct{}, 1)}
+}
+
+func (m *multicluster) poke() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// relevant reports whether records of kind feed the slices.
+func (m *multicluster) relevant(kind string) bool {
+	return kind == resource.KindWorkspace || kind == resource.KindWorkspaceSetting
+}
+
+// apply takes one event of a relevant kind. A record it cannot decode is
+// dropped from the slices' inputs and reported.
+func (m *multicluster) apply(ev store.Event) error {
+	r := ev.Record
+	defer m.poke()
+	if ev.Type == store.EventDelete {
+		delete(m.workspaces, r.FQN)
+		delete(m.settings, r.FQN)
+		return nil
+	}
+	switch r.Kind {
+	case resource.KindWorkspace:
+		sel, err := resource.StoredWorkspaceSelector(r)
+		if err != nil {
+			delete(m.workspaces, r.FQN)
+			return err
+		}
+		m.workspaces[r.FQN] = sel
+	case resource.KindWorkspaceSetting:
+		spec := &pb.WorkspaceSettingSpec{}
+		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
+			delete(m.settings, r.FQN)
+			return fmt.Errorf("stored %s: %w", r.FQN, err)
+		}
+		m.settings[r.FQN] = mcSetting{fqn: r.FQN, workspace: r.Parent, org: orgOf(r.FQN), ew: spec.GetEastWestGateway()}
+	}
+	return nil
+}
+
+// load reads every workspace and setting.
+func (m *multicluster) load(ctx context.Context, st store.Reader) error {
+	m.workspaces, m.settings = map[string]selector.Set{}, map[string]mcSetting{}
+	for _, kind := range []string{resource.KindWorkspace, resource.KindWorkspaceSetting} {
+		recs, err := st.List(ctx, store.Query{Kind: kind})
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			_ = m.apply(store.Event{Type: store.EventPut, Record: r}) // an undecodable record is left out; the API refuses to write one
+		}
+	}
+	return nil
+}
+
+// compute builds every cluster's slice from the index's clusters and the
+// registry's services.
+func (m *multicluster) compute(clusters map[string]*clusterEntry, services []registry.Service) map[string]*bundle.Multicluster {
+	out := map[string]*bundle.Multicluster{}
+	settings := slices.SortedFunc(maps.Values(m.settings), func(a, b mcSetting) int { return cmp.Compare(a.fqn, b.fqn) })
+	for _, s := range settings {
+		sel := m.workspaces[s.workspace]
+		if sel == nil || s.ew == nil {
+			continue
+		}
+		// The services this setting exposes, with their instances in the
+		// clusters of its organization that the workspace covers.
+		type exposedService struct {
+			svc       registry.Service
+			instances map[string]registry.Instance // by cluster name
+		}
+		var exposed []exposedService
+		for _, svc := range services {
+			e := exposedService{svc: svc, instances: map[string]registry.Instance{}}
+			for _, in := range svc.Instances {
+				ce := clusters[in.Cluster]
+				if ce == nil || ce.org != s.org || !sel.Match(ce.name, svc.Namespace) || !exposes(s.ew, in.Labels) {
+					continue
+				}
+				e.instances[ce.name] = in
+			}
+			if len(e.instances) > 0 {
+				exposed = append(exposed, e)
+			}
+		}
+		for fqn, ce := range clusters {
+			if ce.org != s.org || !sel.MatchCluster(ce.name) {
+				continue
+			}
+			mc := out[fqn]
+			if mc == nil {
+				mc = &bundle.Multicluster{}
+				out[fqn] = mc
+			}
+			if ws := s.ew.GetWorkloadSelector(); ws != nil {
+				mc.EastWest = append(mc.EastWest, bundle.EastWest{Owner: s.fqn, Namespace: ws.GetNamespace(), Labels: ws.GetLabels()})
+			}
+			for _, e := range exposed {
+				rs := bundle.RemoteService{Owner: s.fqn, Namespace: e.svc.Namespace, Name: e.svc.Name, FailoverPriority: s.ew.GetFailoverPriority()}
+				for _, p := range e.svc.Ports {
+					rs.Ports = append(rs.Ports, bundle.ServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol})
+				}
+				for _, in := range e.svc.Instances {
+					if in.Cluster == fqn {
+						rs.Local, rs.Selector = true, in.Selector
+					}
+				}
+				names := slices.Sorted(maps.Keys(e.instances))
+				for _, name := range names {
+					if name == ce.name {
+						continue
+					}
+					in := e.instances[name]
+					r := bundle.RemoteInstance{Cluster: name, Ready: in.Ready, Stale: in.Stale}
+					if g := in.Gateway; g != nil {
+						r.Address, r.Port = g.GetAddress(), g.GetPort()
+					}
+					r.Region, r.Zone = mainLocality(in)
+					rs.Remotes = append(rs.Remotes, r)
+				}
+				if len(rs.Remotes) > 0 {
+					mc.Services = append(mc.Services, rs)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// exposes reports whether a service with these labels is exposed: an empty
+// list exposes every service, else one of its label sets must match.
+func exposes(ew *pb.EastWestGatewaySettings, labels map[string]string) bool {
+	if len(ew.GetExposedServices()) == 0 {
+		return true
+	}
+	for _, e := range ew.GetExposedServices() {
+		ok := len(e.GetServiceLabels()) > 0
+		for k, v := range e.GetServiceLabels() {
+			if labels[k] != v {
+				ok = false
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// mainLocality is the locality holding most of the instance's ready
+// endpoints (the first in order on a tie).
+func mainLocality(in registry.Instance) (region, zone string) {
+	best := uint32(0)
+	for _, l := range in.Localities {
+		if l.GetReady() > best || region == "" && zone == "" {
+			best, region, zone = l.GetReady(), l.GetRegion(), l.GetZone()
+		}
+	}
+	return region, zone
+}
+
+// recomputeMulticluster rebuilds the slices and moves the version of every
+// cluster whose slice changed. Callers hold c.mu.
+func (c *Central) recomputeMulticluster() {
+	next := map[string]*bundle.Multicluster{}
+	if len(c.mc.settings) > 0 { // no setting exposes anything: skip merging the registry
+		next = c.mc.compute(c.idx.clusters, c.services.Services(nil, registry.Filter{}))
+	}
+	changed := map[string]bool{}
+	for fqn := range c.idx.clusters {
+		var raw []byte
+		if mc := next[fqn]; mc != nil {
+			raw, _ = json.Marshal(mc) // plain data
+		}
+		if string(raw) != string(c.mc.raw[fqn]) {
+			changed[fqn] = true
+			if raw == nil {
+				delete(c.mc.raw, fqn)
+				delete(c.mc.slices, fqn)
+			} else {
+				c.mc.raw[fqn], c.mc.slices[fqn] = raw, next[fqn]
+			}
+		}
+	}
+	for fqn := range c.mc.slices {
+		if c.idx.clusters[fqn] == nil {
+			delete(c.mc.slices, fqn)
+			delete(c.mc.raw, fqn)
+		}
+	}
+	if len(changed) > 0 {
+		c.syncClusters(changed, nil)
+	}
+}
+
+// multiclusterDebounce gathers a burst of registry changes into one
+// recompute.
+const multiclusterDebounce = 50 * time.Millisecond
+
+// runMulticluster recomputes the slices after every registry or setting
+// change, until ctx ends.
+func (c *Central) runMulticluster(ctx context.Context) {
+	for {
+		select {
+		case <-c.services.Changed():
+		case <-c.mc.wake:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-time.After(multiclusterDebounce):
+		case <-ctx.Done():
+			return
+		}
+		c.mu.Lock()
+		c.recomputeMulticluster()
+		c.mu.Unlock()
+	}
+}
+
+// version is the cluster's bundle version: its intent's, with its
+// multicluster slice. Callers hold c.mu.
+func (c *Central) version(fqn string) string {
+	v := c.idx.version(fqn)
+	if v == "" {
+		return ""
+	}
+	return bundle.WithMulticluster(v, c.mc.slices[fqn])
+}
+
+// content is the cluster's bundle as JSON, with its multicluster slice.
+// Callers hold c.mu.
+func (c *Central) content(fqn string) ([]byte, error) {
+	out, err := c.idx.content(fqn)
+	if err != nil || c.mc.raw[fqn] == nil {
+		return out, err
+	}
+	// The intent's JSON object ends in "}": add the slice as its last field.
+	out = append(out[:len(out)-1:len(out)-1], `,"multicluster":`...)
+	out = append(out, c.mc.raw[fqn]...)
+	return append(out, '}'), nil
+}
+
+// bundleOf is the cluster's bundle, with its multicluster slice. Callers
+// hold c.mu.
+func (c *Central) bundleOf(fqn string) *bundle.Bundle {
+	b := c.idx.bundle(fqn)
+	if b != nil {
+		b.Multicluster = c.mc.slices[fqn]
+	}
+	return b
+}

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/utils/ptr"
+
+	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
+)
+
+var (
+	workloadEntryGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
+	serviceEntryGVR  = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "serviceentries"}
+	destRuleGVR      = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
+)
+
+const multiclusterIntent = `apiVersion: flotilla.io/v1alpha1
+kind: Organization
+metadata: {name: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Tenant
+metadata: {name: fintech, organization: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Workspace
+metadata: {name: shop, organization: acme, tenant: fintech}
+spec:
+  namespaceSelector: {names: ["*/shop"]}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: WorkspaceSetting
+metadata: {name: multicluster, organization: acme, tenant: fintech, workspace: shop}
+spec:
+  eastWestGateway:
+    workloadSelector: {namespace: istio-system, labels: {istio: eastwestgateway}}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Cluster
+metadata: {name: c1, organization: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Cluster
+metadata: {name: c2, organization: acme}
+`
+
+// runService puts a Service with selector app=<name> and an EndpointSlice of
+// ready endpoints on the cluster's node into namespace shop.
+func (c *kcluster) runService(t *testing.T, name string, ready int) {
+	t.Helper()
+	ctx := context.Background()
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": name}, Ports: []corev1.ServicePort{{Name: "http", Port: 9080}}}}
+	if _, err := c.kube.CoreV1().Services("shop").Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	c.scale(t, name, ready)
+}
+
+// scale sets the ready endpoints of the service's EndpointSlice.
+func (c *kcluster) scale(t *testing.T, name string, ready int) {
+	t.Helper()
+	ctx := context.Background()
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name + "-mc", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(9080))}},
+	}
+	for i := range ready {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.244.9.%d", i+1)},
+			NodeName: ptr.To(c.name + "-mc-node"), Zone: ptr.To(c.info.Zone), Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	}
+	slices := c.kube.DiscoveryV1().EndpointSlices("shop")
+	cur, err := slices.Get(ctx, slice.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = slices.Create(ctx, slice, metav1.CreateOptions{})
+	case err == nil:
+		cur.Endpoints = slice.Endpoints
+		_, err = slices.Update(ctx, cur, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// prepareMulticluster gives the cluster a node in its region, an east-west
+// gateway Service whose address is overridden (no load-balancer controller
+// here), and a clean namespace shop.
+func (c *kcluster) prepareMulticluster(t *testing.T, address string) {
+	t.Helper()
+	ctx := context.Background()
+	c.reset(t, "shop")
+	for _, gvr := range []schema.GroupVersionResource{workloadEntryGVR, destRuleGVR} {
+		_ = c.dyn.Resource(gvr).Namespace("shop").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+	}
+	for _, name := range []string{"reviews", "ratings"} {
+		_ = c.kube.CoreV1().Services("shop").Delete(ctx, name, metav1.DeleteOptions{})
+		_ = c.kube.DiscoveryV1().EndpointSlices("shop").Delete(ctx, name+"-mc", metav1.DeleteOptions{})
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: c.name + "-mc-node",
+		Labels: map[string]string{"topology.kubernetes.io/region": c.info.Region, "topology.kubernetes.io/zone": c.info.Zone}}}
+	if _, err := c.kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	gw := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "eastwest", Labels: map[string]string{"istio": "eastwestgateway"},
+		Annotations: map[string]string{"flotilla.io/external-address": address}},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"istio": "eastwestgateway"}, Ports: []corev1.ServicePort{{Name: "tls", Port: 15443}}}}
+	_ = c.kube.CoreV1().Services("istio-system").Delete(ctx, "eastwest", metav1.DeleteOptions{})
+	if _, err := c.kube.CoreV1().Services("istio-system").Create(ctx, gw, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.kube.CoreV1().Services("istio-system").Delete(context.Background(), "eastwest", metav1.DeleteOptions{})
+	})
+}
+
+// The services two clusters report become, in the other cluster, native
+// Istio config through the remote east-west gateway: WorkloadEntries where
+// the service also runs, a ServiceEntry where it does not, DestinationRules
+// with outlier detection and locality failover; and the data plane is told
+// the remote gateway as an endpoint. Scaling to zero removes it; a
+// disconnected cluster's entries stay (stale); a deleted cluster's go.
+func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.T) {
+	cs := clusters(t)
+	c1, c2 := cs[0], cs[1]
+	c1.prepareMulticluster(t, "127.0.11.1")
+	c2.prepareMulticluster(t, "127.0.11.2")
+	c1.runService(t, "reviews", 1)
+	c2.runService(t, "reviews", 2)
+	c2.runService(t, "ratings", 1)
+
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	if r := s.flotilla(multiclusterIntent, "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %+v", r)
+	}
+	agents := map[string]*process{}
+	for _, c := range cs {
+		token := strings.TrimSpace(s.must("cluster", "onboard", c.name))
+		if err := os.WriteFile(filepath.Join(dir, c.name+".token"), []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		agents[c.name] = startProcess(t, dir, nil, "agent", "--server", s.url, "--cluster", c.name, "--token-file", filepath.Join(dir, c.name+".token"), "--kubeconfig", c.kubeconfig)
+	}
+
+	entry := func(c *kcluster, gvr schema.GroupVersionResource, ns, name string) (map[string]any, error) {
+		o, err := c.get(gvr, ns, name)
+		if err != nil {
+			return nil, err
+		}
+		spec, _ := o.Object["spec"].(map[string]any)
+		return spec, nil
+	}
+	eventually(t, 60*time.Second, "c1's WorkloadEntry for reviews in c2", func() error {
+		spec, err := entry(c1, workloadEntryGVR, "shop", "reviews-c2")
+		if err != nil {
+			return err
+		}
+		if spec["address"] != "127.0.11.2" || fmt.Sprint(spec["weight"]) != "2" || spec["locality"] != c2.info.Region+"/"+c2.info.Zone || spec["network"] != nil {
+			return fmt.Errorf("reviews-c2 is %v", spec)
+		}
+		if labels, _ := spec["labels"].(map[string]any); labels["security.istio.io/tlsMode"] != "istio" || labels["app"] != "reviews" {
+			return fmt.Errorf("reviews-c2 labels %v", labels)
+		}
+		if ports, _ := spec["ports"].(map[string]any); fmt.Sprint(ports["http"]) != "15443" {
+			return fmt.Errorf("reviews-c2 ports %v", ports)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the rest of the failover config", func() error {
+		if _, err := entry(c2, workloadEntryGVR, "shop", "reviews-c1"); err != nil {
+			return fmt.Errorf("c2's WorkloadEntry for reviews in c1: %w", err)
+		}
+		se, err := entry(c1, serviceEntryGVR, "flotilla-multicluster", "shop-ratings")
+		if err != nil || se["location"] != "MESH_INTERNAL" {
+			return fmt.Errorf("c1's ServiceEntry for ratings: %v %v", se, err)
+		}
+		if _, err := entry(c2, serviceEntryGVR, "flotilla-multicluster", "shop-ratings"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("c2 runs ratings but has a ServiceEntry for it: %v", err)
+		}
+		for _, c := range cs {
+			dr, err := entry(c, destRuleGVR, "shop", "flotilla-reviews")
+			if err != nil {
+				return fmt.Errorf("%s: DestinationRule for reviews: %w", c.name, err)
+			}
+			tp, _ := dr["trafficPolicy"].(map[string]any)
+			if tp["outlierDetection"] == nil || tp["loadBalancer"] == nil {
+				return fmt.Errorf("%s: DestinationRule lacks outlier detection or locality failover: %v", c.name, dr)
+			}
+			if _, err := c.get(gatewayGVR, "istio-system", "flotilla-eastwest"); err != nil {
+				return fmt.Errorf("%s: east-west Gateway: %w", c.name, err)
+			}
+		}
+		return nil
+	})
+	if out := s.must("get", "services"); !strings.Contains(out, "shop/reviews") || !strings.Contains(out, "c1,c2") || !strings.Contains(out, "shop/ratings") {
+		t.Fatalf("get services:\n%s", out)
+	}
+
+	// The data plane: a sidecar in c1 is told c2's gateway for reviews.
+	probe := xdsprobe.Proxy{Namespace: "shop", Labels: map[string]string{"app": "productpage"}, Workload: "productpage",
+		Cluster: c1.name, Network: c1.info.Network, Region: c1.info.Region, Zone: c1.info.Zone}
+	remoteInEDS := func(want bool) func() error {
+		return func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			snap, err := xdsprobe.Fetch(ctx, c1.info.Istiod.GRPC, probe)
+			if err != nil {
+				return err
+			}
+			found := false
+			for _, e := range snap.EndpointsOf("outbound|9080||reviews.shop.svc.cluster.local") {
+				if e.Address == "127.0.11.2:15443" && e.Region == c2.info.Region {
+					found = true
+				}
+			}
+			if found != want {
+				return fmt.Errorf("c2's gateway in c1's EDS for reviews: %v, want %v (%+v)", found, want, snap.EndpointsOf("outbound|9080||reviews.shop.svc.cluster.local"))
+			}
+			return nil
+		}
+	}
+	eventually(t, 30*time.Second, "c2's gateway in c1's EDS", remoteInEDS(true))
+
+	// Scale to zero in c2: the entry leaves c1, and so does the endpoint.
+	c2.scale(t, "reviews", 0)
+	eventually(t, 30*time.Second, "reviews-c2 gone from c1 after the scale to zero", func() error {
+		if _, err := entry(c1, workloadEntryGVR, "shop", "reviews-c2"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "c2's gateway gone from c1's EDS", remoteInEDS(false))
+	c2.scale(t, "reviews", 2)
+	eventually(t, 30*time.Second, "reviews-c2 back in c1", func() error {
+		_, err := entry(c1, workloadEntryGVR, "shop", "reviews-c2")
+		return err
+	})
+
+	// c2's agent stops: its entries stay in c1, and the registry says stale.
+	agents[c2.name].stop()
+	eventually(t, 30*time.Second, "c2 stale in the registry", func() error {
+		if out := s.must("get", "services", "shop/reviews"); !strings.Contains(out, "stale") {
+			return fmt.Errorf("not stale:\n%s", out)
+		}
+		return nil
+	})
+	if _, err := entry(c1, workloadEntryGVR, "shop", "reviews-c2"); err != nil {
+		t.Fatalf("c1 lost c2's entry when c2's agent stopped: %v", err)
+	}
+
+	// Deleting cluster c2 removes its entries everywhere.
+	s.must("delete", "cluster", "c2")
+	eventually(t, 30*time.Second, "c2's entries gone from c1 after its deletion", func() error {
+		if _, err := entry(c1, workloadEntryGVR, "shop", "reviews-c2"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("reviews-c2 still there: %v", err)
+		}
+		if _, err := entry(c1, serviceEntryGVR, "flotilla-multicluster", "shop-ratings"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("shop-ratings still there: %v", err)
+		}
+		return nil
+	})
+}
