@@ -68,6 +68,7 @@ type Agent struct {
 	clients []agentv1connect.AgentServiceClient // one per server
 	inv     *inventoryWatch
 	rt      *runtimeWatch
+	rules   *userRules
 
 	// outbox carries reports to the central control plane; producers never
 	// block (a full outbox drops, and the next session starts with a full
@@ -136,6 +137,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.inv = newInventoryWatch(kube, a.send, a.poke)
 	a.rt = newRuntimeWatch(a.inv.factory)
+	a.rules = newUserRules(dyn, a.poke)
 	if cfg.RuntimeDigestInterval == 0 {
 		cfg.RuntimeDigestInterval = DefaultRuntimeDigestInterval
 		a.cfg.RuntimeDigestInterval = cfg.RuntimeDigestInterval
@@ -203,7 +205,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	for _, run := range []func(context.Context) error{a.applier.Run, a.inv.run, a.sessions} {
+	for _, run := range []func(context.Context) error{a.applier.Run, a.inv.run, a.rules.run, a.sessions} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -266,7 +268,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		// objects of namespaces not yet seen. The informer pokes on sync.
 		return
 	}
-	res := compile.Compile(b, namespaces)
+	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: a.rules.hosts()})
 	report := a.applier.Apply(ctx, res.Objects)
 	ack := buildAck(version, b, res, report)
 	ack.Revision = rev
@@ -295,7 +297,29 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 	}
 	byOwner := report.ByOwner()
 	ack := &agentv1.Ack{BundleVersion: version}
+	// Intent objects, then the workspace settings behind the multicluster
+	// slice: each gets its status.
+	type owner struct{ FQN string }
+	owners := make([]owner, 0, len(b.Objects))
 	for _, o := range b.Objects {
+		owners = append(owners, owner{o.FQN})
+	}
+	if mc := b.Multicluster; mc != nil {
+		seen := map[string]bool{}
+		add := func(fqn string) {
+			if !seen[fqn] {
+				seen[fqn] = true
+				owners = append(owners, owner{fqn})
+			}
+		}
+		for _, e := range mc.EastWest {
+			add(e.Owner)
+		}
+		for _, s := range mc.Services {
+			add(s.Owner)
+		}
+	}
+	for _, o := range owners {
 		rs := &agentv1.ResourceStatus{Fqn: o.FQN, State: "Applied"}
 		var failures []string
 		failures = append(failures, diags[o.FQN]...)

@@ -71,6 +71,12 @@ type EastWest struct {
 	Owner     string            `json:"owner"`
 	Namespace string            `json:"namespace"`
 	Labels    map[string]string `json:"labels"`
+	// Service is the east-west gateway Service this cluster reported
+	// ("<ns>/<name>", labelled istio=eastwestgateway), empty when it has
+	// none: other clusters then cannot reach this one's services.
+	Service string `json:"service,omitempty"`
+	// Address is where other clusters reach it; empty when unknown.
+	Address string `json:"address,omitempty"`
 }
 
 // RemoteService is an exposed service with instances in other clusters.

@@ -265,6 +265,11 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 		}
 		f.judge(out, need, fqn)
 		f.mu.Unlock()
+	case k.Name == resource.KindWorkspaceSetting:
+		f.mu.Lock()
+		out.Clusters = f.settingStates(fqn)
+		f.judge(out, need, fqn)
+		f.mu.Unlock()
 	default:
 		// Containers (groups, workspaces, ...) aggregate the resources below
 		// them; a group's own write counts for each of its children.
@@ -400,4 +405,48 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 		out.Services = append(out.Services, info)
 	}
 	return connect.NewResponse(out), nil
+}
+
+// settingStates is a WorkspaceSetting's state in each cluster whose
+// multicluster slice it contributes to: Applied or Failed as the cluster's
+// agent reported for the bundle version it should have, else Pending.
+// Callers hold f.mu.
+func (f Fleet) settingStates(fqn string) []*pb.ClusterState {
+	var out []*pb.ClusterState
+	for cfqn, mc := range f.mc.slices {
+		if !mentions(mc, fqn) {
+			continue
+		}
+		cl := f.clusters[cfqn]
+		if cl == nil {
+			continue
+		}
+		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.connected(), State: StatePending, Version: cl.ack.GetBundleVersion(),
+			Revision: f.appliedRevision(cl), Message: "applying " + short(cl.version)}
+		if cl.ack != nil && cl.ack.GetBundleVersion() == cl.version {
+			for _, r := range cl.ack.GetResources() {
+				if r.GetFqn() == fqn {
+					row.State, row.Message = r.GetState(), r.GetMessage()
+				}
+			}
+		}
+		out = append(out, row)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetCluster() < out[j].GetCluster() })
+	return out
+}
+
+// mentions reports whether the slice holds anything the setting asked for.
+func mentions(mc *bundle.Multicluster, setting string) bool {
+	for _, e := range mc.EastWest {
+		if e.Owner == setting {
+			return true
+		}
+	}
+	for _, s := range mc.Services {
+		if s.Owner == setting {
+			return true
+		}
+	}
+	return false
 }

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/registry"
@@ -102,7 +103,7 @@ func (m *multicluster) load(ctx context.Context, st store.Reader) error {
 
 // compute builds every cluster's slice from the index's clusters and the
 // registry's services.
-func (m *multicluster) compute(clusters map[string]*clusterEntry, services []registry.Service) map[string]*bundle.Multicluster {
+func (m *multicluster) compute(clusters map[string]*clusterEntry, services []registry.Service, gateway func(clusterFQN string) *agentv1.EastWestGateway) map[string]*bundle.Multicluster {
 	out := map[string]*bundle.Multicluster{}
 	settings := slices.SortedFunc(maps.Values(m.settings), func(a, b mcSetting) int { return cmp.Compare(a.fqn, b.fqn) })
 	for _, s := range settings {
@@ -140,7 +141,11 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 				out[fqn] = mc
 			}
 			if ws := s.ew.GetWorkloadSelector(); ws != nil {
-				mc.EastWest = append(mc.EastWest, bundle.EastWest{Owner: s.fqn, Namespace: ws.GetNamespace(), Labels: ws.GetLabels()})
+				e := bundle.EastWest{Owner: s.fqn, Namespace: ws.GetNamespace(), Labels: ws.GetLabels()}
+				if g := gateway(fqn); g != nil {
+					e.Service, e.Address = g.GetNamespace()+"/"+g.GetName(), g.GetAddress()
+				}
+				mc.EastWest = append(mc.EastWest, e)
 			}
 			for _, e := range exposed {
 				rs := bundle.RemoteService{Owner: s.fqn, Namespace: e.svc.Namespace, Name: e.svc.Name, FailoverPriority: s.ew.GetFailoverPriority()}
@@ -211,7 +216,7 @@ func mainLocality(in registry.Instance) (region, zone string) {
 func (c *Central) recomputeMulticluster() {
 	next := map[string]*bundle.Multicluster{}
 	if len(c.mc.settings) > 0 { // no setting exposes anything: skip merging the registry
-		next = c.mc.compute(c.idx.clusters, c.services.Services(nil, registry.Filter{}))
+		next = c.mc.compute(c.idx.clusters, c.services.Services(nil, registry.Filter{}), c.services.Gateway)
 	}
 	changed := map[string]bool{}
 	for fqn := range c.idx.clusters {

@@ -61,15 +61,32 @@ type Result struct {
 // diagnostics, and everything else is still emitted. A nil bundle compiles
 // to nothing.
 func Compile(b *bundle.Bundle, namespaces []string) Result {
+	return CompileIn(b, Cluster{Namespaces: namespaces})
+}
+
+// Cluster is what the compiler knows of the cluster it compiles for.
+type Cluster struct {
+	// Namespaces are the cluster's existing namespaces.
+	Namespaces []string
+	// DestinationRules maps a host to the DestinationRule ("<ns>/<name>")
+	// that someone other than Flotilla keeps for it in the cluster. Flotilla
+	// writes no DestinationRule of its own for such a host: two for one host
+	// conflict in Istio.
+	DestinationRules map[string]string
+}
+
+// CompileIn is Compile with everything known of the cluster.
+func CompileIn(b *bundle.Bundle, in Cluster) Result {
 	if b == nil {
 		return Result{Objects: []*unstructured.Unstructured{}}
 	}
 	c := &compilation{
 		cluster:    b.Cluster,
-		namespaces: make(map[string]bool, len(namespaces)),
+		namespaces: make(map[string]bool, len(in.Namespaces)),
 		groups:     make(map[string]bundle.Group, len(b.Groups)),
+		userDRs:    in.DestinationRules,
 	}
-	for _, ns := range namespaces {
+	for _, ns := range in.Namespaces {
 		c.namespaces[ns] = true
 	}
 	// Sort copies so that the first of duplicate groups (and the order of
@@ -96,6 +113,7 @@ func Compile(b *bundle.Bundle, namespaces []string) Result {
 type compilation struct {
 	cluster    string
 	namespaces map[string]bool
+	userDRs    map[string]string // host → "<ns>/<name>" of a DestinationRule not Flotilla's
 	groups     map[string]bundle.Group
 	out        []emitted
 	diags      []Diagnostic

@@ -23,8 +23,14 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 // goldenCase is testdata/<case>/bundle.yaml: a bundle plus the namespaces
 // that exist in its cluster.
 type goldenCase struct {
-	Namespaces    []string `json:"namespaces"`
-	bundle.Bundle `json:",inline"`
+	Namespaces []string `json:"namespaces"`
+	// DestinationRules are the cluster's own, by host (compile.Cluster).
+	DestinationRules map[string]string `json:"destinationRules"`
+	bundle.Bundle    `json:",inline"`
+}
+
+func (gc goldenCase) cluster(namespaces []string) Cluster {
+	return Cluster{Namespaces: namespaces, DestinationRules: gc.DestinationRules}
 }
 
 func loadCases(t *testing.T) map[string]goldenCase {
@@ -85,7 +91,7 @@ func TestCompileMatchesTheGoldenFiles(t *testing.T) {
 	for name, gc := range loadCases(t) {
 		t.Run(name, func(t *testing.T) {
 			b := gc.Bundle
-			r := Compile(&b, gc.Namespaces)
+			r := CompileIn(&b, gc.cluster(gc.Namespaces))
 			checkEmittedObjects(t, r)
 			got := render(t, r)
 			path := filepath.Join("testdata", name, gc.Cluster+".golden.yaml")
@@ -139,7 +145,7 @@ func TestCompileIsByteForByteDeterministicWhateverTheInputOrder(t *testing.T) {
 	for name, gc := range loadCases(t) {
 		t.Run(name, func(t *testing.T) {
 			b := gc.Bundle
-			want := render(t, Compile(&b, gc.Namespaces))
+			want := render(t, CompileIn(&b, gc.cluster(gc.Namespaces)))
 			for i := 0; i < 50; i++ {
 				s := bundle.Bundle{Cluster: gc.Cluster}
 				s.Groups = append(s.Groups, gc.Groups...)
@@ -159,7 +165,7 @@ func TestCompileIsByteForByteDeterministicWhateverTheInputOrder(t *testing.T) {
 				rng.Shuffle(len(s.Groups), func(i, j int) { s.Groups[i], s.Groups[j] = s.Groups[j], s.Groups[i] })
 				rng.Shuffle(len(s.Objects), func(i, j int) { s.Objects[i], s.Objects[j] = s.Objects[j], s.Objects[i] })
 				rng.Shuffle(len(ns), func(i, j int) { ns[i], ns[j] = ns[j], ns[i] })
-				got := render(t, Compile(&s, ns))
+				got := render(t, CompileIn(&s, gc.cluster(ns)))
 				if !bytes.Equal(want, got) {
 					t.Fatalf("shuffle %d gives different output:\n%s", i, cmp.Diff(string(want), string(got)))
 				}
@@ -175,8 +181,8 @@ func TestCompileDoesNotChangeItsInput(t *testing.T) {
 			t.Fatal(err)
 		}
 		b := gc.Bundle
-		Compile(&b, gc.Namespaces)
-		after, _ := yaml.Marshal(goldenCase{Namespaces: gc.Namespaces, Bundle: b})
+		CompileIn(&b, gc.cluster(gc.Namespaces))
+		after, _ := yaml.Marshal(goldenCase{Namespaces: gc.Namespaces, DestinationRules: gc.DestinationRules, Bundle: b})
 		if diff := cmp.Diff(string(before), string(after)); diff != "" {
 			t.Errorf("%s: Compile changed the bundle:\n%s", name, diff)
 		}

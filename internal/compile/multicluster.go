@@ -59,6 +59,12 @@ func (c *compilation) multicluster(mc *bundle.Multicluster) {
 				"namespace %q does not exist in cluster %s: the east-west gateway's Gateway is written there", ew.Namespace, c.cluster)
 			continue
 		}
+		switch {
+		case ew.Service == "":
+			c.diag(ew.Owner, "spec.eastWestGateway.workloadSelector", "cluster %s has no east-west gateway Service (a Service labelled istio=eastwestgateway): the Gateway is written, but other clusters cannot reach this cluster's services until the gateway is deployed", c.cluster)
+		case ew.Address == "":
+			c.diag(ew.Owner, "spec.eastWestGateway.workloadSelector", "the east-west gateway Service %s of cluster %s has no address: give it a LoadBalancer address, or annotate it with flotilla.io/external-address", ew.Service, c.cluster)
+		}
 		c.emit(ew.Owner, "networking.istio.io/v1", "Gateway", ew.Namespace, EastWestGatewayName, map[string]any{
 			"selector": stringMap(ew.Labels),
 			"servers": []any{map[string]any{
@@ -151,6 +157,11 @@ func (c *compilation) remoteService(s bundle.RemoteService) {
 			"ports":      sePorts,
 			"endpoints":  endpoints,
 		})
+	}
+	if dr := c.userDRs[host]; dr != "" {
+		c.diag(s.Owner, "", "cluster %s has its own DestinationRule %s for %s, so Flotilla writes none and leaves it alone: failover across clusters needs trafficPolicy.outlierDetection (e.g. consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s) and trafficPolicy.loadBalancer.localityLbSetting.enabled: true in it",
+			c.cluster, dr, host)
+		return
 	}
 	lb := map[string]any{"enabled": true}
 	if len(s.FailoverPriority) > 0 {

@@ -133,6 +133,16 @@ func (r *Registry) Disconnected(clusterFQN string, now time.Time) {
 	}
 }
 
+// Gateway returns the east-west gateway cluster reported, or nil.
+func (r *Registry) Gateway(clusterFQN string) *agentv1.EastWestGateway {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterFQN]; c != nil {
+		return c.gateway
+	}
+	return nil
+}
+
 // Remove forgets a deleted cluster.
 func (r *Registry) Remove(clusterFQN string) {
 	r.mu.Lock()

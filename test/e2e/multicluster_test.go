@@ -13,6 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 
@@ -117,6 +118,7 @@ func (c *kcluster) prepareMulticluster(t *testing.T, address string) {
 	gw := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "eastwest", Labels: map[string]string{"istio": "eastwestgateway"},
 		Annotations: map[string]string{"flotilla.io/external-address": address}},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"istio": "eastwestgateway"}, Ports: []corev1.ServicePort{{Name: "tls", Port: 15443}}}}
+	_ = c.dyn.Resource(destRuleGVR).Namespace("shop").Delete(ctx, "reviews-by-hand", metav1.DeleteOptions{})
 	_ = c.kube.CoreV1().Services("istio-system").Delete(ctx, "eastwest", metav1.DeleteOptions{})
 	if _, err := c.kube.CoreV1().Services("istio-system").Create(ctx, gw, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -140,6 +142,16 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 	c1.runService(t, "reviews", 1)
 	c2.runService(t, "reviews", 2)
 	c2.runService(t, "ratings", 1)
+	// A DestinationRule for reviews that a user keeps in c2 by hand.
+	handDR := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+		"metadata": map[string]any{"name": "reviews-by-hand", "namespace": "shop"},
+		"spec":     map[string]any{"host": "reviews", "trafficPolicy": map[string]any{"connectionPool": map[string]any{"tcp": map[string]any{"maxConnections": int64(100)}}}},
+	}}
+	made, err := c2.dyn.Resource(destRuleGVR).Namespace("shop").Create(context.Background(), handDR, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	dir := t.TempDir()
 	s := startServer(t, dir)
@@ -190,18 +202,33 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 		if _, err := entry(c2, serviceEntryGVR, "flotilla-multicluster", "shop-ratings"); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("c2 runs ratings but has a ServiceEntry for it: %v", err)
 		}
+		dr, err := entry(c1, destRuleGVR, "shop", "flotilla-reviews")
+		if err != nil {
+			return fmt.Errorf("c1: DestinationRule for reviews: %w", err)
+		}
+		tp, _ := dr["trafficPolicy"].(map[string]any)
+		if tp["outlierDetection"] == nil || tp["loadBalancer"] == nil {
+			return fmt.Errorf("c1: DestinationRule lacks outlier detection or locality failover: %v", dr)
+		}
 		for _, c := range cs {
-			dr, err := entry(c, destRuleGVR, "shop", "flotilla-reviews")
-			if err != nil {
-				return fmt.Errorf("%s: DestinationRule for reviews: %w", c.name, err)
-			}
-			tp, _ := dr["trafficPolicy"].(map[string]any)
-			if tp["outlierDetection"] == nil || tp["loadBalancer"] == nil {
-				return fmt.Errorf("%s: DestinationRule lacks outlier detection or locality failover: %v", c.name, dr)
-			}
 			if _, err := c.get(gatewayGVR, "istio-system", "flotilla-eastwest"); err != nil {
 				return fmt.Errorf("%s: east-west Gateway: %w", c.name, err)
 			}
+		}
+		return nil
+	})
+	// In c2 the user's own rule stands, untouched, and the setting's status
+	// says why Flotilla wrote none and what to add.
+	if _, err := entry(c2, destRuleGVR, "shop", "flotilla-reviews"); !apierrors.IsNotFound(err) {
+		t.Fatalf("c2 got Flotilla's DestinationRule for reviews beside the user's: %v", err)
+	}
+	if got, err := c2.get(destRuleGVR, "shop", "reviews-by-hand"); err != nil || got.GetResourceVersion() != made.GetResourceVersion() {
+		t.Fatalf("the user's DestinationRule in c2 was touched: %v", err)
+	}
+	eventually(t, 30*time.Second, "the conflict in the setting's status", func() error {
+		_, rows := s.status("workspacesetting", "multicluster")
+		if rows["c2"].State != "Failed" || !strings.Contains(rows["c2"].Message, "its own DestinationRule shop/reviews-by-hand") || rows["c1"].State != "Applied" {
+			return fmt.Errorf("status rows %+v", rows)
 		}
 		return nil
 	})

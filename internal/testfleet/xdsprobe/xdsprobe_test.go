@@ -187,7 +187,7 @@ func TestFailoverConfigFromTheCompilerReachesASidecarThroughIstiod(t *testing.T)
 	owner := "organizations/acme/tenants/fintech/workspaces/shop/workspacesettings/multicluster"
 	remote := bundle.RemoteInstance{Cluster: "c2", Address: "127.0.0.2", Port: 15443, Region: "region-2", Zone: "zone-2a", Ready: 3}
 	b := &bundle.Bundle{Cluster: c.Name, Multicluster: &bundle.Multicluster{
-		EastWest: []bundle.EastWest{{Owner: owner, Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}}},
+		EastWest: []bundle.EastWest{{Owner: owner, Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}, Service: "istio-system/eastwest", Address: "127.0.0.1"}},
 		Services: []bundle.RemoteService{
 			{Owner: owner, Namespace: "shop", Name: "reviews", Local: true, Selector: map[string]string{"app": "reviews"},
 				Ports: []bundle.ServicePort{{Name: "http", Number: 9080, Protocol: "TCP"}}, Remotes: []bundle.RemoteInstance{remote}},
