@@ -95,6 +95,9 @@ type RemoteService struct {
 	FailoverPriority []string `json:"failoverPriority,omitempty"`
 	// Remotes are the instances in other clusters, by cluster.
 	Remotes []RemoteInstance `json:"remotes"`
+	// Conflicts say where the clusters disagree on the service's ports
+	// (the registry's words); Ports are as the first cluster has them.
+	Conflicts []string `json:"conflicts,omitempty"`
 }
 
 // ServicePort is a port of a service.

@@ -148,7 +148,8 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 				mc.EastWest = append(mc.EastWest, e)
 			}
 			for _, e := range exposed {
-				rs := bundle.RemoteService{Owner: s.fqn, Namespace: e.svc.Namespace, Name: e.svc.Name, FailoverPriority: s.ew.GetFailoverPriority()}
+				rs := bundle.RemoteService{Owner: s.fqn, Namespace: e.svc.Namespace, Name: e.svc.Name, FailoverPriority: s.ew.GetFailoverPriority(),
+					Conflicts: e.svc.Conflicts}
 				for _, p := range e.svc.Ports {
 					rs.Ports = append(rs.Ports, bundle.ServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol})
 				}

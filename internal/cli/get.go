@@ -358,13 +358,104 @@ func columnsFor(reg *resource.Registry, k *resource.Kind) []column {
 	return append(cols, column{"AGE", age})
 }
 
+// describeService prints a fleet service: where it runs, with its ready
+// endpoints, and the Istio objects generated for it in each cluster (as the
+// cluster's current bundle compiles).
+func (e *env) describeService(cmd *cobra.Command, arg string) error {
+	ns, name, ok := strings.Cut(arg, "/")
+	if !ok || ns == "" || name == "" {
+		return fmt.Errorf("name a service as NAMESPACE/NAME, e.g. shop/reviews (got %q)", arg)
+	}
+	res, err := e.fleet().ListServices(cmd.Context(), connect.NewRequest(&pb.ListServicesRequest{Namespace: ns, Name: name}))
+	if err != nil {
+		return err
+	}
+	if len(res.Msg.GetServices()) == 0 {
+		return fmt.Errorf("no service %s in any cluster you may read", arg)
+	}
+	s := res.Msg.GetServices()[0]
+	fmt.Fprintf(e.out, "Service:\t%s/%s\n", s.GetNamespace(), s.GetName())
+	var ports []string
+	for _, p := range s.GetPorts() {
+		ports = append(ports, fmt.Sprintf("%s:%d/%s", p.GetName(), p.GetNumber(), p.GetProtocol()))
+	}
+	fmt.Fprintf(e.out, "Ports:\t%s\n", strings.Join(ports, ", "))
+	for _, c := range s.GetConflicts() {
+		fmt.Fprintf(e.out, "Conflict:\t%s\n", c)
+	}
+	fmt.Fprintln(e.out, "Instances:")
+	for _, in := range s.GetInstances() {
+		var locs []string
+		for _, l := range in.GetEndpoints() {
+			locs = append(locs, fmt.Sprintf("%s/%s: %d", l.GetRegion(), l.GetZone(), l.GetReady()))
+		}
+		stale := ""
+		if in.GetStale() {
+			stale = fmt.Sprintf(" (stale: agent disconnected, last report %s ago)", time.Since(in.GetLastSeen().AsTime()).Round(time.Second))
+		}
+		fmt.Fprintf(e.out, "  %s: %d ready [%s]%s\n", in.GetCluster(), in.GetReady(), strings.Join(locs, ", "), stale)
+	}
+	clusters, err := e.listAll(cmd.Context(), &pb.ListRequest{Kind: resource.KindCluster})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.out, "Generated (compiled from each cluster's current bundle):")
+	host := name + "." + ns + ".svc.cluster.local"
+	for _, c := range clusters {
+		comp, err := e.fleet().GetCompiled(cmd.Context(), connect.NewRequest(&pb.GetCompiledRequest{Cluster: c.GetMetadata().GetFqn()}))
+		if err != nil {
+			return err
+		}
+		var lines []string
+		for _, doc := range strings.Split(comp.Msg.GetObjects(), "---\n") {
+			var o struct {
+				Kind     string
+				Metadata struct{ Name, Namespace string }
+				Spec     map[string]any
+			}
+			if yaml.Unmarshal([]byte(doc), &o) != nil || o.Kind == "" {
+				continue
+			}
+			about := false
+			switch o.Kind {
+			case "WorkloadEntry":
+				about = o.Metadata.Namespace == ns && strings.HasPrefix(o.Metadata.Name, name+"-")
+			case "ServiceEntry":
+				hosts, _ := o.Spec["hosts"].([]any)
+				about = len(hosts) == 1 && hosts[0] == host
+			case "DestinationRule":
+				about = o.Spec["host"] == host
+			}
+			if !about {
+				continue
+			}
+			line := fmt.Sprintf("    %s %s/%s", o.Kind, o.Metadata.Namespace, o.Metadata.Name)
+			if o.Kind == "WorkloadEntry" {
+				line += fmt.Sprintf(" (address %v, weight %v, locality %v)", o.Spec["address"], o.Spec["weight"], o.Spec["locality"])
+			}
+			lines = append(lines, line)
+		}
+		if len(lines) == 0 {
+			lines = []string{"    <none>"}
+		}
+		fmt.Fprintf(e.out, "  %s:\n%s\n", c.GetMetadata().GetName(), strings.Join(lines, "\n"))
+	}
+	return nil
+}
+
 func newDescribeCmd(e *env) *cobra.Command {
 	var parents parentFlags
 	cmd := &cobra.Command{
 		Use:   "describe KIND NAME",
 		Short: "Show a resource in detail: metadata, spec, status, children and recent changes",
-		Args:  cobra.ExactArgs(2),
+		Long: `Show a resource in detail: metadata, spec, status, children and recent changes.
+"describe service NAMESPACE/NAME" shows a fleet service instead: its instance
+in each cluster, and the objects generated for it in each cluster.`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "service" || args[0] == "services" || args[0] == "svc" {
+				return e.describeService(cmd, args[1])
+			}
 			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
 			if err != nil {
 				return err

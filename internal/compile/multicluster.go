@@ -81,6 +81,9 @@ func (c *compilation) multicluster(mc *bundle.Multicluster) {
 
 func (c *compilation) remoteService(s bundle.RemoteService) {
 	host := s.Name + "." + s.Namespace + ".svc.cluster.local"
+	for _, conflict := range s.Conflicts {
+		c.diag(s.Owner, "", "%s/%s: %s; the ports of the first cluster are used: give the service the same ports everywhere", s.Namespace, s.Name, conflict)
+	}
 	remotes := slices.Clone(s.Remotes)
 	slices.SortStableFunc(remotes, func(a, b bundle.RemoteInstance) int { return strings.Compare(a.Cluster, b.Cluster) })
 	var live []bundle.RemoteInstance

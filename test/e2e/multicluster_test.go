@@ -235,6 +235,10 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 	if out := s.must("get", "services"); !strings.Contains(out, "shop/reviews") || !strings.Contains(out, "c1,c2") || !strings.Contains(out, "shop/ratings") {
 		t.Fatalf("get services:\n%s", out)
 	}
+	if out := s.must("describe", "service", "shop/reviews"); !strings.Contains(out, "WorkloadEntry shop/reviews-c2 (address 127.0.11.2, weight 2") ||
+		!strings.Contains(out, "organizations/acme/clusters/c2: 2 ready") || !strings.Contains(out, "DestinationRule shop/flotilla-reviews") {
+		t.Fatalf("describe service:\n%s", out)
+	}
 
 	// The data plane: a sidecar in c1 is told c2's gateway for reviews.
 	probe := xdsprobe.Proxy{Namespace: "shop", Labels: map[string]string{"app": "productpage"}, Workload: "productpage",
