@@ -10,7 +10,6 @@ package discovery
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -36,13 +35,7 @@ import (
 )
 
 // TestMain starts two real clusters, only when benchmarks are asked for.
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
-		os.Exit(m.Run())
-	}
-	testfleet.Main(m, testfleet.Options{Clusters: 2})
-}
+func TestMain(m *testing.M) { harness.FleetMain(m, testfleet.Options{Clusters: 2}) }
 
 var weGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
 

@@ -19,22 +19,17 @@
 package fleetscale
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,130 +43,6 @@ import (
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/testauth"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// flotillaBin builds the flotilla binary once per run.
-func flotillaBin(tb testing.TB) string {
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "flotilla-bench-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "flotilla")
-		cmd := exec.Command("go", "build", "-o", binPath, "flotilla.io/flotilla/cmd/flotilla")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		binErr = cmd.Run()
-	})
-	if binErr != nil {
-		tb.Fatal(binErr)
-	}
-	return binPath
-}
-
-// server is a `flotilla server` child process on a SQLite store.
-type server struct {
-	tb    testing.TB
-	dir   string
-	addr  string
-	url   string
-	cmd   *exec.Cmd
-	done  chan struct{}
-	token string // the bootstrap administrator's
-}
-
-func startServer(tb testing.TB, dir, addr string) *server {
-	tb.Helper()
-	s := &server{tb: tb, dir: dir, addr: addr, url: "http://" + addr}
-	s.start()
-	return s
-}
-
-func (s *server) start() {
-	s.tb.Helper()
-	s.cmd = exec.Command(flotillaBin(s.tb), "server", "--listen", s.addr, "--data-dir", s.dir, "--log-level", envOr("FLOTILLA_BENCH_LOG", "warn"))
-	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		s.tb.Fatal(err)
-	}
-	s.done = make(chan struct{})
-	go func() { s.cmd.Wait(); close(s.done) }()
-	s.tb.Cleanup(s.stop)
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(s.url + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				if s.token == "" {
-					s.token = harness.BootstrapToken(s.tb, s.url, s.dir)
-				}
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	s.tb.Fatal("server not ready")
-}
-
-func (s *server) stop() {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(40 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
-}
-
-// rss is the server's resident set and peak, in MiB.
-func (s *server) rss() (cur, peak float64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
-	if err != nil {
-		s.tb.Fatal(err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			cur = kb / 1024
-		case "VmHWM:":
-			peak = kb / 1024
-		}
-	}
-	return cur, peak
-}
-
-func (s *server) connectedAgents() int {
-	resp, err := http.Get(s.url + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "flotilla_central_connected_agents "); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return int(n)
-		}
-	}
-	return -1
-}
 
 // sim is a simulated agent: it acknowledges every bundle as the real agent
 // does (version, revision, one status per resource), reconnecting after
@@ -246,7 +117,7 @@ func gateway(group, i int, host string) *pb.Resource {
 // fleet is a server with the realistic intent and n connected, converged
 // simulated agents.
 type fleet struct {
-	srv   *server
+	srv   *harness.Server
 	api   flotillav1alpha1connect.ResourceServiceClient
 	sims  []*sim
 	wake  chan struct{}
@@ -256,16 +127,10 @@ type fleet struct {
 func startFleet(b *testing.B, n int) *fleet {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	srv := startServer(b, b.TempDir(), addr)
+	srv := harness.StartServer(b, b.TempDir())
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	api := flotillav1alpha1connect.NewResourceServiceClient(client, srv.url, testauth.Bearer(srv.token))
-	fl := flotillav1alpha1connect.NewFleetServiceClient(client, srv.url, testauth.Bearer(srv.token))
+	api := flotillav1alpha1connect.NewResourceServiceClient(client, srv.URL, testauth.Bearer(srv.Token))
+	fl := flotillav1alpha1connect.NewFleetServiceClient(client, srv.URL, testauth.Bearer(srv.Token))
 	f := &fleet{srv: srv, api: api, wake: make(chan struct{}, 1)}
 	f.apply = func(rs []*pb.Resource) int64 {
 		res, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: rs}))
@@ -308,7 +173,7 @@ func startFleet(b *testing.B, n int) *fleet {
 		if i%simsPerTC == 0 {
 			p := new(http.Protocols)
 			p.SetUnencryptedHTTP2(true)
-			agentClient = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, srv.url, connect.WithGRPC())
+			agentClient = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, srv.URL, connect.WithGRPC())
 		}
 		tok, err := fl.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: clusterName(i), Organization: "acme"}}))
 		if err != nil {
@@ -373,7 +238,7 @@ func BenchmarkOneObjectChange(b *testing.B) {
 				return time.Since(start)
 			})
 			if n == 10000 {
-				cur, peak := f.srv.rss()
+				cur, peak := f.srv.RSS()
 				b.ReportMetric(cur, "server-rss-MiB")
 				b.ReportMetric(peak, "server-peak-rss-MiB")
 			}
@@ -387,11 +252,11 @@ func BenchmarkOneObjectChange(b *testing.B) {
 func BenchmarkRestartResync(b *testing.B) {
 	f := startFleet(b, 1000)
 	harness.Measure(b, func(int) time.Duration {
-		f.srv.stop()
+		f.srv.Stop()
 		start := time.Now()
-		f.srv.start()
+		f.srv.Start()
 		deadline := time.Now().Add(30 * time.Second)
-		for f.srv.connectedAgents() != len(f.sims) {
+		for f.srv.ConnectedAgents() != len(f.sims) {
 			if time.Now().After(deadline) {
 				why := map[string]int{}
 				for _, s := range f.sims {
@@ -399,7 +264,7 @@ func BenchmarkRestartResync(b *testing.B) {
 						why[e]++
 					}
 				}
-				b.Fatalf("%d of %d agents back; last stream errors: %v", f.srv.connectedAgents(), len(f.sims), why)
+				b.Fatalf("%d of %d agents back; last stream errors: %v", f.srv.ConnectedAgents(), len(f.sims), why)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -442,8 +307,8 @@ spec:
 		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 			b.Fatal(err)
 		}
-		cmd := exec.Command(flotillaBin(b), "apply", "-f", file, "--server", f.srv.url)
-		cmd.Env = append(os.Environ(), "FLOTILLA_TOKEN="+f.srv.token)
+		cmd := exec.Command(harness.FlotillaBin(b), "apply", "-f", file, "--server", f.srv.URL)
+		cmd.Env = append(os.Environ(), "FLOTILLA_TOKEN="+f.srv.Token)
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = io.Discard, &out
 		start := time.Now()
@@ -452,11 +317,4 @@ spec:
 		}
 		return time.Since(start)
 	})
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }

@@ -8,7 +8,6 @@ package propagation
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -29,15 +28,8 @@ import (
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
-// TestMain starts two real clusters, only when benchmarks are asked for:
-// `go test ./...` should not pay for a fleet that no test uses.
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
-		os.Exit(m.Run())
-	}
-	testfleet.Main(m, testfleet.Options{Clusters: 2})
-}
+// TestMain starts two real clusters, only when benchmarks are asked for.
+func TestMain(m *testing.M) { harness.FleetMain(m, testfleet.Options{Clusters: 2}) }
 
 func BenchmarkPropagationTwoRealClusters(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())

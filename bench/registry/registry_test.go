@@ -18,16 +18,9 @@ package registry
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,10 +76,10 @@ func BenchmarkRegistryUpdate(b *testing.B) {
 func benchRegistry(b *testing.B, n int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv := startServer(b)
+	srv := harness.StartServer(b, b.TempDir())
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	api := flotillav1alpha1connect.NewResourceServiceClient(client, srv.url, testauth.Bearer(srv.token))
-	fleet := flotillav1alpha1connect.NewFleetServiceClient(client, srv.url, testauth.Bearer(srv.token))
+	api := flotillav1alpha1connect.NewResourceServiceClient(client, srv.URL, testauth.Bearer(srv.Token))
+	fleet := flotillav1alpha1connect.NewFleetServiceClient(client, srv.URL, testauth.Bearer(srv.Token))
 	apply := func(rs []*pb.Resource) {
 		if _, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: rs})); err != nil {
 			b.Fatal(err)
@@ -108,7 +101,7 @@ func benchRegistry(b *testing.B, n int) {
 		if i%simsPerConn == 0 {
 			p := new(http.Protocols)
 			p.SetUnencryptedHTTP2(true)
-			agentClient = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, srv.url, connect.WithGRPC())
+			agentClient = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, srv.URL, connect.WithGRPC())
 		}
 		tok, err := fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: name(i), Organization: "acme"}}))
 		if err != nil {
@@ -154,7 +147,8 @@ func benchRegistry(b *testing.B, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second) // let the garbage collector settle before reading RSS
-	rss := srv.rssMB()
+	rssMiB, _ := srv.RSS()
+	rss := rssMiB * (1 << 20) / 1e6 // MB
 
 	// Changes at 10/s fleet-wide; each is timed until a reader sees it.
 	var lat []time.Duration
@@ -204,72 +198,4 @@ func seen(res *pb.ListServicesResponse, cluster string, ready uint32) bool {
 		}
 	}
 	return false
-}
-
-// server is a `flotilla server` child process on a SQLite store.
-type server struct {
-	url, token string
-	cmd        *exec.Cmd
-}
-
-func startServer(b *testing.B) *server {
-	b.Helper()
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "flotilla")
-	build := exec.Command("go", "build", "-o", bin, "flotilla.io/flotilla/cmd/flotilla")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	s := &server{url: "http://" + addr}
-	s.cmd = exec.Command(bin, "server", "--listen", addr, "--data-dir", dir, "--log-level", "warn")
-	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = s.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(40 * time.Second):
-			_ = s.cmd.Process.Kill()
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(s.url + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				s.token = harness.BootstrapToken(b, s.url, dir)
-				return s
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	b.Fatal("server not ready")
-	return nil
-}
-
-// rssMB is the server's resident set, in MB (10^6 bytes).
-func (s *server) rssMB() float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
-	if err != nil {
-		return -1
-	}
-	for line := range strings.Lines(string(data)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-			return float64(kb) * 1024 / 1e6
-		}
-	}
-	return -1
 }

@@ -102,6 +102,7 @@ var minimalIstioSpecs = map[string]map[string]any{
 	"ServiceEntry":    {"hosts": []any{"x.example.com"}, "ports": []any{map[string]any{"number": 443, "name": "https", "protocol": "TLS"}}, "resolution": "DNS"},
 	"Sidecar":         {"egress": []any{map[string]any{"hosts": []any{"./*"}}}},
 	"VirtualService":  {"hosts": []any{"web"}, "http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web"}}}}}},
+	"WorkloadEntry":   {"address": "10.0.0.1"},
 }
 
 // matrixNew are objects a case tries to create, one of each kind.

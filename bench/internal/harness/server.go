@@ -1,0 +1,181 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"flotilla.io/flotilla/internal/testfleet"
+)
+
+// FleetMain is a TestMain for benchmarks on real clusters: it starts a
+// local fleet only when benchmarks are asked for, so that `go test ./...`
+// does not pay for a fleet that no test uses.
+func FleetMain(m *testing.M, opts testfleet.Options) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run())
+	}
+	testfleet.Main(m, opts)
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// FlotillaBin builds the flotilla binary once per run.
+func FlotillaBin(tb testing.TB) string {
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "flotilla-bench-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "flotilla")
+		cmd := exec.Command("go", "build", "-o", binPath, "flotilla.io/flotilla/cmd/flotilla")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		binErr = cmd.Run()
+	})
+	if binErr != nil {
+		tb.Fatal(binErr)
+	}
+	return binPath
+}
+
+// Server is a `flotilla server` child process on a SQLite store in Dir, so
+// that its memory is its own. It is stopped when the benchmark ends.
+type Server struct {
+	tb        testing.TB
+	Dir, URL  string
+	addr      string
+	Token     string // the bootstrap administrator's
+	cmd       *exec.Cmd
+	done      chan struct{}
+	cleanedUp bool
+}
+
+// StartServer starts a server on a free loopback port with its data in dir.
+func StartServer(tb testing.TB, dir string) *Server {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	s := &Server{tb: tb, Dir: dir, addr: addr, URL: "http://" + addr}
+	s.Start()
+	return s
+}
+
+// Start starts the server (again, after Stop) and waits until it is ready.
+func (s *Server) Start() {
+	s.tb.Helper()
+	level := os.Getenv("FLOTILLA_BENCH_LOG")
+	if level == "" {
+		level = "warn"
+	}
+	s.cmd = exec.Command(FlotillaBin(s.tb), "server", "--listen", s.addr, "--data-dir", s.Dir, "--log-level", level)
+	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		s.tb.Fatal(err)
+	}
+	s.done = make(chan struct{})
+	go func() { s.cmd.Wait(); close(s.done) }()
+	if !s.cleanedUp {
+		s.cleanedUp = true
+		s.tb.Cleanup(s.Stop)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(s.URL + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				if s.Token == "" {
+					s.Token = BootstrapToken(s.tb, s.URL, s.Dir)
+				}
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.tb.Fatal("server not ready")
+}
+
+// Stop sends SIGTERM and waits for the exit (SIGKILL after 40 s).
+func (s *Server) Stop() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(40 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// RSS is the server's resident set and its peak, in MiB.
+func (s *Server) RSS() (cur, peak float64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		s.tb.Fatal(err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			cur = kb / 1024
+		case "VmHWM:":
+			peak = kb / 1024
+		}
+	}
+	return cur, peak
+}
+
+// ConnectedAgents reads flotilla_central_connected_agents from /metrics;
+// -1 when it cannot.
+func (s *Server) ConnectedAgents() int {
+	req, err := http.NewRequest(http.MethodGet, s.URL+"/metrics", nil)
+	if err != nil {
+		return -1
+	}
+	req.Header.Set("Authorization", "Bearer "+s.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "flotilla_central_connected_agents "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
+		}
+	}
+	return -1
+}
