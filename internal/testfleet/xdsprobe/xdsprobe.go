@@ -82,7 +82,6 @@ func Fetch(ctx context.Context, addr string, p Proxy) (*Snapshot, error) {
 		ClusterID:    cluster.ID(p.Cluster),
 		Network:      network.ID(p.Network),
 		WorkloadName: p.Workload,
-		Generator:    "",
 	}
 	s := &state{
 		snap: Snapshot{
