@@ -69,6 +69,7 @@ func matrixObjects() []mobj {
 		{"w2", res("Workspace", md("w2", "acme", "t1"), selector("ledger"))},
 		{"g1", res("Group", md("g1", "acme", "t1", "w1"), g("gateway", "BRIDGED"))},
 		{"g2", res("Group", md("g2", "acme", "t1", "w1"), g("traffic", "DIRECT"))},
+		{"wss", res("WorkspaceSetting", md("mc", "acme", "t1", "w1"), map[string]any{"eastWestGateway": map[string]any{"workloadSelector": map[string]any{"namespace": "istio-system", "labels": map[string]any{"istio": "eastwestgateway"}}}})},
 		{"igw", gateway("shop", "shop.example.com")},
 		{"c1", res("Cluster", md("c1", "acme"), nil)},
 		{"c2", res("Cluster", md("c2", "acme"), nil)},
@@ -113,6 +114,7 @@ func matrixNew() []mobj {
 		{"new-tenant", res("Tenant", md("t9", "acme"), nil)},
 		{"new-ws", res("Workspace", md("w9", "acme", "t1"), selector("other"))},
 		{"new-group", res("Group", md("g9", "acme", "t1", "w1"), g)},
+		{"new-wss", res("WorkspaceSetting", md("mc9", "acme", "t1", "w1"), map[string]any{"eastWestGateway": map[string]any{"workloadSelector": map[string]any{"namespace": "istio-system", "labels": map[string]any{"istio": "eastwestgateway"}}}})},
 		{"new-igw", gateway("shop9", "shop9.example.com")},
 		{"new-cluster", res("Cluster", md("c9", "acme"), nil)},
 		{"new-team", res("Team", md("ops", "acme"), nil)},
@@ -132,10 +134,10 @@ var (
 		"cluster":      "organizations/acme/clusters/c1",
 	}
 	reach = map[string][]string{ // level → the objects (existing and new) a binding there covers
-		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "igw", "istio", "c1", "c2", "team", "sa", "role",
-			"new-tenant", "new-ws", "new-group", "new-igw", "new-istio", "new-cluster", "new-team", "new-sa", "new-role"},
-		"tenant":    {"t1", "w1", "w2", "g1", "g2", "igw", "istio", "new-ws", "new-group", "new-igw", "new-istio"},
-		"workspace": {"w1", "g1", "g2", "igw", "istio", "new-group", "new-igw", "new-istio"},
+		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "wss", "igw", "istio", "c1", "c2", "team", "sa", "role",
+			"new-tenant", "new-ws", "new-group", "new-wss", "new-igw", "new-istio", "new-cluster", "new-team", "new-sa", "new-role"},
+		"tenant":    {"t1", "w1", "w2", "g1", "g2", "wss", "igw", "istio", "new-ws", "new-group", "new-wss", "new-igw", "new-istio"},
+		"workspace": {"w1", "g1", "g2", "wss", "igw", "istio", "new-group", "new-wss", "new-igw", "new-istio"},
 		"group":     {"g1", "igw", "new-igw"},
 		"cluster":   {"c1"},
 	}
