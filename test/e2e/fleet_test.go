@@ -412,6 +412,7 @@ spec:
 		if _, err := c1.get(vsGVR, "payments", "refused-web"); err != nil {
 			t.Fatalf("c1 lacks the object: %v", err)
 		}
+		c1.istiodHas(t, "VirtualService", "payments", "refused-web") // istiod in c1 took the DIRECT object
 		// The gateway in the same group tree is unaffected in c2.
 		if agg, _ := s.status("ingressgateway", "shop"); agg != "READY" {
 			t.Fatalf("one failed object degraded another resource: %s", agg)
