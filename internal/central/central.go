@@ -288,8 +288,7 @@ func (c *Central) reload(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idx, c.broken, c.rev = idx, broken, rev
-	mc.slices, mc.raw, mc.wake = c.mc.slices, c.mc.raw, c.mc.wake
-	c.mc = mc
+	c.mc.workspaces, c.mc.settings = mc.workspaces, mc.settings // c.mc itself stays: runMulticluster holds its wake channel
 	c.mc.poke()
 	c.syncClusters(allClusters(idx), statuses)
 	return nil

@@ -285,11 +285,21 @@ func TestFleetEndToEnd(t *testing.T) {
 		})
 		// The rest of the cluster's reported facts.
 		out := s.must("get", "cluster", "c1", "-o", "yaml")
-		for _, want := range []string{"connected: true", "kubernetesVersion: v1.36", "agentVersion:", "bundleVersion:", "lastSeen:", "- payments\n", "name: kubernetes", "port: 443", "installed: false"} {
+		for _, want := range []string{"connected: true", "kubernetesVersion: v1.36", "agentVersion:", "bundleVersion:", "lastSeen:", "- payments\n", "installed: false"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("cluster c1's status lacks %q:\n%s", want, out)
 			}
 		}
+		// Its services are runtime state: in the registry, not in the Cluster.
+		if strings.Contains(out, "name: kubernetes") {
+			t.Errorf("cluster c1's status carries its services:\n%s", out)
+		}
+		eventually(t, 10*time.Second, "default/kubernetes of both clusters in the registry", func() error {
+			if out := s.must("get", "services", "default/kubernetes"); !strings.Contains(out, "c1,c2") || !strings.Contains(out, "https:443/TCP") {
+				return fmt.Errorf("get services default/kubernetes:\n%s", out)
+			}
+			return nil
+		})
 	})
 
 	t.Run("a disconnected cluster stays Pending, then converges without re-applying unchanged objects", func(t *testing.T) {

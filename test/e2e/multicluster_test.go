@@ -103,6 +103,7 @@ func (c *kcluster) prepareMulticluster(t *testing.T, address string) {
 	t.Helper()
 	ctx := context.Background()
 	c.reset(t, "shop")
+	c.reset(t, "payments") // what an earlier test's agent left there would be pruned first
 	for _, gvr := range []schema.GroupVersionResource{workloadEntryGVR, destRuleGVR} {
 		_ = c.dyn.Resource(gvr).Namespace("shop").DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 	}

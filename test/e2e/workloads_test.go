@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +174,26 @@ func TestThreeClustersWithWorkloadsFollowAScaleToZeroFleetWide(t *testing.T) {
 		}
 		if len(eps) != 1 || eps[0].Address != "127.0.13.2:15443" {
 			return fmt.Errorf("c3's EDS for ratings: %+v", eps)
+		}
+		return nil
+	})
+
+	// c2's east-west gateway proxy passes reviews and ratings through by SNI.
+	eventually(t, 60*time.Second, "c2's east-west gateway: AUTO_PASSTHROUGH chains for the exposed services", func() error {
+		c := info["c2"]
+		p := xdsprobe.Proxy{Type: xdsprobe.Gateway, Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"},
+			Workload: "eastwest", Cluster: c.Name, Network: c.Network, Region: c.Region, Zone: c.Zone}
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		snap, err := xdsprobe.Fetch(fctx, c.Istiod.GRPC, p)
+		if err != nil {
+			return err
+		}
+		names := snap.ServerNames(15443)
+		for _, want := range []string{"outbound_.9080_._.reviews.shop.svc.cluster.local", "outbound_.9080_._.ratings.shop.svc.cluster.local"} {
+			if !slices.Contains(names, want) {
+				return fmt.Errorf("no filter chain for SNI %s on 15443: %v", want, names)
+			}
 		}
 		return nil
 	})

@@ -329,3 +329,20 @@ func (s *Snapshot) EndpointsOf(name string) []Endpoint {
 	}
 	return out
 }
+
+// ServerNames returns the SNI names the filter chains of the listeners on
+// port match, sorted: what a TLS passthrough gateway (AUTO_PASSTHROUGH)
+// routes by.
+func (s *Snapshot) ServerNames(port uint32) []string {
+	var out []string
+	for _, l := range s.Listeners {
+		if l.GetAddress().GetSocketAddress().GetPortValue() != port {
+			continue
+		}
+		for _, fc := range l.GetFilterChains() {
+			out = append(out, fc.GetFilterChainMatch().GetServerNames()...)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
