@@ -390,8 +390,15 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 		return ok
 	}
 	out := &pb.ListServicesResponse{}
-	for _, s := range f.services.Services(visible, registry.Filter{Namespace: req.Msg.GetNamespace(), Name: req.Msg.GetName()}) {
-		info := &pb.FleetServiceInfo{Namespace: s.Namespace, Name: s.Name, Conflicts: s.Conflicts}
+	services := f.services.Services(visible, registry.Filter{Namespace: req.Msg.GetNamespace(), Name: req.Msg.GetName()})
+	exposed := make([][]string, len(services))
+	f.mu.Lock()
+	for i, s := range services {
+		exposed[i] = f.exposedBy(s)
+	}
+	f.mu.Unlock()
+	for i, s := range services {
+		info := &pb.FleetServiceInfo{Namespace: s.Namespace, Name: s.Name, Conflicts: s.Conflicts, ExposedBy: exposed[i]}
 		for _, p := range s.Ports {
 			info.Ports = append(info.Ports, &pb.FleetServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol})
 		}

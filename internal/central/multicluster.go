@@ -180,6 +180,27 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 	return out
 }
 
+// exposedBy returns the settings that expose the service (in any of its
+// instances' clusters), sorted. Callers hold c.mu.
+func (c *Central) exposedBy(svc registry.Service) []string {
+	var out []string
+	for _, s := range c.mc.settings {
+		sel := c.mc.workspaces[s.workspace]
+		if sel == nil || s.ew == nil {
+			continue
+		}
+		for _, in := range svc.Instances {
+			ce := c.idx.clusters[in.Cluster]
+			if ce != nil && ce.org == s.org && sel.Match(ce.name, svc.Namespace) && exposes(s.ew, in.Labels) {
+				out = append(out, s.fqn)
+				break
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // exposes reports whether a service with these labels is exposed: an empty
 // list exposes every service, else one of its label sets must match.
 func exposes(ew *pb.EastWestGatewaySettings, labels map[string]string) bool {

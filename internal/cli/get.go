@@ -112,7 +112,7 @@ func (e *env) getServices(cmd *cobra.Command, output string, rest []string) erro
 		return err
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tCLUSTERS\tREADY\tPORTS\tCONFLICTS")
+	fmt.Fprintln(tw, "SERVICE\tCLUSTERS\tREADY\tPORTS\tEXPOSED\tCONFLICTS")
 	for _, s := range services {
 		var clusters, ready, ports []string
 		for _, in := range s.GetInstances() {
@@ -127,7 +127,7 @@ func (e *env) getServices(cmd *cobra.Command, output string, rest []string) erro
 				r += "(" + strings.Join(locs, ",") + ")"
 			}
 			if in.GetStale() {
-				r += fmt.Sprintf("[stale %s]", time.Since(in.GetLastSeen().AsTime()).Round(time.Second))
+				r += fmt.Sprintf("[stale:%s]", time.Since(in.GetLastSeen().AsTime()).Round(time.Second))
 			}
 			ready = append(ready, r)
 		}
@@ -138,7 +138,11 @@ func (e *env) getServices(cmd *cobra.Command, output string, rest []string) erro
 		if len(s.GetConflicts()) > 0 {
 			conflicts = strings.Join(s.GetConflicts(), "; ")
 		}
-		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", s.GetNamespace(), s.GetName(), strings.Join(clusters, ","), strings.Join(ready, " "), strings.Join(ports, ","), conflicts)
+		exposed := "no"
+		if len(s.GetExposedBy()) > 0 {
+			exposed = "yes"
+		}
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\t%s\n", s.GetNamespace(), s.GetName(), strings.Join(clusters, ","), strings.Join(ready, ","), strings.Join(ports, ","), exposed, conflicts)
 	}
 	return tw.Flush()
 }
@@ -383,6 +387,11 @@ func (e *env) describeService(cmd *cobra.Command, arg string) error {
 	for _, c := range s.GetConflicts() {
 		fmt.Fprintf(e.out, "Conflict:\t%s\n", c)
 	}
+	exposed := "no (no workspace setting exposes it)"
+	if len(s.GetExposedBy()) > 0 {
+		exposed = "by " + strings.Join(s.GetExposedBy(), ", ")
+	}
+	fmt.Fprintf(e.out, "Exposed:\t%s\n", exposed)
 	fmt.Fprintln(e.out, "Instances:")
 	for _, in := range s.GetInstances() {
 		var locs []string

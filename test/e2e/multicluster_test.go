@@ -233,11 +233,33 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 		}
 		return nil
 	})
+	exposedColumn := func(service string) string {
+		out := s.must("get", "services", service)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 2 {
+			t.Fatalf("get services %s:\n%s", service, out)
+		}
+		header, row := strings.Fields(lines[0]), strings.Fields(lines[1])
+		for i, h := range header {
+			if h == "EXPOSED" && i < len(row) {
+				return row[i]
+			}
+		}
+		t.Fatalf("no EXPOSED column:\n%s", out)
+		return ""
+	}
+	if got := exposedColumn("default/kubernetes"); got != "no" {
+		t.Fatalf("default/kubernetes (in no exposing workspace) shows EXPOSED %q", got)
+	}
+	if got := exposedColumn("shop/reviews"); got != "yes" {
+		t.Fatalf("shop/reviews shows EXPOSED %q", got)
+	}
 	if out := s.must("get", "services"); !strings.Contains(out, "shop/reviews") || !strings.Contains(out, "c1,c2") || !strings.Contains(out, "shop/ratings") {
 		t.Fatalf("get services:\n%s", out)
 	}
 	if out := s.must("describe", "service", "shop/reviews"); !strings.Contains(out, "WorkloadEntry shop/reviews-c2 (address 127.0.11.2, weight 2") ||
-		!strings.Contains(out, "organizations/acme/clusters/c2: 2 ready") || !strings.Contains(out, "DestinationRule shop/flotilla-reviews") {
+		!strings.Contains(out, "organizations/acme/clusters/c2: 2 ready") || !strings.Contains(out, "DestinationRule shop/flotilla-reviews") ||
+		!strings.Contains(out, "Exposed:\tby organizations/acme/tenants/fintech/workspaces/shop/workspacesettings/multicluster") {
 		t.Fatalf("describe service:\n%s", out)
 	}
 

@@ -903,7 +903,10 @@ type FleetServiceInfo struct {
 	Instances []*ServiceInstance `protobuf:"bytes,4,rep,name=instances,proto3" json:"instances,omitempty"`
 	// Conflicts say where clusters disagree (ports of another name or
 	// protocol); they are reported, never merged.
-	Conflicts     []string `protobuf:"bytes,5,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	Conflicts []string `protobuf:"bytes,5,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	// ExposedBy are the WorkspaceSettings that expose the service to other
+	// clusters through east-west gateways; empty when none does.
+	ExposedBy     []string `protobuf:"bytes,6,rep,name=exposed_by,json=exposedBy,proto3" json:"exposed_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -969,6 +972,13 @@ func (x *FleetServiceInfo) GetInstances() []*ServiceInstance {
 func (x *FleetServiceInfo) GetConflicts() []string {
 	if x != nil {
 		return x.Conflicts
+	}
+	return nil
+}
+
+func (x *FleetServiceInfo) GetExposedBy() []string {
+	if x != nil {
+		return x.ExposedBy
 	}
 	return nil
 }
@@ -1238,13 +1248,15 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"W\n" +
 	"\x14ListServicesResponse\x12?\n" +
-	"\bservices\x18\x01 \x03(\v2#.flotilla.v1alpha1.FleetServiceInfoR\bservices\"\xdf\x01\n" +
+	"\bservices\x18\x01 \x03(\v2#.flotilla.v1alpha1.FleetServiceInfoR\bservices\"\xfe\x01\n" +
 	"\x10FleetServiceInfo\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
 	"\x05ports\x18\x03 \x03(\v2#.flotilla.v1alpha1.FleetServicePortR\x05ports\x12@\n" +
 	"\tinstances\x18\x04 \x03(\v2\".flotilla.v1alpha1.ServiceInstanceR\tinstances\x12\x1c\n" +
-	"\tconflicts\x18\x05 \x03(\tR\tconflicts\"Z\n" +
+	"\tconflicts\x18\x05 \x03(\tR\tconflicts\x12\x1d\n" +
+	"\n" +
+	"exposed_by\x18\x06 \x03(\tR\texposedBy\"Z\n" +
 	"\x10FleetServicePort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06number\x18\x02 \x01(\rR\x06number\x12\x1a\n" +
