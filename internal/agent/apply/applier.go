@@ -102,6 +102,12 @@ type Applier struct {
 	// kindsChanged tells Run that Apply brought kinds it may not watch yet.
 	kindsChanged chan struct{}
 	running      atomic.Bool
+	// watch is Run's watcher while it runs: Apply reads the managed objects
+	// of a kind from its informer once that has synced, instead of listing.
+	watch atomic.Pointer[watcher]
+	// written holds, per object, the hash of Flotilla's last write of it,
+	// to tell an informer's copy that has not caught up with that write.
+	written sync.Map // objKey → string
 }
 
 // New returns an Applier for the cluster that cfg reaches. cfg is copied;
@@ -217,6 +223,9 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 	defer a.writeMu.Unlock()
 
 	objs, results := a.prepare(desired)
+	a.mu.RLock()
+	previous := a.desired
+	a.mu.RUnlock()
 	newKinds := a.setDesired(objs)
 	if newKinds {
 		select {
@@ -227,6 +236,19 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 
 	live, unlisted, listResults := a.listManaged(ctx, a.knownKinds())
 	results = append(results, listResults...)
+	a.catchUp(ctx, live)
+	// An informer may not have seen an object the last Apply wrote yet: the
+	// ones it desired and this one does not are read directly, so that
+	// they are pruned all the same.
+	for k, d := range previous {
+		if _, still := objs[k]; still || live[k] != nil || unlisted[k.groupKind()] || d.mapping == nil || !d.applied.Load() {
+			continue
+		}
+		got, err := a.resource(d.mapping, k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+		if err == nil && got.GetLabels()[ManagedByLabel] == ManagedByValue {
+			live[k] = got
+		}
+	}
 
 	for _, k := range slices.SortedFunc(maps.Keys(objs), compareKeys) {
 		d := objs[k]
@@ -379,12 +401,16 @@ func (a *Applier) listManaged(ctx context.Context, kinds []schema.GroupVersionKi
 	// The kinds are listed concurrently: one round trip instead of one per
 	// kind dominates an apply's latency.
 	type listed struct {
-		items  []unstructured.Unstructured
+		items  []*unstructured.Unstructured
 		failed *ObjectResult
 	}
 	out := make([]listed, len(kinds))
 	var wg sync.WaitGroup
 	for i, gvk := range kinds {
+		if items, ok := a.cached(gvk.GroupKind()); ok {
+			out[i].items = items
+			continue
+		}
 		m, err := a.restMapping(gvk)
 		if err != nil {
 			a.log.Debug("kind not served; nothing to prune", "kind", gvk.String(), "err", err)
@@ -403,7 +429,9 @@ func (a *Applier) listManaged(ctx context.Context, kinds []schema.GroupVersionKi
 					}}
 					return
 				}
-				out[i].items = append(out[i].items, list.Items...)
+				for j := range list.Items {
+					out[i].items = append(out[i].items, &list.Items[j])
+				}
 				if opts.Continue = list.GetContinue(); opts.Continue == "" {
 					return
 				}
@@ -420,12 +448,57 @@ func (a *Applier) listManaged(ctx context.Context, kinds []schema.GroupVersionKi
 			results = append(results, *l.failed)
 			continue
 		}
-		for j := range l.items {
-			obj := &l.items[j]
+		for _, obj := range l.items {
 			live[keyOf(obj)] = obj
 		}
 	}
 	return live, unlisted, results
+}
+
+// catchUp replaces the copies in live that do not carry the hash of
+// Flotilla's own last write (an informer behind it, or a change by someone
+// else) with the objects as the API server has them now.
+func (a *Applier) catchUp(ctx context.Context, live map[objKey]*unstructured.Unstructured) {
+	for k, obj := range live {
+		w, ok := a.written.Load(k)
+		if !ok || obj.GetAnnotations()[HashAnnotation] == w.(string) {
+			continue
+		}
+		m, err := a.restMapping(obj.GroupVersionKind())
+		if err != nil {
+			continue
+		}
+		got, err := a.resource(m, k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			delete(live, k)
+		case err == nil && got.GetLabels()[ManagedByLabel] == ManagedByValue:
+			live[k] = got
+		default:
+			delete(live, k) // ensure reads it itself
+		}
+	}
+}
+
+// cached returns the managed objects of a kind from Run's informer, once it
+// has synced; the objects are the cache's and must not be changed.
+func (a *Applier) cached(gk schema.GroupKind) ([]*unstructured.Unstructured, bool) {
+	w := a.watch.Load()
+	if w == nil {
+		return nil, false
+	}
+	inf := w.informer(gk)
+	if inf == nil || !inf.HasSynced() {
+		return nil, false
+	}
+	objs := inf.GetStore().List()
+	out := make([]*unstructured.Unstructured, 0, len(objs))
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			out = append(out, u)
+		}
+	}
+	return out, true
 }
 
 // errUnmanaged is wrapped by the failure for an object that exists without
@@ -463,6 +536,7 @@ func (a *Applier) ensure(ctx context.Context, d *desiredObject, live *unstructur
 		err = fmt.Errorf("apply %s: %w", d.id(), err)
 		return d.failed(err), err
 	}
+	a.written.Store(d.key, d.hash)
 	if live == nil {
 		a.log.Info("created", "object", d.id(), "owner", d.owner)
 		return d.result(Created, ""), nil
@@ -484,13 +558,24 @@ func (a *Applier) prune(ctx context.Context, desired map[objKey]*desiredObject, 
 		res := ObjectResult{Owner: owner, APIVersion: obj.GetAPIVersion(), Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Action: Deleted}
 		m, err := a.restMapping(obj.GroupVersionKind())
 		if err == nil {
-			uid, rv := obj.GetUID(), obj.GetResourceVersion()
-			err = a.resource(m, k.Namespace).Delete(ctx, k.Name, metav1.DeleteOptions{
-				Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
-			})
+			err = a.deleteIfUnchanged(ctx, m, obj)
+			if apierrors.IsConflict(err) {
+				// The copy may be an informer's, behind the object: read it
+				// again, and delete it if it is still ours and undesired.
+				fresh, gerr := a.resource(m, k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+				switch {
+				case apierrors.IsNotFound(gerr):
+					err = gerr
+				case gerr == nil && (fresh.GetLabels()[ManagedByLabel] != ManagedByValue || fresh.GetAnnotations()[OwnerAnnotation] == ""):
+					continue // no longer Flotilla's: not ours to delete
+				case gerr == nil:
+					err = a.deleteIfUnchanged(ctx, m, fresh)
+				}
+			}
 		}
 		switch {
 		case err == nil:
+			a.written.Delete(k)
 			a.log.Info("pruned", "object", id(k.Kind, k.Namespace, k.Name), "owner", owner)
 		case apierrors.IsNotFound(err):
 			// Already gone: the outcome is the one wanted.
@@ -502,6 +587,15 @@ func (a *Applier) prune(ctx context.Context, desired map[objKey]*desiredObject, 
 		results = append(results, res)
 	}
 	return results
+}
+
+// deleteIfUnchanged deletes obj, provided it is still the very version
+// given (same UID and resource version).
+func (a *Applier) deleteIfUnchanged(ctx context.Context, m *meta.RESTMapping, obj *unstructured.Unstructured) error {
+	uid, rv := obj.GetUID(), obj.GetResourceVersion()
+	return a.resource(m, obj.GetNamespace()).Delete(ctx, obj.GetName(), metav1.DeleteOptions{
+		Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv},
+	})
 }
 
 func compareKeys(x, y objKey) int {

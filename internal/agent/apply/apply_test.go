@@ -504,3 +504,39 @@ func TestANewApplierApplyingTheSameSetReportsUnchanged(t *testing.T) {
 		t.Errorf("DestinationRule resourceVersion moved (-before +after):\n%s", diff)
 	}
 }
+
+// With Run going, Apply reads managed objects from its informers instead of
+// listing. An informer may lag Apply's own writes: changing an object and
+// at once changing it back must still leave the cluster with the second
+// version, and an object written and at once no longer desired must still
+// be pruned. Probed in a loop, right after each write.
+func TestApplyFromTheInformerCacheIsNeverFooledByItsLag(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	run(t, a)
+	ctx := context.Background()
+	requireActions(t, a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("web", "v1")}), map[string]apply.Action{e.ref("VirtualService", "web"): apply.Created})
+	waitFor(t, 10*time.Second, "the informer to hold web", func() bool {
+		r := a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("web", "v1")})
+		return actions(r)[e.ref("VirtualService", "web")] == apply.Unchanged
+	})
+	dest := func(obj *unstructured.Unstructured) string {
+		http, _, _ := unstructured.NestedSlice(obj.Object, "spec", "http")
+		route, _, _ := unstructured.NestedSlice(http[0].(map[string]any), "route")
+		host, _, _ := unstructured.NestedString(route[0].(map[string]any), "destination", "host")
+		return host
+	}
+	for i := range 20 {
+		a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("web", "v2")})
+		a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("web", "v1")})
+		if got := dest(e.get(vsGVR, "web")); got != "v1" {
+			t.Fatalf("round %d: changed to v2 and back to v1, the cluster holds %s", i, got)
+		}
+		name := fmt.Sprintf("brief%d", i)
+		a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("web", "v1"), e.virtualService(name, "v1")})
+		a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("web", "v1")})
+		if e.exists(vsGVR, name) {
+			t.Fatalf("round %d: %s, written and at once no longer desired, was not pruned", i, name)
+		}
+	}
+}

@@ -44,6 +44,7 @@ func (a *Applier) Run(ctx context.Context) error {
 		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[objKey]()),
 		watched: map[schema.GroupKind]cache.SharedIndexInformer{},
 	}
+	a.watch.Store(w)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -51,6 +52,7 @@ func (a *Applier) Run(ctx context.Context) error {
 		w.work(ctx)
 	}()
 	defer func() {
+		a.watch.Store(nil)
 		w.factory.Shutdown() // waits for the informers, which stop with ctx
 		w.queue.ShutDown()
 		wg.Wait()
