@@ -168,22 +168,10 @@ func startFleet(b *testing.B, n int) *fleet {
 			batch = nil
 		}
 	}
-	var agentClient agentv1connect.AgentServiceClient
+	simulators := &harness.Simulators{URL: srv.URL, PerConn: simsPerTC}
 	for i := range n {
-		if i%simsPerTC == 0 {
-			p := new(http.Protocols)
-			p.SetUnencryptedHTTP2(true)
-			agentClient = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, srv.URL, connect.WithGRPC())
-		}
-		tok, err := fl.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: clusterName(i), Organization: "acme"}}))
-		if err != nil {
-			b.Fatal(err)
-		}
-		joined, err := agentClient.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: clusterName(i), Token: tok.Msg.GetToken()}))
-		if err != nil {
-			b.Fatal(err)
-		}
-		s := &sim{name: clusterName(i), cred: joined.Msg.GetCredential()}
+		agentClient, cred := simulators.Join(ctx, b, fl, clusterName(i))
+		s := &sim{name: clusterName(i), cred: cred}
 		f.sims = append(f.sims, s)
 		go s.run(ctx, agentClient, f.wake)
 	}

@@ -28,7 +28,6 @@ import (
 
 	"flotilla.io/flotilla/bench/internal/harness"
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
-	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/testauth"
@@ -96,23 +95,11 @@ func benchRegistry(b *testing.B, n int) {
 		}
 	}
 	sims := make([]*sim, n)
-	var agentClient agentv1connect.AgentServiceClient
+	simulators := &harness.Simulators{URL: srv.URL, PerConn: simsPerConn}
 	for i := range n {
-		if i%simsPerConn == 0 {
-			p := new(http.Protocols)
-			p.SetUnencryptedHTTP2(true)
-			agentClient = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, srv.URL, connect.WithGRPC())
-		}
-		tok, err := fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: name(i), Organization: "acme"}}))
-		if err != nil {
-			b.Fatal(err)
-		}
-		joined, err := agentClient.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: name(i), Token: tok.Msg.GetToken()}))
-		if err != nil {
-			b.Fatal(err)
-		}
+		agentClient, cred := simulators.Join(ctx, b, fleet, name(i))
 		st := agentClient.Connect(ctx)
-		st.RequestHeader().Set("Authorization", "Bearer "+joined.Msg.GetCredential())
+		st.RequestHeader().Set("Authorization", "Bearer "+cred)
 		if err := st.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: name(i), AgentVersion: "sim"}}}); err != nil {
 			b.Fatal(err)
 		}

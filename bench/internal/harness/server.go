@@ -3,6 +3,7 @@ package harness
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
@@ -178,4 +185,35 @@ func (s *Server) ConnectedAgents() int {
 		}
 	}
 	return -1
+}
+
+// Simulators hands out agent clients for simulated agents, perConn of them
+// per HTTP/2 connection (as many agents of one host would share none, but a
+// benchmark machine cannot open thousands).
+type Simulators struct {
+	URL     string
+	PerConn int
+	n       int
+	client  agentv1connect.AgentServiceClient
+}
+
+// Join onboards cluster (organization acme) and joins it as its agent
+// would, returning the agent client to stream on and the credential.
+func (s *Simulators) Join(ctx context.Context, tb testing.TB, fleet flotillav1alpha1connect.FleetServiceClient, cluster string) (agentv1connect.AgentServiceClient, string) {
+	tb.Helper()
+	if s.n%s.PerConn == 0 {
+		p := new(http.Protocols)
+		p.SetUnencryptedHTTP2(true)
+		s.client = agentv1connect.NewAgentServiceClient(&http.Client{Transport: &http.Transport{Protocols: p}}, s.URL, connect.WithGRPC())
+	}
+	s.n++
+	tok, err := fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: cluster, Organization: "acme"}}))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	joined, err := s.client.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: cluster, Token: tok.Msg.GetToken()}))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s.client, joined.Msg.GetCredential()
 }

@@ -13,6 +13,7 @@ package xdsprobe
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -214,40 +215,26 @@ func (s *state) route(_ adsc.HandlerContext, name, _ string, r *routev3.RouteCon
 func (s *state) complete() (*Snapshot, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for n := range s.wantEDS {
-		if s.snap.Endpoints[n] == nil {
-			return nil, false
-		}
+	if len(s.missingLocked()) > 0 {
+		return nil, false
 	}
-	for n := range s.wantRDS {
-		if s.snap.Routes[n] == nil {
-			return nil, false
-		}
-	}
-	out := &Snapshot{
-		Clusters:  map[string]*clusterv3.Cluster{},
-		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
-		Listeners: map[string]*listenerv3.Listener{},
-		Routes:    map[string]*routev3.RouteConfiguration{},
-	}
-	for k, v := range s.snap.Clusters {
-		out.Clusters[k] = v
-	}
-	for k, v := range s.snap.Endpoints {
-		out.Endpoints[k] = v
-	}
-	for k, v := range s.snap.Listeners {
-		out.Listeners[k] = v
-	}
-	for k, v := range s.snap.Routes {
-		out.Routes[k] = v
-	}
-	return out, true
+	return &Snapshot{
+		Clusters:  maps.Clone(s.snap.Clusters),
+		Endpoints: maps.Clone(s.snap.Endpoints),
+		Listeners: maps.Clone(s.snap.Listeners),
+		Routes:    maps.Clone(s.snap.Routes),
+	}, true
 }
 
 func (s *state) missing() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return fmt.Sprint(s.missingLocked())
+}
+
+// missingLocked lists the named dependencies not yet arrived, sorted.
+// Callers hold s.mu.
+func (s *state) missingLocked() []string {
 	var out []string
 	for n := range s.wantEDS {
 		if s.snap.Endpoints[n] == nil {
@@ -260,7 +247,7 @@ func (s *state) missing() string {
 		}
 	}
 	sort.Strings(out)
-	return fmt.Sprint(out)
+	return out
 }
 
 // Upstreams returns the upstream clusters that the routes of virtual hosts
