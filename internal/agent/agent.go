@@ -299,17 +299,16 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 	ack := &agentv1.Ack{BundleVersion: version}
 	// Intent objects, then the workspace settings behind the multicluster
 	// slice: each gets its status.
-	type owner struct{ FQN string }
-	owners := make([]owner, 0, len(b.Objects))
+	owners := make([]string, 0, len(b.Objects))
 	for _, o := range b.Objects {
-		owners = append(owners, owner{o.FQN})
+		owners = append(owners, o.FQN)
 	}
 	if mc := b.Multicluster; mc != nil {
 		seen := map[string]bool{}
 		add := func(fqn string) {
 			if !seen[fqn] {
 				seen[fqn] = true
-				owners = append(owners, owner{fqn})
+				owners = append(owners, fqn)
 			}
 		}
 		for _, e := range mc.EastWest {
@@ -319,11 +318,11 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 			add(s.Owner)
 		}
 	}
-	for _, o := range owners {
-		rs := &agentv1.ResourceStatus{Fqn: o.FQN, State: "Applied"}
+	for _, fqn := range owners {
+		rs := &agentv1.ResourceStatus{Fqn: fqn, State: "Applied"}
 		var failures []string
-		failures = append(failures, diags[o.FQN]...)
-		for _, r := range byOwner[o.FQN] {
+		failures = append(failures, diags[fqn]...)
+		for _, r := range byOwner[fqn] {
 			switch r.Action {
 			case apply.Failed:
 				failures = append(failures, fmt.Sprintf("%s %s/%s: %s", r.Kind, r.Namespace, r.Name, r.Message))

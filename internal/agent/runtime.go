@@ -273,7 +273,16 @@ func (r *runtimeReporter) fullReport() *agentv1.Runtime {
 // delta returns the next report with what changed, or nil when nothing did.
 func (r *runtimeReporter) delta() *agentv1.Runtime {
 	changed := r.w.takeDirty()
-	gw := r.w.eastWestGateway()
+	// The gateway is looked for again only when a changed service is, or
+	// was, an east-west gateway: a delta should not cost a scan of every
+	// service.
+	gw := r.sent.gateway
+	for k, s := range changed {
+		if s.GetLabels()[labelEastWestGateway] == eastWestGatewayValue || gw != nil && k == registry.Key(gw.GetNamespace(), gw.GetName()) {
+			gw = r.w.eastWestGateway()
+			break
+		}
+	}
 	m := &agentv1.Runtime{}
 	keys := make([]string, 0, len(changed))
 	for k := range changed {

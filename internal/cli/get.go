@@ -77,15 +77,24 @@ search; a name that is unique in the fleet needs none.`,
 	return cmd
 }
 
+// serviceName splits a NAMESPACE/NAME argument.
+func serviceName(arg string) (namespace, name string, err error) {
+	namespace, name, ok := strings.Cut(arg, "/")
+	if !ok || namespace == "" || name == "" {
+		return "", "", fmt.Errorf("name a service as NAMESPACE/NAME, e.g. shop/reviews (got %q)", arg)
+	}
+	return namespace, name, nil
+}
+
 // getServices prints the fleet's services: each namespace/name with its
 // clusters, ready endpoints per cluster and locality, ports and conflicts.
 // It is runtime state, as the agents report it.
 func (e *env) getServices(cmd *cobra.Command, output string, rest []string) error {
 	req := &pb.ListServicesRequest{}
 	if len(rest) == 1 {
-		ns, name, ok := strings.Cut(rest[0], "/")
-		if !ok || ns == "" || name == "" {
-			return fmt.Errorf("name a service as NAMESPACE/NAME, e.g. shop/reviews (got %q)", rest[0])
+		ns, name, err := serviceName(rest[0])
+		if err != nil {
+			return err
 		}
 		req.Namespace, req.Name = ns, name
 	}
@@ -366,9 +375,9 @@ func columnsFor(reg *resource.Registry, k *resource.Kind) []column {
 // endpoints, and the Istio objects generated for it in each cluster (as the
 // cluster's current bundle compiles).
 func (e *env) describeService(cmd *cobra.Command, arg string) error {
-	ns, name, ok := strings.Cut(arg, "/")
-	if !ok || ns == "" || name == "" {
-		return fmt.Errorf("name a service as NAMESPACE/NAME, e.g. shop/reviews (got %q)", arg)
+	ns, name, err := serviceName(arg)
+	if err != nil {
+		return err
 	}
 	res, err := e.fleet().ListServices(cmd.Context(), connect.NewRequest(&pb.ListServicesRequest{Namespace: ns, Name: name}))
 	if err != nil {

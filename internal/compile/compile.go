@@ -269,3 +269,12 @@ func field(path, name string) string {
 func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
 
 func key(path, k string) string { return path + "[" + strconv.Quote(k) + "]" }
+
+// stringMap is m as the map type unstructured objects hold.
+func stringMap(m map[string]string) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -22,10 +22,7 @@ type gatewayServer struct {
 // gatewaySpec returns the spec of a Gateway for the pods with labels,
 // listening as servers say, in their order.
 func gatewaySpec(labels map[string]string, servers []gatewayServer) map[string]any {
-	sel := make(map[string]any, len(labels))
-	for k, v := range labels {
-		sel[k] = v
-	}
+	sel := stringMap(labels)
 	list := make([]any, 0, len(servers))
 	for _, s := range servers {
 		prefix := "http-"

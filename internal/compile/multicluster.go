@@ -217,14 +217,6 @@ func locality(r bundle.RemoteInstance) string {
 	return r.Region + "/" + r.Zone
 }
 
-func stringMap(m map[string]string) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
 // objectName joins parts with "-"; a name longer than 63 characters keeps
 // its first 52 and a hash of the whole, so it stays a valid, unique name.
 func objectName(parts ...string) string {

@@ -4,13 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
-	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/config"
 	"istio.io/istio/pkg/config/validation"
+
+	"flotilla.io/flotilla/internal/schema"
 )
 
 // domainSuffix is the cluster domain Istio's validation assumes.
@@ -233,33 +234,17 @@ func without(v any, at []step) any {
 	return v
 }
 
-// pathString writes at in the notation of package schema, starting at spec.
+// pathString writes at in package schema's notation, starting at spec.
 func pathString(at []step) string {
-	var b strings.Builder
-	b.WriteString("spec")
+	path := "spec"
 	for _, s := range at {
 		if s.key == "" {
-			b.WriteString("[" + strconv.Itoa(s.index) + "]")
-			continue
-		}
-		b.WriteString(keyStep(s.key))
-	}
-	return b.String()
-}
-
-// keyStep writes a map key as package schema does: .key when it is an
-// identifier, else ["key"].
-func keyStep(key string) string {
-	for i := 0; i < len(key); i++ {
-		c := key[i]
-		if !(c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || i > 0 && '0' <= c && c <= '9') {
-			return "[" + strconv.Quote(key) + "]"
+			path = schema.JoinIndex(path, s.index)
+		} else {
+			path = schema.JoinKey(path, s.key)
 		}
 	}
-	if key == "" {
-		return `[""]`
-	}
-	return "." + key
+	return path
 }
 
 // validateWithIstio returns Istio's errors for spec, each at its field.

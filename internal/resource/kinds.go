@@ -104,15 +104,7 @@ func validateGroup(spec proto.Message) []FieldError {
 
 func validateCluster(spec proto.Message) []FieldError {
 	c := spec.(*pb.ClusterSpec)
-	var out []FieldError
-	for key, val := range c.GetLabels() {
-		for _, m := range validation.IsQualifiedName(key) {
-			out = append(out, FieldError{Field: "spec.labels." + key, Message: "invalid key: " + m})
-		}
-		for _, m := range validation.IsValidLabelValue(val) {
-			out = append(out, FieldError{Field: "spec.labels." + key, Message: fmt.Sprintf("invalid value %q: %s", val, m)})
-		}
-	}
+	out := validateLabels("spec.labels", c.GetLabels())
 	for _, f := range []struct{ name, v string }{{"network", c.GetNetwork()}, {"region", c.GetRegion()}, {"zone", c.GetZone()}} {
 		if f.v == "" {
 			continue

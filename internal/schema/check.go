@@ -48,7 +48,7 @@ func (c *checker) message(path string, v any, md protoreflect.MessageDescriptor,
 	set := make(map[protoreflect.FieldNumber]bool, len(obj))
 	for _, key := range sortedKeys(obj) {
 		val := obj[key]
-		p := joinKey(path, key)
+		p := JoinKey(path, key)
 		fd := fields.ByJSONName(key)
 		if fd == nil {
 			fd = fields.ByTextName(key)
@@ -83,7 +83,7 @@ func (c *checker) message(path string, v any, md protoreflect.MessageDescriptor,
 				continue
 			}
 			for i, elem := range list {
-				c.single(joinIndex(p, i), elem, fd, depth)
+				c.single(JoinIndex(p, i), elem, fd, depth)
 			}
 		default:
 			c.single(p, val, fd, depth)
@@ -91,7 +91,7 @@ func (c *checker) message(path string, v any, md protoreflect.MessageDescriptor,
 	}
 	for i := 0; i < fields.Len(); i++ {
 		if fd := fields.Get(i); fd.Cardinality() == protoreflect.Required && !set[fd.Number()] {
-			c.addf(joinKey(path, fd.JSONName()), "required field is missing")
+			c.addf(JoinKey(path, fd.JSONName()), "required field is missing")
 		}
 	}
 }
@@ -115,7 +115,7 @@ func (c *checker) mapField(path string, v any, fd protoreflect.FieldDescriptor, 
 	keyFd, valFd := fd.MapKey(), fd.MapValue()
 	seen := make(map[string]string, len(obj)) // parsed key -> key as written
 	for _, key := range sortedKeys(obj) {
-		p := joinKey(path, key)
+		p := JoinKey(path, key)
 		canon, ok := c.mapKey(p, key, keyFd)
 		if !ok {
 			continue

@@ -6,9 +6,9 @@ import (
 	"strings"
 )
 
-// joinKey appends a field name or map key to a path: .key, or ["key"] when
-// key is not identifier-safe.
-func joinKey(path, key string) string {
+// JoinKey appends a field name or map key to a path: .key, or ["key"] when
+// key is not identifier-safe. Every field path Flotilla reports uses it.
+func JoinKey(path, key string) string {
 	if !isIdentifier(key) {
 		return path + "[" + strconv.Quote(key) + "]"
 	}
@@ -18,7 +18,8 @@ func joinKey(path, key string) string {
 	return path + "." + key
 }
 
-func joinIndex(path string, i int) string {
+// JoinIndex appends a list index to a path: [i].
+func JoinIndex(path string, i int) string {
 	return path + "[" + strconv.Itoa(i) + "]"
 }
 

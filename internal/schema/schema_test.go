@@ -667,8 +667,8 @@ func TestPathsQuoteKeysThatAreNotIdentifiers(t *testing.T) {
 		{"spec.ports", "8080", `spec.ports["8080"]`},
 		{"", "", `[""]`},
 	} {
-		if got := joinKey(tc.path, tc.key); got != tc.want {
-			t.Errorf("joinKey(%q, %q) = %q, want %q", tc.path, tc.key, got, tc.want)
+		if got := JoinKey(tc.path, tc.key); got != tc.want {
+			t.Errorf("JoinKey(%q, %q) = %q, want %q", tc.path, tc.key, got, tc.want)
 		}
 	}
 }

@@ -63,7 +63,7 @@ func (c *checker) empty(path string, v any, md protoreflect.MessageDescriptor, _
 		return
 	}
 	for _, key := range sortedKeys(obj) {
-		c.addf(joinKey(path, key), "unknown field %q; %s takes no fields, write {}", key, md.FullName())
+		c.addf(JoinKey(path, key), "unknown field %q; %s takes no fields, write {}", key, md.FullName())
 	}
 }
 
@@ -119,7 +119,7 @@ func (c *checker) value(path string, v any, depth int) {
 
 func (c *checker) structFields(path string, obj map[string]any, depth int) {
 	for _, key := range sortedKeys(obj) {
-		p := joinKey(path, key)
+		p := JoinKey(path, key)
 		if c.validKey(p, key) {
 			c.value(p, obj[key], depth+1)
 		}
@@ -128,7 +128,7 @@ func (c *checker) structFields(path string, obj map[string]any, depth int) {
 
 func (c *checker) listValues(path string, list []any, depth int) {
 	for i, elem := range list {
-		c.value(joinIndex(path, i), elem, depth+1)
+		c.value(JoinIndex(path, i), elem, depth+1)
 	}
 }
 

@@ -153,11 +153,9 @@ type state struct {
 func (s *state) cluster(ctx adsc.HandlerContext, name, _ string, c *clusterv3.Cluster, ev adsc.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ev == adsc.EventDelete {
-		delete(s.snap.Clusters, name)
+	if !put(s.snap.Clusters, name, c, ev) {
 		return
 	}
-	s.snap.Clusters[name] = c
 	if c.GetType() == clusterv3.Cluster_EDS {
 		eds := c.GetEdsClusterConfig().GetServiceName()
 		if eds == "" {
@@ -171,11 +169,9 @@ func (s *state) cluster(ctx adsc.HandlerContext, name, _ string, c *clusterv3.Cl
 func (s *state) listener(ctx adsc.HandlerContext, name, _ string, l *listenerv3.Listener, ev adsc.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ev == adsc.EventDelete {
-		delete(s.snap.Listeners, name)
+	if !put(s.snap.Listeners, name, l, ev) {
 		return
 	}
-	s.snap.Listeners[name] = l
 	for _, fc := range l.GetFilterChains() {
 		for _, f := range fc.GetFilters() {
 			hcm := &hcmv3.HttpConnectionManager{}
@@ -193,21 +189,24 @@ func (s *state) listener(ctx adsc.HandlerContext, name, _ string, l *listenerv3.
 func (s *state) endpoints(_ adsc.HandlerContext, name, _ string, e *endpointv3.ClusterLoadAssignment, ev adsc.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ev == adsc.EventDelete {
-		delete(s.snap.Endpoints, name)
-		return
-	}
-	s.snap.Endpoints[name] = e
+	put(s.snap.Endpoints, name, e, ev)
 }
 
 func (s *state) route(_ adsc.HandlerContext, name, _ string, r *routev3.RouteConfiguration, ev adsc.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	put(s.snap.Routes, name, r, ev)
+}
+
+// put records a resource event in m and reports whether the resource is
+// present (false for a delete).
+func put[T any](m map[string]T, name string, v T, ev adsc.Event) bool {
 	if ev == adsc.EventDelete {
-		delete(s.snap.Routes, name)
-		return
+		delete(m, name)
+		return false
 	}
-	s.snap.Routes[name] = r
+	m[name] = v
+	return true
 }
 
 // complete returns a copy of the snapshot once every named dependency has
