@@ -5,6 +5,10 @@
 // bundle) → c1's agent (compile, server-side apply). Results are in
 // docs/benchmarks.md.
 //
+// The second benchmark runs the same path across two server replicas on
+// PostgreSQL: c2's agent reports to one, c1's agent gets its bundle from the
+// other.
+//
 //	make fleet && go test -run '^$' -bench . -benchtime 50x ./bench/discovery/
 package discovery
 
@@ -30,6 +34,8 @@ import (
 	"flotilla.io/flotilla/bench/internal/harness"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/agent"
+	"flotilla.io/flotilla/internal/store/postgres"
+	"flotilla.io/flotilla/internal/store/postgres/pgtest"
 	"flotilla.io/flotilla/internal/store/sqlite"
 	"flotilla.io/flotilla/internal/testfleet"
 )
@@ -39,16 +45,40 @@ func TestMain(m *testing.M) { harness.FleetMain(m, testfleet.Options{Clusters: 2
 
 var weGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
 
+// One server on SQLite serves both clusters' agents.
 func BenchmarkEndpointSliceToRemoteWorkloadEntry(b *testing.B) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	fleet := testfleet.Get(b)
-	st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "flotilla.db"))
+	st, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "flotilla.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	p := harness.Start(b, st)
+	measure(b, harness.Start(b, st))
+}
+
+// Two server replicas on one PostgreSQL: c1's agent on one, c2's on the
+// other, so each change crosses from replica to replica through the
+// stored runtime snapshot.
+func BenchmarkEndpointSliceToRemoteWorkloadEntryAcrossReplicas(b *testing.B) {
+	url := pgtest.NewDatabase(b)
+	var planes []*harness.Plane
+	for range 2 {
+		st, err := postgres.Open(context.Background(), url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		planes = append(planes, harness.StartReplica(b, st))
+	}
+	measure(b, planes...)
+}
+
+// measure runs the benchmark with cluster i's agent on servers[i], the
+// last server taking the rest.
+func measure(b *testing.B, servers ...*harness.Plane) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fleet := testfleet.Get(b)
+	p := servers[0]
 	intent := harness.Tenancy("shop")
 	intent = append(intent, harness.Resource("WorkspaceSetting", &pb.Metadata{Name: "mc", Organization: "acme", Tenant: "t", Workspace: "w"},
 		map[string]any{"eastWestGateway": map[string]any{"workloadSelector": map[string]any{"namespace": "istio-system", "labels": map[string]any{"istio": "eastwestgateway"}}}}))
@@ -84,7 +114,7 @@ func BenchmarkEndpointSliceToRemoteWorkloadEntry(b *testing.B) {
 		if err := os.WriteFile(tokenFile, []byte(tok.Msg.GetToken()), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		a, err := agent.New(agent.Config{Server: p.URL, Cluster: c.Name, TokenFile: tokenFile, Kube: cfg, Version: "bench", Log: slog.New(slog.DiscardHandler)})
+		a, err := agent.New(agent.Config{Server: servers[min(i, len(servers)-1)].URL, Cluster: c.Name, TokenFile: tokenFile, Kube: cfg, Version: "bench", Log: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -40,13 +40,15 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/testauth"
 )
 
-// sim is a simulated agent: it acknowledges every bundle as the real agent
-// does (version, revision, one status per resource), reconnecting after
-// 100 ms when its stream ends.
+// sim is a simulated agent: it takes bundle deltas and acknowledges every
+// bundle as the real agent does (version, revision, one status per
+// resource, sent as a partial acknowledgement after the first on a
+// stream), reconnecting after 100 ms when its stream ends.
 type sim struct {
 	name, cred string
 	acked      atomic.Int64 // revision of the last bundle acknowledged
@@ -55,12 +57,16 @@ type sim struct {
 }
 
 func (s *sim) run(ctx context.Context, client agentv1connect.AgentServiceClient, wake chan<- struct{}) {
-	var last *agentv1.Ack
+	var (
+		last    *agentv1.Ack
+		content *bundle.Bundle
+	)
 	for ctx.Err() == nil {
 		stream := client.Connect(ctx)
 		stream.RequestHeader().Set("Authorization", "Bearer "+s.cred)
-		if stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: s.name, AgentVersion: "sim", Last: last}}}) == nil {
+		if stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: s.name, AgentVersion: "sim", Last: last, AcceptsDeltas: true}}}) == nil {
 			s.streaming.Store(true)
+			var acked *agentv1.Ack // the last acknowledgement on this stream
 			for {
 				msg, err := stream.Receive()
 				if err != nil {
@@ -71,17 +77,31 @@ func (s *sim) run(ctx context.Context, client agentv1connect.AgentServiceClient,
 				if b == nil || b.GetParts() > 1 {
 					continue
 				}
-				var content bundle.Bundle
-				if json.Unmarshal(b.GetContent(), &content) != nil {
-					break
+				if b.GetBase() != "" {
+					var d bundle.Delta
+					if content == nil || last.GetBundleVersion() != b.GetBase() || json.Unmarshal(b.GetContent(), &d) != nil {
+						s.lastErr.Store("a delta against a bundle this sim does not hold")
+						break
+					}
+					content = content.Apply(d)
+				} else {
+					content = &bundle.Bundle{}
+					if json.Unmarshal(b.GetContent(), content) != nil {
+						break
+					}
 				}
 				last = &agentv1.Ack{BundleVersion: b.GetVersion(), Revision: b.GetRevision()}
 				for _, o := range content.Objects {
 					last.Resources = append(last.Resources, &agentv1.ResourceStatus{Fqn: o.FQN, State: "Applied", Message: "simulated"})
 				}
-				if stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: last}}) != nil {
+				send := last
+				if acked != nil {
+					send = ack.Diff(acked, last)
+				}
+				if stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: send}}) != nil {
 					break
 				}
+				acked = last
 				s.acked.Store(b.GetRevision())
 				select {
 				case wake <- struct{}{}:
@@ -160,11 +180,10 @@ func startFleet(b *testing.B, n int) *fleet {
 			batch = nil
 		}
 	}
-	var created int64 // every agent's first bundle is at least this revision
 	for i := range n {
 		batch = append(batch, harness.Resource("Cluster", &pb.Metadata{Name: clusterName(i), Organization: "acme"}, nil))
 		if len(batch) == 500 || i == n-1 {
-			created = f.apply(batch)
+			f.apply(batch)
 			batch = nil
 		}
 	}
@@ -175,7 +194,11 @@ func startFleet(b *testing.B, n int) *fleet {
 		f.sims = append(f.sims, s)
 		go s.run(ctx, agentClient, f.wake)
 	}
-	f.await(b, f.sims, created, 5*time.Minute)
+	// Converged: every agent acknowledged a bundle. (Not necessarily one
+	// at the last creation's revision: a cluster's bundle does not change
+	// when other clusters are created, so one sent while the central
+	// control plane caught up keeps its older revision, and is current.)
+	f.await(b, f.sims, 1, 5*time.Minute)
 	return f
 }
 
@@ -196,7 +219,14 @@ func (f *fleet) await(b *testing.B, want []*sim, rev int64, timeout time.Duratio
 		case <-f.wake:
 		case <-time.After(5 * time.Millisecond):
 		case <-deadline:
-			b.Fatalf("%d of %d agents did not acknowledge revision %d", missing, len(want), rev)
+			why := map[string]int{}
+			for _, s := range want {
+				if s.acked.Load() < rev {
+					e, _ := s.lastErr.Load().(string)
+					why[fmt.Sprintf("streaming=%v acked=%v last error %q", s.streaming.Load(), s.acked.Load() > 0, e)]++
+				}
+			}
+			b.Fatalf("%d of %d agents did not acknowledge revision %d: %v", missing, len(want), rev, why)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -219,5 +220,136 @@ func TestReconnectBackoffGrowsWithinBoundsIsJitteredAndResetsAfterASession(t *te
 	}
 	if got[refused-1] <= after {
 		t.Fatalf("no reset visible: %v", got)
+	}
+}
+
+// deltaServer checks the agent's side of bundle deltas. Its first stream
+// sends a whole bundle, then a good delta, then a delta whose result does
+// not hash to its version (a fault the real server cannot be made to
+// produce); its second stream sends the last version whole.
+type deltaServer struct {
+	agentv1connect.UnimplementedAgentServiceHandler
+	v1, v2, v3 *bundle.Bundle
+	streams    atomic.Int32
+	events     chan string // what the server saw, in order
+}
+
+func (s *deltaServer) Join(context.Context, *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
+	return connect.NewResponse(&agentv1.JoinResponse{Credential: "fla_test", Cluster: "organizations/acme/clusters/c1"}), nil
+}
+
+func (s *deltaServer) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
+	first, err := stream.Receive()
+	if err != nil {
+		return err
+	}
+	s.events <- fmt.Sprintf("hello deltas=%v", first.GetHello().GetAcceptsDeltas())
+	send := func(b *bundle.Bundle, base string, content any) error {
+		data, _ := json.Marshal(content)
+		return stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: b.Version(), Base: base, Content: data}}})
+	}
+	// awaitAck waits for the acknowledgement of b (the agent also
+	// acknowledges again what it reconciles again).
+	acks := 0
+	awaitAck := func(b *bundle.Bundle) func() error {
+		return func() error {
+			for {
+				msg, err := stream.Receive()
+				if err != nil {
+					return err
+				}
+				a := msg.GetAck()
+				if a == nil {
+					continue
+				}
+				if acks++; acks > 1 && !a.GetPartial() {
+					s.events <- "a whole acknowledgement after the first on the stream"
+				}
+				if a.GetBundleVersion() == b.Version() {
+					s.events <- fmt.Sprintf("ack %s partial=%v", a.GetBundleVersion(), a.GetPartial())
+					return nil
+				}
+			}
+		}
+	}
+	if s.streams.Add(1) > 1 {
+		if err := send(s.v3, "", s.v3); err != nil {
+			return err
+		}
+		return awaitAck(s.v3)()
+	}
+	steps := []func() error{
+		func() error { return send(s.v1, "", s.v1) },
+		awaitAck(s.v1),
+		func() error { return send(s.v2, s.v1.Version(), bundle.Delta{Groups: s.v2.Groups}) },
+		awaitAck(s.v2),
+		// Claims v3, but leaves the group as it is.
+		func() error { return send(s.v3, s.v2.Version(), bundle.Delta{}) },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	_, err = stream.Receive()
+	for err == nil {
+		_, err = stream.Receive()
+	}
+	s.events <- "stream 1 ended"
+	return err
+}
+
+// The agent takes deltas: it applies a good one to the bundle it holds and
+// acknowledges it partially; a delta whose result does not hash to its
+// version ends the stream, and the next stream's whole bundle is taken.
+func TestTheAgentAppliesBundleDeltasAndRefusesOneThatDoesNotHashToItsVersion(t *testing.T) {
+	cfg := testfleet.Get(t).Cluster(t, "c1").RESTConfig(t)
+	group := func(ns string) []bundle.Group {
+		return []bundle.Group{{FQN: "organizations/acme/tenants/t/workspaces/w/groups/g", Type: "traffic", ConfigMode: "DIRECT", Namespaces: []string{"c1/" + ns}}}
+	}
+	srv := &deltaServer{
+		v1:     &bundle.Bundle{Cluster: "c1", Groups: []bundle.Group{}, Objects: []bundle.Object{}},
+		v2:     &bundle.Bundle{Cluster: "c1", Groups: group("pay"), Objects: []bundle.Object{}},
+		v3:     &bundle.Bundle{Cluster: "c1", Groups: group("shop"), Objects: []bundle.Object{}},
+		events: make(chan string, 16),
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: p}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
+	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	want := []string{
+		"hello deltas=true",
+		"ack " + srv.v1.Version() + " partial=false",
+		"ack " + srv.v2.Version() + " partial=true",
+		"stream 1 ended",
+		"hello deltas=true",
+		"ack " + srv.v3.Version() + " partial=false",
+	}
+	for i, w := range want {
+		select {
+		case got := <-srv.events:
+			if got != w {
+				t.Fatalf("event %d: %q, want %q", i, got, w)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("event %d: nothing after 30 s, want %q", i, w)
+		}
 	}
 }

@@ -40,7 +40,7 @@ func (as *assembler) add(m *agentv1.Bundle) (*agentv1.Bundle, error) {
 	if as.next < m.GetParts() {
 		return nil, nil
 	}
-	whole := &agentv1.Bundle{Version: m.GetVersion(), Revision: m.GetRevision(), Content: bytes.Clone(as.buf.Bytes())}
+	whole := &agentv1.Bundle{Version: m.GetVersion(), Revision: m.GetRevision(), Base: m.GetBase(), Content: bytes.Clone(as.buf.Bytes())}
 	as.reset()
 	return whole, nil
 }
@@ -50,20 +50,39 @@ func (as *assembler) reset() {
 	as.buf.Reset()
 }
 
-// receiveBundle decodes a whole bundle, stores it in the cluster, and only
-// then makes it the one to reconcile: what is applied is always recoverable.
+// receiveBundle decodes a whole bundle, or applies a delta to the bundle
+// it is against, checks that the result hashes to its version, stores it
+// in the cluster, and only then makes it the one to reconcile: what is
+// applied is always recoverable.
 func (a *Agent) receiveBundle(ctx context.Context, m *agentv1.Bundle) error {
-	var b bundle.Bundle
-	if err := json.Unmarshal(m.GetContent(), &b); err != nil {
+	b := &bundle.Bundle{}
+	content := m.GetContent()
+	if base := m.GetBase(); base != "" {
+		a.mu.Lock()
+		have, version := a.current, a.version
+		a.mu.Unlock()
+		if have == nil || version != base {
+			return fmt.Errorf("bundle %s is a delta against %s, but this agent holds %q", m.GetVersion(), base, version)
+		}
+		var d bundle.Delta
+		if err := json.Unmarshal(content, &d); err != nil {
+			return fmt.Errorf("decode the delta of bundle %s: %w", m.GetVersion(), err)
+		}
+		b = have.Apply(d)
+		var err error
+		if content, err = json.Marshal(b); err != nil {
+			return fmt.Errorf("encode bundle %s: %w", m.GetVersion(), err)
+		}
+	} else if err := json.Unmarshal(content, b); err != nil {
 		return fmt.Errorf("decode bundle %s: %w", m.GetVersion(), err)
 	}
 	if got := b.Version(); got != m.GetVersion() {
 		return fmt.Errorf("bundle content hashes to %s, not its version %s", got, m.GetVersion())
 	}
-	if err := a.cache.store(ctx, m.GetVersion(), m.GetRevision(), m.GetContent()); err != nil {
+	if err := a.cache.store(ctx, m.GetVersion(), m.GetRevision(), content); err != nil {
 		return err
 	}
-	a.log.Info("bundle received", "version", m.GetVersion(), "revision", m.GetRevision(), "objects", len(b.Objects), "bytes", len(m.GetContent()))
-	a.setBundle(&b, m.GetVersion(), m.GetRevision())
+	a.log.Info("bundle received", "version", m.GetVersion(), "revision", m.GetRevision(), "objects", len(b.Objects), "bytes", len(m.GetContent()), "delta", m.GetBase() != "")
+	a.setBundle(b, m.GetVersion(), m.GetRevision())
 	return nil
 }

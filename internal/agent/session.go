@@ -18,6 +18,7 @@ import (
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/compile"
 )
 
@@ -183,7 +184,7 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 		}
 	}
 	a.mu.Lock()
-	hello := &agentv1.Hello{Cluster: a.cfg.Cluster, AgentVersion: a.cfg.Version, Last: a.lastAck}
+	hello := &agentv1.Hello{Cluster: a.cfg.Cluster, AgentVersion: a.cfg.Version, Last: a.lastAck, AcceptsDeltas: true}
 	a.mu.Unlock()
 	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		return false, sendError(stream, err)
@@ -286,9 +287,18 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 	sendRuntime := func(m *agentv1.Runtime) error {
 		return send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Runtime{Runtime: m}})
 	}
+	// The last acknowledgement sent on this stream: the next ones are sent
+	// as partial ones against it.
+	var acked *agentv1.Ack
 	for {
 		select {
 		case m := <-a.outbox:
+			if full := m.GetAck(); full != nil {
+				if acked != nil {
+					m = &agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack.Diff(acked, full)}}
+				}
+				acked = full
+			}
 			if err := send(m); err != nil {
 				return true, err
 			}

@@ -37,12 +37,18 @@ type Central struct {
 	shared      bool          // other server replicas share the store
 	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
 
-	services *registry.Registry // what runs in the clusters: runtime state, never stored
+	services *registry.Registry // what runs in the clusters: runtime state, outside the event log
 	mc       *multicluster      // the bundles' multicluster slices; guarded by mu
+
+	// The stored runtime snapshots this replica has read (see runtime.go);
+	// guarded by mu.
+	runtimeMark int64            // the store's runtime write count at the last complete read
+	runtimeGens map[string]int64 // by cluster FQN: the Gen of the snapshot last read
 }
 
 // Services is the fleet service registry: the runtime state the agents
-// connected to this replica report.
+// connected to this replica report, and what the stored snapshots say of
+// the others.
 func (c *Central) Services() *registry.Registry { return c.services }
 
 // DefaultAgentCredentialTTL is how long an agent credential lives. The
@@ -82,6 +88,8 @@ type cluster struct {
 	dirty        bool             // status not yet written to the store
 	written      time.Time        // when status was last written
 
+	runtimeWritten uint64 // the registry Generation of the runtime snapshot last stored
+
 	// mirror is set while the status comes from the store rather than from
 	// a stream of ours: another server replica serves the cluster (or
 	// served it before this one started). A mirror is never written back,
@@ -103,6 +111,11 @@ type agentConn struct {
 	resync chan string   // capacity 1: ask the agent for a full runtime report, and why
 	done   chan struct{} // closed to end the stream; why says why
 	why    string
+	deltas bool // the agent takes bundle deltas and sends partial acks
+
+	// ack is the last acknowledgement on this stream, which a partial one
+	// amends; nil before the first. Guarded by Central.mu.
+	ack *agentv1.Ack
 }
 
 // end ends the stream for the given reason. Callers hold Central.mu.
@@ -125,7 +138,7 @@ const maxDrifts = 20
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
 		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL,
-		services: registry.New(), mc: newMulticluster()}
+		services: registry.New(), mc: newMulticluster(), runtimeGens: map[string]int64{}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -163,11 +176,21 @@ func (c *Central) Run(ctx context.Context) error {
 		if ctx.Err() == nil {
 			c.setFailure(err)
 		}
+		if loaded && c.shared {
+			// A wake-up is a commit, or a runtime snapshot stored by another
+			// replica: read the snapshots that changed (one read when none did).
+			if err := c.refreshRuntime(ctx); err != nil && ctx.Err() == nil {
+				c.log.Warn("read other replicas' runtime snapshots", "err", err)
+			}
+		}
 		select {
 		case <-changed:
 		case <-flush.C:
 			if err := c.flushStatus(ctx); err != nil && ctx.Err() == nil {
 				c.log.Error("write cluster status", "err", err)
+			}
+			if err := c.flushRuntime(ctx); err != nil && ctx.Err() == nil {
+				c.log.Error("write runtime snapshots", "err", err)
 			}
 			if loaded {
 				if err := c.refreshMirrors(ctx); err != nil && ctx.Err() == nil {
@@ -285,12 +308,20 @@ func (c *Central) reload(ctx context.Context) error {
 	for _, r := range in.Clusters {
 		statuses[r.FQN] = r
 	}
+	snaps, mark, err := c.readRuntime(ctx)
+	if err != nil {
+		return fmt.Errorf("read runtime snapshots: %w", err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idx, c.broken, c.rev = idx, broken, rev
 	c.mc.workspaces, c.mc.settings = mc.workspaces, mc.settings // c.mc itself stays: runMulticluster holds its wake channel
-	c.mc.poke()
 	c.syncClusters(allClusters(idx), statuses)
+	// The slices are computed before any agent is served: a bundle sent
+	// without them would remove every cluster's remote endpoints until the
+	// agents report again.
+	c.restoreRuntime(snaps, mark)
+	c.recomputeMulticluster()
 	return nil
 }
 
@@ -352,6 +383,7 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 				delete(c.clusters, fqn)
 			}
 			c.services.Remove(fqn)
+			delete(c.runtimeGens, fqn)
 			continue
 		}
 		if cl == nil {

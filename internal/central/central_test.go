@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ import (
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
+	"flotilla.io/flotilla/internal/store/postgres"
 	"flotilla.io/flotilla/internal/store/sqlite"
 	"flotilla.io/flotilla/internal/testauth"
 )
@@ -90,12 +92,28 @@ type harness struct {
 	api   flotillav1alpha1connect.ResourceServiceClient
 	fleet flotillav1alpha1connect.FleetServiceClient
 	agent agentv1connect.AgentServiceClient
+	stop  func() // stops the plane and closes its store; idempotent
 }
 
 func start(t *testing.T, opts ...Option) *harness {
 	t.Helper()
+	return startOn(t, filepath.Join(t.TempDir(), "flotilla.db"), opts...)
+}
+
+// startOn starts a plane on the store at path: a SQLite file, or a
+// postgres:// URL.
+func startOn(t *testing.T, path string, opts ...Option) *harness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "flotilla.db"))
+	var (
+		st  store.Store
+		err error
+	)
+	if strings.HasPrefix(path, "postgres://") {
+		st, err = postgres.Open(ctx, path)
+	} else {
+		st, err = sqlite.Open(ctx, path)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,9 +132,11 @@ func start(t *testing.T, opts ...Option) *harness {
 	done := make(chan struct{}, 2)
 	go func() { c.Run(ctx); done <- struct{}{} }()
 	go func() { srv.Serve(ctx, ln); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done; st.Close() })
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done; <-done; st.Close() }) }
+	t.Cleanup(stop)
 	url := "http://" + ln.Addr().String()
-	h := &harness{c: c, url: url,
+	h := &harness{c: c, url: url, stop: stop,
 		api:   flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url, testauth.Bearer(token)),
 		fleet: flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, url, testauth.Bearer(token)),
 		agent: agentv1connect.NewAgentServiceClient(h2c(), url, connect.WithGRPC()),
@@ -408,13 +428,20 @@ type fakeAgent struct {
 
 func (h *harness) fakeAgent(t *testing.T, ctx context.Context, cluster string) *fakeAgent {
 	t.Helper()
+	return h.fakeAgentWith(t, ctx, &agentv1.Hello{Cluster: cluster})
+}
+
+// fakeAgentWith is fakeAgent with the given Hello.
+func (h *harness) fakeAgentWith(t *testing.T, ctx context.Context, hello *agentv1.Hello) *fakeAgent {
+	t.Helper()
+	cluster := hello.GetCluster()
 	cred, err := h.join(cluster, h.onboard(t, cluster, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := h.agent.Connect(ctx)
 	s.RequestHeader().Set("Authorization", "Bearer "+cred)
-	if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: cluster}}}); err != nil {
+	if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
 		t.Fatal(err)
 	}
 	a := &fakeAgent{stream: s, bundles: make(chan *agentv1.Bundle, 64), cred: cred}

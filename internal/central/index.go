@@ -3,8 +3,10 @@ package central
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
+	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/resource"
@@ -50,6 +52,10 @@ type groupEntry struct {
 	hash     bundle.Hash
 	stale    bool            // hash not yet recomputed after a change
 	clusters map[string]bool // FQNs of the clusters it selects
+	// frozen says streams hold objects as what they delivered (see sent):
+	// the next change copies the map first, so a batch of changes copies
+	// it once.
+	frozen bool
 }
 
 // objectEntry is one object of a group with its digest and JSON, computed
@@ -236,10 +242,18 @@ func (x *index) removeGroup(fqn string, affected map[string]bool) error {
 	return nil
 }
 
-// mutGroup returns the group to change: in a clone, a private copy.
+// mutGroup returns the group to change: in a clone, a private copy; in
+// the live index, the group with a private objects map if streams may
+// hold the current one.
 func (x *index) mutGroup(fqn string) *groupEntry {
 	g := x.groups[fqn]
-	if g == nil || !x.cow {
+	if g == nil {
+		return nil
+	}
+	if !x.cow {
+		if g.frozen {
+			g.objects, g.frozen = maps.Clone(g.objects), false
+		}
 		return g
 	}
 	c := *g
@@ -288,6 +302,77 @@ func (g *groupEntry) rehash() {
 		hashes[i] = g.objects[f].hash
 	}
 	g.hash, g.stale = bundle.GroupHash(g.group, hashes), false
+}
+
+// sentGroup is a group as a stream delivered it: its digest, definition
+// and objects (a frozen map, never changed after).
+type sentGroup struct {
+	hash    bundle.Hash
+	group   bundle.Group
+	objects map[string]*objectEntry
+}
+
+// sent returns what a stream that delivers the cluster's bundle now has
+// delivered, by group FQN, and freezes it. Call rehash first after changes.
+func (x *index) sent(fqn string) map[string]sentGroup {
+	c := x.clusters[fqn]
+	if c == nil {
+		return nil
+	}
+	out := make(map[string]sentGroup, len(c.groups))
+	for _, gf := range c.groups {
+		g := x.groups[gf]
+		g.frozen = true
+		out[gf] = sentGroup{hash: g.hash, group: g.group, objects: g.objects}
+	}
+	return out
+}
+
+// delta returns what changed in the cluster's bundle since a stream
+// delivered sent: groups and objects added, changed (objects are compared
+// by entry: every write makes a new one) and removed, each sorted by FQN.
+func (x *index) delta(fqn string, sent map[string]sentGroup) bundle.Delta {
+	var d bundle.Delta
+	c := x.clusters[fqn]
+	if c == nil {
+		return d
+	}
+	for _, gf := range c.groups {
+		g := x.groups[gf]
+		old, had := sent[gf]
+		if had && old.hash == g.hash {
+			continue
+		}
+		if !had || !sameGroup(old.group, g.group) {
+			d.Groups = append(d.Groups, g.group)
+		}
+		for f, o := range g.objects {
+			if !had || old.objects[f] != o {
+				d.Objects = append(d.Objects, o.obj)
+			}
+		}
+		if had {
+			for f := range old.objects {
+				if g.objects[f] == nil {
+					d.Removed = append(d.Removed, f)
+				}
+			}
+		}
+	}
+	for gf := range sent {
+		if _, ok := slices.BinarySearch(c.groups, gf); !ok {
+			d.RemovedGroups = append(d.RemovedGroups, gf)
+		}
+	}
+	slices.SortFunc(d.Groups, func(a, b bundle.Group) int { return strings.Compare(a.FQN, b.FQN) })
+	slices.SortFunc(d.Objects, func(a, b bundle.Object) int { return strings.Compare(a.FQN, b.FQN) })
+	slices.Sort(d.Removed)
+	slices.Sort(d.RemovedGroups)
+	return d
+}
+
+func sameGroup(a, b bundle.Group) bool {
+	return a.FQN == b.FQN && a.Type == b.Type && a.ConfigMode == b.ConfigMode && slices.Equal(a.Namespaces, b.Namespaces)
 }
 
 // version is the cluster's bundle version, from cached group digests:

@@ -149,6 +149,71 @@ func TestTheIncrementalIndexAlwaysAgreesWithBundlesComputedFromScratch(t *testin
 	}
 }
 
+// A delta against what a stream delivered, at any distance, applied to the
+// bundle it delivered (after a trip through JSON, as on the wire), gives
+// the current bundle exactly: what a stream holds is never changed by
+// later writes.
+func TestADeltaAgainstAnyDeliveredBundleGivesTheCurrentOne(t *testing.T) {
+	reg := resource.Builtin()
+	type stream struct {
+		sent    map[string]sentGroup
+		bundle  *bundle.Bundle
+		version string
+	}
+	for seed := range uint64(20) {
+		rnd := rand.New(rand.NewPCG(seed, 2))
+		w := world{}
+		idx := newIndex(reg)
+		streams := map[string]*stream{}
+		deltas := 0
+		for step := range 300 {
+			ev := randomChange(rnd, w)
+			if err := idx.apply(ev, map[string]bool{}); err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			idx.rehash()
+			if ev.Type == store.EventDelete {
+				delete(w, ev.Record.FQN)
+			} else {
+				w[ev.Record.FQN] = ev.Record
+			}
+			for f := range streams {
+				if idx.clusters[f] == nil {
+					delete(streams, f) // a deleted cluster's stream ends
+				}
+			}
+			for f := range idx.clusters {
+				want := idx.bundle(f)
+				if s := streams[f]; s != nil && s.version != idx.version(f) {
+					data, err := json.Marshal(idx.delta(f, s.sent))
+					if err != nil {
+						t.Fatal(err)
+					}
+					var d bundle.Delta
+					if err := json.Unmarshal(data, &d); err != nil {
+						t.Fatal(err)
+					}
+					got := s.bundle.Apply(d)
+					if diff := cmp.Diff(want, got); diff != "" {
+						t.Fatalf("seed %d step %d: %s from its delta differs (-index +applied):\n%s", seed, step, f, diff)
+					}
+					if got.Version() != idx.version(f) {
+						t.Fatalf("seed %d step %d: %s from its delta hashes to %s, want %s", seed, step, f, got.Version(), idx.version(f))
+					}
+					deltas++
+				}
+				// Streams deliver now and then, so deltas span several changes.
+				if streams[f] == nil || rnd.IntN(3) == 0 {
+					streams[f] = &stream{sent: idx.sent(f), bundle: want, version: idx.version(f)}
+				}
+			}
+		}
+		if deltas == 0 {
+			t.Fatalf("seed %d: no delta was checked", seed)
+		}
+	}
+}
+
 func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
 	reg := resource.Builtin()
 	rnd := rand.New(rand.NewPCG(7, 7))

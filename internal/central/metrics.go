@@ -9,6 +9,7 @@ import (
 // metrics are the central control plane's own numbers, on the server's /metrics.
 type metrics struct {
 	sends     prometheus.Counter
+	deltas    prometheus.Counter
 	resyncs   prometheus.Counter
 	recompute prometheus.Histogram
 }
@@ -18,6 +19,10 @@ func newMetrics() *metrics {
 		sends: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_central_bundles_sent_total",
 			Help: "Bundles sent to agents (only versions an agent did not have).",
+		}),
+		deltas: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flotilla_central_bundle_deltas_sent_total",
+			Help: "Bundles sent as deltas against the version the stream delivered before (also counted in flotilla_central_bundles_sent_total).",
 		}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_central_runtime_resyncs_total",
@@ -49,7 +54,7 @@ func (c *Central) Register(r prometheus.Registerer) error {
 		})
 	}
 	for _, col := range []prometheus.Collector{
-		c.metrics.sends, c.metrics.resyncs, c.metrics.recompute,
+		c.metrics.sends, c.metrics.deltas, c.metrics.resyncs, c.metrics.recompute,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_bundles_failing", Help: "1 while some bundles cannot be computed (see /readyz, status and the server log), else 0."}, func() float64 {
 			return boolFloat(c.Health() != nil)
 		}),

@@ -289,6 +289,13 @@ func (c *Central) runMulticluster(ctx context.Context) {
 		c.mu.Lock()
 		c.recomputeMulticluster()
 		c.mu.Unlock()
+		if c.shared {
+			// Other replicas' clusters need this runtime state now, not at
+			// the next flush tick.
+			if err := c.flushRuntime(ctx); err != nil && ctx.Err() == nil {
+				c.log.Error("write runtime snapshots", "err", err)
+			}
+		}
 	}
 }
 
@@ -313,6 +320,29 @@ func (c *Central) content(fqn string) ([]byte, error) {
 	out = append(out[:len(out)-1:len(out)-1], `,"multicluster":`...)
 	out = append(out, c.mc.raw[fqn]...)
 	return append(out, '}'), nil
+}
+
+// sentBundle is what a stream delivered to its agent: the intent by group
+// (see index.sent), and the multicluster slice's JSON.
+type sentBundle struct {
+	groups map[string]sentGroup
+	mc     []byte
+}
+
+// delivered is what a stream that sends the cluster's bundle now will have
+// delivered. Callers hold c.mu.
+func (c *Central) delivered(fqn string) *sentBundle {
+	return &sentBundle{groups: c.idx.sent(fqn), mc: c.mc.raw[fqn]}
+}
+
+// delta is the cluster's bundle as a delta against what a stream
+// delivered. Callers hold c.mu.
+func (c *Central) delta(fqn string, from *sentBundle) bundle.Delta {
+	d := c.idx.delta(fqn, from.groups)
+	if raw := c.mc.raw[fqn]; string(raw) != string(from.mc) {
+		d.SetMulticluster, d.Multicluster = true, c.mc.slices[fqn]
+	}
+	return d
 }
 
 // bundleOf is the cluster's bundle, with its multicluster slice. Callers

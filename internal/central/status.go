@@ -152,6 +152,7 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 	// marked disconnected, with the stored epoch: if another replica
 	// claims the cluster meanwhile, the write is fenced.
 	cl.dirty = s.Connected && !cl.mirrorConnected
+	c.services.SetLive(cl.fqn, cl.connected(), cl.lastSeen)
 }
 
 // refreshMirrors reads back the stored status of the clusters that no
@@ -165,6 +166,7 @@ func (c *Central) refreshMirrors(ctx context.Context) error {
 		for _, cl := range c.clusters {
 			if cl.mirror && cl.mirrorConnected && c.now().Sub(cl.statusTime) >= staleAfter {
 				cl.mirrorConnected, cl.dirty = false, true
+				c.services.SetLive(cl.fqn, false, cl.lastSeen)
 			}
 		}
 		return nil
@@ -189,8 +191,8 @@ func (c *Central) refreshMirrors(ctx context.Context) error {
 	return nil
 }
 
-// flushStatus writes the status of every changed cluster, and of every
-// connected one whose lease is due, in one transaction. Each write carries
+// flushStatus writes the status of every changed cluster, and renews that
+// of every connected one whose lease is due, in one transaction. Each write carries
 // the epoch of this server's status session for the cluster: a write that a
 // newer session fenced means another server replica serves the cluster
 // now, so this one lets go of it.
@@ -207,6 +209,10 @@ func (c *Central) flushStatus(ctx context.Context) error {
 			cl.dirty = false
 			continue
 		}
+		if !cl.dirty { // only the lease is due: renew it, the body stands
+			writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch})
+			continue
+		}
 		b, err := json.Marshal(c.status(cl))
 		if err != nil {
 			c.mu.Unlock()
@@ -219,25 +225,35 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	if len(writes) == 0 {
 		return nil
 	}
-	fenced, err := c.st.PutStatus(ctx, writes)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err != nil {
-		for _, w := range writes {
+	// In batches: on a single-writer store (SQLite) an apply waits for the
+	// batch in progress, not for the status of a thousand clusters.
+	for len(writes) > 0 {
+		batch := writes[:min(len(writes), statusBatch)]
+		writes = writes[len(batch):]
+		fenced, err := c.st.PutStatus(ctx, batch)
+		c.mu.Lock()
+		if err != nil {
+			for _, w := range append(batch, writes...) {
+				if cl := c.clusters[w.FQN]; cl != nil && w.Status != nil {
+					cl.dirty = true // try again at the next tick
+				}
+			}
+			c.mu.Unlock()
+			return err
+		}
+		for _, w := range batch {
 			if cl := c.clusters[w.FQN]; cl != nil {
-				cl.dirty = true // try again at the next tick
+				cl.written = now
 			}
 		}
-		return err
+		c.letGo(batch, fenced)
+		c.mu.Unlock()
 	}
-	for _, w := range writes {
-		if cl := c.clusters[w.FQN]; cl != nil {
-			cl.written = now
-		}
-	}
-	c.letGo(writes, fenced)
 	return nil
 }
+
+// statusBatch bounds the status writes of one store transaction.
+const statusBatch = 100
 
 // letGo handles status writes that a newer session fenced: when the newer
 // session is another replica's, this one lets go of the cluster; when it is

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -168,7 +170,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	} else if err != nil {
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("open a status session for %s: %w", fqn, err))
 	}
-	conn := &agentConn{epoch: epoch, wake: make(chan struct{}, 1), resync: make(chan string, 1), done: make(chan struct{})}
+	conn := &agentConn{epoch: epoch, wake: make(chan struct{}, 1), resync: make(chan string, 1), done: make(chan struct{}), deltas: hello.GetAcceptsDeltas()}
 	conn.wake <- struct{}{} // send the current bundle if the agent lacks it
 	c.mu.Lock()
 	if c.closing {
@@ -215,17 +217,36 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	renew := time.NewTimer(max(0, c.renewal(expires).Sub(c.now())))
 	defer renew.Stop()
 
+	// What this stream delivered, for deltas: nil until it sent a whole
+	// bundle (the agent's own version, from its Hello, says nothing of
+	// its content).
+	var delivered *sentBundle
+
 	// States: wait for a wake-up (a new bundle, or the first send), a receive
 	// error, replacement by a newer stream, or the end; on a wake-up, send
-	// the latest bundle if its version differs from the last one sent.
+	// the latest bundle if its version differs from the last one sent: as
+	// a delta against it when the agent takes deltas and this stream
+	// delivered it, else whole.
 	for {
 		select {
 		case <-conn.wake:
 			c.mu.Lock()
 			version, rev := cl.version, c.rev
-			var content []byte
+			var (
+				content []byte
+				base    string
+				next    *sentBundle
+			)
 			if version != sent && version != "" {
-				content, err = c.content(fqn)
+				if conn.deltas && delivered != nil {
+					content, err = json.Marshal(c.delta(fqn, delivered))
+					base = sent
+				} else {
+					content, err = c.content(fqn)
+				}
+				if conn.deltas {
+					next = c.delivered(fqn)
+				}
 			}
 			c.mu.Unlock()
 			if err != nil {
@@ -234,11 +255,14 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 			if content == nil {
 				continue
 			}
-			if err := sendBundle(stream, version, rev, content); err != nil {
+			if err := sendBundle(stream, version, rev, base, content); err != nil {
 				return err
 			}
-			sent = version
+			sent, delivered = version, next
 			c.metrics.sends.Inc()
+			if base != "" {
+				c.metrics.deltas.Inc()
+			}
 		case why := <-conn.resync:
 			if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Resync{Resync: &agentv1.Resync{Reason: why}}}); err != nil {
 				return err
@@ -300,7 +324,15 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 		case *agentv1.ConnectRequest_Inventory:
 			cl.inv.merge(m.Inventory)
 		case *agentv1.ConnectRequest_Ack:
-			cl.ack = m.Ack
+			a := m.Ack
+			if a.GetPartial() {
+				if conn.ack == nil {
+					c.mu.Unlock()
+					return connect.NewError(connect.CodeInvalidArgument, errors.New("a partial acknowledgement before any whole one on this stream"))
+				}
+				a = ack.Merge(conn.ack, a)
+			}
+			conn.ack, cl.ack = a, a
 		case *agentv1.ConnectRequest_Drift:
 			cl.drifts = append(cl.drifts, m.Drift)
 			if len(cl.drifts) > maxDrifts {
@@ -314,16 +346,16 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 // maxPart bounds one bundle message; larger bundles go in parts.
 const maxPart = 1 << 20
 
-// sendBundle sends a bundle in one message, or in parts of at most maxPart
-// bytes, back to back.
-func sendBundle(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], version string, rev int64, content []byte) error {
+// sendBundle sends a bundle, or a delta against base, in one message, or in
+// parts of at most maxPart bytes, back to back.
+func sendBundle(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], version string, rev int64, base string, content []byte) error {
 	parts := (len(content) + maxPart - 1) / maxPart
 	if parts <= 1 {
-		return stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: version, Revision: rev, Content: content}}})
+		return stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: &agentv1.Bundle{Version: version, Revision: rev, Base: base, Content: content}}})
 	}
 	for i := range parts {
 		chunk := content[i*maxPart : min((i+1)*maxPart, len(content))]
-		m := &agentv1.Bundle{Version: version, Revision: rev, Content: chunk, Part: int32(i), Parts: int32(parts)}
+		m := &agentv1.Bundle{Version: version, Revision: rev, Base: base, Content: chunk, Part: int32(i), Parts: int32(parts)}
 		if err := stream.Send(&agentv1.ConnectResponse{Msg: &agentv1.ConnectResponse_Bundle{Bundle: m}}); err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -41,6 +42,7 @@ type Registry struct {
 	mu       sync.Mutex
 	clusters map[string]*cluster // by cluster FQN
 	changed  chan struct{}       // capacity 1: a pending signal coalesces the next ones
+	gen      uint64              // counts changes of content
 }
 
 // cluster is one cluster's reported state.
@@ -50,6 +52,7 @@ type cluster struct {
 	gateway   *agentv1.EastWestGateway
 	connected bool
 	lastSeen  time.Time // the last report, or the disconnect
+	gen       uint64    // Registry.gen at the last change of services or gateway
 }
 
 // New returns an empty registry.
@@ -99,8 +102,74 @@ func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) e
 	if g := m.GetEastWestGateway(); g != nil {
 		c.gateway = g
 	}
+	r.gen++
+	c.gen = r.gen
 	r.signal()
 	return nil
+}
+
+// Generation tells whether cluster's services or gateway changed: it
+// differs after every change, and is 0 for a cluster the registry lacks.
+// Liveness (Disconnected, SetLive) does not change it.
+func (r *Registry) Generation(clusterFQN string) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterFQN]; c != nil {
+		return c.gen
+	}
+	return 0
+}
+
+// Snapshot returns cluster's state as one full report, services in key
+// order, and its Generation; nil when the registry lacks the cluster.
+// Restore takes it back, here or in another process.
+func (r *Registry) Snapshot(clusterFQN string) (*agentv1.Runtime, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[clusterFQN]
+	if c == nil {
+		return nil, 0
+	}
+	m := &agentv1.Runtime{Full: true, Seq: c.seq, EastWestGateway: c.gateway, Services: make([]*agentv1.ServiceState, 0, len(c.services))}
+	for _, k := range slices.Sorted(maps.Keys(c.services)) {
+		m.Services = append(m.Services, c.services[k])
+	}
+	return m, c.gen
+}
+
+// Restore replaces cluster's state with a Snapshot taken elsewhere: by
+// another server replica that serves the cluster, or by this server before
+// it restarted. connected and lastSeen say whether that cluster's agent is
+// live. The next report of the cluster's own agent must be a full one.
+func (r *Registry) Restore(clusterFQN string, snap *agentv1.Runtime, connected bool, lastSeen time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := &cluster{seq: snap.GetSeq(), services: make(map[string]*agentv1.ServiceState, len(snap.GetServices())),
+		gateway: snap.GetEastWestGateway(), connected: connected, lastSeen: lastSeen}
+	for _, s := range snap.GetServices() {
+		c.services[Key(s.GetNamespace(), s.GetName())] = s
+	}
+	r.gen++
+	c.gen = r.gen
+	r.clusters[clusterFQN] = c
+	r.signal()
+}
+
+// SetLive says whether cluster's agent is live, as another server replica
+// reports it, and when it was last seen. Only a change of liveness
+// signals Changed.
+func (r *Registry) SetLive(clusterFQN string, connected bool, lastSeen time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[clusterFQN]
+	if c == nil {
+		return
+	}
+	c.lastSeen = lastSeen
+	if c.connected != connected {
+		c.connected = connected
+		r.signal()
+	}
 }
 
 // Check compares the agent's digest with the registry's state for cluster:

@@ -139,3 +139,69 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A snapshot restored in another registry is the same state (the digests
+// agree) with the liveness given; the generation moves with content only,
+// and liveness signals only when it changes.
+func TestASnapshotRestoresTheSameStateElsewhere(t *testing.T) {
+	r := New()
+	gw := &agentv1.EastWestGateway{Namespace: "istio-system", Name: "eastwest", Address: "10.0.0.1", Port: 15443}
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, EastWestGateway: gw, Services: []*agentv1.ServiceState{
+		svc("shop", "reviews", 2, port("http", 9080, "TCP")), svc("shop", "ratings", 1)}}, t0))
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 2, Removed: []string{"shop/ratings"}}, t0))
+	snap, gen := r.Snapshot(c1)
+	if snap == nil || gen == 0 || gen != r.Generation(c1) {
+		t.Fatalf("snapshot %v at generation %d (registry says %d)", snap, gen, r.Generation(c1))
+	}
+	if s, g := r.Snapshot(c2); s != nil || g != 0 {
+		t.Fatalf("a snapshot of a cluster never reported: %v, %d", s, g)
+	}
+	r.Disconnected(c1, t0.Add(time.Minute))
+	if r.Generation(c1) != gen {
+		t.Fatal("a disconnect changed the generation")
+	}
+
+	other := New()
+	<-r.Changed()
+	other.Restore(c1, snap, false, t0.Add(time.Minute))
+	select {
+	case <-other.Changed():
+	default:
+		t.Fatal("a restore did not signal")
+	}
+	if got, want := other.digest(c1), r.digest(c1); got != want {
+		t.Fatalf("restored state differs: digest %s, want %s", got, want)
+	}
+	ins := other.Services(nil, Filter{})[0].Instances[0]
+	if !ins.Stale || !ins.LastSeen.Equal(t0.Add(time.Minute)) || ins.Gateway.GetAddress() != "10.0.0.1" {
+		t.Fatalf("restored instance: %+v", ins)
+	}
+	// The cluster's own agent then continues with a full report.
+	must(t, other.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true}, t0))
+
+	other.Restore(c2, snap, true, t0)
+	<-other.Changed()
+	other.SetLive(c2, true, t0.Add(time.Second))
+	select {
+	case <-other.Changed():
+		t.Fatal("a new last-seen time without a change of liveness signalled")
+	default:
+	}
+	other.SetLive(c2, false, t0.Add(2*time.Second))
+	select {
+	case <-other.Changed():
+	default:
+		t.Fatal("a change of liveness did not signal")
+	}
+	if ins := other.Services(nil, Filter{Name: "reviews"})[0].Instances; len(ins) != 1 || ins[0].Cluster != c2 || !ins[0].Stale {
+		t.Fatalf("SetLive(false) left c2's instance live: %+v", ins)
+	}
+}
+
+// digest is the Digest of cluster's state.
+func (r *Registry) digest(cluster string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clusters[cluster]
+	return Digest(c.services, c.gateway)
+}

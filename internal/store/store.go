@@ -151,9 +151,28 @@ type Credential struct {
 
 // StatusWrite is one status write of PutStatus.
 type StatusWrite struct {
-	FQN    string
-	Epoch  int64 // the writer's session, from ClaimStatus
+	FQN   string
+	Epoch int64 // the writer's session, from ClaimStatus
+	// Status is the new body; nil renews the stored one: only its time
+	// (Record.StatusTime) moves, which says its writer is alive.
 	Status json.RawMessage
+}
+
+// RuntimeWrite is one write of PutRuntime.
+type RuntimeWrite struct {
+	FQN     string
+	Epoch   int64 // the writer's session, from ClaimStatus
+	Runtime []byte
+}
+
+// Runtime is a record's stored runtime snapshot.
+type Runtime struct {
+	FQN string
+	// Epoch is the status session that wrote it; Gen grows with every
+	// write of the record's snapshot.
+	Epoch, Gen int64
+	Runtime    []byte
+	Time       time.Time
 }
 
 // Reader reads records. Records returned are the caller's to keep.
@@ -224,6 +243,18 @@ type Store interface {
 	// older than the record's latest claim is skipped and its FQN returned
 	// in fenced; a write for a record that no longer exists is skipped.
 	PutStatus(ctx context.Context, writes []StatusWrite) (fenced []string, err error)
+	// PutRuntime writes runtime snapshots (what a cluster runs, as its
+	// agent reports it) in one transaction, fenced by the status session as
+	// PutStatus is, and outside the event log: one row per record,
+	// overwritten, deleted with the record. Other processes on the same
+	// database are woken (Changed), so that they read it soon.
+	PutRuntime(ctx context.Context, writes []RuntimeWrite) (fenced []string, err error)
+	// Runtimes returns the stored snapshots whose Gen differs from have's
+	// (an FQN missing from have: every stored one), ordered by FQN, and
+	// mark, which counts the store's runtime writes. When since equals the
+	// current mark, nothing was written since the call that returned it,
+	// and nothing more is read: a caller may ask on every wake-up.
+	Runtimes(ctx context.Context, since int64, have map[string]int64) (out []Runtime, mark int64, err error)
 	// Compact discards events at or below rev; audit records are kept.
 	Compact(ctx context.Context, rev int64) error
 	// Audit lists audit records, oldest first.

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,8 +17,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
+	"flotilla.io/flotilla/internal/store/postgres/pgtest"
 	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
 )
 
@@ -298,10 +302,30 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 	})
 	eventually(t, 30*time.Second, "c2's gateway gone from c1's EDS", remoteInEDS(false))
 	c2.scale(t, "reviews", 2)
-	eventually(t, 30*time.Second, "reviews-c2 back in c1", func() error {
-		_, err := entry(c1, workloadEntryGVR, "shop", "reviews-c2")
-		return err
+	c1.awaitWeight(t, "reviews-c2", 2)
+
+	// The server restarts (kill -9): it knows the fleet's services from the
+	// store before any agent reports again, so no cluster loses its
+	// failover config, even for a moment.
+	deleted := []func() []string{
+		c1.deletions(t, workloadEntryGVR, "shop"), c2.deletions(t, workloadEntryGVR, "shop"),
+		c1.deletions(t, serviceEntryGVR, "flotilla-multicluster"),
+	}
+	s.kill9()
+	s = s.restart(t)
+	eventually(t, 30*time.Second, "both agents back on the restarted server", func() error {
+		if n := connectedAgents(t, s); n != 2 {
+			return fmt.Errorf("%d agents", n)
+		}
+		return nil
 	})
+	c2.scale(t, "reviews", 3)
+	c1.awaitWeight(t, "reviews-c2", 3)
+	for _, d := range deleted {
+		if got := d(); len(got) != 0 {
+			t.Fatalf("failover config was removed while the server restarted: %v", got)
+		}
+	}
 
 	// c2's agent stops: its entries stay in c1, and the registry says stale.
 	agents[c2.name].stop()
@@ -326,4 +350,141 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 		}
 		return nil
 	})
+}
+
+// awaitWeight waits until the WorkloadEntry shop/name has the weight.
+func (c *kcluster) awaitWeight(t *testing.T, name string, want int) {
+	t.Helper()
+	eventually(t, 30*time.Second, fmt.Sprintf("%s: %s of weight %d", c.name, name, want), func() error {
+		o, err := c.get(workloadEntryGVR, "shop", name)
+		if err != nil {
+			return err
+		}
+		if got, _, _ := unstructured.NestedInt64(o.Object, "spec", "weight"); got != int64(want) {
+			return fmt.Errorf("weight %d", got)
+		}
+		return nil
+	})
+}
+
+// deletions records the objects of gvr in namespace ns of cluster c that
+// are deleted from now on, as "<name>"; the watch ends with the test.
+func (c *kcluster) deletions(t *testing.T, gvr schema.GroupVersionResource, ns string) func() []string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w, err := c.dyn.Resource(gvr).Namespace(ns).Watch(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		deleted []string
+		ended   bool
+	)
+	go func() {
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Deleted {
+				if o, ok := ev.Object.(*unstructured.Unstructured); ok {
+					mu.Lock()
+					deleted = append(deleted, o.GetName())
+					mu.Unlock()
+				}
+			}
+		}
+		mu.Lock()
+		ended = ctx.Err() == nil
+		mu.Unlock()
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		if ended {
+			t.Fatalf("%s: the watch of %s in %s ended early", c.name, gvr.Resource, ns)
+		}
+		return slices.Clone(deleted)
+	}
+}
+
+// Two server replicas on PostgreSQL, c1's agent on one and c2's on the
+// other: each cluster still gets the other's services as failover config,
+// and a scale in either cluster reaches the other across the replicas.
+// Then a replica is killed, and later the whole central is restarted:
+// neither removes a remote endpoint from any cluster, even for a moment.
+func TestFailoverConfigCrossesReplicasAndOutlivesThem(t *testing.T) {
+	cs := clusters(t)
+	c1, c2 := cs[0], cs[1]
+	c1.prepareMulticluster(t, "127.0.11.1")
+	c2.prepareMulticluster(t, "127.0.11.2")
+	c1.runService(t, "reviews", 1)
+	c2.runService(t, "reviews", 2)
+	c2.runService(t, "ratings", 1)
+
+	db := pgtest.NewDatabase(t)
+	a := startServer(t, t.TempDir(), "--store", db)
+	b := startServer(t, t.TempDir(), "--store", db)
+	b.login(bootstrapFile(a.cmd.Dir)) // the store has one bootstrap credential: a made it
+	if r := a.flotilla(multiclusterIntent, "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %+v", r)
+	}
+	dir := t.TempDir()
+	servers := map[string]string{c1.name: a.url + "," + b.url, c2.name: b.url + "," + a.url}
+	for _, c := range cs {
+		token := strings.TrimSpace(a.must("cluster", "onboard", c.name))
+		if err := os.WriteFile(filepath.Join(dir, c.name+".token"), []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		startProcess(t, dir, nil, "agent", "--server", servers[c.name], "--cluster", c.name, "--token-file", filepath.Join(dir, c.name+".token"), "--kubeconfig", c.kubeconfig)
+	}
+	eventually(t, 30*time.Second, "one agent on each replica", func() error {
+		if n, m := connectedAgents(t, a), connectedAgents(t, b); n != 1 || m != 1 {
+			return fmt.Errorf("a has %d agents, b %d", n, m)
+		}
+		return nil
+	})
+	weight := func(c *kcluster, name string, want int) { t.Helper(); c.awaitWeight(t, name, want) }
+	weight(c1, "reviews-c2", 2)
+	weight(c2, "reviews-c1", 1)
+	eventually(t, 30*time.Second, "c1's ServiceEntry for ratings, which runs in c2 only", func() error {
+		_, err := c1.get(serviceEntryGVR, "flotilla-multicluster", "shop-ratings")
+		return err
+	})
+	c2.scale(t, "reviews", 3) // reported to b, needed by c1 on a
+	weight(c1, "reviews-c2", 3)
+	c1.scale(t, "reviews", 2) // reported to a, needed by c2 on b
+	weight(c2, "reviews-c1", 2)
+
+	deleted := []func() []string{
+		c1.deletions(t, workloadEntryGVR, "shop"), c2.deletions(t, workloadEntryGVR, "shop"),
+		c1.deletions(t, serviceEntryGVR, "flotilla-multicluster"),
+	}
+	a.kill9()
+	eventually(t, 30*time.Second, "both agents on replica b", func() error {
+		if n := connectedAgents(t, b); n != 2 {
+			return fmt.Errorf("b has %d agents", n)
+		}
+		return nil
+	})
+	c2.scale(t, "reviews", 4)
+	weight(c1, "reviews-c2", 4)
+
+	// The whole central goes down and comes back: the restarted replica
+	// knows the fleet's services from the store before any agent reports.
+	b.kill9()
+	a = a.restart(t)
+	eventually(t, 30*time.Second, "both agents on the restarted replica a", func() error {
+		if n := connectedAgents(t, a); n != 2 {
+			return fmt.Errorf("a has %d agents", n)
+		}
+		return nil
+	})
+	c2.scale(t, "reviews", 5)
+	weight(c1, "reviews-c2", 5)
+	c1.scale(t, "reviews", 1)
+	weight(c2, "reviews-c1", 1)
+	for _, d := range deleted {
+		if got := d(); len(got) != 0 {
+			t.Fatalf("failover config was removed while replicas died and came back: %v", got)
+		}
+	}
 }

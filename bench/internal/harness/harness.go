@@ -42,11 +42,15 @@ type Plane struct {
 
 // Start serves st until the benchmark ends, with authentication and
 // authorization on; the clients are the bootstrap administrator.
-func Start(tb testing.TB, st store.Store) *Plane { return start(tb, st, false) }
+func Start(tb testing.TB, st store.Store) *Plane { return start(tb, st, false, false) }
+
+// StartReplica is Start for one of several server replicas that share st
+// (PostgreSQL), as `flotilla server` runs on a postgres:// store.
+func StartReplica(tb testing.TB, st store.Store) *Plane { return start(tb, st, false, true) }
 
 // StartWithoutAuth is Start with --insecure-no-auth: every caller is the
 // administrator and no token is checked, for the figure without auth.
-func StartWithoutAuth(tb testing.TB, st store.Store) *Plane { return start(tb, st, true) }
+func StartWithoutAuth(tb testing.TB, st store.Store) *Plane { return start(tb, st, true, false) }
 
 // As returns the plane's clients for another caller's token.
 func (p *Plane) As(token string) *Plane {
@@ -58,13 +62,13 @@ func (p *Plane) As(token string) *Plane {
 	return &out
 }
 
-func start(tb testing.TB, st store.Store, insecure bool) *Plane {
+func start(tb testing.TB, st store.Store, insecure, shared bool) *Plane {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	auth, token := testauth.New(tb)
 	auth.Insecure = insecure
-	p, err := plane.New(resource.Builtin(), st, log, plane.Config{API: []apiserver.Option{apiserver.WithAuth(auth)}})
+	p, err := plane.New(resource.Builtin(), st, log, plane.Config{Shared: shared, API: []apiserver.Option{apiserver.WithAuth(auth)}})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -78,5 +78,14 @@ CREATE TABLE refused (
 	reason TEXT NOT NULL
 );
 CREATE INDEX refused_time ON refused (time)`
-	return []string{v1, v2, v3, v4, v5}
+	// v6 keeps each cluster's runtime snapshot (what runs in it, as its
+	// agent reports it) beside its status, so that every server replica,
+	// and a restarted server, knows the whole fleet's services. The meta
+	// counter lets a reader tell in one read whether any snapshot changed.
+	v6 := `
+ALTER TABLE status ADD COLUMN runtime TEXT NOT NULL DEFAULT '';
+ALTER TABLE status ADD COLUMN runtime_gen BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE status ADD COLUMN runtime_time BIGINT NOT NULL DEFAULT 0;
+INSERT INTO meta (key, value) VALUES ('runtime', 0)`
+	return []string{v1, v2, v3, v4, v5, v6}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -833,7 +834,15 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 	err := d.statusTx(ctx, func(q querier) error {
 		fenced = fenced[:0]
 		for _, w := range writes {
-			res, err := q.ExecContext(ctx, `UPDATE status SET body = $1, update_time = $2 WHERE fqn = $3 AND epoch = $4`, string(w.Status), now, w.FQN, w.Epoch)
+			var (
+				res sql.Result
+				err error
+			)
+			if w.Status == nil { // a renewal: the body stands
+				res, err = q.ExecContext(ctx, `UPDATE status SET update_time = $1 WHERE fqn = $2 AND epoch = $3`, now, w.FQN, w.Epoch)
+			} else {
+				res, err = q.ExecContext(ctx, `UPDATE status SET body = $1, update_time = $2 WHERE fqn = $3 AND epoch = $4`, string(w.Status), now, w.FQN, w.Epoch)
+			}
 			if err != nil {
 				return fmt.Errorf("write status of %s: %w", w.FQN, err)
 			}
@@ -848,8 +857,8 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 			err = q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{w.FQN}, &stored)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
-				if w.Epoch != 0 {
-					continue // deleted with its record
+				if w.Epoch != 0 || w.Status == nil {
+					continue // deleted with its record, or nothing to renew
 				}
 				if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time) SELECT fqn, 0, $1, $2 FROM objects WHERE fqn = $3`, string(w.Status), now, w.FQN); err != nil {
 					return fmt.Errorf("write status of %s: %w", w.FQN, err)
@@ -868,6 +877,110 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 		return nil, err
 	}
 	return fenced, nil
+}
+
+// PutRuntime implements store.Store. Snapshots are stored as base64 text:
+// the column type both databases share.
+func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]string, error) {
+	var fenced []string
+	now := d.now().UnixNano()
+	err := d.statusTx(ctx, func(q querier) error {
+		fenced = fenced[:0]
+		wrote := false
+		for _, w := range writes {
+			res, err := q.ExecContext(ctx, `UPDATE status SET runtime = $1, runtime_gen = runtime_gen + 1, runtime_time = $2 WHERE fqn = $3 AND epoch = $4`,
+				base64.StdEncoding.EncodeToString(w.Runtime), now, w.FQN, w.Epoch)
+			if err != nil {
+				return fmt.Errorf("write runtime of %s: %w", w.FQN, err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return err
+			} else if n == 1 {
+				wrote = true
+				continue
+			}
+			var stored int64
+			err = q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{w.FQN}, &stored)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				continue // deleted with its record
+			case err != nil:
+				return err
+			case stored > w.Epoch:
+				fenced = append(fenced, w.FQN)
+			default:
+				return fmt.Errorf("write runtime of %s at epoch %d: no session claimed it (latest claim %d)", w.FQN, w.Epoch, stored)
+			}
+		}
+		if !wrote {
+			return nil
+		}
+		if _, err := q.ExecContext(ctx, `UPDATE meta SET value = value + 1 WHERE key = 'runtime'`); err != nil {
+			return fmt.Errorf("count runtime writes: %w", err)
+		}
+		if d.dialect.NotifyTx != "" {
+			if _, err := q.tx.ExecContext(ctx, d.dialect.NotifyTx); err != nil {
+				return fmt.Errorf("notify: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return fenced, nil
+}
+
+// Runtimes implements store.Store.
+func (d *DB) Runtimes(ctx context.Context, since int64, have map[string]int64) ([]store.Runtime, int64, error) {
+	q := querier{d: d}
+	var mark int64
+	if err := q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'runtime'`, nil, &mark); err != nil {
+		return nil, 0, fmt.Errorf("read the runtime write count: %w", err)
+	}
+	if mark == since {
+		return nil, mark, nil
+	}
+	rows, err := q.QueryContext(ctx, `SELECT fqn, runtime_gen FROM status WHERE runtime_gen > 0 ORDER BY fqn`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list runtime snapshots: %w", err)
+	}
+	var want []string
+	for rows.Next() {
+		var fqn string
+		var gen int64
+		if err := rows.Scan(&fqn, &gen); err != nil {
+			rows.Close()
+			return nil, 0, err
+		}
+		if have[fqn] != gen {
+			want = append(want, fqn)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	out := make([]store.Runtime, 0, len(want))
+	for _, fqn := range want {
+		var (
+			r       = store.Runtime{FQN: fqn}
+			text    string
+			written int64
+		)
+		err := q.scanOne(ctx, `SELECT epoch, runtime_gen, runtime, runtime_time FROM status WHERE fqn = $1`, []any{fqn}, &r.Epoch, &r.Gen, &text, &written)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // deleted meanwhile
+		} else if err != nil {
+			return nil, 0, fmt.Errorf("read the runtime snapshot of %s: %w", fqn, err)
+		}
+		if r.Runtime, err = base64.StdEncoding.DecodeString(text); err != nil {
+			return nil, 0, fmt.Errorf("read the runtime snapshot of %s: %w", fqn, err)
+		}
+		r.Time = time.Unix(0, written).UTC()
+		out = append(out, r)
+	}
+	return out, mark, nil
 }
 
 // CountCredentials implements store.Tx.

@@ -41,6 +41,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"status writes take no revision, event or audit, and spec writes keep them", testPutStatus},
 		{"a status write of an older session is fenced by a newer claim", testStatusFencing},
 		{"status goes with its record", testStatusDeleted},
+		{"runtime snapshots are fenced, counted, read when changed, survive reopening and go with their record", testRuntime},
 		{"deleting a record revokes the credentials issued for it, in the same transaction", testDeleteRevokes},
 		{"events never skip revisions while compaction runs", testEventsUnderCompaction},
 		{"events after a compacted revision are refused", testCompact},
@@ -418,6 +419,19 @@ func testStatusFencing(t *testing.T, open Opener) {
 	if read, _ := st.Get(ctx, org2.FQN); string(read.Status) != `{"who":"new"}` {
 		t.Fatalf("the unfenced write of a batch was lost: %s", read.Status)
 	}
+	// A renewal (no body) moves the time and keeps the body; it is fenced
+	// like a write.
+	before, _ := st.Get(ctx, org2.FQN)
+	time.Sleep(time.Millisecond)
+	if fenced, err := st.PutStatus(ctx, []store.StatusWrite{{FQN: org2.FQN, Epoch: e2}, {FQN: org.FQN, Epoch: old}}); err != nil || len(fenced) != 1 || fenced[0] != org.FQN {
+		t.Fatalf("renewals: fenced %v, %v", fenced, err)
+	}
+	if after, _ := st.Get(ctx, org2.FQN); string(after.Status) != `{"who":"new"}` || !after.StatusTime.After(before.StatusTime) {
+		t.Fatalf("a renewal: body %s (want it kept), time %v (was %v)", after.Status, after.StatusTime, before.StatusTime)
+	}
+	if read, _ := st.Get(ctx, org.FQN); string(read.Status) != `{"who":"old"}` {
+		t.Fatalf("a fenced renewal changed the status: %s", read.Status)
+	}
 	// Claims survive a restart.
 	st.Close()
 	st = open(t)
@@ -442,6 +456,95 @@ func testStatusDeleted(t *testing.T, open Opener) {
 	put(t, st, "a", org)
 	if read, _ := st.Get(ctx, org.FQN); read.Status != nil {
 		t.Fatalf("a re-created record inherited the old status: %s", read.Status)
+	}
+}
+
+func putRuntime(t *testing.T, st store.Store, fqn string, epoch int64, data string) []string {
+	t.Helper()
+	fenced, err := st.PutRuntime(context.Background(), []store.RuntimeWrite{{FQN: fqn, Epoch: epoch, Runtime: []byte(data)}})
+	if err != nil {
+		t.Fatalf("put runtime of %s: %v", fqn, err)
+	}
+	return fenced
+}
+
+func testRuntime(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	runtimes := func(since int64, have map[string]int64) ([]store.Runtime, int64) {
+		t.Helper()
+		out, mark, err := st.Runtimes(ctx, since, have)
+		if err != nil {
+			t.Fatalf("runtimes: %v", err)
+		}
+		return out, mark
+	}
+	none, m0 := runtimes(-1, nil)
+	if len(none) != 0 {
+		t.Fatalf("snapshots before any write: %+v", none)
+	}
+	epoch, _ := st.ClaimStatus(ctx, org.FQN)
+	putStatus(t, st, org.FQN, epoch, `{"connected":true}`)
+	changed := st.Changed()
+	data := "snap\x00shot\xff" // binary, with a NUL
+	if fenced := putRuntime(t, st, org.FQN, epoch, data); len(fenced) != 0 {
+		t.Fatalf("write of the latest session fenced: %v", fenced)
+	}
+	got, m1 := runtimes(m0, nil)
+	if len(got) != 1 || got[0].FQN != org.FQN || string(got[0].Runtime) != data || got[0].Gen != 1 || got[0].Epoch != epoch || got[0].Time.IsZero() || m1 == m0 {
+		t.Fatalf("after one write: %+v, mark %d (was %d)", got, m1, m0)
+	}
+	if again, m := runtimes(m1, nil); len(again) != 0 || m != m1 {
+		t.Fatalf("nothing written since the mark, yet: %+v, mark %d", again, m)
+	}
+	if again, _ := runtimes(-1, map[string]int64{org.FQN: 1}); len(again) != 0 {
+		t.Fatalf("a snapshot the caller has was read again: %+v", again)
+	}
+	// Runtime is not intent: no revision, event, audit or wake-up of this
+	// process's watchers; the status stays.
+	if rev, _ := st.Revision(ctx); rev != 1 {
+		t.Fatalf("a runtime write took a revision: store at %d, want 1", rev)
+	}
+	if evs, _ := st.Events(ctx, 0, 10); len(evs) != 1 {
+		t.Fatalf("a runtime write is in the event log: %d events", len(evs))
+	}
+	if recs, _ := st.Audit(ctx, store.AuditQuery{}); len(recs) != 1 {
+		t.Fatalf("a runtime write was audited: %d records", len(recs))
+	}
+	select {
+	case <-changed:
+		t.Fatal("a runtime write woke this process's watchers of intent")
+	default:
+	}
+	if read, _ := st.Get(ctx, org.FQN); string(read.Status) != `{"connected":true}` {
+		t.Fatalf("a runtime write changed the status: %s", read.Status)
+	}
+	// A newer session fences the older one's writes.
+	newer, _ := st.ClaimStatus(ctx, org.FQN)
+	if fenced := putRuntime(t, st, org.FQN, epoch, "stale"); len(fenced) != 1 || fenced[0] != org.FQN {
+		t.Fatalf("write of epoch %d after a claim of %d: fenced %v", epoch, newer, fenced)
+	}
+	if got, m := runtimes(m1, nil); len(got) != 0 || m != m1 {
+		t.Fatalf("a fenced write counted: %+v, mark %d", got, m)
+	}
+	putRuntime(t, st, org.FQN, newer, "second")
+	// Survives reopening.
+	st.Close()
+	st = open(t)
+	got, _ = runtimes(m1, map[string]int64{org.FQN: 1})
+	if len(got) != 1 || string(got[0].Runtime) != "second" || got[0].Gen != 2 || got[0].Epoch != newer {
+		t.Fatalf("after reopening: %+v", got)
+	}
+	// Deleted with its record; a late write is dropped.
+	if err := st.Update(ctx, "a", func(tx store.Tx) error { _, err := tx.Delete(ctx, org.FQN); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if fenced := putRuntime(t, st, org.FQN, newer, "late"); len(fenced) != 0 {
+		t.Fatalf("late write fenced: %v", fenced)
+	}
+	if got, _ := runtimes(-1, nil); len(got) != 0 {
+		t.Fatalf("snapshots of a deleted record: %+v", got)
 	}
 }
 

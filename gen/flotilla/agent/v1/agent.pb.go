@@ -292,7 +292,10 @@ type Hello struct {
 	Cluster      string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// Last is the agent's latest acknowledgement, if any.
-	Last          *Ack `protobuf:"bytes,3,opt,name=last,proto3" json:"last,omitempty"`
+	Last *Ack `protobuf:"bytes,3,opt,name=last,proto3" json:"last,omitempty"`
+	// AcceptsDeltas says the agent takes bundle deltas (Bundle.base) and
+	// sends partial acknowledgements (Ack.partial) on this stream.
+	AcceptsDeltas bool `protobuf:"varint,4,opt,name=accepts_deltas,json=acceptsDeltas,proto3" json:"accepts_deltas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -346,6 +349,13 @@ func (x *Hello) GetLast() *Ack {
 		return x.Last
 	}
 	return nil
+}
+
+func (x *Hello) GetAcceptsDeltas() bool {
+	if x != nil {
+		return x.AcceptsDeltas
+	}
+	return false
 }
 
 // Inventory reports the cluster's facts. The first one on a stream is full;
@@ -1052,7 +1062,13 @@ type Ack struct {
 	BundleVersion string                 `protobuf:"bytes,1,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
 	Resources     []*ResourceStatus      `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
 	// Revision is the store revision of the bundle acknowledged (Bundle.revision).
-	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// A partial acknowledgement carries only the resources whose status
+	// changed since the previous acknowledgement on the same stream, and
+	// names in removed those that are gone; the rest stand. The first
+	// acknowledgement on a stream is never partial.
+	Partial       bool     `protobuf:"varint,4,opt,name=partial,proto3" json:"partial,omitempty"`
+	Removed       []string `protobuf:"bytes,5,rep,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1106,6 +1122,20 @@ func (x *Ack) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Ack) GetPartial() bool {
+	if x != nil {
+		return x.Partial
+	}
+	return false
+}
+
+func (x *Ack) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
 }
 
 // ResourceStatus is the outcome for one intent resource in this cluster.
@@ -1489,8 +1519,13 @@ type Bundle struct {
 	// of Parts, and the parts are sent in order, back to back. The agent
 	// uses a version only once it has every part and the whole hashes to
 	// Version. Parts 0 means a bundle in one message.
-	Part          int32 `protobuf:"varint,4,opt,name=part,proto3" json:"part,omitempty"`
-	Parts         int32 `protobuf:"varint,5,opt,name=parts,proto3" json:"parts,omitempty"`
+	Part  int32 `protobuf:"varint,4,opt,name=part,proto3" json:"part,omitempty"`
+	Parts int32 `protobuf:"varint,5,opt,name=parts,proto3" json:"parts,omitempty"`
+	// Base, when set, says Content is a delta (package bundle's Delta)
+	// against the bundle of version base that this stream delivered before:
+	// the agent applies it to that bundle, and uses the result only if it
+	// hashes to version. Only an agent that accepts deltas gets one.
+	Base          string `protobuf:"bytes,6,opt,name=base,proto3" json:"base,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1560,6 +1595,13 @@ func (x *Bundle) GetParts() int32 {
 	return 0
 }
 
+func (x *Bundle) GetBase() string {
+	if x != nil {
+		return x.Base
+	}
+	return ""
+}
+
 var File_flotilla_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
@@ -1582,11 +1624,12 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x05drift\x18\x04 \x01(\v2\x18.flotilla.agent.v1.DriftH\x00R\x05drift\x126\n" +
 	"\aruntime\x18\x05 \x01(\v2\x1a.flotilla.agent.v1.RuntimeH\x00R\aruntime\x12:\n" +
 	"\x06digest\x18\x06 \x01(\v2 .flotilla.agent.v1.RuntimeDigestH\x00R\x06digestB\x05\n" +
-	"\x03msg\"r\n" +
+	"\x03msg\"\x99\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12*\n" +
-	"\x04last\x18\x03 \x01(\v2\x16.flotilla.agent.v1.AckR\x04last\"\xce\x02\n" +
+	"\x04last\x18\x03 \x01(\v2\x16.flotilla.agent.v1.AckR\x04last\x12%\n" +
+	"\x0eaccepts_deltas\x18\x04 \x01(\bR\racceptsDeltas\"\xce\x02\n" +
 	"\tInventory\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\x12kubernetes_version\x18\x02 \x01(\tR\x11kubernetesVersion\x12.\n" +
@@ -1649,11 +1692,13 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x04port\x18\x04 \x01(\rR\x04port\"9\n" +
 	"\rRuntimeDigest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
-	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"\x89\x01\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"\xbd\x01\n" +
 	"\x03Ack\x12%\n" +
 	"\x0ebundle_version\x18\x01 \x01(\tR\rbundleVersion\x12?\n" +
 	"\tresources\x18\x02 \x03(\v2!.flotilla.agent.v1.ResourceStatusR\tresources\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"l\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x18\n" +
+	"\apartial\x18\x04 \x01(\bR\apartial\x12\x18\n" +
+	"\aremoved\x18\x05 \x03(\tR\aremoved\"l\n" +
 	"\x0eResourceStatus\x12\x10\n" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -1681,13 +1726,14 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"credential\x18\x01 \x01(\tR\n" +
 	"credential\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\x82\x01\n" +
+	"expireTime\"\x96\x01\n" +
 	"\x06Bundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\fR\acontent\x12\x1a\n" +
 	"\brevision\x18\x03 \x01(\x03R\brevision\x12\x12\n" +
 	"\x04part\x18\x04 \x01(\x05R\x04part\x12\x14\n" +
-	"\x05parts\x18\x05 \x01(\x05R\x05parts2\xad\x01\n" +
+	"\x05parts\x18\x05 \x01(\x05R\x05parts\x12\x12\n" +
+	"\x04base\x18\x06 \x01(\tR\x04base2\xad\x01\n" +
 	"\fAgentService\x12G\n" +
 	"\x04Join\x12\x1e.flotilla.agent.v1.JoinRequest\x1a\x1f.flotilla.agent.v1.JoinResponse\x12T\n" +
 	"\aConnect\x12!.flotilla.agent.v1.ConnectRequest\x1a\".flotilla.agent.v1.ConnectResponse(\x010\x01B4Z2flotilla.io/flotilla/gen/flotilla/agent/v1;agentv1b\x06proto3"
