@@ -853,23 +853,17 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 			}
 			// No row at this epoch: a newer session holds the record, or the
 			// record is gone, or it never had a status (epoch 0).
-			var stored int64
-			err = q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{w.FQN}, &stored)
+			newer, gone, err := missedWrite(ctx, q, "status", w.FQN, w.Epoch)
 			switch {
-			case errors.Is(err, sql.ErrNoRows):
-				if w.Epoch != 0 || w.Status == nil {
-					continue // deleted with its record, or nothing to renew
-				}
+			case err != nil:
+				return err
+			case newer:
+				fenced = append(fenced, w.FQN)
+			case gone && w.Epoch == 0 && w.Status != nil:
 				if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time) SELECT fqn, 0, $1, $2 FROM objects WHERE fqn = $3`, string(w.Status), now, w.FQN); err != nil {
 					return fmt.Errorf("write status of %s: %w", w.FQN, err)
 				}
-			case err != nil:
-				return err
-			case stored > w.Epoch:
-				fenced = append(fenced, w.FQN)
-			default:
-				return fmt.Errorf("write status of %s at epoch %d: no session claimed it (latest claim %d)", w.FQN, w.Epoch, stored)
-			}
+			} // else deleted with its record, or nothing to renew
 		}
 		return nil
 	})
@@ -899,18 +893,13 @@ func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]str
 				wrote = true
 				continue
 			}
-			var stored int64
-			err = q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{w.FQN}, &stored)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-				continue // deleted with its record
-			case err != nil:
+			newer, _, err := missedWrite(ctx, q, "runtime", w.FQN, w.Epoch)
+			if err != nil {
 				return err
-			case stored > w.Epoch:
-				fenced = append(fenced, w.FQN)
-			default:
-				return fmt.Errorf("write runtime of %s at epoch %d: no session claimed it (latest claim %d)", w.FQN, w.Epoch, stored)
 			}
+			if newer {
+				fenced = append(fenced, w.FQN)
+			} // else deleted with its record
 		}
 		if !wrote {
 			return nil
@@ -929,6 +918,24 @@ func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]str
 		return nil, err
 	}
 	return fenced, nil
+}
+
+// missedWrite tells why a write of what (status or runtime) at epoch
+// matched no status row: a newer session holds the record (newer), or the
+// record has no status row (gone: deleted, or never claimed). An older
+// stored epoch means the writer used an epoch nobody claimed: an error.
+func missedWrite(ctx context.Context, q querier, what, fqn string, epoch int64) (newer, gone bool, err error) {
+	var stored int64
+	err = q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{fqn}, &stored)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, true, nil
+	case err != nil:
+		return false, false, err
+	case stored > epoch:
+		return true, false, nil
+	}
+	return false, false, fmt.Errorf("write %s of %s at epoch %d: no session claimed it (latest claim %d)", what, fqn, epoch, stored)
 }
 
 // Runtimes implements store.Store.
