@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"k8s.io/client-go/rest"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
@@ -69,24 +70,7 @@ func TestABundleTheAgentCannotStoreIsFetchedAgainOnANewSession(t *testing.T) {
 	cfg := testfleet.Get(t).Cluster(t, "c1").RESTConfig(t)
 	good := &bundle.Bundle{Cluster: "c1", Groups: []bundle.Group{}, Objects: []bundle.Object{}}
 	srv := &corruptingServer{good: good, acked: make(chan string, 1)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: p}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
-	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := agentOf(t, cfg, srv, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
@@ -107,6 +91,30 @@ func TestABundleTheAgentCannotStoreIsFetchedAgainOnANewSession(t *testing.T) {
 	if n := srv.streams.Load(); n < 2 {
 		t.Fatalf("acknowledged on %d stream(s); the bad bundle should have ended the first", n)
 	}
+}
+
+// agentOf serves srv on a loopback port (cleartext HTTP/2) and returns an
+// agent of cluster c1 on cfg that connects to it, with a join token file.
+func agentOf(t *testing.T, cfg *rest.Config, srv agentv1connect.AgentServiceHandler, log *slog.Logger) *Agent {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: mux, Protocols: p}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
+	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 type testWriter struct{ t *testing.T }
@@ -156,24 +164,7 @@ func TestReconnectBackoffGrowsWithinBoundsIsJitteredAndResetsAfterASession(t *te
 	cfg := testfleet.Get(t).Cluster(t, "c1").RESTConfig(t)
 	const refused = 8
 	srv := &flakyServer{good: &bundle.Bundle{Cluster: "c1", Groups: []bundle.Group{}, Objects: []bundle.Object{}}, refuse: refused}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: p}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
-	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := agentOf(t, cfg, srv, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	waits := make(chan time.Duration, 64)
@@ -313,23 +304,7 @@ func TestTheAgentAppliesBundleDeltasAndRefusesOneThatDoesNotHashToItsVersion(t *
 		v3:     &bundle.Bundle{Cluster: "c1", Groups: group("shop"), Objects: []bundle.Object{}},
 		events: make(chan string, 16),
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle(agentv1connect.NewAgentServiceHandler(srv))
-	p := new(http.Protocols)
-	p.SetUnencryptedHTTP2(true)
-	hs := &http.Server{Handler: mux, Protocols: p}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
-	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := agentOf(t, cfg, srv, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
