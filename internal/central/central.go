@@ -321,7 +321,7 @@ func (c *Central) reload(ctx context.Context) error {
 	// without them would remove every cluster's remote endpoints until the
 	// agents report again.
 	c.restoreRuntime(snaps, mark)
-	c.recomputeMulticluster()
+	c.wake(c.recomputeMulticluster())
 	return nil
 }
 

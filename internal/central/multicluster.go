@@ -234,8 +234,9 @@ func mainLocality(in registry.Instance) (region, zone string) {
 }
 
 // recomputeMulticluster rebuilds the slices and moves the version of every
-// cluster whose slice changed. Callers hold c.mu.
-func (c *Central) recomputeMulticluster() {
+// cluster whose slice changed, and returns those clusters. Callers hold
+// c.mu, and wake the clusters' streams (wake) once they want them to send.
+func (c *Central) recomputeMulticluster() map[string]bool {
 	next := map[string]*bundle.Multicluster{}
 	if len(c.mc.settings) > 0 { // no setting exposes anything: skip merging the registry
 		next = c.mc.compute(c.idx.clusters, c.services.Services(nil, registry.Filter{}), c.services.Gateway)
@@ -262,8 +263,22 @@ func (c *Central) recomputeMulticluster() {
 			delete(c.mc.raw, fqn)
 		}
 	}
-	if len(changed) > 0 {
-		c.syncClusters(changed, nil)
+	for fqn := range changed {
+		if cl := c.clusters[fqn]; cl != nil {
+			if v := c.version(fqn); v != cl.version {
+				cl.version, cl.dirty = v, true
+			}
+		}
+	}
+	return changed
+}
+
+// wake wakes the streams of the given clusters. Callers hold c.mu.
+func (c *Central) wake(fqns map[string]bool) {
+	for fqn := range fqns {
+		if cl := c.clusters[fqn]; cl != nil && cl.conn != nil {
+			cl.conn.poke()
+		}
 	}
 }
 
@@ -287,15 +302,18 @@ func (c *Central) runMulticluster(ctx context.Context) {
 			return
 		}
 		c.mu.Lock()
-		c.recomputeMulticluster()
+		changed := c.recomputeMulticluster()
 		c.mu.Unlock()
-		if c.shared {
-			// Other replicas' clusters need this runtime state now, not at
-			// the next flush tick.
-			if err := c.flushRuntime(ctx); err != nil && ctx.Err() == nil {
-				c.log.Error("write runtime snapshots", "err", err)
-			}
+		// Store the runtime state before the streams send what was made of
+		// it: a server that restarts then never knows less than its clusters
+		// were sent (and other replicas' clusters need it now, not at the
+		// next flush tick).
+		if err := c.flushRuntime(ctx); err != nil && ctx.Err() == nil {
+			c.log.Error("write runtime snapshots", "err", err)
 		}
+		c.mu.Lock()
+		c.wake(changed)
+		c.mu.Unlock()
 	}
 }
 

@@ -245,18 +245,25 @@ func TestARestartedServerKeepsTheRemoteEndpointsUntilTheAgentsReport(t *testing.
 		t.Fatal(err)
 	}
 	before := c1.await(t, `"address":"10.0.0.2"`).GetVersion()
-	// The snapshots are stored at the next flush tick.
+	// The server ran with both agents: their snapshots are stored, and so is
+	// their status, connected (at the next flush tick).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		snaps, _, err := h.c.st.Runtimes(ctx, -1, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(snaps) == 2 {
+		connected := 0
+		for _, c := range []string{"c1", "c2"} {
+			if r, err := h.c.st.Get(ctx, "organizations/acme/clusters/"+c); err == nil && strings.Contains(string(r.Status), `"connected":true`) {
+				connected++
+			}
+		}
+		if len(snaps) == 2 && connected == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d runtime snapshots stored; want 2", len(snaps))
+			t.Fatalf("%d runtime snapshots and %d connected statuses stored; want 2 and 2", len(snaps), connected)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
