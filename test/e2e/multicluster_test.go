@@ -307,24 +307,14 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 	// The server restarts (kill -9): it knows the fleet's services from the
 	// store before any agent reports again, so no cluster loses its
 	// failover config, even for a moment.
-	deleted := []func() []string{
-		c1.deletions(t, workloadEntryGVR, "shop"), c2.deletions(t, workloadEntryGVR, "shop"),
-		c1.deletions(t, serviceEntryGVR, "flotilla-multicluster"),
-	}
+	deleted := failoverDeletions(t, c1, c2)
 	s.kill9()
 	s = s.restart(t)
-	eventually(t, 30*time.Second, "both agents back on the restarted server", func() error {
-		if n := connectedAgents(t, s); n != 2 {
-			return fmt.Errorf("%d agents", n)
-		}
-		return nil
-	})
+	awaitAgents(t, s, 2)
 	c2.scale(t, "reviews", 3)
 	c1.awaitWeight(t, "reviews-c2", 3)
-	for _, d := range deleted {
-		if got := d(); len(got) != 0 {
-			t.Fatalf("failover config was removed while the server restarted: %v", got)
-		}
+	if got := deleted(); len(got) != 0 {
+		t.Fatalf("failover config was removed while the server restarted: %v", got)
 	}
 
 	// c2's agent stops: its entries stay in c1, and the registry says stale.
@@ -362,6 +352,34 @@ func (c *kcluster) awaitWeight(t *testing.T, name string, want int) {
 		}
 		if got, _, _ := unstructured.NestedInt64(o.Object, "spec", "weight"); got != int64(want) {
 			return fmt.Errorf("weight %d", got)
+		}
+		return nil
+	})
+}
+
+// failoverDeletions records the failover objects deleted from now on in
+// c1 and c2 (WorkloadEntries in shop, c1's ServiceEntries), as "<name>".
+func failoverDeletions(t *testing.T, c1, c2 *kcluster) func() []string {
+	t.Helper()
+	watches := []func() []string{
+		c1.deletions(t, workloadEntryGVR, "shop"), c2.deletions(t, workloadEntryGVR, "shop"),
+		c1.deletions(t, serviceEntryGVR, "flotilla-multicluster"),
+	}
+	return func() []string {
+		var out []string
+		for _, w := range watches {
+			out = append(out, w()...)
+		}
+		return out
+	}
+}
+
+// awaitAgents waits until s counts n connected agents.
+func awaitAgents(t *testing.T, s *server, n int) {
+	t.Helper()
+	eventually(t, 30*time.Second, fmt.Sprintf("%d agents on %s", n, s.url), func() error {
+		if got := connectedAgents(t, s); got != n {
+			return fmt.Errorf("%d agents", got)
 		}
 		return nil
 	})
@@ -442,49 +460,33 @@ func TestFailoverConfigCrossesReplicasAndOutlivesThem(t *testing.T) {
 		}
 		return nil
 	})
-	weight := func(c *kcluster, name string, want int) { t.Helper(); c.awaitWeight(t, name, want) }
-	weight(c1, "reviews-c2", 2)
-	weight(c2, "reviews-c1", 1)
+	c1.awaitWeight(t, "reviews-c2", 2)
+	c2.awaitWeight(t, "reviews-c1", 1)
 	eventually(t, 30*time.Second, "c1's ServiceEntry for ratings, which runs in c2 only", func() error {
 		_, err := c1.get(serviceEntryGVR, "flotilla-multicluster", "shop-ratings")
 		return err
 	})
 	c2.scale(t, "reviews", 3) // reported to b, needed by c1 on a
-	weight(c1, "reviews-c2", 3)
+	c1.awaitWeight(t, "reviews-c2", 3)
 	c1.scale(t, "reviews", 2) // reported to a, needed by c2 on b
-	weight(c2, "reviews-c1", 2)
+	c2.awaitWeight(t, "reviews-c1", 2)
 
-	deleted := []func() []string{
-		c1.deletions(t, workloadEntryGVR, "shop"), c2.deletions(t, workloadEntryGVR, "shop"),
-		c1.deletions(t, serviceEntryGVR, "flotilla-multicluster"),
-	}
+	deleted := failoverDeletions(t, c1, c2)
 	a.kill9()
-	eventually(t, 30*time.Second, "both agents on replica b", func() error {
-		if n := connectedAgents(t, b); n != 2 {
-			return fmt.Errorf("b has %d agents", n)
-		}
-		return nil
-	})
+	awaitAgents(t, b, 2)
 	c2.scale(t, "reviews", 4)
-	weight(c1, "reviews-c2", 4)
+	c1.awaitWeight(t, "reviews-c2", 4)
 
 	// The whole central goes down and comes back: the restarted replica
 	// knows the fleet's services from the store before any agent reports.
 	b.kill9()
 	a = a.restart(t)
-	eventually(t, 30*time.Second, "both agents on the restarted replica a", func() error {
-		if n := connectedAgents(t, a); n != 2 {
-			return fmt.Errorf("a has %d agents", n)
-		}
-		return nil
-	})
+	awaitAgents(t, a, 2)
 	c2.scale(t, "reviews", 5)
-	weight(c1, "reviews-c2", 5)
+	c1.awaitWeight(t, "reviews-c2", 5)
 	c1.scale(t, "reviews", 1)
-	weight(c2, "reviews-c1", 1)
-	for _, d := range deleted {
-		if got := d(); len(got) != 0 {
-			t.Fatalf("failover config was removed while replicas died and came back: %v", got)
-		}
+	c2.awaitWeight(t, "reviews-c1", 1)
+	if got := deleted(); len(got) != 0 {
+		t.Fatalf("failover config was removed while replicas died and came back: %v", got)
 	}
 }
