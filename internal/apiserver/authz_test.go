@@ -85,7 +85,7 @@ func matrixObjects() []mobj {
 func istioObjects(prefix string) []mobj {
 	var out []mobj
 	for _, k := range resource.Builtin().Kinds() {
-		if k.Parent != resource.KindGroup || k.Name == resource.KindIngressGateway {
+		if !k.Namespaced { // Istio's own kinds
 			continue
 		}
 		r := res(k.Name, md(prefix+strings.ToLower(k.Name), "acme", "t1", "w1", "g2"), minimalIstioSpecs[k.Name])

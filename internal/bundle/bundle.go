@@ -22,10 +22,17 @@ import (
 
 // Group is a group whose selector reaches the bundle's cluster.
 type Group struct {
-	FQN        string   `json:"fqn"`
-	Type       string   `json:"type"`       // traffic, security or gateway
+	FQN string `json:"fqn"`
+	// Type is traffic, security or gateway; or organization, tenant or
+	// workspace for the scope groups the central control plane adds, which
+	// hold a scope's settings (a workspace's with its namespace patterns).
+	Type       string   `json:"type"`
 	ConfigMode string   `json:"configMode"` // BRIDGED or DIRECT
 	Namespaces []string `json:"namespaces"` // the group's "<cluster>/<namespace>" patterns
+	// TrustDomains are, in an organization's scope group, the trust domains
+	// of its clusters, sorted: authorization policies name principals in
+	// each of them.
+	TrustDomains []string `json:"trustDomains,omitempty"`
 }
 
 // Object is one intent resource inside a group.

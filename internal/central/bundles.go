@@ -2,6 +2,7 @@ package central
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
@@ -13,8 +14,10 @@ import (
 // the resources that live in groups.
 type Intent struct {
 	Clusters []store.Record
-	Groups   []store.Record
-	Objects  []store.Record
+	// Scopes are the organizations, tenants and workspaces.
+	Scopes  []store.Record
+	Groups  []store.Record
+	Objects []store.Record
 }
 
 // orgOf is the organization FQN of a record's FQN.
@@ -32,7 +35,7 @@ func buildIndex(reg *resource.Registry, in Intent) (*index, map[string]string) {
 	idx := newIndex(reg)
 	broken := map[string]string{}
 	affected := map[string]bool{}
-	for _, list := range [][]store.Record{in.Clusters, in.Groups, in.Objects} {
+	for _, list := range [][]store.Record{in.Clusters, in.Scopes, in.Groups, in.Objects} {
 		for _, r := range list {
 			if err := idx.apply(store.Event{Type: store.EventPut, Record: r}, affected); err != nil {
 				broken[r.FQN] = err.Error()
@@ -64,16 +67,20 @@ type brokenError struct{ fqn, why string }
 
 func (e *brokenError) Error() string { return e.why }
 
-// bundleKinds are the kinds that travel in bundles: those living in groups.
+// bundleKinds are the kinds that travel in bundles: those living in groups,
+// and the settings of organizations, tenants and workspaces (in their
+// scope groups).
 func bundleKinds(reg *resource.Registry) []string {
 	var out []string
 	for _, k := range reg.Kinds() {
-		if k.Parent == resource.KindGroup {
+		if k.Parent == resource.KindGroup || slices.Contains(scopeSettings, k.Name) {
 			out = append(out, k.Name)
 		}
 	}
 	return out
 }
+
+var scopeSettings = []string{resource.KindOrganizationSetting, resource.KindTenantSetting, resource.KindWorkspaceSetting}
 
 // readIntent reads what bundles are computed from.
 func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (Intent, error) {
@@ -83,6 +90,13 @@ func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (In
 	)
 	if in.Clusters, err = r.List(ctx, store.Query{Kind: resource.KindCluster}); err != nil {
 		return in, err
+	}
+	for _, k := range []string{resource.KindOrganization, resource.KindTenant, resource.KindWorkspace} {
+		recs, err := r.List(ctx, store.Query{Kind: k})
+		if err != nil {
+			return in, err
+		}
+		in.Scopes = append(in.Scopes, recs...)
 	}
 	if in.Groups, err = r.List(ctx, store.Query{Kind: resource.KindGroup}); err != nil {
 		return in, err

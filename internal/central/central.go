@@ -338,7 +338,6 @@ func (c *Central) applyEvents(evs []store.Event) {
 			if err := c.mc.apply(ev); err != nil {
 				c.log.Error("stored workspace or setting cannot be used for multicluster config", "fqn", ev.Record.FQN, "err", err)
 			}
-			continue
 		}
 		if !c.idx.relevant(ev.Record.Kind) {
 			continue

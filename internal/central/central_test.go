@@ -38,7 +38,7 @@ import (
 func rec(kind, fqn, spec string) store.Record {
 	name := fqn[strings.LastIndex(fqn, "/")+1:]
 	parent := ""
-	if i := strings.LastIndex(fqn, "/"); i > 0 {
+	if i := strings.LastIndex(fqn, "/"); i > 0 && strings.Count(fqn, "/") > 1 {
 		parent = fqn[:strings.LastIndex(fqn[:i], "/")]
 	}
 	return store.Record{Kind: kind, FQN: fqn, Name: name, Parent: parent, Spec: json.RawMessage(spec), ETag: "e"}

@@ -133,7 +133,9 @@ func readable(chk *authz.Checker, b *bundle.Bundle) *bundle.Bundle {
 		}
 	}
 	for _, g := range b.Groups {
-		if groups[g.FQN] {
+		if groups[g.FQN] || g.Type == compile.GroupTypeWorkspace || g.Type == compile.GroupTypeOrganization {
+			// Workspaces say which namespace is whose, and the organization
+			// its trust domains: structure every compilation needs.
 			out.Groups = append(out.Groups, g)
 		}
 	}
@@ -236,7 +238,8 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	need := max(req.Msg.GetMinRevision(), rec.Revision)
 	out := &pb.GetStatusResponse{Fqn: fqn, Kind: k.Name}
 	switch {
-	case k.Parent == resource.KindGroup:
+	case k.Parent == resource.KindGroup || k.Name == resource.KindOrganizationSetting || k.Name == resource.KindTenantSetting:
+		// Organization and tenant settings live in their scope's group.
 		group, err := f.st.Get(ctx, rec.Parent)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, connect.NewError(connect.CodeInternal, err)
@@ -371,6 +374,57 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 	out := &pb.GetCompiledResponse{Cluster: cl.fqn, BundleVersion: version, Revision: rev, Objects: strings.Join(docs, "---\n")}
 	for _, d := range res.Diagnostics {
 		out.Diagnostics = append(out.Diagnostics, d.String())
+	}
+	return connect.NewResponse(out), nil
+}
+
+// GetEffective implements FleetService.GetEffective: the settings merged
+// for one namespace of one cluster from the cluster's current bundle, as
+// the agent merges them. The caller needs Read on the cluster and on the
+// namespace's workspace; every setting in effect there is shown.
+func (f Fleet) GetEffective(ctx context.Context, req *connect.Request[pb.GetEffectiveRequest]) (*connect.Response[pb.GetEffectiveResponse], error) {
+	ns := req.Msg.GetNamespace()
+	if ns == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("namespace is required: the namespace whose settings to show"))
+	}
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
+	}
+	f.mu.Lock()
+	cl, err := f.clusterByName(req.Msg.GetCluster())
+	if err != nil {
+		f.mu.Unlock()
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, connect.NewError(connect.CodeNotFound, err)
+		}
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	b, namespaces := f.bundleOf(cl.fqn), cl.inv.namespaceNames()
+	f.mu.Unlock()
+	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	crec, err := f.st.Get(ctx, cl.fqn)
+	if err != nil || !access.CanRead(chk, crec) {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", req.Msg.GetCluster()))
+	}
+	eff := compile.Effective(b, compile.Cluster{Namespaces: namespaces}, ns)
+	out := &pb.GetEffectiveResponse{Cluster: cl.fqn, Namespace: ns, Workspace: eff.Workspace}
+	if eff.Workspace != "" {
+		ws, err := f.st.Get(ctx, eff.Workspace)
+		if err != nil || !access.CanRead(chk, ws) {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("namespace %s of cluster %s is in a workspace you may not read", ns, cl.name))
+		}
+	}
+	for _, s := range eff.Settings {
+		out.Settings = append(out.Settings, &pb.EffectiveSetting{Field: s.Field, Value: s.ValueJSON(), Source: s.Source, Level: s.Level,
+			LimitSource: s.LimitSource, LimitLevel: s.LimitLevel})
+	}
+	for _, p := range eff.Problems {
+		out.Problems = append(out.Problems, compile.Diagnostic{FQN: p.FQN, Field: p.Field, Message: p.Message}.String())
 	}
 	return connect.NewResponse(out), nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/selector"
 	"flotilla.io/flotilla/internal/store"
@@ -40,6 +41,7 @@ type index struct {
 // clusterEntry is one Cluster resource and the groups that select it.
 type clusterEntry struct {
 	fqn, name, org string
+	trustDomain    string   // "cluster.local" when its spec names none
 	groups         []string // FQNs, sorted
 }
 
@@ -94,7 +96,16 @@ func (x *index) clone() *index {
 
 // relevant reports whether a record of this kind can change a bundle.
 func (x *index) relevant(kind string) bool {
-	return kind == resource.KindCluster || kind == resource.KindGroup || x.inBundle[kind]
+	return kind == resource.KindCluster || kind == resource.KindGroup || isScope(kind) || x.inBundle[kind]
+}
+
+// isScope reports whether records of kind become scope groups: every
+// organization, tenant and workspace is a group in the bundles of its
+// organization's clusters, holding its settings (a workspace's with its
+// namespace patterns), so the compiler can merge a namespace's settings
+// and name the callers that authorization rules allow.
+func isScope(kind string) bool {
+	return kind == resource.KindOrganization || kind == resource.KindTenant || kind == resource.KindWorkspace
 }
 
 // apply applies one event and adds the FQNs of the clusters whose bundle it
@@ -105,14 +116,23 @@ func (x *index) apply(ev store.Event, affected map[string]bool) error {
 	del := ev.Type == store.EventDelete
 	switch {
 	case r.Kind == resource.KindCluster:
+		td := trustDomainOf(r)
 		if del {
 			x.removeCluster(r.FQN)
-		} else if _, ok := x.clusters[r.FQN]; !ok {
-			x.addCluster(r)
+		} else if c, ok := x.clusters[r.FQN]; !ok {
+			x.addCluster(r, td)
+		} else if c.trustDomain != td {
+			x.mutCluster(r.FQN).trustDomain = td
 		} else {
-			return nil // a cluster's spec does not change its bundle
+			return nil // the rest of a cluster's spec does not change its bundle
 		}
 		affected[r.FQN] = true
+		x.syncTrustDomains(orgOf(r.FQN), affected)
+	case isScope(r.Kind):
+		if del {
+			return x.removeGroup(r.FQN, affected)
+		}
+		return x.putScope(r, affected)
 	case r.Kind == resource.KindGroup:
 		if del {
 			return x.removeGroup(r.FQN, affected)
@@ -157,8 +177,48 @@ func (x *index) newObject(r store.Record) (*objectEntry, error) {
 	return &objectEntry{obj: o, hash: bundle.ObjectHash(o), json: data}, nil
 }
 
-func (x *index) addCluster(r store.Record) {
-	c := &clusterEntry{fqn: r.FQN, name: r.Name, org: orgOf(r.FQN)}
+// trustDomainOf is a stored cluster's trust domain.
+func trustDomainOf(r store.Record) string {
+	var spec struct {
+		TrustDomain string `json:"trustDomain"`
+	}
+	if json.Unmarshal(r.Spec, &spec) != nil || spec.TrustDomain == "" {
+		return "cluster.local"
+	}
+	return spec.TrustDomain
+}
+
+// syncTrustDomains keeps the organization's scope group listing its
+// clusters' trust domains.
+func (x *index) syncTrustDomains(org string, affected map[string]bool) {
+	g := x.groups[org]
+	if g == nil {
+		return
+	}
+	tds := x.trustDomains(org)
+	if slices.Equal(tds, g.group.TrustDomains) {
+		return
+	}
+	g = x.mutGroup(org)
+	g.group.TrustDomains = tds
+	g.stale = true
+	for c := range g.clusters {
+		affected[c] = true
+	}
+}
+
+// trustDomains are the sorted trust domains of an organization's clusters.
+func (x *index) trustDomains(org string) []string {
+	var out []string
+	for c := range x.byOrg[org] {
+		out = append(out, x.clusters[c].trustDomain)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (x *index) addCluster(r store.Record, td string) {
+	c := &clusterEntry{fqn: r.FQN, name: r.Name, org: orgOf(r.FQN), trustDomain: td}
 	x.clusters[r.FQN] = c
 	orgs := x.byOrg[c.org]
 	if x.cow || orgs == nil {
@@ -196,12 +256,47 @@ func (x *index) putGroup(r store.Record, affected map[string]bool) error {
 	if err != nil {
 		return err
 	}
-	g := x.mutGroup(r.FQN)
-	if g == nil {
-		g = &groupEntry{org: orgOf(r.FQN), objects: map[string]*objectEntry{}, clusters: map[string]bool{}}
-		x.groups[r.FQN] = g
+	x.setGroup(bundle.Group{FQN: r.FQN, Type: spec.GetType(), ConfigMode: spec.GetConfigMode(), Namespaces: spec.GetNamespaceSelector().GetNames()}, sel, affected)
+	return nil
+}
+
+// everyCluster selects every cluster of an organization: scope groups
+// reach them all.
+var everyCluster, _ = selector.ParseSet([]string{"*/*"})
+
+// putScope puts an organization, tenant or workspace as its scope group.
+func (x *index) putScope(r store.Record, affected map[string]bool) error {
+	g := bundle.Group{FQN: r.FQN, ConfigMode: compile.ConfigModeBridged, Namespaces: []string{}}
+	switch r.Kind {
+	case resource.KindOrganization:
+		g.Type, g.TrustDomains = compile.GroupTypeOrganization, x.trustDomains(r.FQN)
+	case resource.KindTenant:
+		g.Type = compile.GroupTypeTenant
+	case resource.KindWorkspace:
+		sel, err := resource.StoredWorkspaceSelector(r)
+		if err != nil {
+			return err
+		}
+		g.Type = compile.GroupTypeWorkspace
+		for _, p := range sel {
+			g.Namespaces = append(g.Namespaces, p.String())
+		}
 	}
-	g.group = bundle.Group{FQN: r.FQN, Type: spec.GetType(), ConfigMode: spec.GetConfigMode(), Namespaces: spec.GetNamespaceSelector().GetNames()}
+	if old := x.groups[r.FQN]; old != nil && sameGroup(old.group, g) {
+		return nil
+	}
+	x.setGroup(g, everyCluster, affected)
+	return nil
+}
+
+// setGroup puts a group with the clusters of its organization it selects.
+func (x *index) setGroup(def bundle.Group, sel selector.Set, affected map[string]bool) {
+	g := x.mutGroup(def.FQN)
+	if g == nil {
+		g = &groupEntry{org: orgOf(def.FQN), objects: map[string]*objectEntry{}, clusters: map[string]bool{}}
+		x.groups[def.FQN] = g
+	}
+	g.group = def
 	if g.group.Namespaces == nil {
 		g.group.Namespaces = []string{}
 	}
@@ -219,13 +314,12 @@ func (x *index) putGroup(r store.Record, affected map[string]bool) error {
 		ce := x.mutCluster(c)
 		if now {
 			g.clusters[c] = true
-			ce.groups = insertSorted(ce.groups, r.FQN)
+			ce.groups = insertSorted(ce.groups, def.FQN)
 		} else {
 			delete(g.clusters, c)
-			ce.groups = removeSorted(ce.groups, r.FQN)
+			ce.groups = removeSorted(ce.groups, def.FQN)
 		}
 	}
-	return nil
 }
 
 func (x *index) removeGroup(fqn string, affected map[string]bool) error {
@@ -372,7 +466,8 @@ func (x *index) delta(fqn string, sent map[string]sentGroup) bundle.Delta {
 }
 
 func sameGroup(a, b bundle.Group) bool {
-	return a.FQN == b.FQN && a.Type == b.Type && a.ConfigMode == b.ConfigMode && slices.Equal(a.Namespaces, b.Namespaces)
+	return a.FQN == b.FQN && a.Type == b.Type && a.ConfigMode == b.ConfigMode && slices.Equal(a.Namespaces, b.Namespaces) &&
+		slices.Equal(a.TrustDomains, b.TrustDomains)
 }
 
 // version is the cluster's bundle version, from cached group digests:

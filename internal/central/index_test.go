@@ -31,6 +31,8 @@ func (w world) intent() Intent {
 			in.Clusters = append(in.Clusters, r)
 		case resource.KindGroup:
 			in.Groups = append(in.Groups, r)
+		case resource.KindOrganization, resource.KindTenant, resource.KindWorkspace:
+			in.Scopes = append(in.Scopes, r)
 		default:
 			in.Objects = append(in.Objects, r)
 		}
@@ -58,10 +60,42 @@ func randomChange(rnd *rand.Rand, w world) store.Event {
 		return w[fqns[rnd.IntN(len(fqns))]], true
 	}
 	for {
-		switch rnd.IntN(7) {
-		case 0: // a cluster appears
+		switch rnd.IntN(10) {
+		case 0: // a cluster appears, or its trust domain changes
 			n := names[rnd.IntN(len(names))]
-			return store.Event{Type: store.EventPut, Record: rec("Cluster", "organizations/acme/clusters/"+n, `{}`)}
+			spec := []string{`{}`, `{"trustDomain":"east.acme.io"}`, `{"trustDomain":"west.acme.io"}`}[rnd.IntN(3)]
+			return store.Event{Type: store.EventPut, Record: rec("Cluster", "organizations/acme/clusters/"+n, spec)}
+		case 7: // a scope appears, or a workspace's selector changes
+			switch rnd.IntN(3) {
+			case 0:
+				return store.Event{Type: store.EventPut, Record: rec("Organization", "organizations/acme", `{}`)}
+			case 1:
+				return store.Event{Type: store.EventPut, Record: rec("Tenant", "organizations/acme/tenants/t", `{}`)}
+			}
+			ws := fmt.Sprintf("organizations/acme/tenants/t/workspaces/s%d", rnd.IntN(2))
+			sel := []string{`"*/pay"`, `"c1/*"`, `"c2/pay","*/shop"`}[rnd.IntN(3)]
+			return store.Event{Type: store.EventPut, Record: rec("Workspace", ws, `{"namespaceSelector":{"names":[`+sel+`]}}`)}
+		case 8: // a workspace setting appears or changes
+			if ws, ok := pick(resource.KindWorkspace); ok {
+				mode := []string{"STRICT", "PERMISSIVE"}[rnd.IntN(2)]
+				return store.Event{Type: store.EventPut, Record: rec("WorkspaceSetting", ws.FQN+fmt.Sprintf("/workspacesettings/d%d", rnd.IntN(2)),
+					`{"defaultSecuritySetting":{"mtlsMode":"`+mode+`"}}`)}
+			}
+		case 9: // a workspace setting goes, or an empty workspace
+			if o, ok := pick("WorkspaceSetting"); ok && rnd.IntN(2) == 0 {
+				return store.Event{Type: store.EventDelete, Record: o}
+			}
+			if ws, ok := pick(resource.KindWorkspace); ok {
+				empty := true
+				for _, r := range w {
+					if r.Parent == ws.FQN {
+						empty = false
+					}
+				}
+				if empty {
+					return store.Event{Type: store.EventDelete, Record: ws}
+				}
+			}
 		case 1: // a cluster goes
 			if c, ok := pick(resource.KindCluster); ok {
 				return store.Event{Type: store.EventDelete, Record: c}

@@ -27,6 +27,7 @@ func newGetCmd(e *env) *cobra.Command {
 		output      string
 		sel         string
 		clusterName string
+		namespace   string
 	)
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
@@ -34,11 +35,18 @@ func newGetCmd(e *env) *cobra.Command {
 		Long: `List resources of a kind, or show one by name. Kinds may be given by name,
 plural or short name (org, tenant, ws, grp, cl). Parent flags narrow the
 search; a name that is unique in the fleet needs none.`,
-		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml\n  flotilla get services\n  flotilla get service shop/reviews -o yaml",
+		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml\n  flotilla get services\n  flotilla get service shop/reviews -o yaml\n" +
+			"  flotilla get compiled --cluster c1\n  flotilla get effective --cluster c1 --namespace shop",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] == "compiled" {
 				return e.getCompiled(cmd, clusterName, args[1:])
+			}
+			if args[0] == "effective" {
+				if err := checkOutput(output); err != nil {
+					return err
+				}
+				return e.getEffective(cmd, clusterName, namespace, output)
 			}
 			if args[0] == "services" || args[0] == "service" || args[0] == "svc" {
 				if err := checkOutput(output); err != nil {
@@ -73,7 +81,8 @@ search; a name that is unique in the fleet needs none.`,
 	parents.add(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, yaml or json")
 	cmd.Flags().StringVarP(&sel, "selector", "l", "", "label selector, e.g. env=prod,tier!=web")
-	cmd.Flags().StringVar(&clusterName, "cluster", "", "with `get compiled`: the cluster whose native objects to show")
+	cmd.Flags().StringVar(&clusterName, "cluster", "", "with `get compiled` and `get effective`: the cluster")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "with `get effective`: the namespace whose settings to show")
 	return cmd
 }
 
@@ -172,6 +181,57 @@ func (e *env) getCompiled(cmd *cobra.Command, cluster string, rest []string) err
 	fmt.Fprint(e.out, res.Msg.GetObjects())
 	for _, d := range res.Msg.GetDiagnostics() {
 		fmt.Fprintf(e.errOut, "warning: %s\n", d)
+	}
+	return nil
+}
+
+// getEffective prints the traffic and security settings in effect in one
+// namespace of one cluster, each with the setting and level it came from.
+func (e *env) getEffective(cmd *cobra.Command, cluster, namespace, output string) error {
+	if cluster == "" || namespace == "" {
+		return fmt.Errorf("name the cluster and the namespace: flotilla get effective --cluster c1 --namespace shop")
+	}
+	res, err := e.fleet().GetEffective(cmd.Context(), connect.NewRequest(&pb.GetEffectiveRequest{Cluster: cluster, Namespace: namespace}))
+	if err != nil {
+		return err
+	}
+	m := res.Msg
+	switch output {
+	case "json", "yaml":
+		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		if output == "yaml" {
+			if b, err = yaml.JSONToYAML(b); err != nil {
+				return err
+			}
+		}
+		_, err = e.out.Write(append(b, '\n'))
+		return err
+	}
+	if m.GetWorkspace() == "" {
+		fmt.Fprintf(e.out, "namespace %s of cluster %s is in no workspace: no settings apply\n", namespace, m.GetCluster())
+		return nil
+	}
+	fmt.Fprintf(e.out, "# cluster %s, namespace %s, workspace %s\n", m.GetCluster(), namespace, m.GetWorkspace())
+	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIELD\tVALUE\tLEVEL\tSOURCE\tLIMIT")
+	for _, s := range m.GetSettings() {
+		limit := "-"
+		if s.GetLimitSource() != "" {
+			limit = "STRICTER at " + s.GetLimitLevel() + " (" + s.GetLimitSource() + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.GetField(), s.GetValue(), s.GetLevel(), s.GetSource(), limit)
+	}
+	if len(m.GetSettings()) == 0 {
+		fmt.Fprintln(tw, "(none)\t\t\t\t")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, p := range m.GetProblems() {
+		fmt.Fprintf(e.errOut, "not in effect: %s\n", p)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -80,32 +81,16 @@ func CompileIn(b *bundle.Bundle, in Cluster) Result {
 	if b == nil {
 		return Result{Objects: []*unstructured.Unstructured{}}
 	}
-	c := &compilation{
-		cluster:    b.Cluster,
-		namespaces: make(map[string]bool, len(in.Namespaces)),
-		groups:     make(map[string]bundle.Group, len(b.Groups)),
-		userDRs:    in.DestinationRules,
-	}
-	for _, ns := range in.Namespaces {
-		c.namespaces[ns] = true
-	}
-	// Sort copies so that the first of duplicate groups (and the order of
-	// everything below) does not depend on the bundle's order.
-	groups := slices.Clone(b.Groups)
-	slices.SortStableFunc(groups, compareGroups)
-	for _, g := range groups {
-		if _, dup := c.groups[g.FQN]; !dup {
-			c.groups[g.FQN] = g
-		}
-	}
-	objects := slices.Clone(b.Objects)
-	slices.SortStableFunc(objects, compareObjects)
-	for _, o := range objects {
+	c := newCompilation(b, in)
+	for _, o := range c.objects {
 		c.object(o)
 	}
+	c.prepareSettings()
+	c.settingsPass()
 	if b.Multicluster != nil {
 		c.multicluster(b.Multicluster)
 	}
+	c.serviceRoutes()
 	return c.result()
 }
 
@@ -115,8 +100,50 @@ type compilation struct {
 	namespaces map[string]bool
 	userDRs    map[string]string // host → "<ns>/<name>" of a DestinationRule not Flotilla's
 	groups     map[string]bundle.Group
+	objects    []bundle.Object // sorted
 	out        []emitted
 	diags      []Diagnostic
+
+	// The settings pass (effective.go).
+	settingObjs   map[string][]settingObject // by group FQN
+	settingGroups []string                   // real groups holding settings, sorted
+	workspaces    []scope                    // workspace scope groups, sorted
+	trustDomains  []string
+	nsSettings    map[string]*namespaceSettings
+	nsSorted      []string
+	routes        []serviceRoute // ServiceRoutes, compiled after the settings
+	hostsOf       map[string][]string
+	// failoverLB is the localityLbSetting of exposed services whose
+	// DestinationRule a ServiceRoute writes, by host.
+	failoverLB map[string]map[string]any
+}
+
+// newCompilation prepares a compilation of b: groups and objects sorted, so
+// that the first of duplicates (and the order of everything below) does not
+// depend on the bundle's order.
+func newCompilation(b *bundle.Bundle, in Cluster) *compilation {
+	c := &compilation{
+		cluster:     b.Cluster,
+		namespaces:  make(map[string]bool, len(in.Namespaces)),
+		groups:      make(map[string]bundle.Group, len(b.Groups)),
+		userDRs:     in.DestinationRules,
+		settingObjs: map[string][]settingObject{},
+		failoverLB:  map[string]map[string]any{},
+		nsSettings:  map[string]*namespaceSettings{},
+	}
+	for _, ns := range in.Namespaces {
+		c.namespaces[ns] = true
+	}
+	groups := slices.Clone(b.Groups)
+	slices.SortStableFunc(groups, compareGroups)
+	for _, g := range groups {
+		if _, dup := c.groups[g.FQN]; !dup {
+			c.groups[g.FQN] = g
+		}
+	}
+	c.objects = slices.Clone(b.Objects)
+	slices.SortStableFunc(c.objects, compareObjects)
+	return c
 }
 
 // emitted is an object and the FQN of the intent it came from.
@@ -146,12 +173,16 @@ func (c *compilation) object(o bundle.Object) {
 	switch {
 	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == IngressGatewayKind:
 		c.ingressGateway(o, t)
+	case o.APIVersion == IngressGatewayAPIVersion && isSettingKind(o.Kind):
+		c.setting(o, g, sel)
+	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == KindServiceRoute:
+		c.serviceRoute(o, g, t)
 	case g.ConfigMode == ConfigModeDirect:
 		c.direct(o, t)
 	default:
-		c.diag(o.FQN, "kind", "%s %s is not a kind Flotilla compiles in a %s group: use %s %s, or put Istio kinds in a DIRECT group",
+		c.diag(o.FQN, "kind", "%s %s is not a kind Flotilla compiles in a %s group: use one of %s (%s), or put Istio kinds in a DIRECT group",
 			cmp.Or(o.APIVersion, `""`), cmp.Or(o.Kind, `""`), cmp.Or(g.ConfigMode, ConfigModeBridged),
-			IngressGatewayAPIVersion, IngressGatewayKind)
+			strings.Join([]string{IngressGatewayKind, KindServiceRoute, KindTrafficSetting, KindSecuritySetting}, ", "), IngressGatewayAPIVersion)
 	}
 }
 
@@ -242,6 +273,7 @@ func compareGroups(a, b bundle.Group) int {
 		cmp.Compare(a.ConfigMode, b.ConfigMode),
 		cmp.Compare(a.Type, b.Type),
 		slices.Compare(a.Namespaces, b.Namespaces),
+		slices.Compare(a.TrustDomains, b.TrustDomains),
 	)
 }
 

@@ -116,11 +116,19 @@ func TestADirectObjectNeedsANameANamespaceAndAnObjectSpec(t *testing.T) {
 	}
 }
 
-func TestAFlotillaKindOtherThanIngressGatewayIsADiagnostic(t *testing.T) {
-	b := testBundle(bundle.Object{APIVersion: "flotilla.io/v1alpha1", Kind: "TrafficSetting", FQN: "trafficsettings/x", Name: "x", Group: edgeGroup})
+func TestAnUnknownFlotillaKindIsADiagnostic(t *testing.T) {
+	b := testBundle(bundle.Object{APIVersion: "flotilla.io/v1alpha1", Kind: "RateLimit", FQN: "ratelimits/x", Name: "x", Group: edgeGroup})
 	r := Compile(b, []string{"shop"})
 	if len(r.Diagnostics) != 1 || r.Diagnostics[0].Field != "kind" {
 		t.Errorf("diagnostics = %v, want one on kind", r.Diagnostics)
+	}
+}
+
+func TestASettingInAGroupOfTheWrongTypeIsADiagnostic(t *testing.T) {
+	b := testBundle(bundle.Object{APIVersion: "flotilla.io/v1alpha1", Kind: "TrafficSetting", FQN: "trafficsettings/x", Name: "x", Group: edgeGroup})
+	r := Compile(b, []string{"shop"})
+	if len(r.Diagnostics) != 1 || r.Diagnostics[0].Field != "group" || len(r.Objects) != 0 {
+		t.Errorf("diagnostics = %v, objects %d, want one on group and nothing emitted", r.Diagnostics, len(r.Objects))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -99,18 +100,23 @@ func (c *compilation) ingressGateway(o bundle.Object, t target) {
 
 // decodeIngressGateway decodes the spec, reporting every schema problem.
 func (c *compilation) decodeIngressGateway(o bundle.Object) (*flotillav1alpha1.IngressGatewaySpec, bool) {
+	spec := &flotillav1alpha1.IngressGatewaySpec{}
+	return spec, c.decode(o, spec)
+}
+
+// decode decodes o's spec into msg, reporting problems with their paths.
+func (c *compilation) decode(o bundle.Object, msg proto.Message) bool {
 	var v any = map[string]any{}
 	if len(o.Spec) > 0 {
 		if err := json.Unmarshal(o.Spec, &v); err != nil {
 			c.diag(o.FQN, "spec", "not valid JSON: %v", err)
-			return nil, false
+			return false
 		}
 	}
 	if v == nil {
 		v = map[string]any{}
 	}
-	spec := &flotillav1alpha1.IngressGatewaySpec{}
-	if err := schema.Decode("spec", v, spec); err != nil {
+	if err := schema.Decode("spec", v, msg); err != nil {
 		var errs schema.Errors
 		if !errors.As(err, &errs) {
 			errs = schema.Errors{{Path: "spec", Message: err.Error()}}
@@ -118,9 +124,9 @@ func (c *compilation) decodeIngressGateway(o bundle.Object) (*flotillav1alpha1.I
 		for _, e := range errs {
 			c.diag(o.FQN, e.Path, "%s", e.Message)
 		}
-		return nil, false
+		return false
 	}
-	return spec, true
+	return true
 }
 
 // server validates HTTP server h, at path, into a Gateway server. names and

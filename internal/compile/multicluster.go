@@ -174,6 +174,10 @@ func (c *compilation) remoteService(s bundle.RemoteService) {
 		}
 		lb["failoverPriority"] = fp
 	}
+	if c.routed(host) {
+		c.failoverLB[host] = lb // the ServiceRoute's DestinationRule carries it
+		return
+	}
 	name := objectName("flotilla", s.Name)
 	if !s.Local {
 		name = objectName(s.Namespace, s.Name)

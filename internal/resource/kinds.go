@@ -283,9 +283,10 @@ func checkGroupChange(ctx context.Context, r store.Reader, obj *Object, spec *pb
 // suitsGroup says why a resource of kind cannot live in a group of spec,
 // or "" when it can.
 func suitsGroup(kind string, spec *pb.GroupSpec) string {
-	if kind == KindIngressGateway {
-		if spec.GetType() != "gateway" || spec.GetConfigMode() == "DIRECT" {
-			return "an IngressGateway lives in a gateway group in BRIDGED mode"
+	bridged := map[string]string{KindIngressGateway: "gateway", KindTrafficSetting: "traffic", KindServiceRoute: "traffic", KindSecuritySetting: "security"}
+	if want, ok := bridged[kind]; ok {
+		if spec.GetType() != want || spec.GetConfigMode() == "DIRECT" {
+			return fmt.Sprintf("a%s %s lives in a %s group in BRIDGED mode", map[bool]string{true: "n"}[kind == KindIngressGateway], kind, want)
 		}
 		return ""
 	}

@@ -9,27 +9,103 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/compile"
 )
 
-// KindWorkspaceSetting configures a workspace as a whole: today, exposure of
-// its services to other clusters through east-west gateways.
-const KindWorkspaceSetting = "WorkspaceSetting"
+// The settings kinds. WorkspaceSetting configures a workspace as a whole:
+// exposure of its services to other clusters through east-west gateways,
+// and its namespaces' default traffic and security settings, as
+// OrganizationSetting and TenantSetting do for theirs. TrafficSetting,
+// SecuritySetting and ServiceRoute live in BRIDGED groups.
+const (
+	KindOrganizationSetting = compile.KindOrganizationSetting
+	KindTenantSetting       = compile.KindTenantSetting
+	KindWorkspaceSetting    = compile.KindWorkspaceSetting
+	KindTrafficSetting      = compile.KindTrafficSetting
+	KindSecuritySetting     = compile.KindSecuritySetting
+	KindServiceRoute        = compile.KindServiceRoute
+)
 
 func settingKinds() []*Kind {
 	return []*Kind{{
+		Name: KindOrganizationSetting, Plural: "organizationsettings", Short: []string{"orgsetting", "os"}, Parent: KindOrganization,
+		NewSpec: func() proto.Message { return &pb.OrganizationSettingSpec{} },
+		Validate: func(spec proto.Message) []FieldError {
+			s := spec.(*pb.OrganizationSettingSpec)
+			return validateDefaults(s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting(), true)
+		},
+		CheckRefs: checkSetting,
+	}, {
+		Name: KindTenantSetting, Plural: "tenantsettings", Short: []string{"tenantsetting", "tns"}, Parent: KindTenant,
+		NewSpec: func() proto.Message { return &pb.TenantSettingSpec{} },
+		Validate: func(spec proto.Message) []FieldError {
+			s := spec.(*pb.TenantSettingSpec)
+			return validateDefaults(s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting(), true)
+		},
+		CheckRefs: checkSetting,
+	}, {
 		Name: KindWorkspaceSetting, Plural: "workspacesettings", Short: []string{"wss"}, Parent: KindWorkspace,
-		NewSpec:  func() proto.Message { return &pb.WorkspaceSettingSpec{} },
-		Validate: validateWorkspaceSetting,
+		NewSpec:   func() proto.Message { return &pb.WorkspaceSettingSpec{} },
+		Validate:  validateWorkspaceSetting,
+		CheckRefs: checkSetting,
+	}, {
+		Name: KindTrafficSetting, Plural: "trafficsettings", Short: []string{"ts"}, Parent: KindGroup,
+		NewSpec: func() proto.Message { return &pb.TrafficSettingSpec{} },
+		Validate: func(spec proto.Message) []FieldError {
+			return fieldErrors(compile.ValidateTrafficSetting("spec", spec.(*pb.TrafficSettingSpec), true))
+		},
+		CheckRefs: checkSetting,
+	}, {
+		Name: KindSecuritySetting, Plural: "securitysettings", Short: []string{"ss"}, Parent: KindGroup,
+		NewSpec: func() proto.Message { return &pb.SecuritySettingSpec{} },
+		Validate: func(spec proto.Message) []FieldError {
+			return fieldErrors(compile.ValidateSecuritySetting("spec", spec.(*pb.SecuritySettingSpec), true))
+		},
+		CheckRefs: checkSetting,
+	}, {
+		Name: KindServiceRoute, Plural: "serviceroutes", Short: []string{"sr"}, Parent: KindGroup,
+		NewSpec: func() proto.Message { return &pb.ServiceRouteSpec{} },
+		Validate: func(spec proto.Message) []FieldError {
+			return fieldErrors(compile.ValidateServiceRoute(spec.(*pb.ServiceRouteSpec)))
+		},
+		CheckRefs: checkServiceRoute,
 	}}
+}
+
+func fieldErrors(ps []compile.FieldProblem) []FieldError {
+	out := make([]FieldError, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, FieldError{Field: p.Field, Message: p.Message})
+	}
+	return out
+}
+
+// validateDefaults checks an organization's, tenant's or workspace's
+// defaults; required says at least one must be set.
+func validateDefaults(t *pb.TrafficSettingSpec, s *pb.SecuritySettingSpec, required bool) []FieldError {
+	var out []FieldError
+	if required && t == nil && s == nil {
+		return []FieldError{{Field: "spec", Message: "is empty: set defaultTrafficSetting, defaultSecuritySetting or both"}}
+	}
+	if t != nil {
+		out = append(out, fieldErrors(compile.ValidateTrafficSetting("spec.defaultTrafficSetting", t, false))...)
+	}
+	if s != nil {
+		out = append(out, fieldErrors(compile.ValidateSecuritySetting("spec.defaultSecuritySetting", s, false))...)
+	}
+	return out
 }
 
 func validateWorkspaceSetting(spec proto.Message) []FieldError {
 	s := spec.(*pb.WorkspaceSettingSpec)
 	ew := s.GetEastWestGateway()
 	if ew == nil {
-		return []FieldError{{Field: "spec.eastWestGateway", Message: "is required: name the east-west gateway (workloadSelector) and, optionally, which services to expose"}}
+		if s.GetDefaultTrafficSetting() == nil && s.GetDefaultSecuritySetting() == nil {
+			return []FieldError{{Field: "spec", Message: "is empty: set eastWestGateway (the east-west gateway's workloadSelector and, optionally, which services to expose), defaultTrafficSetting or defaultSecuritySetting"}}
+		}
+		return validateDefaults(s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting(), false)
 	}
-	var out []FieldError
+	out := validateDefaults(s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting(), false)
 	sel := ew.GetWorkloadSelector()
 	switch {
 	case sel == nil:

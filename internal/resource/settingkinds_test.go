@@ -21,7 +21,9 @@ func TestWorkspaceSettingNamesItsGatewayAndValidLabels(t *testing.T) {
 			"workloadSelector": map[string]any{"namespace": "istio-system", "labels": map[string]any{"istio": "eastwestgateway"}},
 			"exposedServices":  []any{map[string]any{"serviceLabels": map[string]any{"app": "reviews"}}},
 			"failoverPriority": []any{"topology.kubernetes.io/region"}}}, nil},
-		{"no gateway", map[string]any{}, []string{"spec.eastWestGateway: is required: name the east-west gateway (workloadSelector) and, optionally, which services to expose"}},
+		{"empty", map[string]any{}, []string{"spec: is empty: set eastWestGateway (the east-west gateway's workloadSelector and, optionally, which services to expose), defaultTrafficSetting or defaultSecuritySetting"}},
+		{"defaults only", map[string]any{"defaultSecuritySetting": map[string]any{"mtlsMode": "STRICT"}}, nil},
+		{"bad defaults", map[string]any{"defaultSecuritySetting": map[string]any{"mtlsMode": "LOOSE"}}, []string{`spec.defaultSecuritySetting.mtlsMode: "LOOSE" is not one of STRICT, PERMISSIVE, DISABLE`}},
 		{"a gateway without namespace or labels", map[string]any{"eastWestGateway": map[string]any{"workloadSelector": map[string]any{}}}, []string{
 			"spec.eastWestGateway.workloadSelector.namespace: is required: the namespace of the east-west gateway pods, e.g. istio-system",
 			"spec.eastWestGateway.workloadSelector.labels: is required: the labels of the east-west gateway pods, e.g. {istio: eastwestgateway}",

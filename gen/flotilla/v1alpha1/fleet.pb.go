@@ -23,6 +23,229 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GetEffectiveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Cluster is the cluster's name or FQN.
+	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEffectiveRequest) Reset() {
+	*x = GetEffectiveRequest{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEffectiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEffectiveRequest) ProtoMessage() {}
+
+func (x *GetEffectiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEffectiveRequest.ProtoReflect.Descriptor instead.
+func (*GetEffectiveRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetEffectiveRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *GetEffectiveRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+// EffectiveSetting is one field of a namespace's effective settings.
+type EffectiveSetting struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Field is e.g. "security.mtlsMode" or "traffic.resilience.retries".
+	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	// Value is the field's value as JSON.
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// Source is the FQN of the setting it came from; level is organization,
+	// tenant, workspace or group.
+	Source string `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	Level  string `protobuf:"bytes,4,opt,name=level,proto3" json:"level,omitempty"`
+	// LimitSource and limit_level name the STRICTER setting that bounds the
+	// field, if any: lower levels may only tighten it.
+	LimitSource   string `protobuf:"bytes,5,opt,name=limit_source,json=limitSource,proto3" json:"limit_source,omitempty"`
+	LimitLevel    string `protobuf:"bytes,6,opt,name=limit_level,json=limitLevel,proto3" json:"limit_level,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EffectiveSetting) Reset() {
+	*x = EffectiveSetting{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EffectiveSetting) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EffectiveSetting) ProtoMessage() {}
+
+func (x *EffectiveSetting) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EffectiveSetting.ProtoReflect.Descriptor instead.
+func (*EffectiveSetting) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EffectiveSetting) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *EffectiveSetting) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *EffectiveSetting) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *EffectiveSetting) GetLevel() string {
+	if x != nil {
+		return x.Level
+	}
+	return ""
+}
+
+func (x *EffectiveSetting) GetLimitSource() string {
+	if x != nil {
+		return x.LimitSource
+	}
+	return ""
+}
+
+func (x *EffectiveSetting) GetLimitLevel() string {
+	if x != nil {
+		return x.LimitLevel
+	}
+	return ""
+}
+
+type GetEffectiveResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Cluster   string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Workspace is the FQN of the namespace's workspace; empty when no
+	// workspace selects it there.
+	Workspace string              `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Settings  []*EffectiveSetting `protobuf:"bytes,4,rep,name=settings,proto3" json:"settings,omitempty"`
+	// Problems are settings that do not take effect there, and why.
+	Problems      []string `protobuf:"bytes,5,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEffectiveResponse) Reset() {
+	*x = GetEffectiveResponse{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEffectiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEffectiveResponse) ProtoMessage() {}
+
+func (x *GetEffectiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEffectiveResponse.ProtoReflect.Descriptor instead.
+func (*GetEffectiveResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetEffectiveResponse) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *GetEffectiveResponse) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *GetEffectiveResponse) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *GetEffectiveResponse) GetSettings() []*EffectiveSetting {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *GetEffectiveResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
 type OnboardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Fqn of the cluster, or give its name and organization in metadata.
@@ -40,7 +263,7 @@ type OnboardRequest struct {
 
 func (x *OnboardRequest) Reset() {
 	*x = OnboardRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -52,7 +275,7 @@ func (x *OnboardRequest) String() string {
 func (*OnboardRequest) ProtoMessage() {}
 
 func (x *OnboardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -65,7 +288,7 @@ func (x *OnboardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnboardRequest.ProtoReflect.Descriptor instead.
 func (*OnboardRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{0}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *OnboardRequest) GetFqn() string {
@@ -108,7 +331,7 @@ type OnboardResponse struct {
 
 func (x *OnboardResponse) Reset() {
 	*x = OnboardResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -120,7 +343,7 @@ func (x *OnboardResponse) String() string {
 func (*OnboardResponse) ProtoMessage() {}
 
 func (x *OnboardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -133,7 +356,7 @@ func (x *OnboardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnboardResponse.ProtoReflect.Descriptor instead.
 func (*OnboardResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OnboardResponse) GetCluster() string {
@@ -173,7 +396,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +408,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +421,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetStatusRequest) GetKind() string {
@@ -248,7 +471,7 @@ type ClusterState struct {
 
 func (x *ClusterState) Reset() {
 	*x = ClusterState{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +483,7 @@ func (x *ClusterState) String() string {
 func (*ClusterState) ProtoMessage() {}
 
 func (x *ClusterState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +496,7 @@ func (x *ClusterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterState.ProtoReflect.Descriptor instead.
 func (*ClusterState) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ClusterState) GetCluster() string {
@@ -344,7 +567,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +579,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +592,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetStatusResponse) GetFqn() string {
@@ -438,7 +661,7 @@ type GetCompiledRequest struct {
 
 func (x *GetCompiledRequest) Reset() {
 	*x = GetCompiledRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +673,7 @@ func (x *GetCompiledRequest) String() string {
 func (*GetCompiledRequest) ProtoMessage() {}
 
 func (x *GetCompiledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +686,7 @@ func (x *GetCompiledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompiledRequest.ProtoReflect.Descriptor instead.
 func (*GetCompiledRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetCompiledRequest) GetCluster() string {
@@ -488,7 +711,7 @@ type GetCompiledResponse struct {
 
 func (x *GetCompiledResponse) Reset() {
 	*x = GetCompiledResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +723,7 @@ func (x *GetCompiledResponse) String() string {
 func (*GetCompiledResponse) ProtoMessage() {}
 
 func (x *GetCompiledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +736,7 @@ func (x *GetCompiledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompiledResponse.ProtoReflect.Descriptor instead.
 func (*GetCompiledResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetCompiledResponse) GetCluster() string {
@@ -560,7 +783,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +795,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +808,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PlanRequest) GetResources() []*Resource {
@@ -612,7 +835,7 @@ type PlannedChange struct {
 
 func (x *PlannedChange) Reset() {
 	*x = PlannedChange{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +847,7 @@ func (x *PlannedChange) String() string {
 func (*PlannedChange) ProtoMessage() {}
 
 func (x *PlannedChange) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +860,7 @@ func (x *PlannedChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedChange.ProtoReflect.Descriptor instead.
 func (*PlannedChange) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PlannedChange) GetAction() string {
@@ -694,7 +917,7 @@ type ClusterPlan struct {
 
 func (x *ClusterPlan) Reset() {
 	*x = ClusterPlan{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +929,7 @@ func (x *ClusterPlan) String() string {
 func (*ClusterPlan) ProtoMessage() {}
 
 func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +942,7 @@ func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterPlan.ProtoReflect.Descriptor instead.
 func (*ClusterPlan) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClusterPlan) GetCluster() string {
@@ -754,7 +977,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +989,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +1002,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PlanResponse) GetResults() []*ApplyResult {
@@ -807,7 +1030,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +1042,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +1055,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -858,7 +1081,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1093,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1106,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListServicesResponse) GetServices() []*FleetServiceInfo {
@@ -913,7 +1136,7 @@ type FleetServiceInfo struct {
 
 func (x *FleetServiceInfo) Reset() {
 	*x = FleetServiceInfo{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1148,7 @@ func (x *FleetServiceInfo) String() string {
 func (*FleetServiceInfo) ProtoMessage() {}
 
 func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1161,7 @@ func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetServiceInfo.ProtoReflect.Descriptor instead.
 func (*FleetServiceInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FleetServiceInfo) GetNamespace() string {
@@ -994,7 +1217,7 @@ type FleetServicePort struct {
 
 func (x *FleetServicePort) Reset() {
 	*x = FleetServicePort{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1229,7 @@ func (x *FleetServicePort) String() string {
 func (*FleetServicePort) ProtoMessage() {}
 
 func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1242,7 @@ func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetServicePort.ProtoReflect.Descriptor instead.
 func (*FleetServicePort) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FleetServicePort) GetName() string {
@@ -1060,7 +1283,7 @@ type ServiceInstance struct {
 
 func (x *ServiceInstance) Reset() {
 	*x = ServiceInstance{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1295,7 @@ func (x *ServiceInstance) String() string {
 func (*ServiceInstance) ProtoMessage() {}
 
 func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1308,7 @@ func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceInstance.ProtoReflect.Descriptor instead.
 func (*ServiceInstance) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ServiceInstance) GetCluster() string {
@@ -1134,7 +1357,7 @@ type LocalityCount struct {
 
 func (x *LocalityCount) Reset() {
 	*x = LocalityCount{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1146,7 +1369,7 @@ func (x *LocalityCount) String() string {
 func (*LocalityCount) ProtoMessage() {}
 
 func (x *LocalityCount) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1159,7 +1382,7 @@ func (x *LocalityCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalityCount.ProtoReflect.Descriptor instead.
 func (*LocalityCount) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LocalityCount) GetRegion() string {
@@ -1187,7 +1410,24 @@ var File_flotilla_v1alpha1_fleet_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n" +
+	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n" +
+	"\x13GetEffectiveRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\xb0\x01\n" +
+	"\x10EffectiveSetting\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06source\x18\x03 \x01(\tR\x06source\x12\x14\n" +
+	"\x05level\x18\x04 \x01(\tR\x05level\x12!\n" +
+	"\flimit_source\x18\x05 \x01(\tR\vlimitSource\x12\x1f\n" +
+	"\vlimit_level\x18\x06 \x01(\tR\n" +
+	"limitLevel\"\xc9\x01\n" +
+	"\x14GetEffectiveResponse\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12?\n" +
+	"\bsettings\x18\x04 \x03(\v2#.flotilla.v1alpha1.EffectiveSettingR\bsettings\x12\x1a\n" +
+	"\bproblems\x18\x05 \x03(\tR\bproblems\"\x9e\x01\n" +
 	"\x0eOnboardRequest\x12\x10\n" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12+\n" +
@@ -1270,13 +1510,14 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\rLocalityCount\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x14\n" +
-	"\x05ready\x18\x03 \x01(\rR\x05ready2\xc0\x03\n" +
+	"\x05ready\x18\x03 \x01(\rR\x05ready2\xa1\x04\n" +
 	"\fFleetService\x12P\n" +
 	"\aOnboard\x12!.flotilla.v1alpha1.OnboardRequest\x1a\".flotilla.v1alpha1.OnboardResponse\x12V\n" +
 	"\tGetStatus\x12#.flotilla.v1alpha1.GetStatusRequest\x1a$.flotilla.v1alpha1.GetStatusResponse\x12\\\n" +
 	"\vGetCompiled\x12%.flotilla.v1alpha1.GetCompiledRequest\x1a&.flotilla.v1alpha1.GetCompiledResponse\x12G\n" +
 	"\x04Plan\x12\x1e.flotilla.v1alpha1.PlanRequest\x1a\x1f.flotilla.v1alpha1.PlanResponse\x12_\n" +
-	"\fListServices\x12&.flotilla.v1alpha1.ListServicesRequest\x1a'.flotilla.v1alpha1.ListServicesResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\fListServices\x12&.flotilla.v1alpha1.ListServicesRequest\x1a'.flotilla.v1alpha1.ListServicesResponse\x12_\n" +
+	"\fGetEffective\x12&.flotilla.v1alpha1.GetEffectiveRequest\x1a'.flotilla.v1alpha1.GetEffectiveResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_fleet_proto_rawDescOnce sync.Once
@@ -1290,62 +1531,68 @@ func file_flotilla_v1alpha1_fleet_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_fleet_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
-	(*OnboardRequest)(nil),        // 0: flotilla.v1alpha1.OnboardRequest
-	(*OnboardResponse)(nil),       // 1: flotilla.v1alpha1.OnboardResponse
-	(*GetStatusRequest)(nil),      // 2: flotilla.v1alpha1.GetStatusRequest
-	(*ClusterState)(nil),          // 3: flotilla.v1alpha1.ClusterState
-	(*GetStatusResponse)(nil),     // 4: flotilla.v1alpha1.GetStatusResponse
-	(*GetCompiledRequest)(nil),    // 5: flotilla.v1alpha1.GetCompiledRequest
-	(*GetCompiledResponse)(nil),   // 6: flotilla.v1alpha1.GetCompiledResponse
-	(*PlanRequest)(nil),           // 7: flotilla.v1alpha1.PlanRequest
-	(*PlannedChange)(nil),         // 8: flotilla.v1alpha1.PlannedChange
-	(*ClusterPlan)(nil),           // 9: flotilla.v1alpha1.ClusterPlan
-	(*PlanResponse)(nil),          // 10: flotilla.v1alpha1.PlanResponse
-	(*ListServicesRequest)(nil),   // 11: flotilla.v1alpha1.ListServicesRequest
-	(*ListServicesResponse)(nil),  // 12: flotilla.v1alpha1.ListServicesResponse
-	(*FleetServiceInfo)(nil),      // 13: flotilla.v1alpha1.FleetServiceInfo
-	(*FleetServicePort)(nil),      // 14: flotilla.v1alpha1.FleetServicePort
-	(*ServiceInstance)(nil),       // 15: flotilla.v1alpha1.ServiceInstance
-	(*LocalityCount)(nil),         // 16: flotilla.v1alpha1.LocalityCount
-	(*Metadata)(nil),              // 17: flotilla.v1alpha1.Metadata
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*Resource)(nil),              // 20: flotilla.v1alpha1.Resource
-	(*ApplyResult)(nil),           // 21: flotilla.v1alpha1.ApplyResult
+	(*GetEffectiveRequest)(nil),   // 0: flotilla.v1alpha1.GetEffectiveRequest
+	(*EffectiveSetting)(nil),      // 1: flotilla.v1alpha1.EffectiveSetting
+	(*GetEffectiveResponse)(nil),  // 2: flotilla.v1alpha1.GetEffectiveResponse
+	(*OnboardRequest)(nil),        // 3: flotilla.v1alpha1.OnboardRequest
+	(*OnboardResponse)(nil),       // 4: flotilla.v1alpha1.OnboardResponse
+	(*GetStatusRequest)(nil),      // 5: flotilla.v1alpha1.GetStatusRequest
+	(*ClusterState)(nil),          // 6: flotilla.v1alpha1.ClusterState
+	(*GetStatusResponse)(nil),     // 7: flotilla.v1alpha1.GetStatusResponse
+	(*GetCompiledRequest)(nil),    // 8: flotilla.v1alpha1.GetCompiledRequest
+	(*GetCompiledResponse)(nil),   // 9: flotilla.v1alpha1.GetCompiledResponse
+	(*PlanRequest)(nil),           // 10: flotilla.v1alpha1.PlanRequest
+	(*PlannedChange)(nil),         // 11: flotilla.v1alpha1.PlannedChange
+	(*ClusterPlan)(nil),           // 12: flotilla.v1alpha1.ClusterPlan
+	(*PlanResponse)(nil),          // 13: flotilla.v1alpha1.PlanResponse
+	(*ListServicesRequest)(nil),   // 14: flotilla.v1alpha1.ListServicesRequest
+	(*ListServicesResponse)(nil),  // 15: flotilla.v1alpha1.ListServicesResponse
+	(*FleetServiceInfo)(nil),      // 16: flotilla.v1alpha1.FleetServiceInfo
+	(*FleetServicePort)(nil),      // 17: flotilla.v1alpha1.FleetServicePort
+	(*ServiceInstance)(nil),       // 18: flotilla.v1alpha1.ServiceInstance
+	(*LocalityCount)(nil),         // 19: flotilla.v1alpha1.LocalityCount
+	(*Metadata)(nil),              // 20: flotilla.v1alpha1.Metadata
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*Resource)(nil),              // 23: flotilla.v1alpha1.Resource
+	(*ApplyResult)(nil),           // 24: flotilla.v1alpha1.ApplyResult
 }
 var file_flotilla_v1alpha1_fleet_proto_depIdxs = []int32{
-	17, // 0: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	18, // 1: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
-	19, // 2: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 3: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	3,  // 4: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
-	4,  // 5: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
-	20, // 6: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
-	8,  // 7: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
-	21, // 8: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
-	9,  // 9: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
-	13, // 10: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
-	14, // 11: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
-	15, // 12: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
-	16, // 13: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
-	19, // 14: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
-	0,  // 15: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
-	2,  // 16: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
-	5,  // 17: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
-	7,  // 18: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
-	11, // 19: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
-	1,  // 20: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
-	4,  // 21: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
-	6,  // 22: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
-	10, // 23: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
-	12, // 24: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	1,  // 0: flotilla.v1alpha1.GetEffectiveResponse.settings:type_name -> flotilla.v1alpha1.EffectiveSetting
+	20, // 1: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	21, // 2: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 3: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
+	20, // 4: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	6,  // 5: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
+	7,  // 6: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
+	23, // 7: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
+	11, // 8: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
+	24, // 9: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
+	12, // 10: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
+	16, // 11: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
+	17, // 12: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
+	18, // 13: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
+	19, // 14: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
+	22, // 15: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
+	3,  // 16: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
+	5,  // 17: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
+	8,  // 18: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
+	10, // 19: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
+	14, // 20: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
+	0,  // 21: flotilla.v1alpha1.FleetService.GetEffective:input_type -> flotilla.v1alpha1.GetEffectiveRequest
+	4,  // 22: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
+	7,  // 23: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
+	9,  // 24: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
+	13, // 25: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
+	15, // 26: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
+	2,  // 27: flotilla.v1alpha1.FleetService.GetEffective:output_type -> flotilla.v1alpha1.GetEffectiveResponse
+	22, // [22:28] is the sub-list for method output_type
+	16, // [16:22] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_fleet_proto_init() }
@@ -1361,7 +1608,7 @@ func file_flotilla_v1alpha1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_fleet_proto_rawDesc), len(file_flotilla_v1alpha1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -815,13 +815,16 @@ func (x *AccessBindingSpec) GetAllow() []*AccessRule {
 	return nil
 }
 
-// WorkspaceSettingSpec configures a workspace as a whole. Its one setting
-// today is cross-cluster exposure through east-west gateways.
+// WorkspaceSettingSpec configures a workspace as a whole: exposure of its
+// services to other clusters through east-west gateways, and the traffic
+// and security defaults of its namespaces.
 type WorkspaceSettingSpec struct {
-	state           protoimpl.MessageState   `protogen:"open.v1"`
-	EastWestGateway *EastWestGatewaySettings `protobuf:"bytes,1,opt,name=east_west_gateway,json=eastWestGateway,proto3" json:"east_west_gateway,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state                  protoimpl.MessageState   `protogen:"open.v1"`
+	EastWestGateway        *EastWestGatewaySettings `protobuf:"bytes,1,opt,name=east_west_gateway,json=eastWestGateway,proto3" json:"east_west_gateway,omitempty"`
+	DefaultTrafficSetting  *TrafficSettingSpec      `protobuf:"bytes,2,opt,name=default_traffic_setting,json=defaultTrafficSetting,proto3" json:"default_traffic_setting,omitempty"`
+	DefaultSecuritySetting *SecuritySettingSpec     `protobuf:"bytes,3,opt,name=default_security_setting,json=defaultSecuritySetting,proto3" json:"default_security_setting,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *WorkspaceSettingSpec) Reset() {
@@ -857,6 +860,20 @@ func (*WorkspaceSettingSpec) Descriptor() ([]byte, []int) {
 func (x *WorkspaceSettingSpec) GetEastWestGateway() *EastWestGatewaySettings {
 	if x != nil {
 		return x.EastWestGateway
+	}
+	return nil
+}
+
+func (x *WorkspaceSettingSpec) GetDefaultTrafficSetting() *TrafficSettingSpec {
+	if x != nil {
+		return x.DefaultTrafficSetting
+	}
+	return nil
+}
+
+func (x *WorkspaceSettingSpec) GetDefaultSecuritySetting() *SecuritySettingSpec {
+	if x != nil {
+		return x.DefaultSecuritySetting
 	}
 	return nil
 }
@@ -980,7 +997,7 @@ var File_flotilla_v1alpha1_kinds_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/v1alpha1/kinds.proto\x12\x11flotilla.v1alpha1\x1a\x1fflotilla/v1alpha1/gateway.proto\"W\n" +
+	"\x1dflotilla/v1alpha1/kinds.proto\x12\x11flotilla.v1alpha1\x1a\x1fflotilla/v1alpha1/gateway.proto\x1a flotilla/v1alpha1/settings.proto\"W\n" +
 	"\x10OrganizationSpec\x12!\n" +
 	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"Q\n" +
@@ -1038,9 +1055,11 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\bsubjects\x18\x02 \x03(\tR\bsubjects\"`\n" +
 	"\x11AccessBindingSpec\x12\x16\n" +
 	"\x06target\x18\x01 \x01(\tR\x06target\x123\n" +
-	"\x05allow\x18\x02 \x03(\v2\x1d.flotilla.v1alpha1.AccessRuleR\x05allow\"n\n" +
+	"\x05allow\x18\x02 \x03(\v2\x1d.flotilla.v1alpha1.AccessRuleR\x05allow\"\xaf\x02\n" +
 	"\x14WorkspaceSettingSpec\x12V\n" +
-	"\x11east_west_gateway\x18\x01 \x01(\v2*.flotilla.v1alpha1.EastWestGatewaySettingsR\x0feastWestGateway\"\xe7\x01\n" +
+	"\x11east_west_gateway\x18\x01 \x01(\v2*.flotilla.v1alpha1.EastWestGatewaySettingsR\x0feastWestGateway\x12]\n" +
+	"\x17default_traffic_setting\x18\x02 \x01(\v2%.flotilla.v1alpha1.TrafficSettingSpecR\x15defaultTrafficSetting\x12`\n" +
+	"\x18default_security_setting\x18\x03 \x01(\v2&.flotilla.v1alpha1.SecuritySettingSpecR\x16defaultSecuritySetting\"\xe7\x01\n" +
 	"\x17EastWestGatewaySettings\x12P\n" +
 	"\x11workload_selector\x18\x01 \x01(\v2#.flotilla.v1alpha1.WorkloadSelectorR\x10workloadSelector\x12M\n" +
 	"\x10exposed_services\x18\x02 \x03(\v2\".flotilla.v1alpha1.ExposedServicesR\x0fexposedServices\x12+\n" +
@@ -1083,7 +1102,9 @@ var file_flotilla_v1alpha1_kinds_proto_goTypes = []any{
 	(*ExposedServices)(nil),         // 15: flotilla.v1alpha1.ExposedServices
 	nil,                             // 16: flotilla.v1alpha1.ClusterSpec.LabelsEntry
 	nil,                             // 17: flotilla.v1alpha1.ExposedServices.ServiceLabelsEntry
-	(*WorkloadSelector)(nil),        // 18: flotilla.v1alpha1.WorkloadSelector
+	(*TrafficSettingSpec)(nil),      // 18: flotilla.v1alpha1.TrafficSettingSpec
+	(*SecuritySettingSpec)(nil),     // 19: flotilla.v1alpha1.SecuritySettingSpec
+	(*WorkloadSelector)(nil),        // 20: flotilla.v1alpha1.WorkloadSelector
 }
 var file_flotilla_v1alpha1_kinds_proto_depIdxs = []int32{
 	2,  // 0: flotilla.v1alpha1.WorkspaceSpec.namespace_selector:type_name -> flotilla.v1alpha1.NamespaceSelector
@@ -1093,14 +1114,16 @@ var file_flotilla_v1alpha1_kinds_proto_depIdxs = []int32{
 	9,  // 4: flotilla.v1alpha1.RoleSpec.rules:type_name -> flotilla.v1alpha1.RoleRule
 	11, // 5: flotilla.v1alpha1.AccessBindingSpec.allow:type_name -> flotilla.v1alpha1.AccessRule
 	14, // 6: flotilla.v1alpha1.WorkspaceSettingSpec.east_west_gateway:type_name -> flotilla.v1alpha1.EastWestGatewaySettings
-	18, // 7: flotilla.v1alpha1.EastWestGatewaySettings.workload_selector:type_name -> flotilla.v1alpha1.WorkloadSelector
-	15, // 8: flotilla.v1alpha1.EastWestGatewaySettings.exposed_services:type_name -> flotilla.v1alpha1.ExposedServices
-	17, // 9: flotilla.v1alpha1.ExposedServices.service_labels:type_name -> flotilla.v1alpha1.ExposedServices.ServiceLabelsEntry
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	18, // 7: flotilla.v1alpha1.WorkspaceSettingSpec.default_traffic_setting:type_name -> flotilla.v1alpha1.TrafficSettingSpec
+	19, // 8: flotilla.v1alpha1.WorkspaceSettingSpec.default_security_setting:type_name -> flotilla.v1alpha1.SecuritySettingSpec
+	20, // 9: flotilla.v1alpha1.EastWestGatewaySettings.workload_selector:type_name -> flotilla.v1alpha1.WorkloadSelector
+	15, // 10: flotilla.v1alpha1.EastWestGatewaySettings.exposed_services:type_name -> flotilla.v1alpha1.ExposedServices
+	17, // 11: flotilla.v1alpha1.ExposedServices.service_labels:type_name -> flotilla.v1alpha1.ExposedServices.ServiceLabelsEntry
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_kinds_proto_init() }
@@ -1109,6 +1132,7 @@ func file_flotilla_v1alpha1_kinds_proto_init() {
 		return
 	}
 	file_flotilla_v1alpha1_gateway_proto_init()
+	file_flotilla_v1alpha1_settings_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

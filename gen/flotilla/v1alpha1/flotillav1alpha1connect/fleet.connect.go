@@ -45,6 +45,9 @@ const (
 	// FleetServiceListServicesProcedure is the fully-qualified name of the FleetService's ListServices
 	// RPC.
 	FleetServiceListServicesProcedure = "/flotilla.v1alpha1.FleetService/ListServices"
+	// FleetServiceGetEffectiveProcedure is the fully-qualified name of the FleetService's GetEffective
+	// RPC.
+	FleetServiceGetEffectiveProcedure = "/flotilla.v1alpha1.FleetService/GetEffective"
 )
 
 // FleetServiceClient is a client for the flotilla.v1alpha1.FleetService service.
@@ -64,6 +67,9 @@ type FleetServiceClient interface {
 	// service per namespace/name, with its instance in each cluster the
 	// caller may read. It is runtime state, not intent.
 	ListServices(context.Context, *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error)
+	// GetEffective returns the traffic and security settings in effect in one
+	// namespace of one cluster, each field with the setting it came from.
+	GetEffective(context.Context, *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error)
 }
 
 // NewFleetServiceClient constructs a client for the flotilla.v1alpha1.FleetService service. By
@@ -107,6 +113,12 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(fleetServiceMethods.ByName("ListServices")),
 			connect.WithClientOptions(opts...),
 		),
+		getEffective: connect.NewClient[v1alpha1.GetEffectiveRequest, v1alpha1.GetEffectiveResponse](
+			httpClient,
+			baseURL+FleetServiceGetEffectiveProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("GetEffective")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -117,6 +129,7 @@ type fleetServiceClient struct {
 	getCompiled  *connect.Client[v1alpha1.GetCompiledRequest, v1alpha1.GetCompiledResponse]
 	plan         *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
 	listServices *connect.Client[v1alpha1.ListServicesRequest, v1alpha1.ListServicesResponse]
+	getEffective *connect.Client[v1alpha1.GetEffectiveRequest, v1alpha1.GetEffectiveResponse]
 }
 
 // Onboard calls flotilla.v1alpha1.FleetService.Onboard.
@@ -144,6 +157,11 @@ func (c *fleetServiceClient) ListServices(ctx context.Context, req *connect.Requ
 	return c.listServices.CallUnary(ctx, req)
 }
 
+// GetEffective calls flotilla.v1alpha1.FleetService.GetEffective.
+func (c *fleetServiceClient) GetEffective(ctx context.Context, req *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error) {
+	return c.getEffective.CallUnary(ctx, req)
+}
+
 // FleetServiceHandler is an implementation of the flotilla.v1alpha1.FleetService service.
 type FleetServiceHandler interface {
 	// Onboard issues a one-time join token for an existing Cluster resource.
@@ -161,6 +179,9 @@ type FleetServiceHandler interface {
 	// service per namespace/name, with its instance in each cluster the
 	// caller may read. It is runtime state, not intent.
 	ListServices(context.Context, *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error)
+	// GetEffective returns the traffic and security settings in effect in one
+	// namespace of one cluster, each field with the setting it came from.
+	GetEffective(context.Context, *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error)
 }
 
 // NewFleetServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -200,6 +221,12 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(fleetServiceMethods.ByName("ListServices")),
 		connect.WithHandlerOptions(opts...),
 	)
+	fleetServiceGetEffectiveHandler := connect.NewUnaryHandler(
+		FleetServiceGetEffectiveProcedure,
+		svc.GetEffective,
+		connect.WithSchema(fleetServiceMethods.ByName("GetEffective")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flotilla.v1alpha1.FleetService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case FleetServiceOnboardProcedure:
@@ -212,6 +239,8 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 			fleetServicePlanHandler.ServeHTTP(w, r)
 		case FleetServiceListServicesProcedure:
 			fleetServiceListServicesHandler.ServeHTTP(w, r)
+		case FleetServiceGetEffectiveProcedure:
+			fleetServiceGetEffectiveHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -239,4 +268,8 @@ func (UnimplementedFleetServiceHandler) Plan(context.Context, *connect.Request[v
 
 func (UnimplementedFleetServiceHandler) ListServices(context.Context, *connect.Request[v1alpha1.ListServicesRequest]) (*connect.Response[v1alpha1.ListServicesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.ListServices is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) GetEffective(context.Context, *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.GetEffective is not implemented"))
 }
