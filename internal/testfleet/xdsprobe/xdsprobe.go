@@ -23,8 +23,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"istio.io/istio/pilot/pkg/model"
@@ -331,4 +334,118 @@ func (s *Snapshot) ServerNames(port uint32) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// InboundListener is Istio's name for a sidecar's inbound listener.
+const InboundListener = "virtualInbound"
+
+// InboundChains counts the filter chains of the sidecar's inbound listener
+// that terminate TLS (a transport socket) and those that take plain text: a
+// sidecar under mTLS STRICT has no plain-text chain. The blackhole chain,
+// which only drops traffic addressed to the listener's own port, is not
+// counted.
+func (s *Snapshot) InboundChains() (tls, plain int) {
+	for _, fc := range s.Listeners[InboundListener].GetFilterChains() {
+		switch {
+		case fc.GetName() == InboundListener+"-blackhole":
+		case fc.GetTransportSocket() != nil:
+			tls++
+		default:
+			plain++
+		}
+	}
+	return tls, plain
+}
+
+// InboundPrincipals returns, by RBAC action (ALLOW, DENY), the principal
+// names that the inbound listener's RBAC filters (HTTP and network) match,
+// written as Envoy matches them ("spiffe://cluster.local/ns/shop/sa/" for a
+// prefix), sorted and without repeats.
+func (s *Snapshot) InboundPrincipals() map[string][]string {
+	out := map[string][]string{}
+	add := func(r *rbacv3.RBAC) {
+		if r == nil {
+			return
+		}
+		action := r.GetAction().String()
+		for _, p := range r.GetPolicies() {
+			for _, pr := range p.GetPrincipals() {
+				out[action] = append(out[action], principalNames(pr)...)
+			}
+		}
+	}
+	for _, fc := range s.Listeners[InboundListener].GetFilterChains() {
+		for _, f := range fc.GetFilters() {
+			tc := f.GetTypedConfig()
+			if tc == nil {
+				continue
+			}
+			nr := &rbacnetv3.RBAC{}
+			if tc.UnmarshalTo(nr) == nil {
+				add(nr.GetRules())
+				continue
+			}
+			hcm := &hcmv3.HttpConnectionManager{}
+			if tc.UnmarshalTo(hcm) != nil {
+				continue
+			}
+			for _, hf := range hcm.GetHttpFilters() {
+				hr := &rbachttpv3.RBAC{}
+				if hf.GetTypedConfig() != nil && hf.GetTypedConfig().UnmarshalTo(hr) == nil {
+					add(hr.GetRules())
+				}
+			}
+		}
+	}
+	for a, names := range out {
+		slices.Sort(names)
+		out[a] = slices.Compact(names)
+	}
+	return out
+}
+
+// principalNames flattens a principal into the names it matches.
+func principalNames(p *rbacv3.Principal) []string {
+	var out []string
+	if m := p.GetAuthenticated().GetPrincipalName(); m != nil {
+		switch {
+		case m.GetExact() != "":
+			out = append(out, m.GetExact())
+		case m.GetPrefix() != "":
+			out = append(out, m.GetPrefix())
+		case m.GetSuffix() != "":
+			out = append(out, "*"+m.GetSuffix())
+		}
+	}
+	for _, id := range p.GetOrIds().GetIds() {
+		out = append(out, principalNames(id)...)
+	}
+	for _, id := range p.GetAndIds().GetIds() {
+		out = append(out, principalNames(id)...)
+	}
+	if p.GetNotId() != nil {
+		for _, n := range principalNames(p.GetNotId()) {
+			out = append(out, "not "+n)
+		}
+	}
+	return out
+}
+
+// WeightedClusters returns, for the routes of virtual hosts serving domain,
+// each upstream cluster's weight in a weighted split, by cluster name.
+func (s *Snapshot) WeightedClusters(domain string) map[string]uint32 {
+	out := map[string]uint32{}
+	for _, rc := range s.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			if !slices.Contains(vh.GetDomains(), domain) {
+				continue
+			}
+			for _, r := range vh.GetRoutes() {
+				for _, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
+					out[wc.GetName()] = wc.GetWeight().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package xdsprobe_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
+	"flotilla.io/flotilla/internal/istio"
 	"flotilla.io/flotilla/internal/testfleet"
 	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
 )
@@ -225,4 +227,92 @@ func TestFailoverConfigFromTheCompilerReachesASidecarThroughIstiod(t *testing.T)
 			return fmt.Errorf("endpoints of %s: %+v", name, s.EndpointsOf(name))
 		})
 	}
+}
+
+// settingsBundle is a workspace "secure" whose organization sets mTLS mode
+// and NAMESPACE authorization, with a ServiceRoute splitting reviews 90/10.
+func settingsBundle(cluster, mtls string) *bundle.Bundle {
+	const org, ws = "organizations/acme", "organizations/acme/tenants/t/workspaces/secure"
+	group := ws + "/groups/routes"
+	return &bundle.Bundle{Cluster: cluster,
+		Groups: []bundle.Group{
+			{FQN: org, Type: compile.GroupTypeOrganization, ConfigMode: compile.ConfigModeBridged, Namespaces: []string{}},
+			{FQN: org + "/tenants/t", Type: compile.GroupTypeTenant, ConfigMode: compile.ConfigModeBridged, Namespaces: []string{}},
+			{FQN: ws, Type: compile.GroupTypeWorkspace, ConfigMode: compile.ConfigModeBridged, Namespaces: []string{"*/secure"}},
+			{FQN: group, Type: "traffic", ConfigMode: compile.ConfigModeBridged, Namespaces: []string{"*/secure"}},
+		},
+		Objects: []bundle.Object{
+			{APIVersion: "flotilla.io/v1alpha1", Kind: compile.KindOrganizationSetting, FQN: org + "/organizationsettings/d", Name: "d", Group: org,
+				Spec: []byte(`{"defaultSecuritySetting":{"mtlsMode":"` + mtls + `","authorization":{"mode":"NAMESPACE"}}}`)},
+			{APIVersion: "flotilla.io/v1alpha1", Kind: compile.KindServiceRoute, FQN: group + "/serviceroutes/reviews", Name: "reviews", Group: group,
+				Spec: []byte(`{"service":"secure/reviews","subsets":[{"name":"v1","labels":{"version":"v1"},"weight":90},{"name":"v2","labels":{"version":"v2"},"weight":10}]}`)},
+		},
+	}
+}
+
+// What the settings compile to is what a sidecar is told: under mTLS
+// STRICT its inbound listener takes no plain text (under PERMISSIVE it
+// does), NAMESPACE authorization becomes an RBAC filter allowing the
+// namespace's service accounts, and a 90/10 ServiceRoute becomes weighted
+// clusters 90/10.
+func TestSettingsFromTheCompilerReachASidecarThroughIstiod(t *testing.T) {
+	c := testfleet.Get(t).Clusters()[0]
+	namespace(t, c, "secure")
+	cs, err := kubernetes.NewForConfig(c.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_ = cs.CoreV1().Services("secure").Delete(ctx, "reviews", metav1.DeleteOptions{})
+	if _, err := cs.CoreV1().Services("secure").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "reviews"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "reviews"}, Ports: []corev1.ServicePort{{Name: "http", Port: 9080}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(c.RESTConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliver := func(mtls string) {
+		res := compile.Compile(settingsBundle(c.Name, mtls), []string{"secure"})
+		if len(res.Diagnostics) != 0 || len(res.Objects) != 4 {
+			t.Fatalf("compiled %d objects with diagnostics %v; want 4 and none", len(res.Objects), res.Diagnostics)
+		}
+		for _, o := range res.Objects {
+			k, _ := istio.Lookup(o.GetAPIVersion(), o.GetKind())
+			_ = dyn.Resource(k.GVR).Namespace(o.GetNamespace()).Delete(ctx, o.GetName(), metav1.DeleteOptions{})
+			if _, err := dyn.Resource(k.GVR).Namespace(o.GetNamespace()).Create(ctx, o, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("the API server refused %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+			}
+		}
+	}
+	sidecar := xdsprobe.Proxy{Namespace: "secure", Labels: map[string]string{"app": "productpage"}, Workload: "productpage",
+		Cluster: c.Name, Network: c.Network, Region: c.Region, Zone: c.Zone}
+
+	deliver("PERMISSIVE")
+	eventually(t, c, sidecar, "plain text accepted under PERMISSIVE", func(s *xdsprobe.Snapshot) error {
+		if tls, plain := s.InboundChains(); plain == 0 || tls == 0 {
+			return fmt.Errorf("inbound chains: %d with TLS, %d plain; want both", tls, plain)
+		}
+		return nil
+	})
+	deliver("STRICT")
+	eventually(t, c, sidecar, "the sidecar's inbound listener under STRICT", func(s *xdsprobe.Snapshot) error {
+		if tls, plain := s.InboundChains(); plain != 0 || tls == 0 {
+			var names []string
+			for _, fc := range s.Listeners[xdsprobe.InboundListener].GetFilterChains() {
+				names = append(names, fmt.Sprintf("%s(tls=%v, match=%v)", fc.GetName(), fc.GetTransportSocket() != nil, fc.GetFilterChainMatch()))
+			}
+			return fmt.Errorf("inbound chains: %d with TLS, %d plain; want only TLS: %v", tls, plain, names)
+		}
+		want := []string{"spiffe://cluster.local/ns/secure/sa/"}
+		if got := s.InboundPrincipals(); !slices.Equal(got["ALLOW"], want) || len(got["DENY"]) != 0 {
+			return fmt.Errorf("RBAC principals %v, want ALLOW %v", got, want)
+		}
+		const host = "reviews.secure.svc.cluster.local"
+		want2 := map[string]uint32{"outbound|9080|v1|" + host: 90, "outbound|9080|v2|" + host: 10}
+		if got := s.WeightedClusters(host); !maps.Equal(got, want2) {
+			return fmt.Errorf("weighted clusters %v, want %v", got, want2)
+		}
+		return nil
+	})
 }
