@@ -268,7 +268,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		// objects of namespaces not yet seen. The informer pokes on sync.
 		return
 	}
-	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: a.rules.hosts()})
+	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: a.rules.hosts(), NamespaceWide: a.rules.namespaceWide()})
 	report := a.applier.Apply(ctx, res.Objects)
 	ack := buildAck(version, b, res, report)
 	ack.Revision = rev

@@ -15,19 +15,29 @@ import (
 	"flotilla.io/flotilla/internal/compile"
 )
 
-var destinationRules = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
+var (
+	destinationRules    = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
+	peerAuthentications = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"}
+	sidecars            = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "sidecars"}
+)
 
-// userRules watches the DestinationRules that someone other than Flotilla
-// keeps in the cluster, so that the compiler leaves their hosts alone; a
-// change pokes the reconcile loop.
+// userRules watches the DestinationRules, PeerAuthentications and Sidecars
+// that someone other than Flotilla keeps in the cluster, so that the
+// compiler leaves their hosts and namespaces alone; a change pokes the
+// reconcile loop.
 type userRules struct {
 	factory dynamicinformer.DynamicSharedInformerFactory
 	inf     cache.SharedIndexInformer
+	// wide holds the PeerAuthentication and Sidecar informers, by kind.
+	wide map[string]cache.SharedIndexInformer
 }
 
 func newUserRules(dyn dynamic.Interface, poke func()) *userRules {
 	f := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 30*time.Minute)
-	u := &userRules{factory: f, inf: f.ForResource(destinationRules).Informer()}
+	u := &userRules{factory: f, inf: f.ForResource(destinationRules).Informer(), wide: map[string]cache.SharedIndexInformer{
+		"PeerAuthentication": f.ForResource(peerAuthentications).Informer(),
+		"Sidecar":            f.ForResource(sidecars).Informer(),
+	}}
 	onUser := func(obj any) {
 		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj = d.Obj
@@ -36,8 +46,40 @@ func newUserRules(dyn dynamic.Interface, poke func()) *userRules {
 			poke()
 		}
 	}
-	_, _ = u.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onUser, UpdateFunc: func(_, obj any) { onUser(obj) }, DeleteFunc: onUser})
+	for _, inf := range append([]cache.SharedIndexInformer{u.inf}, u.wide["PeerAuthentication"], u.wide["Sidecar"]) {
+		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: onUser, UpdateFunc: func(_, obj any) { onUser(obj) }, DeleteFunc: onUser})
+	}
 	return u
+}
+
+// namespaceWide maps "<Kind>/<namespace>" to the first "<ns>/<name>" of a
+// PeerAuthentication or Sidecar without a selector that Flotilla does not
+// manage (compile.Cluster.NamespaceWide).
+func (u *userRules) namespaceWide() map[string]string {
+	out := map[string]string{}
+	for kind, inf := range u.wide {
+		field := map[string]string{"PeerAuthentication": "selector", "Sidecar": "workloadSelector"}[kind]
+		keys := inf.GetStore().ListKeys()
+		sort.Strings(keys)
+		for _, k := range keys {
+			obj, ok, _ := inf.GetStore().GetByKey(k)
+			if !ok {
+				continue
+			}
+			o := obj.(*unstructured.Unstructured)
+			if o.GetLabels()[compile.LabelManagedBy] == compile.ManagedBy {
+				continue
+			}
+			if _, scoped, _ := unstructured.NestedFieldNoCopy(o.Object, "spec", field); scoped {
+				continue
+			}
+			key := kind + "/" + o.GetNamespace()
+			if _, seen := out[key]; !seen {
+				out[key] = o.GetNamespace() + "/" + o.GetName()
+			}
+		}
+	}
+	return out
 }
 
 // run starts the informer until ctx ends. A cluster without Istio's CRDs

@@ -74,6 +74,11 @@ type Cluster struct {
 	// writes no DestinationRule of its own for such a host: two for one host
 	// conflict in Istio.
 	DestinationRules map[string]string
+	// NamespaceWide maps "<Kind>/<namespace>" to the "<ns>/<name>" of a
+	// namespace-wide PeerAuthentication or Sidecar (no selector) that someone
+	// other than Flotilla keeps there. Istio takes one of each per
+	// namespace, so the settings pass writes none beside it.
+	NamespaceWide map[string]string
 }
 
 // CompileIn is Compile with everything known of the cluster.
@@ -99,6 +104,8 @@ type compilation struct {
 	cluster    string
 	namespaces map[string]bool
 	userDRs    map[string]string // host → "<ns>/<name>" of a DestinationRule not Flotilla's
+	userWide   map[string]string // "<Kind>/<ns>" → "<ns>/<name>" of a namespace-wide policy not Flotilla's
+	directWide map[string]string // "<Kind>/<ns>" → FQN of the DIRECT object that is one
 	groups     map[string]bundle.Group
 	objects    []bundle.Object // sorted
 	out        []emitted
@@ -127,6 +134,7 @@ func newCompilation(b *bundle.Bundle, in Cluster) *compilation {
 		namespaces:  make(map[string]bool, len(in.Namespaces)),
 		groups:      make(map[string]bundle.Group, len(b.Groups)),
 		userDRs:     in.DestinationRules,
+		userWide:    in.NamespaceWide,
 		settingObjs: map[string][]settingObject{},
 		failoverLB:  map[string]map[string]any{},
 		nsSettings:  map[string]*namespaceSettings{},

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -165,8 +166,17 @@ func (c *compilation) merge(ns string) *namespaceSettings {
 	return &namespaceSettings{workspace: ws, fields: fields, problems: probs}
 }
 
-// prepareSettings sorts what setting() collected, once every object is seen.
+// prepareSettings sorts what setting() collected, once every object is seen,
+// and notes the namespace-wide policies DIRECT objects already write.
 func (c *compilation) prepareSettings() {
+	c.directWide = map[string]string{}
+	for _, e := range c.out {
+		if k := namespaceWideKey(e.obj.GetKind(), e.obj.GetNamespace(), e.obj.Object["spec"]); k != "" {
+			if _, seen := c.directWide[k]; !seen {
+				c.directWide[k] = e.owner
+			}
+		}
+	}
 	for g, objs := range c.settingObjs {
 		slices.SortFunc(objs, func(a, b settingObject) int { return cmp.Compare(a.layer.FQN, b.layer.FQN) })
 		if gr, ok := c.groups[g]; ok && !isScopeType(gr.Type) {
@@ -191,6 +201,33 @@ func (c *compilation) prepareSettings() {
 			c.trustDomains = g.TrustDomains
 		}
 	}
+}
+
+// namespaceWideKey is "<Kind>/<namespace>" for a PeerAuthentication or
+// Sidecar that applies to its whole namespace (no selector), else "".
+func namespaceWideKey(kind, ns string, spec any) string {
+	field := map[string]string{"PeerAuthentication": "selector", "Sidecar": "workloadSelector"}[kind]
+	if field == "" {
+		return ""
+	}
+	if m, ok := spec.(map[string]any); ok && m[field] != nil {
+		return ""
+	}
+	return kind + "/" + ns
+}
+
+// wideTaken says why the settings pass writes no namespace-wide kind in ns
+// for owner (a DIRECT object or the cluster's own one is there: it wins),
+// or "" when it may.
+func (c *compilation) wideTaken(kind, ns string) string {
+	key := kind + "/" + ns
+	if fqn, ok := c.directWide[key]; ok {
+		return fmt.Sprintf("the DIRECT %s of %s already applies to all of namespace %s, and Istio takes one: it is kept and this setting's is not written there; move the setting into one of them", kind, fqn, ns)
+	}
+	if name, ok := c.userWide[key]; ok {
+		return fmt.Sprintf("cluster %s has its own %s %s for all of namespace %s, and Istio takes one: it is kept and this setting's is not written there; remove it to let the setting apply", c.cluster, kind, name, ns)
+	}
+	return ""
 }
 
 func isScopeType(t string) bool {

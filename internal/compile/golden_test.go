@@ -26,11 +26,13 @@ type goldenCase struct {
 	Namespaces []string `json:"namespaces"`
 	// DestinationRules are the cluster's own, by host (compile.Cluster).
 	DestinationRules map[string]string `json:"destinationRules"`
-	bundle.Bundle    `json:",inline"`
+	// NamespaceWide are the cluster's own namespace-wide policies.
+	NamespaceWide map[string]string `json:"namespaceWide"`
+	bundle.Bundle `json:",inline"`
 }
 
 func (gc goldenCase) cluster(namespaces []string) Cluster {
-	return Cluster{Namespaces: namespaces, DestinationRules: gc.DestinationRules}
+	return Cluster{Namespaces: namespaces, DestinationRules: gc.DestinationRules, NamespaceWide: gc.NamespaceWide}
 }
 
 func loadCases(t *testing.T) map[string]goldenCase {
@@ -182,7 +184,7 @@ func TestCompileDoesNotChangeItsInput(t *testing.T) {
 		}
 		b := gc.Bundle
 		CompileIn(&b, gc.cluster(gc.Namespaces))
-		after, _ := yaml.Marshal(goldenCase{Namespaces: gc.Namespaces, DestinationRules: gc.DestinationRules, Bundle: b})
+		after, _ := yaml.Marshal(goldenCase{Namespaces: gc.Namespaces, DestinationRules: gc.DestinationRules, NamespaceWide: gc.NamespaceWide, Bundle: b})
 		if diff := cmp.Diff(string(before), string(after)); diff != "" {
 			t.Errorf("%s: Compile changed the bundle:\n%s", name, diff)
 		}

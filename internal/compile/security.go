@@ -23,9 +23,13 @@ const securityAPIVersion = "security.istio.io/v1"
 // AuthorizationPolicies and RequestAuthentication from its settings.
 func (c *compilation) securityObjects(ns string, s *namespaceSettings) {
 	if f, ok := s.fields["security.mtlsMode"]; ok {
-		c.emit(f.Source, securityAPIVersion, "PeerAuthentication", ns, SettingsObjectName, map[string]any{
-			"mtls": map[string]any{"mode": f.Value.(string)},
-		})
+		if why := c.wideTaken("PeerAuthentication", ns); why != "" {
+			c.diag(f.Source, "", "%s", why)
+		} else {
+			c.emit(f.Source, securityAPIVersion, "PeerAuthentication", ns, SettingsObjectName, map[string]any{
+				"mtls": map[string]any{"mode": f.Value.(string)},
+			})
+		}
 	}
 	if f, ok := s.fields["security.authorization"]; ok {
 		c.authorization(ns, s, f)

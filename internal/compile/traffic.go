@@ -31,7 +31,11 @@ func (c *compilation) trafficObjects(ns string, s *namespaceSettings) {
 				"egressProxy": map[string]any{"host": e.GetHost(), "port": map[string]any{"number": int64(e.GetPort())}},
 			}
 		}
-		c.emit(owner, networkingAPIVersion, "Sidecar", ns, SettingsObjectName, spec)
+		if why := c.wideTaken("Sidecar", ns); why != "" {
+			c.diag(owner, "", "%s", why)
+		} else {
+			c.emit(owner, networkingAPIVersion, "Sidecar", ns, SettingsObjectName, spec)
+		}
 	}
 	policy, owner := trafficPolicy(s)
 	if policy == nil {

@@ -36,12 +36,13 @@ func TestEveryGoldenOutputPassesIstiosCRDSchemaInARealAPIServer(t *testing.T) {
 		var gc struct {
 			Namespaces       []string          `json:"namespaces"`
 			DestinationRules map[string]string `json:"destinationRules"`
+			NamespaceWide    map[string]string `json:"namespaceWide"`
 			bundle.Bundle    `json:",inline"`
 		}
 		if err := yaml.Unmarshal(data, &gc); err != nil {
 			t.Fatalf("%s: %v", p, err)
 		}
-		res := compile.CompileIn(&gc.Bundle, compile.Cluster{Namespaces: gc.Namespaces, DestinationRules: gc.DestinationRules})
+		res := compile.CompileIn(&gc.Bundle, compile.Cluster{Namespaces: gc.Namespaces, DestinationRules: gc.DestinationRules, NamespaceWide: gc.NamespaceWide})
 		for _, o := range res.Objects {
 			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.GetNamespace()}}
 			if _, err := c.kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
@@ -287,6 +289,42 @@ func TestSettingsInheritAcrossTwoClustersAndReachTheDataPlane(t *testing.T) {
 	}
 	if out := s.must("get", "effective", "--cluster", "c2", "--namespace", "shop"); strings.Contains(out, "security.mtlsMode") {
 		t.Fatalf("get effective still shows the deleted setting:\n%s", out)
+	}
+
+	// 7. A namespace-wide PeerAuthentication of c2's own is never
+	// overwritten: the setting is written in c1 only, and its status in c2
+	// says why.
+	c2 := cs[1]
+	mine := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+		"metadata": map[string]any{"name": "mine", "namespace": "shop"},
+		"spec":     map[string]any{"mtls": map[string]any{"mode": "PERMISSIVE"}},
+	}}
+	made, err := c2.dyn.Resource(peerAuthGVR).Namespace("shop").Create(context.Background(), mine, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c2.dyn.Resource(peerAuthGVR).Namespace("shop").Delete(context.Background(), "mine", metav1.DeleteOptions{})
+	})
+	if r := s.flotilla(settingsIntent, "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %+v", r)
+	}
+	eventually(t, 30*time.Second, "the setting's status: applied in c1, refused beside c2's own policy", func() error {
+		_, rows := s.status("organizationsetting", "defaults")
+		if rows["c1"].State != "Applied" || rows["c2"].State != "Failed" || !strings.Contains(rows["c2"].Message, "its own PeerAuthentication shop/mine") {
+			return fmt.Errorf("status rows %+v", rows)
+		}
+		return nil
+	})
+	if _, err := cs[0].get(peerAuthGVR, "shop", "flotilla-default"); err != nil {
+		t.Fatalf("c1: %v", err)
+	}
+	if _, err := c2.get(peerAuthGVR, "shop", "flotilla-default"); !apierrors.IsNotFound(err) {
+		t.Fatalf("c2 got the setting's PeerAuthentication beside its own: %v", err)
+	}
+	if got, err := c2.get(peerAuthGVR, "shop", "mine"); err != nil || got.GetResourceVersion() != made.GetResourceVersion() {
+		t.Fatalf("c2's own PeerAuthentication was touched: %v", err)
 	}
 }
 
