@@ -69,6 +69,9 @@ type Agent struct {
 	inv     *inventoryWatch
 	rt      *runtimeWatch
 	rules   *userRules
+	// compiled remembers what the last compilations decoded and found
+	// valid; only the reconcile loop uses it.
+	compiled compile.Cache
 
 	// outbox carries reports to the central control plane; producers never
 	// block (a full outbox drops, and the next session starts with a full
@@ -268,7 +271,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		// objects of namespaces not yet seen. The informer pokes on sync.
 		return
 	}
-	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: a.rules.hosts(), NamespaceWide: a.rules.namespaceWide()})
+	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: a.rules.hosts(), NamespaceWide: a.rules.namespaceWide(), Cache: &a.compiled})
 	report := a.applier.Apply(ctx, res.Objects)
 	ack := buildAck(version, b, res, report)
 	ack.Revision = rev

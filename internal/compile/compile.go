@@ -2,6 +2,7 @@ package compile
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -74,6 +75,10 @@ type Cluster struct {
 	// writes no DestinationRule of its own for such a host: two for one host
 	// conflict in Istio.
 	DestinationRules map[string]string
+	// Cache, when set, remembers the objects the last compilations found
+	// valid, so a recompile validates only what changed. It never changes
+	// the output. A Cache is for one caller at a time.
+	Cache *Cache
 	// NamespaceWide maps "<Kind>/<namespace>" to the "<ns>/<name>" of a
 	// namespace-wide PeerAuthentication or Sidecar (no selector) that someone
 	// other than Flotilla keeps there. Istio takes one of each per
@@ -106,6 +111,7 @@ type compilation struct {
 	userDRs    map[string]string // host → "<ns>/<name>" of a DestinationRule not Flotilla's
 	userWide   map[string]string // "<Kind>/<ns>" → "<ns>/<name>" of a namespace-wide policy not Flotilla's
 	directWide map[string]string // "<Kind>/<ns>" → FQN of the DIRECT object that is one
+	cache      *Cache
 	groups     map[string]bundle.Group
 	objects    []bundle.Object // sorted
 	out        []emitted
@@ -135,6 +141,7 @@ func newCompilation(b *bundle.Bundle, in Cluster) *compilation {
 		groups:      make(map[string]bundle.Group, len(b.Groups)),
 		userDRs:     in.DestinationRules,
 		userWide:    in.NamespaceWide,
+		cache:       in.Cache,
 		settingObjs: map[string][]settingObject{},
 		failoverLB:  map[string]map[string]any{},
 		nsSettings:  map[string]*namespaceSettings{},
@@ -154,10 +161,12 @@ func newCompilation(b *bundle.Bundle, in Cluster) *compilation {
 	return c
 }
 
-// emitted is an object and the FQN of the intent it came from.
+// emitted is an object, its sort key and the FQN of the intent it came
+// from.
 type emitted struct {
-	owner string
-	obj   *unstructured.Unstructured
+	owner                             string
+	apiVersion, kind, namespace, name string
+	obj                               *unstructured.Unstructured
 }
 
 // diag records a diagnostic for the object fqn.
@@ -216,19 +225,29 @@ func (c *compilation) emit(owner, apiVersion, kind, namespace, name string, spec
 		return
 	}
 	// What the compiler produces passes Istio's own validation, or is not
-	// delivered: istiod would reject it in the cluster anyway.
-	if errs := istio.Validate(k, name, namespace, spec); len(errs) > 0 {
-		for _, e := range errs {
-			c.diag(owner, "", "the %s %s/%s compiled from it is invalid, so it is not delivered: %s: %s", kind, namespace, name, e.Path, e.Message)
-		}
+	// delivered: istiod would reject it in the cluster anyway. An object
+	// equal to one the cache saw valid is not validated again.
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		c.diag(owner, "", "compiled a %s %s/%s that cannot be encoded (%v); this is a bug in Flotilla", kind, namespace, name, err)
 		return
 	}
+	key := c.cache.key(kind, namespace, name, raw)
+	if !c.cache.valid(key) {
+		if errs := istio.ValidateBuilt(k, name, namespace, raw, spec); len(errs) > 0 {
+			for _, e := range errs {
+				c.diag(owner, "", "the %s %s/%s compiled from it is invalid, so it is not delivered: %s: %s", kind, namespace, name, e.Path, e.Message)
+			}
+			return
+		}
+	}
+	c.cache.keep(key)
 	c.add(owner, apiVersion, kind, namespace, name, spec)
 }
 
 // add appends an object known to be valid to the output.
 func (c *compilation) add(owner, apiVersion, kind, namespace, name string, spec map[string]any) {
-	c.out = append(c.out, emitted{owner: owner, obj: &unstructured.Unstructured{Object: map[string]any{
+	c.out = append(c.out, emitted{owner: owner, apiVersion: apiVersion, kind: kind, namespace: namespace, name: name, obj: &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": apiVersion,
 		"kind":       kind,
 		"metadata": map[string]any{
@@ -244,12 +263,13 @@ func (c *compilation) add(owner, apiVersion, kind, namespace, name string, spec 
 // result sorts the output, drops objects that collide with an earlier one
 // (reporting the collision on the later owner) and sorts the diagnostics.
 func (c *compilation) result() Result {
+	c.cache.rotate()
 	slices.SortStableFunc(c.out, func(a, b emitted) int {
-		return cmp.Or(compareKeys(a.obj, b.obj), cmp.Compare(a.owner, b.owner))
+		return cmp.Or(compareEmitted(a, b), cmp.Compare(a.owner, b.owner))
 	})
 	r := Result{Objects: make([]*unstructured.Unstructured, 0, len(c.out))}
 	for i, e := range c.out {
-		if i > 0 && compareKeys(c.out[i-1].obj, e.obj) == 0 {
+		if i > 0 && compareEmitted(c.out[i-1], e) == 0 {
 			kept := r.Objects[len(r.Objects)-1]
 			c.diag(e.owner, "", "%s %s %s/%s is also produced by %s, whose object is kept: rename one of them",
 				e.obj.GetAPIVersion(), e.obj.GetKind(), e.obj.GetNamespace(), e.obj.GetName(),
@@ -264,6 +284,15 @@ func (c *compilation) result() Result {
 	})
 	r.Diagnostics = slices.Compact(c.diags)
 	return r
+}
+
+func compareEmitted(a, b emitted) int {
+	return cmp.Or(
+		cmp.Compare(a.apiVersion, b.apiVersion),
+		cmp.Compare(a.kind, b.kind),
+		cmp.Compare(a.namespace, b.namespace),
+		cmp.Compare(a.name, b.name),
+	)
 }
 
 func compareKeys(a, b *unstructured.Unstructured) int {

@@ -9,6 +9,10 @@
 //	  one pass per intent kind                  │
 //	    IngressGateway ─▶ Gateway + VirtualService per server
 //	    DIRECT object  ─▶ the Istio object as written
+//	    settings       ─▶ merged per namespace (Merge) ─▶ PeerAuthentication,
+//	                      AuthorizationPolicy, RequestAuthentication, Sidecar,
+//	                      DestinationRule per namespace
+//	    ServiceRoute   ─▶ DestinationRule + VirtualService
 //	        │                                   │
 //	        ▼                                   ▼
 //	  targeting: emit into namespace N only if the group's selector matches
@@ -32,6 +36,9 @@
 // whatever the order of the bundle's groups and objects; and it never panics.
 //
 // Files: compile.go (driver, targeting, output), one file per intent pass
-// (ingressgateway.go, direct.go) and one per emitted Istio kind (gateway.go,
-// virtualservice.go).
+// (ingressgateway.go, direct.go, effective.go for settings with security.go
+// and traffic.go, serviceroute.go, multicluster.go), one per emitted Istio
+// kind of the gateway pass (gateway.go, virtualservice.go), the settings
+// model (settings.go: levels and the merge) and the checks shared with
+// apply time (validate.go), and cache.go.
 package compile

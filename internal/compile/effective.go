@@ -50,32 +50,32 @@ func (c *compilation) setting(o bundle.Object, g bundle.Group, sel selector.Set)
 	l := Layer{FQN: o.FQN, Scope: g.FQN, Level: LevelGroup, TrafficPath: "spec.defaultTrafficSetting", SecurityPath: "spec.defaultSecuritySetting"}
 	switch o.Kind {
 	case KindOrganizationSetting:
-		s := &pb.OrganizationSettingSpec{}
-		if !c.decode(o, s) {
+		s, ok := decodeCached(c, o, func() *pb.OrganizationSettingSpec { return &pb.OrganizationSettingSpec{} })
+		if !ok {
 			return
 		}
 		l.Level, l.Traffic, l.Security = LevelOrganization, s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting()
 	case KindTenantSetting:
-		s := &pb.TenantSettingSpec{}
-		if !c.decode(o, s) {
+		s, ok := decodeCached(c, o, func() *pb.TenantSettingSpec { return &pb.TenantSettingSpec{} })
+		if !ok {
 			return
 		}
 		l.Level, l.Traffic, l.Security = LevelTenant, s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting()
 	case KindWorkspaceSetting:
-		s := &pb.WorkspaceSettingSpec{}
-		if !c.decode(o, s) {
+		s, ok := decodeCached(c, o, func() *pb.WorkspaceSettingSpec { return &pb.WorkspaceSettingSpec{} })
+		if !ok {
 			return
 		}
 		l.Level, l.Traffic, l.Security = LevelWorkspace, s.GetDefaultTrafficSetting(), s.GetDefaultSecuritySetting()
 	case KindTrafficSetting:
-		s := &pb.TrafficSettingSpec{}
-		if !c.decode(o, s) {
+		s, ok := decodeCached(c, o, func() *pb.TrafficSettingSpec { return &pb.TrafficSettingSpec{} })
+		if !ok {
 			return
 		}
 		l.Traffic, l.TrafficPath = s, "spec"
 	case KindSecuritySetting:
-		s := &pb.SecuritySettingSpec{}
-		if !c.decode(o, s) {
+		s, ok := decodeCached(c, o, func() *pb.SecuritySettingSpec { return &pb.SecuritySettingSpec{} })
+		if !ok {
 			return
 		}
 		l.Security, l.SecurityPath = s, "spec"

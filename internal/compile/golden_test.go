@@ -198,3 +198,21 @@ func TestGoldenCasesNameTheirCluster(t *testing.T) {
 		}
 	}
 }
+
+// A Cache only saves work: every golden case compiles to the same bytes
+// with a cache shared across all of them, compiled twice, as without one.
+func TestACacheNeverChangesTheOutput(t *testing.T) {
+	cache := &Cache{}
+	cases := loadCases(t)
+	for round := range 2 {
+		for name, gc := range cases {
+			b := gc.Bundle
+			want := render(t, CompileIn(&b, gc.cluster(gc.Namespaces)))
+			in := gc.cluster(gc.Namespaces)
+			in.Cache = cache
+			if got := render(t, CompileIn(&b, in)); !bytes.Equal(want, got) {
+				t.Fatalf("round %d, %s: with a cache the output differs:\n%s", round, name, cmp.Diff(string(want), string(got)))
+			}
+		}
+	}
+}

@@ -104,6 +104,24 @@ func (c *compilation) decodeIngressGateway(o bundle.Object) (*flotillav1alpha1.I
 	return spec, c.decode(o, spec)
 }
 
+// decodeCached decodes o's spec as a new T, or returns the one the cache
+// decoded from the same bytes before. The result is shared: read it only.
+func decodeCached[T proto.Message](c *compilation, o bundle.Object, newT func() T) (T, bool) {
+	if m, _, ok := c.cache.spec(o.Kind, o.Spec); ok {
+		if t, ok := m.(T); ok {
+			return t, true
+		}
+	}
+	t := newT()
+	if !c.decode(o, t) {
+		return t, false
+	}
+	if c.cache != nil {
+		c.cache.keepSpec(c.cache.key(o.Kind, "", "", o.Spec), t)
+	}
+	return t, true
+}
+
 // decode decodes o's spec into msg, reporting problems with their paths.
 func (c *compilation) decode(o bundle.Object, msg proto.Message) bool {
 	var v any = map[string]any{}

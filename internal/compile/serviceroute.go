@@ -25,8 +25,8 @@ func (c *compilation) serviceRoute(o bundle.Object, g bundle.Group, t target) {
 		c.diag(o.FQN, "group", "a ServiceRoute belongs in a traffic group, and %s is a %s group", g.FQN, g.Type)
 		return
 	}
-	spec := &pb.ServiceRouteSpec{}
-	if !c.decode(o, spec) {
+	spec, ok := decodeCached(c, o, func() *pb.ServiceRouteSpec { return &pb.ServiceRouteSpec{} })
+	if !ok {
 		return
 	}
 	probs := ValidateServiceRoute(spec)

@@ -20,6 +20,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"google.golang.org/protobuf/encoding/protojson"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -110,6 +111,25 @@ func Lookup(apiVersion, kind string) (Kind, bool) {
 		}
 	}
 	return Kind{}, false
+}
+
+// ValidateBuilt is Validate for a spec a program built (the compiler's
+// output) and encoded as specJSON: it skips the schema walk, which exists to
+// place a user's mistakes on their fields, and relies on protojson's strict
+// decoding (unknown fields, wrong types) before Istio's own validation. Only
+// when something is wrong does it run Validate, for the same errors.
+func ValidateBuilt(k Kind, name, namespace string, specJSON []byte, spec any) []FieldError {
+	if k.New == nil {
+		return []FieldError{{Path: "spec", Message: "no Istio kind to validate against"}}
+	}
+	msg := k.New()
+	if err := protojson.Unmarshal(specJSON, msg); err != nil {
+		return Validate(k, name, namespace, spec)
+	}
+	if v, ok := istioValidator(k); ok && len(istioErrors(v, k, name, namespace, msg)) == 0 {
+		return nil
+	}
+	return Validate(k, name, namespace, spec)
 }
 
 // Validate checks the object of kind k named name in namespace, whose spec

@@ -1,0 +1,85 @@
+package compile
+
+import (
+	"crypto/sha256"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// Cache remembers, from the last two compilations, which emitted objects
+// (kind, namespace, name and spec) passed Istio's validation, and the
+// decoded specs of the settings and ServiceRoutes compiled, so that an
+// agent's recompile after a small change decodes and validates only what
+// changed. What is forgotten is recomputed: a Cache never changes the
+// output. The zero value is ready; a nil *Cache remembers nothing.
+type Cache struct {
+	prev, cur         map[[sha256.Size]byte]bool
+	prevSpec, curSpec map[[sha256.Size]byte]proto.Message
+}
+
+// spec returns the decoded spec of kind that the cache holds for raw.
+func (c *Cache) spec(kind string, raw []byte) (proto.Message, [sha256.Size]byte, bool) {
+	if c == nil {
+		return nil, [sha256.Size]byte{}, false
+	}
+	key := c.key(kind, "", "", raw)
+	if m, ok := c.curSpec[key]; ok {
+		return m, key, true
+	}
+	m, ok := c.prevSpec[key]
+	if ok {
+		c.keepSpec(key, m)
+	}
+	return m, key, ok
+}
+
+// keepSpec remembers a decoded spec, which no one changes afterwards.
+func (c *Cache) keepSpec(key [sha256.Size]byte, m proto.Message) {
+	if c == nil {
+		return
+	}
+	if c.curSpec == nil {
+		c.curSpec = map[[sha256.Size]byte]proto.Message{}
+	}
+	c.curSpec[key] = m
+}
+
+func (c *Cache) key(kind, namespace, name string, spec []byte) [sha256.Size]byte {
+	if c == nil {
+		return [sha256.Size]byte{}
+	}
+	h := sha256.New()
+	for _, s := range []string{kind, namespace, name} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	h.Write(spec)
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// valid reports whether the object with key was valid before.
+func (c *Cache) valid(key [sha256.Size]byte) bool {
+	return c != nil && (c.cur[key] || c.prev[key])
+}
+
+// keep notes a valid object of this compilation.
+func (c *Cache) keep(key [sha256.Size]byte) {
+	if c == nil {
+		return
+	}
+	if c.cur == nil {
+		c.cur = map[[sha256.Size]byte]bool{}
+	}
+	c.cur[key] = true
+}
+
+// rotate ends a compilation: what it kept is remembered for the next.
+func (c *Cache) rotate() {
+	if c == nil {
+		return
+	}
+	c.prev, c.cur = c.cur, nil
+	c.prevSpec, c.curSpec = c.curSpec, nil
+}
