@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/proto"
 	"log/slog"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
@@ -69,6 +71,9 @@ type Agent struct {
 	inv     *inventoryWatch
 	rt      *runtimeWatch
 	rules   *userRules
+	pods    *subsetWatch
+	// policies is the cluster's own objects as last reported (a.mu).
+	policies *agentv1.ClusterPolicies
 	// compiled remembers what the last compilations decoded and found
 	// valid; only the reconcile loop uses it.
 	compiled compile.Cache
@@ -141,6 +146,18 @@ func New(cfg Config) (*Agent, error) {
 	a.inv = newInventoryWatch(kube, a.send, a.poke)
 	a.rt = newRuntimeWatch(a.inv.factory)
 	a.rules = newUserRules(dyn, a.poke)
+	md, err := metadata.NewForConfig(kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: metadata client: %w", err)
+	}
+	a.pods = newSubsetWatch(md, a.poke)
+	a.inv.policies = func() *agentv1.ClusterPolicies {
+		p := &agentv1.ClusterPolicies{DestinationRules: a.rules.hosts(), NamespaceWide: a.rules.namespaceWide()}
+		a.mu.Lock()
+		a.policies = p
+		a.mu.Unlock()
+		return p
+	}
 	if cfg.RuntimeDigestInterval == 0 {
 		cfg.RuntimeDigestInterval = DefaultRuntimeDigestInterval
 		a.cfg.RuntimeDigestInterval = cfg.RuntimeDigestInterval
@@ -208,7 +225,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	for _, run := range []func(context.Context) error{a.applier.Run, a.inv.run, a.rules.run, a.sessions} {
+	for _, run := range []func(context.Context) error{a.applier.Run, a.inv.run, a.rules.run, a.pods.run, a.sessions} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -271,9 +288,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 		// objects of namespaces not yet seen. The informer pokes on sync.
 		return
 	}
-	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: a.rules.hosts(), NamespaceWide: a.rules.namespaceWide(), Cache: &a.compiled})
+	hosts, wide := a.rules.hosts(), a.rules.namespaceWide()
+	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: hosts, NamespaceWide: wide, Cache: &a.compiled})
+	a.reportPolicies(&agentv1.ClusterPolicies{DestinationRules: hosts, NamespaceWide: wide})
 	report := a.applier.Apply(ctx, res.Objects)
-	ack := buildAck(version, b, res, report)
+	ack := buildAck(version, b, res, report, a.pods.warnings(a.cfg.Cluster, res.Objects))
 	ack.Revision = rev
 	a.mu.Lock()
 	stale := a.version != version
@@ -293,7 +312,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 
 // buildAck turns compile diagnostics and the apply report into one status
 // per intent resource of the bundle.
-func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply.Report) *agentv1.Ack {
+func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply.Report, warnings map[string][]string) *agentv1.Ack {
 	diags := map[string][]string{}
 	for _, d := range res.Diagnostics {
 		diags[d.FQN] = append(diags[d.FQN], d.String())
@@ -343,9 +362,24 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 		default:
 			rs.Message = fmt.Sprintf("%d object(s)", len(rs.Objects))
 		}
+		if w := warnings[fqn]; len(w) > 0 && rs.State == "Applied" {
+			rs.Message += "; warning: " + strings.Join(w, "; warning: ")
+		}
 		ack.Resources = append(ack.Resources, rs)
 	}
 	return ack
+}
+
+// reportPolicies tells the central control plane the cluster's own
+// objects that Flotilla leaves alone, when they changed since last told.
+func (a *Agent) reportPolicies(p *agentv1.ClusterPolicies) {
+	a.mu.Lock()
+	same := proto.Equal(p, a.policies)
+	a.policies = p
+	a.mu.Unlock()
+	if !same {
+		a.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Inventory{Inventory: &agentv1.Inventory{ClusterPolicies: p}}})
+	}
 }
 
 // readToken reads a join token file.

@@ -26,9 +26,12 @@ import (
 type inventoryWatch struct {
 	kube    kubernetes.Interface
 	factory informers.SharedInformerFactory
-	nsInf   cache.SharedIndexInformer
-	report  func(*agentv1.ConnectRequest)
-	poke    func()
+	// policies, when set, gives the cluster's own Istio objects that
+	// Flotilla leaves alone, for full reports.
+	policies func() *agentv1.ClusterPolicies
+	nsInf    cache.SharedIndexInformer
+	report   func(*agentv1.ConnectRequest)
+	poke     func()
 }
 
 func newInventoryWatch(kube kubernetes.Interface, report func(*agentv1.ConnectRequest), poke func()) *inventoryWatch {
@@ -94,6 +97,9 @@ func (w *inventoryWatch) full(ctx context.Context) (*agentv1.Inventory, error) {
 		return nil, errors.New("informers not synced yet")
 	}
 	inv := &agentv1.Inventory{Full: true}
+	if w.policies != nil {
+		inv.ClusterPolicies = w.policies()
+	}
 	if v, err := w.kube.Discovery().ServerVersion(); err == nil {
 		inv.KubernetesVersion = v.GitVersion
 	}

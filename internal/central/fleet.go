@@ -352,7 +352,7 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	b, version, rev, namespaces := f.bundleOf(cl.fqn), cl.version, f.rev, cl.inv.namespaceNames()
+	b, version, rev, in := f.bundleOf(cl.fqn), cl.version, f.rev, cl.inv.cluster()
 	f.mu.Unlock()
 	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
 	if err != nil {
@@ -362,7 +362,7 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 	if err != nil || !access.CanRead(chk, crec) {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", req.Msg.GetCluster()))
 	}
-	res := compile.Compile(readable(chk, b), namespaces)
+	res := compile.CompileIn(readable(chk, b), in)
 	var docs []string
 	for _, o := range res.Objects {
 		y, err := yaml.Marshal(o.Object)
@@ -401,7 +401,7 @@ func (f Fleet) GetEffective(ctx context.Context, req *connect.Request[pb.GetEffe
 		}
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	b, namespaces := f.bundleOf(cl.fqn), cl.inv.namespaceNames()
+	b, in := f.bundleOf(cl.fqn), cl.inv.cluster()
 	f.mu.Unlock()
 	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
 	if err != nil {
@@ -411,7 +411,7 @@ func (f Fleet) GetEffective(ctx context.Context, req *connect.Request[pb.GetEffe
 	if err != nil || !access.CanRead(chk, crec) {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", req.Msg.GetCluster()))
 	}
-	eff := compile.Effective(b, compile.Cluster{Namespaces: namespaces}, ns)
+	eff := compile.Effective(b, in, ns)
 	out := &pb.GetEffectiveResponse{Cluster: cl.fqn, Namespace: ns, Workspace: eff.Workspace}
 	if eff.Workspace != "" {
 		ws, err := f.st.Get(ctx, eff.Workspace)

@@ -79,7 +79,7 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	type before struct {
 		name         string
 		current      *bundle.Bundle
-		namespaces   []string
+		cluster      compile.Cluster
 		multicluster *bundle.Multicluster
 	}
 	f.mu.Lock()
@@ -101,7 +101,7 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 			b.name = ce.name
 		}
 		if cl := f.clusters[fqn]; cl != nil {
-			b.namespaces = cl.inv.namespaceNames()
+			b.cluster = cl.inv.cluster()
 		}
 		olds[fqn] = b
 	}
@@ -117,8 +117,8 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		// the same before and after.
 		next.Multicluster = old.multicluster
 		cp := &pb.ClusterPlan{Cluster: old.name}
-		after := compile.Compile(next, old.namespaces)
-		cp.Changes = diffObjects(compileOrEmpty(old.current, old.namespaces).Objects, after.Objects)
+		after := compile.CompileIn(next, old.cluster)
+		cp.Changes = diffObjects(compileOrEmpty(old.current, old.cluster).Objects, after.Objects)
 		for _, d := range after.Diagnostics {
 			cp.Diagnostics = append(cp.Diagnostics, d.String())
 		}
@@ -128,11 +128,11 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	return connect.NewResponse(out), nil
 }
 
-func compileOrEmpty(b *bundle.Bundle, namespaces []string) compile.Result {
+func compileOrEmpty(b *bundle.Bundle, in compile.Cluster) compile.Result {
 	if b == nil {
 		return compile.Result{}
 	}
-	return compile.Compile(b, namespaces)
+	return compile.CompileIn(b, in)
 }
 
 type objectKey struct{ apiVersion, kind, namespace, name string }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -19,6 +20,16 @@ type inventory struct {
 	KubernetesVersion string
 	Istio             *istioStatus
 	Namespaces        map[string]map[string]string
+	// Policies are the cluster's own objects that Flotilla's output leaves
+	// alone, as its agent last reported them; known to the replica the
+	// agent talks to.
+	Policies *agentv1.ClusterPolicies `json:"-"`
+}
+
+// cluster is what the compiler needs to know of the cluster, as the agent
+// reported it.
+func (inv *inventory) cluster() compile.Cluster {
+	return compile.Cluster{Namespaces: inv.namespaceNames(), DestinationRules: inv.Policies.GetDestinationRules(), NamespaceWide: inv.Policies.GetNamespaceWide()}
 }
 
 type istioStatus struct {
@@ -42,6 +53,9 @@ func (inv *inventory) merge(m *agentv1.Inventory) {
 	}
 	for _, ns := range m.GetRemovedNamespaces() {
 		delete(inv.Namespaces, ns)
+	}
+	if p := m.GetClusterPolicies(); p != nil {
+		inv.Policies = p
 	}
 }
 

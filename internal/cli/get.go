@@ -37,7 +37,7 @@ plural or short name (org, tenant, ws, grp, cl). Parent flags narrow the
 search; a name that is unique in the fleet needs none.`,
 		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml\n  flotilla get services\n  flotilla get service shop/reviews -o yaml\n" +
 			"  flotilla get compiled --cluster c1\n  flotilla get effective --cluster c1 --namespace shop",
-		Args:    cobra.RangeArgs(1, 2),
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] == "compiled" {
 				return e.getCompiled(cmd, clusterName, args[1:])

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -127,6 +128,12 @@ func TestSettingsInheritAcrossTwoClustersAndReachTheDataPlane(t *testing.T) {
 	cs := clusters(t)
 	for _, c := range cs {
 		c.reset(t, "shop")
+		// What other tests left in shop (a user's DestinationRule for reviews
+		// would rightly keep the route out).
+		for _, gvr := range []schema.GroupVersionResource{destRuleGVR, virtualServiceGVR, peerAuthGVR, authzPolicyGVR} {
+			_ = c.dyn.Resource(gvr).Namespace("shop").DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{})
+		}
+		_ = c.kube.CoreV1().Pods("shop").DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{})
 		c.runService(t, "reviews", 1)
 	}
 	dir := t.TempDir()
@@ -204,6 +211,36 @@ func TestSettingsInheritAcrossTwoClustersAndReachTheDataPlane(t *testing.T) {
 			return nil
 		})
 	}
+
+	// The subsets match no pod yet: the route's status warns, per cluster;
+	// once c1 runs pods of both versions, its warning goes.
+	eventually(t, 30*time.Second, "the warning about subsets without pods", func() error {
+		_, rows := s.status("serviceroute", "reviews")
+		for _, c := range cs {
+			if rows[c.name].State != "Applied" || !strings.Contains(rows[c.name].Message, "subset v2 (version=v2) matches no pod in namespace shop of cluster "+c.name) {
+				return fmt.Errorf("status rows %+v", rows)
+			}
+		}
+		return nil
+	})
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	if _, err := cs[0].kube.CoreV1().ServiceAccounts("shop").Create(context.Background(), sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"v1", "v2"} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "reviews-" + v, Labels: map[string]string{"app": "reviews", "version": v}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "reviews", Image: "reviews:" + v}}}}
+		if _, err := cs[0].kube.CoreV1().Pods("shop").Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, "c1's warning gone once its pods run", func() error {
+		_, rows := s.status("serviceroute", "reviews")
+		if rows["c1"].State != "Applied" || strings.Contains(rows["c1"].Message, "warning") || !strings.Contains(rows["c2"].Message, "warning") {
+			return fmt.Errorf("status rows %+v", rows)
+		}
+		return nil
+	})
 
 	// What the data plane is told, in both clusters.
 	const host = "reviews.shop.svc.cluster.local"
@@ -306,6 +343,18 @@ func TestSettingsInheritAcrossTwoClustersAndReachTheDataPlane(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		_ = c2.dyn.Resource(peerAuthGVR).Namespace("shop").Delete(context.Background(), "mine", metav1.DeleteOptions{})
+	})
+	// plan already shows the conflict in c2 (its agent reports the
+	// cluster's own policies), and which one wins.
+	eventually(t, 30*time.Second, "plan showing the conflict with c2's own policy", func() error {
+		r := s.flotilla(settingsIntent, "plan", "-f", "-")
+		_, c2plan, _ := strings.Cut(r.stdout, "cluster c2:")
+		_, c1plan, _ := strings.Cut(strings.Split(r.stdout, "cluster c2:")[0], "cluster c1:")
+		if r.code != 0 || !strings.Contains(c2plan, "has its own PeerAuthentication shop/mine") || !strings.Contains(c2plan, "it is kept") ||
+			!strings.Contains(c1plan, "+ create PeerAuthentication shop/flotilla-default") || strings.Contains(c2plan, "PeerAuthentication shop/flotilla-default") {
+			return fmt.Errorf("plan:\n%s%s", r.stdout, r.stderr)
+		}
+		return nil
 	})
 	if r := s.flotilla(settingsIntent, "apply", "-f", "-"); r.code != 0 {
 		t.Fatalf("apply: %+v", r)

@@ -370,6 +370,10 @@ type Inventory struct {
 	Services          []*Service             `protobuf:"bytes,6,rep,name=services,proto3" json:"services,omitempty"`
 	// RemovedServices are "<namespace>/<name>".
 	RemovedServices []string `protobuf:"bytes,7,rep,name=removed_services,json=removedServices,proto3" json:"removed_services,omitempty"`
+	// ClusterPolicies, when set, replaces what the central control plane knows
+	// of the cluster's own Istio objects that Flotilla's output must leave
+	// alone; plan and the compiled preview then see them as the agent does.
+	ClusterPolicies *ClusterPolicies `protobuf:"bytes,8,opt,name=cluster_policies,json=clusterPolicies,proto3" json:"cluster_policies,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -453,6 +457,71 @@ func (x *Inventory) GetRemovedServices() []string {
 	return nil
 }
 
+func (x *Inventory) GetClusterPolicies() *ClusterPolicies {
+	if x != nil {
+		return x.ClusterPolicies
+	}
+	return nil
+}
+
+// ClusterPolicies are Istio objects the cluster keeps itself (not managed
+// by Flotilla) that limit what Flotilla writes (compile.Cluster).
+type ClusterPolicies struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DestinationRules maps a host to the "<namespace>/<name>" of the
+	// cluster's DestinationRule for it.
+	DestinationRules map[string]string `protobuf:"bytes,1,rep,name=destination_rules,json=destinationRules,proto3" json:"destination_rules,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// NamespaceWide maps "<Kind>/<namespace>" to the "<namespace>/<name>" of
+	// a PeerAuthentication or Sidecar without a selector.
+	NamespaceWide map[string]string `protobuf:"bytes,2,rep,name=namespace_wide,json=namespaceWide,proto3" json:"namespace_wide,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterPolicies) Reset() {
+	*x = ClusterPolicies{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterPolicies) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterPolicies) ProtoMessage() {}
+
+func (x *ClusterPolicies) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterPolicies.ProtoReflect.Descriptor instead.
+func (*ClusterPolicies) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ClusterPolicies) GetDestinationRules() map[string]string {
+	if x != nil {
+		return x.DestinationRules
+	}
+	return nil
+}
+
+func (x *ClusterPolicies) GetNamespaceWide() map[string]string {
+	if x != nil {
+		return x.NamespaceWide
+	}
+	return nil
+}
+
 type Istio struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Installed     bool                   `protobuf:"varint,1,opt,name=installed,proto3" json:"installed,omitempty"`
@@ -463,7 +532,7 @@ type Istio struct {
 
 func (x *Istio) Reset() {
 	*x = Istio{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +544,7 @@ func (x *Istio) String() string {
 func (*Istio) ProtoMessage() {}
 
 func (x *Istio) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +557,7 @@ func (x *Istio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Istio.ProtoReflect.Descriptor instead.
 func (*Istio) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Istio) GetInstalled() bool {
@@ -515,7 +584,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +596,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +609,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Namespace) GetName() string {
@@ -569,7 +638,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +650,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +663,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Service) GetNamespace() string {
@@ -636,7 +705,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +717,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +730,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ServicePort) GetName() string {
@@ -709,7 +778,7 @@ type Runtime struct {
 
 func (x *Runtime) Reset() {
 	*x = Runtime{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +790,7 @@ func (x *Runtime) String() string {
 func (*Runtime) ProtoMessage() {}
 
 func (x *Runtime) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +803,7 @@ func (x *Runtime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Runtime.ProtoReflect.Descriptor instead.
 func (*Runtime) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Runtime) GetSeq() uint64 {
@@ -798,7 +867,7 @@ type ServiceState struct {
 
 func (x *ServiceState) Reset() {
 	*x = ServiceState{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +879,7 @@ func (x *ServiceState) String() string {
 func (*ServiceState) ProtoMessage() {}
 
 func (x *ServiceState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +892,7 @@ func (x *ServiceState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceState.ProtoReflect.Descriptor instead.
 func (*ServiceState) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ServiceState) GetNamespace() string {
@@ -879,7 +948,7 @@ type LocalityEndpoints struct {
 
 func (x *LocalityEndpoints) Reset() {
 	*x = LocalityEndpoints{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +960,7 @@ func (x *LocalityEndpoints) String() string {
 func (*LocalityEndpoints) ProtoMessage() {}
 
 func (x *LocalityEndpoints) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +973,7 @@ func (x *LocalityEndpoints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalityEndpoints.ProtoReflect.Descriptor instead.
 func (*LocalityEndpoints) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LocalityEndpoints) GetRegion() string {
@@ -945,7 +1014,7 @@ type EastWestGateway struct {
 
 func (x *EastWestGateway) Reset() {
 	*x = EastWestGateway{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1026,7 @@ func (x *EastWestGateway) String() string {
 func (*EastWestGateway) ProtoMessage() {}
 
 func (x *EastWestGateway) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1039,7 @@ func (x *EastWestGateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EastWestGateway.ProtoReflect.Descriptor instead.
 func (*EastWestGateway) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EastWestGateway) GetNamespace() string {
@@ -1014,7 +1083,7 @@ type RuntimeDigest struct {
 
 func (x *RuntimeDigest) Reset() {
 	*x = RuntimeDigest{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1095,7 @@ func (x *RuntimeDigest) String() string {
 func (*RuntimeDigest) ProtoMessage() {}
 
 func (x *RuntimeDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1108,7 @@ func (x *RuntimeDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuntimeDigest.ProtoReflect.Descriptor instead.
 func (*RuntimeDigest) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RuntimeDigest) GetSeq() uint64 {
@@ -1075,7 +1144,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1156,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1169,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Ack) GetBundleVersion() string {
@@ -1154,7 +1223,7 @@ type ResourceStatus struct {
 
 func (x *ResourceStatus) Reset() {
 	*x = ResourceStatus{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1235,7 @@ func (x *ResourceStatus) String() string {
 func (*ResourceStatus) ProtoMessage() {}
 
 func (x *ResourceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1248,7 @@ func (x *ResourceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceStatus.ProtoReflect.Descriptor instead.
 func (*ResourceStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResourceStatus) GetFqn() string {
@@ -1227,7 +1296,7 @@ type Drift struct {
 
 func (x *Drift) Reset() {
 	*x = Drift{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1308,7 @@ func (x *Drift) String() string {
 func (*Drift) ProtoMessage() {}
 
 func (x *Drift) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1321,7 @@ func (x *Drift) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drift.ProtoReflect.Descriptor instead.
 func (*Drift) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Drift) GetFqn() string {
@@ -1319,7 +1388,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1400,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1413,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConnectResponse) GetMsg() isConnectResponse_Msg {
@@ -1417,7 +1486,7 @@ type Resync struct {
 
 func (x *Resync) Reset() {
 	*x = Resync{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1498,7 @@ func (x *Resync) String() string {
 func (*Resync) ProtoMessage() {}
 
 func (x *Resync) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1511,7 @@ func (x *Resync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resync.ProtoReflect.Descriptor instead.
 func (*Resync) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Resync) GetReason() string {
@@ -1463,7 +1532,7 @@ type AgentCredential struct {
 
 func (x *AgentCredential) Reset() {
 	*x = AgentCredential{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1544,7 @@ func (x *AgentCredential) String() string {
 func (*AgentCredential) ProtoMessage() {}
 
 func (x *AgentCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1557,7 @@ func (x *AgentCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
 func (*AgentCredential) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AgentCredential) GetCredential() string {
@@ -1532,7 +1601,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1613,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1626,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Bundle) GetVersion() string {
@@ -1629,7 +1698,7 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12*\n" +
 	"\x04last\x18\x03 \x01(\v2\x16.flotilla.agent.v1.AckR\x04last\x12%\n" +
-	"\x0eaccepts_deltas\x18\x04 \x01(\bR\racceptsDeltas\"\xce\x02\n" +
+	"\x0eaccepts_deltas\x18\x04 \x01(\bR\racceptsDeltas\"\x9d\x03\n" +
 	"\tInventory\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\x12kubernetes_version\x18\x02 \x01(\tR\x11kubernetesVersion\x12.\n" +
@@ -1639,7 +1708,17 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"namespaces\x12-\n" +
 	"\x12removed_namespaces\x18\x05 \x03(\tR\x11removedNamespaces\x126\n" +
 	"\bservices\x18\x06 \x03(\v2\x1a.flotilla.agent.v1.ServiceR\bservices\x12)\n" +
-	"\x10removed_services\x18\a \x03(\tR\x0fremovedServices\"?\n" +
+	"\x10removed_services\x18\a \x03(\tR\x0fremovedServices\x12M\n" +
+	"\x10cluster_policies\x18\b \x01(\v2\".flotilla.agent.v1.ClusterPoliciesR\x0fclusterPolicies\"\xdd\x02\n" +
+	"\x0fClusterPolicies\x12e\n" +
+	"\x11destination_rules\x18\x01 \x03(\v28.flotilla.agent.v1.ClusterPolicies.DestinationRulesEntryR\x10destinationRules\x12\\\n" +
+	"\x0enamespace_wide\x18\x02 \x03(\v25.flotilla.agent.v1.ClusterPolicies.NamespaceWideEntryR\rnamespaceWide\x1aC\n" +
+	"\x15DestinationRulesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a@\n" +
+	"\x12NamespaceWideEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
 	"\x05Istio\x12\x1c\n" +
 	"\tinstalled\x18\x01 \x01(\bR\tinstalled\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"\x9c\x01\n" +
@@ -1750,70 +1829,76 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
 	(*ConnectRequest)(nil),        // 2: flotilla.agent.v1.ConnectRequest
 	(*Hello)(nil),                 // 3: flotilla.agent.v1.Hello
 	(*Inventory)(nil),             // 4: flotilla.agent.v1.Inventory
-	(*Istio)(nil),                 // 5: flotilla.agent.v1.Istio
-	(*Namespace)(nil),             // 6: flotilla.agent.v1.Namespace
-	(*Service)(nil),               // 7: flotilla.agent.v1.Service
-	(*ServicePort)(nil),           // 8: flotilla.agent.v1.ServicePort
-	(*Runtime)(nil),               // 9: flotilla.agent.v1.Runtime
-	(*ServiceState)(nil),          // 10: flotilla.agent.v1.ServiceState
-	(*LocalityEndpoints)(nil),     // 11: flotilla.agent.v1.LocalityEndpoints
-	(*EastWestGateway)(nil),       // 12: flotilla.agent.v1.EastWestGateway
-	(*RuntimeDigest)(nil),         // 13: flotilla.agent.v1.RuntimeDigest
-	(*Ack)(nil),                   // 14: flotilla.agent.v1.Ack
-	(*ResourceStatus)(nil),        // 15: flotilla.agent.v1.ResourceStatus
-	(*Drift)(nil),                 // 16: flotilla.agent.v1.Drift
-	(*ConnectResponse)(nil),       // 17: flotilla.agent.v1.ConnectResponse
-	(*Resync)(nil),                // 18: flotilla.agent.v1.Resync
-	(*AgentCredential)(nil),       // 19: flotilla.agent.v1.AgentCredential
-	(*Bundle)(nil),                // 20: flotilla.agent.v1.Bundle
-	nil,                           // 21: flotilla.agent.v1.Namespace.LabelsEntry
-	nil,                           // 22: flotilla.agent.v1.Service.LabelsEntry
-	nil,                           // 23: flotilla.agent.v1.ServiceState.LabelsEntry
-	nil,                           // 24: flotilla.agent.v1.ServiceState.SelectorEntry
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*ClusterPolicies)(nil),       // 5: flotilla.agent.v1.ClusterPolicies
+	(*Istio)(nil),                 // 6: flotilla.agent.v1.Istio
+	(*Namespace)(nil),             // 7: flotilla.agent.v1.Namespace
+	(*Service)(nil),               // 8: flotilla.agent.v1.Service
+	(*ServicePort)(nil),           // 9: flotilla.agent.v1.ServicePort
+	(*Runtime)(nil),               // 10: flotilla.agent.v1.Runtime
+	(*ServiceState)(nil),          // 11: flotilla.agent.v1.ServiceState
+	(*LocalityEndpoints)(nil),     // 12: flotilla.agent.v1.LocalityEndpoints
+	(*EastWestGateway)(nil),       // 13: flotilla.agent.v1.EastWestGateway
+	(*RuntimeDigest)(nil),         // 14: flotilla.agent.v1.RuntimeDigest
+	(*Ack)(nil),                   // 15: flotilla.agent.v1.Ack
+	(*ResourceStatus)(nil),        // 16: flotilla.agent.v1.ResourceStatus
+	(*Drift)(nil),                 // 17: flotilla.agent.v1.Drift
+	(*ConnectResponse)(nil),       // 18: flotilla.agent.v1.ConnectResponse
+	(*Resync)(nil),                // 19: flotilla.agent.v1.Resync
+	(*AgentCredential)(nil),       // 20: flotilla.agent.v1.AgentCredential
+	(*Bundle)(nil),                // 21: flotilla.agent.v1.Bundle
+	nil,                           // 22: flotilla.agent.v1.ClusterPolicies.DestinationRulesEntry
+	nil,                           // 23: flotilla.agent.v1.ClusterPolicies.NamespaceWideEntry
+	nil,                           // 24: flotilla.agent.v1.Namespace.LabelsEntry
+	nil,                           // 25: flotilla.agent.v1.Service.LabelsEntry
+	nil,                           // 26: flotilla.agent.v1.ServiceState.LabelsEntry
+	nil,                           // 27: flotilla.agent.v1.ServiceState.SelectorEntry
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	25, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
+	28, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: flotilla.agent.v1.ConnectRequest.hello:type_name -> flotilla.agent.v1.Hello
 	4,  // 2: flotilla.agent.v1.ConnectRequest.inventory:type_name -> flotilla.agent.v1.Inventory
-	14, // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
-	16, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
-	9,  // 5: flotilla.agent.v1.ConnectRequest.runtime:type_name -> flotilla.agent.v1.Runtime
-	13, // 6: flotilla.agent.v1.ConnectRequest.digest:type_name -> flotilla.agent.v1.RuntimeDigest
-	14, // 7: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
-	5,  // 8: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
-	6,  // 9: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
-	7,  // 10: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
-	21, // 11: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
-	22, // 12: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
-	8,  // 13: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
-	10, // 14: flotilla.agent.v1.Runtime.services:type_name -> flotilla.agent.v1.ServiceState
-	12, // 15: flotilla.agent.v1.Runtime.east_west_gateway:type_name -> flotilla.agent.v1.EastWestGateway
-	23, // 16: flotilla.agent.v1.ServiceState.labels:type_name -> flotilla.agent.v1.ServiceState.LabelsEntry
-	8,  // 17: flotilla.agent.v1.ServiceState.ports:type_name -> flotilla.agent.v1.ServicePort
-	11, // 18: flotilla.agent.v1.ServiceState.endpoints:type_name -> flotilla.agent.v1.LocalityEndpoints
-	24, // 19: flotilla.agent.v1.ServiceState.selector:type_name -> flotilla.agent.v1.ServiceState.SelectorEntry
-	15, // 20: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
-	20, // 21: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
-	19, // 22: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
-	18, // 23: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
-	25, // 24: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 25: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 26: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
-	1,  // 27: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
-	17, // 28: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
-	27, // [27:29] is the sub-list for method output_type
-	25, // [25:27] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	15, // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
+	17, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
+	10, // 5: flotilla.agent.v1.ConnectRequest.runtime:type_name -> flotilla.agent.v1.Runtime
+	14, // 6: flotilla.agent.v1.ConnectRequest.digest:type_name -> flotilla.agent.v1.RuntimeDigest
+	15, // 7: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
+	6,  // 8: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
+	7,  // 9: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
+	8,  // 10: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
+	5,  // 11: flotilla.agent.v1.Inventory.cluster_policies:type_name -> flotilla.agent.v1.ClusterPolicies
+	22, // 12: flotilla.agent.v1.ClusterPolicies.destination_rules:type_name -> flotilla.agent.v1.ClusterPolicies.DestinationRulesEntry
+	23, // 13: flotilla.agent.v1.ClusterPolicies.namespace_wide:type_name -> flotilla.agent.v1.ClusterPolicies.NamespaceWideEntry
+	24, // 14: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
+	25, // 15: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
+	9,  // 16: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
+	11, // 17: flotilla.agent.v1.Runtime.services:type_name -> flotilla.agent.v1.ServiceState
+	13, // 18: flotilla.agent.v1.Runtime.east_west_gateway:type_name -> flotilla.agent.v1.EastWestGateway
+	26, // 19: flotilla.agent.v1.ServiceState.labels:type_name -> flotilla.agent.v1.ServiceState.LabelsEntry
+	9,  // 20: flotilla.agent.v1.ServiceState.ports:type_name -> flotilla.agent.v1.ServicePort
+	12, // 21: flotilla.agent.v1.ServiceState.endpoints:type_name -> flotilla.agent.v1.LocalityEndpoints
+	27, // 22: flotilla.agent.v1.ServiceState.selector:type_name -> flotilla.agent.v1.ServiceState.SelectorEntry
+	16, // 23: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
+	21, // 24: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
+	20, // 25: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
+	19, // 26: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
+	28, // 27: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 28: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 29: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
+	1,  // 30: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
+	18, // 31: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
+	30, // [30:32] is the sub-list for method output_type
+	28, // [28:30] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1829,7 +1914,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Runtime)(nil),
 		(*ConnectRequest_Digest)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[18].OneofWrappers = []any{
 		(*ConnectResponse_Bundle)(nil),
 		(*ConnectResponse_Credential)(nil),
 		(*ConnectResponse_Resync)(nil),
@@ -1840,7 +1925,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
