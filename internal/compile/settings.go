@@ -1,7 +1,9 @@
 package compile
 
 import (
+	"bytes"
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -90,20 +92,29 @@ func (s Setting) ValueJSON() string {
 	case string:
 		return fmt.Sprintf("%q", v)
 	case proto.Message:
-		b, err := protojson.MarshalOptions{}.Marshal(v)
-		if err != nil {
-			return fmt.Sprintf("%q", err.Error())
-		}
-		return string(b)
+		return compactJSON(v)
 	case jwtRules:
 		parts := make([]string, len(v))
 		for i, r := range v {
-			b, _ := protojson.Marshal(r)
-			parts[i] = string(b)
+			parts[i] = compactJSON(r)
 		}
 		return "[" + strings.Join(parts, ",") + "]"
 	}
 	return "null"
+}
+
+// compactJSON is m as JSON without spaces (protojson varies its spacing
+// on purpose; this output is stable).
+func compactJSON(m proto.Message) string {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return fmt.Sprintf("%q", err.Error())
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return string(b)
+	}
+	return out.String()
 }
 
 // Problem is a setting that does not take effect, on the object and field
