@@ -138,7 +138,7 @@ func routeVirtualService(r serviceRoute, s *namespaceSettings) map[string]any {
 	}
 	resilience := func(route map[string]any) map[string]any {
 		if f, ok := s.fields["traffic.resilience.timeout"]; ok {
-			route["timeout"] = f.Value.(string)
+			route["timeout"] = protoDuration(f.Value.(string))
 		}
 		if f, ok := s.fields["traffic.resilience.retries"]; ok {
 			route["retries"] = retriesSpec(f.Value.(*pb.Retries))

@@ -2,6 +2,9 @@ package compile
 
 import (
 	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/selector"
@@ -124,7 +127,7 @@ func connectionPoolSpec(p *pb.ConnectionPool) map[string]any {
 		tcp["maxConnections"] = int64(v)
 	}
 	if v := p.GetConnectTimeout(); v != "" {
-		tcp["connectTimeout"] = v
+		tcp["connectTimeout"] = protoDuration(v)
 	}
 	if v := p.GetHttp1MaxPendingRequests(); v > 0 {
 		http["http1MaxPendingRequests"] = int64(v)
@@ -151,10 +154,10 @@ func outlierDetectionSpec(o *pb.OutlierDetection) map[string]any {
 		out["consecutive5xxErrors"] = int64(v)
 	}
 	if v := o.GetInterval(); v != "" {
-		out["interval"] = v
+		out["interval"] = protoDuration(v)
 	}
 	if v := o.GetBaseEjectionTime(); v != "" {
-		out["baseEjectionTime"] = v
+		out["baseEjectionTime"] = protoDuration(v)
 	}
 	if v := o.GetMaxEjectionPercent(); v > 0 {
 		out["maxEjectionPercent"] = int64(v)
@@ -165,10 +168,23 @@ func outlierDetectionSpec(o *pb.OutlierDetection) map[string]any {
 func retriesSpec(r *pb.Retries) map[string]any {
 	out := map[string]any{"attempts": int64(r.GetAttempts())}
 	if v := r.GetPerTryTimeout(); v != "" {
-		out["perTryTimeout"] = v
+		out["perTryTimeout"] = protoDuration(v)
 	}
 	if v := r.GetRetryOn(); v != "" {
 		out["retryOn"] = v
 	}
 	return out
+}
+
+// protoDuration writes a duration the settings accept ("250ms", "1m30s",
+// "10s") as protobuf's JSON form, seconds with the unit s ("0.250s", "90s"),
+// which Istio's schema and every parser of the CRD accept.
+func protoDuration(v string) string {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return v // validation refused it already
+	}
+	secs := strconv.FormatFloat(d.Seconds(), 'f', 9, 64)
+	secs = strings.TrimRight(strings.TrimRight(secs, "0"), ".")
+	return secs + "s"
 }
