@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -247,5 +248,112 @@ func TestCompiledObjectsIstioRejectsAreNotDelivered(t *testing.T) {
 	want := "the VirtualService shop/bad compiled from it is invalid, so it is not delivered: spec.tcp[0].route[0].destination.port.number: port number 999999 must be in the range 1..65535"
 	if len(r.Diagnostics) != 1 || r.Diagnostics[0].FQN != "owner/bad" || r.Diagnostics[0].Message != want {
 		t.Fatalf("diagnostics %+v; want one on owner/bad: %s", r.Diagnostics, want)
+	}
+}
+
+// settingsVocabulary holds the field names and values of the settings
+// kinds and ServiceRoute, so that random specs reach the merge and every
+// emitter.
+var settingsVocabulary = []string{
+	"defaultSecuritySetting", "defaultTrafficSetting", "mtlsMode", "authorization", "mode", "rules", "allow", "deny",
+	"from", "to", "jwt", "issuer", "jwksUri", "audiences", "reachability", "hosts", "resilience", "timeout", "retries",
+	"attempts", "perTryTimeout", "retryOn", "connectionPool", "maxConnections", "connectTimeout", "outlierDetection",
+	"interval", "consecutive5xxErrors", "maxEjectionPercent", "egress", "host", "port", "propagationStrategy", "service",
+	"subsets", "name", "labels", "weight", "httpRoutes", "match", "headers", "pathPrefix", "destination", "subset",
+	"portLevelSettings", "STRICT", "PERMISSIVE", "DISABLE", "NAMESPACE", "GROUP", "WORKSPACE", "CLUSTER", "RULES",
+	"DISABLED", "CUSTOM", "REPLACE", "STRICTER", "5s", "250ms", "0s", "-1s", "shop/reviews", "shop/*", "v1",
+	"organizations/acme", "organizations/acme/tenants/t", "organizations/acme/tenants/t/workspaces/w", "https://i/jwks",
+}
+
+func randomSettingsValue(rng *rand.Rand, depth int) any {
+	switch n := rng.IntN(10); {
+	case depth > 4 || n < 3:
+		switch rng.IntN(5) {
+		case 0:
+			return nil
+		case 1:
+			return []float64{0, 1, 10, 50, 90, 100, 110, -1, 65536}[rng.IntN(9)]
+		default:
+			return settingsVocabulary[rng.IntN(len(settingsVocabulary))]
+		}
+	case n < 5:
+		list := make([]any, rng.IntN(3))
+		for i := range list {
+			list[i] = randomSettingsValue(rng, depth+1)
+		}
+		return list
+	default:
+		m := map[string]any{}
+		for i := rng.IntN(5); i > 0; i-- {
+			m[settingsVocabulary[rng.IntN(len(settingsVocabulary))]] = randomSettingsValue(rng, depth+1)
+		}
+		return m
+	}
+}
+
+// The settings pass never panics, is deterministic and emits only objects
+// Istio accepts, whatever the settings and routes say.
+func TestSettingsCompileNeverPanicsOnGarbage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5)) // the test's randomness, not the compiler's
+	const org, tenant, ws = "organizations/acme", "organizations/acme/tenants/t", "organizations/acme/tenants/t/workspaces/w"
+	groups := []bundle.Group{
+		{FQN: org, Type: GroupTypeOrganization, ConfigMode: ConfigModeBridged, Namespaces: []string{}},
+		{FQN: tenant, Type: GroupTypeTenant, ConfigMode: ConfigModeBridged, Namespaces: []string{}},
+		{FQN: ws, Type: GroupTypeWorkspace, ConfigMode: ConfigModeBridged, Namespaces: []string{"*/shop", "*/web-*"}},
+		{FQN: ws + "/groups/net", Type: "traffic", ConfigMode: ConfigModeBridged, Namespaces: []string{"c1/shop"}},
+		{FQN: ws + "/groups/sec", Type: "security", ConfigMode: ConfigModeBridged, Namespaces: []string{"*/shop", "*/web-a"}},
+	}
+	// Each kind starts from a valid spec; most cases then break one part.
+	kinds := []struct{ kind, group, valid string }{
+		{KindOrganizationSetting, org, `{"defaultSecuritySetting":{"mtlsMode":"STRICT","authorization":{"mode":"NAMESPACE"},"propagationStrategy":"STRICTER"}}`},
+		{KindTenantSetting, tenant, `{"defaultTrafficSetting":{"reachability":{"mode":"WORKSPACE"}}}`},
+		{KindWorkspaceSetting, ws, `{"defaultTrafficSetting":{"resilience":{"timeout":"5s","connectionPool":{"maxConnections":10}}}}`},
+		{KindTrafficSetting, ws + "/groups/net", `{"reachability":{"mode":"GROUP"}}`},
+		{KindSecuritySetting, ws + "/groups/sec", `{"authorization":{"mode":"RULES","rules":{"allow":[{"from":"organizations/acme","to":"organizations/acme/tenants/t/workspaces/w"}]}},"jwt":[{"issuer":"i","jwksUri":"https://i/jwks"}]}`},
+		{KindServiceRoute, ws + "/groups/net", `{"service":"shop/reviews","subsets":[{"name":"v1","labels":{"version":"v1"},"weight":90},{"name":"v2","labels":{"version":"v2"},"weight":10}]}`},
+	}
+	n := 600
+	if testing.Short() {
+		n = 100
+	}
+	emitted := map[string]int{}
+	for i := range n {
+		b := &bundle.Bundle{Cluster: "c1", Groups: groups}
+		for j, k := range kinds {
+			if rng.IntN(3) == 0 {
+				continue
+			}
+			v := map[string]any{}
+			if err := json.Unmarshal([]byte(k.valid), &v); err != nil {
+				t.Fatal(err)
+			}
+			for range rng.IntN(3) {
+				v[settingsVocabulary[rng.IntN(len(settingsVocabulary))]] = randomSettingsValue(rng, 0)
+			}
+			spec, err := json.Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := fmt.Sprintf("s%d", j)
+			b.Objects = append(b.Objects, bundle.Object{APIVersion: "flotilla.io/v1alpha1", Kind: k.kind, FQN: k.group + "/x/" + name, Name: name, Group: k.group, Spec: spec})
+		}
+		namespaces := []string{"shop", "web-a", "istio-system", "other"}
+		r := Compile(b, namespaces)
+		checkEmittedObjects(t, r)
+		for _, o := range r.Objects {
+			emitted[o.GetKind()]++
+		}
+		if again := Compile(b, namespaces); !bytes.Equal(render(t, r), render(t, again)) {
+			t.Fatalf("case %d: two compilations differ", i)
+		}
+		if t.Failed() {
+			t.Fatalf("case %d: %+v", i, b.Objects)
+		}
+	}
+	// The garbage reached every emitter.
+	for _, kind := range []string{"PeerAuthentication", "AuthorizationPolicy", "Sidecar", "DestinationRule", "VirtualService"} {
+		if emitted[kind] == 0 {
+			t.Errorf("no %s was emitted in %d cases: the random specs do not reach its emitter (emitted %v)", kind, n, emitted)
+		}
 	}
 }
