@@ -2,6 +2,11 @@ package compile
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"math"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -57,6 +62,61 @@ func (c *Cache) key(kind, namespace, name string, spec []byte) [sha256.Size]byte
 	var out [sha256.Size]byte
 	h.Sum(out[:0])
 	return out
+}
+
+// objectKey is the key of an emitted object: its kind, namespace, name and
+// the digest of its spec, a value the compiler built (maps with sorted keys
+// hashed, slices, strings, bools, int64 and float64).
+func (c *Cache) objectKey(kind, namespace, name string, spec any) [sha256.Size]byte {
+	h := sha256.New()
+	var buf []byte
+	for _, s := range []string{kind, namespace, name} {
+		buf = append(append(buf, s...), 0)
+	}
+	buf = appendValue(buf, spec)
+	h.Write(buf)
+	var out [sha256.Size]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// appendValue appends an unambiguous encoding of v: a type tag, then the
+// value (strings and collections length-prefixed).
+func appendValue(buf []byte, v any) []byte {
+	switch x := v.(type) {
+	case nil:
+		return append(buf, 'n')
+	case string:
+		buf = binary.AppendUvarint(append(buf, 's'), uint64(len(x)))
+		return append(buf, x...)
+	case bool:
+		if x {
+			return append(buf, 't')
+		}
+		return append(buf, 'f')
+	case int64:
+		return binary.AppendVarint(append(buf, 'i'), x)
+	case int:
+		return binary.AppendVarint(append(buf, 'i'), int64(x))
+	case float64:
+		return binary.BigEndian.AppendUint64(append(buf, 'd'), math.Float64bits(x))
+	case []any:
+		buf = binary.AppendUvarint(append(buf, 'l'), uint64(len(x)))
+		for _, e := range x {
+			buf = appendValue(buf, e)
+		}
+		return buf
+	case map[string]any:
+		buf = binary.AppendUvarint(append(buf, 'm'), uint64(len(x)))
+		for _, k := range slices.Sorted(maps.Keys(x)) {
+			buf = appendValue(buf, k)
+			buf = appendValue(buf, x[k])
+		}
+		return buf
+	}
+	// A type the compiler does not build: make the key unique, so the
+	// object is always validated.
+	return fmt.Appendf(append(buf, '?'), "%p%v", &v, v)
 }
 
 // valid reports whether the object with key was valid before.

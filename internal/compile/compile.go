@@ -2,7 +2,6 @@ package compile
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -227,14 +226,12 @@ func (c *compilation) emit(owner, apiVersion, kind, namespace, name string, spec
 	// What the compiler produces passes Istio's own validation, or is not
 	// delivered: istiod would reject it in the cluster anyway. An object
 	// equal to one the cache saw valid is not validated again.
-	raw, err := json.Marshal(spec)
-	if err != nil {
-		c.diag(owner, "", "compiled a %s %s/%s that cannot be encoded (%v); this is a bug in Flotilla", kind, namespace, name, err)
-		return
+	var key [32]byte
+	if c.cache != nil {
+		key = c.cache.objectKey(kind, namespace, name, spec)
 	}
-	key := c.cache.key(kind, namespace, name, raw)
 	if !c.cache.valid(key) {
-		if errs := istio.ValidateBuilt(k, name, namespace, raw, spec); len(errs) > 0 {
+		if errs := istio.ValidateBuilt(k, name, namespace, spec); len(errs) > 0 {
 			for _, e := range errs {
 				c.diag(owner, "", "the %s %s/%s compiled from it is invalid, so it is not delivered: %s: %s", kind, namespace, name, e.Path, e.Message)
 			}

@@ -20,7 +20,6 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
-	"google.golang.org/protobuf/encoding/protojson"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -114,16 +113,17 @@ func Lookup(apiVersion, kind string) (Kind, bool) {
 }
 
 // ValidateBuilt is Validate for a spec a program built (the compiler's
-// output) and encoded as specJSON: it skips the schema walk, which exists to
-// place a user's mistakes on their fields, and relies on protojson's strict
-// decoding (unknown fields, wrong types) before Istio's own validation. Only
-// when something is wrong does it run Validate, for the same errors.
-func ValidateBuilt(k Kind, name, namespace string, specJSON []byte, spec any) []FieldError {
+// output: maps, slices, strings, bools and numbers): it sets Istio's message
+// from it directly, with no schema walk (which exists to place a user's
+// mistakes on their fields) and no JSON round trip, then runs Istio's own
+// validation. Only when something is wrong or unexpected does it run
+// Validate, for the same errors in the same words.
+func ValidateBuilt(k Kind, name, namespace string, spec any) []FieldError {
 	if k.New == nil {
 		return []FieldError{{Path: "spec", Message: "no Istio kind to validate against"}}
 	}
 	msg := k.New()
-	if err := protojson.Unmarshal(specJSON, msg); err != nil {
+	if !schema.Build(msg.ProtoReflect(), spec) {
 		return Validate(k, name, namespace, spec)
 	}
 	if v, ok := istioValidator(k); ok && len(istioErrors(v, k, name, namespace, msg)) == 0 {

@@ -97,6 +97,10 @@ func Decode(prefix string, v any, into proto.Message) error {
 	if errs := Check(prefix, v, m.Descriptor()); len(errs) > 0 {
 		return errs
 	}
+	if Build(m, v) {
+		return nil
+	}
+	proto.Reset(into) // Build may have set part of it
 	// Check accepts only what json.Marshal encodes faithfully and protojson
 	// accepts, so these two failures are bugs in Check.
 	b, err := json.Marshal(v)
