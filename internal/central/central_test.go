@@ -458,8 +458,8 @@ func (h *harness) fakeAgentWith(t *testing.T, ctx context.Context, hello *agentv
 	return a
 }
 
-// await returns the first bundle whose content holds marker.
-func (a *fakeAgent) await(t *testing.T, marker string) *agentv1.Bundle {
+// await returns the first bundle whose content holds every marker.
+func (a *fakeAgent) await(t *testing.T, markers ...string) *agentv1.Bundle {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
@@ -468,11 +468,15 @@ func (a *fakeAgent) await(t *testing.T, marker string) *agentv1.Bundle {
 			if !ok {
 				t.Fatal("stream ended")
 			}
-			if strings.Contains(string(b.GetContent()), marker) {
+			all := true
+			for _, m := range markers {
+				all = all && strings.Contains(string(b.GetContent()), m)
+			}
+			if all {
 				return b
 			}
 		case <-deadline:
-			t.Fatalf("no bundle with %q", marker)
+			t.Fatalf("no bundle with %q", markers)
 		}
 	}
 }

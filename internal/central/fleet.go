@@ -238,8 +238,10 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	need := max(req.Msg.GetMinRevision(), rec.Revision)
 	out := &pb.GetStatusResponse{Fqn: fqn, Kind: k.Name}
 	switch {
-	case k.Parent == resource.KindGroup || k.Name == resource.KindOrganizationSetting || k.Name == resource.KindTenantSetting:
-		// Organization and tenant settings live in their scope's group.
+	case k.Parent == resource.KindGroup || k.Name == resource.KindOrganizationSetting || k.Name == resource.KindTenantSetting ||
+		k.Name == resource.KindWorkspaceSetting:
+		// Settings live in their scope's group; a workspace setting's
+		// multicluster problems are in the same acknowledgement.
 		group, err := f.st.Get(ctx, rec.Parent)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, connect.NewError(connect.CodeInternal, err)
@@ -266,11 +268,6 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 			}
 			out.Clusters = []*pb.ClusterState{row}
 		}
-		f.judge(out, need, fqn)
-		f.mu.Unlock()
-	case k.Name == resource.KindWorkspaceSetting:
-		f.mu.Lock()
-		out.Clusters = f.settingStates(fqn)
 		f.judge(out, need, fqn)
 		f.mu.Unlock()
 	default:
@@ -468,46 +465,3 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 	return connect.NewResponse(out), nil
 }
 
-// settingStates is a WorkspaceSetting's state in each cluster whose
-// multicluster slice it contributes to: Applied or Failed as the cluster's
-// agent reported for the bundle version it should have, else Pending.
-// Callers hold f.mu.
-func (f Fleet) settingStates(fqn string) []*pb.ClusterState {
-	var out []*pb.ClusterState
-	for cfqn, mc := range f.mc.slices {
-		if !mentions(mc, fqn) {
-			continue
-		}
-		cl := f.clusters[cfqn]
-		if cl == nil {
-			continue
-		}
-		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.connected(), State: StatePending, Version: cl.ack.GetBundleVersion(),
-			Revision: f.appliedRevision(cl), Message: "applying " + short(cl.version)}
-		if cl.ack != nil && cl.ack.GetBundleVersion() == cl.version {
-			for _, r := range cl.ack.GetResources() {
-				if r.GetFqn() == fqn {
-					row.State, row.Message = r.GetState(), r.GetMessage()
-				}
-			}
-		}
-		out = append(out, row)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].GetCluster() < out[j].GetCluster() })
-	return out
-}
-
-// mentions reports whether the slice holds anything the setting asked for.
-func mentions(mc *bundle.Multicluster, setting string) bool {
-	for _, e := range mc.EastWest {
-		if e.Owner == setting {
-			return true
-		}
-	}
-	for _, s := range mc.Services {
-		if s.Owner == setting {
-			return true
-		}
-	}
-	return false
-}

@@ -244,7 +244,10 @@ func TestARestartedServerKeepsTheRemoteEndpointsUntilTheAgentsReport(t *testing.
 	if err := c2.stream.Send(report(1, "10.0.0.2", 3)); err != nil {
 		t.Fatal(err)
 	}
-	before := c1.await(t, `"address":"10.0.0.2"`).GetVersion()
+	// The bundle made from both reports (c1's own gateway address and
+	// c2's); one made from c2's alone may come first.
+	first := c1.await(t, `"address":"10.0.0.2"`, `"address":"10.0.0.1"`)
+	before := first.GetVersion()
 	// The server ran with both agents: their snapshots are stored, and so is
 	// their status, connected (at the next flush tick).
 	deadline := time.Now().Add(10 * time.Second)
@@ -275,6 +278,10 @@ func TestARestartedServerKeepsTheRemoteEndpointsUntilTheAgentsReport(t *testing.
 	after := again.c.version("organizations/acme/clusters/c1")
 	again.c.mu.Unlock()
 	if after != before {
+		again.c.mu.Lock()
+		content, _ := again.c.content("organizations/acme/clusters/c1")
+		again.c.mu.Unlock()
+		t.Logf("before: %s\nafter: %s", first.GetContent(), content)
 		t.Fatalf("c1's bundle version after the restart is %s; before it, %s (the remote endpoints were lost)", after, before)
 	}
 	if got := again.instances(t, "shop", "reviews"); !slices.Equal(got, []string{"c1:2", "c2:3"}) {
