@@ -464,4 +464,3 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 	}
 	return connect.NewResponse(out), nil
 }
-
