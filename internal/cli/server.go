@@ -27,7 +27,7 @@ import (
 )
 
 func newServerCmd(e *env) *cobra.Command {
-	var listen, dataDir, storeArg, logLevel, tlsCert, tlsKey string
+	var listen, dnsListen, dataDir, storeArg, logLevel, tlsCert, tlsKey string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
 	var agentTTL time.Duration
@@ -71,7 +71,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				return fmt.Errorf("--agent-credential-ttl %s: give at least 1s", agentTTL)
 			}
 			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres"),
-				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}})
+				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen})
 			if err != nil {
 				return err
 			}
@@ -80,6 +80,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve the API on")
+	cmd.Flags().StringVar(&dnsListen, "dns-listen", "", "address (UDP and TCP) of the built-in authoritative DNS server for the DNSZones with provider BUILTIN, e.g. 127.0.0.1:5353; off when empty")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")
 	cmd.Flags().StringVar(&storeArg, "store", "sqlite", `"sqlite" (at <data-dir>/flotilla.db) or a postgres://… URL`)
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -16,6 +16,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/gslb"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -28,12 +29,18 @@ type Config struct {
 	API []apiserver.Option
 	// Central are options of the central control plane.
 	Central []central.Option
+	// DNSListen, when set, is where the built-in authoritative DNS server
+	// answers for the organizations' DNSZones ("host:port", UDP and TCP).
+	DNSListen string
 }
 
 // Plane is a management plane with its central control plane.
 type Plane struct {
 	API     *apiserver.Server
 	Central *central.Central
+	// GSLB is the built-in DNS with its health checks; nil without
+	// Config.DNSListen.
+	GSLB *gslb.Service
 }
 
 // New builds the plane over st. It serves nothing until Run.
@@ -49,7 +56,14 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	}
 	srv.Handle(cp.Handler())
 	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies}, srv.HandlerOptions()...))
-	return &Plane{API: srv, Central: cp}, nil
+	p := &Plane{API: srv, Central: cp}
+	if cfg.DNSListen != "" {
+		p.GSLB = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen)
+		if err := p.GSLB.Register(srv.Metrics()); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
 // Run runs the central control plane and serves on ln until ctx ends, then
@@ -59,10 +73,25 @@ func (p *Plane) Run(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	cpDone := make(chan error, 1)
 	go func() { cpDone <- p.Central.Run(ctx) }()
+	dnsDone := make(chan error, 1)
+	if p.GSLB != nil {
+		go func() {
+			err := p.GSLB.Run(ctx)
+			if err != nil {
+				stop() // a DNS server that cannot serve stops the process, visibly
+			}
+			dnsDone <- err
+		}()
+	} else {
+		dnsDone <- nil
+	}
 	err := p.API.Serve(ctx, ln)
 	stop()
 	if cerr := <-cpDone; err == nil {
 		err = cerr
+	}
+	if derr := <-dnsDone; err == nil {
+		err = derr
 	}
 	return err
 }

@@ -55,6 +55,7 @@ func Builtin(extra ...*Kind) *Registry {
 	kinds = append(kinds, iamKinds(func(name string) bool { _, ok := reg.Kind(name); return ok })...)
 	kinds = append(kinds, meshKinds()...)
 	kinds = append(kinds, settingKinds()...)
+	kinds = append(kinds, dnsKinds()...)
 	reg = NewRegistry(append(kinds, extra...)...)
 	return reg
 }

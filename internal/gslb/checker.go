@@ -1,0 +1,187 @@
+package gslb
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Checker probes every entry point of every record set with a health check,
+// one loop per entry point, and keeps each one's health with its
+// thresholds. It is safe for concurrent use.
+type Checker struct {
+	client   *http.Client
+	onChange func(t Target, healthy bool)
+
+	mu     sync.Mutex
+	loops  map[Target]*probeLoop
+	health map[Target]*health
+}
+
+type probeLoop struct {
+	stop  context.CancelFunc
+	check Check
+	host  string
+}
+
+// health is an entry point's state: healthy, and the run of results that
+// may change it.
+type health struct {
+	healthy          bool
+	fails, successes int
+	last             time.Time
+	lastErr          string
+}
+
+// NewChecker returns a checker; onChange, when set, is called (outside any
+// lock) whenever an entry point turns healthy or unhealthy.
+func NewChecker(onChange func(t Target, healthy bool)) *Checker {
+	return &Checker{
+		client:   &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+		onChange: onChange,
+		loops:    map[Target]*probeLoop{},
+		health:   map[Target]*health{},
+	}
+}
+
+// Sync starts a probe loop for every checked entry point of cfg that has
+// none (or whose check changed) and stops those cfg no longer has. The
+// loops end with ctx.
+func (c *Checker) Sync(ctx context.Context, cfg Config) {
+	want := map[Target]probeLoop{}
+	for _, rs := range cfg.Records {
+		if rs.Check == nil {
+			continue
+		}
+		for _, e := range rs.EntryPoints {
+			want[Target{Record: rs.FQN, Address: e.Address}] = probeLoop{check: *rs.Check, host: strings.TrimSuffix(rs.Hostname, ".")}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for t, l := range c.loops {
+		if w, ok := want[t]; !ok || w.check != l.check || w.host != l.host {
+			l.stop()
+			delete(c.loops, t)
+			if !ok {
+				delete(c.health, t)
+			}
+		}
+	}
+	for t, w := range want {
+		if _, running := c.loops[t]; running {
+			continue
+		}
+		lctx, stop := context.WithCancel(ctx)
+		l := &probeLoop{stop: stop, check: w.check, host: w.host}
+		c.loops[t] = l
+		if c.health[t] == nil {
+			c.health[t] = &health{healthy: true}
+		}
+		go c.run(lctx, t, *l)
+	}
+}
+
+// Healthy reports whether an entry point counts as healthy: true until its
+// check has failed UnhealthyThreshold times in a row, false from then until
+// it has passed HealthyThreshold times in a row. An unchecked one is
+// healthy.
+func (c *Checker) Healthy(t Target) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.health[t]
+	return h == nil || h.healthy
+}
+
+// State is an entry point's health as last probed.
+type State struct {
+	Healthy bool
+	Last    time.Time
+	Error   string
+}
+
+// State returns an entry point's health; ok is false when it is not probed.
+func (c *Checker) State(t Target) (State, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.health[t]
+	if h == nil {
+		return State{}, false
+	}
+	return State{Healthy: h.healthy, Last: h.last, Error: h.lastErr}, true
+}
+
+func (c *Checker) run(ctx context.Context, t Target, l probeLoop) {
+	tick := time.NewTicker(l.check.Interval)
+	defer tick.Stop()
+	for {
+		err := c.probe(ctx, t, l)
+		if ctx.Err() != nil {
+			return
+		}
+		c.record(t, l.check, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// probe makes one request: GET http://<address>:<port><path>, Host the
+// hostname; any 2xx or 3xx passes.
+func (c *Checker) probe(ctx context.Context, t Target, l probeLoop) error {
+	ctx, cancel := context.WithTimeout(ctx, l.check.Timeout)
+	defer cancel()
+	url := "http://" + net.JoinHostPort(t.Address.String(), strconv.Itoa(int(l.check.Port))) + l.check.Path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Host = l.host
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 400 {
+		return &statusError{code: resp.StatusCode}
+	}
+	return nil
+}
+
+type statusError struct{ code int }
+
+func (e *statusError) Error() string { return "HTTP " + strconv.Itoa(e.code) }
+
+// record applies one probe result to the entry point's health.
+func (c *Checker) record(t Target, check Check, err error) {
+	c.mu.Lock()
+	h := c.health[t]
+	if h == nil {
+		c.mu.Unlock()
+		return // the entry point went away meanwhile
+	}
+	was := h.healthy
+	h.last = time.Now()
+	if err != nil {
+		h.fails, h.successes, h.lastErr = h.fails+1, 0, err.Error()
+		if h.fails >= check.UnhealthyThreshold {
+			h.healthy = false
+		}
+	} else {
+		h.fails, h.successes, h.lastErr = 0, h.successes+1, ""
+		if h.successes >= check.HealthyThreshold {
+			h.healthy = true
+		}
+	}
+	now := h.healthy
+	c.mu.Unlock()
+	if now != was && c.onChange != nil {
+		c.onChange(t, now)
+	}
+}

@@ -1,0 +1,108 @@
+package gslb
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+)
+
+func TestAnswersHoldTheHealthyEntryPointsOrAllWhenNoneIs(t *testing.T) {
+	rs, err := NewRecordSet("rs", &pb.DNSRecordSetSpec{Hostname: "Shop.Apps.Example.com", Ttl: 30,
+		EntryPoints: []*pb.EntryPoint{{Cluster: "c2", Address: "10.0.0.2"}, {Cluster: "c1", Address: "10.0.0.1"}},
+		HealthCheck: &pb.HealthCheck{Path: "/healthz", Port: 80}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Zones: []string{"apps.example.com."}, Records: map[string]RecordSet{rs.Hostname: rs}}
+	down := map[string]bool{}
+	healthy := func(tg Target) bool { return !down[tg.Address.String()] }
+	check := func(name string, want []string, wantAuth, wantFound bool) {
+		t.Helper()
+		addrs, ttl, auth, found := cfg.Answer(name, healthy)
+		var got []string
+		for _, a := range addrs {
+			got = append(got, a.String())
+		}
+		if !slices.Equal(got, want) || auth != wantAuth || found != wantFound || found && ttl != 30 {
+			t.Fatalf("%s: %v ttl %d auth %v found %v; want %v %v %v", name, got, ttl, auth, found, want, wantAuth, wantFound)
+		}
+	}
+	check("shop.apps.example.com", []string{"10.0.0.1", "10.0.0.2"}, true, true)
+	check("SHOP.apps.example.com.", []string{"10.0.0.1", "10.0.0.2"}, true, true)
+	down["10.0.0.2"] = true
+	check("shop.apps.example.com", []string{"10.0.0.1"}, true, true)
+	down["10.0.0.1"] = true
+	check("shop.apps.example.com", []string{"10.0.0.1", "10.0.0.2"}, true, true) // none healthy: all
+	check("other.apps.example.com", nil, true, false)
+	check("apps.example.org", nil, false, false)
+	check("xapps.example.com", nil, false, false)
+}
+
+// The checker turns an entry point unhealthy after UnhealthyThreshold
+// failed probes in a row and healthy again after HealthyThreshold good
+// ones, against a real HTTP server.
+func TestTheCheckerFollowsItsThresholds(t *testing.T) {
+	var failing atomic.Bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() || r.URL.Path != "/healthz" || r.Host != "shop.example.com" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	addr := ln.Addr().(*net.TCPAddr)
+	ip, _ := netip.AddrFromSlice(addr.IP.To4())
+	changes := make(chan bool, 10)
+	c := NewChecker(func(_ Target, healthy bool) { changes <- healthy })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rs := RecordSet{FQN: "rs", Hostname: "shop.example.com.", EntryPoints: []EntryPoint{{Cluster: "c1", Address: ip}},
+		Check: &Check{Path: "/healthz", Port: uint32(addr.Port), Interval: 50 * time.Millisecond, Timeout: time.Second, UnhealthyThreshold: 3, HealthyThreshold: 2}}
+	c.Sync(ctx, Config{Records: map[string]RecordSet{rs.Hostname: rs}})
+	tg := Target{Record: "rs", Address: ip}
+	time.Sleep(200 * time.Millisecond)
+	if !c.Healthy(tg) {
+		t.Fatal("a passing entry point is unhealthy")
+	}
+	failing.Store(true)
+	start := time.Now()
+	select {
+	case h := <-changes:
+		if h {
+			t.Fatal("turned healthy, want unhealthy")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("never turned unhealthy")
+	}
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Fatalf("unhealthy after %v: sooner than 3 failed probes 50 ms apart", d)
+	}
+	if st, ok := c.State(tg); !ok || st.Healthy || st.Error != "HTTP 503" {
+		t.Fatalf("state %+v %v", st, ok)
+	}
+	failing.Store(false)
+	select {
+	case h := <-changes:
+		if !h {
+			t.Fatal("turned unhealthy again, want healthy")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("never turned healthy again")
+	}
+	// A record set that goes away stops being probed and forgets its state.
+	c.Sync(ctx, Config{Records: map[string]RecordSet{}})
+	if _, ok := c.State(tg); ok {
+		t.Fatal("state kept for a removed record set")
+	}
+}

@@ -1,0 +1,147 @@
+// Package gslb publishes hostnames in DNS with their healthy entry points:
+// the DNSZone and DNSRecordSet intent, HTTP health checks of every entry
+// point, and Flotilla's own authoritative DNS server.
+//
+//	store (DNSZone, DNSRecordSet) ──load──▶ Config (pure, this file)
+//	                                           │
+//	  Checker: one probe loop per entry point ─┴─▶ health ──▶ Answers ──▶ DNS server (miekg/dns)
+//
+// The model and the answers are pure; probes and the DNS server are the I/O
+// at the edges.
+package gslb
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+)
+
+// Defaults of a health check.
+const (
+	DefaultInterval           = 2 * time.Second
+	DefaultTimeout            = time.Second
+	DefaultUnhealthyThreshold = 2
+	DefaultHealthyThreshold   = 1
+)
+
+// Config is what the DNS server publishes: zones and record sets.
+type Config struct {
+	Zones   []string // fully qualified, lowercase, with the final dot
+	Records map[string]RecordSet
+}
+
+// RecordSet is a published hostname.
+type RecordSet struct {
+	FQN         string // the DNSRecordSet's
+	Hostname    string // fully qualified, lowercase, with the final dot
+	TTL         uint32
+	EntryPoints []EntryPoint
+	Check       *Check
+}
+
+// EntryPoint is one address that serves a hostname.
+type EntryPoint struct {
+	Cluster string
+	Address netip.Addr
+}
+
+// Check is a resolved health check.
+type Check struct {
+	Path                                 string
+	Port                                 uint32
+	Interval, Timeout                    time.Duration
+	UnhealthyThreshold, HealthyThreshold int
+}
+
+// Fqdn makes a name fully qualified and lowercase.
+func Fqdn(name string) string {
+	name = strings.ToLower(strings.TrimSpace(name))
+	if !strings.HasSuffix(name, ".") {
+		name += "."
+	}
+	return name
+}
+
+// InZone reports whether name is zone or below it (both fully qualified).
+func InZone(name, zone string) bool {
+	return name == zone || strings.HasSuffix(name, "."+zone)
+}
+
+// NewRecordSet resolves a stored spec; it fails only on what validation
+// refuses at apply time.
+func NewRecordSet(fqn string, s *pb.DNSRecordSetSpec) (RecordSet, error) {
+	rs := RecordSet{FQN: fqn, Hostname: Fqdn(s.GetHostname()), TTL: s.GetTtl()}
+	for _, e := range s.GetEntryPoints() {
+		addr, err := netip.ParseAddr(e.GetAddress())
+		if err != nil {
+			return rs, fmt.Errorf("%s: entry point %q: %w", fqn, e.GetAddress(), err)
+		}
+		rs.EntryPoints = append(rs.EntryPoints, EntryPoint{Cluster: e.GetCluster(), Address: addr})
+	}
+	if hc := s.GetHealthCheck(); hc != nil {
+		c := &Check{Path: hc.GetPath(), Port: hc.GetPort(), Interval: DefaultInterval, Timeout: DefaultTimeout,
+			UnhealthyThreshold: DefaultUnhealthyThreshold, HealthyThreshold: DefaultHealthyThreshold}
+		var err error
+		if hc.GetInterval() != "" {
+			if c.Interval, err = time.ParseDuration(hc.GetInterval()); err != nil {
+				return rs, fmt.Errorf("%s: interval: %w", fqn, err)
+			}
+		}
+		if hc.GetTimeout() != "" {
+			if c.Timeout, err = time.ParseDuration(hc.GetTimeout()); err != nil {
+				return rs, fmt.Errorf("%s: timeout: %w", fqn, err)
+			}
+		}
+		if hc.GetUnhealthyThreshold() > 0 {
+			c.UnhealthyThreshold = int(hc.GetUnhealthyThreshold())
+		}
+		if hc.GetHealthyThreshold() > 0 {
+			c.HealthyThreshold = int(hc.GetHealthyThreshold())
+		}
+		rs.Check = c
+	}
+	return rs, nil
+}
+
+// Target names one probed entry point of one record set.
+type Target struct {
+	Record  string // the DNSRecordSet's FQN
+	Address netip.Addr
+}
+
+// Healthy reports an entry point's health; an entry point never probed
+// (no check, or not yet probed) counts as healthy.
+type Healthy func(Target) bool
+
+// Answer is the addresses to answer for name, the TTL, and whether the name
+// is in a zone at all (false: the server is not authoritative for it).
+// When some entry points are healthy, only they are answered; when none is,
+// all are (a failing check must not take the name down).
+func (c Config) Answer(name string, healthy Healthy) (addrs []netip.Addr, ttl uint32, authoritative, found bool) {
+	name = Fqdn(name)
+	for _, z := range c.Zones {
+		if InZone(name, z) {
+			authoritative = true
+		}
+	}
+	rs, ok := c.Records[name]
+	if !authoritative || !ok {
+		return nil, 0, authoritative, false
+	}
+	var all []netip.Addr
+	for _, e := range rs.EntryPoints {
+		all = append(all, e.Address)
+		if rs.Check == nil || healthy(Target{Record: rs.FQN, Address: e.Address}) {
+			addrs = append(addrs, e.Address)
+		}
+	}
+	if len(addrs) == 0 {
+		addrs = all
+	}
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(addrs), rs.TTL, true, true
+}

@@ -1,0 +1,179 @@
+package gslb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// Kind names of the GSLB kinds.
+const (
+	KindDNSZone      = "DNSZone"
+	KindDNSRecordSet = "DNSRecordSet"
+)
+
+// Service loads the zones and record sets from the store, probes the entry
+// points and serves the built-in authoritative DNS on a UDP and a TCP
+// listener at one address.
+type Service struct {
+	st      store.Store
+	log     *slog.Logger
+	listen  string
+	checker *Checker
+	cfg     atomic.Pointer[Config]
+	healthy *prometheus.GaugeVec
+	changes *prometheus.CounterVec
+}
+
+// New returns a service that will serve DNS on listen ("host:port").
+func New(st store.Store, log *slog.Logger, listen string) *Service {
+	s := &Service{st: st, log: log, listen: listen,
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flotilla_gslb_entry_point_healthy",
+			Help: "1 when the entry point passes its health check (or has none), 0 when it is out of the DNS answers."}, []string{"record", "address"}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flotilla_gslb_health_changes_total",
+			Help: "Times an entry point turned healthy or unhealthy."}, []string{"record", "address", "healthy"}),
+	}
+	s.checker = NewChecker(func(t Target, healthy bool) {
+		v := 0.0
+		if healthy {
+			v = 1
+		}
+		s.healthy.WithLabelValues(t.Record, t.Address.String()).Set(v)
+		s.changes.WithLabelValues(t.Record, t.Address.String(), fmt.Sprint(healthy)).Inc()
+		s.log.Info("entry point health changed", "record", t.Record, "address", t.Address, "healthy", healthy)
+	})
+	s.cfg.Store(&Config{Records: map[string]RecordSet{}})
+	return s
+}
+
+// Register adds the service's metrics to r.
+func (s *Service) Register(r prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{s.healthy, s.changes} {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Checker is the service's health checker.
+func (s *Service) Checker() *Checker { return s.checker }
+
+// Run serves DNS and follows the store until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	pc, err := net.ListenPacket("udp", s.listen)
+	if err != nil {
+		return fmt.Errorf("--dns-listen %s: %w", s.listen, err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("--dns-listen %s (tcp): %w", s.listen, err)
+	}
+	handler := dns.HandlerFunc(s.serveDNS)
+	servers := []*dns.Server{{PacketConn: pc, Handler: handler}, {Listener: ln, Handler: handler}}
+	errs := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errs <- srv.ActivateAndServe() }()
+	}
+	s.log.Info("built-in DNS serving", "addr", pc.LocalAddr().String())
+	defer func() {
+		for _, srv := range servers {
+			_ = srv.Shutdown()
+		}
+	}()
+	for {
+		changed := s.st.Changed()
+		if err := s.load(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("GSLB intent cannot be read; the last is served", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			return fmt.Errorf("built-in DNS: %w", err)
+		case <-changed:
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
+
+// load reads the zones and record sets and syncs the health checks.
+func (s *Service) load(ctx context.Context) error {
+	cfg := &Config{Records: map[string]RecordSet{}}
+	zones, err := s.st.List(ctx, store.Query{Kind: KindDNSZone})
+	if err != nil {
+		return err
+	}
+	for _, z := range zones {
+		spec := &pb.DNSZoneSpec{}
+		if err := protojson.Unmarshal(z.Spec, spec); err != nil {
+			return fmt.Errorf("stored %s: %w", z.FQN, err)
+		}
+		cfg.Zones = append(cfg.Zones, Fqdn(spec.GetZone()))
+	}
+	sets, err := s.st.List(ctx, store.Query{Kind: KindDNSRecordSet})
+	if err != nil {
+		return err
+	}
+	for _, r := range sets {
+		spec := &pb.DNSRecordSetSpec{}
+		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
+			return fmt.Errorf("stored %s: %w", r.FQN, err)
+		}
+		rs, err := NewRecordSet(r.FQN, spec)
+		if err != nil {
+			return err
+		}
+		cfg.Records[rs.Hostname] = rs
+	}
+	s.cfg.Store(cfg)
+	s.checker.Sync(ctx, *cfg)
+	return nil
+}
+
+// serveDNS answers A and AAAA questions from the current config.
+func (s *Service) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	if len(req.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		_ = w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	addrs, ttl, authoritative, found := s.cfg.Load().Answer(q.Name, s.checker.Healthy)
+	switch {
+	case !authoritative:
+		m.Rcode = dns.RcodeRefused
+	case !found:
+		m.Authoritative, m.Rcode = true, dns.RcodeNameError
+	default:
+		m.Authoritative = true
+		for _, a := range addrs {
+			hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
+			switch {
+			case a.Is4() && (q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY):
+				hdr.Rrtype = dns.TypeA
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: net.IP(a.AsSlice())})
+			case a.Is6() && (q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY):
+				hdr.Rrtype = dns.TypeAAAA
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: net.IP(a.AsSlice())})
+			}
+		}
+	}
+	if err := w.WriteMsg(m); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("DNS reply not sent", "err", err)
+	}
+}
