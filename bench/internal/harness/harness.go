@@ -62,13 +62,24 @@ func (p *Plane) As(token string) *Plane {
 	return &out
 }
 
+// StartWithDNS is Start with the built-in DNS server (--dns-listen) at
+// dnsAddr.
+func StartWithDNS(tb testing.TB, st store.Store, dnsAddr string) *Plane {
+	return startWith(tb, st, false, plane.Config{DNSListen: dnsAddr})
+}
+
 func start(tb testing.TB, st store.Store, insecure, shared bool) *Plane {
+	return startWith(tb, st, insecure, plane.Config{Shared: shared})
+}
+
+func startWith(tb testing.TB, st store.Store, insecure bool, cfg plane.Config) *Plane {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	auth, token := testauth.New(tb)
 	auth.Insecure = insecure
-	p, err := plane.New(resource.Builtin(), st, log, plane.Config{Shared: shared, API: []apiserver.Option{apiserver.WithAuth(auth)}})
+	cfg.API = append(cfg.API, apiserver.WithAuth(auth))
+	p, err := plane.New(resource.Builtin(), st, log, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
