@@ -10,6 +10,7 @@ import (
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
@@ -18,10 +19,11 @@ import (
 // Central is the central control plane. Create it with New, serve its
 // handlers, and run Run for its whole life.
 type Central struct {
-	reg *resource.Registry
-	st  store.Store
-	log *slog.Logger
-	now func() time.Time
+	health map[string]HealthSource // by kind: status from runtime health
+	reg    *resource.Registry
+	st     store.Store
+	log    *slog.Logger
+	now    func() time.Time
 
 	mu       sync.Mutex
 	idx      *index              // intent as of rev
@@ -57,6 +59,21 @@ const DefaultAgentCredentialTTL = 30 * 24 * time.Hour
 
 // WithAgentCredentialTTL sets the life of agent credentials.
 func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.agentTTL = d } }
+
+// HealthSource reports the runtime health of a record that is not carried
+// in bundles, one row per place it lives (a DNS record set's entry points):
+// Applied when healthy, Failed with the reason when not.
+type HealthSource func(fqn string) []*pb.ClusterState
+
+// WithHealth makes GetStatus of records of kind come from f.
+func WithHealth(kind string, f HealthSource) Option {
+	return func(c *Central) {
+		if c.health == nil {
+			c.health = map[string]HealthSource{}
+		}
+		c.health[kind] = f
+	}
+}
 
 // Option configures a Central.
 type Option func(*Central)

@@ -238,6 +238,9 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	need := max(req.Msg.GetMinRevision(), rec.Revision)
 	out := &pb.GetStatusResponse{Fqn: fqn, Kind: k.Name}
 	switch {
+	case f.health[k.Name] != nil:
+		out.Clusters = f.health[k.Name](fqn)
+		out.Aggregate = aggregate(out.Clusters)
 	case k.Parent == resource.KindGroup || k.Name == resource.KindOrganizationSetting || k.Name == resource.KindTenantSetting ||
 		k.Name == resource.KindWorkspaceSetting:
 		// Settings live in their scope's group; a workspace setting's

@@ -177,3 +177,39 @@ func (s *Service) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		s.log.Debug("DNS reply not sent", "err", err)
 	}
 }
+
+// Status reports a record set's entry points, one row each: Applied when it
+// is in the DNS answers because it is healthy (or unchecked), Failed with
+// the last probe's error when its check took it out.
+func (s *Service) Status(fqn string) []*pb.ClusterState {
+	var rs *RecordSet
+	for _, r := range s.cfg.Load().Records {
+		if r.FQN == fqn {
+			rs = &r
+			break
+		}
+	}
+	if rs == nil {
+		return nil
+	}
+	var out []*pb.ClusterState
+	for _, e := range rs.EntryPoints {
+		row := &pb.ClusterState{Cluster: e.Cluster, State: "Applied", Connected: true, Message: e.Address.String() + ": not checked (no health check)"}
+		if rs.Check != nil {
+			st, ok := s.checker.State(Target{Record: fqn, Address: e.Address})
+			switch {
+			case !ok || st.Last.IsZero():
+				row.Message = e.Address.String() + ": not probed yet"
+			case st.Healthy && st.Error == "":
+				row.Message = fmt.Sprintf("%s: healthy (probed %s ago)", e.Address, time.Since(st.Last).Round(time.Second))
+			case st.Healthy:
+				row.Message = fmt.Sprintf("%s: still in the answers, last probe failed: %s", e.Address, st.Error)
+			default:
+				row.State = "Failed"
+				row.Message = fmt.Sprintf("%s: out of the DNS answers: %s", e.Address, st.Error)
+			}
+		}
+		out = append(out, row)
+	}
+	return out
+}

@@ -49,6 +49,11 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	if cfg.Shared {
 		copts = append(copts, central.Shared())
 	}
+	var dns *gslb.Service
+	if cfg.DNSListen != "" {
+		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen)
+		copts = append(copts, central.WithHealth(gslb.KindDNSRecordSet, dns.Status))
+	}
 	cp := central.New(reg, st, log.With("component", "central"), copts...)
 	srv := apiserver.New(reg, st, log, append(cfg.API, apiserver.WithReadiness(cp.Health))...)
 	if err := cp.Register(srv.Metrics()); err != nil {
@@ -56,10 +61,9 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	}
 	srv.Handle(cp.Handler())
 	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies}, srv.HandlerOptions()...))
-	p := &Plane{API: srv, Central: cp}
-	if cfg.DNSListen != "" {
-		p.GSLB = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen)
-		if err := p.GSLB.Register(srv.Metrics()); err != nil {
+	p := &Plane{API: srv, Central: cp, GSLB: dns}
+	if dns != nil {
+		if err := dns.Register(srv.Metrics()); err != nil {
 			return nil, err
 		}
 	}

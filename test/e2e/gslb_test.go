@@ -157,8 +157,17 @@ func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 	killed := time.Now()
 	eventually(t, 5*time.Second, "c2 out of the answers", func() error { return answers([]string{"127.0.20.1"}) })
 	t.Logf("c2 left the answers %v after its health endpoint died", time.Since(killed).Round(10*time.Millisecond))
+	// The record set's status shows each entry point's health.
+	agg, rows := s.status("dnsrecordset", "shop")
+	if agg != "FAILED" || rows["c2"].State != "Failed" || !strings.Contains(rows["c2"].Message, "127.0.20.2: out of the DNS answers") ||
+		rows["c1"].State != "Applied" || !strings.Contains(rows["c1"].Message, "healthy") {
+		t.Fatalf("status %s %+v", agg, rows)
+	}
 	c2 = startEntryPoint(t, c2.addr)
 	eventually(t, 5*time.Second, "c2 back in the answers", func() error { return answers(both) })
+	if agg, rows := s.status("dnsrecordset", "shop"); agg != "READY" || rows["c2"].State != "Applied" {
+		t.Fatalf("status after c2 came back: %s %+v", agg, rows)
+	}
 
 	// When every entry point fails, the name still answers with all of them.
 	_ = c1.srv.Close()
