@@ -20,6 +20,7 @@ import (
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/gslb"
 	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
@@ -27,7 +28,7 @@ import (
 )
 
 func newServerCmd(e *env) *cobra.Command {
-	var listen, dnsListen, dataDir, storeArg, logLevel, tlsCert, tlsKey string
+	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
 	var agentTTL time.Duration
@@ -70,8 +71,18 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			if agentTTL < time.Second {
 				return fmt.Errorf("--agent-credential-ttl %s: give at least 1s", agentTTL)
 			}
+			var keys map[string]gslb.TSIGKey
+			if tsigFile != "" {
+				data, err := os.ReadFile(tsigFile)
+				if err != nil {
+					return fmt.Errorf("--dns-tsig-keys: %w", err)
+				}
+				if keys, err = gslb.ParseKeyFile(data); err != nil {
+					return fmt.Errorf("--dns-tsig-keys %s: %w", tsigFile, err)
+				}
+			}
 			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres"),
-				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen})
+				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen, TSIGKeys: keys})
 			if err != nil {
 				return err
 			}
@@ -80,6 +91,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve the API on")
+	cmd.Flags().StringVar(&tsigFile, "dns-tsig-keys", "", "BIND key file (as tsig-keygen writes it) with the TSIG keys that sign updates of DNSZones with provider RFC2136")
 	cmd.Flags().StringVar(&dnsListen, "dns-listen", "", "address (UDP and TCP) of the built-in authoritative DNS server for the DNSZones with provider BUILTIN, e.g. 127.0.0.1:5353; off when empty")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")
 	cmd.Flags().StringVar(&storeArg, "store", "sqlite", `"sqlite" (at <data-dir>/flotilla.db) or a postgres://… URL`)

@@ -28,10 +28,29 @@ const (
 	DefaultHealthyThreshold   = 1
 )
 
-// Config is what the DNS server publishes: zones and record sets.
+// Config is what is published: the zones the built-in server answers for,
+// the zones kept in other servers, and the record sets.
 type Config struct {
-	Zones   []string // fully qualified, lowercase, with the final dot
+	Zones   []string // BUILTIN zones: fully qualified, lowercase, with the final dot
+	Remote  []Zone   // RFC2136 zones
 	Records map[string]RecordSet
+}
+
+// Addresses is what hostname should resolve to: its healthy entry points,
+// or all of them when none is healthy.
+func (rs RecordSet) Addresses(healthy Healthy) []netip.Addr {
+	var addrs, all []netip.Addr
+	for _, e := range rs.EntryPoints {
+		all = append(all, e.Address)
+		if rs.Check == nil || healthy(Target{Record: rs.FQN, Address: e.Address}) {
+			addrs = append(addrs, e.Address)
+		}
+	}
+	if len(addrs) == 0 {
+		addrs = all
+	}
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(addrs)
 }
 
 // RecordSet is a published hostname.
@@ -132,16 +151,5 @@ func (c Config) Answer(name string, healthy Healthy) (addrs []netip.Addr, ttl ui
 	if !authoritative || !ok {
 		return nil, 0, authoritative, false
 	}
-	var all []netip.Addr
-	for _, e := range rs.EntryPoints {
-		all = append(all, e.Address)
-		if rs.Check == nil || healthy(Target{Record: rs.FQN, Address: e.Address}) {
-			addrs = append(addrs, e.Address)
-		}
-	}
-	if len(addrs) == 0 {
-		addrs = all
-	}
-	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
-	return slices.Compact(addrs), rs.TTL, true, true
+	return rs.Addresses(healthy), rs.TTL, true, true
 }

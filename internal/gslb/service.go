@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,11 +36,19 @@ type Service struct {
 	cfg     atomic.Pointer[Config]
 	healthy *prometheus.GaugeVec
 	changes *prometheus.CounterVec
+
+	rfc2136 rfc2136Client
+	publish chan struct{} // capacity 1: publication wanted
+	mu      sync.Mutex
+	zoneErr map[string]string // RFC2136 zone → why its last publication failed
+	hostErr map[string]string // hostname → why it could not be published
 }
 
-// New returns a service that will serve DNS on listen ("host:port").
-func New(st store.Store, log *slog.Logger, listen string) *Service {
-	s := &Service{st: st, log: log, listen: listen,
+// New returns a service that serves DNS on listen ("host:port"; none when
+// empty) and keeps RFC2136 zones with the given TSIG keys.
+func New(st store.Store, log *slog.Logger, listen string, keys map[string]TSIGKey) *Service {
+	s := &Service{st: st, log: log, listen: listen, rfc2136: rfc2136Client{keys: keys}, publish: make(chan struct{}, 1),
+		zoneErr: map[string]string{}, hostErr: map[string]string{},
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flotilla_gslb_entry_point_healthy",
 			Help: "1 when the entry point passes its health check (or has none), 0 when it is out of the DNS answers."}, []string{"record", "address"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flotilla_gslb_health_changes_total",
@@ -52,6 +62,7 @@ func New(st store.Store, log *slog.Logger, listen string) *Service {
 		s.healthy.WithLabelValues(t.Record, t.Address.String()).Set(v)
 		s.changes.WithLabelValues(t.Record, t.Address.String(), fmt.Sprint(healthy)).Inc()
 		s.log.Info("entry point health changed", "record", t.Record, "address", t.Address, "healthy", healthy)
+		s.poke()
 	})
 	s.cfg.Store(&Config{Records: map[string]RecordSet{}})
 	return s
@@ -70,8 +81,20 @@ func (s *Service) Register(r prometheus.Registerer) error {
 // Checker is the service's health checker.
 func (s *Service) Checker() *Checker { return s.checker }
 
-// Run serves DNS and follows the store until ctx ends.
+func (s *Service) poke() {
+	select {
+	case s.publish <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves DNS (when it has an address), keeps the RFC2136 zones and
+// follows the store until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	go s.publishLoop(ctx)
+	if s.listen == "" {
+		return s.follow(ctx, nil)
+	}
 	pc, err := net.ListenPacket("udp", s.listen)
 	if err != nil {
 		return fmt.Errorf("--dns-listen %s: %w", s.listen, err)
@@ -93,6 +116,12 @@ func (s *Service) Run(ctx context.Context) error {
 			_ = srv.Shutdown()
 		}
 	}()
+	return s.follow(ctx, errs)
+}
+
+// follow reloads the intent on every commit (and every 10 s) until ctx ends
+// or a DNS server fails.
+func (s *Service) follow(ctx context.Context, errs <-chan error) error {
 	for {
 		changed := s.st.Changed()
 		if err := s.load(ctx); err != nil && ctx.Err() == nil {
@@ -121,7 +150,13 @@ func (s *Service) load(ctx context.Context) error {
 		if err := protojson.Unmarshal(z.Spec, spec); err != nil {
 			return fmt.Errorf("stored %s: %w", z.FQN, err)
 		}
-		cfg.Zones = append(cfg.Zones, Fqdn(spec.GetZone()))
+		switch spec.GetProvider() {
+		case "RFC2136":
+			cfg.Remote = append(cfg.Remote, Zone{Name: Fqdn(spec.GetZone()), Provider: "RFC2136",
+				Server: spec.GetRfc2136().GetServer(), Key: Fqdn(spec.GetRfc2136().GetTsigKey())})
+		default:
+			cfg.Zones = append(cfg.Zones, Fqdn(spec.GetZone()))
+		}
 	}
 	sets, err := s.st.List(ctx, store.Query{Kind: KindDNSRecordSet})
 	if err != nil {
@@ -140,7 +175,46 @@ func (s *Service) load(ctx context.Context) error {
 	}
 	s.cfg.Store(cfg)
 	s.checker.Sync(ctx, *cfg)
+	s.poke()
 	return nil
+}
+
+// publishLoop keeps every RFC2136 zone as the intent and the health say:
+// on every change, and every 30 s to repair what someone else changed.
+func (s *Service) publishLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.publish:
+		case <-time.After(30 * time.Second):
+		}
+		s.publishAll()
+	}
+}
+
+func (s *Service) publishAll() {
+	cfg := s.cfg.Load()
+	zoneErr, hostErr := map[string]string{}, map[string]string{}
+	for _, z := range cfg.Remote {
+		want := map[string]published{}
+		for host, rs := range cfg.Records {
+			if InZone(host, z.Name) {
+				want[host] = published{fqn: rs.FQN, ttl: rs.TTL, addrs: rs.Addresses(s.checker.Healthy)}
+			}
+		}
+		conflicts, err := s.rfc2136.Publish(z, want)
+		if err != nil {
+			zoneErr[z.Name] = err.Error()
+			s.log.Error("RFC 2136 publication failed", "zone", z.Name, "server", z.Server, "err", err)
+		}
+		for host, why := range conflicts {
+			hostErr[host] = why
+		}
+	}
+	s.mu.Lock()
+	s.zoneErr, s.hostErr = zoneErr, hostErr
+	s.mu.Unlock()
 }
 
 // serveDNS answers A and AAAA questions from the current config.
@@ -193,6 +267,26 @@ func (s *Service) Status(fqn string) []*pb.ClusterState {
 		return nil
 	}
 	var out []*pb.ClusterState
+	for _, z := range s.cfg.Load().Remote {
+		if !InZone(rs.Hostname, z.Name) {
+			continue
+		}
+		s.mu.Lock()
+		zerr, herr := s.zoneErr[z.Name], s.hostErr[rs.Hostname]
+		s.mu.Unlock()
+		row := &pb.ClusterState{Cluster: "dns " + z.Server, State: "Applied", Connected: zerr == "",
+			Message: fmt.Sprintf("published in %s at %s (RFC 2136)", strings.TrimSuffix(z.Name, "."), z.Server)}
+		if zerr != "" || herr != "" {
+			var why []string
+			for _, w := range []string{zerr, herr} {
+				if w != "" {
+					why = append(why, w)
+				}
+			}
+			row.State, row.Message = "Failed", strings.Join(why, "; ")
+		}
+		out = append(out, row)
+	}
 	for _, e := range rs.EntryPoints {
 		row := &pb.ClusterState{Cluster: e.Cluster, State: "Applied", Connected: true, Message: e.Address.String() + ": not checked (no health check)"}
 		if rs.Check != nil {

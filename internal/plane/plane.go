@@ -32,14 +32,16 @@ type Config struct {
 	// DNSListen, when set, is where the built-in authoritative DNS server
 	// answers for the organizations' DNSZones ("host:port", UDP and TCP).
 	DNSListen string
+	// TSIGKeys sign the updates of DNSZones with provider RFC2136.
+	TSIGKeys map[string]gslb.TSIGKey
 }
 
 // Plane is a management plane with its central control plane.
 type Plane struct {
 	API     *apiserver.Server
 	Central *central.Central
-	// GSLB is the built-in DNS with its health checks; nil without
-	// Config.DNSListen.
+	// GSLB is the built-in DNS, the RFC 2136 publisher and their health
+	// checks; nil without Config.DNSListen or Config.TSIGKeys.
 	GSLB *gslb.Service
 }
 
@@ -50,8 +52,8 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 		copts = append(copts, central.Shared())
 	}
 	var dns *gslb.Service
-	if cfg.DNSListen != "" {
-		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen)
+	if cfg.DNSListen != "" || len(cfg.TSIGKeys) > 0 {
+		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen, cfg.TSIGKeys)
 		copts = append(copts, central.WithHealth(gslb.KindDNSRecordSet, dns.Status))
 	}
 	cp := central.New(reg, st, log.With("component", "central"), copts...)

@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -53,12 +54,23 @@ func validateDNSZone(spec proto.Message) []FieldError {
 	out := dnsName("spec.zone", s.GetZone())
 	switch s.GetProvider() {
 	case "BUILTIN":
+		if s.GetRfc2136() != nil {
+			out = append(out, FieldError{Field: "spec.rfc2136", Message: "is only for provider RFC2136: remove it, or set the provider"})
+		}
+	case "RFC2136":
+		r := s.GetRfc2136()
+		if _, port, err := net.SplitHostPort(r.GetServer()); err != nil || port == "" {
+			out = append(out, FieldError{Field: "spec.rfc2136.server", Message: fmt.Sprintf("%q is not host:port: name the zone's primary server, e.g. 10.0.0.53:53", r.GetServer())})
+		}
+		if r.GetTsigKey() == "" {
+			out = append(out, FieldError{Field: "spec.rfc2136.tsigKey", Message: "is required: the name of a TSIG key of flotilla server --dns-tsig-keys that the server accepts for the zone"})
+		}
 	case "":
-		out = append(out, FieldError{Field: "spec.provider", Message: "is required: BUILTIN (Flotilla's own DNS server, flotilla server --dns-listen)"})
-	case "RFC2136", "EXTERNAL_DNS":
-		out = append(out, FieldError{Field: "spec.provider", Message: fmt.Sprintf("%s is not available in this release: use BUILTIN", s.GetProvider())})
+		out = append(out, FieldError{Field: "spec.provider", Message: "is required: BUILTIN (Flotilla's own DNS server, flotilla server --dns-listen) or RFC2136"})
+	case "EXTERNAL_DNS":
+		out = append(out, FieldError{Field: "spec.provider", Message: "EXTERNAL_DNS is not available in this release: use BUILTIN or RFC2136"})
 	default:
-		out = append(out, FieldError{Field: "spec.provider", Message: fmt.Sprintf("%q is not a provider: use BUILTIN", s.GetProvider())})
+		out = append(out, FieldError{Field: "spec.provider", Message: fmt.Sprintf("%q is not a provider: use BUILTIN or RFC2136", s.GetProvider())})
 	}
 	for i, t := range s.GetTenants() {
 		for _, m := range validation.IsDNS1123Label(t) {

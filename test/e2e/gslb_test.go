@@ -21,12 +21,17 @@ type entryPoint struct {
 
 func startEntryPoint(t *testing.T, addr string) *entryPoint {
 	t.Helper()
+	return startEntryPointFor(t, addr, "shop.apps.example.com")
+}
+
+func startEntryPointFor(t *testing.T, addr, host string) *entryPoint {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &entryPoint{addr: ln.Addr().String(), srv: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" || r.Host != "shop.apps.example.com" {
+		if r.URL.Path != "/healthz" || r.Host != host {
 			http.NotFound(w, r)
 			return
 		}

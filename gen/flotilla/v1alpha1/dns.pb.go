@@ -26,12 +26,16 @@ type DNSZoneSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Zone is the zone's name, e.g. "apps.example.com".
 	Zone string `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
-	// Provider is BUILTIN: Flotilla's own authoritative DNS server
-	// (`flotilla server --dns-listen`) answers for the zone.
+	// Provider is BUILTIN (Flotilla's own authoritative DNS server,
+	// `flotilla server --dns-listen`, answers for the zone) or RFC2136
+	// (Flotilla keeps the records in the zone's primary server with dynamic
+	// updates signed with TSIG).
 	Provider string `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
 	// Tenants may publish names in the zone; empty means every tenant of the
 	// organization.
-	Tenants       []string `protobuf:"bytes,3,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	Tenants []string `protobuf:"bytes,3,rep,name=tenants,proto3" json:"tenants,omitempty"`
+	// Rfc2136 is the primary server of a zone with provider RFC2136.
+	Rfc2136       *Rfc2136 `protobuf:"bytes,4,opt,name=rfc2136,proto3" json:"rfc2136,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -87,6 +91,71 @@ func (x *DNSZoneSpec) GetTenants() []string {
 	return nil
 }
 
+func (x *DNSZoneSpec) GetRfc2136() *Rfc2136 {
+	if x != nil {
+		return x.Rfc2136
+	}
+	return nil
+}
+
+// Rfc2136 names a DNS server that takes dynamic updates (RFC 2136) and zone
+// transfers signed with a TSIG key.
+type Rfc2136 struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server is "host:port" of the zone's primary, e.g. "10.0.0.53:53".
+	Server string `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	// TsigKey names the key, whose algorithm and secret the server reads
+	// from `flotilla server --dns-tsig-keys` (a BIND key file), so no secret
+	// is stored in the intent.
+	TsigKey       string `protobuf:"bytes,2,opt,name=tsig_key,json=tsigKey,proto3" json:"tsig_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rfc2136) Reset() {
+	*x = Rfc2136{}
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rfc2136) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rfc2136) ProtoMessage() {}
+
+func (x *Rfc2136) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rfc2136.ProtoReflect.Descriptor instead.
+func (*Rfc2136) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Rfc2136) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *Rfc2136) GetTsigKey() string {
+	if x != nil {
+		return x.TsigKey
+	}
+	return ""
+}
+
 // DNSRecordSetSpec publishes a hostname with the entry points that serve it.
 // The DNS answers hold the healthy entry points (all of them when none is
 // healthy, so that a failing check never takes a whole name down).
@@ -104,7 +173,7 @@ type DNSRecordSetSpec struct {
 
 func (x *DNSRecordSetSpec) Reset() {
 	*x = DNSRecordSetSpec{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -116,7 +185,7 @@ func (x *DNSRecordSetSpec) String() string {
 func (*DNSRecordSetSpec) ProtoMessage() {}
 
 func (x *DNSRecordSetSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -129,7 +198,7 @@ func (x *DNSRecordSetSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DNSRecordSetSpec.ProtoReflect.Descriptor instead.
 func (*DNSRecordSetSpec) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DNSRecordSetSpec) GetHostname() string {
@@ -174,7 +243,7 @@ type EntryPoint struct {
 
 func (x *EntryPoint) Reset() {
 	*x = EntryPoint{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +255,7 @@ func (x *EntryPoint) String() string {
 func (*EntryPoint) ProtoMessage() {}
 
 func (x *EntryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +268,7 @@ func (x *EntryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryPoint.ProtoReflect.Descriptor instead.
 func (*EntryPoint) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EntryPoint) GetCluster() string {
@@ -238,7 +307,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +319,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +332,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HealthCheck) GetPath() string {
@@ -312,11 +381,15 @@ var File_flotilla_v1alpha1_dns_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_dns_proto_rawDesc = "" +
 	"\n" +
-	"\x1bflotilla/v1alpha1/dns.proto\x12\x11flotilla.v1alpha1\"W\n" +
+	"\x1bflotilla/v1alpha1/dns.proto\x12\x11flotilla.v1alpha1\"\x8d\x01\n" +
 	"\vDNSZoneSpec\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x18\n" +
-	"\atenants\x18\x03 \x03(\tR\atenants\"\xc5\x01\n" +
+	"\atenants\x18\x03 \x03(\tR\atenants\x124\n" +
+	"\arfc2136\x18\x04 \x01(\v2\x1a.flotilla.v1alpha1.Rfc2136R\arfc2136\"<\n" +
+	"\aRfc2136\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x19\n" +
+	"\btsig_key\x18\x02 \x01(\tR\atsigKey\"\xc5\x01\n" +
 	"\x10DNSRecordSetSpec\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x10\n" +
 	"\x03ttl\x18\x02 \x01(\rR\x03ttl\x12@\n" +
@@ -346,21 +419,23 @@ func file_flotilla_v1alpha1_dns_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_dns_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_dns_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_flotilla_v1alpha1_dns_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_flotilla_v1alpha1_dns_proto_goTypes = []any{
 	(*DNSZoneSpec)(nil),      // 0: flotilla.v1alpha1.DNSZoneSpec
-	(*DNSRecordSetSpec)(nil), // 1: flotilla.v1alpha1.DNSRecordSetSpec
-	(*EntryPoint)(nil),       // 2: flotilla.v1alpha1.EntryPoint
-	(*HealthCheck)(nil),      // 3: flotilla.v1alpha1.HealthCheck
+	(*Rfc2136)(nil),          // 1: flotilla.v1alpha1.Rfc2136
+	(*DNSRecordSetSpec)(nil), // 2: flotilla.v1alpha1.DNSRecordSetSpec
+	(*EntryPoint)(nil),       // 3: flotilla.v1alpha1.EntryPoint
+	(*HealthCheck)(nil),      // 4: flotilla.v1alpha1.HealthCheck
 }
 var file_flotilla_v1alpha1_dns_proto_depIdxs = []int32{
-	2, // 0: flotilla.v1alpha1.DNSRecordSetSpec.entry_points:type_name -> flotilla.v1alpha1.EntryPoint
-	3, // 1: flotilla.v1alpha1.DNSRecordSetSpec.health_check:type_name -> flotilla.v1alpha1.HealthCheck
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	1, // 0: flotilla.v1alpha1.DNSZoneSpec.rfc2136:type_name -> flotilla.v1alpha1.Rfc2136
+	3, // 1: flotilla.v1alpha1.DNSRecordSetSpec.entry_points:type_name -> flotilla.v1alpha1.EntryPoint
+	4, // 2: flotilla.v1alpha1.DNSRecordSetSpec.health_check:type_name -> flotilla.v1alpha1.HealthCheck
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_dns_proto_init() }
@@ -374,7 +449,7 @@ func file_flotilla_v1alpha1_dns_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_dns_proto_rawDesc), len(file_flotilla_v1alpha1_dns_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
