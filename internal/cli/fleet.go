@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"google.golang.org/protobuf/types/known/structpb"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,8 +59,106 @@ func newClusterCmd(e *env) *cobra.Command {
 	onboard.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
 	onboard.Flags().DurationVar(&ttl, "ttl", central.DefaultTokenTTL, "how long the token stays valid")
 	onboard.Flags().BoolVar(&force, "force", false, "issue a token even though the cluster's agent is connected: joining with it replaces that agent's credential")
-	cmd.AddCommand(onboard)
+	cmd.AddCommand(onboard, newDrainCmd(e, true), newDrainCmd(e, false))
 	return cmd
+}
+
+// newDrainCmd is `cluster drain` (drain) or `cluster undrain`: it sets the
+// Cluster's spec.drained through the resource API (so it is audited and
+// kept like any write) and, with --wait, waits until no DNS record set
+// answers with the cluster's entry points, showing those that still do.
+func newDrainCmd(e *env, drain bool) *cobra.Command {
+	var (
+		org     string
+		wait    bool
+		timeout time.Duration
+	)
+	verb := map[bool]string{true: "drain", false: "undrain"}[drain]
+	cmd := &cobra.Command{
+		Use:   verb + " NAME",
+		Short: map[bool]string{true: "Take a cluster's entry points out of DNS answers (e.g. before an upgrade)", false: "Bring a drained cluster's entry points back into DNS answers"}[drain],
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			k, _ := e.reg.Kind("Cluster")
+			r, err := e.find(cmd, k, args[0], &parentFlags{org: org})
+			if err != nil {
+				return err
+			}
+			fields := map[string]any{}
+			if r.GetSpec() != nil {
+				fields = r.GetSpec().AsMap()
+			}
+			if drain {
+				fields["drained"] = true
+			} else {
+				delete(fields, "drained")
+			}
+			spec, err := structpb.NewStruct(fields)
+			if err != nil {
+				return err
+			}
+			r.Spec = spec
+			res, err := e.resources().Apply(cmd.Context(), connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{r}}))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "cluster %s %sed (store revision %d)\n", args[0], verb, res.Msg.GetRevision())
+			if !wait || !drain {
+				return nil
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			orgFQN := strings.Join(strings.SplitN(r.GetMetadata().GetFqn(), "/", 3)[:2], "/")
+			for attempt := 0; ; attempt++ {
+				still, err := e.stillServing(ctx, orgFQN, args[0])
+				if err != nil {
+					return err
+				}
+				if len(still) == 0 {
+					fmt.Fprintf(e.out, "no DNS answer points at %s\n", args[0])
+					return nil
+				}
+				if attempt == 0 {
+					for _, s := range still {
+						fmt.Fprintf(e.errOut, "still sending traffic to %s: %s\n", args[0], s)
+					}
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("%s still receives traffic after %s: %s", args[0], timeout, strings.Join(still, "; "))
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+		},
+	}
+	cmd.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
+	if drain {
+		cmd.Flags().BoolVar(&wait, "wait", false, "wait until no DNS record set answers with the cluster's entry points")
+		cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long --wait waits")
+	}
+	return cmd
+}
+
+// stillServing lists the DNS record sets of the organization whose status
+// shows an entry point of cluster that is not drained yet.
+func (e *env) stillServing(ctx context.Context, org, cluster string) ([]string, error) {
+	sets, err := e.listAll(ctx, &pb.ListRequest{Kind: "DNSRecordSet", Parent: org})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range sets {
+		res, err := e.fleet().GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: "DNSRecordSet", Fqn: s.GetMetadata().GetFqn()}))
+		if err != nil {
+			return nil, err
+		}
+		for _, row := range res.Msg.GetClusters() {
+			if row.GetCluster() == cluster && !strings.Contains(row.GetMessage(), "drained") {
+				out = append(out, fmt.Sprintf("%s (%s)", s.GetMetadata().GetFqn(), row.GetMessage()))
+			}
+		}
+	}
+	return out, nil
 }
 
 func newStatusCmd(e *env) *cobra.Command {

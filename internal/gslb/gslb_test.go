@@ -40,6 +40,15 @@ func TestAnswersHoldTheHealthyEntryPointsOrAllWhenNoneIs(t *testing.T) {
 	check("shop.apps.example.com", []string{"10.0.0.1"}, true, true)
 	down["10.0.0.1"] = true
 	check("shop.apps.example.com", []string{"10.0.0.1", "10.0.0.2"}, true, true) // none healthy: all
+	// A drained cluster's entry point leaves the answers whatever its
+	// health; when every cluster is drained, all are answered.
+	down = map[string]bool{}
+	cfg.Records[rs.Hostname].EntryPoints[0].Drained = true // c2, 10.0.0.2
+	check("shop.apps.example.com", []string{"10.0.0.1"}, true, true)
+	down["10.0.0.1"] = true
+	check("shop.apps.example.com", []string{"10.0.0.1"}, true, true)
+	cfg.Records[rs.Hostname].EntryPoints[1].Drained = true
+	check("shop.apps.example.com", []string{"10.0.0.1", "10.0.0.2"}, true, true)
 	check("other.apps.example.com", nil, true, false)
 	check("apps.example.org", nil, false, false)
 	check("xapps.example.com", nil, false, false)

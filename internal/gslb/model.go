@@ -36,17 +36,27 @@ type Config struct {
 	Records map[string]RecordSet
 }
 
-// Addresses is what hostname should resolve to: its healthy entry points,
-// or all of them when none is healthy.
+// Addresses is what hostname should resolve to: its healthy entry points
+// in clusters not drained; all of those when none is healthy (a failing
+// check must not take the name down); every entry point when all their
+// clusters are drained.
 func (rs RecordSet) Addresses(healthy Healthy) []netip.Addr {
-	var addrs, all []netip.Addr
+	var addrs, live, all []netip.Addr
 	for _, e := range rs.EntryPoints {
 		all = append(all, e.Address)
+		if e.Drained {
+			continue
+		}
+		live = append(live, e.Address)
 		if rs.Check == nil || healthy(Target{Record: rs.FQN, Address: e.Address}) {
 			addrs = append(addrs, e.Address)
 		}
 	}
-	if len(addrs) == 0 {
+	switch {
+	case len(addrs) > 0:
+	case len(live) > 0:
+		addrs = live
+	default:
 		addrs = all
 	}
 	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
@@ -66,6 +76,9 @@ type RecordSet struct {
 type EntryPoint struct {
 	Cluster string
 	Address netip.Addr
+	// Drained is set when its cluster is drained: it leaves the answers
+	// whatever its health.
+	Drained bool
 }
 
 // Check is a resolved health check.

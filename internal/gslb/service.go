@@ -162,6 +162,18 @@ func (s *Service) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	clusters, err := s.st.List(ctx, store.Query{Kind: "Cluster"})
+	if err != nil {
+		return err
+	}
+	drained := map[string]bool{} // cluster FQN
+	for _, c := range clusters {
+		spec := &pb.ClusterSpec{}
+		if err := protojson.Unmarshal(c.Spec, spec); err != nil {
+			return fmt.Errorf("stored %s: %w", c.FQN, err)
+		}
+		drained[c.FQN] = spec.GetDrained()
+	}
 	for _, r := range sets {
 		spec := &pb.DNSRecordSetSpec{}
 		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
@@ -170,6 +182,10 @@ func (s *Service) load(ctx context.Context) error {
 		rs, err := NewRecordSet(r.FQN, spec)
 		if err != nil {
 			return err
+		}
+		org := strings.Join(strings.SplitN(r.FQN, "/", 3)[:2], "/")
+		for i, e := range rs.EntryPoints {
+			rs.EntryPoints[i].Drained = drained[org+"/clusters/"+e.Cluster]
 		}
 		cfg.Records[rs.Hostname] = rs
 	}
@@ -289,6 +305,11 @@ func (s *Service) Status(fqn string) []*pb.ClusterState {
 	}
 	for _, e := range rs.EntryPoints {
 		row := &pb.ClusterState{Cluster: e.Cluster, State: "Applied", Connected: true, Message: e.Address.String() + ": not checked (no health check)"}
+		if e.Drained {
+			row.Message = fmt.Sprintf("%s: drained (cluster %s): out of the answers", e.Address, e.Cluster)
+			out = append(out, row)
+			continue
+		}
 		if rs.Check != nil {
 			st, ok := s.checker.State(Target{Record: fqn, Address: e.Address})
 			switch {

@@ -105,6 +105,15 @@ spec:
   namespaceSelector: {names: ["*/web"]}
 ---
 apiVersion: flotilla.io/v1alpha1
+kind: Cluster
+metadata: {name: c1, organization: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Cluster
+metadata: {name: c2, organization: acme}
+spec: {region: region-2}
+---
+apiVersion: flotilla.io/v1alpha1
 kind: DNSZone
 metadata: {name: apps, organization: acme}
 spec:
@@ -172,6 +181,28 @@ func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 	eventually(t, 5*time.Second, "c2 back in the answers", func() error { return answers(both) })
 	if agg, rows := s.status("dnsrecordset", "shop"); agg != "READY" || rows["c2"].State != "Applied" {
 		t.Fatalf("status after c2 came back: %s %+v", agg, rows)
+	}
+
+	// Draining c2 takes it out of the answers although it is healthy; the
+	// drain keeps the cluster's spec, shows in status and in the audit, and
+	// undrain brings c2 back.
+	out := s.must("cluster", "drain", "c2", "--wait", "--timeout", "30s")
+	if !strings.Contains(out, "no DNS answer points at c2") {
+		t.Fatalf("drain --wait:\n%s", out)
+	}
+	if err := answers([]string{"127.0.20.1"}); err != nil {
+		t.Fatalf("after drain: %v", err)
+	}
+	if _, rows := s.status("dnsrecordset", "shop"); !strings.Contains(rows["c2"].Message, "drained (cluster c2)") {
+		t.Fatalf("status after drain: %+v", rows)
+	}
+	if out := s.must("get", "cluster", "c2", "-o", "yaml"); !strings.Contains(out, "drained: true") || !strings.Contains(out, "region: region-2") {
+		t.Fatalf("cluster after drain:\n%s", out)
+	}
+	s.must("cluster", "undrain", "c2")
+	eventually(t, 5*time.Second, "c2 back after undrain", func() error { return answers(both) })
+	if out := s.must("audit", "--since", "1h"); strings.Count(out, "organizations/acme/clusters/c2") < 3 || !strings.Contains(out, "drained") {
+		t.Fatalf("the audit lacks the drain and the undrain:\n%s", out)
 	}
 
 	// When every entry point fails, the name still answers with all of them.

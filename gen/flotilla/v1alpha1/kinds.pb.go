@@ -319,11 +319,15 @@ type ClusterSpec struct {
 	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
 	// Network names the cluster's network; clusters on one network reach each
 	// other's pods directly.
-	Network       string            `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
-	Region        string            `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
-	Zone          string            `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	TrustDomain   string            `protobuf:"bytes,7,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Network     string            `protobuf:"bytes,3,opt,name=network,proto3" json:"network,omitempty"`
+	Region      string            `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	Zone        string            `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
+	Labels      map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TrustDomain string            `protobuf:"bytes,7,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// Drained takes the cluster's entry points out of DNS answers (`flotilla
+	// cluster drain`), e.g. before an upgrade; `flotilla cluster undrain`
+	// brings them back.
+	Drained       bool `protobuf:"varint,8,opt,name=drained,proto3" json:"drained,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -405,6 +409,13 @@ func (x *ClusterSpec) GetTrustDomain() string {
 		return x.TrustDomain
 	}
 	return ""
+}
+
+func (x *ClusterSpec) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
 }
 
 // TeamSpec groups people. A person belongs to a team when listed in
@@ -1017,7 +1028,7 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\x12namespace_selector\x18\x03 \x01(\v2$.flotilla.v1alpha1.NamespaceSelectorR\x11namespaceSelector\x12\x12\n" +
 	"\x04type\x18\x04 \x01(\tR\x04type\x12\x1f\n" +
 	"\vconfig_mode\x18\x05 \x01(\tR\n" +
-	"configMode\"\xba\x02\n" +
+	"configMode\"\xd4\x02\n" +
 	"\vClusterSpec\x12!\n" +
 	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
@@ -1025,7 +1036,8 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\x06region\x18\x04 \x01(\tR\x06region\x12\x12\n" +
 	"\x04zone\x18\x05 \x01(\tR\x04zone\x12B\n" +
 	"\x06labels\x18\x06 \x03(\v2*.flotilla.v1alpha1.ClusterSpec.LabelsEntryR\x06labels\x12!\n" +
-	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\x1a9\n" +
+	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\x12\x18\n" +
+	"\adrained\x18\b \x01(\bR\adrained\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
