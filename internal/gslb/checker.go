@@ -2,6 +2,7 @@ package gslb
 
 import (
 	"context"
+	"slices"
 	"net"
 	"net/http"
 	"strconv"
@@ -35,6 +36,17 @@ type health struct {
 	fails, successes int
 	last             time.Time
 	lastErr          string
+	history          []Change // the last historyLen changes, oldest first
+}
+
+// historyLen is how many health changes an entry point remembers.
+const historyLen = 5
+
+// Change is an entry point turning healthy or unhealthy.
+type Change struct {
+	At      time.Time
+	Healthy bool
+	Error   string // the failed probe's, when it turned unhealthy
 }
 
 // NewChecker returns a checker; onChange, when set, is called (outside any
@@ -97,11 +109,12 @@ func (c *Checker) Healthy(t Target) bool {
 	return h == nil || h.healthy
 }
 
-// State is an entry point's health as last probed.
+// State is an entry point's health as last probed, and its last changes.
 type State struct {
 	Healthy bool
 	Last    time.Time
 	Error   string
+	History []Change
 }
 
 // State returns an entry point's health; ok is false when it is not probed.
@@ -112,7 +125,7 @@ func (c *Checker) State(t Target) (State, bool) {
 	if h == nil {
 		return State{}, false
 	}
-	return State{Healthy: h.healthy, Last: h.last, Error: h.lastErr}, true
+	return State{Healthy: h.healthy, Last: h.last, Error: h.lastErr, History: slices.Clone(h.history)}, true
 }
 
 func (c *Checker) run(ctx context.Context, t Target, l probeLoop) {
@@ -180,6 +193,12 @@ func (c *Checker) record(t Target, check Check, err error) {
 		}
 	}
 	now := h.healthy
+	if now != was {
+		h.history = append(h.history, Change{At: h.last, Healthy: now, Error: h.lastErr})
+		if len(h.history) > historyLen {
+			h.history = h.history[len(h.history)-historyLen:]
+		}
+	}
 	c.mu.Unlock()
 	if now != was && c.onChange != nil {
 		c.onChange(t, now)

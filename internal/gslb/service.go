@@ -323,6 +323,17 @@ func (s *Service) Status(fqn string) []*pb.ClusterState {
 				row.State = "Failed"
 				row.Message = fmt.Sprintf("%s: out of the DNS answers: %s", e.Address, st.Error)
 			}
+			if len(st.History) > 0 {
+				var hist []string
+				for _, c := range st.History {
+					word := "healthy"
+					if !c.Healthy {
+						word = "unhealthy (" + c.Error + ")"
+					}
+					hist = append(hist, c.At.UTC().Format("15:04:05")+" "+word)
+				}
+				row.Message += "; changes: " + strings.Join(hist, ", ")
+			}
 		}
 		out = append(out, row)
 	}
