@@ -2,9 +2,9 @@ package gslb
 
 import (
 	"context"
-	"slices"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
