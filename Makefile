@@ -29,7 +29,7 @@ run: build fleet-istio
 
 ## test: every test, with the race detector, against a real local fleet and PostgreSQL,
 ## then the local fleet's own tests (its module is separate)
-test: fleet-workloads fleet-istio $(BIN)/dex
+test: fleet-workloads fleet-istio $(BIN)/dex $(BIN)/externaldns-crd.yaml
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fleet-test
 
@@ -53,6 +53,14 @@ $(BIN)/protoc-gen-connect-go:
 $(BIN)/dex: tools/dex/go.mod tools/dex/go.sum
 	cd tools/dex && $(GO) build -trimpath -ldflags '-s -w' -o $@ github.com/dexidp/dex/cmd/dex
 	touch $@
+
+# external-dns's DNSEndpoint CRD, from its pinned release, for the GSLB
+# end-to-end test (installed into a local-fleet API server).
+TMPDIR ?= /tmp
+EXTERNAL_DNS_VERSION := v0.20.0
+$(BIN)/externaldns-crd.yaml:
+	dir=$$(cd $(TMPDIR) && $(GO) mod download -json sigs.k8s.io/external-dns@$(EXTERNAL_DNS_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && \
+	install -D -m 0644 "$$dir/config/crd/standard/dnsendpoints.externaldns.k8s.io.yaml" $@
 
 ## tools: the pinned code generators
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go

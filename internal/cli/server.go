@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,6 +30,7 @@ import (
 )
 
 func newServerCmd(e *env) *cobra.Command {
+	var dnsKubeconfigs []string
 	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
@@ -71,18 +74,36 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			if agentTTL < time.Second {
 				return fmt.Errorf("--agent-credential-ttl %s: give at least 1s", agentTTL)
 			}
-			var keys map[string]gslb.TSIGKey
+			var dnsOpts gslb.Options
 			if tsigFile != "" {
 				data, err := os.ReadFile(tsigFile)
 				if err != nil {
 					return fmt.Errorf("--dns-tsig-keys: %w", err)
 				}
-				if keys, err = gslb.ParseKeyFile(data); err != nil {
+				if dnsOpts.TSIGKeys, err = gslb.ParseKeyFile(data); err != nil {
 					return fmt.Errorf("--dns-tsig-keys %s: %w", tsigFile, err)
 				}
 			}
+			for _, kc := range dnsKubeconfigs {
+				name, file, ok := strings.Cut(kc, "=")
+				if !ok || name == "" || file == "" {
+					return fmt.Errorf("--dns-kubeconfig %q: write NAME=FILE, e.g. dns=/etc/flotilla/dns-cluster.kubeconfig", kc)
+				}
+				cfg, err := clientcmd.BuildConfigFromFlags("", file)
+				if err != nil {
+					return fmt.Errorf("--dns-kubeconfig %s: %w", kc, err)
+				}
+				dyn, err := dynamic.NewForConfig(cfg)
+				if err != nil {
+					return fmt.Errorf("--dns-kubeconfig %s: %w", kc, err)
+				}
+				if dnsOpts.Clusters == nil {
+					dnsOpts.Clusters = map[string]dynamic.Interface{}
+				}
+				dnsOpts.Clusters[name] = dyn
+			}
 			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres"),
-				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen, TSIGKeys: keys})
+				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen, DNS: dnsOpts})
 			if err != nil {
 				return err
 			}
@@ -91,6 +112,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to serve the API on")
+	cmd.Flags().StringArrayVar(&dnsKubeconfigs, "dns-kubeconfig", nil, "NAME=FILE: a cluster where DNSZones with provider EXTERNAL_DNS (spec.externalDns.kubeconfig NAME) write DNSEndpoint objects for external-dns (repeatable)")
 	cmd.Flags().StringVar(&tsigFile, "dns-tsig-keys", "", "BIND key file (as tsig-keygen writes it) with the TSIG keys that sign updates of DNSZones with provider RFC2136")
 	cmd.Flags().StringVar(&dnsListen, "dns-listen", "", "address (UDP and TCP) of the built-in authoritative DNS server for the DNSZones with provider BUILTIN, e.g. 127.0.0.1:5353; off when empty")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")

@@ -33,12 +33,22 @@ func ParseKeyFile(data []byte) (map[string]TSIGKey, error) {
 	return out, nil
 }
 
-// Zone is a zone and, for RFC2136 zones, where and how to update it.
+// Zone is a zone and where and how to publish it.
 type Zone struct {
-	Name     string // fully qualified
-	Provider string
-	Server   string // RFC2136: host:port
-	Key      string // RFC2136: TSIG key name, fully qualified
+	Name       string // fully qualified
+	Provider   string
+	Server     string // RFC2136: host:port
+	Key        string // RFC2136: TSIG key name, fully qualified
+	Kubeconfig string // EXTERNAL_DNS: a --dns-kubeconfig name
+	Namespace  string // EXTERNAL_DNS: where the DNSEndpoints go
+}
+
+// where says where a zone is published, for status.
+func (z Zone) where() string {
+	if z.Provider == "EXTERNAL_DNS" {
+		return "external-dns " + z.Kubeconfig + "/" + z.Namespace
+	}
+	return "dns " + z.Server
 }
 
 // OwnerName is the name of the TXT record that marks a hostname's records

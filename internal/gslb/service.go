@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"k8s.io/client-go/dynamic"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -38,16 +39,27 @@ type Service struct {
 	changes *prometheus.CounterVec
 
 	rfc2136 rfc2136Client
+	extdns  externalDNS
 	publish chan struct{} // capacity 1: publication wanted
 	mu      sync.Mutex
 	zoneErr map[string]string // RFC2136 zone → why its last publication failed
 	hostErr map[string]string // hostname → why it could not be published
 }
 
+// Options are where the service publishes besides its own DNS server.
+type Options struct {
+	// TSIGKeys sign the updates of RFC2136 zones, by fully qualified name.
+	TSIGKeys map[string]TSIGKey
+	// Clusters are the clusters EXTERNAL_DNS zones write DNSEndpoints to,
+	// by kubeconfig name.
+	Clusters map[string]dynamic.Interface
+}
+
 // New returns a service that serves DNS on listen ("host:port"; none when
-// empty) and keeps RFC2136 zones with the given TSIG keys.
-func New(st store.Store, log *slog.Logger, listen string, keys map[string]TSIGKey) *Service {
-	s := &Service{st: st, log: log, listen: listen, rfc2136: rfc2136Client{keys: keys}, publish: make(chan struct{}, 1),
+// empty) and keeps RFC2136 and EXTERNAL_DNS zones as opts allow.
+func New(st store.Store, log *slog.Logger, listen string, opts Options) *Service {
+	s := &Service{st: st, log: log, listen: listen, rfc2136: rfc2136Client{keys: opts.TSIGKeys}, extdns: externalDNS{clients: opts.Clusters},
+		publish: make(chan struct{}, 1),
 		zoneErr: map[string]string{}, hostErr: map[string]string{},
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flotilla_gslb_entry_point_healthy",
 			Help: "1 when the entry point passes its health check (or has none), 0 when it is out of the DNS answers."}, []string{"record", "address"}),
@@ -154,6 +166,9 @@ func (s *Service) load(ctx context.Context) error {
 		case "RFC2136":
 			cfg.Remote = append(cfg.Remote, Zone{Name: Fqdn(spec.GetZone()), Provider: "RFC2136",
 				Server: spec.GetRfc2136().GetServer(), Key: Fqdn(spec.GetRfc2136().GetTsigKey())})
+		case "EXTERNAL_DNS":
+			cfg.Remote = append(cfg.Remote, Zone{Name: Fqdn(spec.GetZone()), Provider: "EXTERNAL_DNS",
+				Kubeconfig: spec.GetExternalDns().GetKubeconfig(), Namespace: spec.GetExternalDns().GetNamespace()})
 		default:
 			cfg.Zones = append(cfg.Zones, Fqdn(spec.GetZone()))
 		}
@@ -205,11 +220,11 @@ func (s *Service) publishLoop(ctx context.Context) {
 		case <-s.publish:
 		case <-time.After(30 * time.Second):
 		}
-		s.publishAll()
+		s.publishAll(ctx)
 	}
 }
 
-func (s *Service) publishAll() {
+func (s *Service) publishAll(ctx context.Context) {
 	cfg := s.cfg.Load()
 	zoneErr, hostErr := map[string]string{}, map[string]string{}
 	for _, z := range cfg.Remote {
@@ -219,10 +234,16 @@ func (s *Service) publishAll() {
 				want[host] = published{fqn: rs.FQN, ttl: rs.TTL, addrs: rs.Addresses(s.checker.Healthy)}
 			}
 		}
-		conflicts, err := s.rfc2136.Publish(z, want)
+		var conflicts map[string]string
+		var err error
+		if z.Provider == "EXTERNAL_DNS" {
+			conflicts, err = s.extdns.Publish(ctx, z, want)
+		} else {
+			conflicts, err = s.rfc2136.Publish(z, want)
+		}
 		if err != nil {
 			zoneErr[z.Name] = err.Error()
-			s.log.Error("RFC 2136 publication failed", "zone", z.Name, "server", z.Server, "err", err)
+			s.log.Error("DNS publication failed", "zone", z.Name, "provider", z.Provider, "err", err)
 		}
 		for host, why := range conflicts {
 			hostErr[host] = why
@@ -290,8 +311,11 @@ func (s *Service) Status(fqn string) []*pb.ClusterState {
 		s.mu.Lock()
 		zerr, herr := s.zoneErr[z.Name], s.hostErr[rs.Hostname]
 		s.mu.Unlock()
-		row := &pb.ClusterState{Cluster: "dns " + z.Server, State: "Applied", Connected: zerr == "",
+		row := &pb.ClusterState{Cluster: z.where(), State: "Applied", Connected: zerr == "",
 			Message: fmt.Sprintf("published in %s at %s (RFC 2136)", strings.TrimSuffix(z.Name, "."), z.Server)}
+		if z.Provider == "EXTERNAL_DNS" {
+			row.Message = fmt.Sprintf("DNSEndpoint %s/%s written for external-dns in %s", z.Namespace, EndpointName(rs.Hostname), z.Kubeconfig)
+		}
 		if zerr != "" || herr != "" {
 			var why []string
 			for _, w := range []string{zerr, herr} {

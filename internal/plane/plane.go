@@ -32,8 +32,9 @@ type Config struct {
 	// DNSListen, when set, is where the built-in authoritative DNS server
 	// answers for the organizations' DNSZones ("host:port", UDP and TCP).
 	DNSListen string
-	// TSIGKeys sign the updates of DNSZones with provider RFC2136.
-	TSIGKeys map[string]gslb.TSIGKey
+	// DNS are where DNSZones with provider RFC2136 or EXTERNAL_DNS are
+	// published (TSIG keys, clusters for DNSEndpoints).
+	DNS gslb.Options
 }
 
 // Plane is a management plane with its central control plane.
@@ -41,7 +42,7 @@ type Plane struct {
 	API     *apiserver.Server
 	Central *central.Central
 	// GSLB is the built-in DNS, the RFC 2136 publisher and their health
-	// checks; nil without Config.DNSListen or Config.TSIGKeys.
+	// checks; nil without Config.DNSListen or Config.DNS.
 	GSLB *gslb.Service
 }
 
@@ -52,8 +53,8 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 		copts = append(copts, central.Shared())
 	}
 	var dns *gslb.Service
-	if cfg.DNSListen != "" || len(cfg.TSIGKeys) > 0 {
-		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen, cfg.TSIGKeys)
+	if cfg.DNSListen != "" || len(cfg.DNS.TSIGKeys) > 0 || len(cfg.DNS.Clusters) > 0 {
+		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen, cfg.DNS)
 		copts = append(copts, central.WithHealth(gslb.KindDNSRecordSet, dns.Status))
 	}
 	cp := central.New(reg, st, log.With("component", "central"), copts...)

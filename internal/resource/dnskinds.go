@@ -66,11 +66,21 @@ func validateDNSZone(spec proto.Message) []FieldError {
 			out = append(out, FieldError{Field: "spec.rfc2136.tsigKey", Message: "is required: the name of a TSIG key of flotilla server --dns-tsig-keys that the server accepts for the zone"})
 		}
 	case "":
-		out = append(out, FieldError{Field: "spec.provider", Message: "is required: BUILTIN (Flotilla's own DNS server, flotilla server --dns-listen) or RFC2136"})
+		out = append(out, FieldError{Field: "spec.provider", Message: "is required: BUILTIN (Flotilla's own DNS server, flotilla server --dns-listen), RFC2136 or EXTERNAL_DNS"})
 	case "EXTERNAL_DNS":
-		out = append(out, FieldError{Field: "spec.provider", Message: "EXTERNAL_DNS is not available in this release: use BUILTIN or RFC2136"})
+		x := s.GetExternalDns()
+		if x.GetKubeconfig() == "" {
+			out = append(out, FieldError{Field: "spec.externalDns.kubeconfig", Message: "is required: the NAME of a flotilla server --dns-kubeconfig NAME=FILE, the cluster where external-dns watches DNSEndpoints"})
+		}
+		if x.GetNamespace() == "" {
+			out = append(out, FieldError{Field: "spec.externalDns.namespace", Message: "is required: the namespace for the DNSEndpoint objects"})
+		} else {
+			for _, m := range validation.IsDNS1123Label(x.GetNamespace()) {
+				out = append(out, FieldError{Field: "spec.externalDns.namespace", Message: fmt.Sprintf("%q: %s", x.GetNamespace(), m)})
+			}
+		}
 	default:
-		out = append(out, FieldError{Field: "spec.provider", Message: fmt.Sprintf("%q is not a provider: use BUILTIN or RFC2136", s.GetProvider())})
+		out = append(out, FieldError{Field: "spec.provider", Message: fmt.Sprintf("%q is not a provider: use BUILTIN, RFC2136 or EXTERNAL_DNS", s.GetProvider())})
 	}
 	for i, t := range s.GetTenants() {
 		for _, m := range validation.IsDNS1123Label(t) {

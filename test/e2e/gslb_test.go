@@ -1,16 +1,26 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/yaml"
+
+	"flotilla.io/flotilla/internal/gslb"
 )
 
 // entryPoint is a real HTTP health endpoint on one loopback address.
@@ -263,4 +273,147 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// installCRD creates the CRD in file (under bin/) in the cluster unless it
+// is there, and waits until it is served.
+func (c *kcluster) installCRD(t *testing.T, file string, gvr schema.GroupVersionResource) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "bin", file))
+	if err != nil {
+		t.Fatalf("%v (make test builds it)", err)
+	}
+	obj := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(data, &obj.Object); err != nil {
+		t.Fatal(err)
+	}
+	crds := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	if _, err := c.dyn.Resource(crds).Create(context.Background(), obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, gvr.Resource+" served", func() error {
+		_, err := c.dyn.Resource(gvr).Namespace("default").List(context.Background(), metav1.ListOptions{})
+		return err
+	})
+}
+
+// EXTERNAL_DNS: the server keeps one DNSEndpoint per hostname in the chosen
+// cluster (a real API server holding external-dns's CRD), with the healthy
+// entry points as targets, deletes it with the record set, and leaves a
+// DNSEndpoint that is not its own alone.
+func TestExternalDNSEndpointsFollowTheHealthChecks(t *testing.T) {
+	c := clusters(t)[0]
+	c.installCRD(t, "externaldns-crd.yaml", gslb.DNSEndpointGVR)
+	c.reset(t, "external-dns")
+	ctx := context.Background()
+	eps := c.dyn.Resource(gslb.DNSEndpointGVR).Namespace("external-dns")
+	_ = eps.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+	theirs := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint",
+		"metadata": map[string]any{"name": gslb.EndpointName("other.apps.example.io."), "namespace": "external-dns"},
+		"spec":     map[string]any{"endpoints": []any{map[string]any{"dnsName": "other.apps.example.io", "recordType": "A", "targets": []any{"127.0.0.99"}}}},
+	}}
+	made, err := eps.Create(ctx, theirs, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, t.TempDir(), "--dns-kubeconfig", "dns="+c.kubeconfig)
+	var port string
+	for range 20 {
+		a := startEntryPointFor(t, "127.0.23.1:0", "shop.apps.example.io")
+		_, port, _ = net.SplitHostPort(a.addr)
+		if ln, err := net.Listen("tcp", "127.0.23.2:"+port); err == nil {
+			ln.Close()
+			break
+		}
+		_ = a.srv.Close()
+	}
+	c2 := startEntryPointFor(t, "127.0.23.2:"+port, "shop.apps.example.io")
+	intent := fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
+kind: Organization
+metadata: {name: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Tenant
+metadata: {name: fintech, organization: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Workspace
+metadata: {name: shop, organization: acme, tenant: fintech}
+spec:
+  namespaceSelector: {names: ["*/shop"]}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: DNSZone
+metadata: {name: apps, organization: acme}
+spec:
+  zone: apps.example.io
+  provider: EXTERNAL_DNS
+  externalDns: {kubeconfig: dns, namespace: external-dns}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: DNSRecordSet
+metadata: {name: shop, organization: acme, tenant: fintech, workspace: shop}
+spec:
+  hostname: shop.apps.example.io
+  ttl: 30
+  entryPoints:
+  - {cluster: c1, address: 127.0.23.1}
+  - {cluster: c2, address: 127.0.23.2}
+  healthCheck: {path: /healthz, port: %s, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: DNSRecordSet
+metadata: {name: other, organization: acme, tenant: fintech, workspace: shop}
+spec:
+  hostname: other.apps.example.io
+  ttl: 30
+  entryPoints: [{cluster: c1, address: 127.0.23.1}]
+`, port)
+	if r := s.flotilla(intent, "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %+v", r)
+	}
+	targets := func(want ...string) error {
+		o, err := eps.Get(ctx, gslb.EndpointName("shop.apps.example.io."), metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		list, _, _ := unstructured.NestedSlice(o.Object, "spec", "endpoints")
+		if len(list) != 1 {
+			return fmt.Errorf("endpoints %v", list)
+		}
+		ep := list[0].(map[string]any)
+		got := fmt.Sprint(ep["targets"])
+		if ep["dnsName"] != "shop.apps.example.io" || ep["recordType"] != "A" || fmt.Sprint(ep["recordTTL"]) != "30" || got != fmt.Sprint(want) {
+			return fmt.Errorf("endpoint %v, want targets %v", ep, want)
+		}
+		if o.GetLabels()["app.kubernetes.io/managed-by"] != "flotilla" {
+			return fmt.Errorf("labels %v", o.GetLabels())
+		}
+		return nil
+	}
+	eventually(t, 20*time.Second, "the DNSEndpoint with both entry points", func() error { return targets("127.0.23.1", "127.0.23.2") })
+	_ = c2.srv.Close()
+	eventually(t, 20*time.Second, "c2 out of the DNSEndpoint", func() error { return targets("127.0.23.1") })
+	c2 = startEntryPointFor(t, c2.addr, "shop.apps.example.io")
+	eventually(t, 20*time.Second, "c2 back in the DNSEndpoint", func() error { return targets("127.0.23.1", "127.0.23.2") })
+
+	// Someone else's DNSEndpoint for other stays as it was; the status says why.
+	eventually(t, 20*time.Second, "the conflict in other's status", func() error {
+		_, rows := s.status("dnsrecordset", "other")
+		if row := rows["external-dns dns/external-dns"]; row.State != "Failed" || !strings.Contains(row.Message, "not Flotilla's") {
+			return fmt.Errorf("rows %+v", rows)
+		}
+		return nil
+	})
+	if got, err := eps.Get(ctx, made.GetName(), metav1.GetOptions{}); err != nil || got.GetResourceVersion() != made.GetResourceVersion() {
+		t.Fatalf("the DNSEndpoint that is not Flotilla's was touched: %v", err)
+	}
+	s.must("delete", "dnsrecordset", "shop", "--org", "acme")
+	eventually(t, 20*time.Second, "shop's DNSEndpoint deleted", func() error {
+		if _, err := eps.Get(ctx, gslb.EndpointName("shop.apps.example.io."), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
 }

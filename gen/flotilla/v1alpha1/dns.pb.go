@@ -27,15 +27,20 @@ type DNSZoneSpec struct {
 	// Zone is the zone's name, e.g. "apps.example.com".
 	Zone string `protobuf:"bytes,1,opt,name=zone,proto3" json:"zone,omitempty"`
 	// Provider is BUILTIN (Flotilla's own authoritative DNS server,
-	// `flotilla server --dns-listen`, answers for the zone) or RFC2136
+	// `flotilla server --dns-listen`, answers for the zone), RFC2136
 	// (Flotilla keeps the records in the zone's primary server with dynamic
-	// updates signed with TSIG).
+	// updates signed with TSIG) or EXTERNAL_DNS (Flotilla writes DNSEndpoint
+	// objects for external-dns).
 	Provider string `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
 	// Tenants may publish names in the zone; empty means every tenant of the
 	// organization.
 	Tenants []string `protobuf:"bytes,3,rep,name=tenants,proto3" json:"tenants,omitempty"`
 	// Rfc2136 is the primary server of a zone with provider RFC2136.
-	Rfc2136       *Rfc2136 `protobuf:"bytes,4,opt,name=rfc2136,proto3" json:"rfc2136,omitempty"`
+	Rfc2136 *Rfc2136 `protobuf:"bytes,4,opt,name=rfc2136,proto3" json:"rfc2136,omitempty"`
+	// ExternalDns is where the DNSEndpoint objects of a zone with provider
+	// EXTERNAL_DNS are written, for external-dns (and so any DNS provider it
+	// supports) to publish.
+	ExternalDns   *ExternalDns `protobuf:"bytes,5,opt,name=external_dns,json=externalDns,proto3" json:"external_dns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -98,6 +103,69 @@ func (x *DNSZoneSpec) GetRfc2136() *Rfc2136 {
 	return nil
 }
 
+func (x *DNSZoneSpec) GetExternalDns() *ExternalDns {
+	if x != nil {
+		return x.ExternalDns
+	}
+	return nil
+}
+
+// ExternalDns names a Kubernetes cluster and namespace for DNSEndpoint
+// objects (externaldns.k8s.io/v1alpha1).
+type ExternalDns struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Kubeconfig names a kubeconfig of `flotilla server --dns-kubeconfig
+	// NAME=FILE`: the cluster where external-dns watches DNSEndpoints.
+	Kubeconfig    string `protobuf:"bytes,1,opt,name=kubeconfig,proto3" json:"kubeconfig,omitempty"`
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalDns) Reset() {
+	*x = ExternalDns{}
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalDns) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalDns) ProtoMessage() {}
+
+func (x *ExternalDns) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalDns.ProtoReflect.Descriptor instead.
+func (*ExternalDns) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ExternalDns) GetKubeconfig() string {
+	if x != nil {
+		return x.Kubeconfig
+	}
+	return ""
+}
+
+func (x *ExternalDns) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 // Rfc2136 names a DNS server that takes dynamic updates (RFC 2136) and zone
 // transfers signed with a TSIG key.
 type Rfc2136 struct {
@@ -114,7 +182,7 @@ type Rfc2136 struct {
 
 func (x *Rfc2136) Reset() {
 	*x = Rfc2136{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -126,7 +194,7 @@ func (x *Rfc2136) String() string {
 func (*Rfc2136) ProtoMessage() {}
 
 func (x *Rfc2136) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -139,7 +207,7 @@ func (x *Rfc2136) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rfc2136.ProtoReflect.Descriptor instead.
 func (*Rfc2136) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Rfc2136) GetServer() string {
@@ -173,7 +241,7 @@ type DNSRecordSetSpec struct {
 
 func (x *DNSRecordSetSpec) Reset() {
 	*x = DNSRecordSetSpec{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +253,7 @@ func (x *DNSRecordSetSpec) String() string {
 func (*DNSRecordSetSpec) ProtoMessage() {}
 
 func (x *DNSRecordSetSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +266,7 @@ func (x *DNSRecordSetSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DNSRecordSetSpec.ProtoReflect.Descriptor instead.
 func (*DNSRecordSetSpec) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DNSRecordSetSpec) GetHostname() string {
@@ -243,7 +311,7 @@ type EntryPoint struct {
 
 func (x *EntryPoint) Reset() {
 	*x = EntryPoint{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +323,7 @@ func (x *EntryPoint) String() string {
 func (*EntryPoint) ProtoMessage() {}
 
 func (x *EntryPoint) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +336,7 @@ func (x *EntryPoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryPoint.ProtoReflect.Descriptor instead.
 func (*EntryPoint) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EntryPoint) GetCluster() string {
@@ -307,7 +375,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[4]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +387,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[4]
+	mi := &file_flotilla_v1alpha1_dns_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +400,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_v1alpha1_dns_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HealthCheck) GetPath() string {
@@ -381,12 +449,18 @@ var File_flotilla_v1alpha1_dns_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_dns_proto_rawDesc = "" +
 	"\n" +
-	"\x1bflotilla/v1alpha1/dns.proto\x12\x11flotilla.v1alpha1\"\x8d\x01\n" +
+	"\x1bflotilla/v1alpha1/dns.proto\x12\x11flotilla.v1alpha1\"\xd0\x01\n" +
 	"\vDNSZoneSpec\x12\x12\n" +
 	"\x04zone\x18\x01 \x01(\tR\x04zone\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x18\n" +
 	"\atenants\x18\x03 \x03(\tR\atenants\x124\n" +
-	"\arfc2136\x18\x04 \x01(\v2\x1a.flotilla.v1alpha1.Rfc2136R\arfc2136\"<\n" +
+	"\arfc2136\x18\x04 \x01(\v2\x1a.flotilla.v1alpha1.Rfc2136R\arfc2136\x12A\n" +
+	"\fexternal_dns\x18\x05 \x01(\v2\x1e.flotilla.v1alpha1.ExternalDnsR\vexternalDns\"K\n" +
+	"\vExternalDns\x12\x1e\n" +
+	"\n" +
+	"kubeconfig\x18\x01 \x01(\tR\n" +
+	"kubeconfig\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"<\n" +
 	"\aRfc2136\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x19\n" +
 	"\btsig_key\x18\x02 \x01(\tR\atsigKey\"\xc5\x01\n" +
@@ -419,23 +493,25 @@ func file_flotilla_v1alpha1_dns_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_dns_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_dns_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_flotilla_v1alpha1_dns_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_flotilla_v1alpha1_dns_proto_goTypes = []any{
 	(*DNSZoneSpec)(nil),      // 0: flotilla.v1alpha1.DNSZoneSpec
-	(*Rfc2136)(nil),          // 1: flotilla.v1alpha1.Rfc2136
-	(*DNSRecordSetSpec)(nil), // 2: flotilla.v1alpha1.DNSRecordSetSpec
-	(*EntryPoint)(nil),       // 3: flotilla.v1alpha1.EntryPoint
-	(*HealthCheck)(nil),      // 4: flotilla.v1alpha1.HealthCheck
+	(*ExternalDns)(nil),      // 1: flotilla.v1alpha1.ExternalDns
+	(*Rfc2136)(nil),          // 2: flotilla.v1alpha1.Rfc2136
+	(*DNSRecordSetSpec)(nil), // 3: flotilla.v1alpha1.DNSRecordSetSpec
+	(*EntryPoint)(nil),       // 4: flotilla.v1alpha1.EntryPoint
+	(*HealthCheck)(nil),      // 5: flotilla.v1alpha1.HealthCheck
 }
 var file_flotilla_v1alpha1_dns_proto_depIdxs = []int32{
-	1, // 0: flotilla.v1alpha1.DNSZoneSpec.rfc2136:type_name -> flotilla.v1alpha1.Rfc2136
-	3, // 1: flotilla.v1alpha1.DNSRecordSetSpec.entry_points:type_name -> flotilla.v1alpha1.EntryPoint
-	4, // 2: flotilla.v1alpha1.DNSRecordSetSpec.health_check:type_name -> flotilla.v1alpha1.HealthCheck
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 0: flotilla.v1alpha1.DNSZoneSpec.rfc2136:type_name -> flotilla.v1alpha1.Rfc2136
+	1, // 1: flotilla.v1alpha1.DNSZoneSpec.external_dns:type_name -> flotilla.v1alpha1.ExternalDns
+	4, // 2: flotilla.v1alpha1.DNSRecordSetSpec.entry_points:type_name -> flotilla.v1alpha1.EntryPoint
+	5, // 3: flotilla.v1alpha1.DNSRecordSetSpec.health_check:type_name -> flotilla.v1alpha1.HealthCheck
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_dns_proto_init() }
@@ -449,7 +525,7 @@ func file_flotilla_v1alpha1_dns_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_dns_proto_rawDesc), len(file_flotilla_v1alpha1_dns_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
