@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"k8s.io/client-go/dynamic"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protojson"
+	"k8s.io/client-go/dynamic"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/store"
