@@ -334,34 +334,55 @@ func (c *Central) judge(out *pb.GetStatusResponse, need int64, fqns ...string) {
 	out.Aggregate = aggregate(out.Clusters)
 }
 
+// clusterView is a cluster's current bundle and what its agent reported of
+// it, for a caller who may read the cluster.
+type clusterView struct {
+	cl      *cluster
+	bundle  *bundle.Bundle
+	version string
+	rev     int64
+	in      compile.Cluster
+	chk     *authz.Checker
+}
+
+// clusterView looks up the cluster named name (or its FQN) once the central
+// control plane is ready; a cluster the caller may not read is NotFound.
+func (f Fleet) clusterView(ctx context.Context, name string) (clusterView, error) {
+	select {
+	case <-f.ready:
+	case <-ctx.Done():
+		return clusterView{}, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
+	}
+	f.mu.Lock()
+	cl, err := f.clusterByName(name)
+	if err != nil {
+		f.mu.Unlock()
+		if errors.Is(err, store.ErrNotFound) {
+			return clusterView{}, connect.NewError(connect.CodeNotFound, err)
+		}
+		return clusterView{}, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	v := clusterView{cl: cl, bundle: f.bundleOf(cl.fqn), version: cl.version, rev: f.rev, in: cl.inv.cluster()}
+	f.mu.Unlock()
+	if v.chk, err = access.ReadChecker(ctx, f.Policies, f.st); err != nil {
+		return clusterView{}, connect.NewError(connect.CodeInternal, err)
+	}
+	crec, err := f.st.Get(ctx, cl.fqn)
+	if err != nil || !access.CanRead(v.chk, crec) {
+		return clusterView{}, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", name))
+	}
+	return v, nil
+}
+
 // GetCompiled implements FleetService.GetCompiled: the cluster's current
 // bundle compiled against the namespaces its agent last reported, exactly
 // as the agent compiles it.
 func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompiledRequest]) (*connect.Response[pb.GetCompiledResponse], error) {
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
-	}
-	f.mu.Lock()
-	cl, err := f.clusterByName(req.Msg.GetCluster())
+	v, err := f.clusterView(ctx, req.Msg.GetCluster())
 	if err != nil {
-		f.mu.Unlock()
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, connect.NewError(connect.CodeNotFound, err)
-		}
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		return nil, err
 	}
-	b, version, rev, in := f.bundleOf(cl.fqn), cl.version, f.rev, cl.inv.cluster()
-	f.mu.Unlock()
-	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
-	}
-	crec, err := f.st.Get(ctx, cl.fqn)
-	if err != nil || !access.CanRead(chk, crec) {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", req.Msg.GetCluster()))
-	}
+	cl, b, version, rev, in, chk := v.cl, v.bundle, v.version, v.rev, v.in, v.chk
 	res := compile.CompileIn(readable(chk, b), in)
 	var docs []string
 	for _, o := range res.Objects {
@@ -387,30 +408,11 @@ func (f Fleet) GetEffective(ctx context.Context, req *connect.Request[pb.GetEffe
 	if ns == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("namespace is required: the namespace whose settings to show"))
 	}
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
-	}
-	f.mu.Lock()
-	cl, err := f.clusterByName(req.Msg.GetCluster())
+	v, err := f.clusterView(ctx, req.Msg.GetCluster())
 	if err != nil {
-		f.mu.Unlock()
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, connect.NewError(connect.CodeNotFound, err)
-		}
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		return nil, err
 	}
-	b, in := f.bundleOf(cl.fqn), cl.inv.cluster()
-	f.mu.Unlock()
-	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
-	}
-	crec, err := f.st.Get(ctx, cl.fqn)
-	if err != nil || !access.CanRead(chk, crec) {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", req.Msg.GetCluster()))
-	}
+	cl, b, in, chk := v.cl, v.bundle, v.in, v.chk
 	eff := compile.Effective(b, in, ns)
 	out := &pb.GetEffectiveResponse{Cluster: cl.fqn, Namespace: ns, Workspace: eff.Workspace}
 	if eff.Workspace != "" {

@@ -136,32 +136,8 @@ func TestRFC2136KeepsAZoneInBINDAsTheHealthChecksSay(t *testing.T) {
 		b.key, base64.StdEncoding.EncodeToString([]byte("not the key bind has, 32 bytes..")))
 	keyFile := writeFile(t, dir, "flotilla.keys", keys)
 	s := startServer(t, t.TempDir(), "--dns-tsig-keys", keyFile)
-	var port string
-	for range 20 {
-		a := startEntryPointFor(t, "127.0.22.1:0", "shop.apps.example.net")
-		_, port, _ = net.SplitHostPort(a.addr)
-		if ln, err := net.Listen("tcp", "127.0.22.2:"+port); err == nil {
-			ln.Close()
-			break
-		}
-		_ = a.srv.Close()
-	}
-	c2 := startEntryPointFor(t, "127.0.22.2:"+port, "shop.apps.example.net")
-	intent := fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
-kind: Organization
-metadata: {name: acme}
----
-apiVersion: flotilla.io/v1alpha1
-kind: Tenant
-metadata: {name: fintech, organization: acme}
----
-apiVersion: flotilla.io/v1alpha1
-kind: Workspace
-metadata: {name: shop, organization: acme, tenant: fintech}
-spec:
-  namespaceSelector: {names: ["*/shop"]}
----
-apiVersion: flotilla.io/v1alpha1
+	_, c2, port := twoEntryPoints(t, "127.0.22", "shop.apps.example.net")
+	intent := shopTenancy + fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
 kind: DNSZone
 metadata: {name: apps, organization: acme}
 spec:

@@ -52,24 +52,43 @@ func startEntryPointFor(t *testing.T, addr, host string) *entryPoint {
 	return e
 }
 
-// twoEntryPoints starts health endpoints on 127.0.20.1 and 127.0.20.2 on
-// one port (a health check names one port).
-func twoEntryPoints(t *testing.T) (*entryPoint, *entryPoint, string) {
+// twoEntryPoints starts health endpoints for host on <prefix>.1 and
+// <prefix>.2 (loopback addresses) on one port (a health check names one
+// port), and returns them with the port.
+func twoEntryPoints(t *testing.T, prefix, host string) (*entryPoint, *entryPoint, string) {
 	t.Helper()
 	for range 20 {
-		a := startEntryPoint(t, "127.0.20.1:0")
+		a := startEntryPointFor(t, prefix+".1:0", host)
 		_, port, _ := net.SplitHostPort(a.addr)
-		ln, err := net.Listen("tcp", "127.0.20.2:"+port)
+		ln, err := net.Listen("tcp", prefix+".2:"+port)
 		if err != nil {
 			_ = a.srv.Close()
 			continue
 		}
 		ln.Close()
-		return a, startEntryPoint(t, "127.0.20.2:"+port), port
+		return a, startEntryPointFor(t, prefix+".2:"+port, host), port
 	}
-	t.Fatal("no port free on both 127.0.20.1 and 127.0.20.2")
+	t.Fatalf("no port free on both %s.1 and %s.2", prefix, prefix)
 	return nil, nil, ""
 }
+
+// shopTenancy is organization acme, tenant fintech and its workspace shop,
+// the start of the GSLB tests' intent.
+const shopTenancy = `apiVersion: flotilla.io/v1alpha1
+kind: Organization
+metadata: {name: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Tenant
+metadata: {name: fintech, organization: acme}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Workspace
+metadata: {name: shop, organization: acme, tenant: fintech}
+spec:
+  namespaceSelector: {names: ["*/shop"]}
+---
+`
 
 // lookup asks the DNS server at addr for name's A records.
 func lookup(addr, name string) ([]string, int, error) {
@@ -90,23 +109,9 @@ func lookup(addr, name string) ([]string, int, error) {
 	return out, r.Rcode, nil
 }
 
-const gslbIntent = `apiVersion: flotilla.io/v1alpha1
-kind: Organization
-metadata: {name: acme}
----
-apiVersion: flotilla.io/v1alpha1
-kind: Tenant
-metadata: {name: fintech, organization: acme}
----
-apiVersion: flotilla.io/v1alpha1
+const gslbIntent = shopTenancy + `apiVersion: flotilla.io/v1alpha1
 kind: Tenant
 metadata: {name: media, organization: acme}
----
-apiVersion: flotilla.io/v1alpha1
-kind: Workspace
-metadata: {name: shop, organization: acme, tenant: fintech}
-spec:
-  namespaceSelector: {names: ["*/shop"]}
 ---
 apiVersion: flotilla.io/v1alpha1
 kind: Workspace
@@ -150,7 +155,7 @@ func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 	dir := t.TempDir()
 	dnsAddr := freePort(t)
 	s := startServer(t, dir, "--dns-listen", dnsAddr)
-	c1, c2, port := twoEntryPoints(t)
+	c1, c2, port := twoEntryPoints(t, "127.0.20", "shop.apps.example.com")
 	if r := s.flotilla(strings.ReplaceAll(gslbIntent, "PORT", port), "apply", "-f", "-"); r.code != 0 {
 		t.Fatalf("apply: %+v", r)
 	}
@@ -318,32 +323,8 @@ func TestExternalDNSEndpointsFollowTheHealthChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := startServer(t, t.TempDir(), "--dns-kubeconfig", "dns="+c.kubeconfig)
-	var port string
-	for range 20 {
-		a := startEntryPointFor(t, "127.0.23.1:0", "shop.apps.example.io")
-		_, port, _ = net.SplitHostPort(a.addr)
-		if ln, err := net.Listen("tcp", "127.0.23.2:"+port); err == nil {
-			ln.Close()
-			break
-		}
-		_ = a.srv.Close()
-	}
-	c2 := startEntryPointFor(t, "127.0.23.2:"+port, "shop.apps.example.io")
-	intent := fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
-kind: Organization
-metadata: {name: acme}
----
-apiVersion: flotilla.io/v1alpha1
-kind: Tenant
-metadata: {name: fintech, organization: acme}
----
-apiVersion: flotilla.io/v1alpha1
-kind: Workspace
-metadata: {name: shop, organization: acme, tenant: fintech}
-spec:
-  namespaceSelector: {names: ["*/shop"]}
----
-apiVersion: flotilla.io/v1alpha1
+	_, c2, port := twoEntryPoints(t, "127.0.23", "shop.apps.example.io")
+	intent := shopTenancy + fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
 kind: DNSZone
 metadata: {name: apps, organization: acme}
 spec:
