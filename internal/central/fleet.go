@@ -240,6 +240,9 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	switch {
 	case f.health[k.Name] != nil:
 		out.Clusters = f.health[k.Name](fqn)
+		f.mu.Lock()
+		out.Revision, out.CentralRevision = need, f.rev
+		f.mu.Unlock()
 		out.Aggregate = aggregate(out.Clusters)
 	case k.Parent == resource.KindGroup || k.Name == resource.KindOrganizationSetting || k.Name == resource.KindTenantSetting ||
 		k.Name == resource.KindWorkspaceSetting:
