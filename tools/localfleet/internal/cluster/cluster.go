@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -207,6 +208,11 @@ func (c *Cluster) start(name string, args, env []string) (*proc.Process, error) 
 	}
 	c.procs = append(c.procs, p)
 	return p, nil
+}
+
+// forget drops a stopped component from the cluster's.
+func (c *Cluster) forget(p *proc.Process) {
+	c.procs = slices.DeleteFunc(c.procs, func(q *proc.Process) bool { return q == p })
 }
 
 // PIDs returns the process id of each component, keyed by component name.

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -46,7 +47,25 @@ type IstiodSpec struct {
 // StartIstiod starts istiod against the cluster's API server, as cluster ID
 // Name, and returns once it reports ready. Call it after Istio's CRDs are
 // Established and istio-system exists. istiod is stopped with the cluster.
+// A start that fails because istiod exits early (a port taken between
+// choosing it and binding it) is retried on new ports, up to three times.
 func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Logger) (IstiodAddrs, error) {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		var a IstiodAddrs
+		a, err = c.startIstiod(ctx, spec, log)
+		if err == nil {
+			return a, nil
+		}
+		if !errors.Is(err, errExited) {
+			break
+		}
+		log.Warn("retrying istiod start on new ports", "cluster", c.Name, "attempt", attempt, "err", err)
+	}
+	return IstiodAddrs{}, err
+}
+
+func (c *Cluster) startIstiod(ctx context.Context, spec IstiodSpec, log *slog.Logger) (IstiodAddrs, error) {
 	ports, err := freePorts(5)
 	if err != nil {
 		return IstiodAddrs{}, err
@@ -90,6 +109,10 @@ func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 		return nil
 	})
 	if err != nil {
+		// A failed istiod is not part of the cluster: a supervisor watching
+		// the cluster's components must not see it exit.
+		p.Stop(stopGrace)
+		c.forget(p)
 		return IstiodAddrs{}, fmt.Errorf("start istiod in cluster %s: %w", c.Name, err)
 	}
 	return a, nil
