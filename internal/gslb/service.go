@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,6 +40,7 @@ type Service struct {
 	changes *prometheus.CounterVec
 
 	rfc2136 rfc2136Client
+	loaded  int64 // store revision the config reflects; -1 before the first load
 	extdns  externalDNS
 	publish chan struct{} // capacity 1: publication wanted
 	mu      sync.Mutex
@@ -60,7 +62,7 @@ type Options struct {
 func New(st store.Store, log *slog.Logger, listen string, opts Options) *Service {
 	s := &Service{st: st, log: log, listen: listen, rfc2136: rfc2136Client{keys: opts.TSIGKeys}, extdns: externalDNS{clients: opts.Clusters},
 		publish: make(chan struct{}, 1),
-		zoneErr: map[string]string{}, hostErr: map[string]string{},
+		zoneErr: map[string]string{}, hostErr: map[string]string{}, loaded: -1,
 		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "flotilla_gslb_entry_point_healthy",
 			Help: "1 when the entry point passes its health check (or has none), 0 when it is out of the DNS answers."}, []string{"record", "address"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flotilla_gslb_health_changes_total",
@@ -150,8 +152,26 @@ func (s *Service) follow(ctx context.Context, errs <-chan error) error {
 	}
 }
 
-// load reads the zones and record sets and syncs the health checks.
+// inputs are the kinds the config is made of.
+var inputs = map[string]bool{KindDNSZone: true, KindDNSRecordSet: true, "Cluster": true}
+
+// load reads the zones, record sets and clusters and syncs the health
+// checks, unless no record of those kinds was written since the last load:
+// most commits are of other kinds, and a fleet has many clusters.
 func (s *Service) load(ctx context.Context) error {
+	rev, err := s.st.Revision(ctx)
+	if err != nil {
+		return err
+	}
+	if s.loaded >= 0 {
+		if rev == s.loaded {
+			return nil
+		}
+		if changed, err := s.st.KindsChanged(ctx, s.loaded); err == nil && !slices.ContainsFunc(changed, func(k string) bool { return inputs[k] }) {
+			s.loaded = rev
+			return nil
+		}
+	}
 	cfg := &Config{Records: map[string]RecordSet{}}
 	zones, err := s.st.List(ctx, store.Query{Kind: KindDNSZone})
 	if err != nil {
@@ -206,6 +226,7 @@ func (s *Service) load(ctx context.Context) error {
 	}
 	s.cfg.Store(cfg)
 	s.checker.Sync(ctx, *cfg)
+	s.loaded = rev
 	s.poke()
 	return nil
 }

@@ -153,17 +153,7 @@ spec:
   provider: RFC2136
   rfc2136: {server: "%[1]s", tsigKey: wrong}
 ---
-apiVersion: flotilla.io/v1alpha1
-kind: DNSRecordSet
-metadata: {name: shop, organization: acme, tenant: fintech, workspace: shop}
-spec:
-  hostname: shop.apps.example.net
-  ttl: 30
-  entryPoints:
-  - {cluster: c1, address: 127.0.22.1}
-  - {cluster: c2, address: 127.0.22.2}
-  healthCheck: {path: /healthz, port: %[2]s, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2}
----
+`, b.addr) + checkedRecordSet("shop.apps.example.net", "127.0.22", port, 30) + `---
 apiVersion: flotilla.io/v1alpha1
 kind: DNSRecordSet
 metadata: {name: other, organization: acme, tenant: fintech, workspace: shop}
@@ -179,7 +169,7 @@ spec:
   hostname: www.bad.example.net
   ttl: 30
   entryPoints: [{cluster: c1, address: 127.0.22.1}]
-`, b.addr, port)
+`
 	if r := s.flotilla(intent, "apply", "-f", "-"); r.code != 0 {
 		t.Fatalf("apply: %+v", r)
 	}

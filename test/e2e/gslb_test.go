@@ -72,6 +72,23 @@ func twoEntryPoints(t *testing.T, prefix, host string) (*entryPoint, *entryPoint
 	return nil, nil, ""
 }
 
+// checkedRecordSet is record set shop of workspace shop, publishing host
+// with entry points <prefix>.1 (c1) and <prefix>.2 (c2), checked on port
+// every 200 ms, out after 2 failures.
+func checkedRecordSet(host, prefix, port string, ttl int) string {
+	return fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
+kind: DNSRecordSet
+metadata: {name: shop, organization: acme, tenant: fintech, workspace: shop}
+spec:
+  hostname: %s
+  ttl: %d
+  entryPoints:
+  - {cluster: c1, address: %s.1}
+  - {cluster: c2, address: %s.2}
+  healthCheck: {path: /healthz, port: %s, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2}
+`, host, ttl, prefix, prefix, port)
+}
+
 // shopTenancy is organization acme, tenant fintech and its workspace shop,
 // the start of the GSLB tests' intent.
 const shopTenancy = `apiVersion: flotilla.io/v1alpha1
@@ -109,7 +126,7 @@ func lookup(addr, name string) ([]string, int, error) {
 	return out, r.Rcode, nil
 }
 
-const gslbIntent = shopTenancy + `apiVersion: flotilla.io/v1alpha1
+var gslbIntent = shopTenancy + `apiVersion: flotilla.io/v1alpha1
 kind: Tenant
 metadata: {name: media, organization: acme}
 ---
@@ -135,17 +152,7 @@ spec:
   zone: apps.example.com
   provider: BUILTIN
 ---
-apiVersion: flotilla.io/v1alpha1
-kind: DNSRecordSet
-metadata: {name: shop, organization: acme, tenant: fintech, workspace: shop}
-spec:
-  hostname: shop.apps.example.com
-  ttl: 5
-  entryPoints:
-  - {cluster: c1, address: 127.0.20.1}
-  - {cluster: c2, address: 127.0.20.2}
-  healthCheck: {path: /healthz, port: PORT, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2}
-`
+` + checkedRecordSet("shop.apps.example.com", "127.0.20", "PORT", 5)
 
 // A hostname published from two clusters is answered by the built-in DNS
 // server with both entry points; an entry point whose health endpoint dies
@@ -324,7 +331,7 @@ func TestExternalDNSEndpointsFollowTheHealthChecks(t *testing.T) {
 	}
 	s := startServer(t, t.TempDir(), "--dns-kubeconfig", "dns="+c.kubeconfig)
 	_, c2, port := twoEntryPoints(t, "127.0.23", "shop.apps.example.io")
-	intent := shopTenancy + fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
+	intent := shopTenancy + `apiVersion: flotilla.io/v1alpha1
 kind: DNSZone
 metadata: {name: apps, organization: acme}
 spec:
@@ -332,17 +339,7 @@ spec:
   provider: EXTERNAL_DNS
   externalDns: {kubeconfig: dns, namespace: external-dns}
 ---
-apiVersion: flotilla.io/v1alpha1
-kind: DNSRecordSet
-metadata: {name: shop, organization: acme, tenant: fintech, workspace: shop}
-spec:
-  hostname: shop.apps.example.io
-  ttl: 30
-  entryPoints:
-  - {cluster: c1, address: 127.0.23.1}
-  - {cluster: c2, address: 127.0.23.2}
-  healthCheck: {path: /healthz, port: %s, interval: 200ms, timeout: 200ms, unhealthyThreshold: 2}
----
+` + checkedRecordSet("shop.apps.example.io", "127.0.23", port, 30) + `---
 apiVersion: flotilla.io/v1alpha1
 kind: DNSRecordSet
 metadata: {name: other, organization: acme, tenant: fintech, workspace: shop}
@@ -350,7 +347,7 @@ spec:
   hostname: other.apps.example.io
   ttl: 30
   entryPoints: [{cluster: c1, address: 127.0.23.1}]
-`, port)
+`
 	if r := s.flotilla(intent, "apply", "-f", "-"); r.code != 0 {
 		t.Fatalf("apply: %+v", r)
 	}
