@@ -173,7 +173,8 @@ func (w *runtimeWatch) service(key string) *agentv1.ServiceState {
 		return nil
 	}
 	svc := obj.(*corev1.Service)
-	out := &agentv1.ServiceState{Namespace: svc.Namespace, Name: svc.Name, Labels: svc.Labels, Selector: svc.Spec.Selector}
+	out := &agentv1.ServiceState{Namespace: svc.Namespace, Name: svc.Name, Labels: svc.Labels, Selector: svc.Spec.Selector,
+		ExternalAddress: externalAddress(svc)}
 	for _, p := range svc.Spec.Ports {
 		out.Ports = append(out.Ports, &agentv1.ServicePort{Name: p.Name, Port: uint32(p.Port), Protocol: string(p.Protocol)})
 	}
@@ -236,14 +237,23 @@ func (w *runtimeWatch) eastWestGateway() *agentv1.EastWestGateway {
 				g.Port = uint32(p.Port)
 			}
 		}
-		if a := svc.Annotations[AnnotationExternalAddress]; a != "" {
-			g.Address = a
-		} else if ing := svc.Status.LoadBalancer.Ingress; len(ing) > 0 {
-			g.Address = cmp.Or(ing[0].IP, ing[0].Hostname)
-		}
+		g.Address = externalAddress(svc)
 		return g
 	}
 	return nil
+}
+
+// externalAddress is where clients outside the cluster reach svc: the
+// annotation flotilla.io/external-address when set, else its first
+// LoadBalancer address; "" when neither.
+func externalAddress(svc *corev1.Service) string {
+	if a := svc.Annotations[AnnotationExternalAddress]; a != "" {
+		return a
+	}
+	if ing := svc.Status.LoadBalancer.Ingress; len(ing) > 0 {
+		return cmp.Or(ing[0].IP, ing[0].Hostname)
+	}
+	return ""
 }
 
 // runtimeReporter is one session's view of what it sent: the sequence

@@ -21,9 +21,9 @@ import (
 )
 
 // The runtime watch reads a real API server: ready endpoints per locality
-// (the zone from the EndpointSlice, the region from the node), the
-// east-west gateway with its overridden address, and deltas that carry the
-// current state of what changed.
+// (the zone from the EndpointSlice, the region from the node), external
+// addresses, the east-west gateway with its overridden address, and deltas
+// that carry the current state of what changed.
 func TestRuntimeReportsReadyEndpointsPerLocalityAndTheEastWestGateway(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -86,6 +86,14 @@ func TestRuntimeReportsReadyEndpointsPerLocalityAndTheEastWestGateway(t *testing
 	want := []*agentv1.LocalityEndpoints{{Region: "region-1", Zone: "zone-1a", Ready: 2}, {Region: "region-2", Zone: "zone-2a", Ready: 1}}
 	if diff := cmp.Diff(want, reviews.GetEndpoints(), protocmp.Transform()); diff != "" {
 		t.Fatalf("reviews endpoints (-want +got):\n%s", diff)
+	}
+	for _, s := range full.GetServices() {
+		if s.GetNamespace() == ns && s.GetName() == "eastwest" && s.GetExternalAddress() != "127.0.0.42" {
+			t.Fatalf("the annotated Service reports external address %q, want 127.0.0.42", s.GetExternalAddress())
+		}
+	}
+	if reviews.GetExternalAddress() != "" {
+		t.Fatalf("reviews (a ClusterIP Service) reports external address %q", reviews.GetExternalAddress())
 	}
 	gw := &agentv1.EastWestGateway{Namespace: ns, Name: "eastwest", Address: "127.0.0.42", Port: 15443}
 	if diff := cmp.Diff(gw, full.GetEastWestGateway(), protocmp.Transform()); diff != "" {

@@ -70,6 +70,45 @@ type Bundle struct {
 type Multicluster struct {
 	EastWest []EastWest      `json:"eastWest,omitempty"`
 	Services []RemoteService `json:"services,omitempty"`
+	// Edges are the targets of the servers of the edge gateways that this
+	// cluster runs.
+	Edges []EdgeServer `json:"edges,omitempty"`
+}
+
+// EdgeServer is where one server of an EdgeGateway sends its hostname:
+// the ingress gateways of the clusters that publish it.
+type EdgeServer struct {
+	// Owner is the FQN of the EdgeGateway; Server names its server.
+	Owner  string `json:"owner"`
+	Server string `json:"server"`
+	// Weighted is set for an explicit cluster list: traffic is split by
+	// the targets' weights, without failover.
+	Weighted bool `json:"weighted,omitempty"`
+	// Targets are the live targets, by cluster name. Drained clusters are
+	// left out.
+	Targets []EdgeTarget `json:"targets,omitempty"`
+	// Problems say why a cluster the server should reach is not a target
+	// (no ingress gateway address, the hostname not published there…).
+	Problems []string `json:"problems,omitempty"`
+}
+
+// EdgeTarget is one cluster's ingress gateway serving the hostname.
+type EdgeTarget struct {
+	Cluster string `json:"cluster"`
+	// Address and Port are where the edge reaches the ingress gateway.
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+	// TLS is set when the ingress gateway terminates TLS for the hostname:
+	// the edge originates TLS with the hostname as SNI.
+	TLS    bool   `json:"tls,omitempty"`
+	Region string `json:"region,omitempty"`
+	Zone   string `json:"zone,omitempty"`
+	// Weight is the target's share in a weighted list.
+	Weight uint32 `json:"weight,omitempty"`
+	// Local marks the edge's next local hop: the ingress gateway in the
+	// edge's own cluster, else those in its region. Health checks go only
+	// there.
+	Local bool `json:"local,omitempty"`
 }
 
 // EastWest is an east-west gateway to open in this cluster.

@@ -332,7 +332,7 @@ func (c *Central) reload(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idx, c.broken, c.rev = idx, broken, rev
-	c.mc.workspaces, c.mc.settings = mc.workspaces, mc.settings // c.mc itself stays: runMulticluster holds its wake channel
+	c.mc.workspaces, c.mc.settings, c.mc.edges = mc.workspaces, mc.settings, mc.edges // c.mc itself stays: runMulticluster holds its wake channel
 	c.syncClusters(allClusters(idx), statuses)
 	// The slices are computed before any agent is served: a bundle sent
 	// without them would remove every cluster's remote endpoints until the
@@ -349,12 +349,15 @@ func (c *Central) applyEvents(evs []store.Event) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	affected := map[string]bool{}
+	slicesNow := false
 	for _, ev := range evs {
 		c.rev = ev.Revision
 		if c.mc.relevant(ev.Record.Kind) {
-			if err := c.mc.apply(ev); err != nil {
-				c.log.Error("stored workspace or setting cannot be used for multicluster config", "fqn", ev.Record.FQN, "err", err)
+			now, err := c.mc.apply(ev)
+			if err != nil {
+				c.log.Error("stored record cannot be used for multicluster or edge config", "fqn", ev.Record.FQN, "err", err)
 			}
+			slicesNow = slicesNow || now
 		}
 		if !c.idx.relevant(ev.Record.Kind) {
 			continue
@@ -368,6 +371,9 @@ func (c *Central) applyEvents(evs []store.Event) {
 	}
 	c.idx.rehash()
 	c.syncClusters(affected, nil)
+	if slicesNow { // still under c.mu: no stream sends this revision without its slices
+		c.wake(c.recomputeMulticluster())
+	}
 }
 
 func allClusters(idx *index) map[string]bool {

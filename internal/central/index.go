@@ -94,6 +94,14 @@ func (x *index) clone() *index {
 	return c
 }
 
+// reach returns the FQNs of the clusters the group selects; read only.
+func (x *index) reach(group string) map[string]bool {
+	if g := x.groups[group]; g != nil {
+		return g.clusters
+	}
+	return nil
+}
+
 // relevant reports whether a record of this kind can change a bundle.
 func (x *index) relevant(kind string) bool {
 	return kind == resource.KindCluster || kind == resource.KindGroup || isScope(kind) || x.inBundle[kind]

@@ -33,6 +33,7 @@ type multicluster struct {
 	slices     map[string]*bundle.Multicluster
 	raw        map[string][]byte // slices as JSON, to tell a change
 	wake       chan struct{}     // capacity 1
+	edges      edges
 }
 
 type mcSetting struct {
@@ -42,7 +43,7 @@ type mcSetting struct {
 
 func newMulticluster() *multicluster {
 	return &multicluster{workspaces: map[string]selector.Set{}, settings: map[string]mcSetting{},
-		slices: map[string]*bundle.Multicluster{}, raw: map[string][]byte{}, wake: make(chan struct{}, 1)}
+		slices: map[string]*bundle.Multicluster{}, raw: map[string][]byte{}, wake: make(chan struct{}, 1), edges: newEdges()}
 }
 
 func (m *multicluster) poke() {
@@ -54,48 +55,70 @@ func (m *multicluster) poke() {
 
 // relevant reports whether records of kind feed the slices.
 func (m *multicluster) relevant(kind string) bool {
-	return kind == resource.KindWorkspace || kind == resource.KindWorkspaceSetting
+	return kind == resource.KindWorkspace || kind == resource.KindWorkspaceSetting || kind == resource.KindGroup || edgeKind(kind)
 }
 
-// apply takes one event of a relevant kind. A record it cannot decode is
+// now reports whether an event changed what edge slices are made of, so
+// that the slices must be recomputed before the bundles of its revision
+// are sent: a drain, or an edge gateway, is then in every bundle of a
+// later revision (what `cluster drain --wait` and status rely on).
+func (m *multicluster) now(ev store.Event, changed bool) bool {
+	return changed && len(m.edges.gateways) > 0 || ev.Record.Kind == resource.KindEdgeGateway
+}
+
+// apply takes one event of a relevant kind and reports whether the slices
+// must be recomputed at once (see now). A record it cannot decode is
 // dropped from the slices' inputs and reported.
-func (m *multicluster) apply(ev store.Event) error {
+func (m *multicluster) apply(ev store.Event) (bool, error) {
 	r := ev.Record
+	switch {
+	case r.Kind == resource.KindGroup: // a group's reach moves edge targets
+		if len(m.edges.gateways) > 0 {
+			m.poke()
+		}
+		return false, nil
+	case edgeKind(r.Kind):
+		changed, err := m.edges.apply(ev)
+		if changed {
+			m.poke()
+		}
+		return m.now(ev, changed), err
+	}
 	defer m.poke()
 	if ev.Type == store.EventDelete {
 		delete(m.workspaces, r.FQN)
 		delete(m.settings, r.FQN)
-		return nil
+		return false, nil
 	}
 	switch r.Kind {
 	case resource.KindWorkspace:
 		sel, err := resource.StoredWorkspaceSelector(r)
 		if err != nil {
 			delete(m.workspaces, r.FQN)
-			return err
+			return false, err
 		}
 		m.workspaces[r.FQN] = sel
 	case resource.KindWorkspaceSetting:
 		spec := &pb.WorkspaceSettingSpec{}
 		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
 			delete(m.settings, r.FQN)
-			return fmt.Errorf("stored %s: %w", r.FQN, err)
+			return false, fmt.Errorf("stored %s: %w", r.FQN, err)
 		}
 		m.settings[r.FQN] = mcSetting{fqn: r.FQN, workspace: r.Parent, org: orgOf(r.FQN), ew: spec.GetEastWestGateway()}
 	}
-	return nil
+	return false, nil
 }
 
 // load reads every workspace and setting.
 func (m *multicluster) load(ctx context.Context, st store.Reader) error {
-	m.workspaces, m.settings = map[string]selector.Set{}, map[string]mcSetting{}
-	for _, kind := range []string{resource.KindWorkspace, resource.KindWorkspaceSetting} {
+	m.workspaces, m.settings, m.edges = map[string]selector.Set{}, map[string]mcSetting{}, newEdges()
+	for _, kind := range []string{resource.KindWorkspace, resource.KindWorkspaceSetting, resource.KindCluster, resource.KindIngressGateway, resource.KindEdgeGateway} {
 		recs, err := st.List(ctx, store.Query{Kind: kind})
 		if err != nil {
 			return err
 		}
 		for _, r := range recs {
-			_ = m.apply(store.Event{Type: store.EventPut, Record: r}) // an undecodable record is left out; the API refuses to write one
+			_, _ = m.apply(store.Event{Type: store.EventPut, Record: r}) // an undecodable record is left out; the API refuses to write one
 		}
 	}
 	return nil
@@ -238,8 +261,10 @@ func mainLocality(in registry.Instance) (region, zone string) {
 // c.mu, and wake the clusters' streams (wake) once they want them to send.
 func (c *Central) recomputeMulticluster() map[string]bool {
 	next := map[string]*bundle.Multicluster{}
-	if len(c.mc.settings) > 0 { // no setting exposes anything: skip merging the registry
-		next = c.mc.compute(c.idx.clusters, c.services.Services(nil, registry.Filter{}), c.services.Gateway)
+	if len(c.mc.settings) > 0 || len(c.mc.edges.gateways) > 0 { // nothing exposed, no edge: skip merging the registry
+		services := c.services.Services(nil, registry.Filter{})
+		next = c.mc.compute(c.idx.clusters, services, c.services.Gateway)
+		c.mc.edges.compute(next, c.idx.clusters, c.idx.reach, services)
 	}
 	changed := map[string]bool{}
 	for fqn := range c.idx.clusters {

@@ -66,7 +66,8 @@ func newClusterCmd(e *env) *cobra.Command {
 // newDrainCmd is `cluster drain` (drain) or `cluster undrain`: it sets the
 // Cluster's spec.drained through the resource API (so it is audited and
 // kept like any write) and, with --wait, waits until no DNS record set
-// answers with the cluster's entry points, showing those that still do.
+// answers with the cluster's entry points and every edge cluster has
+// applied the drain, showing what still sends traffic there.
 func newDrainCmd(e *env, drain bool) *cobra.Command {
 	var (
 		org     string
@@ -76,7 +77,7 @@ func newDrainCmd(e *env, drain bool) *cobra.Command {
 	verb := map[bool]string{true: "drain", false: "undrain"}[drain]
 	cmd := &cobra.Command{
 		Use:   verb + " NAME",
-		Short: map[bool]string{true: "Take a cluster's entry points out of DNS answers (e.g. before an upgrade)", false: "Bring a drained cluster's entry points back into DNS answers"}[drain],
+		Short: map[bool]string{true: "Take a cluster's entry points out of DNS answers and edge gateways (e.g. before an upgrade)", false: "Bring a drained cluster's entry points back into DNS answers and edge gateways"}[drain],
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, _ := e.reg.Kind("Cluster")
@@ -114,8 +115,14 @@ func newDrainCmd(e *env, drain bool) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				edges, err := e.edgesPending(ctx, orgFQN, res.Msg.GetRevision())
+				if err != nil {
+					return err
+				}
+				still = append(still, edges...)
 				if len(still) == 0 {
 					fmt.Fprintf(e.out, "no DNS answer points at %s\n", args[0])
+					fmt.Fprintf(e.out, "no edge gateway sends traffic to %s\n", args[0])
 					return nil
 				}
 				if attempt == 0 {
@@ -133,7 +140,7 @@ func newDrainCmd(e *env, drain bool) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
 	if drain {
-		cmd.Flags().BoolVar(&wait, "wait", false, "wait until no DNS record set answers with the cluster's entry points")
+		cmd.Flags().BoolVar(&wait, "wait", false, "wait until no DNS record set answers with the cluster's entry points and every edge gateway has dropped it")
 		cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long --wait waits")
 	}
 	return cmd
@@ -155,6 +162,29 @@ func (e *env) stillServing(ctx context.Context, org, cluster string) ([]string, 
 		for _, row := range res.Msg.GetClusters() {
 			if row.GetCluster() == cluster && !strings.Contains(row.GetMessage(), "drained") {
 				out = append(out, fmt.Sprintf("%s (%s)", s.GetMetadata().GetFqn(), row.GetMessage()))
+			}
+		}
+	}
+	return out, nil
+}
+
+// edgesPending lists the edge gateways of the organization that some edge
+// cluster has not applied as of revision (the drain's): until it has, that
+// edge may still send traffic to the drained cluster.
+func (e *env) edgesPending(ctx context.Context, org string, revision int64) ([]string, error) {
+	gws, err := e.listAll(ctx, &pb.ListRequest{Kind: "EdgeGateway", Parent: org})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, g := range gws {
+		res, err := e.fleet().GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: "EdgeGateway", Fqn: g.GetMetadata().GetFqn(), MinRevision: revision}))
+		if err != nil {
+			return nil, err
+		}
+		for _, row := range res.Msg.GetClusters() {
+			if row.GetState() == "Pending" {
+				out = append(out, fmt.Sprintf("edge gateway %s in cluster %s (has not applied the drain yet)", g.GetMetadata().GetFqn(), row.GetCluster()))
 			}
 		}
 	}

@@ -128,6 +128,8 @@ type compilation struct {
 	// failoverLB is the localityLbSetting of exposed services whose
 	// DestinationRule a ServiceRoute writes, by host.
 	failoverLB map[string]map[string]any
+	// edges are the edge slice's servers, by edgeKey.
+	edges map[string]bundle.EdgeServer
 }
 
 // newCompilation prepares a compilation of b: groups and objects sorted, so
@@ -147,6 +149,12 @@ func newCompilation(b *bundle.Bundle, in Cluster) *compilation {
 	}
 	for _, ns := range in.Namespaces {
 		c.namespaces[ns] = true
+	}
+	if b.Multicluster != nil {
+		c.edges = make(map[string]bundle.EdgeServer, len(b.Multicluster.Edges))
+		for _, e := range b.Multicluster.Edges {
+			c.edges[edgeKey(e.Owner, e.Server)] = e
+		}
 	}
 	groups := slices.Clone(b.Groups)
 	slices.SortStableFunc(groups, compareGroups)
@@ -189,6 +197,8 @@ func (c *compilation) object(o bundle.Object) {
 	switch {
 	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == IngressGatewayKind:
 		c.ingressGateway(o, t)
+	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == EdgeGatewayKind:
+		c.edgeGateway(o, t)
 	case o.APIVersion == IngressGatewayAPIVersion && isSettingKind(o.Kind):
 		c.setting(o, g, sel)
 	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == KindServiceRoute:
@@ -198,7 +208,7 @@ func (c *compilation) object(o bundle.Object) {
 	default:
 		c.diag(o.FQN, "kind", "%s %s is not a kind Flotilla compiles in a %s group: use one of %s (%s), or put Istio kinds in a DIRECT group",
 			cmp.Or(o.APIVersion, `""`), cmp.Or(o.Kind, `""`), cmp.Or(g.ConfigMode, ConfigModeBridged),
-			strings.Join([]string{IngressGatewayKind, KindServiceRoute, KindTrafficSetting, KindSecuritySetting}, ", "), IngressGatewayAPIVersion)
+			strings.Join([]string{IngressGatewayKind, EdgeGatewayKind, KindServiceRoute, KindTrafficSetting, KindSecuritySetting}, ", "), IngressGatewayAPIVersion)
 	}
 }
 

@@ -160,6 +160,12 @@ func TestCompileIsByteForByteDeterministicWhateverTheInputOrder(t *testing.T) {
 						rng.Shuffle(len(svc.Remotes), func(i, j int) { svc.Remotes[i], svc.Remotes[j] = svc.Remotes[j], svc.Remotes[i] })
 						m.Services = append(m.Services, svc)
 					}
+					for _, e := range mc.Edges {
+						e.Targets = slices.Clone(e.Targets)
+						rng.Shuffle(len(e.Targets), func(i, j int) { e.Targets[i], e.Targets[j] = e.Targets[j], e.Targets[i] })
+						m.Edges = append(m.Edges, e)
+					}
+					rng.Shuffle(len(m.Edges), func(i, j int) { m.Edges[i], m.Edges[j] = m.Edges[j], m.Edges[i] })
 					rng.Shuffle(len(m.Services), func(i, j int) { m.Services[i], m.Services[j] = m.Services[j], m.Services[i] })
 					rng.Shuffle(len(m.EastWest), func(i, j int) { m.EastWest[i], m.EastWest[j] = m.EastWest[j], m.EastWest[i] })
 					s.Multicluster = m

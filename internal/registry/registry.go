@@ -290,6 +290,9 @@ type Instance struct {
 	Gateway *agentv1.EastWestGateway
 	// Labels and Selector are the Service's in that cluster.
 	Labels, Selector map[string]string
+	// Address is where clients outside the cluster reach the Service (its
+	// external address); "" when it has none.
+	Address string
 }
 
 // Filter narrows Services; empty fields match everything.
@@ -333,7 +336,7 @@ func (r *Registry) Services(visible func(clusterFQN string) bool, f Filter) []Se
 				byKey[k] = svc
 			}
 			in := Instance{Cluster: fqn, Localities: s.GetEndpoints(), Stale: !c.connected, LastSeen: c.lastSeen, Gateway: c.gateway,
-				Labels: s.GetLabels(), Selector: s.GetSelector()}
+				Labels: s.GetLabels(), Selector: s.GetSelector(), Address: s.GetExternalAddress()}
 			for _, l := range s.GetEndpoints() {
 				in.Ready += l.GetReady()
 			}

@@ -284,10 +284,10 @@ func checkGroupChange(ctx context.Context, r store.Reader, obj *Object, spec *pb
 // suitsGroup says why a resource of kind cannot live in a group of spec,
 // or "" when it can.
 func suitsGroup(kind string, spec *pb.GroupSpec) string {
-	bridged := map[string]string{KindIngressGateway: "gateway", KindTrafficSetting: "traffic", KindServiceRoute: "traffic", KindSecuritySetting: "security"}
+	bridged := map[string]string{KindIngressGateway: "gateway", KindEdgeGateway: "gateway", KindTrafficSetting: "traffic", KindServiceRoute: "traffic", KindSecuritySetting: "security"}
 	if want, ok := bridged[kind]; ok {
 		if spec.GetType() != want || spec.GetConfigMode() == "DIRECT" {
-			return fmt.Sprintf("a%s %s lives in a %s group in BRIDGED mode", map[bool]string{true: "n"}[kind == KindIngressGateway], kind, want)
+			return fmt.Sprintf("a%s %s lives in a %s group in BRIDGED mode", map[bool]string{true: "n"}[kind == KindIngressGateway || kind == KindEdgeGateway], kind, want)
 		}
 		return ""
 	}

@@ -3,6 +3,7 @@ package resource
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -20,6 +21,10 @@ import (
 // KindIngressGateway exposes services through a cluster's ingress gateway.
 const KindIngressGateway = "IngressGateway"
 
+// KindEdgeGateway spreads hostnames over the ingress gateways of several
+// clusters from an edge cluster.
+const KindEdgeGateway = "EdgeGateway"
+
 // meshKinds are the kinds that live in groups and travel to clusters:
 // Flotilla's IngressGateway, and Istio's own kinds for DIRECT groups.
 func meshKinds() []*Kind {
@@ -28,6 +33,11 @@ func meshKinds() []*Kind {
 		NewSpec:   func() proto.Message { return &pb.IngressGatewaySpec{} },
 		Validate:  validateIngressGateway,
 		CheckRefs: checkIngressGateway,
+	}, {
+		Name: KindEdgeGateway, Plural: "edgegateways", Short: []string{"egw"}, Parent: KindGroup,
+		NewSpec:   func() proto.Message { return &pb.EdgeGatewaySpec{} },
+		Validate:  func(spec proto.Message) []FieldError { return validateCompiled(KindEdgeGateway, spec) },
+		CheckRefs: checkEdgeGateway,
 	}}
 	for _, k := range istio.All() {
 		k := k
@@ -68,6 +78,13 @@ func validateIstio(k istio.Kind, name, namespace string, spec proto.Message) []F
 // validateIngressGateway checks a spec with the compiler itself, so apply
 // time and compile time give the same verdict in the same words.
 func validateIngressGateway(spec proto.Message) []FieldError {
+	return validateCompiled(KindIngressGateway, spec)
+}
+
+// validateCompiled compiles a spec of a gateway kind alone and returns
+// the compiler's diagnostics of its fields. Diagnostics without a field
+// speak of the cluster (targets, namespaces), not of the spec.
+func validateCompiled(kind string, spec proto.Message) []FieldError {
 	raw, err := protojson.Marshal(spec)
 	if err != nil {
 		return []FieldError{{Field: "spec", Message: err.Error()}}
@@ -76,11 +93,11 @@ func validateIngressGateway(spec proto.Message) []FieldError {
 	b := &bundle.Bundle{
 		Cluster: "validate",
 		Groups:  []bundle.Group{{FQN: "group", Type: "gateway", ConfigMode: compile.ConfigModeBridged, Namespaces: []string{"*/*"}}},
-		Objects: []bundle.Object{{APIVersion: APIVersion, Kind: KindIngressGateway, FQN: owner, Name: "validate", Group: "group", Spec: raw}},
+		Objects: []bundle.Object{{APIVersion: APIVersion, Kind: kind, FQN: owner, Name: "validate", Group: "group", Spec: raw}},
 	}
 	var out []FieldError
 	for _, d := range compile.Compile(b, nil).Diagnostics {
-		if d.FQN == owner {
+		if d.FQN == owner && (d.Field != "" || kind == KindIngressGateway) {
 			out = append(out, FieldError{Field: d.Field, Message: d.Message})
 		}
 	}
@@ -133,6 +150,44 @@ func checkDirect(ctx context.Context, r store.Reader, obj *Object) ([]FieldError
 	}
 	if !selectsNamespace(sel, obj.Namespace) {
 		out = append(out, FieldError{Field: "metadata.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", obj.Namespace, obj.ParentFQN(), sel)})
+	}
+	return out, nil
+}
+
+// checkEdgeGateway checks an EdgeGateway against its group and its
+// organization: a gateway group in BRIDGED mode selecting the gateway's
+// namespace, and clusters of an explicit list that exist.
+func checkEdgeGateway(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error) {
+	g, sel, err := parentGroup(ctx, r, obj)
+	if err != nil {
+		return nil, err
+	}
+	var out []FieldError
+	if why := suitsGroup(obj.Kind.Name, g); why != "" {
+		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("%s; %s is a %s group in %s mode", why, obj.ParentFQN(), g.GetType(), g.GetConfigMode())})
+	}
+	spec := obj.Spec.(*pb.EdgeGatewaySpec)
+	ns := spec.GetWorkloadSelector().GetNamespace()
+	if !selectsNamespace(sel, ns) {
+		out = append(out, FieldError{Field: "spec.workloadSelector.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", ns, obj.ParentFQN(), sel)})
+	}
+	org := obj.FQN()
+	if i := strings.Index(org, "/tenants/"); i >= 0 {
+		org = org[:i]
+	}
+	for i, es := range spec.GetExternalServers() {
+		for j, cw := range es.GetClusters() {
+			if cw.GetName() == "" {
+				continue
+			}
+			fqn := org + "/clusters/" + cw.GetName()
+			if _, err := r.Get(ctx, fqn); errors.Is(err, store.ErrNotFound) {
+				out = append(out, FieldError{Field: fmt.Sprintf("spec.externalServers[%d].clusters[%d].name", i, j),
+					Message: fmt.Sprintf("cluster %q does not exist in %s: list clusters of the organization (flotilla get clusters)", cw.GetName(), org)})
+			} else if err != nil {
+				return nil, err
+			}
+		}
 	}
 	return out, nil
 }

@@ -587,6 +587,282 @@ func (x *RouteDestination) GetPort() uint32 {
 	return 0
 }
 
+// EdgeGatewaySpec is the spec of the EdgeGateway kind, which lives in a
+// gateway group whose clusters are the edge clusters. An edge gateway
+// fronts several clusters: it spreads each hostname over the ingress
+// gateways of the clusters that publish it (an IngressGateway server for
+// the hostname), same region first, and leaves out drained clusters.
+//
+// In every edge cluster it compiles into, in the workload selector's
+// namespace: a Gateway with one server per external server; per server a
+// VirtualService, a ServiceEntry of the target ingress gateways' addresses
+// and a DestinationRule (locality failover and outlier detection by
+// default; plain weights, without failover, for an explicit cluster list);
+// and a route that sends health-check requests only to the local next hop.
+type EdgeGatewaySpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The edge gateway deployment this configuration binds to.
+	WorkloadSelector *WorkloadSelector `protobuf:"bytes,1,opt,name=workload_selector,json=workloadSelector,proto3" json:"workload_selector,omitempty"`
+	// The servers the edge gateway exposes, one per hostname.
+	ExternalServers []*ExternalServer `protobuf:"bytes,2,rep,name=external_servers,json=externalServers,proto3" json:"external_servers,omitempty"`
+	// HealthCheck picks the requests routed only to the local next hop, so
+	// that a GSLB health check of this edge gateway measures this entry
+	// point alone. Empty means requests carrying the header
+	// "x-flotilla-health-check".
+	HealthCheck   *EdgeHealthCheck `protobuf:"bytes,3,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeGatewaySpec) Reset() {
+	*x = EdgeGatewaySpec{}
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeGatewaySpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeGatewaySpec) ProtoMessage() {}
+
+func (x *EdgeGatewaySpec) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeGatewaySpec.ProtoReflect.Descriptor instead.
+func (*EdgeGatewaySpec) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EdgeGatewaySpec) GetWorkloadSelector() *WorkloadSelector {
+	if x != nil {
+		return x.WorkloadSelector
+	}
+	return nil
+}
+
+func (x *EdgeGatewaySpec) GetExternalServers() []*ExternalServer {
+	if x != nil {
+		return x.ExternalServers
+	}
+	return nil
+}
+
+func (x *EdgeGatewaySpec) GetHealthCheck() *EdgeHealthCheck {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+// ExternalServer serves one hostname on one port of the edge gateway.
+type ExternalServer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A DNS label unique within the spec; it names the server's port and
+	// its objects ("<object name>-<name>").
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The host served, e.g. "shop.example.com"; the target clusters must
+	// publish the same hostname on an IngressGateway.
+	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// The port the edge gateway listens on, 1..65535.
+	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// TLS termination at the edge; absent means plain HTTP.
+	Tls *ServerTLS `protobuf:"bytes,4,opt,name=tls,proto3" json:"tls,omitempty"`
+	// Clusters is an explicit weighted list of target clusters. Traffic is
+	// split by these weights and does not fail over between them. Empty
+	// means every cluster of the organization whose IngressGateway publishes
+	// the hostname, with same-region-first failover.
+	Clusters      []*ClusterWeight `protobuf:"bytes,5,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExternalServer) Reset() {
+	*x = ExternalServer{}
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExternalServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExternalServer) ProtoMessage() {}
+
+func (x *ExternalServer) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExternalServer.ProtoReflect.Descriptor instead.
+func (*ExternalServer) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ExternalServer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExternalServer) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *ExternalServer) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ExternalServer) GetTls() *ServerTLS {
+	if x != nil {
+		return x.Tls
+	}
+	return nil
+}
+
+func (x *ExternalServer) GetClusters() []*ClusterWeight {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+// ClusterWeight is one target cluster of an explicit list.
+type ClusterWeight struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster's name in the organization.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Its relative weight, 1..1000.
+	Weight        uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterWeight) Reset() {
+	*x = ClusterWeight{}
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterWeight) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterWeight) ProtoMessage() {}
+
+func (x *ClusterWeight) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterWeight.ProtoReflect.Descriptor instead.
+func (*ClusterWeight) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ClusterWeight) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterWeight) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+// EdgeHealthCheck picks health-check requests by header or path; a request
+// matching either is a health check.
+type EdgeHealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A request header whose presence marks a health check.
+	Header string `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// A path (exact match) that marks a health check, e.g. "/healthz".
+	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeHealthCheck) Reset() {
+	*x = EdgeHealthCheck{}
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeHealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeHealthCheck) ProtoMessage() {}
+
+func (x *EdgeHealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeHealthCheck.ProtoReflect.Descriptor instead.
+func (*EdgeHealthCheck) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EdgeHealthCheck) GetHeader() string {
+	if x != nil {
+		return x.Header
+	}
+	return ""
+}
+
+func (x *EdgeHealthCheck) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
 var File_flotilla_v1alpha1_gateway_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_gateway_proto_rawDesc = "" +
@@ -631,7 +907,23 @@ const file_flotilla_v1alpha1_gateway_proto_rawDesc = "" +
 	"match_type\":\n" +
 	"\x10RouteDestination\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04portB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\x04port\x18\x02 \x01(\rR\x04port\"\xf8\x01\n" +
+	"\x0fEdgeGatewaySpec\x12P\n" +
+	"\x11workload_selector\x18\x01 \x01(\v2#.flotilla.v1alpha1.WorkloadSelectorR\x10workloadSelector\x12L\n" +
+	"\x10external_servers\x18\x02 \x03(\v2!.flotilla.v1alpha1.ExternalServerR\x0fexternalServers\x12E\n" +
+	"\fhealth_check\x18\x03 \x01(\v2\".flotilla.v1alpha1.EdgeHealthCheckR\vhealthCheck\"\xc2\x01\n" +
+	"\x0eExternalServer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12.\n" +
+	"\x03tls\x18\x04 \x01(\v2\x1c.flotilla.v1alpha1.ServerTLSR\x03tls\x12<\n" +
+	"\bclusters\x18\x05 \x03(\v2 .flotilla.v1alpha1.ClusterWeightR\bclusters\";\n" +
+	"\rClusterWeight\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"=\n" +
+	"\x0fEdgeHealthCheck\x12\x16\n" +
+	"\x06header\x18\x01 \x01(\tR\x06header\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04pathB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_gateway_proto_rawDescOnce sync.Once
@@ -645,7 +937,7 @@ func file_flotilla_v1alpha1_gateway_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_gateway_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_flotilla_v1alpha1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_flotilla_v1alpha1_gateway_proto_goTypes = []any{
 	(*IngressGatewaySpec)(nil), // 0: flotilla.v1alpha1.IngressGatewaySpec
 	(*WorkloadSelector)(nil),   // 1: flotilla.v1alpha1.WorkloadSelector
@@ -656,26 +948,35 @@ var file_flotilla_v1alpha1_gateway_proto_goTypes = []any{
 	(*HTTPMatch)(nil),          // 6: flotilla.v1alpha1.HTTPMatch
 	(*StringMatch)(nil),        // 7: flotilla.v1alpha1.StringMatch
 	(*RouteDestination)(nil),   // 8: flotilla.v1alpha1.RouteDestination
-	nil,                        // 9: flotilla.v1alpha1.WorkloadSelector.LabelsEntry
-	nil,                        // 10: flotilla.v1alpha1.HTTPMatch.HeadersEntry
+	(*EdgeGatewaySpec)(nil),    // 9: flotilla.v1alpha1.EdgeGatewaySpec
+	(*ExternalServer)(nil),     // 10: flotilla.v1alpha1.ExternalServer
+	(*ClusterWeight)(nil),      // 11: flotilla.v1alpha1.ClusterWeight
+	(*EdgeHealthCheck)(nil),    // 12: flotilla.v1alpha1.EdgeHealthCheck
+	nil,                        // 13: flotilla.v1alpha1.WorkloadSelector.LabelsEntry
+	nil,                        // 14: flotilla.v1alpha1.HTTPMatch.HeadersEntry
 }
 var file_flotilla_v1alpha1_gateway_proto_depIdxs = []int32{
 	1,  // 0: flotilla.v1alpha1.IngressGatewaySpec.workload_selector:type_name -> flotilla.v1alpha1.WorkloadSelector
 	2,  // 1: flotilla.v1alpha1.IngressGatewaySpec.http:type_name -> flotilla.v1alpha1.HTTPServer
-	9,  // 2: flotilla.v1alpha1.WorkloadSelector.labels:type_name -> flotilla.v1alpha1.WorkloadSelector.LabelsEntry
+	13, // 2: flotilla.v1alpha1.WorkloadSelector.labels:type_name -> flotilla.v1alpha1.WorkloadSelector.LabelsEntry
 	3,  // 3: flotilla.v1alpha1.HTTPServer.tls:type_name -> flotilla.v1alpha1.ServerTLS
 	4,  // 4: flotilla.v1alpha1.HTTPServer.routing:type_name -> flotilla.v1alpha1.HTTPRouting
 	5,  // 5: flotilla.v1alpha1.HTTPRouting.rules:type_name -> flotilla.v1alpha1.HTTPRule
 	6,  // 6: flotilla.v1alpha1.HTTPRule.match:type_name -> flotilla.v1alpha1.HTTPMatch
 	8,  // 7: flotilla.v1alpha1.HTTPRule.route:type_name -> flotilla.v1alpha1.RouteDestination
 	7,  // 8: flotilla.v1alpha1.HTTPMatch.path:type_name -> flotilla.v1alpha1.StringMatch
-	10, // 9: flotilla.v1alpha1.HTTPMatch.headers:type_name -> flotilla.v1alpha1.HTTPMatch.HeadersEntry
-	7,  // 10: flotilla.v1alpha1.HTTPMatch.HeadersEntry.value:type_name -> flotilla.v1alpha1.StringMatch
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 9: flotilla.v1alpha1.HTTPMatch.headers:type_name -> flotilla.v1alpha1.HTTPMatch.HeadersEntry
+	1,  // 10: flotilla.v1alpha1.EdgeGatewaySpec.workload_selector:type_name -> flotilla.v1alpha1.WorkloadSelector
+	10, // 11: flotilla.v1alpha1.EdgeGatewaySpec.external_servers:type_name -> flotilla.v1alpha1.ExternalServer
+	12, // 12: flotilla.v1alpha1.EdgeGatewaySpec.health_check:type_name -> flotilla.v1alpha1.EdgeHealthCheck
+	3,  // 13: flotilla.v1alpha1.ExternalServer.tls:type_name -> flotilla.v1alpha1.ServerTLS
+	11, // 14: flotilla.v1alpha1.ExternalServer.clusters:type_name -> flotilla.v1alpha1.ClusterWeight
+	7,  // 15: flotilla.v1alpha1.HTTPMatch.HeadersEntry.value:type_name -> flotilla.v1alpha1.StringMatch
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_gateway_proto_init() }
@@ -694,7 +995,7 @@ func file_flotilla_v1alpha1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_gateway_proto_rawDesc), len(file_flotilla_v1alpha1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

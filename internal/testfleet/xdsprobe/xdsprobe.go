@@ -276,6 +276,33 @@ func (s *Snapshot) Upstreams(domain string) []string {
 	return slices.Compact(out)
 }
 
+// NamedRoutes returns the routes of the virtual hosts serving domain by
+// route name (Istio names them after the VirtualService's HTTP routes),
+// each with the upstream clusters it sends to, sorted; a route that
+// answers by itself (a direct response) has none.
+func (s *Snapshot) NamedRoutes(domain string) map[string][]string {
+	out := map[string][]string{}
+	for _, rc := range s.Routes {
+		for _, vh := range rc.GetVirtualHosts() {
+			if !slices.Contains(vh.GetDomains(), domain) {
+				continue
+			}
+			for _, r := range vh.GetRoutes() {
+				clusters := out[r.GetName()]
+				if c := r.GetRoute().GetCluster(); c != "" {
+					clusters = append(clusters, c)
+				}
+				for _, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
+					clusters = append(clusters, wc.GetName())
+				}
+				slices.Sort(clusters)
+				out[r.GetName()] = slices.Compact(clusters)
+			}
+		}
+	}
+	return out
+}
+
 // Domains returns every domain of every virtual host, sorted.
 func (s *Snapshot) Domains() []string {
 	var out []string
@@ -294,6 +321,8 @@ type Endpoint struct {
 	Region, Zone   string
 	Priority       uint32
 	LocalityWeight uint32
+	// Weight is the endpoint's own load-balancing weight (0 when unset).
+	Weight uint32
 }
 
 // EndpointsOf returns the endpoints the proxy received for the EDS cluster
@@ -313,6 +342,7 @@ func (s *Snapshot) EndpointsOf(name string) []Endpoint {
 				Zone:           le.GetLocality().GetZone(),
 				Priority:       le.GetPriority(),
 				LocalityWeight: le.GetLoadBalancingWeight().GetValue(),
+				Weight:         lb.GetLoadBalancingWeight().GetValue(),
 			})
 		}
 	}

@@ -860,9 +860,14 @@ type ServiceState struct {
 	Endpoints []*LocalityEndpoints `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
 	// Selector is the Service's pod selector: WorkloadEntries for its remote
 	// instances carry it, so that the Service selects them too.
-	Selector      map[string]string `protobuf:"bytes,6,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Selector map[string]string `protobuf:"bytes,6,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// ExternalAddress is where clients outside the cluster reach the
+	// Service: the annotation flotilla.io/external-address when set, else
+	// its LoadBalancer address; empty when neither. Edge gateways reach
+	// ingress gateways there.
+	ExternalAddress string `protobuf:"bytes,7,opt,name=external_address,json=externalAddress,proto3" json:"external_address,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ServiceState) Reset() {
@@ -935,6 +940,13 @@ func (x *ServiceState) GetSelector() map[string]string {
 		return x.Selector
 	}
 	return nil
+}
+
+func (x *ServiceState) GetExternalAddress() string {
+	if x != nil {
+		return x.ExternalAddress
+	}
+	return ""
 }
 
 type LocalityEndpoints struct {
@@ -1746,14 +1758,15 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\bservices\x18\x03 \x03(\v2\x1f.flotilla.agent.v1.ServiceStateR\bservices\x12\x18\n" +
 	"\aremoved\x18\x04 \x03(\tR\aremoved\x12N\n" +
 	"\x11east_west_gateway\x18\x05 \x01(\v2\".flotilla.agent.v1.EastWestGatewayR\x0feastWestGateway\x129\n" +
-	"\x19east_west_gateway_removed\x18\x06 \x01(\bR\x16eastWestGatewayRemoved\"\xc2\x03\n" +
+	"\x19east_west_gateway_removed\x18\x06 \x01(\bR\x16eastWestGatewayRemoved\"\xed\x03\n" +
 	"\fServiceState\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12C\n" +
 	"\x06labels\x18\x03 \x03(\v2+.flotilla.agent.v1.ServiceState.LabelsEntryR\x06labels\x124\n" +
 	"\x05ports\x18\x04 \x03(\v2\x1e.flotilla.agent.v1.ServicePortR\x05ports\x12B\n" +
 	"\tendpoints\x18\x05 \x03(\v2$.flotilla.agent.v1.LocalityEndpointsR\tendpoints\x12I\n" +
-	"\bselector\x18\x06 \x03(\v2-.flotilla.agent.v1.ServiceState.SelectorEntryR\bselector\x1a9\n" +
+	"\bselector\x18\x06 \x03(\v2-.flotilla.agent.v1.ServiceState.SelectorEntryR\bselector\x12)\n" +
+	"\x10external_address\x18\a \x01(\tR\x0fexternalAddress\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +

@@ -1,0 +1,240 @@
+package central
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/registry"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
+)
+
+// edges holds what the edge slices are computed from: the edge gateways,
+// the ingress gateways that publish hostnames, and the clusters' regions
+// and drain state. Part of multicluster, guarded by Central.mu.
+//
+//	EdgeGateway server (hostname) ─▶ IngressGateways publishing it ─▶ the clusters they reach
+//	  ─▶ each cluster's ingress gateway Service in the registry (address, ready)
+//	  ─▶ targets (drained clusters left out) in the bundle of every edge cluster
+type edges struct {
+	gateways  map[string]edgeGateway    // EdgeGateway FQN → gateway
+	ingresses map[string]ingressGateway // IngressGateway FQN → gateway
+	clusters  map[string]clusterInfo    // Cluster FQN → info
+}
+
+type edgeGateway struct {
+	fqn, group, org string
+	servers         []*pb.ExternalServer
+}
+
+type ingressGateway struct {
+	fqn, group, org string
+	namespace       string
+	labels          map[string]string
+	servers         []*pb.HTTPServer
+}
+
+type clusterInfo struct {
+	region, zone string
+	drained      bool
+}
+
+func newEdges() edges {
+	return edges{gateways: map[string]edgeGateway{}, ingresses: map[string]ingressGateway{}, clusters: map[string]clusterInfo{}}
+}
+
+// edgeKinds are the kinds whose records feed the edge slices.
+func edgeKind(kind string) bool {
+	return kind == resource.KindEdgeGateway || kind == resource.KindIngressGateway || kind == resource.KindCluster
+}
+
+// apply takes one event of an edge kind and reports whether it changed
+// an input of the slices.
+func (e *edges) apply(ev store.Event) (bool, error) {
+	r := ev.Record
+	if ev.Type == store.EventDelete {
+		_, g := e.gateways[r.FQN]
+		_, i := e.ingresses[r.FQN]
+		_, c := e.clusters[r.FQN]
+		delete(e.gateways, r.FQN)
+		delete(e.ingresses, r.FQN)
+		delete(e.clusters, r.FQN)
+		return g || i || c, nil
+	}
+	switch r.Kind {
+	case resource.KindCluster:
+		spec := &pb.ClusterSpec{}
+		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
+			return false, fmt.Errorf("stored %s: %w", r.FQN, err)
+		}
+		info := clusterInfo{region: spec.GetRegion(), zone: spec.GetZone(), drained: spec.GetDrained()}
+		old, had := e.clusters[r.FQN]
+		e.clusters[r.FQN] = info
+		return !had || old != info, nil
+	case resource.KindEdgeGateway:
+		spec := &pb.EdgeGatewaySpec{}
+		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
+			delete(e.gateways, r.FQN)
+			return true, fmt.Errorf("stored %s: %w", r.FQN, err)
+		}
+		e.gateways[r.FQN] = edgeGateway{fqn: r.FQN, group: r.Parent, org: orgOf(r.FQN), servers: spec.GetExternalServers()}
+		return true, nil
+	case resource.KindIngressGateway:
+		spec := &pb.IngressGatewaySpec{}
+		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
+			delete(e.ingresses, r.FQN)
+			return true, fmt.Errorf("stored %s: %w", r.FQN, err)
+		}
+		ws := spec.GetWorkloadSelector()
+		e.ingresses[r.FQN] = ingressGateway{fqn: r.FQN, group: r.Parent, org: orgOf(r.FQN),
+			namespace: ws.GetNamespace(), labels: ws.GetLabels(), servers: spec.GetHttp()}
+		return true, nil
+	}
+	return false, nil
+}
+
+// publisher is an ingress gateway server that publishes a hostname in one
+// cluster.
+type publisher struct {
+	ig     ingressGateway
+	server *pb.HTTPServer
+}
+
+// compute adds the edge servers of every edge cluster to out. groups
+// gives the clusters a group reaches.
+func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string]*clusterEntry, groups func(fqn string) map[string]bool, services []registry.Service) {
+	if len(e.gateways) == 0 {
+		return
+	}
+	// Who publishes each hostname, per cluster: the first IngressGateway
+	// by FQN whose group reaches the cluster.
+	published := map[string]map[string]publisher{} // hostname → cluster FQN → publisher
+	for _, fqn := range slices.Sorted(maps.Keys(e.ingresses)) {
+		ig := e.ingresses[fqn]
+		for cl := range groups(ig.group) {
+			for _, s := range ig.servers {
+				byCluster := published[s.GetHostname()]
+				if byCluster == nil {
+					byCluster = map[string]publisher{}
+					published[s.GetHostname()] = byCluster
+				}
+				if _, taken := byCluster[cl]; !taken {
+					byCluster[cl] = publisher{ig: ig, server: s}
+				}
+			}
+		}
+	}
+	// The Services in each cluster, to find the ingress gateways'.
+	type instance struct {
+		svc registry.Service
+		in  registry.Instance
+	}
+	inCluster := map[string][]instance{}
+	for _, svc := range services {
+		for _, in := range svc.Instances {
+			inCluster[in.Cluster] = append(inCluster[in.Cluster], instance{svc, in})
+		}
+	}
+	ingressService := func(cluster string, ig ingressGateway) (instance, bool) {
+		for _, x := range inCluster[cluster] {
+			if x.svc.Namespace == ig.namespace && selects(x.in.Selector, ig.labels) {
+				return x, true
+			}
+		}
+		return instance{}, false
+	}
+
+	for _, fqn := range slices.Sorted(maps.Keys(e.gateways)) {
+		eg := e.gateways[fqn]
+		for _, edgeCluster := range slices.Sorted(maps.Keys(groups(eg.group))) {
+			ec := clusters[edgeCluster]
+			if ec == nil || ec.org != eg.org {
+				continue
+			}
+			mc := out[edgeCluster]
+			if mc == nil {
+				mc = &bundle.Multicluster{}
+				out[edgeCluster] = mc
+			}
+			for _, s := range eg.servers {
+				es := bundle.EdgeServer{Owner: eg.fqn, Server: s.GetName(), Weighted: len(s.GetClusters()) > 0}
+				type candidate struct {
+					cluster string
+					weight  uint32
+				}
+				var cands []candidate
+				if es.Weighted {
+					for _, cw := range s.GetClusters() {
+						cands = append(cands, candidate{eg.org + "/clusters/" + cw.GetName(), cw.GetWeight()})
+					}
+				} else {
+					for _, cl := range slices.Sorted(maps.Keys(published[s.GetHostname()])) {
+						if ce := clusters[cl]; ce != nil && ce.org == eg.org {
+							cands = append(cands, candidate{cluster: cl})
+						}
+					}
+				}
+				for _, cand := range cands {
+					name := cand.cluster[strings.LastIndex(cand.cluster, "/")+1:]
+					info := e.clusters[cand.cluster]
+					if info.drained {
+						continue
+					}
+					p, ok := published[s.GetHostname()][cand.cluster]
+					if !ok {
+						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s publishes %s on no IngressGateway: publish it there, or take the cluster off the list", name, s.GetHostname()))
+						continue
+					}
+					x, ok := ingressService(cand.cluster, p.ig)
+					switch {
+					case !ok:
+						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s has no Service selecting the ingress gateway pods %v of %s in namespace %s", name, p.ig.labels, p.ig.fqn, p.ig.namespace))
+						continue
+					case x.in.Address == "":
+						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s's ingress gateway Service %s/%s has no address: give it a LoadBalancer address, or annotate it with flotilla.io/external-address", name, x.svc.Namespace, x.svc.Name))
+						continue
+					case x.in.Ready == 0:
+						continue // no ready gateway pod there: no traffic goes to it
+					}
+					t := bundle.EdgeTarget{Cluster: name, Address: x.in.Address, Port: p.server.GetPort(), Weight: cand.weight,
+						TLS:    p.server.GetTls().GetMode() != "" && p.server.GetTls().GetMode() != "DISABLED",
+						Region: info.region, Zone: info.zone, Local: cand.cluster == edgeCluster}
+					if t.Region == "" {
+						t.Region, t.Zone = mainLocality(x.in)
+					}
+					es.Targets = append(es.Targets, t)
+				}
+				// No target in the edge's own cluster: the next local hops
+				// are those in its region.
+				if region := e.clusters[edgeCluster].region; region != "" && !slices.ContainsFunc(es.Targets, func(t bundle.EdgeTarget) bool { return t.Local }) {
+					for i := range es.Targets {
+						es.Targets[i].Local = es.Targets[i].Region == region
+					}
+				}
+				slices.SortFunc(es.Targets, func(a, b bundle.EdgeTarget) int { return cmp.Compare(a.Cluster, b.Cluster) })
+				mc.Edges = append(mc.Edges, es)
+			}
+		}
+	}
+}
+
+// selects reports whether a Service with selector picks pods with labels:
+// a non-empty selector whose every pair the labels hold.
+func selects(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
