@@ -44,7 +44,7 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 	}
 	put(t, &e, resource.KindIngressGateway, ws+"/groups/ingress/ingressgateways/shop", ws+"/groups/ingress", &pb.IngressGatewaySpec{
 		WorkloadSelector: &pb.WorkloadSelector{Namespace: "ingress", Labels: map[string]string{"istio": "ingressgateway", "app": "gw"}},
-		Http: []*pb.HTTPServer{{Name: "web", Hostname: "shop.example.com", Port: 443, Tls: &pb.ServerTLS{Mode: "SIMPLE", SecretName: "x"}}},
+		Http:             []*pb.HTTPServer{{Name: "web", Hostname: "shop.example.com", Port: 443, Tls: &pb.ServerTLS{Mode: "SIMPLE", SecretName: "x"}}},
 	})
 	put(t, &e, resource.KindEdgeGateway, ws+"/groups/edge/edgegateways/front", ws+"/groups/edge", &pb.EdgeGatewaySpec{
 		ExternalServers: []*pb.ExternalServer{
