@@ -126,3 +126,45 @@ func TestTheCheckerFollowsItsThresholds(t *testing.T) {
 		t.Fatal("state kept for a removed record set")
 	}
 }
+
+// A weighted record set answers one address per query, chosen in
+// proportion to the weights of the addresses in the answer; equal weights
+// (or none) are not weighted.
+func TestWeightedRecordSetsPickByWeight(t *testing.T) {
+	spec := &pb.DNSRecordSetSpec{Hostname: "shop.apps.example.com", Ttl: 30,
+		EntryPoints: []*pb.EntryPoint{{Cluster: "c1", Address: "10.0.0.1", Weight: 3}, {Cluster: "c2", Address: "10.0.0.2"}, {Cluster: "c3", Address: "10.0.0.3", Weight: 4}}}
+	rs, err := NewRecordSet("rs", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rs.Weighted() {
+		t.Fatal("weights 3, 1, 4 are not weighted")
+	}
+	a1, a2, a3 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	counts := map[netip.Addr]int{}
+	const n = 800
+	for i := range n {
+		counts[rs.Pick([]netip.Addr{a1, a2, a3}, (float64(i)+0.5)/n)]++
+	}
+	if counts[a1] != 300 || counts[a2] != 100 || counts[a3] != 400 {
+		t.Fatalf("picks over a uniform sweep %v, want 300/100/400", counts)
+	}
+	// Only the addresses in the answer count: with c3 out, 3:1.
+	counts = map[netip.Addr]int{}
+	for i := range n {
+		counts[rs.Pick([]netip.Addr{a1, a2}, (float64(i)+0.5)/n)]++
+	}
+	if counts[a1] != 600 || counts[a2] != 200 {
+		t.Fatalf("picks without c3 %v, want 600/200", counts)
+	}
+	for _, e := range spec.EntryPoints {
+		e.Weight = 5
+	}
+	if rs, _ = NewRecordSet("rs", spec); rs.Weighted() {
+		t.Fatal("equal weights are weighted")
+	}
+	spec.EntryPoints = spec.EntryPoints[:1]
+	if rs, _ = NewRecordSet("rs", spec); rs.Weighted() {
+		t.Fatal("one entry point is weighted")
+	}
+}

@@ -79,6 +79,43 @@ type EntryPoint struct {
 	// Drained is set when its cluster is drained: it leaves the answers
 	// whatever its health.
 	Drained bool
+	// Weight is its share in a weighted record set (1 when unset).
+	Weight uint32
+}
+
+// Weighted reports whether the entry points' weights differ: the built-in
+// server then answers each query with one address, picked by weight.
+func (rs RecordSet) Weighted() bool {
+	for _, e := range rs.EntryPoints {
+		if e.Weight != rs.EntryPoints[0].Weight {
+			return true
+		}
+	}
+	return false
+}
+
+// Pick returns one of addrs (a non-empty answer of this record set), with
+// a probability proportional to its weight; x is uniform in [0, 1). An
+// address of several entry points weighs as the heaviest of them.
+func (rs RecordSet) Pick(addrs []netip.Addr, x float64) netip.Addr {
+	weights := make([]float64, len(addrs))
+	total := 0.0
+	for i, a := range addrs {
+		for _, e := range rs.EntryPoints {
+			if e.Address == a && float64(e.Weight) > weights[i] {
+				weights[i] = float64(e.Weight)
+			}
+		}
+		total += weights[i]
+	}
+	x *= total
+	for i, w := range weights {
+		if x < w {
+			return addrs[i]
+		}
+		x -= w
+	}
+	return addrs[len(addrs)-1]
 }
 
 // Check is a resolved health check.
@@ -112,7 +149,7 @@ func NewRecordSet(fqn string, s *pb.DNSRecordSetSpec) (RecordSet, error) {
 		if err != nil {
 			return rs, fmt.Errorf("%s: entry point %q: %w", fqn, e.GetAddress(), err)
 		}
-		rs.EntryPoints = append(rs.EntryPoints, EntryPoint{Cluster: e.GetCluster(), Address: addr})
+		rs.EntryPoints = append(rs.EntryPoints, EntryPoint{Cluster: e.GetCluster(), Address: addr, Weight: max(e.GetWeight(), 1)})
 	}
 	if hc := s.GetHealthCheck(); hc != nil {
 		c := &Check{Path: hc.GetPath(), Port: hc.GetPort(), Interval: DefaultInterval, Timeout: DefaultTimeout,
@@ -148,6 +185,12 @@ type Target struct {
 // Healthy reports an entry point's health; an entry point never probed
 // (no check, or not yet probed) counts as healthy.
 type Healthy func(Target) bool
+
+// Record returns the record set published as name.
+func (c Config) Record(name string) (RecordSet, bool) {
+	rs, ok := c.Records[Fqdn(name)]
+	return rs, ok
+}
 
 // Answer is the addresses to answer for name, the TTL, and whether the name
 // is in a zone at all (false: the server is not authoritative for it).

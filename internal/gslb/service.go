@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -285,7 +287,8 @@ func (s *Service) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	q := req.Question[0]
-	addrs, ttl, authoritative, found := s.cfg.Load().Answer(q.Name, s.checker.Healthy)
+	cfg := s.cfg.Load()
+	addrs, ttl, authoritative, found := cfg.Answer(q.Name, s.checker.Healthy)
 	switch {
 	case !authoritative:
 		m.Rcode = dns.RcodeRefused
@@ -293,6 +296,12 @@ func (s *Service) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		m.Authoritative, m.Rcode = true, dns.RcodeNameError
 	default:
 		m.Authoritative = true
+		addrs = slices.DeleteFunc(addrs, func(a netip.Addr) bool {
+			return !(a.Is4() && q.Qtype == dns.TypeA || a.Is6() && q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY)
+		})
+		if rs, _ := cfg.Record(q.Name); rs.Weighted() && len(addrs) > 1 {
+			addrs = []netip.Addr{rs.Pick(addrs, rand.Float64())}
+		}
 		for _, a := range addrs {
 			hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: ttl}
 			switch {

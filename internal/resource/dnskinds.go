@@ -107,6 +107,9 @@ func validateDNSRecordSet(spec proto.Message) []FieldError {
 		if _, err := netip.ParseAddr(e.GetAddress()); err != nil {
 			out = append(out, FieldError{Field: p + ".address", Message: fmt.Sprintf("%q is not an IP address", e.GetAddress())})
 		}
+		if e.GetWeight() > 255 {
+			out = append(out, FieldError{Field: p + ".weight", Message: fmt.Sprintf("%d is out of range: use 1..255 (drain a cluster with `flotilla cluster drain` to take it out)", e.GetWeight())})
+		}
 	}
 	if hc := s.GetHealthCheck(); hc != nil {
 		p := "spec.healthCheck"

@@ -254,6 +254,34 @@ func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 			t.Fatalf("%s: exit %d, stderr %q; want a refusal saying %q", c.name, r.code, r.stderr, c.want)
 		}
 	}
+	// A weighted record set: each answer holds one address, 3:1 over a
+	// bounded number of queries to the real server.
+	weighted := "apiVersion: flotilla.io/v1alpha1\nkind: DNSRecordSet\nmetadata: {name: weighted, organization: acme, tenant: fintech, workspace: shop}\nspec:\n  hostname: w.apps.example.com\n  ttl: 5\n  entryPoints: [{cluster: c1, address: 127.0.20.1, weight: 3}, {cluster: c2, address: 127.0.20.2, weight: 1}]\n"
+	if r := s.flotilla(weighted, "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply weighted: %+v", r)
+	}
+	eventually(t, 10*time.Second, "the weighted name answers", func() error {
+		_, rcode, err := lookup(dnsAddr, "w.apps.example.com")
+		if err == nil && rcode != dns.RcodeSuccess {
+			err = fmt.Errorf("rcode %s", dns.RcodeToString[rcode])
+		}
+		return err
+	})
+	counts := map[string]int{}
+	for range 400 {
+		got, _, err := lookup(dnsAddr, "w.apps.example.com")
+		if err != nil || len(got) != 1 {
+			t.Fatalf("a weighted answer: %v %v", got, err)
+		}
+		counts[got[0]]++
+	}
+	if counts["127.0.20.1"] < 240 || counts["127.0.20.1"] > 360 || counts["127.0.20.1"]+counts["127.0.20.2"] != 400 {
+		t.Fatalf("weighted answers %v, want about 300:100", counts)
+	}
+	if r := s.flotilla(strings.Replace(weighted, "weight: 1}", "weight: 256}", 1), "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, "spec.entryPoints[1].weight: 256 is out of range") {
+		t.Fatalf("weight 256: %+v", r)
+	}
+
 	claimed := "apiVersion: flotilla.io/v1alpha1\nkind: DNSRecordSet\nmetadata: {name: mine, organization: acme, tenant: media, workspace: web}\nspec:\n  hostname: shop.apps.example.com\n  ttl: 30\n  entryPoints: [{cluster: c1, address: 127.0.20.9}]\n"
 	if r := s.flotilla(claimed, "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, "is already published by organizations/acme/tenants/fintech/workspaces/shop/dnsrecordsets/shop") {
 		t.Fatalf("a hostname claimed by a second tenant: %+v", r)

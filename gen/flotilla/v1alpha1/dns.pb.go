@@ -304,7 +304,14 @@ type EntryPoint struct {
 	// Cluster names the cluster it is in (for status and drain).
 	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	// Address is its IPv4 or IPv6 address.
-	Address       string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Weight makes the record set weighted: the built-in DNS server answers
+	// each query with one address, picked with a probability proportional to
+	// its weight among the entry points in the answer (healthy, not
+	// drained). 1..255; 0 (unset) counts as 1. Without weights, or with equal
+	// ones, every address is in each answer. RFC 2136 and external-dns
+	// zones publish every address: plain DNS records carry no weights.
+	Weight        uint32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -351,6 +358,13 @@ func (x *EntryPoint) GetAddress() string {
 		return x.Address
 	}
 	return ""
+}
+
+func (x *EntryPoint) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
 }
 
 // HealthCheck is an HTTP probe of each entry point, made by the server.
@@ -468,11 +482,12 @@ const file_flotilla_v1alpha1_dns_proto_rawDesc = "" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x10\n" +
 	"\x03ttl\x18\x02 \x01(\rR\x03ttl\x12@\n" +
 	"\fentry_points\x18\x03 \x03(\v2\x1d.flotilla.v1alpha1.EntryPointR\ventryPoints\x12A\n" +
-	"\fhealth_check\x18\x04 \x01(\v2\x1e.flotilla.v1alpha1.HealthCheckR\vhealthCheck\"@\n" +
+	"\fhealth_check\x18\x04 \x01(\v2\x1e.flotilla.v1alpha1.HealthCheckR\vhealthCheck\"X\n" +
 	"\n" +
 	"EntryPoint\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"\xc9\x01\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06weight\x18\x03 \x01(\rR\x06weight\"\xc9\x01\n" +
 	"\vHealthCheck\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
