@@ -15,12 +15,28 @@ CONNECT_GO_VERSION     := v1.21.1
 
 include tools/localfleet/localfleet.mk
 
-.PHONY: all build run test test-short generate tools lint clean bench
+.PHONY: all build run test test-short generate tools lint clean bench ui
 
 all: build
 
-## build: bin/flotilla
-build:
+# The web UI: React + TypeScript + Vite sources in web/, built into
+# internal/ui/static/app, which go build embeds. npm ci installs exactly
+# the committed lockfile.
+UI         := internal/ui/static/app/index.html
+UI_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json
+
+## ui: build the web UI (embedded by the next go build)
+ui: $(UI)
+
+$(UI): web/node_modules/.stamp $(UI_SOURCES)
+	cd web && npm run build
+
+web/node_modules/.stamp: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+## build: bin/flotilla, with the web UI
+build: $(UI)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/flotilla ./cmd/flotilla
 
 ## run: the server on the embedded SQLite store, plus a local fleet of two clusters with istiod
@@ -29,7 +45,7 @@ run: build fleet-istio
 
 ## test: every test, with the race detector, against a real local fleet and PostgreSQL,
 ## then the local fleet's own tests (its module is separate)
-test: fleet-workloads fleet-istio $(BIN)/dex $(BIN)/externaldns-crd.yaml
+test: $(UI) fleet-workloads fleet-istio $(BIN)/dex $(BIN)/externaldns-crd.yaml
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fleet-test
 
@@ -66,9 +82,10 @@ $(BIN)/externaldns-crd.yaml:
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go
 
 ## generate: regenerate gen/ from api/ (checked in; CI fails when it differs)
-generate: tools
-	rm -rf gen
+generate: tools web/node_modules/.stamp
+	rm -rf gen web/src/gen
 	cd api && $(BIN)/buf lint && $(BIN)/buf generate
+	cd web && npm run generate
 
 ## lint: gofmt and go vet, here and in the local fleet's modules
 lint: fleet-lint
@@ -76,4 +93,4 @@ lint: fleet-lint
 	$(GO) vet ./...
 
 clean:
-	rm -rf $(BIN) flotilla-data .run
+	rm -rf $(BIN) flotilla-data .run web/node_modules internal/ui/static/app

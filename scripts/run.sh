@@ -66,6 +66,9 @@ flotilla-data/bootstrap-admin). In another terminal:
 
   export PATH=$bin:\$PATH FLOTILLA_SERVER=$url
 
+The web UI is at $url/ : log in with the credential in
+flotilla-data/bootstrap-admin.
+
   flotilla apply -f examples/quickstart.yaml
   flotilla status ingressgateway shop --wait
   kubectl --kubeconfig $fleet/c1.kubeconfig -n payments get gateways.networking.istio.io,virtualservices.networking.istio.io

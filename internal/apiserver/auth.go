@@ -330,8 +330,9 @@ const (
 
 // streaming procedures run for as long as the client stays.
 var streaming = map[string]bool{
-	flotillav1alpha1connect.ResourceServiceWatchProcedure: true,
-	agentv1connect.AgentServiceConnectProcedure:           true,
+	flotillav1alpha1connect.ResourceServiceWatchProcedure:   true,
+	flotillav1alpha1connect.FleetServiceWatchFleetProcedure: true,
+	agentv1connect.AgentServiceConnectProcedure:             true,
 }
 
 // edge bounds every request at the HTTP layer: body size (a larger one is

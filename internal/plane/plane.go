@@ -19,6 +19,7 @@ import (
 	"flotilla.io/flotilla/internal/gslb"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
+	"flotilla.io/flotilla/internal/ui"
 )
 
 // Config configures a Plane.
@@ -64,6 +65,7 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	}
 	srv.Handle(cp.Handler())
 	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies}, srv.HandlerOptions()...))
+	srv.Handle("/", ui.Handler())
 	p := &Plane{API: srv, Central: cp, GSLB: dns}
 	if dns != nil {
 		if err := dns.Register(srv.Metrics()); err != nil {

@@ -23,6 +23,283 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WatchFleetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchFleetRequest) Reset() {
+	*x = WatchFleetRequest{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchFleetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchFleetRequest) ProtoMessage() {}
+
+func (x *WatchFleetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchFleetRequest.ProtoReflect.Descriptor instead.
+func (*WatchFleetRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{0}
+}
+
+type WatchFleetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Full says clusters holds every cluster: it replaces what was sent.
+	Full     bool              `protobuf:"varint,1,opt,name=full,proto3" json:"full,omitempty"`
+	Clusters []*ClusterSummary `protobuf:"bytes,2,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// Removed are the FQNs of clusters that are gone (or no longer readable).
+	Removed       []string `protobuf:"bytes,3,rep,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchFleetResponse) Reset() {
+	*x = WatchFleetResponse{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchFleetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchFleetResponse) ProtoMessage() {}
+
+func (x *WatchFleetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchFleetResponse.ProtoReflect.Descriptor instead.
+func (*WatchFleetResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WatchFleetResponse) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *WatchFleetResponse) GetClusters() []*ClusterSummary {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+func (x *WatchFleetResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+// ClusterSummary is one cluster at a glance.
+type ClusterSummary struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Fqn          string                 `protobuf:"bytes,1,opt,name=fqn,proto3" json:"fqn,omitempty"`
+	Name         string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Organization string                 `protobuf:"bytes,3,opt,name=organization,proto3" json:"organization,omitempty"`
+	Region       string                 `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	Zone         string                 `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
+	Connected    bool                   `protobuf:"varint,6,opt,name=connected,proto3" json:"connected,omitempty"`
+	// LastSeen is the last message from its agent; unset when never seen.
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// BundleVersion is what the cluster acknowledged, DesiredBundleVersion
+	// what it should have; InSync says they are equal.
+	BundleVersion        string `protobuf:"bytes,8,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	DesiredBundleVersion string `protobuf:"bytes,9,opt,name=desired_bundle_version,json=desiredBundleVersion,proto3" json:"desired_bundle_version,omitempty"`
+	InSync               bool   `protobuf:"varint,10,opt,name=in_sync,json=inSync,proto3" json:"in_sync,omitempty"`
+	KubernetesVersion    string `protobuf:"bytes,11,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
+	// IstioVersion is empty when Istio is not installed.
+	IstioVersion string `protobuf:"bytes,12,opt,name=istio_version,json=istioVersion,proto3" json:"istio_version,omitempty"`
+	// Applied and Failed count the cluster's resources by state.
+	Applied      uint32 `protobuf:"varint,13,opt,name=applied,proto3" json:"applied,omitempty"`
+	Failed       uint32 `protobuf:"varint,14,opt,name=failed,proto3" json:"failed,omitempty"`
+	Drained      bool   `protobuf:"varint,15,opt,name=drained,proto3" json:"drained,omitempty"`
+	AgentVersion string `protobuf:"bytes,16,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Drifts counts the hand edits reported and not yet undone.
+	Drifts        uint32 `protobuf:"varint,17,opt,name=drifts,proto3" json:"drifts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterSummary) Reset() {
+	*x = ClusterSummary{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterSummary) ProtoMessage() {}
+
+func (x *ClusterSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterSummary.ProtoReflect.Descriptor instead.
+func (*ClusterSummary) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ClusterSummary) GetFqn() string {
+	if x != nil {
+		return x.Fqn
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetOrganization() string {
+	if x != nil {
+		return x.Organization
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *ClusterSummary) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *ClusterSummary) GetBundleVersion() string {
+	if x != nil {
+		return x.BundleVersion
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetDesiredBundleVersion() string {
+	if x != nil {
+		return x.DesiredBundleVersion
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetInSync() bool {
+	if x != nil {
+		return x.InSync
+	}
+	return false
+}
+
+func (x *ClusterSummary) GetKubernetesVersion() string {
+	if x != nil {
+		return x.KubernetesVersion
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetIstioVersion() string {
+	if x != nil {
+		return x.IstioVersion
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetApplied() uint32 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *ClusterSummary) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *ClusterSummary) GetDrained() bool {
+	if x != nil {
+		return x.Drained
+	}
+	return false
+}
+
+func (x *ClusterSummary) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *ClusterSummary) GetDrifts() uint32 {
+	if x != nil {
+		return x.Drifts
+	}
+	return 0
+}
+
 type GetEffectiveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Cluster is the cluster's name or FQN.
@@ -34,7 +311,7 @@ type GetEffectiveRequest struct {
 
 func (x *GetEffectiveRequest) Reset() {
 	*x = GetEffectiveRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +323,7 @@ func (x *GetEffectiveRequest) String() string {
 func (*GetEffectiveRequest) ProtoMessage() {}
 
 func (x *GetEffectiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[0]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +336,7 @@ func (x *GetEffectiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEffectiveRequest.ProtoReflect.Descriptor instead.
 func (*GetEffectiveRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{0}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetEffectiveRequest) GetCluster() string {
@@ -97,7 +374,7 @@ type EffectiveSetting struct {
 
 func (x *EffectiveSetting) Reset() {
 	*x = EffectiveSetting{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +386,7 @@ func (x *EffectiveSetting) String() string {
 func (*EffectiveSetting) ProtoMessage() {}
 
 func (x *EffectiveSetting) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[1]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +399,7 @@ func (x *EffectiveSetting) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EffectiveSetting.ProtoReflect.Descriptor instead.
 func (*EffectiveSetting) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EffectiveSetting) GetField() string {
@@ -183,7 +460,7 @@ type GetEffectiveResponse struct {
 
 func (x *GetEffectiveResponse) Reset() {
 	*x = GetEffectiveResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -195,7 +472,7 @@ func (x *GetEffectiveResponse) String() string {
 func (*GetEffectiveResponse) ProtoMessage() {}
 
 func (x *GetEffectiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[2]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -208,7 +485,7 @@ func (x *GetEffectiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEffectiveResponse.ProtoReflect.Descriptor instead.
 func (*GetEffectiveResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{2}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetEffectiveResponse) GetCluster() string {
@@ -263,7 +540,7 @@ type OnboardRequest struct {
 
 func (x *OnboardRequest) Reset() {
 	*x = OnboardRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +552,7 @@ func (x *OnboardRequest) String() string {
 func (*OnboardRequest) ProtoMessage() {}
 
 func (x *OnboardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[3]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +565,7 @@ func (x *OnboardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnboardRequest.ProtoReflect.Descriptor instead.
 func (*OnboardRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{3}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OnboardRequest) GetFqn() string {
@@ -331,7 +608,7 @@ type OnboardResponse struct {
 
 func (x *OnboardResponse) Reset() {
 	*x = OnboardResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +620,7 @@ func (x *OnboardResponse) String() string {
 func (*OnboardResponse) ProtoMessage() {}
 
 func (x *OnboardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[4]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +633,7 @@ func (x *OnboardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnboardResponse.ProtoReflect.Descriptor instead.
 func (*OnboardResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OnboardResponse) GetCluster() string {
@@ -396,7 +673,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +685,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[5]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +698,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetStatusRequest) GetKind() string {
@@ -471,7 +748,7 @@ type ClusterState struct {
 
 func (x *ClusterState) Reset() {
 	*x = ClusterState{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +760,7 @@ func (x *ClusterState) String() string {
 func (*ClusterState) ProtoMessage() {}
 
 func (x *ClusterState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[6]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +773,7 @@ func (x *ClusterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterState.ProtoReflect.Descriptor instead.
 func (*ClusterState) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ClusterState) GetCluster() string {
@@ -567,7 +844,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +856,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +869,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetStatusResponse) GetFqn() string {
@@ -661,7 +938,7 @@ type GetCompiledRequest struct {
 
 func (x *GetCompiledRequest) Reset() {
 	*x = GetCompiledRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +950,7 @@ func (x *GetCompiledRequest) String() string {
 func (*GetCompiledRequest) ProtoMessage() {}
 
 func (x *GetCompiledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +963,7 @@ func (x *GetCompiledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompiledRequest.ProtoReflect.Descriptor instead.
 func (*GetCompiledRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetCompiledRequest) GetCluster() string {
@@ -711,7 +988,7 @@ type GetCompiledResponse struct {
 
 func (x *GetCompiledResponse) Reset() {
 	*x = GetCompiledResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +1000,7 @@ func (x *GetCompiledResponse) String() string {
 func (*GetCompiledResponse) ProtoMessage() {}
 
 func (x *GetCompiledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +1013,7 @@ func (x *GetCompiledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompiledResponse.ProtoReflect.Descriptor instead.
 func (*GetCompiledResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetCompiledResponse) GetCluster() string {
@@ -783,7 +1060,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +1072,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +1085,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PlanRequest) GetResources() []*Resource {
@@ -835,7 +1112,7 @@ type PlannedChange struct {
 
 func (x *PlannedChange) Reset() {
 	*x = PlannedChange{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1124,7 @@ func (x *PlannedChange) String() string {
 func (*PlannedChange) ProtoMessage() {}
 
 func (x *PlannedChange) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1137,7 @@ func (x *PlannedChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedChange.ProtoReflect.Descriptor instead.
 func (*PlannedChange) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PlannedChange) GetAction() string {
@@ -917,7 +1194,7 @@ type ClusterPlan struct {
 
 func (x *ClusterPlan) Reset() {
 	*x = ClusterPlan{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1206,7 @@ func (x *ClusterPlan) String() string {
 func (*ClusterPlan) ProtoMessage() {}
 
 func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1219,7 @@ func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterPlan.ProtoReflect.Descriptor instead.
 func (*ClusterPlan) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClusterPlan) GetCluster() string {
@@ -977,7 +1254,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1266,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1279,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PlanResponse) GetResults() []*ApplyResult {
@@ -1030,7 +1307,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1319,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1332,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -1081,7 +1358,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1370,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1383,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListServicesResponse) GetServices() []*FleetServiceInfo {
@@ -1136,7 +1413,7 @@ type FleetServiceInfo struct {
 
 func (x *FleetServiceInfo) Reset() {
 	*x = FleetServiceInfo{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1425,7 @@ func (x *FleetServiceInfo) String() string {
 func (*FleetServiceInfo) ProtoMessage() {}
 
 func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1438,7 @@ func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetServiceInfo.ProtoReflect.Descriptor instead.
 func (*FleetServiceInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FleetServiceInfo) GetNamespace() string {
@@ -1217,7 +1494,7 @@ type FleetServicePort struct {
 
 func (x *FleetServicePort) Reset() {
 	*x = FleetServicePort{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1506,7 @@ func (x *FleetServicePort) String() string {
 func (*FleetServicePort) ProtoMessage() {}
 
 func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1519,7 @@ func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetServicePort.ProtoReflect.Descriptor instead.
 func (*FleetServicePort) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FleetServicePort) GetName() string {
@@ -1283,7 +1560,7 @@ type ServiceInstance struct {
 
 func (x *ServiceInstance) Reset() {
 	*x = ServiceInstance{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1572,7 @@ func (x *ServiceInstance) String() string {
 func (*ServiceInstance) ProtoMessage() {}
 
 func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1585,7 @@ func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceInstance.ProtoReflect.Descriptor instead.
 func (*ServiceInstance) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ServiceInstance) GetCluster() string {
@@ -1357,7 +1634,7 @@ type LocalityCount struct {
 
 func (x *LocalityCount) Reset() {
 	*x = LocalityCount{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1646,7 @@ func (x *LocalityCount) String() string {
 func (*LocalityCount) ProtoMessage() {}
 
 func (x *LocalityCount) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1659,7 @@ func (x *LocalityCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalityCount.ProtoReflect.Descriptor instead.
 func (*LocalityCount) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LocalityCount) GetRegion() string {
@@ -1410,7 +1687,31 @@ var File_flotilla_v1alpha1_fleet_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n" +
+	"\x1dflotilla/v1alpha1/fleet.proto\x12\x11flotilla.v1alpha1\x1a flotilla/v1alpha1/resource.proto\x1a\x1fflotilla/v1alpha1/service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n" +
+	"\x11WatchFleetRequest\"\x81\x01\n" +
+	"\x12WatchFleetResponse\x12\x12\n" +
+	"\x04full\x18\x01 \x01(\bR\x04full\x12=\n" +
+	"\bclusters\x18\x02 \x03(\v2!.flotilla.v1alpha1.ClusterSummaryR\bclusters\x12\x18\n" +
+	"\aremoved\x18\x03 \x03(\tR\aremoved\"\xb0\x04\n" +
+	"\x0eClusterSummary\x12\x10\n" +
+	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\"\n" +
+	"\forganization\x18\x03 \x01(\tR\forganization\x12\x16\n" +
+	"\x06region\x18\x04 \x01(\tR\x06region\x12\x12\n" +
+	"\x04zone\x18\x05 \x01(\tR\x04zone\x12\x1c\n" +
+	"\tconnected\x18\x06 \x01(\bR\tconnected\x127\n" +
+	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12%\n" +
+	"\x0ebundle_version\x18\b \x01(\tR\rbundleVersion\x124\n" +
+	"\x16desired_bundle_version\x18\t \x01(\tR\x14desiredBundleVersion\x12\x17\n" +
+	"\ain_sync\x18\n" +
+	" \x01(\bR\x06inSync\x12-\n" +
+	"\x12kubernetes_version\x18\v \x01(\tR\x11kubernetesVersion\x12#\n" +
+	"\ristio_version\x18\f \x01(\tR\fistioVersion\x12\x18\n" +
+	"\aapplied\x18\r \x01(\rR\aapplied\x12\x16\n" +
+	"\x06failed\x18\x0e \x01(\rR\x06failed\x12\x18\n" +
+	"\adrained\x18\x0f \x01(\bR\adrained\x12#\n" +
+	"\ragent_version\x18\x10 \x01(\tR\fagentVersion\x12\x16\n" +
+	"\x06drifts\x18\x11 \x01(\rR\x06drifts\"M\n" +
 	"\x13GetEffectiveRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\xb0\x01\n" +
@@ -1510,14 +1811,16 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\rLocalityCount\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x14\n" +
-	"\x05ready\x18\x03 \x01(\rR\x05ready2\xa1\x04\n" +
+	"\x05ready\x18\x03 \x01(\rR\x05ready2\xfe\x04\n" +
 	"\fFleetService\x12P\n" +
 	"\aOnboard\x12!.flotilla.v1alpha1.OnboardRequest\x1a\".flotilla.v1alpha1.OnboardResponse\x12V\n" +
 	"\tGetStatus\x12#.flotilla.v1alpha1.GetStatusRequest\x1a$.flotilla.v1alpha1.GetStatusResponse\x12\\\n" +
 	"\vGetCompiled\x12%.flotilla.v1alpha1.GetCompiledRequest\x1a&.flotilla.v1alpha1.GetCompiledResponse\x12G\n" +
 	"\x04Plan\x12\x1e.flotilla.v1alpha1.PlanRequest\x1a\x1f.flotilla.v1alpha1.PlanResponse\x12_\n" +
 	"\fListServices\x12&.flotilla.v1alpha1.ListServicesRequest\x1a'.flotilla.v1alpha1.ListServicesResponse\x12_\n" +
-	"\fGetEffective\x12&.flotilla.v1alpha1.GetEffectiveRequest\x1a'.flotilla.v1alpha1.GetEffectiveResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\fGetEffective\x12&.flotilla.v1alpha1.GetEffectiveRequest\x1a'.flotilla.v1alpha1.GetEffectiveResponse\x12[\n" +
+	"\n" +
+	"WatchFleet\x12$.flotilla.v1alpha1.WatchFleetRequest\x1a%.flotilla.v1alpha1.WatchFleetResponse0\x01B=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_fleet_proto_rawDescOnce sync.Once
@@ -1531,68 +1834,75 @@ func file_flotilla_v1alpha1_fleet_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_fleet_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
-	(*GetEffectiveRequest)(nil),   // 0: flotilla.v1alpha1.GetEffectiveRequest
-	(*EffectiveSetting)(nil),      // 1: flotilla.v1alpha1.EffectiveSetting
-	(*GetEffectiveResponse)(nil),  // 2: flotilla.v1alpha1.GetEffectiveResponse
-	(*OnboardRequest)(nil),        // 3: flotilla.v1alpha1.OnboardRequest
-	(*OnboardResponse)(nil),       // 4: flotilla.v1alpha1.OnboardResponse
-	(*GetStatusRequest)(nil),      // 5: flotilla.v1alpha1.GetStatusRequest
-	(*ClusterState)(nil),          // 6: flotilla.v1alpha1.ClusterState
-	(*GetStatusResponse)(nil),     // 7: flotilla.v1alpha1.GetStatusResponse
-	(*GetCompiledRequest)(nil),    // 8: flotilla.v1alpha1.GetCompiledRequest
-	(*GetCompiledResponse)(nil),   // 9: flotilla.v1alpha1.GetCompiledResponse
-	(*PlanRequest)(nil),           // 10: flotilla.v1alpha1.PlanRequest
-	(*PlannedChange)(nil),         // 11: flotilla.v1alpha1.PlannedChange
-	(*ClusterPlan)(nil),           // 12: flotilla.v1alpha1.ClusterPlan
-	(*PlanResponse)(nil),          // 13: flotilla.v1alpha1.PlanResponse
-	(*ListServicesRequest)(nil),   // 14: flotilla.v1alpha1.ListServicesRequest
-	(*ListServicesResponse)(nil),  // 15: flotilla.v1alpha1.ListServicesResponse
-	(*FleetServiceInfo)(nil),      // 16: flotilla.v1alpha1.FleetServiceInfo
-	(*FleetServicePort)(nil),      // 17: flotilla.v1alpha1.FleetServicePort
-	(*ServiceInstance)(nil),       // 18: flotilla.v1alpha1.ServiceInstance
-	(*LocalityCount)(nil),         // 19: flotilla.v1alpha1.LocalityCount
-	(*Metadata)(nil),              // 20: flotilla.v1alpha1.Metadata
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
-	(*Resource)(nil),              // 23: flotilla.v1alpha1.Resource
-	(*ApplyResult)(nil),           // 24: flotilla.v1alpha1.ApplyResult
+	(*WatchFleetRequest)(nil),     // 0: flotilla.v1alpha1.WatchFleetRequest
+	(*WatchFleetResponse)(nil),    // 1: flotilla.v1alpha1.WatchFleetResponse
+	(*ClusterSummary)(nil),        // 2: flotilla.v1alpha1.ClusterSummary
+	(*GetEffectiveRequest)(nil),   // 3: flotilla.v1alpha1.GetEffectiveRequest
+	(*EffectiveSetting)(nil),      // 4: flotilla.v1alpha1.EffectiveSetting
+	(*GetEffectiveResponse)(nil),  // 5: flotilla.v1alpha1.GetEffectiveResponse
+	(*OnboardRequest)(nil),        // 6: flotilla.v1alpha1.OnboardRequest
+	(*OnboardResponse)(nil),       // 7: flotilla.v1alpha1.OnboardResponse
+	(*GetStatusRequest)(nil),      // 8: flotilla.v1alpha1.GetStatusRequest
+	(*ClusterState)(nil),          // 9: flotilla.v1alpha1.ClusterState
+	(*GetStatusResponse)(nil),     // 10: flotilla.v1alpha1.GetStatusResponse
+	(*GetCompiledRequest)(nil),    // 11: flotilla.v1alpha1.GetCompiledRequest
+	(*GetCompiledResponse)(nil),   // 12: flotilla.v1alpha1.GetCompiledResponse
+	(*PlanRequest)(nil),           // 13: flotilla.v1alpha1.PlanRequest
+	(*PlannedChange)(nil),         // 14: flotilla.v1alpha1.PlannedChange
+	(*ClusterPlan)(nil),           // 15: flotilla.v1alpha1.ClusterPlan
+	(*PlanResponse)(nil),          // 16: flotilla.v1alpha1.PlanResponse
+	(*ListServicesRequest)(nil),   // 17: flotilla.v1alpha1.ListServicesRequest
+	(*ListServicesResponse)(nil),  // 18: flotilla.v1alpha1.ListServicesResponse
+	(*FleetServiceInfo)(nil),      // 19: flotilla.v1alpha1.FleetServiceInfo
+	(*FleetServicePort)(nil),      // 20: flotilla.v1alpha1.FleetServicePort
+	(*ServiceInstance)(nil),       // 21: flotilla.v1alpha1.ServiceInstance
+	(*LocalityCount)(nil),         // 22: flotilla.v1alpha1.LocalityCount
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*Metadata)(nil),              // 24: flotilla.v1alpha1.Metadata
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*Resource)(nil),              // 26: flotilla.v1alpha1.Resource
+	(*ApplyResult)(nil),           // 27: flotilla.v1alpha1.ApplyResult
 }
 var file_flotilla_v1alpha1_fleet_proto_depIdxs = []int32{
-	1,  // 0: flotilla.v1alpha1.GetEffectiveResponse.settings:type_name -> flotilla.v1alpha1.EffectiveSetting
-	20, // 1: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	21, // 2: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
-	22, // 3: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
-	20, // 4: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	6,  // 5: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
-	7,  // 6: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
-	23, // 7: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
-	11, // 8: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
-	24, // 9: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
-	12, // 10: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
-	16, // 11: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
-	17, // 12: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
-	18, // 13: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
-	19, // 14: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
-	22, // 15: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
-	3,  // 16: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
-	5,  // 17: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
-	8,  // 18: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
-	10, // 19: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
-	14, // 20: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
-	0,  // 21: flotilla.v1alpha1.FleetService.GetEffective:input_type -> flotilla.v1alpha1.GetEffectiveRequest
-	4,  // 22: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
-	7,  // 23: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
-	9,  // 24: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
-	13, // 25: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
-	15, // 26: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
-	2,  // 27: flotilla.v1alpha1.FleetService.GetEffective:output_type -> flotilla.v1alpha1.GetEffectiveResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	2,  // 0: flotilla.v1alpha1.WatchFleetResponse.clusters:type_name -> flotilla.v1alpha1.ClusterSummary
+	23, // 1: flotilla.v1alpha1.ClusterSummary.last_seen:type_name -> google.protobuf.Timestamp
+	4,  // 2: flotilla.v1alpha1.GetEffectiveResponse.settings:type_name -> flotilla.v1alpha1.EffectiveSetting
+	24, // 3: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	25, // 4: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
+	23, // 5: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 6: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	9,  // 7: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
+	10, // 8: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
+	26, // 9: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
+	14, // 10: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
+	27, // 11: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
+	15, // 12: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
+	19, // 13: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
+	20, // 14: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
+	21, // 15: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
+	22, // 16: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
+	23, // 17: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
+	6,  // 18: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
+	8,  // 19: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
+	11, // 20: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
+	13, // 21: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
+	17, // 22: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
+	3,  // 23: flotilla.v1alpha1.FleetService.GetEffective:input_type -> flotilla.v1alpha1.GetEffectiveRequest
+	0,  // 24: flotilla.v1alpha1.FleetService.WatchFleet:input_type -> flotilla.v1alpha1.WatchFleetRequest
+	7,  // 25: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
+	10, // 26: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
+	12, // 27: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
+	16, // 28: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
+	18, // 29: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
+	5,  // 30: flotilla.v1alpha1.FleetService.GetEffective:output_type -> flotilla.v1alpha1.GetEffectiveResponse
+	1,  // 31: flotilla.v1alpha1.FleetService.WatchFleet:output_type -> flotilla.v1alpha1.WatchFleetResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_fleet_proto_init() }
@@ -1608,7 +1918,7 @@ func file_flotilla_v1alpha1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_fleet_proto_rawDesc), len(file_flotilla_v1alpha1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

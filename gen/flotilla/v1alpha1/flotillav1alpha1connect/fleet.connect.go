@@ -48,6 +48,8 @@ const (
 	// FleetServiceGetEffectiveProcedure is the fully-qualified name of the FleetService's GetEffective
 	// RPC.
 	FleetServiceGetEffectiveProcedure = "/flotilla.v1alpha1.FleetService/GetEffective"
+	// FleetServiceWatchFleetProcedure is the fully-qualified name of the FleetService's WatchFleet RPC.
+	FleetServiceWatchFleetProcedure = "/flotilla.v1alpha1.FleetService/WatchFleet"
 )
 
 // FleetServiceClient is a client for the flotilla.v1alpha1.FleetService service.
@@ -70,6 +72,10 @@ type FleetServiceClient interface {
 	// GetEffective returns the traffic and security settings in effect in one
 	// namespace of one cluster, each field with the setting it came from.
 	GetEffective(context.Context, *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error)
+	// WatchFleet streams a summary of every cluster the caller may read: all
+	// of them first, then the clusters whose summary changed, as they change
+	// (within about a quarter of a second). It is what a fleet overview shows.
+	WatchFleet(context.Context, *connect.Request[v1alpha1.WatchFleetRequest]) (*connect.ServerStreamForClient[v1alpha1.WatchFleetResponse], error)
 }
 
 // NewFleetServiceClient constructs a client for the flotilla.v1alpha1.FleetService service. By
@@ -119,6 +125,12 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(fleetServiceMethods.ByName("GetEffective")),
 			connect.WithClientOptions(opts...),
 		),
+		watchFleet: connect.NewClient[v1alpha1.WatchFleetRequest, v1alpha1.WatchFleetResponse](
+			httpClient,
+			baseURL+FleetServiceWatchFleetProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("WatchFleet")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -130,6 +142,7 @@ type fleetServiceClient struct {
 	plan         *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
 	listServices *connect.Client[v1alpha1.ListServicesRequest, v1alpha1.ListServicesResponse]
 	getEffective *connect.Client[v1alpha1.GetEffectiveRequest, v1alpha1.GetEffectiveResponse]
+	watchFleet   *connect.Client[v1alpha1.WatchFleetRequest, v1alpha1.WatchFleetResponse]
 }
 
 // Onboard calls flotilla.v1alpha1.FleetService.Onboard.
@@ -162,6 +175,11 @@ func (c *fleetServiceClient) GetEffective(ctx context.Context, req *connect.Requ
 	return c.getEffective.CallUnary(ctx, req)
 }
 
+// WatchFleet calls flotilla.v1alpha1.FleetService.WatchFleet.
+func (c *fleetServiceClient) WatchFleet(ctx context.Context, req *connect.Request[v1alpha1.WatchFleetRequest]) (*connect.ServerStreamForClient[v1alpha1.WatchFleetResponse], error) {
+	return c.watchFleet.CallServerStream(ctx, req)
+}
+
 // FleetServiceHandler is an implementation of the flotilla.v1alpha1.FleetService service.
 type FleetServiceHandler interface {
 	// Onboard issues a one-time join token for an existing Cluster resource.
@@ -182,6 +200,10 @@ type FleetServiceHandler interface {
 	// GetEffective returns the traffic and security settings in effect in one
 	// namespace of one cluster, each field with the setting it came from.
 	GetEffective(context.Context, *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error)
+	// WatchFleet streams a summary of every cluster the caller may read: all
+	// of them first, then the clusters whose summary changed, as they change
+	// (within about a quarter of a second). It is what a fleet overview shows.
+	WatchFleet(context.Context, *connect.Request[v1alpha1.WatchFleetRequest], *connect.ServerStream[v1alpha1.WatchFleetResponse]) error
 }
 
 // NewFleetServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -227,6 +249,12 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(fleetServiceMethods.ByName("GetEffective")),
 		connect.WithHandlerOptions(opts...),
 	)
+	fleetServiceWatchFleetHandler := connect.NewServerStreamHandler(
+		FleetServiceWatchFleetProcedure,
+		svc.WatchFleet,
+		connect.WithSchema(fleetServiceMethods.ByName("WatchFleet")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flotilla.v1alpha1.FleetService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case FleetServiceOnboardProcedure:
@@ -241,6 +269,8 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 			fleetServiceListServicesHandler.ServeHTTP(w, r)
 		case FleetServiceGetEffectiveProcedure:
 			fleetServiceGetEffectiveHandler.ServeHTTP(w, r)
+		case FleetServiceWatchFleetProcedure:
+			fleetServiceWatchFleetHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -272,4 +302,8 @@ func (UnimplementedFleetServiceHandler) ListServices(context.Context, *connect.R
 
 func (UnimplementedFleetServiceHandler) GetEffective(context.Context, *connect.Request[v1alpha1.GetEffectiveRequest]) (*connect.Response[v1alpha1.GetEffectiveResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.GetEffective is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) WatchFleet(context.Context, *connect.Request[v1alpha1.WatchFleetRequest], *connect.ServerStream[v1alpha1.WatchFleetResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.WatchFleet is not implemented"))
 }

@@ -1,0 +1,141 @@
+import { useEffect, useMemo, useState } from "react";
+import { toJsonString } from "@bufbuild/protobuf";
+import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
+import { audit, describe } from "../api";
+import type { AuditRecord } from "../gen/flotilla/v1alpha1/service_pb.js";
+import { navigate, useLocation } from "../router";
+import { Time } from "../time";
+
+const value = (v?: Value) => (v ? toJsonString(ValueSchema, v) : "—");
+
+/** AuditPage lists who changed what, newest first, with field diffs. Filters live in the URL. */
+export function AuditPage() {
+  const { query } = useLocation();
+  const [records, setRecords] = useState<AuditRecord[] | null>(null);
+  const [error, setError] = useState("");
+  const kind = query.get("kind") ?? "";
+  const actor = query.get("actor") ?? "";
+  const op = query.get("operation") ?? "";
+  const text = query.get("text") ?? "";
+  const open = query.get("open") ?? "";
+  const set = (k: string, v: string) => {
+    const q = new URLSearchParams(location.search);
+    if (v) q.set(k, v);
+    else q.delete(k);
+    navigate("/audit" + (q.size ? "?" + q.toString() : ""), true);
+  };
+  useEffect(() => {
+    let stop = false;
+    audit
+      .listAudit({ kind, limit: 500 })
+      .then((r) => !stop && (setRecords(r.records), setError("")))
+      .catch((e) => !stop && setError(describe(e)));
+    return () => {
+      stop = true;
+    };
+  }, [kind]);
+  const rows = useMemo(
+    () =>
+      (records ?? [])
+        .filter((r) => (!actor || r.actor.includes(actor)) && (!op || r.operation === op) && (!text || (r.fqn + " " + r.reason).includes(text)))
+        .reverse(),
+    [records, actor, op, text],
+  );
+  return (
+    <section aria-labelledby="audit-title">
+      <h1 id="audit-title">Audit log</h1>
+      <div className="toolbar">
+        <label>
+          Principal <input value={actor} onChange={(e) => set("actor", e.target.value)} placeholder="user:admin" />
+        </label>
+        <label>
+          Kind <input value={kind} onChange={(e) => set("kind", e.target.value)} placeholder="IngressGateway" />
+        </label>
+        <label>
+          Operation{" "}
+          <select value={op} onChange={(e) => set("operation", e.target.value)}>
+            <option value="">any</option>
+            <option value="create">create</option>
+            <option value="update">update</option>
+            <option value="delete">delete</option>
+          </select>
+        </label>
+        <label>
+          Text <input value={text} onChange={(e) => set("text", e.target.value)} placeholder="part of a name" />
+        </label>
+      </div>
+      {error && (
+        <p role="alert" className="error">
+          {error}
+        </p>
+      )}
+      {!records ? (
+        <p className="muted">Loading…</p>
+      ) : rows.length === 0 ? (
+        <p className="empty">No audit record matches.</p>
+      ) : (
+        <table className="grid" aria-label="Audit records">
+          <thead>
+            <tr>
+              <th>Time</th>
+              <th>Principal</th>
+              <th>Operation</th>
+              <th>Kind</th>
+              <th>Resource</th>
+            </tr>
+          </thead>
+          <tbody>
+            {rows.map((r) => {
+              const id = String(r.revision) + r.fqn;
+              const isOpen = open === id;
+              return [
+                <tr key={id} className={r.refused ? "problem" : ""}>
+                  <td>
+                    <Time ts={r.time} />
+                  </td>
+                  <td>{r.actor}</td>
+                  <td>{r.refused ? "refused " + r.operation : r.operation}</td>
+                  <td>{r.kind}</td>
+                  <td>
+                    <button type="button" className="link" aria-expanded={isOpen} onClick={() => set("open", isOpen ? "" : id)}>
+                      {r.fqn || "(none)"}
+                    </button>
+                  </td>
+                </tr>,
+                isOpen && (
+                  <tr key={id + "-diff"}>
+                    <td colSpan={5}>
+                      {r.reason && <p className="error">{r.reason}</p>}
+                      {r.changes.length === 0 ? (
+                        <p className="empty">No field changes.</p>
+                      ) : (
+                        <table className="diff" aria-label="Field changes">
+                          <thead>
+                            <tr>
+                              <th>Field</th>
+                              <th>Old</th>
+                              <th>New</th>
+                            </tr>
+                          </thead>
+                          <tbody>
+                            {r.changes.map((c) => (
+                              <tr key={c.path}>
+                                <td>{c.path}</td>
+                                <td className="old">{value(c.old)}</td>
+                                <td className="new">{value(c.new)}</td>
+                              </tr>
+                            ))}
+                          </tbody>
+                        </table>
+                      )}
+                    </td>
+                  </tr>
+                ),
+              ];
+            })}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}

@@ -1,0 +1,109 @@
+// Browser tests of the web UI: Playwright (playwright-core) drives the
+// machine's Chromium against a real `flotilla server`. The Go test
+// test/e2e/ui_test.go starts the server, the local fleet's agents and this
+// script, and answers its requests on stdin/stdout:
+//
+//   script → "STOP <cluster>"   the Go test stops that cluster's agent,
+//   Go     → "stopped"          and says so.
+//
+// The script prints "METRIC <name> <value>" lines, and fails (exit 1) on
+// the first failed check. Env: FLOTILLA_URL, FLOTILLA_CREDENTIAL,
+// CHROMIUM (default /usr/bin/chromium), FLOTILLA_SCREENSHOTS (a directory;
+// screenshots of each page are written there when set).
+import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const base = process.env.FLOTILLA_URL;
+const credential = process.env.FLOTILLA_CREDENTIAL;
+const shots = process.env.FLOTILLA_SCREENSHOTS;
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+function check(ok, what) {
+  if (!ok) throw new Error("check failed: " + what);
+  console.log("ok - " + what);
+}
+
+async function shot(page, name) {
+  if (!shots) return;
+  mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: join(shots, name + ".png"), fullPage: true });
+}
+
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 }, colorScheme: "light" });
+  page.setDefaultTimeout(10_000);
+
+  // 1. Log in: a deep link survives the login.
+  await page.goto(base + "/");
+  await page.getByLabel("Credential or access token").fill("fla_wrong");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).length > 0, "a wrong credential is refused in plain words");
+  await shot(page, "login");
+  await page.getByLabel("Credential or access token").fill(credential);
+  const loaded = Date.now();
+  await page.getByRole("button", { name: "Log in" }).click();
+
+  // 2. Both clusters connected, live.
+  const row = (name) => page.locator(`tr[data-cluster="${name}"]`);
+  await row("c1").waitFor();
+  console.log("METRIC overview_first_render_ms " + (Date.now() - loaded));
+  for (const c of ["c1", "c2"]) {
+    await row(c).locator('[data-col="connection"]', { hasText: "connected" }).waitFor();
+    await row(c).locator('[data-col="sync"]', { hasText: "in sync" }).waitFor({ timeout: 30_000 });
+  }
+  check(true, "both clusters are connected and in sync");
+  check((await page.getByTestId("subject").textContent()) === "user:admin", "the header names the logged-in user");
+  await shot(page, "fleet-overview");
+
+  // Filter narrows the table; the URL of a cluster is its own page.
+  await page.getByLabel("Filter").fill("c2");
+  check((await page.locator("tr[data-cluster]").count()) === 1, "the filter narrows the table to c2");
+  await page.getByLabel("Filter").fill("");
+  await row("c1").getByRole("link", { name: "c1" }).click();
+  await page.getByRole("heading", { name: "Cluster c1" }).waitFor();
+  check(page.url().endsWith("/clusters/organizations/acme/clusters/c1"), "a cluster has a deep link: " + page.url());
+  await page.getByLabel("Compiled objects (YAML)").waitFor();
+  check((await page.getByLabel("Compiled objects (YAML)").textContent()).includes("kind: Gateway"), "the cluster page shows its compiled Istio objects");
+  await shot(page, "cluster-detail");
+  await page.goBack();
+  await row("c2").waitFor();
+  check(page.url() === base + "/", "back returns to the fleet overview");
+  await page.reload();
+  await row("c2").waitFor();
+  check(true, "a reload keeps the session and the page");
+
+  // 6. The audit entry of the drain shows its field diff.
+  await page.getByRole("link", { name: "Audit log" }).click();
+  await page.getByLabel("Operation").selectOption("update");
+  await page.getByRole("button", { name: "organizations/acme/clusters/c1" }).first().click();
+  const diff = page.getByLabel("Field changes");
+  await diff.waitFor();
+  check((await diff.textContent()).includes("spec.drained"), "the audit entry of the drain shows the spec.drained change");
+  check(page.url().includes("operation=update"), "the audit filters are in the URL");
+  await shot(page, "audit-log");
+
+  // 5. An agent stops: its cluster shows disconnected within seconds, without a reload.
+  await page.getByRole("link", { name: "Fleet" }).click();
+  await row("c2").locator('[data-col="connection"]', { hasText: "connected" }).waitFor();
+  const stopped = Date.now(); // the agent's stop is asked for now
+  console.log("STOP c2");
+  const answer = await lines.next();
+  check(answer.value === "stopped", "the Go test stopped c2's agent");
+  await row("c2").locator('[data-col="connection"]', { hasText: "disconnected" }).waitFor({ timeout: 15_000 });
+  console.log("METRIC disconnect_shown_ms " + (Date.now() - stopped));
+  check(true, "c2 shows disconnected without a reload");
+  check((await page.locator("tr[data-cluster]").first().getAttribute("data-cluster")) === "c2", "problems first: the disconnected cluster leads the table");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await shot(page, "fleet-overview-dark");
+} catch (e) {
+  failed = true;
+  console.log("FAIL " + (e?.message ?? e));
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
