@@ -6,6 +6,7 @@ import { Login } from "./pages/Login";
 import { Overview } from "./pages/Overview";
 import { ClusterPage } from "./pages/Cluster";
 import { AuditPage } from "./pages/Audit";
+import { ApplyPage, ConfigBrowser, ObjectPage } from "./pages/Config";
 import "./styles.css";
 
 function App() {
@@ -26,6 +27,13 @@ function App() {
   if (path === "/" || path === "") page = <Overview />;
   else if (path.startsWith("/clusters/")) page = <ClusterPage fqn={decodeURIComponent(path.slice("/clusters/".length))} />;
   else if (path === "/audit") page = <AuditPage />;
+  else if (path === "/config") page = <ConfigBrowser />;
+  else if (path === "/apply") page = <ApplyPage />;
+  else if (path.startsWith("/config/")) {
+    const rest = decodeURIComponent(path.slice("/config/".length));
+    const slash = rest.indexOf("/");
+    page = <ObjectPage kind={rest.slice(0, slash)} fqn={rest.slice(slash + 1)} />;
+  }
   else
     page = (
       <section>
@@ -45,6 +53,7 @@ function App() {
         <nav aria-label="Main">
           <strong>Flotilla</strong>
           <Link to="/">Fleet</Link>
+          <Link to="/config">Configuration</Link>
           <Link to="/audit">Audit log</Link>
         </nav>
         <div>

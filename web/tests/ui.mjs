@@ -12,7 +12,7 @@
 // screenshots of each page are written there when set).
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 
 const base = process.env.FLOTILLA_URL;
@@ -58,6 +58,64 @@ try {
   }
   check(true, "both clusters are connected and in sync");
   check((await page.getByTestId("subject").textContent()) === "user:admin", "the header names the logged-in user");
+
+  // 3. Apply the quickstart through the editor: the plan comes first.
+  await page.getByRole("link", { name: "Configuration" }).click();
+  await page.getByRole("link", { name: "Apply YAML…" }).click();
+  await page.getByRole("textbox", { name: "YAML", exact: true }).fill(readFileSync("../examples/quickstart.yaml", "utf8"));
+  check(await page.getByRole("button", { name: "Apply" }).isDisabled(), "Apply is disabled until a plan is shown");
+  await page.getByRole("button", { name: "Plan" }).click();
+  const planned = page.getByRole("region", { name: "Plan" });
+  await planned.waitFor();
+  for (const c of ["c1", "c2"]) {
+    const text = await planned.locator(`[data-plan-cluster="${c}"]`).textContent();
+    check(text.includes("create Gateway payments/shop") && text.includes("create VirtualService payments/shop-shop"), `the plan shows ${c}'s new Gateway and VirtualService`);
+  }
+  await shot(page, "apply-plan");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.getByRole("status").filter({ hasText: "Saved at store revision" }).waitFor();
+  check(true, "the quickstart is saved after its plan");
+
+  // 4. Both clusters reach Applied, live: the page is never reloaded.
+  await page.getByRole("link", { name: "Configuration" }).click();
+  await page.getByRole("link", { name: "payments-gateway" }).waitFor();
+  await shot(page, "config-tree");
+  await page.getByRole("link", { name: "payments-gateway" }).click();
+  await page.getByRole("link", { name: "shop" }).click();
+  await page.getByRole("heading", { name: "IngressGateway shop" }).waitFor();
+  const stateOf = (c) => page.locator(`tr[data-status-cluster="${c}"] [data-col="state"]`);
+  for (const c of ["c1", "c2"]) await stateOf(c).filter({ hasText: "Applied" }).waitFor({ timeout: 30_000 });
+  check(true, "both clusters show Applied without a reload");
+  const objectURL = page.url();
+  check(objectURL.includes("/config/IngressGateway/organizations/acme/"), "the resource has a deep link: " + objectURL);
+  await shot(page, "resource");
+
+  // 7. An invalid edit shows the field path, and nothing is saved.
+  const yaml = await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue();
+  check(yaml.includes("port: 80"), "the editor holds the stored YAML");
+  await page.getByRole("textbox", { name: "YAML", exact: true }).fill(yaml.replace("port: 80", "port: 999999"));
+  await page.getByRole("button", { name: "Plan" }).click();
+  const problems = page.getByRole("alert").filter({ hasText: "Nothing was saved" });
+  await problems.waitFor();
+  check((await problems.textContent()).includes("spec.http[0].port"), "the refusal names the field spec.http[0].port");
+  await shot(page, "invalid-edit");
+  await page.reload();
+  await page.getByRole("textbox", { name: "YAML", exact: true }).waitFor();
+  check((await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue()).includes("port: 80"), "the stored resource is unchanged");
+
+  // 8. A stale etag: someone writes meanwhile; the save is refused, shown, and theirs stands.
+  const mine = await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue();
+  console.log("TOUCH");
+  check((await lines.next()).value === "touched", "the Go test changed the IngressGateway meanwhile");
+  await page.getByRole("textbox", { name: "YAML", exact: true }).fill(mine.replace("shop.example.com", "mine.example.com"));
+  await page.getByRole("button", { name: "Plan" }).click();
+  const conflict = page.getByRole("alert").filter({ hasText: "Conflict" });
+  await conflict.waitFor();
+  check((await conflict.textContent()).includes("nothing was saved"), "the stale edit shows a conflict");
+  await shot(page, "conflict");
+
+  await page.getByRole("link", { name: "Fleet" }).click();
+  await row("c1").waitFor();
   await shot(page, "fleet-overview");
 
   // Filter narrows the table; the URL of a cluster is its own page.
