@@ -36,26 +36,37 @@ type dex struct {
 
 func startDex(t *testing.T, idTokenLife time.Duration) *dex {
 	t.Helper()
+	return startDexAt(t, idTokenLife, freePort(t), "")
+}
+
+// startDexAt starts Dex on addr; uiOrigin, when set, is a web UI allowed to
+// log in from the browser: its callback is a redirect URI of the client,
+// and Dex answers its cross-origin requests.
+func startDexAt(t *testing.T, idTokenLife time.Duration, addr, uiOrigin string) *dex {
+	t.Helper()
 	bin := filepath.Join(repoRoot, "bin", "dex")
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("bin/dex is missing: `make test` builds it (make $(pwd)/bin/dex): %v", err)
 	}
-	addr := freePort(t)
 	issuer := "http://" + addr + "/dex"
+	origins, redirects := "[]", "[]"
+	if uiOrigin != "" {
+		origins, redirects = fmt.Sprintf("[%q]", uiOrigin), fmt.Sprintf("[%q]", uiOrigin+"/login/callback")
+	}
 	cfg := fmt.Sprintf(`issuer: %s
 storage: {type: memory}
-web: {http: %q}
+web: {http: %q, allowedOrigins: %s}
 logger: {level: warn}
 expiry: {idTokens: %q, deviceRequests: 5m}
 oauth2:
   skipApprovalScreen: true
   grantTypes: [authorization_code, refresh_token, "urn:ietf:params:oauth:grant-type:device_code"]
 staticClients:
-- {id: flotilla, name: Flotilla, public: true}
+- {id: flotilla, name: Flotilla, public: true, redirectURIs: %s}
 connectors:
 - {type: mockCallback, id: mock, name: Example}
 enablePasswordDB: false
-`, issuer, addr, idTokenLife.String())
+`, issuer, addr, origins, idTokenLife.String(), redirects)
 	file := filepath.Join(t.TempDir(), "dex.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

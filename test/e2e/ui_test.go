@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,12 +25,7 @@ import (
 // $FLOTILLA_UI_SCREENSHOTS when set (docs/ui is made that way), else to a
 // temporary directory.
 func TestWebUIInARealBrowser(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(repoRoot, "internal", "ui", "static", "app", "index.html")); err != nil {
-		t.Fatalf("the web UI is not built (%v): run `make ui` (make test does)", err)
-	}
-	if _, err := os.Stat(filepath.Join(repoRoot, "web", "node_modules", "playwright-core")); err != nil {
-		t.Fatalf("playwright-core is not installed (%v): run `make ui` (npm ci in web/)", err)
-	}
+	requireUI(t)
 	cs := clusters(t)
 	for _, c := range cs[:2] {
 		c.reset(t, "payments")
@@ -57,9 +53,42 @@ func TestWebUIInARealBrowser(t *testing.T) {
 		shots = t.TempDir()
 	}
 
-	cmd := exec.Command("node", "tests/ui.mjs")
+	out := runBrowser(t, "tests/ui.mjs", []string{"FLOTILLA_URL=" + s.url, "FLOTILLA_CREDENTIAL=" + strings.TrimSpace(string(credential)), "FLOTILLA_SCREENSHOTS=" + shots}, func(line string) string {
+		switch {
+		case strings.HasPrefix(line, "STOP "):
+			agents[strings.TrimPrefix(line, "STOP ")].stop()
+			return "stopped"
+		case line == "TOUCH": // someone else's write, between the browser's load and its save
+			q, err := os.ReadFile(filepath.Join(repoRoot, "examples", "quickstart.yaml"))
+			if err != nil {
+				t.Error(err)
+			}
+			touched := strings.Replace(string(q), "  group: payments-gateway\nspec:", "  group: payments-gateway\n  labels: {touched: \"yes\"}\nspec:", 1)
+			if r := s.flotilla(touched, "apply", "-f", "-"); r.code != 0 || touched == string(q) {
+				t.Errorf("the concurrent write: %+v", r)
+			}
+			return "touched"
+		}
+		return ""
+	})
+	if !strings.Contains(out, "ok - c2 shows disconnected without a reload") {
+		t.Fatalf("the browser tests stopped early:\n%s", out)
+	}
+	// The conflicting edit changed nothing: the other write stands.
+	if got := s.must("get", "ingressgateway", "shop", "-o", "yaml"); !strings.Contains(got, "touched: \"yes\"") && !strings.Contains(got, "touched: yes") || strings.Contains(got, "mine.example.com") {
+		t.Fatalf("after the conflict:\n%s", got)
+	}
+}
+
+// runBrowser runs a browser test script of web/ with env, passing each
+// line it prints to answer (a non-empty answer goes back on its stdin),
+// and fails the test when the script fails. It returns the script's
+// output; METRIC lines are logged.
+func runBrowser(t *testing.T, script string, env []string, answer func(line string) string) string {
+	t.Helper()
+	cmd := exec.Command("node", script)
 	cmd.Dir = filepath.Join(repoRoot, "web")
-	cmd.Env = append(os.Environ(), "FLOTILLA_URL="+s.url, "FLOTILLA_CREDENTIAL="+strings.TrimSpace(string(credential)), "FLOTILLA_SCREENSHOTS="+shots)
+	cmd.Env = append(os.Environ(), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -80,32 +109,80 @@ func TestWebUIInARealBrowser(t *testing.T) {
 	for sc.Scan() {
 		line := sc.Text()
 		fmt.Fprintln(&out, line)
-		switch {
-		case strings.HasPrefix(line, "STOP "):
-			agents[strings.TrimPrefix(line, "STOP ")].stop()
-			_, _ = io.WriteString(stdin, "stopped\n")
-		case line == "TOUCH": // someone else's write, between the browser's load and its save
-			q, err := os.ReadFile(filepath.Join(repoRoot, "examples", "quickstart.yaml"))
-			if err != nil {
-				t.Error(err)
-			}
-			touched := strings.Replace(string(q), "  group: payments-gateway\nspec:", "  group: payments-gateway\n  labels: {touched: \"yes\"}\nspec:", 1)
-			if r := s.flotilla(touched, "apply", "-f", "-"); r.code != 0 || touched == string(q) {
-				t.Errorf("the concurrent write: %+v", r)
-			}
-			_, _ = io.WriteString(stdin, "touched\n")
-		case strings.HasPrefix(line, "METRIC "):
+		if strings.HasPrefix(line, "METRIC ") {
 			t.Log(line)
+		}
+		if a := answer(line); a != "" {
+			_, _ = io.WriteString(stdin, a+"\n")
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("browser tests: %v\n%s\nstderr:\n%s", err, out.String(), stderr.String())
+		t.Fatalf("%s: %v\n%s\nstderr:\n%s", script, err, out.String(), stderr.String())
 	}
-	if !strings.Contains(out.String(), "ok - c2 shows disconnected without a reload") {
-		t.Fatalf("the browser tests stopped early:\n%s", out.String())
+	return out.String()
+}
+
+// The fleet overview with 1,000 clusters (no agents: Cluster resources
+// only): every row shows soon after the page loads, and a drain shows in
+// its row soon after it is stored. The numbers go to docs/benchmarks.md;
+// the bounds here are loose, to catch a regression by an order of
+// magnitude, not to time the machine.
+func TestWebUIWithAThousandClusters(t *testing.T) {
+	requireUI(t)
+	const n = 1000
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	var b strings.Builder
+	b.WriteString("apiVersion: flotilla.io/v1alpha1\nkind: Organization\nmetadata: {name: acme}\n")
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "---\napiVersion: flotilla.io/v1alpha1\nkind: Cluster\nmetadata: {name: c%d, organization: acme}\nspec: {region: region-%d}\n", i, i%7)
 	}
-	// The conflicting edit changed nothing: the other write stands.
-	if got := s.must("get", "ingressgateway", "shop", "-o", "yaml"); !strings.Contains(got, "touched: \"yes\"") && !strings.Contains(got, "touched: yes") || strings.Contains(got, "mine.example.com") {
-		t.Fatalf("after the conflict:\n%s", got)
+	if r := s.flotilla(b.String(), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply %d clusters: %+v", n, r)
+	}
+	credential, err := os.ReadFile(bootstrapFile(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := runBrowser(t, "tests/scale.mjs", []string{"FLOTILLA_URL=" + s.url, "FLOTILLA_CREDENTIAL=" + strings.TrimSpace(string(credential)), fmt.Sprintf("FLOTILLA_CLUSTERS=%d", n)}, func(line string) string {
+		if name, ok := strings.CutPrefix(line, "DRAIN "); ok {
+			s.must("cluster", "drain", name)
+			return "drained"
+		}
+		return ""
+	})
+	for _, line := range strings.Split(out, "\n") {
+		var name string
+		var ms int
+		if _, err := fmt.Sscanf(line, "METRIC %s %d", &name, &ms); err == nil && ms > 10_000 {
+			t.Errorf("%s took %d ms with %d clusters", name, ms, n)
+		}
+	}
+}
+
+// requireUI fails the test when the web UI or its browser tooling is not built.
+func requireUI(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(repoRoot, "internal", "ui", "static", "app", "index.html")); err != nil {
+		t.Fatalf("the web UI is not built (%v): run `make ui` (make test does)", err)
+	}
+	if _, err := os.Stat(filepath.Join(repoRoot, "web", "node_modules", "playwright-core")); err != nil {
+		t.Fatalf("playwright-core is not installed (%v): run `make ui` (npm ci in web/)", err)
+	}
+}
+
+// A person logs in to the web UI through OIDC: authorization code with
+// PKCE against a real Dex, from the browser; the UI then holds the
+// server's own token for them, and shows only what they may read (no
+// binding: no cluster).
+func TestWebUILogsInThroughOIDC(t *testing.T) {
+	requireUI(t)
+	dexAddr, listen := freePort(t), freePort(t)
+	d := startDexAt(t, time.Hour, dexAddr, "http://"+listen)
+	s := runServer(t, t.TempDir(), "http", http.DefaultClient, "", []string{"server", "--listen", listen, "--oidc-issuer", d.issuer, "--oidc-client-id", "flotilla"})
+	s.must("apply", "-f", "examples/fleet.yaml")
+	out := runBrowser(t, "tests/oidc.mjs", []string{"FLOTILLA_URL=" + s.url}, func(string) string { return "" })
+	if !strings.Contains(out, "ok - logged in through OIDC as user:kilgore@kilgore.trout") {
+		t.Fatalf("the OIDC login did not finish:\n%s", out)
 	}
 }

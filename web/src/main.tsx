@@ -2,7 +2,8 @@ import { StrictMode, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { identity, session } from "./api";
 import { Link, useLocation } from "./router";
-import { Login } from "./pages/Login";
+import { Login, OIDCCallback } from "./pages/Login";
+import { callbackPath } from "./oidc";
 import { Overview } from "./pages/Overview";
 import { ClusterPage } from "./pages/Cluster";
 import { AuditPage } from "./pages/Audit";
@@ -21,6 +22,7 @@ function App() {
   useEffect(() => {
     if (authed) identity.whoAmI({}).then((r) => setSubject(r.subject), () => {});
   }, [authed]);
+  if (path === callbackPath) return <OIDCCallback onLogin={() => setAuthed(true)} />;
   if (!authed) return <Login onLogin={() => setAuthed(true)} />;
 
   let page;
