@@ -8,6 +8,7 @@ import { Overview } from "./pages/Overview";
 import { ClusterPage } from "./pages/Cluster";
 import { AuditPage } from "./pages/Audit";
 import { ApplyPage, ConfigBrowser, ObjectPage } from "./pages/Config";
+import { ServicesPage } from "./pages/Services";
 import "./styles.css";
 
 function App() {
@@ -30,6 +31,7 @@ function App() {
   else if (path.startsWith("/clusters/")) page = <ClusterPage fqn={decodeURIComponent(path.slice("/clusters/".length))} />;
   else if (path === "/audit") page = <AuditPage />;
   else if (path === "/config") page = <ConfigBrowser />;
+  else if (path === "/services") page = <ServicesPage />;
   else if (path === "/apply") page = <ApplyPage />;
   else if (path.startsWith("/config/")) {
     const rest = decodeURIComponent(path.slice("/config/".length));
@@ -55,6 +57,7 @@ function App() {
         <nav aria-label="Main">
           <strong>Flotilla</strong>
           <Link to="/">Fleet</Link>
+          <Link to="/services">Services</Link>
           <Link to="/config">Configuration</Link>
           <Link to="/audit">Audit log</Link>
         </nav>

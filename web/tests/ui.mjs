@@ -86,6 +86,10 @@ try {
   const stateOf = (c) => page.locator(`tr[data-status-cluster="${c}"] [data-col="state"]`);
   for (const c of ["c1", "c2"]) await stateOf(c).filter({ hasText: "Applied" }).waitFor({ timeout: 30_000 });
   check(true, "both clusters show Applied without a reload");
+  await page.getByRole("group", { name: "Compiled output for cluster" }).getByRole("button", { name: "c1" }).click();
+  const compiledC1 = page.getByLabel("Compiled for c1");
+  await compiledC1.waitFor();
+  check((await compiledC1.textContent()).includes("kind: VirtualService"), "the resource's compiled output in c1 is shown");
   const objectURL = page.url();
   check(objectURL.includes("/config/IngressGateway/organizations/acme/"), "the resource has a deep link: " + objectURL);
   await shot(page, "resource");
@@ -127,6 +131,9 @@ try {
   check(page.url().endsWith("/clusters/organizations/acme/clusters/c1"), "a cluster has a deep link: " + page.url());
   await page.getByLabel("Compiled objects (YAML)").waitFor();
   check((await page.getByLabel("Compiled objects (YAML)").textContent()).includes("kind: Gateway"), "the cluster page shows its compiled Istio objects");
+  await page.getByRole("group", { name: "Namespaces" }).getByRole("button", { name: "payments" }).click();
+  await page.getByRole("heading", { name: "In effect in payments" }).waitFor();
+  check(true, "the cluster page shows what is in effect in a namespace");
   await shot(page, "cluster-detail");
   await page.goBack();
   await row("c2").waitFor();
@@ -134,6 +141,14 @@ try {
   await page.reload();
   await row("c2").waitFor();
   check(true, "a reload keeps the session and the page");
+
+  // The services of the fleet registry, with the clusters they run in.
+  await page.getByRole("link", { name: "Services" }).click();
+  const kube = page.locator('tr[data-service="default/kubernetes"]');
+  await kube.waitFor();
+  const kubeText = await kube.textContent();
+  check(kubeText.includes("c1") && kubeText.includes("c2"), "the registry shows default/kubernetes in c1 and c2");
+  await shot(page, "services");
 
   // 6. The audit entry of the drain shows its field diff.
   await page.getByRole("link", { name: "Audit log" }).click();

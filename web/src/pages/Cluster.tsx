@@ -2,7 +2,7 @@ import { useEffect, useState } from "react";
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import { fleet, resources, describe } from "../api";
 import type { Resource } from "../gen/flotilla/v1alpha1/resource_pb.js";
-import type { GetCompiledResponse } from "../gen/flotilla/v1alpha1/fleet_pb.js";
+import type { GetCompiledResponse, GetEffectiveResponse } from "../gen/flotilla/v1alpha1/fleet_pb.js";
 import { Link } from "../router";
 
 const refreshEvery = 2000;
@@ -99,7 +99,7 @@ export function ClusterPage({ fqn }: { fqn: string }) {
             )}
           </dl>
           <h2>Namespaces</h2>
-          {namespaces.length === 0 ? <p className="empty">None reported.</p> : <p>{namespaces.join(", ")}</p>}
+          {namespaces.length === 0 ? <p className="empty">None reported.</p> : <Namespaces cluster={fqn} namespaces={namespaces} />}
           <h2>Resources</h2>
           {rows.length === 0 ? (
             <p className="empty">No resource reaches this cluster.</p>
@@ -147,5 +147,77 @@ export function ClusterPage({ fqn }: { fqn: string }) {
         </>
       )}
     </section>
+  );
+}
+
+/** Namespaces lists the cluster's namespaces; picking one shows what is in effect there. */
+function Namespaces({ cluster, namespaces }: { cluster: string; namespaces: string[] }) {
+  const [ns, setNS] = useState("");
+  const [eff, setEff] = useState<GetEffectiveResponse | null>(null);
+  const [error, setError] = useState("");
+  useEffect(() => {
+    if (!ns) return;
+    let stop = false;
+    setEff(null);
+    fleet.getEffective({ cluster, namespace: ns }).then(
+      (r) => !stop && (setEff(r), setError("")),
+      (e) => !stop && setError(describe(e)),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [cluster, ns]);
+  return (
+    <>
+      <div className="toolbar" role="group" aria-label="Namespaces">
+        {namespaces.map((n) => (
+          <button key={n} type="button" aria-pressed={n === ns} onClick={() => setNS(n)}>
+            {n}
+          </button>
+        ))}
+      </div>
+      {error && <p className="error">{error}</p>}
+      {eff && (
+        <div aria-label={`In effect in ${ns}`}>
+          <h3>In effect in {ns}</h3>
+          <p className="muted">{eff.workspace ? `workspace ${eff.workspace}` : "no workspace selects this namespace here"}</p>
+          {eff.problems.map((p, i) => (
+            <p key={i} className="error">
+              {p}
+            </p>
+          ))}
+          {eff.settings.length === 0 ? (
+            <p className="empty">No traffic or security setting applies.</p>
+          ) : (
+            <table className="grid" aria-label="Settings in effect">
+              <thead>
+                <tr>
+                  <th>Field</th>
+                  <th>Value</th>
+                  <th>From</th>
+                  <th>Bounded by</th>
+                </tr>
+              </thead>
+              <tbody>
+                {eff.settings.map((s) => (
+                  <tr key={s.field}>
+                    <td>
+                      <code>{s.field}</code>
+                    </td>
+                    <td>
+                      <code>{s.value}</code>
+                    </td>
+                    <td>
+                      {s.level} {s.source}
+                    </td>
+                    <td>{s.limitSource ? `${s.limitLevel} ${s.limitSource} (STRICTER)` : "—"}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
+        </div>
+      )}
+    </>
   );
 }

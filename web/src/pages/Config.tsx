@@ -8,6 +8,7 @@ import { Editor } from "../Editor";
 import { resourceYAML } from "../yamldocs";
 import { Time } from "../time";
 import { toJsonString } from "@bufbuild/protobuf";
+import { parseAllDocuments, stringify } from "yaml";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 
 /** objectPath is the UI's URL of a resource. */
@@ -166,6 +167,7 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
           </table>
         </>
       )}
+      {status && status.clusters.length > 0 && <CompiledFor fqn={fqn} clusters={status.clusters.map((c) => c.cluster)} />}
       {children.length > 0 && (
         <>
           <h2>Contents</h2>
@@ -206,5 +208,47 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
         </ul>
       )}
     </section>
+  );
+}
+
+/** CompiledFor shows, per cluster, the native objects a resource compiles into there. */
+function CompiledFor({ fqn, clusters }: { fqn: string; clusters: string[] }) {
+  const [cluster, setCluster] = useState("");
+  const [yaml, setYAML] = useState<string | null>(null);
+  const [error, setError] = useState("");
+  const org = fqn.split("/").slice(0, 2).join("/");
+  useEffect(() => {
+    if (!cluster) return;
+    let stop = false;
+    setYAML(null);
+    fleet.getCompiled({ cluster: org + "/clusters/" + cluster }).then(
+      (c) => {
+        if (stop) return;
+        const mine = parseAllDocuments(c.objects)
+          .map((d) => d.toJS() as { metadata?: { annotations?: Record<string, string> } } | null)
+          .filter((o) => o?.metadata?.annotations?.["flotilla.io/owner"] === fqn);
+        setYAML(mine.map((o) => stringify(o)).join("---\n"));
+        setError("");
+      },
+      (e) => !stop && setError(describe(e)),
+    );
+    return () => {
+      stop = true;
+    };
+  }, [cluster, fqn, org]);
+  return (
+    <>
+      <h2>Compiled output</h2>
+      <div className="toolbar" role="group" aria-label="Compiled output for cluster">
+        {clusters.map((c) => (
+          <button key={c} type="button" aria-pressed={c === cluster} onClick={() => setCluster(c)}>
+            {c}
+          </button>
+        ))}
+      </div>
+      {error && <p className="error">{error}</p>}
+      {cluster && yaml === null && !error && <p className="muted">Loading…</p>}
+      {yaml !== null && (yaml ? <pre className="yaml" aria-label={`Compiled for ${cluster}`}>{yaml}</pre> : <p className="empty">Nothing is written for it in {cluster}.</p>)}
+    </>
   );
 }
