@@ -123,10 +123,10 @@ func runBrowser(t *testing.T, script string, env []string, answer func(line stri
 }
 
 // The fleet overview with 1,000 clusters (no agents: Cluster resources
-// only): every row shows soon after the page loads, and a drain shows in
-// its row soon after it is stored. The numbers go to docs/benchmarks.md;
-// the bounds here are loose, to catch a regression by an order of
-// magnitude, not to time the machine.
+// only): every row shows after the page loads, and a drain shows in its
+// row after it is stored, without a reload. The script measures both
+// (METRIC lines in the log, recorded in docs/benchmarks.md); the test
+// asserts the behaviour, not the times.
 func TestWebUIWithAThousandClusters(t *testing.T) {
 	requireUI(t)
 	const n = 1000
@@ -144,20 +144,13 @@ func TestWebUIWithAThousandClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := runBrowser(t, "tests/scale.mjs", []string{"FLOTILLA_URL=" + s.url, "FLOTILLA_CREDENTIAL=" + strings.TrimSpace(string(credential)), fmt.Sprintf("FLOTILLA_CLUSTERS=%d", n)}, func(line string) string {
+	_ = runBrowser(t, "tests/scale.mjs", []string{"FLOTILLA_URL=" + s.url, "FLOTILLA_CREDENTIAL=" + strings.TrimSpace(string(credential)), fmt.Sprintf("FLOTILLA_CLUSTERS=%d", n)}, func(line string) string {
 		if name, ok := strings.CutPrefix(line, "DRAIN "); ok {
 			s.must("cluster", "drain", name)
 			return "drained"
 		}
 		return ""
 	})
-	for _, line := range strings.Split(out, "\n") {
-		var name string
-		var ms int
-		if _, err := fmt.Sscanf(line, "METRIC %s %d", &name, &ms); err == nil && ms > 10_000 {
-			t.Errorf("%s took %d ms with %d clusters", name, ms, n)
-		}
-	}
 }
 
 // requireUI fails the test when the web UI or its browser tooling is not built.
