@@ -27,18 +27,24 @@ func Built() bool {
 // Handler serves the UI at "/". Without a built UI it answers every page
 // with a short note saying how to build it.
 func Handler() http.Handler {
+	if !Built() {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte("This flotilla binary has no web UI: build it with `make ui` (or `make build`), which embeds web/ in the binary.\n"))
+		})
+	}
 	app, _ := fs.Sub(static, "static/app")
+	return handler(app)
+}
+
+// handler serves the built UI in app.
+func handler(app fs.FS) http.Handler {
 	files := http.FileServerFS(app)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		if !Built() {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte("This flotilla binary has no web UI: build it with `make ui` (or `make build`), which embeds web/ in the binary.\n"))
 			return
 		}
 		name := strings.TrimPrefix(path.Clean(r.URL.Path), "/")
@@ -48,7 +54,7 @@ func Handler() http.Handler {
 			files.ServeHTTP(w, r)
 			return
 		}
-		if _, err := fs.Stat(app, name); name == "" || err != nil {
+		if _, err := fs.Stat(app, name); name == "" || name == "index.html" || err != nil {
 			// A page of the UI: its router reads the path.
 			w.Header().Set("Cache-Control", "no-cache")
 			http.ServeFileFS(w, r, app, "index.html")
