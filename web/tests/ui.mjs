@@ -111,6 +111,8 @@ try {
   const mine = await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue();
   console.log("TOUCH");
   check((await lines.next()).value === "touched", "the Go test changed the IngressGateway meanwhile");
+  await page.getByRole("alert").filter({ hasText: "Someone changed this resource" }).waitFor();
+  check(true, "the page says at once that someone else changed the resource");
   await page.getByRole("textbox", { name: "YAML", exact: true }).fill(mine.replace("shop.example.com", "mine.example.com"));
   await page.getByRole("button", { name: "Plan" }).click();
   const conflict = page.getByRole("alert").filter({ hasText: "Conflict" });

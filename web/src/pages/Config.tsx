@@ -2,7 +2,7 @@ import { useEffect, useState } from "react";
 import { fleet, resources, audit, describe } from "../api";
 import type { Resource } from "../gen/flotilla/v1alpha1/resource_pb.js";
 import type { GetStatusResponse } from "../gen/flotilla/v1alpha1/fleet_pb.js";
-import type { AuditRecord, KindInfo } from "../gen/flotilla/v1alpha1/service_pb.js";
+import { EventType, type AuditRecord, type KindInfo } from "../gen/flotilla/v1alpha1/service_pb.js";
 import { Link } from "../router";
 import { Editor } from "../Editor";
 import { resourceYAML } from "../yamldocs";
@@ -107,6 +107,25 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
       stop = true;
     };
   }, [kind, fqn, loadedAt]);
+  // Live: a write by anyone after the loaded revision shows at once
+  // (ResourceService.Watch), before an edit could conflict with it.
+  const [changedAt, setChangedAt] = useState<bigint | null>(null);
+  const loadedRevision = res?.metadata?.revision;
+  useEffect(() => {
+    setChangedAt(null);
+    if (loadedRevision === undefined) return;
+    const ctl = new AbortController();
+    (async () => {
+      try {
+        for await (const ev of resources.watch({ fromRevision: loadedRevision, kinds: [kind] }, { signal: ctl.signal })) {
+          if (ev.type !== EventType.BOOKMARK && ev.resource?.metadata?.fqn === fqn) setChangedAt(ev.revision);
+        }
+      } catch {
+        // The page still works without it: a save is checked by its etag.
+      }
+    })();
+    return () => ctl.abort();
+  }, [kind, fqn, loadedRevision]);
   useEffect(() => {
     let stop = false;
     const load = () =>
@@ -179,6 +198,14 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
             ))}
           </ul>
         </>
+      )}
+      {changedAt !== null && (
+        <div role="alert" className="changed">
+          Someone changed this resource (store revision {String(changedAt)}) after this page loaded it: a save of this text would be refused.{" "}
+          <button type="button" onClick={() => setLoadedAt(Date.now())}>
+            Load their version
+          </button>
+        </div>
       )}
       {res && (
         <>
