@@ -97,7 +97,6 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
       .get({ kind, fqn })
       .then((g) => !stop && (setRes(g.resource ?? null), setError("")))
       .catch((e) => !stop && setError(describe(e)));
-    audit.listAudit({ fqn, limit: 50 }).then((a) => !stop && setHistory([...a.records].reverse()), () => {});
     resources.kinds({}).then(async (k) => {
       const kids: KindInfo[] = k.kinds.filter((x) => x.parent === kind);
       const lists = await Promise.all(kids.map((x) => resources.list({ kind: x.kind, parent: fqn }).catch(() => null)));
@@ -126,6 +125,13 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
     })();
     return () => ctl.abort();
   }, [kind, fqn, loadedRevision]);
+  useEffect(() => {
+    let stop = false;
+    audit.listAudit({ fqn, limit: 50 }).then((a) => !stop && setHistory([...a.records].reverse()), () => {});
+    return () => {
+      stop = true;
+    };
+  }, [fqn, loadedAt, changedAt]);
   useEffect(() => {
     let stop = false;
     const load = () =>
