@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,7 +32,7 @@ import (
 
 func newServerCmd(e *env) *cobra.Command {
 	var dnsKubeconfigs []string
-	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey string
+	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey, debugListen string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
 	var agentTTL time.Duration
@@ -107,6 +108,13 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			if err != nil {
 				return err
 			}
+			if debugListen != "" {
+				dl, err := net.Listen("tcp", debugListen)
+				if err != nil {
+					return fmt.Errorf("--debug-listen %s: %w", debugListen, err)
+				}
+				go serveDebug(ctx, dl, log)
+			}
 			log.Info("management plane serving", "addr", ln.Addr().String(), "store", desc, "version", Version)
 			return p.Run(ctx, ln)
 		},
@@ -115,6 +123,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringArrayVar(&dnsKubeconfigs, "dns-kubeconfig", nil, "NAME=FILE: a cluster where DNSZones with provider EXTERNAL_DNS (spec.externalDns.kubeconfig NAME) write DNSEndpoint objects for external-dns (repeatable)")
 	cmd.Flags().StringVar(&tsigFile, "dns-tsig-keys", "", "BIND key file (as tsig-keygen writes it) with the TSIG keys that sign updates of DNSZones with provider RFC2136")
 	cmd.Flags().StringVar(&dnsListen, "dns-listen", "", "address (UDP and TCP) of the built-in authoritative DNS server for the DNSZones with provider BUILTIN, e.g. 127.0.0.1:5353; off when empty")
+	cmd.Flags().StringVar(&debugListen, "debug-listen", "", "address of Go's profiling endpoints (/debug/pprof/), without authentication: a loopback address only; off when empty")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")
 	cmd.Flags().StringVar(&storeArg, "store", "sqlite", `"sqlite" (at <data-dir>/flotilla.db) or a postgres://… URL`)
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -192,5 +201,25 @@ func openStore(ctx context.Context, arg, dataDir string) (store.Store, string, e
 		return st, "postgres", err
 	default:
 		return nil, "", fmt.Errorf("--store %q: use \"sqlite\" or a postgres://user@host:5432/db URL", arg)
+	}
+}
+
+// serveDebug serves Go's profiles (net/http/pprof) on ln until ctx ends.
+// They carry no authentication, so the flag's help says loopback only.
+func serveDebug(ctx context.Context, ln net.Listener, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	log.Info("profiling endpoints serving", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); err != nil && ctx.Err() == nil {
+		log.Error("profiling endpoints stopped", "err", err)
 	}
 }

@@ -97,7 +97,11 @@ func (s *Server) Start() {
 	if level == "" {
 		level = "warn"
 	}
-	s.cmd = exec.Command(FlotillaBin(s.tb), "server", "--listen", s.addr, "--data-dir", s.Dir, "--log-level", level)
+	args := []string{"server", "--listen", s.addr, "--data-dir", s.Dir, "--log-level", level}
+	if d := os.Getenv("FLOTILLA_BENCH_DEBUG_LISTEN"); d != "" {
+		args = append(args, "--debug-listen", d) // profile the server: go tool pprof http://<d>/debug/pprof/profile
+	}
+	s.cmd = exec.Command(FlotillaBin(s.tb), args...)
 	s.cmd.Stdout, s.cmd.Stderr = os.Stderr, os.Stderr
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
