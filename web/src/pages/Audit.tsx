@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useState } from "react";
 import { toJsonString } from "@bufbuild/protobuf";
-import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
+import { ValueSchema, timestampFromDate, type Value } from "@bufbuild/protobuf/wkt";
 import { audit, describe } from "../api";
 import type { AuditRecord } from "../gen/flotilla/v1alpha1/service_pb.js";
 import { navigate, useLocation } from "../router";
@@ -18,6 +18,7 @@ export function AuditPage() {
   const op = query.get("operation") ?? "";
   const text = query.get("text") ?? "";
   const open = query.get("open") ?? "";
+  const since = query.get("since") ?? ""; // a datetime-local value, in local time
   const set = (k: string, v: string) => {
     const q = new URLSearchParams(location.search);
     if (v) q.set(k, v);
@@ -26,14 +27,15 @@ export function AuditPage() {
   };
   useEffect(() => {
     let stop = false;
+    const from = since ? new Date(since) : null;
     audit
-      .listAudit({ kind, limit: 500 })
+      .listAudit({ kind, limit: 500, since: from && !isNaN(from.getTime()) ? timestampFromDate(from) : undefined })
       .then((r) => !stop && (setRecords(r.records), setError("")))
       .catch((e) => !stop && setError(describe(e)));
     return () => {
       stop = true;
     };
-  }, [kind]);
+  }, [kind, since]);
   const rows = useMemo(
     () =>
       (records ?? [])
@@ -59,6 +61,9 @@ export function AuditPage() {
             <option value="update">update</option>
             <option value="delete">delete</option>
           </select>
+        </label>
+        <label>
+          Since <input type="datetime-local" value={since} onChange={(e) => set("since", e.target.value)} />
         </label>
         <label>
           Text <input value={text} onChange={(e) => set("text", e.target.value)} placeholder="part of a name" />
