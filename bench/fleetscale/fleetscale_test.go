@@ -248,6 +248,8 @@ func BenchmarkOneObjectChange(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("clusters=%d", n), func(b *testing.B) {
 			f := startFleet(b, n)
+			f.srv.Profile("heap", 0, fmt.Sprintf("heap-converged-%d.pb.gz", n))
+			cpu := f.srv.Profile("profile", 15, fmt.Sprintf("cpu-changes-%d.pb.gz", n))
 			harness.Measure(b, func(i int) time.Duration {
 				g := (i + 1000) % groups
 				start := time.Now()
@@ -255,6 +257,7 @@ func BenchmarkOneObjectChange(b *testing.B) {
 				f.await(b, f.region(g), rev, time.Minute)
 				return time.Since(start)
 			})
+			<-cpu
 			if n == 10000 {
 				cur, peak := f.srv.RSS()
 				b.ReportMetric(cur, "server-rss-MiB")

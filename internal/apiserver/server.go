@@ -112,8 +112,13 @@ func (s *Server) HandlerOptions() []connect.HandlerOption {
 	return []connect.HandlerOption{
 		connect.WithInterceptors(s.hmetrics, s.authn),
 		connect.WithReadMaxBytes(maxMessageBytes),
+		connect.WithCompressMinBytes(compressMinBytes),
 	}
 }
+
+// compressMinBytes: smaller responses go uncompressed. Compressing a small
+// message costs more (a compressor's reset) than it saves on the wire.
+const compressMinBytes = 1024
 
 // Auth is the server's authentication and authorization.
 func (s *Server) Auth() *Auth { return s.auth }

@@ -2,6 +2,7 @@ package central
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -99,11 +100,14 @@ type cluster struct {
 	epoch        int64      // the status session this server holds; 0 when none
 	agentVersion string
 	lastSeen     time.Time
-	ack          *agentv1.Ack
-	inv          inventory
-	drifts       []*agentv1.Drift // newest last, bounded
-	dirty        bool             // status not yet written to the store
-	written      time.Time        // when status was last written
+	ack          *agentv1.Ack // set with setAck
+	// resourcesJSON is ack's resource statuses as stored (nil until the
+	// status is next written); setAck clears it.
+	resourcesJSON json.RawMessage
+	inv           inventory
+	drifts        []*agentv1.Drift // newest last, bounded
+	dirty         bool             // status not yet written to the store
+	written       time.Time        // when status was last written
 
 	runtimeWritten uint64 // the registry Generation of the runtime snapshot last stored
 
@@ -114,6 +118,11 @@ type cluster struct {
 	mirror          bool
 	mirrorConnected bool      // the stored status says connected, and its writer renews it
 	statusTime      time.Time // when the mirrored status was written
+}
+
+// setAck replaces the cluster's last acknowledgement.
+func (cl *cluster) setAck(a *agentv1.Ack) {
+	cl.ack, cl.resourcesJSON = a, nil
 }
 
 // connected reports whether an agent of the cluster has a live stream, to

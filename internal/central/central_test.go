@@ -858,3 +858,65 @@ func TestAnAgentCredentialIsRenewedOnItsStreamBeforeItExpires(t *testing.T) {
 		t.Fatalf("the renewed credential: %v", err)
 	}
 }
+
+// The stored status follows partial acknowledgements: one that only moves
+// the version keeps the resources' statuses (kept encoded between writes),
+// and one that changes a resource's state is stored with the change.
+func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
+	h := start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const c1 = "organizations/acme/clusters/c1"
+	const fqn = "organizations/acme/tenants/t/workspaces/w/groups/g/ingressgateways/shop"
+	a := h.fakeAgent(t, ctx, "c1")
+	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallGateway("one.example.com")})); err != nil {
+		t.Fatal(err)
+	}
+	b := a.await(t, "one.example.com")
+	a.ack(t, b, fqn)
+	stored := func(want func(s clusterStatus, rs []resourceStatus) bool) clusterStatus {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if err := h.c.flushStatus(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rec, err := h.c.st.Get(ctx, c1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var s clusterStatus
+			var rs []resourceStatus
+			_ = json.Unmarshal(rec.Status, &s)
+			_ = json.Unmarshal(s.Resources, &rs)
+			if want(s, rs) {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("stored status %s", rec.Status)
+			}
+			h.c.mu.Lock()
+			h.c.clusters[c1].dirty = true
+			h.c.mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	stored(func(s clusterStatus, rs []resourceStatus) bool {
+		return s.BundleVersion == b.GetVersion() && len(rs) == 1 && rs[0].State == StateApplied
+	})
+	send := func(ack *agentv1.Ack) {
+		t.Helper()
+		if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&agentv1.Ack{BundleVersion: "v-next", Revision: b.GetRevision(), Partial: true})
+	stored(func(s clusterStatus, rs []resourceStatus) bool {
+		return s.BundleVersion == "v-next" && len(rs) == 1 && rs[0].State == StateApplied && rs[0].Message == "1 object(s)"
+	})
+	send(&agentv1.Ack{BundleVersion: "v-failed", Revision: b.GetRevision(), Partial: true,
+		Resources: []*agentv1.ResourceStatus{{Fqn: fqn, State: StateFailed, Message: "the API server refused it"}}})
+	stored(func(s clusterStatus, rs []resourceStatus) bool {
+		return s.BundleVersion == "v-failed" && len(rs) == 1 && rs[0].State == StateFailed && rs[0].Message == "the API server refused it"
+	})
+}

@@ -2,6 +2,8 @@ package central
 
 import (
 	"net/http"
+
+	"connectrpc.com/connect"
 	"time"
 
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
@@ -13,10 +15,15 @@ import (
 // no memory, and cannot hold up a shutdown.
 const DefaultSendTimeout = 30 * time.Second
 
+// compressMinBytes: messages to agents smaller than this go uncompressed.
+const compressMinBytes = 1024
+
 // Handler returns the AgentService's path and handler, with the send timeout
 // applied to every write.
 func (c *Central) Handler() (string, http.Handler) {
-	path, h := agentv1connect.NewAgentServiceHandler(c)
+	// Bundle deltas, acknowledgements' answers and credentials are small:
+	// only whole bundles are worth compressing.
+	path, h := agentv1connect.NewAgentServiceHandler(c, connect.WithCompressMinBytes(compressMinBytes))
 	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: c.sendTimeout}, r)
 	})

@@ -85,8 +85,12 @@ type clusterStatus struct {
 	KubernetesVersion string           `json:"kubernetesVersion,omitempty"`
 	Istio             *istioStatus     `json:"istio,omitempty"`
 	Namespaces        []string         `json:"namespaces,omitempty"`
-	Resources         []resourceStatus `json:"resources,omitempty"`
-	Drift             []driftStatus    `json:"drift,omitempty"`
+	// Resources is the JSON of a []resourceStatus: the cluster keeps it
+	// encoded (cluster.resourcesJSON), as it changes far less often than
+	// the rest of the status (a partial acknowledgement rarely changes a
+	// resource's state), and it is most of the status's size.
+	Resources json.RawMessage `json:"resources,omitempty"`
+	Drift     []driftStatus   `json:"drift,omitempty"`
 }
 
 type resourceStatus struct {
@@ -102,6 +106,26 @@ type driftStatus struct {
 	Change   string `json:"change"`
 	Restored bool   `json:"restored"`
 	Message  string `json:"message,omitempty"`
+}
+
+// encode is the status as stored. The resources' JSON is spliced in as
+// kept: encoding/json would re-validate and compact it, which costs more
+// than encoding the rest.
+func (s clusterStatus) encode() ([]byte, error) {
+	res := s.Resources
+	s.Resources = nil
+	b, err := json.Marshal(s)
+	if err != nil || len(res) == 0 {
+		return b, err
+	}
+	out := make([]byte, 0, len(b)+len(res)+13)
+	out = append(out, b[:len(b)-1]...) // without the closing brace
+	if len(b) > 2 {
+		out = append(out, ',')
+	}
+	out = append(out, `"resources":`...)
+	out = append(out, res...)
+	return append(out, '}'), nil
 }
 
 // status renders what is known of the cluster. Callers hold Central.mu.
@@ -121,9 +145,14 @@ func (c *Central) status(cl *cluster) clusterStatus {
 	if cl.ack != nil {
 		s.BundleVersion = cl.ack.GetBundleVersion()
 		s.BundleRevision = cl.ack.GetRevision()
-		for _, r := range cl.ack.GetResources() {
-			s.Resources = append(s.Resources, resourceStatus{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
+		if cl.resourcesJSON == nil && len(cl.ack.GetResources()) > 0 {
+			list := make([]resourceStatus, 0, len(cl.ack.GetResources()))
+			for _, r := range cl.ack.GetResources() {
+				list = append(list, resourceStatus{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
+			}
+			cl.resourcesJSON, _ = json.Marshal(list) // plain strings
 		}
+		s.Resources = cl.resourcesJSON
 	}
 	for _, d := range cl.drifts {
 		s.Drift = append(s.Drift, driftStatus{FQN: d.GetFqn(), Object: fmt.Sprintf("%s %s/%s", d.GetKind(), d.GetNamespace(), d.GetName()), Change: d.GetChange(), Restored: d.GetRestored(), Message: d.GetMessage()})
@@ -150,10 +179,12 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 	if t, err := time.Parse(time.RFC3339, s.LastSeen); err == nil {
 		cl.lastSeen = t
 	}
-	cl.ack = nil
+	cl.setAck(nil)
 	if s.BundleVersion != "" {
-		cl.ack = &agentv1.Ack{BundleVersion: s.BundleVersion, Revision: s.BundleRevision}
-		for _, r := range s.Resources {
+		var resources []resourceStatus
+		_ = json.Unmarshal(s.Resources, &resources) // a stored status this server wrote
+		cl.setAck(&agentv1.Ack{BundleVersion: s.BundleVersion, Revision: s.BundleRevision})
+		for _, r := range resources {
 			cl.ack.Resources = append(cl.ack.Resources, &agentv1.ResourceStatus{Fqn: r.FQN, State: r.State, Message: r.Message, Objects: r.Objects})
 		}
 	}
@@ -214,6 +245,7 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	c.mu.Lock()
 	now := c.now()
 	var writes []store.StatusWrite
+	var bodies []clusterStatus // of the writes with a body, in order; encoded after c.mu
 	for fqn, cl := range c.clusters {
 		due := cl.conn != nil && now.Sub(cl.written) >= leaseInterval
 		if !cl.dirty && !due {
@@ -227,15 +259,23 @@ func (c *Central) flushStatus(ctx context.Context) error {
 			writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch})
 			continue
 		}
-		b, err := json.Marshal(c.status(cl))
-		if err != nil {
-			c.mu.Unlock()
-			return err
-		}
-		writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch, Status: b})
+		bodies = append(bodies, c.status(cl))
+		writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch, Status: json.RawMessage{}})
 		cl.dirty = false
 	}
 	c.mu.Unlock()
+	// Encoding outside c.mu: streams and commits do not wait for it.
+	i := 0
+	for w := range writes {
+		if writes[w].Status == nil {
+			continue
+		}
+		b, err := bodies[i].encode()
+		if err != nil {
+			return err
+		}
+		writes[w].Status, i = b, i+1
+	}
 	if len(writes) == 0 {
 		return nil
 	}

@@ -189,7 +189,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	cl.agentVersion = hello.GetAgentVersion()
 	cl.lastSeen = c.now()
 	if hello.GetLast() != nil {
-		cl.ack = hello.GetLast()
+		cl.setAck(hello.GetLast())
 	}
 	sent := cl.ack.GetBundleVersion()
 	cl.dirty = true
@@ -330,9 +330,19 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 					c.mu.Unlock()
 					return connect.NewError(connect.CodeInvalidArgument, errors.New("a partial acknowledgement before any whole one on this stream"))
 				}
+				if len(a.GetResources())+len(a.GetRemoved()) == 0 && cl.ack == conn.ack {
+					// The resources' statuses stand: only the version moved.
+					keep := cl.resourcesJSON
+					a = ack.Merge(conn.ack, a)
+					conn.ack = a
+					cl.setAck(a)
+					cl.resourcesJSON = keep
+					break
+				}
 				a = ack.Merge(conn.ack, a)
 			}
-			conn.ack, cl.ack = a, a
+			conn.ack = a
+			cl.setAck(a)
 		case *agentv1.ConnectRequest_Drift:
 			cl.drifts = append(cl.drifts, m.Drift)
 			if len(cl.drifts) > maxDrifts {

@@ -221,3 +221,38 @@ func (s *Simulators) Join(ctx context.Context, tb testing.TB, fleet flotillav1al
 	}
 	return s.client, joined.Msg.GetCredential()
 }
+
+// Profile saves the server's profile of kind (heap, profile for CPU over
+// seconds, goroutine…) into $FLOTILLA_BENCH_PROFILE_DIR/<name>, when the
+// server runs with FLOTILLA_BENCH_DEBUG_LISTEN and that directory is set;
+// else it does nothing. It returns at once: the profile is fetched in the
+// background, and done is closed when it is saved (or failed).
+func (s *Server) Profile(kind string, seconds int, name string) (done <-chan struct{}) {
+	ch := make(chan struct{})
+	addr, dir := os.Getenv("FLOTILLA_BENCH_DEBUG_LISTEN"), os.Getenv("FLOTILLA_BENCH_PROFILE_DIR")
+	if addr == "" || dir == "" {
+		close(ch)
+		return ch
+	}
+	go func() {
+		defer close(ch)
+		u := fmt.Sprintf("http://%s/debug/pprof/%s", addr, kind)
+		if seconds > 0 {
+			u += fmt.Sprintf("?seconds=%d", seconds)
+		}
+		resp, err := http.Get(u)
+		if err != nil {
+			s.tb.Logf("profile %s: %v", kind, err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			s.tb.Logf("profile %s: %v", kind, err)
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(f, resp.Body)
+	}()
+	return ch
+}
