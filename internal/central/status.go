@@ -80,11 +80,11 @@ type clusterStatus struct {
 	// BundleRevision is the store revision of the bundle the agent
 	// acknowledged; AppliedRevision is the newest store revision the
 	// cluster is known to have applied (at least BundleRevision).
-	BundleRevision    int64            `json:"bundleRevision,omitempty"`
-	AppliedRevision   int64            `json:"appliedRevision,omitempty"`
-	KubernetesVersion string           `json:"kubernetesVersion,omitempty"`
-	Istio             *istioStatus     `json:"istio,omitempty"`
-	Namespaces        []string         `json:"namespaces,omitempty"`
+	BundleRevision    int64        `json:"bundleRevision,omitempty"`
+	AppliedRevision   int64        `json:"appliedRevision,omitempty"`
+	KubernetesVersion string       `json:"kubernetesVersion,omitempty"`
+	Istio             *istioStatus `json:"istio,omitempty"`
+	Namespaces        []string     `json:"namespaces,omitempty"`
 	// Resources is the JSON of a []resourceStatus: the cluster keeps it
 	// encoded (cluster.resourcesJSON), as it changes far less often than
 	// the rest of the status (a partial acknowledgement rarely changes a
