@@ -107,7 +107,10 @@ type cluster struct {
 	inv           inventory
 	drifts        []*agentv1.Drift // newest last, bounded
 	dirty         bool             // status not yet written to the store
-	written       time.Time        // when status was last written
+	written       time.Time        // when status was last written (body or lease)
+	bodyWritten   time.Time        // when the status body was last written
+	// storedConnected is the connection state in the body last written.
+	storedConnected bool
 
 	runtimeWritten uint64 // the registry Generation of the runtime snapshot last stored
 

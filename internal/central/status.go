@@ -1,9 +1,11 @@
 package central
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -246,6 +248,7 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	now := c.now()
 	var writes []store.StatusWrite
 	var bodies []clusterStatus // of the writes with a body, in order; encoded after c.mu
+	var changed []bodyCandidate
 	for fqn, cl := range c.clusters {
 		due := cl.conn != nil && now.Sub(cl.written) >= leaseInterval
 		if !cl.dirty && !due {
@@ -259,9 +262,18 @@ func (c *Central) flushStatus(ctx context.Context) error {
 			writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch})
 			continue
 		}
-		bodies = append(bodies, c.status(cl))
-		writes = append(writes, store.StatusWrite{FQN: fqn, Epoch: cl.epoch, Status: json.RawMessage{}})
-		cl.dirty = false
+		changed = append(changed, bodyCandidate{fqn: fqn, cl: cl, urgent: cl.connected() != cl.storedConnected, written: cl.bodyWritten})
+	}
+	changed, later := withinBudget(changed, statusBodyBudget)
+	for _, x := range later { // they stay dirty for the next tick
+		if x.cl.conn != nil && now.Sub(x.cl.written) >= leaseInterval {
+			writes = append(writes, store.StatusWrite{FQN: x.fqn, Epoch: x.cl.epoch})
+		}
+	}
+	for _, x := range changed {
+		bodies = append(bodies, c.status(x.cl))
+		writes = append(writes, store.StatusWrite{FQN: x.fqn, Epoch: x.cl.epoch, Status: json.RawMessage{}})
+		x.cl.dirty, x.cl.bodyWritten, x.cl.storedConnected = false, now, x.cl.connected()
 	}
 	c.mu.Unlock()
 	// Encoding outside c.mu: streams and commits do not wait for it.
@@ -308,6 +320,42 @@ func (c *Central) flushStatus(ctx context.Context) error {
 
 // statusBatch bounds the status writes of one store transaction.
 const statusBatch = 100
+
+// bodyCandidate is a cluster whose status body changed.
+type bodyCandidate struct {
+	fqn     string
+	cl      *cluster
+	urgent  bool      // its connection changed since its body was last written
+	written time.Time // when its body was last written
+}
+
+// withinBudget splits the changed clusters into those written now, at most
+// budget, and those left for later: connection changes first, then the
+// longest unwritten, then by FQN.
+func withinBudget(changed []bodyCandidate, budget int) (now, later []bodyCandidate) {
+	if len(changed) <= budget {
+		return changed, nil
+	}
+	slices.SortFunc(changed, func(a, b bodyCandidate) int {
+		if a.urgent != b.urgent {
+			if a.urgent {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Or(a.written.Compare(b.written), cmp.Compare(a.fqn, b.fqn))
+	})
+	return changed[:budget], changed[budget:]
+}
+
+// statusBodyBudget bounds the status bodies written per flush. Each is
+// the cluster's last acknowledgement with a status per resource (15 KB
+// with 100 resources): at 10,000 clusters under a stream of changes,
+// writing every changed one each second took the store and the garbage
+// collector long enough to delay the changes themselves (p99 ×4). Over
+// budget, a cluster's stored status lags its live one by a few seconds;
+// this server's own answers come from the live one.
+const statusBodyBudget = 500
 
 // letGo handles status writes that a newer session fenced: when the newer
 // session is another replica's, this one lets go of the cluster; when it is
