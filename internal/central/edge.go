@@ -50,7 +50,7 @@ func newEdges() edges {
 	return edges{gateways: map[string]edgeGateway{}, ingresses: map[string]ingressGateway{}, clusters: map[string]clusterInfo{}}
 }
 
-// edgeKinds are the kinds whose records feed the edge slices.
+// edgeKind reports whether records of kind feed the edge slices.
 func edgeKind(kind string) bool {
 	return kind == resource.KindEdgeGateway || kind == resource.KindIngressGateway || kind == resource.KindCluster
 }
