@@ -32,5 +32,7 @@ export function resourceYAML(r: Resource): string {
   delete j["status"];
   const md = (j["metadata"] ?? {}) as { [k: string]: JsonValue };
   for (const k of ["fqn", "createTime", "updateTime", "revision"]) delete md[k];
-  return stringify(j);
+  // Sorted keys: the server's maps come in no fixed order, and the same
+  // resource must read the same every time.
+  return stringify(j, { sortMapEntries: true });
 }

@@ -96,8 +96,9 @@ try {
 
   // 7. An invalid edit shows the field path, and nothing is saved.
   const yaml = await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue();
-  check(yaml.includes("port: 80"), "the editor holds the stored YAML");
-  await page.getByRole("textbox", { name: "YAML", exact: true }).fill(yaml.replace("port: 80", "port: 999999"));
+  const serverPort = /^(\s*)port: 80$/m; // the server's port, not a route's 8080
+  check(serverPort.test(yaml), "the editor holds the stored YAML");
+  await page.getByRole("textbox", { name: "YAML", exact: true }).fill(yaml.replace(serverPort, "$1port: 999999"));
   await page.getByRole("button", { name: "Plan" }).click();
   const problems = page.getByRole("alert").filter({ hasText: "Nothing was saved" });
   await problems.waitFor();
@@ -105,7 +106,7 @@ try {
   await shot(page, "invalid-edit");
   await page.reload();
   await page.getByRole("textbox", { name: "YAML", exact: true }).waitFor();
-  check((await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue()).includes("port: 80"), "the stored resource is unchanged");
+  check(serverPort.test(await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue()), "the stored resource is unchanged");
 
   // 8. A stale etag: someone writes meanwhile; the save is refused, shown, and theirs stands.
   const mine = await page.getByRole("textbox", { name: "YAML", exact: true }).inputValue();
