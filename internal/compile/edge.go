@@ -52,31 +52,10 @@ func (c *compilation) edgeGateway(o bundle.Object, t target) {
 	}
 	ws := spec.GetWorkloadSelector()
 	ns := ws.GetNamespace()
-	fatal := false
+	fatal := !c.gatewayTarget(o, ws, "edge gateway", "edgegateway")
 	fail := func(path, format string, args ...any) {
 		c.diag(o.FQN, path, format, args...)
 		fatal = true
-	}
-	if msgs := content.IsDNS1123Subdomain(o.Name); len(msgs) > 0 {
-		fail("name", "%q cannot name an Istio Gateway: %s", o.Name, strings.Join(msgs, "; "))
-	}
-	nsPath := "spec.workloadSelector.namespace"
-	if ns == "" {
-		fail(nsPath, "the namespace of the edge gateway deployment is required")
-	} else if msgs := content.IsDNS1123Label(ns); len(msgs) > 0 {
-		fail(nsPath, "%q is not a namespace name: %s", ns, strings.Join(msgs, "; "))
-	}
-	labelsPath := "spec.workloadSelector.labels"
-	if len(ws.GetLabels()) == 0 {
-		fail(labelsPath, `the labels of the edge gateway pods are required, e.g. {"istio": "edgegateway"}`)
-	}
-	for _, k := range sortedKeys(ws.GetLabels()) {
-		if msgs := content.IsLabelKey(k); len(msgs) > 0 {
-			fail(key(labelsPath, k), "invalid label key: %s", strings.Join(msgs, "; "))
-		}
-		if msgs := content.IsLabelValue(ws.GetLabels()[k]); len(msgs) > 0 {
-			fail(key(labelsPath, k), "invalid label value %q: %s", ws.GetLabels()[k], strings.Join(msgs, "; "))
-		}
 	}
 	health, ok := c.edgeHealthMatches(o.FQN, spec.GetHealthCheck())
 	if !ok {

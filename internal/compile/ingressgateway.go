@@ -44,31 +44,10 @@ func (c *compilation) ingressGateway(o bundle.Object, t target) {
 	}
 	ws := spec.GetWorkloadSelector()
 	ns := ws.GetNamespace()
-	fatal := false
+	fatal := !c.gatewayTarget(o, ws, "ingress gateway", "ingressgateway")
 	fail := func(path, format string, args ...any) {
 		c.diag(o.FQN, path, format, args...)
 		fatal = true
-	}
-	if msgs := content.IsDNS1123Subdomain(o.Name); len(msgs) > 0 {
-		fail("name", "%q cannot name an Istio Gateway: %s", o.Name, strings.Join(msgs, "; "))
-	}
-	nsPath := "spec.workloadSelector.namespace"
-	if ns == "" {
-		fail(nsPath, "the namespace of the ingress gateway deployment is required")
-	} else if msgs := content.IsDNS1123Label(ns); len(msgs) > 0 {
-		fail(nsPath, "%q is not a namespace name: %s", ns, strings.Join(msgs, "; "))
-	}
-	labelsPath := "spec.workloadSelector.labels"
-	if len(ws.GetLabels()) == 0 {
-		fail(labelsPath, `the labels of the ingress gateway pods are required, e.g. {"istio": "ingressgateway"}`)
-	}
-	for _, k := range sortedKeys(ws.GetLabels()) {
-		if msgs := content.IsLabelKey(k); len(msgs) > 0 {
-			fail(key(labelsPath, k), "invalid label key: %s", strings.Join(msgs, "; "))
-		}
-		if msgs := content.IsLabelValue(ws.GetLabels()[k]); len(msgs) > 0 {
-			fail(key(labelsPath, k), "invalid label value %q: %s", ws.GetLabels()[k], strings.Join(msgs, "; "))
-		}
 	}
 	if len(spec.GetHttp()) == 0 {
 		fail("spec.http", "at least one HTTP server is required")
@@ -96,6 +75,40 @@ func (c *compilation) ingressGateway(o bundle.Object, t target) {
 	for _, vs := range services {
 		c.emit(o.FQN, virtualServiceAPIVersion, virtualServiceKind, ns, vs.name, virtualServiceSpec(vs))
 	}
+}
+
+// gatewayTarget checks what a gateway kind binds to: its object's name
+// (it names the Istio Gateway) and its workload selector's namespace and
+// labels. what names the gateway in messages ("ingress gateway"), and
+// istio the example value of its istio label. It reports whether all hold.
+func (c *compilation) gatewayTarget(o bundle.Object, ws *flotillav1alpha1.WorkloadSelector, what, istio string) bool {
+	ok := true
+	fail := func(path, format string, args ...any) {
+		c.diag(o.FQN, path, format, args...)
+		ok = false
+	}
+	if msgs := content.IsDNS1123Subdomain(o.Name); len(msgs) > 0 {
+		fail("name", "%q cannot name an Istio Gateway: %s", o.Name, strings.Join(msgs, "; "))
+	}
+	nsPath := "spec.workloadSelector.namespace"
+	if ns := ws.GetNamespace(); ns == "" {
+		fail(nsPath, "the namespace of the %s deployment is required", what)
+	} else if msgs := content.IsDNS1123Label(ns); len(msgs) > 0 {
+		fail(nsPath, "%q is not a namespace name: %s", ns, strings.Join(msgs, "; "))
+	}
+	labelsPath := "spec.workloadSelector.labels"
+	if len(ws.GetLabels()) == 0 {
+		fail(labelsPath, `the labels of the %s pods are required, e.g. {"istio": %q}`, what, istio)
+	}
+	for _, k := range sortedKeys(ws.GetLabels()) {
+		if msgs := content.IsLabelKey(k); len(msgs) > 0 {
+			fail(key(labelsPath, k), "invalid label key: %s", strings.Join(msgs, "; "))
+		}
+		if msgs := content.IsLabelValue(ws.GetLabels()[k]); len(msgs) > 0 {
+			fail(key(labelsPath, k), "invalid label value %q: %s", ws.GetLabels()[k], strings.Join(msgs, "; "))
+		}
+	}
+	return ok
 }
 
 // decodeIngressGateway decodes the spec, reporting every schema problem.
