@@ -231,13 +231,7 @@ func exposes(ew *pb.EastWestGatewaySettings, labels map[string]string) bool {
 		return true
 	}
 	for _, e := range ew.GetExposedServices() {
-		ok := len(e.GetServiceLabels()) > 0
-		for k, v := range e.GetServiceLabels() {
-			if labels[k] != v {
-				ok = false
-			}
-		}
-		if ok {
+		if selects(e.GetServiceLabels(), labels) {
 			return true
 		}
 	}

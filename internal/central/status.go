@@ -247,7 +247,7 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	c.mu.Lock()
 	now := c.now()
 	var writes []store.StatusWrite
-	var bodies []clusterStatus // of the writes with a body, in order; encoded after c.mu
+	var bodies []clusterStatus // of the last writes, in order; encoded after c.mu
 	var changed []bodyCandidate
 	for fqn, cl := range c.clusters {
 		due := cl.conn != nil && now.Sub(cl.written) >= leaseInterval
@@ -272,21 +272,19 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	}
 	for _, x := range changed {
 		bodies = append(bodies, c.status(x.cl))
-		writes = append(writes, store.StatusWrite{FQN: x.fqn, Epoch: x.cl.epoch, Status: json.RawMessage{}})
+		writes = append(writes, store.StatusWrite{FQN: x.fqn, Epoch: x.cl.epoch}) // its body is encoded below
 		x.cl.dirty, x.cl.bodyWritten, x.cl.storedConnected = false, now, x.cl.connected()
 	}
 	c.mu.Unlock()
-	// Encoding outside c.mu: streams and commits do not wait for it.
-	i := 0
-	for w := range writes {
-		if writes[w].Status == nil {
-			continue
-		}
-		b, err := bodies[i].encode()
+	// Encoding outside c.mu: streams and commits do not wait for it. The
+	// writes with a body are the last ones, in the order of bodies.
+	first := len(writes) - len(bodies)
+	for i, body := range bodies {
+		b, err := body.encode()
 		if err != nil {
 			return err
 		}
-		writes[w].Status, i = b, i+1
+		writes[first+i].Status = b
 	}
 	if len(writes) == 0 {
 		return nil

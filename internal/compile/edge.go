@@ -1,7 +1,6 @@
 package compile
 
 import (
-	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -260,4 +259,4 @@ func (c *compilation) edgeRule(owner, ns, name, host, sni string, tls, failover 
 }
 
 // edgeKey is the key of an edge slice entry.
-func edgeKey(owner, server string) string { return fmt.Sprintf("%s\x00%s", owner, server) }
+func edgeKey(owner, server string) string { return owner + "\x00" + server }
