@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -33,5 +35,30 @@ func TestStatusWaitAgainstAServerThatNeverAnswersTimesOutCleanly(t *testing.T) {
 	r := s.flotillaEnv([]string{"FLOTILLA_TOKEN=any"}, "", "status", "ingressgateway", "shop", "--org", "acme", "--tenant", "t", "--workspace", "w", "--group", "g", "--wait", "--timeout", "1s")
 	if r.code != 1 || strings.Contains(r.stderr, "panic") || !strings.Contains(r.stderr, "within 1s") {
 		t.Fatalf("status --wait against a silent server: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// --debug-listen serves Go's profiles on their own address, apart from the
+// API (which does not serve them).
+func TestDebugListenServesProfilesApartFromTheAPI(t *testing.T) {
+	debug := freePort(t)
+	s := startServer(t, t.TempDir(), "--debug-listen", debug)
+	resp, err := http.Get("http://" + debug + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile") {
+		t.Fatalf("profile: %s %.200s", resp.Status, body)
+	}
+	resp, err = http.Get(s.url + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), "goroutine profile") {
+		t.Fatal("the API port serves profiles")
 	}
 }
