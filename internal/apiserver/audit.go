@@ -82,7 +82,7 @@ func canReadAudit(chk *authz.Checker, r store.AuditRecord) bool {
 	if kind == "" {
 		kind = authz.AnyKind
 	}
-	ok, _ := chk.Can(authz.Read, kind, r.FQN, "")
+	ok, _ := chk.Can(authz.Read, kind, r.FQN)
 	return ok
 }
 

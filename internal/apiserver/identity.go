@@ -140,11 +140,7 @@ func (s *Identity) CanI(ctx context.Context, req *connect.Request[pb.CanIRequest
 	if err != nil {
 		return nil, internal(s.log, "can-i", err)
 	}
-	var creator string
-	if rec, err := s.st.Get(ctx, req.Msg.GetFqn()); err == nil {
-		creator = rec.Annotations[authz.CreatorAnnotation]
-	}
-	allowed, reason := chk.Can(perm, k.Name, req.Msg.GetFqn(), creator)
+	allowed, reason := access.Can(chk, perm, k.Name, req.Msg.GetFqn())
 	return connect.NewResponse(&pb.CanIResponse{Allowed: allowed, Reason: reason}), nil
 }
 
@@ -163,7 +159,7 @@ func (s *Identity) keyAdmin(ctx context.Context) error {
 		return internal(s.log, "signing keys", err)
 	}
 	for _, o := range orgs {
-		if ok, _ := chk.Can(authz.SetPolicy, authz.KindAccessBinding, o.FQN, o.Annotations[authz.CreatorAnnotation]); !ok {
+		if ok, _ := chk.Can(authz.SetPolicy, authz.KindAccessBinding, o.FQN); !ok {
 			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: the signing keys serve every organization, so changing them needs SetPolicy on all of them; %s lacks it on %s", chk.Principal().Subject, o.FQN))
 		}
 	}

@@ -270,11 +270,50 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 				return errRollback
 			}
 		}
+		gone := map[string]bool{fqn: true}
+		for _, c := range children {
+			gone[c.FQN] = true
+		}
+		for _, c := range append(children, rec) {
+			// A binding naming a role, team or account that is going would
+			// dangle, and grant to whoever re-created the name.
+			var keep []string
+			for _, b := range access.References(chk, c) {
+				if !gone[b] {
+					keep = append(keep, b)
+				}
+			}
+			if len(keep) > 0 {
+				refusal = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s %s is named by access binding(s) %s: remove it from them (or delete them) first", c.Kind, c.FQN, strings.Join(keep, ", ")))
+				return errRollback
+			}
+		}
+		// The bindings on a deleted node go with it: none may come back to
+		// life when someone re-creates the name.
+		var bindings []string
+		for _, c := range append(children, rec) {
+			if access.IsNode(c.Kind) {
+				for _, b := range access.BindingsOn(chk, c.FQN) {
+					if !gone[b] {
+						gone[b] = true
+						bindings = append(bindings, b)
+					}
+				}
+			}
+		}
 		for _, c := range append(children, rec) {
 			if _, err := tx.Delete(ctx, c.FQN); err != nil {
 				return err
 			}
 			deleted = append(deleted, c.FQN)
+		}
+		for _, b := range bindings {
+			if _, err := tx.Delete(ctx, b); errors.Is(err, store.ErrNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			deleted = append(deleted, b)
 		}
 		rev = tx.Revision()
 		return nil

@@ -39,8 +39,10 @@ func (s *Identity) CreateServiceAccountKey(ctx context.Context, req *connect.Req
 		} else if err != nil {
 			return err
 		}
-		if ok, reason := chk.Can(authz.Write, authz.KindServiceAccount, fqn, rec.Annotations[authz.CreatorAnnotation]); !ok {
-			refusal = connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: "+reason))
+		// A key lets its holder act as the account: the same rule as
+		// adding one to spec.keys with apply.
+		if why := access.KeyGuardFull(chk, fqn, fmt.Sprintf("a new key (%s)", id)); why != "" {
+			refusal = connect.NewError(connect.CodePermissionDenied, errors.New(why))
 			return errRollback
 		}
 		var spec pb.ServiceAccountSpec

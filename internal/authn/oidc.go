@@ -42,9 +42,8 @@ func (o *OIDC) verifierFor(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 	return o.verifier, nil
 }
 
-// Verify checks an ID token and returns the person it names: subject
-// "user:<email>" (or the provider's subject when it gives no email), with
-// the provider's groups.
+// Verify checks an ID token and returns the person it names (see
+// OIDCSubject), with the provider's groups.
 func (o *OIDC) Verify(ctx context.Context, idToken string) (Principal, error) {
 	if o == nil || o.Issuer == "" {
 		return Principal{}, errors.New("this server has no OIDC provider configured (flotilla server --oidc-issuer)")
@@ -75,11 +74,19 @@ func (o *OIDC) Verify(ctx context.Context, idToken string) (Principal, error) {
 	if err := tok.Claims(&c); err != nil {
 		return Principal{}, fmt.Errorf("the ID token's claims: %w", err)
 	}
-	name := c.Email
-	if name == "" || c.Verified != nil && !*c.Verified {
-		name = tok.Subject
+	return Principal{Subject: OIDCSubject(o.Issuer, tok.Subject, c.Email, c.Verified != nil && *c.Verified), Method: MethodOIDC, Groups: c.Groups}, nil
+}
+
+// OIDCSubject is the subject of a person the provider issuer vouches for:
+// "user:<email>" when the provider says it verified the email, else
+// "user:<issuer>#<sub>", qualified by the issuer. A missing
+// email_verified counts as unverified: an unverified email is anyone's to
+// claim. Neither form can be the bootstrap administrator's "user:admin".
+func OIDCSubject(issuer, sub, email string, verified bool) string {
+	if verified && strings.Contains(email, "@") {
+		return UserPrefix + email
 	}
-	return Principal{Subject: UserPrefix + name, Method: MethodOIDC, Groups: c.Groups}, nil
+	return UserPrefix + issuer + "#" + sub
 }
 
 // unverifiedIssuer peeks at a JWT's iss to give a clear error for a token

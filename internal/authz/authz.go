@@ -1,8 +1,8 @@
 // Package authz decides what an authenticated caller may do. Permissions
 // come from roles, which AccessBindings give to users, teams and service
 // accounts on a node of the hierarchy (organization, tenant, workspace,
-// group, cluster); a binding holds on its node and everything below it. The
-// creator of an object is its admin.
+// group, cluster); a binding holds on its node and everything below it.
+// Nothing else grants anything: not who created an object, not a name.
 //
 //	store records (bindings, roles, teams, nodes) ──▶ Policy (immutable snapshot)
 //	Policy + Principal ──▶ Checker.Can(permission, kind, fqn)

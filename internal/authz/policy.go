@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 
@@ -20,7 +22,10 @@ const (
 )
 
 // CreatorAnnotation records who created an object. The server sets it on
-// create and keeps it on update; what a client sends is ignored.
+// create and keeps it on update; what a client sends is ignored. It grants
+// nothing: a node's creator is its admin through an AccessBinding the server
+// writes with the node (see CreatorBinding), which can be revoked like any
+// other.
 const CreatorAnnotation = "flotilla.io/created-by"
 
 // Subject prefixes inside bindings.
@@ -68,8 +73,7 @@ type team struct {
 }
 
 // Policy is a snapshot of the access bindings, roles and teams. It is
-// immutable. (Who created what is read from the objects themselves: see
-// Checker.Creators.)
+// immutable.
 type Policy struct {
 	bindings map[string][]binding // by target FQN
 	roles    map[string]Role      // custom roles by FQN
@@ -125,6 +129,62 @@ func NewPolicy(recs []store.Record) (*Policy, error) {
 		p.bindings[s.Target] = append(p.bindings[s.Target], b)
 	}
 	return p, nil
+}
+
+// TeamSubject is how bindings name the team fqn.
+func TeamSubject(fqn string) string { return teamPrefix + fqn }
+
+// TeamAdds describes who a write of the team rec (over old, nil for a
+// create) adds: members and OIDC groups not in it before; "" for nobody.
+func TeamAdds(rec store.Record, old *store.Record) (string, error) {
+	var now, was teamSpec
+	if err := json.Unmarshal(rec.Spec, &now); err != nil {
+		return "", fmt.Errorf("team %s: %w", rec.FQN, err)
+	}
+	if old != nil {
+		if err := json.Unmarshal(old.Spec, &was); err != nil {
+			return "", fmt.Errorf("team %s: %w", old.FQN, err)
+		}
+	}
+	var added []string
+	for _, m := range now.Members {
+		if !slices.ContainsFunc(was.Members, func(w string) bool { return UserSubject(w) == UserSubject(m) }) {
+			added = append(added, UserSubject(m))
+		}
+	}
+	for _, g := range now.OIDCGroups {
+		if !slices.Contains(was.OIDCGroups, g) {
+			added = append(added, "OIDC group "+g)
+		}
+	}
+	return strings.Join(added, ", "), nil
+}
+
+// ServiceAccountAddsKeys describes the keys a write of the service account
+// rec (over old, nil for a create) adds; "" for none.
+func ServiceAccountAddsKeys(rec store.Record, old *store.Record) (string, error) {
+	type key struct {
+		ID        string `json:"id"`
+		PublicKey string `json:"publicKey"`
+	}
+	var now, was struct {
+		Keys []key `json:"keys"`
+	}
+	if err := json.Unmarshal(rec.Spec, &now); err != nil {
+		return "", fmt.Errorf("service account %s: %w", rec.FQN, err)
+	}
+	if old != nil {
+		if err := json.Unmarshal(old.Spec, &was); err != nil {
+			return "", fmt.Errorf("service account %s: %w", old.FQN, err)
+		}
+	}
+	var added []string
+	for _, k := range now.Keys {
+		if !slices.Contains(was.Keys, k) {
+			added = append(added, fmt.Sprintf("key %q", k.ID))
+		}
+	}
+	return strings.Join(added, ", "), nil
 }
 
 // RoleFromRecord decodes a stored Role.
@@ -196,34 +256,13 @@ type Checker struct {
 	pol  *Policy
 	who  authn.Principal
 	keys map[string]bool // the principal's subject and its teams
-	made map[string]bool // objects the principal created since the snapshot (this request)
-
-	creatorOf func(fqn string) string // reads an object's creator; nil: nobody
-	creators  map[string]string       // what creatorOf answered, per FQN
+	made map[string]bool // nodes the principal created in this request (the policy snapshot predates them)
 }
 
-// Creators tells the checker how to read who created an object (its
-// CreatorAnnotation): the creator of a node is its admin. The answers are
-// kept for the checker's life, one request.
-func (c *Checker) Creators(lookup func(fqn string) string) { c.creatorOf = lookup }
-
-func (c *Checker) creator(fqn string) string {
-	if c.creatorOf == nil {
-		return ""
-	}
-	if v, ok := c.creators[fqn]; ok {
-		return v
-	}
-	if c.creators == nil {
-		c.creators = map[string]string{}
-	}
-	v := c.creatorOf(fqn)
-	c.creators[fqn] = v
-	return v
-}
-
-// Created notes that the principal just created fqn, so it is its admin
-// for the rest of the request (the policy snapshot predates it).
+// Created notes that the principal just created the node fqn, so it is its
+// admin for the rest of the request: the creator's binding (see
+// CreatorBinding) is written in the same transaction, after the policy
+// snapshot was taken.
 func (c *Checker) Created(fqn string) {
 	if c.made == nil {
 		c.made = map[string]bool{}
@@ -262,20 +301,19 @@ func (c *Checker) Teams() []string {
 // Principal is whom the checker answers for.
 func (c *Checker) Principal() authn.Principal { return c.who }
 
+// Policy is the policy the checker answers from.
+func (c *Checker) Policy() *Policy { return c.pol }
+
 // Can reports whether the principal holds perm on the object fqn of kind,
-// and why. creator is the object's own creator annotation when the caller
-// has the record (objects below the node kinds are not in the policy).
-func (c *Checker) Can(perm Permission, kind, fqn, creator string) (bool, string) {
+// and why: a binding on fqn or on a node above it grants it. It reads
+// nothing but the policy snapshot.
+func (c *Checker) Can(perm Permission, kind, fqn string) (bool, string) {
 	if c.who.Bootstrap() {
 		return true, "the bootstrap administrator holds every permission"
 	}
 	for _, node := range Ancestry(fqn) {
-		made := creator
-		if node != fqn || creator == "" {
-			made = c.creator(node)
-		}
-		if made == c.who.Subject || c.made[node] {
-			return true, fmt.Sprintf("%s created %s and so is its admin", c.who.Subject, node)
+		if c.made[node] {
+			return true, fmt.Sprintf("%s created %s in this request and so is its admin", c.who.Subject, node)
 		}
 		for _, b := range c.pol.bindings[node] {
 			for _, r := range b.rules {
@@ -299,7 +337,7 @@ func (c *Checker) Holds(role Role, target string) (bool, string) {
 	for _, rule := range role.Rules {
 		for _, perm := range rule.Permissions {
 			for _, kind := range rule.Kinds {
-				if ok, _ := c.Can(perm, kind, target, ""); !ok {
+				if ok, _ := c.Can(perm, kind, target); !ok {
 					what := kind
 					if kind == AnyKind {
 						what = "every kind"
@@ -310,6 +348,96 @@ func (c *Checker) Holds(role Role, target string) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// HoldsGrants reports whether the principal holds every grant of gs on its
+// target: whoever hands a subject's grants to someone else (a team member
+// added, a service-account key) must hold them all.
+func (c *Checker) HoldsGrants(gs []Grant) (bool, string) {
+	for _, g := range gs {
+		if !g.Known {
+			continue // grants nothing
+		}
+		if ok, reason := c.Holds(g.Role, g.Target); !ok {
+			return false, reason + " (binding " + g.Binding + ")"
+		}
+	}
+	return true, ""
+}
+
+// Grant is one role given on one target by one rule of a binding.
+type Grant struct {
+	Binding string // FQN of the AccessBinding
+	Target  string
+	RoleRef string // the role as the binding names it
+	Role    Role
+	Known   bool // the role exists
+}
+
+// GrantsTo lists every grant that names subject (normalized: "team:<fqn>",
+// "serviceaccount:<fqn>", "user:<name>"), sorted by binding.
+func (p *Policy) GrantsTo(subject string) []Grant {
+	var out []Grant
+	for _, bs := range p.bindings {
+		for _, b := range bs {
+			for _, r := range b.rules {
+				if r.subjects[subject] {
+					out = append(out, Grant{Binding: b.fqn, Target: b.target, RoleRef: r.role, Role: r.resolved, Known: r.known})
+				}
+			}
+		}
+	}
+	sortGrants(out)
+	return out
+}
+
+// GrantsOfRole lists every grant of the custom role roleFQN
+// ("organizations/<org>/roles/<name>"), sorted by binding.
+func (p *Policy) GrantsOfRole(roleFQN string) []Grant {
+	org, name, ok := strings.Cut(roleFQN, "/roles/")
+	if !ok {
+		return nil
+	}
+	var out []Grant
+	for _, bs := range p.bindings {
+		for _, b := range bs {
+			if OrgOf(b.fqn) != org {
+				continue
+			}
+			for _, r := range b.rules {
+				if r.role == name {
+					out = append(out, Grant{Binding: b.fqn, Target: b.target, RoleRef: r.role, Role: r.resolved, Known: r.known})
+				}
+			}
+		}
+	}
+	sortGrants(out)
+	return out
+}
+
+// BindingsOnOrBelow lists the FQNs of the bindings whose target is node or
+// lies below it, sorted.
+func (p *Policy) BindingsOnOrBelow(node string) []string {
+	var out []string
+	for target, bs := range p.bindings {
+		if target != node && !strings.HasPrefix(target, node+"/") {
+			continue
+		}
+		for _, b := range bs {
+			out = append(out, b.fqn)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sortGrants(gs []Grant) {
+	sort.Slice(gs, func(i, j int) bool {
+		if gs[i].Binding != gs[j].Binding {
+			return gs[i].Binding < gs[j].Binding
+		}
+		return gs[i].RoleRef < gs[j].RoleRef
+	})
 }
 
 // Source is what a Cache reads policy from: the store, or a transaction.

@@ -95,7 +95,7 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 			return err
 		}
 		// A join token lets its holder act as the cluster: it takes Write.
-		if ok, reason := chk.Can(authz.Write, resource.KindCluster, fqn, rec.Annotations[authz.CreatorAnnotation]); !ok {
+		if ok, reason := chk.Can(authz.Write, resource.KindCluster, fqn); !ok {
 			denied = connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: onboarding issues the cluster's credential; "+reason))
 			return nil
 		}
@@ -127,7 +127,7 @@ func readable(chk *authz.Checker, b *bundle.Bundle) *bundle.Bundle {
 	out := &bundle.Bundle{Cluster: b.Cluster}
 	groups := map[string]bool{}
 	for _, o := range b.Objects {
-		if ok, _ := chk.Can(authz.Read, o.Kind, o.FQN, ""); ok {
+		if ok, _ := chk.Can(authz.Read, o.Kind, o.FQN); ok {
 			out.Objects = append(out.Objects, o)
 			groups[o.Group] = true
 		}
@@ -445,7 +445,7 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 	// Read on the cluster; the checker reads creators itself, so no
 	// cluster record is fetched (the bootstrap administrator needs none).
 	visible := func(fqn string) bool {
-		ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn, "")
+		ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn)
 		return ok
 	}
 	out := &pb.ListServicesResponse{}

@@ -85,7 +85,7 @@ func (f Fleet) WatchFleet(ctx context.Context, _ *connect.Request[pb.WatchFleetR
 		}
 		now := f.summaries()
 		for fqn := range now {
-			if ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn, ""); !ok {
+			if ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn); !ok {
 				delete(now, fqn)
 			}
 		}

@@ -36,8 +36,11 @@ func iamKinds(known func(string) bool) []*Kind {
 func validateTeam(spec proto.Message) []FieldError {
 	var out []FieldError
 	for i, m := range spec.(*pb.TeamSpec).GetMembers() {
-		if strings.TrimPrefix(m, authn.UserPrefix) == "" || strings.ContainsAny(m, " \t\n") {
+		switch {
+		case strings.TrimPrefix(m, authn.UserPrefix) == "" || strings.ContainsAny(m, " \t\n"):
 			out = append(out, FieldError{Field: fmt.Sprintf("spec.members[%d]", i), Message: fmt.Sprintf("%q is not a user name: write the person's login, e.g. alice@example.com", m)})
+		case authz.UserSubject(m) == authn.BootstrapSubject:
+			out = append(out, FieldError{Field: fmt.Sprintf("spec.members[%d]", i), Message: bootstrapReserved})
 		}
 	}
 	return out
@@ -90,6 +93,10 @@ func validateRole(spec proto.Message, known func(string) bool) []FieldError {
 	return out
 }
 
+// bootstrapReserved refuses naming the bootstrap administrator, whom only
+// the bootstrap credential authenticates: no other identity may become it.
+const bootstrapReserved = `"user:admin" is the bootstrap administrator, who holds every permission without a binding; no other identity can be it: name the person's login instead`
+
 var subjectPrefixes = []string{authn.UserPrefix, "team:", authn.ServiceAccountPrefix}
 
 func validateBinding(spec proto.Message) []FieldError {
@@ -114,8 +121,11 @@ func validateBinding(spec proto.Message) []FieldError {
 			for _, p := range subjectPrefixes {
 				ok = ok || strings.HasPrefix(s, p) && len(s) > len(p)
 			}
-			if !ok {
+			switch {
+			case !ok:
 				out = append(out, FieldError{Field: fmt.Sprintf("%s.subjects[%d]", field, j), Message: fmt.Sprintf(`%q: write "user:<name>", "team:<name>" or "serviceaccount:<name>"`, s)})
+			case s == authn.BootstrapSubject:
+				out = append(out, FieldError{Field: fmt.Sprintf("%s.subjects[%d]", field, j), Message: bootstrapReserved})
 			}
 		}
 	}
@@ -155,6 +165,12 @@ func checkBinding(ctx context.Context, r store.Reader, obj *Object) ([]FieldErro
 			case strings.HasPrefix(norm, authn.ServiceAccountPrefix):
 				fqn, what = strings.TrimPrefix(norm, authn.ServiceAccountPrefix), "service account"
 			default:
+				continue
+			}
+			if authz.OrgOf(fqn) != org {
+				// Another organization's teams and accounts are not this
+				// one's to name (and whether they exist is not its to know).
+				out = append(out, FieldError{Field: fmt.Sprintf("%s.subjects[%d]", field, j), Message: fmt.Sprintf("%s is not in organization %s: bind the %ss of this organization", s, org, what)})
 				continue
 			}
 			if _, err := r.Get(ctx, fqn); errors.Is(err, store.ErrNotFound) {

@@ -78,15 +78,8 @@ func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object, guard
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, nil, false, err
 		}
-		switch {
-		case obj.ETag != "" && !exists:
-			bad("metadata.etag", "%s does not exist, so etag %q cannot match: remove the etag to create it", rec.FQN, obj.ETag)
-			continue
-		case obj.ETag != "" && obj.ETag != old.ETag:
-			conflict = true
-			bad("metadata.etag", "is %q but %s is now at %q: someone changed it since you read it; get it again, reapply your change, and retry", obj.ETag, rec.FQN, old.ETag)
-			continue
-		}
+		// The guard first: what an etag says of an object is for those
+		// who may change it.
 		if guard != nil {
 			var prev *store.Record
 			if exists {
@@ -100,6 +93,15 @@ func (r *Registry) Write(ctx context.Context, tx store.Tx, objs []*Object, guard
 				bad("", "%s", refusal)
 				continue
 			}
+		}
+		switch {
+		case obj.ETag != "" && !exists:
+			bad("metadata.etag", "%s does not exist, so etag %q cannot match: remove the etag to create it", rec.FQN, obj.ETag)
+			continue
+		case obj.ETag != "" && obj.ETag != old.ETag:
+			conflict = true
+			bad("metadata.etag", "is %q but %s is now at %q: someone changed it since you read it; get it again, reapply your change, and retry", obj.ETag, rec.FQN, old.ETag)
+			continue
 		}
 		fes, err := r.CheckRefs(ctx, tx, obj)
 		if err != nil {
