@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"flotilla.io/flotilla/internal/access"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/central"
@@ -56,6 +57,11 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				return err
 			}
 			defer st.Close()
+			if n, err := access.BindCreators(ctx, st); err != nil {
+				return fmt.Errorf("give the creators of older nodes their bindings: %w", err)
+			} else if n > 0 {
+				log.Info("creators of older nodes given their admin bindings (revocable AccessBindings)", "nodes", n)
+			}
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("--listen %s: %w", listen, err)
