@@ -97,7 +97,10 @@ type Change struct {
 // AuditRecord describes one mutation: who, when, what and how; or one
 // request that was refused and so changed nothing.
 type AuditRecord struct {
-	Revision  int64 // 0 for a refused request
+	Revision int64 // 0 for a refused request
+	// Refusal numbers a refused request in the order refusals were
+	// recorded (1, 2, ...); 0 for a change.
+	Refusal   int64
 	Time      time.Time
 	Actor     string // see Actor
 	Operation string // create, update or delete; for a refused request, its operation
@@ -127,14 +130,61 @@ func SplitActor(actor string) (subject, method string) {
 	return actor, ""
 }
 
-// AuditQuery selects audit records, newest last.
+// AuditQuery selects audit records. Audit returns them oldest first: the
+// newest Limit that match, or with After set the oldest Limit after it.
+//
+// The audit is two logs, each in its own order: changes by revision and
+// refused requests by refusal number. With Refused set, Audit merges them
+// by time, taking each log's records in that log's order, so that the
+// records it returns are a prefix of each log (from the newest, or from
+// After) and the cursor past the last record read (AuditCursor.Past) resumes
+// exactly where it stopped, whatever the clocks did.
 type AuditQuery struct {
 	Since time.Time // zero: no lower bound
 	Kind  string
 	FQN   string // this resource and its descendants
-	Limit int    // the newest Limit records; 0 means 1000
+	Limit int    // at most this many records; 0 means 1000
 	// Refused adds the refused requests, merged in time order.
 	Refused bool
+	// Before, when set, keeps only records older than the cursor: pages
+	// read from the newest down pass the cursor past the last record read.
+	Before *AuditCursor
+	// After, when set, keeps only records newer than the cursor, and the
+	// oldest Limit of them are returned: reading forward, as an export
+	// does.
+	After *AuditCursor
+	// AnyOf, when not nil, keeps only records that meet at least one of
+	// its terms (an empty list keeps none). It narrows a scan to what a
+	// caller could be shown; it decides nothing by itself.
+	AnyOf []AuditMatch
+}
+
+// AuditMatch is one term of AuditQuery.AnyOf: a record meets it when it
+// meets every field that is set.
+type AuditMatch struct {
+	Under string // the record's FQN is Under or lies below it
+	Kind  string
+	Actor string
+	NoFQN bool // the record names no object (a refused request about none)
+}
+
+// AuditCursor is a position in the audit, between records. As Before, it
+// keeps the changes whose revision is below Revision and the refusals
+// whose number is below Refusal; as After, those above.
+type AuditCursor struct {
+	Revision int64
+	Refusal  int64
+}
+
+// Past is the cursor just past r, in whichever direction it was read:
+// r's own log moves to r, the other log stays.
+func (c AuditCursor) Past(r AuditRecord) AuditCursor {
+	if r.Refused {
+		c.Refusal = r.Refusal
+	} else {
+		c.Revision = r.Revision
+	}
+	return c
 }
 
 // Credential is a secret that lets an agent act for a cluster: a one-time
@@ -257,8 +307,13 @@ type Store interface {
 	Runtimes(ctx context.Context, since int64, have map[string]int64) (out []Runtime, mark int64, err error)
 	// Compact discards events at or below rev; audit records are kept.
 	Compact(ctx context.Context, rev int64) error
-	// Audit lists audit records, oldest first.
+	// Audit lists audit records, oldest first (see AuditQuery).
 	Audit(ctx context.Context, q AuditQuery) ([]AuditRecord, error)
+	// AuditTop returns the cursor just above the newest change and the
+	// newest refusal: as Before, it bounds a reader to what existed when it
+	// began, so that records written meanwhile neither shift its pages nor
+	// keep an export from ending.
+	AuditTop(ctx context.Context) (AuditCursor, error)
 	// Refuse records a refused request in the audit (Refused and Revision
 	// are ignored). It writes nothing else.
 	Refuse(ctx context.Context, r AuditRecord) error

@@ -87,5 +87,26 @@ ALTER TABLE status ADD COLUMN runtime TEXT NOT NULL DEFAULT '';
 ALTER TABLE status ADD COLUMN runtime_gen BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE status ADD COLUMN runtime_time BIGINT NOT NULL DEFAULT 0;
 INSERT INTO meta (key, value) VALUES ('runtime', 0)`
-	return []string{v1, v2, v3, v4, v5, v6}
+	// v7 numbers refused requests (seq), so that the audit can be read in
+	// pages with a cursor that neither skips nor repeats a refusal of the
+	// same instant. Existing refusals are numbered in time order. The
+	// counter has a table of its own, not a meta key: a refusal changes no
+	// intent, and meta is part of intent's state.
+	v7 := `
+CREATE TABLE refused_seq (
+	seq BIGINT PRIMARY KEY,
+	time BIGINT NOT NULL,
+	actor TEXT NOT NULL,
+	operation TEXT NOT NULL,
+	kind TEXT NOT NULL,
+	fqn TEXT NOT NULL,
+	reason TEXT NOT NULL
+);
+INSERT INTO refused_seq (seq, time, actor, operation, kind, fqn, reason) SELECT ROW_NUMBER() OVER (ORDER BY time), time, actor, operation, kind, fqn, reason FROM refused;
+DROP TABLE refused;
+ALTER TABLE refused_seq RENAME TO refused;
+CREATE INDEX refused_time ON refused (time);
+CREATE TABLE refusals (last BIGINT NOT NULL);
+INSERT INTO refusals (last) SELECT COALESCE(MAX(seq), 0) FROM refused`
+	return []string{v1, v2, v3, v4, v5, v6, v7}
 }

@@ -13,7 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -466,55 +466,118 @@ func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord
 	if limit <= 0 {
 		limit = 1000
 	}
-	out, err := d.auditRows(ctx, q, limit, `SELECT revision, time, actor, operation, kind, fqn, changes FROM audit`, `revision`)
+	up := q.After != nil
+	out, err := d.auditRows(ctx, q, limit, false)
 	if err != nil {
 		return nil, err
 	}
 	if q.Refused {
-		refused, err := d.auditRows(ctx, q, limit, `SELECT 0, time, actor, operation, kind, fqn, reason FROM refused`, `time`)
+		refused, err := d.auditRows(ctx, q, limit, true)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, refused...)
-		// Newest first by time; a refusal sorts after a change of the same instant.
-		sort.SliceStable(out, func(i, j int) bool { return out[i].Time.After(out[j].Time) })
-		out = out[:min(len(out), limit)]
+		out = mergeAudit(out, refused, limit, up)
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
+	if !up {
+		slices.Reverse(out)
 	}
 	return out, nil
 }
 
-// auditRows reads the newest limit rows of one audit table matching q,
-// newest first. The last column is the changes (audit) or the reason (refused).
-func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, sqlText, order string) ([]store.AuditRecord, error) {
+// mergeAudit merges changes and refusals, each in reading order (newest
+// first, or with up oldest first), by time, and keeps the first limit. It
+// takes each list in its own order, so what it keeps is a prefix of both.
+// Of the same instant, a change reads before a refusal going down and
+// after it going up, so that reading up is reading down reversed.
+func mergeAudit(changes, refused []store.AuditRecord, limit int, up bool) []store.AuditRecord {
+	out := make([]store.AuditRecord, 0, min(limit, len(changes)+len(refused)))
+	i, j := 0, 0
+	for len(out) < limit && (i < len(changes) || j < len(refused)) {
+		var change bool
+		switch {
+		case j == len(refused):
+			change = true
+		case i == len(changes):
+			change = false
+		case up:
+			change = changes[i].Time.Before(refused[j].Time)
+		default:
+			change = !changes[i].Time.Before(refused[j].Time)
+		}
+		if change {
+			out = append(out, changes[i])
+			i++
+		} else {
+			out = append(out, refused[j])
+			j++
+		}
+	}
+	return out
+}
+
+// auditRows reads, in reading order, the first limit rows matching q of the
+// changes (ordered by revision) or of the refusals (ordered by number).
+func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, refused bool) ([]store.AuditRecord, error) {
 	var (
 		where []string
 		args  []any
 	)
-	add := func(cond string, v ...any) {
-		for range v {
-			cond = strings.Replace(cond, "?", "$"+strconv.Itoa(len(args)+1), 1)
-			args = append(args, v[0])
-			v = v[1:]
-		}
-		where = append(where, cond)
+	// arg adds a parameter and returns its placeholder.
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	under := func(fqn string) string {
+		// Descendants share the prefix "<fqn>/"; '/'+1 is '0'.
+		return "(fqn = " + arg(fqn) + " OR (fqn > " + arg(fqn+"/") + " AND fqn < " + arg(fqn+"0") + "))"
+	}
+	sqlText, id := `SELECT revision, 0, time, actor, operation, kind, fqn, changes FROM audit`, "revision"
+	if refused {
+		sqlText, id = `SELECT 0, seq, time, actor, operation, kind, fqn, reason FROM refused`, "seq"
 	}
 	if !q.Since.IsZero() {
-		add("time >= ?", q.Since.UnixNano())
+		where = append(where, "time >= "+arg(q.Since.UnixNano()))
 	}
 	if q.Kind != "" {
-		add("kind = ?", q.Kind)
+		where = append(where, "kind = "+arg(q.Kind))
 	}
 	if q.FQN != "" {
-		add("(fqn = ? OR (fqn > ? AND fqn < ?))", q.FQN, q.FQN+"/", q.FQN+"0")
+		where = append(where, under(q.FQN))
 	}
-	refused := order == "time"
+	if c := q.Before; c != nil {
+		where = append(where, id+" < "+arg(pick(refused, c.Refusal, c.Revision)))
+	}
+	if c := q.After; c != nil {
+		where = append(where, id+" > "+arg(pick(refused, c.Refusal, c.Revision)))
+	}
+	if q.AnyOf != nil {
+		terms := []string{"1 = 0"}
+		for _, m := range q.AnyOf {
+			conds := []string{"1 = 1"}
+			if m.Under != "" {
+				conds = append(conds, under(m.Under))
+			}
+			if m.Kind != "" {
+				conds = append(conds, "kind = "+arg(m.Kind))
+			}
+			if m.Actor != "" {
+				conds = append(conds, "actor = "+arg(m.Actor))
+			}
+			if m.NoFQN {
+				conds = append(conds, "fqn = ''")
+			}
+			terms = append(terms, "("+strings.Join(conds, " AND ")+")")
+		}
+		where = append(where, "("+strings.Join(terms, " OR ")+")")
+	}
 	if len(where) > 0 {
 		sqlText += ` WHERE ` + strings.Join(where, " AND ")
 	}
-	sqlText += ` ORDER BY ` + order + ` DESC LIMIT ` + strconv.Itoa(limit)
+	order := " DESC"
+	if q.After != nil {
+		order = " ASC"
+	}
+	sqlText += ` ORDER BY ` + id + order + ` LIMIT ` + strconv.Itoa(limit)
 	rows, err := d.db.QueryContext(ctx, sqlText, args...)
 	if err != nil {
 		return nil, err
@@ -527,7 +590,7 @@ func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, sqlTe
 			nanos int64
 			last  string
 		)
-		if err := rows.Scan(&a.Revision, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &last); err != nil {
+		if err := rows.Scan(&a.Revision, &a.Refusal, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &last); err != nil {
 			return nil, err
 		}
 		a.Time = time.Unix(0, nanos).UTC()
@@ -541,10 +604,41 @@ func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, sqlTe
 	return out, rows.Err()
 }
 
-// Refuse implements store.Store.
+func pick(cond bool, a, b int64) int64 {
+	if cond {
+		return a
+	}
+	return b
+}
+
+// AuditTop implements store.Store.
+func (d *DB) AuditTop(ctx context.Context) (store.AuditCursor, error) {
+	var c store.AuditCursor
+	err := querier{d: d}.scanOne(ctx, `SELECT (SELECT COALESCE(MAX(revision), 0) FROM audit), (SELECT COALESCE(MAX(seq), 0) FROM refused)`, nil, &c.Revision, &c.Refusal)
+	if err != nil {
+		return store.AuditCursor{}, fmt.Errorf("read the newest audit records: %w", err)
+	}
+	c.Revision++
+	c.Refusal++
+	return c, nil
+}
+
+// Refuse implements store.Store. A refusal takes the next number of the
+// refusals counter, whose row lock (PostgreSQL) or the single writer
+// (SQLite) orders concurrent refusals; it takes no intent lock.
 func (d *DB) Refuse(ctx context.Context, r store.AuditRecord) error {
-	_, err := d.db.ExecContext(ctx, `INSERT INTO refused (time, actor, operation, kind, fqn, reason) VALUES ($1, $2, $3, $4, $5, $6)`,
-		d.now().UTC().UnixNano(), r.Actor, r.Operation, r.Kind, r.FQN, r.Reason)
+	err := d.statusTx(ctx, func(q querier) error {
+		var n int64
+		if _, err := q.ExecContext(ctx, `UPDATE refusals SET last = last + 1`); err != nil {
+			return err
+		}
+		if err := q.scanOne(ctx, `SELECT last FROM refusals`, nil, &n); err != nil {
+			return err
+		}
+		_, err := q.ExecContext(ctx, `INSERT INTO refused (seq, time, actor, operation, kind, fqn, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			n, d.now().UTC().UnixNano(), r.Actor, r.Operation, r.Kind, r.FQN, r.Reason)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("record a refused request: %w", err)
 	}
