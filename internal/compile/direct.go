@@ -8,6 +8,7 @@ import (
 
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/istio"
+	"flotilla.io/flotilla/internal/selector"
 )
 
 // direct compiles an object of a DIRECT group: an Istio object written by
@@ -46,10 +47,41 @@ func (c *compilation) direct(o bundle.Object, t target) {
 		c.diag(o.FQN, e.Path, "%s", e.Message)
 		valid = false
 	}
-	if !valid || !t.reaches(o.Namespace) {
+	owns := c.owner(o.Group, t)
+	if !valid || !t.reaches(o.Namespace) || !owns(o.Namespace) {
 		return
 	}
+	for _, d := range Confine(k.Kind, o.Namespace, spec, owns) {
+		c.diag(o.FQN, d.Field, "%s", d.Message)
+		valid = false
+	}
+	if !valid {
+		return
+	}
+	if _, set := spec["exportTo"]; exportingKinds[k.Kind] && !set {
+		// Visible in the workspace, not the mesh (Istio's default).
+		var to []any
+		for _, ns := range c.sortedNamespaces() {
+			if owns(ns) {
+				to = append(to, ns)
+			}
+		}
+		spec["exportTo"] = to
+	}
 	c.add(o.FQN, k.APIVersion, k.Kind, o.Namespace, o.Name, spec) // validated above
+}
+
+// owner returns what the workspace of group owns in this cluster: the
+// namespaces its scope group selects (those of the group's own selector
+// when the bundle lacks the workspace, which the central control plane
+// never sends so).
+func (c *compilation) owner(group string, t target) func(ns string) bool {
+	if ws, ok := c.groups[workspaceOf(group)]; ok && ws.Type == GroupTypeWorkspace {
+		if sel, err := selector.ParseSet(ws.Namespaces); err == nil {
+			return func(ns string) bool { return sel.Match(c.cluster, ns) }
+		}
+	}
+	return func(ns string) bool { return t.selector.Match(c.cluster, ns) }
 }
 
 // directSpec decodes the spec into JSON values as unstructured objects hold

@@ -66,8 +66,12 @@ func validateSelector(field string, sel *pb.NamespaceSelector) []FieldError {
 	}
 	var out []FieldError
 	for i, n := range sel.GetNames() {
-		if _, err := selector.Parse(n); err != nil {
+		p, err := selector.Parse(n)
+		switch {
+		case err != nil:
 			out = append(out, FieldError{Field: fmt.Sprintf("%s.names[%d]", field, i), Message: err.Error()})
+		case p.OnlySystem():
+			out = append(out, FieldError{Field: fmt.Sprintf("%s.names[%d]", field, i), Message: fmt.Sprintf("%q selects a system namespace, which belongs to no workspace (%s: a policy there can reach every tenant): select the namespaces your workloads run in", n, selector.SystemNamespaces)})
 		}
 	}
 	return out
@@ -173,9 +177,15 @@ func checkWorkspace(ctx context.Context, r store.Reader, obj *Object) ([]FieldEr
 		for i, p := range mine {
 			for _, q := range theirs {
 				if p.Overlaps(q) {
+					// Another tenant's workspace is not named: its
+					// patterns and name are not this writer's to learn.
+					theirs := fmt.Sprintf("%q of workspace %s", q, other.FQN)
+					if tenantOf(other.FQN) != tenantOf(obj.FQN()) {
+						theirs = "a namespace pattern of another tenant's workspace"
+					}
 					out = append(out, FieldError{
 						Field:   fmt.Sprintf("spec.namespaceSelector.names[%d]", i),
-						Message: fmt.Sprintf("%q overlaps %q of workspace %s: a namespace belongs to at most one workspace; narrow one of them", p, q, other.FQN),
+						Message: fmt.Sprintf("%q overlaps %s: a namespace belongs to at most one workspace; narrow yours, or ask the organization's administrators", p, theirs),
 					})
 				}
 			}
@@ -200,6 +210,15 @@ func checkWorkspace(ctx context.Context, r store.Reader, obj *Object) ([]FieldEr
 		}
 	}
 	return out, nil
+}
+
+// tenantOf is the FQN of the tenant fqn is in ("" for none).
+func tenantOf(fqn string) string {
+	parts := strings.SplitN(fqn, "/", 5)
+	if len(parts) < 4 || parts[2] != "tenants" {
+		return ""
+	}
+	return strings.Join(parts[:4], "/")
 }
 
 // checkGroup: the group's selector stays inside its workspace's.

@@ -114,7 +114,18 @@ func parentGroup(ctx context.Context, r store.Reader, obj *Object) (*pb.GroupSpe
 }
 
 // selectsNamespace reports whether some pattern of sel can select ns.
+// systemNote says why a system namespace is never selected.
+func systemNote(ns string) string {
+	if !selector.System(ns) {
+		return ""
+	}
+	return "; it is a system namespace, which belongs to no workspace (" + selector.SystemNamespaces + ")"
+}
+
 func selectsNamespace(sel selector.Set, ns string) bool {
+	if selector.System(ns) {
+		return false
+	}
 	for _, p := range sel {
 		if p.Namespace.Match(ns) {
 			return true
@@ -134,7 +145,7 @@ func checkIngressGateway(ctx context.Context, r store.Reader, obj *Object) ([]Fi
 	}
 	ns := obj.Spec.(*pb.IngressGatewaySpec).GetWorkloadSelector().GetNamespace()
 	if !selectsNamespace(sel, ns) {
-		out = append(out, FieldError{Field: "spec.workloadSelector.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", ns, obj.ParentFQN(), sel)})
+		out = append(out, FieldError{Field: "spec.workloadSelector.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v)%s: use a namespace the group selects", ns, obj.ParentFQN(), sel, systemNote(ns))})
 	}
 	return out, nil
 }
@@ -149,9 +160,36 @@ func checkDirect(ctx context.Context, r store.Reader, obj *Object) ([]FieldError
 		out = append(out, FieldError{Field: "metadata.group", Message: fmt.Sprintf("%s; %s is %s: set its spec.configMode to DIRECT or use another group", why, obj.ParentFQN(), g.GetConfigMode())})
 	}
 	if !selectsNamespace(sel, obj.Namespace) {
-		out = append(out, FieldError{Field: "metadata.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", obj.Namespace, obj.ParentFQN(), sel)})
+		out = append(out, FieldError{Field: "metadata.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v)%s: use a namespace the group selects", obj.Namespace, obj.ParentFQN(), sel, systemNote(obj.Namespace))})
+	}
+	// Hosts and exportTo stay inside the workspace, as the compiler will
+	// hold them: refused here with the same words.
+	ws, err := r.Get(ctx, workspaceOfGroup(obj.ParentFQN()))
+	if err != nil {
+		return nil, err
+	}
+	owned, err := selectorOf(ws)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := protojson.Marshal(obj.Spec)
+	if err != nil {
+		return nil, err
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return nil, err
+	}
+	for _, d := range compile.Confine(obj.Kind.Name, obj.Namespace, spec, func(ns string) bool { return selectsNamespace(owned, ns) }) {
+		out = append(out, FieldError{Field: d.Field, Message: d.Message})
 	}
 	return out, nil
+}
+
+// workspaceOfGroup is the FQN of the workspace a group FQN is in.
+func workspaceOfGroup(group string) string {
+	ws, _, _ := strings.Cut(group, "/groups/")
+	return ws
 }
 
 // checkEdgeGateway checks an EdgeGateway against its group and its
@@ -169,7 +207,7 @@ func checkEdgeGateway(ctx context.Context, r store.Reader, obj *Object) ([]Field
 	spec := obj.Spec.(*pb.EdgeGatewaySpec)
 	ns := spec.GetWorkloadSelector().GetNamespace()
 	if !selectsNamespace(sel, ns) {
-		out = append(out, FieldError{Field: "spec.workloadSelector.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v): use a namespace the group selects", ns, obj.ParentFQN(), sel)})
+		out = append(out, FieldError{Field: "spec.workloadSelector.namespace", Message: fmt.Sprintf("namespace %q is not selected by group %s (%v)%s: use a namespace the group selects", ns, obj.ParentFQN(), sel, systemNote(ns))})
 	}
 	org := obj.FQN()
 	if i := strings.Index(org, "/tenants/"); i >= 0 {

@@ -81,9 +81,47 @@ func (t Term) Match(name string) bool {
 	return name == t.Prefix
 }
 
-// Match reports whether the pattern selects namespace ns of cluster.
+// Match reports whether the pattern selects namespace ns of cluster. No
+// pattern selects a system namespace.
 func (p Pattern) Match(cluster, ns string) bool {
-	return p.Cluster.Match(cluster) && p.Namespace.Match(ns)
+	return p.Cluster.Match(cluster) && p.Namespace.Match(ns) && !System(ns)
+}
+
+// system are the namespaces that belong to no workspace: the mesh's root
+// namespace, where a policy holds for every namespace of the cluster;
+// Flotilla's own (the agent's, and the one holding other clusters'
+// services); and Kubernetes' own.
+var system = []Term{
+	{Prefix: "istio-system"},
+	{Prefix: "flotilla-system"},
+	{Prefix: "flotilla-multicluster"},
+	{Prefix: "kube-", Wildcard: true},
+}
+
+// SystemNamespaces describes the system namespaces, for messages and docs.
+const SystemNamespaces = "istio-system (the mesh's root namespace), flotilla-system, flotilla-multicluster and kube-*"
+
+// System reports whether ns is a system namespace, which no workspace owns
+// and no tenant's intent reaches.
+func System(ns string) bool {
+	for _, t := range system {
+		if t.Match(ns) {
+			return true
+		}
+	}
+	return false
+}
+
+// OnlySystem reports whether the pattern's namespace side can select
+// nothing but system namespaces ("*/istio-system", "*/kube-*"): such a
+// pattern is refused rather than left selecting nothing.
+func (p Pattern) OnlySystem() bool {
+	for _, t := range system {
+		if t.covers(p.Namespace) {
+			return true
+		}
+	}
+	return false
 }
 
 // overlaps reports whether some name matches both terms.

@@ -108,3 +108,27 @@ func TestSetMatchAndCoverUseAnyPattern(t *testing.T) {
 		t.Errorf("ParseSet error should name index 1, got %v", err)
 	}
 }
+
+func TestNoPatternSelectsASystemNamespace(t *testing.T) {
+	all, _ := ParseSet([]string{"*/*", "*/istio-*", "*/kube-*"})
+	for _, ns := range []string{"istio-system", "flotilla-system", "flotilla-multicluster", "kube-system", "kube-public"} {
+		if !System(ns) || all.Match("c1", ns) {
+			t.Errorf("%s: System = %v, matched by %v = %v", ns, System(ns), all, all.Match("c1", ns))
+		}
+	}
+	for _, ns := range []string{"istio-ingress", "shop", "kubernetes-dashboard-x"} {
+		if System(ns) || !all.Match("c1", ns) {
+			t.Errorf("%s: System = %v, matched = %v", ns, System(ns), all.Match("c1", ns))
+		}
+	}
+	for s, want := range map[string]bool{"*/istio-system": true, "c1/kube-*": true, "*/kube-sys*": true, "*/flotilla-system": true,
+		"*/*": false, "*/istio-*": false, "*/kube*": false, "*/shop": false} {
+		p, err := Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.OnlySystem() != want {
+			t.Errorf("%s: OnlySystem = %v, want %v", s, p.OnlySystem(), want)
+		}
+	}
+}
