@@ -1099,12 +1099,16 @@ type ListAuditRequest struct {
 	Kind  string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Fqn lists the records of this resource and its descendants.
 	Fqn string `protobuf:"bytes,3,opt,name=fqn,proto3" json:"fqn,omitempty"`
-	// Limit caps the number of records (newest kept); 0 means 1000, and
-	// the server caps it at 1000.
+	// Limit caps the records of one page; 0 means 1000, and the server caps
+	// it at 1000. A page is full unless it is the last, or the server
+	// stopped scanning (it then still returns a next_page_token).
 	Limit int32 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
 	// Refused adds the requests the server refused (bad input, no
 	// credential, no permission).
-	Refused       bool `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	Refused bool `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	// PageToken is the next_page_token of the previous page; empty for the
+	// newest page.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1172,6 +1176,13 @@ func (x *ListAuditRequest) GetRefused() bool {
 		return x.Refused
 	}
 	return false
+}
+
+func (x *ListAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 // FieldChange is one field of a field-level diff.
@@ -1253,7 +1264,10 @@ type AuditRecord struct {
 	// credential, no permission); nothing was written for it.
 	Refused bool `protobuf:"varint,9,opt,name=refused,proto3" json:"refused,omitempty"`
 	// Reason says why a refused request was refused.
-	Reason        string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Refusal numbers a refused request (1, 2, ... in the order they were
+	// recorded), as revision numbers a change; 0 for a change.
+	Refusal       int64 `protobuf:"varint,11,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,9 +1372,19 @@ func (x *AuditRecord) GetReason() string {
 	return ""
 }
 
+func (x *AuditRecord) GetRefusal() int64 {
+	if x != nil {
+		return x.Refusal
+	}
+	return 0
+}
+
 type ListAuditResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records, newest first.
+	Records []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// NextPageToken reads the next (older) page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1400,6 +1424,146 @@ func (x *ListAuditResponse) GetRecords() []*AuditRecord {
 		return x.Records
 	}
 	return nil
+}
+
+func (x *ListAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type ExportAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Since, kind, fqn and refused filter as in ListAuditRequest.
+	Since   *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	Kind    string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Fqn     string                 `protobuf:"bytes,3,opt,name=fqn,proto3" json:"fqn,omitempty"`
+	Refused bool                   `protobuf:"varint,4,opt,name=refused,proto3" json:"refused,omitempty"`
+	// AfterToken resumes an export that broke off: the resume_token of the
+	// last batch received. Empty: from the oldest record.
+	AfterToken    string `protobuf:"bytes,5,opt,name=after_token,json=afterToken,proto3" json:"after_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportAuditRequest) Reset() {
+	*x = ExportAuditRequest{}
+	mi := &file_flotilla_v1alpha1_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportAuditRequest) ProtoMessage() {}
+
+func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
+func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExportAuditRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ExportAuditRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ExportAuditRequest) GetFqn() string {
+	if x != nil {
+		return x.Fqn
+	}
+	return ""
+}
+
+func (x *ExportAuditRequest) GetRefused() bool {
+	if x != nil {
+		return x.Refused
+	}
+	return false
+}
+
+func (x *ExportAuditRequest) GetAfterToken() string {
+	if x != nil {
+		return x.AfterToken
+	}
+	return ""
+}
+
+type ExportAuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records, oldest first; each batch follows the one before.
+	Records []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// ResumeToken is the after_token that continues after this batch.
+	ResumeToken   string `protobuf:"bytes,2,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportAuditResponse) Reset() {
+	*x = ExportAuditResponse{}
+	mi := &file_flotilla_v1alpha1_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportAuditResponse) ProtoMessage() {}
+
+func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
+func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExportAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ExportAuditResponse) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
 }
 
 var File_flotilla_v1alpha1_service_proto protoreflect.FileDescriptor
@@ -1472,17 +1636,19 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"shortNames\x12\x16\n" +
 	"\x06parent\x18\x04 \x01(\tR\x06parent\"B\n" +
 	"\rKindsResponse\x121\n" +
-	"\x05kinds\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.KindInfoR\x05kinds\"\x9a\x01\n" +
+	"\x05kinds\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.KindInfoR\x05kinds\"\xb9\x01\n" +
 	"\x10ListAuditRequest\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03fqn\x18\x03 \x01(\tR\x03fqn\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\x05R\x05limit\x12\x18\n" +
-	"\arefused\x18\x05 \x01(\bR\arefused\"u\n" +
+	"\arefused\x18\x05 \x01(\bR\arefused\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"u\n" +
 	"\vFieldChange\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12(\n" +
 	"\x03old\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x03old\x12(\n" +
-	"\x03new\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x03new\"\xb7\x02\n" +
+	"\x03new\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\x03new\"\xd1\x02\n" +
 	"\vAuditRecord\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -1494,9 +1660,21 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\x06method\x18\b \x01(\tR\x06method\x12\x18\n" +
 	"\arefused\x18\t \x01(\bR\arefused\x12\x16\n" +
 	"\x06reason\x18\n" +
-	" \x01(\tR\x06reason\"M\n" +
+	" \x01(\tR\x06reason\x12\x18\n" +
+	"\arefusal\x18\v \x01(\x03R\arefusal\"u\n" +
 	"\x11ListAuditResponse\x128\n" +
-	"\arecords\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.AuditRecordR\arecords*{\n" +
+	"\arecords\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.AuditRecordR\arecords\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa7\x01\n" +
+	"\x12ExportAuditRequest\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x10\n" +
+	"\x03fqn\x18\x03 \x01(\tR\x03fqn\x12\x18\n" +
+	"\arefused\x18\x04 \x01(\bR\arefused\x12\x1f\n" +
+	"\vafter_token\x18\x05 \x01(\tR\n" +
+	"afterToken\"r\n" +
+	"\x13ExportAuditResponse\x128\n" +
+	"\arecords\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.AuditRecordR\arecords\x12!\n" +
+	"\fresume_token\x18\x02 \x01(\tR\vresumeToken*{\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fOUTCOME_CREATED\x10\x01\x12\x16\n" +
@@ -1514,9 +1692,10 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\x04List\x12\x1e.flotilla.v1alpha1.ListRequest\x1a\x1f.flotilla.v1alpha1.ListResponse\x12M\n" +
 	"\x06Delete\x12 .flotilla.v1alpha1.DeleteRequest\x1a!.flotilla.v1alpha1.DeleteResponse\x12L\n" +
 	"\x05Watch\x12\x1f.flotilla.v1alpha1.WatchRequest\x1a .flotilla.v1alpha1.WatchResponse0\x01\x12J\n" +
-	"\x05Kinds\x12\x1f.flotilla.v1alpha1.KindsRequest\x1a .flotilla.v1alpha1.KindsResponse2f\n" +
+	"\x05Kinds\x12\x1f.flotilla.v1alpha1.KindsRequest\x1a .flotilla.v1alpha1.KindsResponse2\xc6\x01\n" +
 	"\fAuditService\x12V\n" +
-	"\tListAudit\x12#.flotilla.v1alpha1.ListAuditRequest\x1a$.flotilla.v1alpha1.ListAuditResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\tListAudit\x12#.flotilla.v1alpha1.ListAuditRequest\x1a$.flotilla.v1alpha1.ListAuditResponse\x12^\n" +
+	"\vExportAudit\x12%.flotilla.v1alpha1.ExportAuditRequest\x1a&.flotilla.v1alpha1.ExportAuditResponse0\x01B=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_service_proto_rawDescOnce sync.Once
@@ -1531,7 +1710,7 @@ func file_flotilla_v1alpha1_service_proto_rawDescGZIP() []byte {
 }
 
 var file_flotilla_v1alpha1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_flotilla_v1alpha1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_flotilla_v1alpha1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_flotilla_v1alpha1_service_proto_goTypes = []any{
 	(Outcome)(0),                  // 0: flotilla.v1alpha1.Outcome
 	(EventType)(0),                // 1: flotilla.v1alpha1.EventType
@@ -1555,49 +1734,55 @@ var file_flotilla_v1alpha1_service_proto_goTypes = []any{
 	(*FieldChange)(nil),           // 19: flotilla.v1alpha1.FieldChange
 	(*AuditRecord)(nil),           // 20: flotilla.v1alpha1.AuditRecord
 	(*ListAuditResponse)(nil),     // 21: flotilla.v1alpha1.ListAuditResponse
-	(*Resource)(nil),              // 22: flotilla.v1alpha1.Resource
-	(*Metadata)(nil),              // 23: flotilla.v1alpha1.Metadata
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 25: google.protobuf.Value
+	(*ExportAuditRequest)(nil),    // 22: flotilla.v1alpha1.ExportAuditRequest
+	(*ExportAuditResponse)(nil),   // 23: flotilla.v1alpha1.ExportAuditResponse
+	(*Resource)(nil),              // 24: flotilla.v1alpha1.Resource
+	(*Metadata)(nil),              // 25: flotilla.v1alpha1.Metadata
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 27: google.protobuf.Value
 }
 var file_flotilla_v1alpha1_service_proto_depIdxs = []int32{
-	22, // 0: flotilla.v1alpha1.ApplyRequest.resources:type_name -> flotilla.v1alpha1.Resource
-	22, // 1: flotilla.v1alpha1.ApplyResult.resource:type_name -> flotilla.v1alpha1.Resource
+	24, // 0: flotilla.v1alpha1.ApplyRequest.resources:type_name -> flotilla.v1alpha1.Resource
+	24, // 1: flotilla.v1alpha1.ApplyResult.resource:type_name -> flotilla.v1alpha1.Resource
 	0,  // 2: flotilla.v1alpha1.ApplyResult.outcome:type_name -> flotilla.v1alpha1.Outcome
 	3,  // 3: flotilla.v1alpha1.ApplyResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
 	5,  // 4: flotilla.v1alpha1.Violations.violations:type_name -> flotilla.v1alpha1.Violation
-	23, // 5: flotilla.v1alpha1.GetRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	22, // 6: flotilla.v1alpha1.GetResponse.resource:type_name -> flotilla.v1alpha1.Resource
-	22, // 7: flotilla.v1alpha1.ListResponse.resources:type_name -> flotilla.v1alpha1.Resource
-	23, // 8: flotilla.v1alpha1.DeleteRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	25, // 5: flotilla.v1alpha1.GetRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	24, // 6: flotilla.v1alpha1.GetResponse.resource:type_name -> flotilla.v1alpha1.Resource
+	24, // 7: flotilla.v1alpha1.ListResponse.resources:type_name -> flotilla.v1alpha1.Resource
+	25, // 8: flotilla.v1alpha1.DeleteRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
 	1,  // 9: flotilla.v1alpha1.WatchResponse.type:type_name -> flotilla.v1alpha1.EventType
-	22, // 10: flotilla.v1alpha1.WatchResponse.resource:type_name -> flotilla.v1alpha1.Resource
+	24, // 10: flotilla.v1alpha1.WatchResponse.resource:type_name -> flotilla.v1alpha1.Resource
 	16, // 11: flotilla.v1alpha1.KindsResponse.kinds:type_name -> flotilla.v1alpha1.KindInfo
-	24, // 12: flotilla.v1alpha1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	25, // 13: flotilla.v1alpha1.FieldChange.old:type_name -> google.protobuf.Value
-	25, // 14: flotilla.v1alpha1.FieldChange.new:type_name -> google.protobuf.Value
-	24, // 15: flotilla.v1alpha1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	26, // 12: flotilla.v1alpha1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	27, // 13: flotilla.v1alpha1.FieldChange.old:type_name -> google.protobuf.Value
+	27, // 14: flotilla.v1alpha1.FieldChange.new:type_name -> google.protobuf.Value
+	26, // 15: flotilla.v1alpha1.AuditRecord.time:type_name -> google.protobuf.Timestamp
 	19, // 16: flotilla.v1alpha1.AuditRecord.changes:type_name -> flotilla.v1alpha1.FieldChange
 	20, // 17: flotilla.v1alpha1.ListAuditResponse.records:type_name -> flotilla.v1alpha1.AuditRecord
-	2,  // 18: flotilla.v1alpha1.ResourceService.Apply:input_type -> flotilla.v1alpha1.ApplyRequest
-	7,  // 19: flotilla.v1alpha1.ResourceService.Get:input_type -> flotilla.v1alpha1.GetRequest
-	9,  // 20: flotilla.v1alpha1.ResourceService.List:input_type -> flotilla.v1alpha1.ListRequest
-	11, // 21: flotilla.v1alpha1.ResourceService.Delete:input_type -> flotilla.v1alpha1.DeleteRequest
-	13, // 22: flotilla.v1alpha1.ResourceService.Watch:input_type -> flotilla.v1alpha1.WatchRequest
-	15, // 23: flotilla.v1alpha1.ResourceService.Kinds:input_type -> flotilla.v1alpha1.KindsRequest
-	18, // 24: flotilla.v1alpha1.AuditService.ListAudit:input_type -> flotilla.v1alpha1.ListAuditRequest
-	4,  // 25: flotilla.v1alpha1.ResourceService.Apply:output_type -> flotilla.v1alpha1.ApplyResponse
-	8,  // 26: flotilla.v1alpha1.ResourceService.Get:output_type -> flotilla.v1alpha1.GetResponse
-	10, // 27: flotilla.v1alpha1.ResourceService.List:output_type -> flotilla.v1alpha1.ListResponse
-	12, // 28: flotilla.v1alpha1.ResourceService.Delete:output_type -> flotilla.v1alpha1.DeleteResponse
-	14, // 29: flotilla.v1alpha1.ResourceService.Watch:output_type -> flotilla.v1alpha1.WatchResponse
-	17, // 30: flotilla.v1alpha1.ResourceService.Kinds:output_type -> flotilla.v1alpha1.KindsResponse
-	21, // 31: flotilla.v1alpha1.AuditService.ListAudit:output_type -> flotilla.v1alpha1.ListAuditResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	26, // 18: flotilla.v1alpha1.ExportAuditRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 19: flotilla.v1alpha1.ExportAuditResponse.records:type_name -> flotilla.v1alpha1.AuditRecord
+	2,  // 20: flotilla.v1alpha1.ResourceService.Apply:input_type -> flotilla.v1alpha1.ApplyRequest
+	7,  // 21: flotilla.v1alpha1.ResourceService.Get:input_type -> flotilla.v1alpha1.GetRequest
+	9,  // 22: flotilla.v1alpha1.ResourceService.List:input_type -> flotilla.v1alpha1.ListRequest
+	11, // 23: flotilla.v1alpha1.ResourceService.Delete:input_type -> flotilla.v1alpha1.DeleteRequest
+	13, // 24: flotilla.v1alpha1.ResourceService.Watch:input_type -> flotilla.v1alpha1.WatchRequest
+	15, // 25: flotilla.v1alpha1.ResourceService.Kinds:input_type -> flotilla.v1alpha1.KindsRequest
+	18, // 26: flotilla.v1alpha1.AuditService.ListAudit:input_type -> flotilla.v1alpha1.ListAuditRequest
+	22, // 27: flotilla.v1alpha1.AuditService.ExportAudit:input_type -> flotilla.v1alpha1.ExportAuditRequest
+	4,  // 28: flotilla.v1alpha1.ResourceService.Apply:output_type -> flotilla.v1alpha1.ApplyResponse
+	8,  // 29: flotilla.v1alpha1.ResourceService.Get:output_type -> flotilla.v1alpha1.GetResponse
+	10, // 30: flotilla.v1alpha1.ResourceService.List:output_type -> flotilla.v1alpha1.ListResponse
+	12, // 31: flotilla.v1alpha1.ResourceService.Delete:output_type -> flotilla.v1alpha1.DeleteResponse
+	14, // 32: flotilla.v1alpha1.ResourceService.Watch:output_type -> flotilla.v1alpha1.WatchResponse
+	17, // 33: flotilla.v1alpha1.ResourceService.Kinds:output_type -> flotilla.v1alpha1.KindsResponse
+	21, // 34: flotilla.v1alpha1.AuditService.ListAudit:output_type -> flotilla.v1alpha1.ListAuditResponse
+	23, // 35: flotilla.v1alpha1.AuditService.ExportAudit:output_type -> flotilla.v1alpha1.ExportAuditResponse
+	28, // [28:36] is the sub-list for method output_type
+	20, // [20:28] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_service_proto_init() }
@@ -1612,7 +1797,7 @@ func file_flotilla_v1alpha1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_service_proto_rawDesc), len(file_flotilla_v1alpha1_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -49,6 +49,9 @@ const (
 	ResourceServiceKindsProcedure = "/flotilla.v1alpha1.ResourceService/Kinds"
 	// AuditServiceListAuditProcedure is the fully-qualified name of the AuditService's ListAudit RPC.
 	AuditServiceListAuditProcedure = "/flotilla.v1alpha1.AuditService/ListAudit"
+	// AuditServiceExportAuditProcedure is the fully-qualified name of the AuditService's ExportAudit
+	// RPC.
+	AuditServiceExportAuditProcedure = "/flotilla.v1alpha1.AuditService/ExportAudit"
 )
 
 // ResourceServiceClient is a client for the flotilla.v1alpha1.ResourceService service.
@@ -269,7 +272,14 @@ func (UnimplementedResourceServiceHandler) Kinds(context.Context, *connect.Reque
 
 // AuditServiceClient is a client for the flotilla.v1alpha1.AuditService service.
 type AuditServiceClient interface {
+	// ListAudit lists one page of records, newest first. Pass a page's
+	// next_page_token, with the same filters, for the next (older) page;
+	// records written meanwhile do not shift the pages.
 	ListAudit(context.Context, *connect.Request[v1alpha1.ListAuditRequest]) (*connect.Response[v1alpha1.ListAuditResponse], error)
+	// ExportAudit streams every record that matches, oldest first, in
+	// batches, up to the newest record when the export began; for archiving
+	// (the CLI writes it as JSON lines).
+	ExportAudit(context.Context, *connect.Request[v1alpha1.ExportAuditRequest]) (*connect.ServerStreamForClient[v1alpha1.ExportAuditResponse], error)
 }
 
 // NewAuditServiceClient constructs a client for the flotilla.v1alpha1.AuditService service. By
@@ -289,12 +299,19 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(auditServiceMethods.ByName("ListAudit")),
 			connect.WithClientOptions(opts...),
 		),
+		exportAudit: connect.NewClient[v1alpha1.ExportAuditRequest, v1alpha1.ExportAuditResponse](
+			httpClient,
+			baseURL+AuditServiceExportAuditProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ExportAudit")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // auditServiceClient implements AuditServiceClient.
 type auditServiceClient struct {
-	listAudit *connect.Client[v1alpha1.ListAuditRequest, v1alpha1.ListAuditResponse]
+	listAudit   *connect.Client[v1alpha1.ListAuditRequest, v1alpha1.ListAuditResponse]
+	exportAudit *connect.Client[v1alpha1.ExportAuditRequest, v1alpha1.ExportAuditResponse]
 }
 
 // ListAudit calls flotilla.v1alpha1.AuditService.ListAudit.
@@ -302,9 +319,21 @@ func (c *auditServiceClient) ListAudit(ctx context.Context, req *connect.Request
 	return c.listAudit.CallUnary(ctx, req)
 }
 
+// ExportAudit calls flotilla.v1alpha1.AuditService.ExportAudit.
+func (c *auditServiceClient) ExportAudit(ctx context.Context, req *connect.Request[v1alpha1.ExportAuditRequest]) (*connect.ServerStreamForClient[v1alpha1.ExportAuditResponse], error) {
+	return c.exportAudit.CallServerStream(ctx, req)
+}
+
 // AuditServiceHandler is an implementation of the flotilla.v1alpha1.AuditService service.
 type AuditServiceHandler interface {
+	// ListAudit lists one page of records, newest first. Pass a page's
+	// next_page_token, with the same filters, for the next (older) page;
+	// records written meanwhile do not shift the pages.
 	ListAudit(context.Context, *connect.Request[v1alpha1.ListAuditRequest]) (*connect.Response[v1alpha1.ListAuditResponse], error)
+	// ExportAudit streams every record that matches, oldest first, in
+	// batches, up to the newest record when the export began; for archiving
+	// (the CLI writes it as JSON lines).
+	ExportAudit(context.Context, *connect.Request[v1alpha1.ExportAuditRequest], *connect.ServerStream[v1alpha1.ExportAuditResponse]) error
 }
 
 // NewAuditServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -320,10 +349,18 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(auditServiceMethods.ByName("ListAudit")),
 		connect.WithHandlerOptions(opts...),
 	)
+	auditServiceExportAuditHandler := connect.NewServerStreamHandler(
+		AuditServiceExportAuditProcedure,
+		svc.ExportAudit,
+		connect.WithSchema(auditServiceMethods.ByName("ExportAudit")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flotilla.v1alpha1.AuditService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AuditServiceListAuditProcedure:
 			auditServiceListAuditHandler.ServeHTTP(w, r)
+		case AuditServiceExportAuditProcedure:
+			auditServiceExportAuditHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -335,4 +372,8 @@ type UnimplementedAuditServiceHandler struct{}
 
 func (UnimplementedAuditServiceHandler) ListAudit(context.Context, *connect.Request[v1alpha1.ListAuditRequest]) (*connect.Response[v1alpha1.ListAuditResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.AuditService.ListAudit is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ExportAudit(context.Context, *connect.Request[v1alpha1.ExportAuditRequest], *connect.ServerStream[v1alpha1.ExportAuditResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.AuditService.ExportAudit is not implemented"))
 }

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1alpha1/service.proto.
  */
 export const file_flotilla_v1alpha1_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9mbG90aWxsYS92MWFscGhhMS9zZXJ2aWNlLnByb3RvEhFmbG90aWxsYS52MWFscGhhMSJeCgxBcHBseVJlcXVlc3QSLgoJcmVzb3VyY2VzGAEgAygLMhsuZmxvdGlsbGEudjFhbHBoYTEuUmVzb3VyY2USDwoHZHJ5X3J1bhgCIAEoCBINCgVmb3JjZRgDIAEoCCJ4CgtBcHBseVJlc3VsdBINCgVpbmRleBgBIAEoBRItCghyZXNvdXJjZRgCIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLlJlc291cmNlEisKB291dGNvbWUYAyABKA4yGi5mbG90aWxsYS52MWFscGhhMS5PdXRjb21lIlIKDUFwcGx5UmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmZsb3RpbGxhLnYxYWxwaGExLkFwcGx5UmVzdWx0EhAKCHJldmlzaW9uGAIgASgDIlYKCVZpb2xhdGlvbhINCgVpbmRleBgBIAEoBRIMCgRraW5kGAIgASgJEgwKBG5hbWUYAyABKAkSDQoFZmllbGQYBCABKAkSDwoHbWVzc2FnZRgFIAEoCSI+CgpWaW9sYXRpb25zEjAKCnZpb2xhdGlvbnMYASADKAsyHC5mbG90aWxsYS52MWFscGhhMS5WaW9sYXRpb24iVgoKR2V0UmVxdWVzdBIMCgRraW5kGAEgASgJEgsKA2ZxbhgCIAEoCRItCghtZXRhZGF0YRgDIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLk1ldGFkYXRhIjwKC0dldFJlc3BvbnNlEi0KCHJlc291cmNlGAEgASgLMhsuZmxvdGlsbGEudjFhbHBoYTEuUmVzb3VyY2UieAoLTGlzdFJlcXVlc3QSDAoEa2luZBgBIAEoCRIOCgZwYXJlbnQYAiABKAkSFgoObGFiZWxfc2VsZWN0b3IYAyABKAkSDAoEbmFtZRgEIAEoCRIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJpCgxMaXN0UmVzcG9uc2USLgoJcmVzb3VyY2VzGAEgAygLMhsuZmxvdGlsbGEudjFhbHBoYTEuUmVzb3VyY2USEAoIcmV2aXNpb24YAiABKAMSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIngKDURlbGV0ZVJlcXVlc3QSDAoEa2luZBgBIAEoCRILCgNmcW4YAiABKAkSLQoIbWV0YWRhdGEYAyABKAsyGy5mbG90aWxsYS52MWFscGhhMS5NZXRhZGF0YRIPCgdjYXNjYWRlGAQgASgIEgwKBGV0YWcYBSABKAkiMwoORGVsZXRlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAMoCRIQCghyZXZpc2lvbhgCIAEoAyI0CgxXYXRjaFJlcXVlc3QSFQoNZnJvbV9yZXZpc2lvbhgBIAEoAxINCgVraW5kcxgCIAMoCSJ8Cg1XYXRjaFJlc3BvbnNlEioKBHR5cGUYASABKA4yHC5mbG90aWxsYS52MWFscGhhMS5FdmVudFR5cGUSEAoIcmV2aXNpb24YAiABKAMSLQoIcmVzb3VyY2UYAyABKAsyGy5mbG90aWxsYS52MWFscGhhMS5SZXNvdXJjZSIOCgxLaW5kc1JlcXVlc3QiTQoIS2luZEluZm8SDAoEa2luZBgBIAEoCRIOCgZwbHVyYWwYAiABKAkSEwoLc2hvcnRfbmFtZXMYAyADKAkSDgoGcGFyZW50GAQgASgJIjsKDUtpbmRzUmVzcG9uc2USKgoFa2luZHMYASADKAsyGy5mbG90aWxsYS52MWFscGhhMS5LaW5kSW5mbyJ4ChBMaXN0QXVkaXRSZXF1ZXN0EikKBXNpbmNlGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRraW5kGAIgASgJEgsKA2ZxbhgDIAEoCRINCgVsaW1pdBgEIAEoBRIPCgdyZWZ1c2VkGAUgASgIImUKC0ZpZWxkQ2hhbmdlEgwKBHBhdGgYASABKAkSIwoDb2xkGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiMKA25ldxgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSLoAQoLQXVkaXRSZWNvcmQSEAoIcmV2aXNpb24YASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAyABKAkSEQoJb3BlcmF0aW9uGAQgASgJEgwKBGtpbmQYBSABKAkSCwoDZnFuGAYgASgJEi8KB2NoYW5nZXMYByADKAsyHi5mbG90aWxsYS52MWFscGhhMS5GaWVsZENoYW5nZRIOCgZtZXRob2QYCCABKAkSDwoHcmVmdXNlZBgJIAEoCBIOCgZyZWFzb24YCiABKAkiRAoRTGlzdEF1ZGl0UmVzcG9uc2USLwoHcmVjb3JkcxgBIAMoCzIeLmZsb3RpbGxhLnYxYWxwaGExLkF1ZGl0UmVjb3JkKnsKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhMKD09VVENPTUVfQ1JFQVRFRBABEhYKEk9VVENPTUVfQ09ORklHVVJFRBACEhUKEU9VVENPTUVfVU5DSEFOR0VEEAMSEwoPT1VUQ09NRV9ERUxFVEVEEAQqawoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABISCg5FVkVOVF9UWVBFX1BVVBABEhUKEUVWRU5UX1RZUEVfREVMRVRFEAISFwoTRVZFTlRfVFlQRV9CT09LTUFSSxADMtUDCg9SZXNvdXJjZVNlcnZpY2USSgoFQXBwbHkSHy5mbG90aWxsYS52MWFscGhhMS5BcHBseVJlcXVlc3QaIC5mbG90aWxsYS52MWFscGhhMS5BcHBseVJlc3BvbnNlEkQKA0dldBIdLmZsb3RpbGxhLnYxYWxwaGExLkdldFJlcXVlc3QaHi5mbG90aWxsYS52MWFscGhhMS5HZXRSZXNwb25zZRJHCgRMaXN0Eh4uZmxvdGlsbGEudjFhbHBoYTEuTGlzdFJlcXVlc3QaHy5mbG90aWxsYS52MWFscGhhMS5MaXN0UmVzcG9uc2USTQoGRGVsZXRlEiAuZmxvdGlsbGEudjFhbHBoYTEuRGVsZXRlUmVxdWVzdBohLmZsb3RpbGxhLnYxYWxwaGExLkRlbGV0ZVJlc3BvbnNlEkwKBVdhdGNoEh8uZmxvdGlsbGEudjFhbHBoYTEuV2F0Y2hSZXF1ZXN0GiAuZmxvdGlsbGEudjFhbHBoYTEuV2F0Y2hSZXNwb25zZTABEkoKBUtpbmRzEh8uZmxvdGlsbGEudjFhbHBoYTEuS2luZHNSZXF1ZXN0GiAuZmxvdGlsbGEudjFhbHBoYTEuS2luZHNSZXNwb25zZTJmCgxBdWRpdFNlcnZpY2USVgoJTGlzdEF1ZGl0EiMuZmxvdGlsbGEudjFhbHBoYTEuTGlzdEF1ZGl0UmVxdWVzdBokLmZsb3RpbGxhLnYxYWxwaGExLkxpc3RBdWRpdFJlc3BvbnNlQj1aO2Zsb3RpbGxhLmlvL2Zsb3RpbGxhL2dlbi9mbG90aWxsYS92MWFscGhhMTtmbG90aWxsYXYxYWxwaGExYgZwcm90bzM", [file_flotilla_v1alpha1_resource, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("Ch9mbG90aWxsYS92MWFscGhhMS9zZXJ2aWNlLnByb3RvEhFmbG90aWxsYS52MWFscGhhMSJeCgxBcHBseVJlcXVlc3QSLgoJcmVzb3VyY2VzGAEgAygLMhsuZmxvdGlsbGEudjFhbHBoYTEuUmVzb3VyY2USDwoHZHJ5X3J1bhgCIAEoCBINCgVmb3JjZRgDIAEoCCJ4CgtBcHBseVJlc3VsdBINCgVpbmRleBgBIAEoBRItCghyZXNvdXJjZRgCIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLlJlc291cmNlEisKB291dGNvbWUYAyABKA4yGi5mbG90aWxsYS52MWFscGhhMS5PdXRjb21lIlIKDUFwcGx5UmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmZsb3RpbGxhLnYxYWxwaGExLkFwcGx5UmVzdWx0EhAKCHJldmlzaW9uGAIgASgDIlYKCVZpb2xhdGlvbhINCgVpbmRleBgBIAEoBRIMCgRraW5kGAIgASgJEgwKBG5hbWUYAyABKAkSDQoFZmllbGQYBCABKAkSDwoHbWVzc2FnZRgFIAEoCSI+CgpWaW9sYXRpb25zEjAKCnZpb2xhdGlvbnMYASADKAsyHC5mbG90aWxsYS52MWFscGhhMS5WaW9sYXRpb24iVgoKR2V0UmVxdWVzdBIMCgRraW5kGAEgASgJEgsKA2ZxbhgCIAEoCRItCghtZXRhZGF0YRgDIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLk1ldGFkYXRhIjwKC0dldFJlc3BvbnNlEi0KCHJlc291cmNlGAEgASgLMhsuZmxvdGlsbGEudjFhbHBoYTEuUmVzb3VyY2UieAoLTGlzdFJlcXVlc3QSDAoEa2luZBgBIAEoCRIOCgZwYXJlbnQYAiABKAkSFgoObGFiZWxfc2VsZWN0b3IYAyABKAkSDAoEbmFtZRgEIAEoCRIRCglwYWdlX3NpemUYBSABKAUSEgoKcGFnZV90b2tlbhgGIAEoCSJpCgxMaXN0UmVzcG9uc2USLgoJcmVzb3VyY2VzGAEgAygLMhsuZmxvdGlsbGEudjFhbHBoYTEuUmVzb3VyY2USEAoIcmV2aXNpb24YAiABKAMSFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIngKDURlbGV0ZVJlcXVlc3QSDAoEa2luZBgBIAEoCRILCgNmcW4YAiABKAkSLQoIbWV0YWRhdGEYAyABKAsyGy5mbG90aWxsYS52MWFscGhhMS5NZXRhZGF0YRIPCgdjYXNjYWRlGAQgASgIEgwKBGV0YWcYBSABKAkiMwoORGVsZXRlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAMoCRIQCghyZXZpc2lvbhgCIAEoAyI0CgxXYXRjaFJlcXVlc3QSFQoNZnJvbV9yZXZpc2lvbhgBIAEoAxINCgVraW5kcxgCIAMoCSJ8Cg1XYXRjaFJlc3BvbnNlEioKBHR5cGUYASABKA4yHC5mbG90aWxsYS52MWFscGhhMS5FdmVudFR5cGUSEAoIcmV2aXNpb24YAiABKAMSLQoIcmVzb3VyY2UYAyABKAsyGy5mbG90aWxsYS52MWFscGhhMS5SZXNvdXJjZSIOCgxLaW5kc1JlcXVlc3QiTQoIS2luZEluZm8SDAoEa2luZBgBIAEoCRIOCgZwbHVyYWwYAiABKAkSEwoLc2hvcnRfbmFtZXMYAyADKAkSDgoGcGFyZW50GAQgASgJIjsKDUtpbmRzUmVzcG9uc2USKgoFa2luZHMYASADKAsyGy5mbG90aWxsYS52MWFscGhhMS5LaW5kSW5mbyKMAQoQTGlzdEF1ZGl0UmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEa2luZBgCIAEoCRILCgNmcW4YAyABKAkSDQoFbGltaXQYBCABKAUSDwoHcmVmdXNlZBgFIAEoCBISCgpwYWdlX3Rva2VuGAYgASgJImUKC0ZpZWxkQ2hhbmdlEgwKBHBhdGgYASABKAkSIwoDb2xkGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEiMKA25ldxgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZSL5AQoLQXVkaXRSZWNvcmQSEAoIcmV2aXNpb24YASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYAyABKAkSEQoJb3BlcmF0aW9uGAQgASgJEgwKBGtpbmQYBSABKAkSCwoDZnFuGAYgASgJEi8KB2NoYW5nZXMYByADKAsyHi5mbG90aWxsYS52MWFscGhhMS5GaWVsZENoYW5nZRIOCgZtZXRob2QYCCABKAkSDwoHcmVmdXNlZBgJIAEoCBIOCgZyZWFzb24YCiABKAkSDwoHcmVmdXNhbBgLIAEoAyJdChFMaXN0QXVkaXRSZXNwb25zZRIvCgdyZWNvcmRzGAEgAygLMh4uZmxvdGlsbGEudjFhbHBoYTEuQXVkaXRSZWNvcmQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoABChJFeHBvcnRBdWRpdFJlcXVlc3QSKQoFc2luY2UYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGtpbmQYAiABKAkSCwoDZnFuGAMgASgJEg8KB3JlZnVzZWQYBCABKAgSEwoLYWZ0ZXJfdG9rZW4YBSABKAkiXAoTRXhwb3J0QXVkaXRSZXNwb25zZRIvCgdyZWNvcmRzGAEgAygLMh4uZmxvdGlsbGEudjFhbHBoYTEuQXVkaXRSZWNvcmQSFAoMcmVzdW1lX3Rva2VuGAIgASgJKnsKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhMKD09VVENPTUVfQ1JFQVRFRBABEhYKEk9VVENPTUVfQ09ORklHVVJFRBACEhUKEU9VVENPTUVfVU5DSEFOR0VEEAMSEwoPT1VUQ09NRV9ERUxFVEVEEAQqawoJRXZlbnRUeXBlEhoKFkVWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABISCg5FVkVOVF9UWVBFX1BVVBABEhUKEUVWRU5UX1RZUEVfREVMRVRFEAISFwoTRVZFTlRfVFlQRV9CT09LTUFSSxADMtUDCg9SZXNvdXJjZVNlcnZpY2USSgoFQXBwbHkSHy5mbG90aWxsYS52MWFscGhhMS5BcHBseVJlcXVlc3QaIC5mbG90aWxsYS52MWFscGhhMS5BcHBseVJlc3BvbnNlEkQKA0dldBIdLmZsb3RpbGxhLnYxYWxwaGExLkdldFJlcXVlc3QaHi5mbG90aWxsYS52MWFscGhhMS5HZXRSZXNwb25zZRJHCgRMaXN0Eh4uZmxvdGlsbGEudjFhbHBoYTEuTGlzdFJlcXVlc3QaHy5mbG90aWxsYS52MWFscGhhMS5MaXN0UmVzcG9uc2USTQoGRGVsZXRlEiAuZmxvdGlsbGEudjFhbHBoYTEuRGVsZXRlUmVxdWVzdBohLmZsb3RpbGxhLnYxYWxwaGExLkRlbGV0ZVJlc3BvbnNlEkwKBVdhdGNoEh8uZmxvdGlsbGEudjFhbHBoYTEuV2F0Y2hSZXF1ZXN0GiAuZmxvdGlsbGEudjFhbHBoYTEuV2F0Y2hSZXNwb25zZTABEkoKBUtpbmRzEh8uZmxvdGlsbGEudjFhbHBoYTEuS2luZHNSZXF1ZXN0GiAuZmxvdGlsbGEudjFhbHBoYTEuS2luZHNSZXNwb25zZTLGAQoMQXVkaXRTZXJ2aWNlElYKCUxpc3RBdWRpdBIjLmZsb3RpbGxhLnYxYWxwaGExLkxpc3RBdWRpdFJlcXVlc3QaJC5mbG90aWxsYS52MWFscGhhMS5MaXN0QXVkaXRSZXNwb25zZRJeCgtFeHBvcnRBdWRpdBIlLmZsb3RpbGxhLnYxYWxwaGExLkV4cG9ydEF1ZGl0UmVxdWVzdBomLmZsb3RpbGxhLnYxYWxwaGExLkV4cG9ydEF1ZGl0UmVzcG9uc2UwAUI9WjtmbG90aWxsYS5pby9mbG90aWxsYS9nZW4vZmxvdGlsbGEvdjFhbHBoYTE7ZmxvdGlsbGF2MWFscGhhMWIGcHJvdG8z", [file_flotilla_v1alpha1_resource, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1alpha1.ApplyRequest
@@ -509,8 +509,9 @@ export type ListAuditRequest = Message<"flotilla.v1alpha1.ListAuditRequest"> & {
   fqn: string;
 
   /**
-   * Limit caps the number of records (newest kept); 0 means 1000, and
-   * the server caps it at 1000.
+   * Limit caps the records of one page; 0 means 1000, and the server caps
+   * it at 1000. A page is full unless it is the last, or the server
+   * stopped scanning (it then still returns a next_page_token).
    *
    * @generated from field: int32 limit = 4;
    */
@@ -523,6 +524,14 @@ export type ListAuditRequest = Message<"flotilla.v1alpha1.ListAuditRequest"> & {
    * @generated from field: bool refused = 5;
    */
   refused: boolean;
+
+  /**
+   * PageToken is the next_page_token of the previous page; empty for the
+   * newest page.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
 };
 
 /**
@@ -627,6 +636,14 @@ export type AuditRecord = Message<"flotilla.v1alpha1.AuditRecord"> & {
    * @generated from field: string reason = 10;
    */
   reason: string;
+
+  /**
+   * Refusal numbers a refused request (1, 2, ... in the order they were
+   * recorded), as revision numbers a change; 0 for a change.
+   *
+   * @generated from field: int64 refusal = 11;
+   */
+  refusal: bigint;
 };
 
 /**
@@ -641,9 +658,18 @@ export const AuditRecordSchema: GenMessage<AuditRecord> = /*@__PURE__*/
  */
 export type ListAuditResponse = Message<"flotilla.v1alpha1.ListAuditResponse"> & {
   /**
+   * Records, newest first.
+   *
    * @generated from field: repeated flotilla.v1alpha1.AuditRecord records = 1;
    */
   records: AuditRecord[];
+
+  /**
+   * NextPageToken reads the next (older) page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -652,6 +678,74 @@ export type ListAuditResponse = Message<"flotilla.v1alpha1.ListAuditResponse"> &
  */
 export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
   messageDesc(file_flotilla_v1alpha1_service, 19);
+
+/**
+ * @generated from message flotilla.v1alpha1.ExportAuditRequest
+ */
+export type ExportAuditRequest = Message<"flotilla.v1alpha1.ExportAuditRequest"> & {
+  /**
+   * Since, kind, fqn and refused filter as in ListAuditRequest.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 1;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string fqn = 3;
+   */
+  fqn: string;
+
+  /**
+   * @generated from field: bool refused = 4;
+   */
+  refused: boolean;
+
+  /**
+   * AfterToken resumes an export that broke off: the resume_token of the
+   * last batch received. Empty: from the oldest record.
+   *
+   * @generated from field: string after_token = 5;
+   */
+  afterToken: string;
+};
+
+/**
+ * Describes the message flotilla.v1alpha1.ExportAuditRequest.
+ * Use `create(ExportAuditRequestSchema)` to create a new message.
+ */
+export const ExportAuditRequestSchema: GenMessage<ExportAuditRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1alpha1_service, 20);
+
+/**
+ * @generated from message flotilla.v1alpha1.ExportAuditResponse
+ */
+export type ExportAuditResponse = Message<"flotilla.v1alpha1.ExportAuditResponse"> & {
+  /**
+   * Records, oldest first; each batch follows the one before.
+   *
+   * @generated from field: repeated flotilla.v1alpha1.AuditRecord records = 1;
+   */
+  records: AuditRecord[];
+
+  /**
+   * ResumeToken is the after_token that continues after this batch.
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message flotilla.v1alpha1.ExportAuditResponse.
+ * Use `create(ExportAuditResponseSchema)` to create a new message.
+ */
+export const ExportAuditResponseSchema: GenMessage<ExportAuditResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1alpha1_service, 21);
 
 /**
  * Outcome of applying one resource.
@@ -794,18 +888,37 @@ export const ResourceService: GenService<{
   serviceDesc(file_flotilla_v1alpha1_service, 0);
 
 /**
- * AuditService reads the audit log.
+ * AuditService reads the audit log. A caller reads the records about what
+ * it may read (an access binding's by its target); a refused request that
+ * names no object, only the bootstrap administrator and the caller who
+ * made it. Filters and authorization apply before the page limit.
  *
  * @generated from service flotilla.v1alpha1.AuditService
  */
 export const AuditService: GenService<{
   /**
+   * ListAudit lists one page of records, newest first. Pass a page's
+   * next_page_token, with the same filters, for the next (older) page;
+   * records written meanwhile do not shift the pages.
+   *
    * @generated from rpc flotilla.v1alpha1.AuditService.ListAudit
    */
   listAudit: {
     methodKind: "unary";
     input: typeof ListAuditRequestSchema;
     output: typeof ListAuditResponseSchema;
+  },
+  /**
+   * ExportAudit streams every record that matches, oldest first, in
+   * batches, up to the newest record when the export began; for archiving
+   * (the CLI writes it as JSON lines).
+   *
+   * @generated from rpc flotilla.v1alpha1.AuditService.ExportAudit
+   */
+  exportAudit: {
+    methodKind: "server_streaming";
+    input: typeof ExportAuditRequestSchema;
+    output: typeof ExportAuditResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flotilla_v1alpha1_service, 1);
