@@ -11,8 +11,11 @@ import (
 
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/access"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/authz"
+	"flotilla.io/flotilla/internal/resource"
+	"flotilla.io/flotilla/internal/store"
 )
 
 // Token lifetimes.
@@ -107,14 +110,46 @@ func (a *Auth) authenticate(ctx context.Context, h http.Header) (context.Context
 	return authn.WithPrincipal(ctx, p), nil
 }
 
-// requireToken guards a plain HTTP handler (metrics) with an access token.
-func (a *Auth) requireToken(h http.Handler) http.Handler {
+// requireFleetReader guards a plain HTTP handler (metrics) that shows every
+// organization's state: it takes an access token of the bootstrap
+// administrator or of a principal that may read every organization.
+func (a *Auth) requireFleetReader(st store.Store, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, err := a.authenticate(r.Context(), r.Header); err != nil {
+		ctx, err := a.authenticate(r.Context(), r.Header)
+		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="flotilla"`)
 			http.Error(w, connect.CodeOf(err).String()+": "+err.(*connect.Error).Message(), http.StatusUnauthorized)
 			return
 		}
+		if why := a.readsEveryOrganization(ctx, st); why != "" {
+			http.Error(w, "permission_denied: "+why, http.StatusForbidden)
+			return
+		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// readsEveryOrganization says why the caller of ctx may not read every
+// organization, or "" when it may.
+func (a *Auth) readsEveryOrganization(ctx context.Context, st store.Store) string {
+	chk, err := access.ReadChecker(ctx, a.Policies, st)
+	if err != nil {
+		return "the access policy cannot be read now: retry"
+	}
+	if chk.Principal().Bootstrap() {
+		return ""
+	}
+	orgs, err := st.List(ctx, store.Query{Kind: resource.KindOrganization})
+	if err != nil {
+		return "the organizations cannot be read now: retry"
+	}
+	for _, o := range orgs {
+		if ok, _ := chk.Can(authz.Read, resource.KindOrganization, o.FQN); !ok {
+			return "the metrics carry every organization's state, so they need Read on every organization; " + chk.Principal().Subject + " lacks it on " + o.FQN
+		}
+	}
+	if len(orgs) == 0 {
+		return "the metrics carry every organization's state; before an organization exists only the bootstrap administrator reads them"
+	}
+	return ""
 }

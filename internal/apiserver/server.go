@@ -101,7 +101,7 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 	s.mux.Handle(flotillav1alpha1connect.NewIdentityServiceHandler(&Identity{auth: s.auth, reg: reg, st: st, log: log}, hopts...))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
-	s.mux.Handle("GET /metrics", s.auth.requireToken(promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{})))
+	s.mux.Handle("GET /metrics", s.auth.requireFleetReader(st, promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{})))
 	return s
 }
 

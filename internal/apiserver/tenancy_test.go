@@ -2,6 +2,7 @@ package apiserver_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -105,5 +106,39 @@ func TestAnOverlapWithAnotherTenantNamesNoneOfItsObjects(t *testing.T) {
 	_, err := s.client.Apply(context.Background(), connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{res("Workspace", md("mine", "acme", "one"), selector("ledger"))}}))
 	if err == nil || !strings.Contains(err.Error(), "another tenant's workspace") || strings.Contains(err.Error(), "secret-project") || strings.Contains(err.Error(), "tenants/two") {
 		t.Fatalf("an overlap with tenant two's workspace: %v", err)
+	}
+}
+
+// /metrics carry every organization's state (GSLB records and addresses
+// among them): a token is not enough, the caller reads every organization.
+func TestMetricsAreForReadersOfEveryOrganization(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	apply(t, s.client, res("Organization", md("acme"), nil), res("Organization", md("zzz"), nil), res("Tenant", md("t", "acme"), nil))
+	apply(t, s.client,
+		res("AccessBinding", md("r", "acme"), map[string]any{"target": "organizations/acme", "allow": []any{map[string]any{"role": "reader", "subjects": []any{"user:ops@example.com", "user:half@example.com"}}}}),
+		res("AccessBinding", md("r", "zzz"), map[string]any{"target": "organizations/zzz", "allow": []any{map[string]any{"role": "reader", "subjects": []any{"user:ops@example.com"}}}}),
+		res("AccessBinding", md("t", "acme"), map[string]any{"target": "organizations/acme/tenants/t", "allow": []any{map[string]any{"role": "admin", "subjects": []any{"user:tenant@example.com"}}}}))
+	get := func(token string) int {
+		req, _ := http.NewRequest("GET", s.url+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	for who, want := range map[string]int{
+		"user:ops@example.com":    http.StatusOK,        // reader of both organizations
+		"user:half@example.com":   http.StatusForbidden, // of one
+		"user:tenant@example.com": http.StatusForbidden, // admin of a tenant
+		"user:nobody@example.com": http.StatusForbidden, // a valid token, no binding
+	} {
+		if got := get(testauth.Token(t, s.auth, who, authn.MethodOIDC)); got != want {
+			t.Errorf("/metrics as %s = %d, want %d", who, got, want)
+		}
+	}
+	if got := get(s.token); got != http.StatusOK {
+		t.Errorf("/metrics as the bootstrap administrator = %d", got)
 	}
 }

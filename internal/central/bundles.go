@@ -29,6 +29,15 @@ func orgOf(fqn string) string {
 	return parts[0] + "/" + parts[1]
 }
 
+// tenantOf is the FQN of the tenant fqn lies in ("" for none).
+func tenantOf(fqn string) string {
+	parts := strings.SplitN(fqn, "/", 5)
+	if len(parts) < 4 || parts[2] != "tenants" {
+		return ""
+	}
+	return strings.Join(parts[:4], "/")
+}
+
 // buildIndex indexes intent read whole. Records that cannot be used are
 // left out and returned in broken, by FQN, with the reason.
 func buildIndex(reg *resource.Registry, in Intent) (*index, map[string]string) {

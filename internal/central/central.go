@@ -469,14 +469,17 @@ func (c *Central) appliedRevision(cl *cluster) int64 {
 	return cl.ack.GetRevision()
 }
 
-// clusterByName finds a cluster by name or FQN. Callers hold c.mu.
-func (c *Central) clusterByName(name string) (*cluster, error) {
-	if cl, ok := c.clusters[name]; ok {
+// clusterByName finds a cluster by name or FQN among those visible
+// accepts (nil: every cluster). A cluster it refuses is not found, and an
+// ambiguous name lists only the visible clusters. Callers hold c.mu.
+func (c *Central) clusterByName(name string, visible func(fqn string) bool) (*cluster, error) {
+	ok := func(cl *cluster) bool { return visible == nil || visible(cl.fqn) }
+	if cl, found := c.clusters[name]; found && ok(cl) {
 		return cl, nil
 	}
 	var found []*cluster
 	for _, cl := range c.clusters {
-		if cl.name == name {
+		if cl.name == name && ok(cl) {
 			found = append(found, cl)
 		}
 	}

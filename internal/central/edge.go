@@ -113,17 +113,21 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 	if len(e.gateways) == 0 {
 		return
 	}
-	// Who publishes each hostname, per cluster: the first IngressGateway
-	// by FQN whose group reaches the cluster.
-	published := map[string]map[string]publisher{} // hostname → cluster FQN → publisher
+	// Who publishes each hostname, per tenant and cluster: the first
+	// IngressGateway by FQN whose group reaches the cluster. An edge
+	// gateway fronts only its own tenant's: another tenant's hostname is
+	// not its to take, nor its gateways' whereabouts its to learn.
+	type tenantHost struct{ tenant, hostname string }
+	published := map[tenantHost]map[string]publisher{} // cluster FQN → publisher
 	for _, fqn := range slices.Sorted(maps.Keys(e.ingresses)) {
 		ig := e.ingresses[fqn]
 		for cl := range groups(ig.group) {
 			for _, s := range ig.servers {
-				byCluster := published[s.GetHostname()]
+				key := tenantHost{tenantOf(ig.fqn), s.GetHostname()}
+				byCluster := published[key]
 				if byCluster == nil {
 					byCluster = map[string]publisher{}
-					published[s.GetHostname()] = byCluster
+					published[key] = byCluster
 				}
 				if _, taken := byCluster[cl]; !taken {
 					byCluster[cl] = publisher{ig: ig, server: s}
@@ -164,6 +168,7 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 				out[edgeCluster] = mc
 			}
 			for _, s := range eg.servers {
+				publishers := published[tenantHost{tenantOf(eg.fqn), s.GetHostname()}]
 				es := bundle.EdgeServer{Owner: eg.fqn, Server: s.GetName(), Weighted: len(s.GetClusters()) > 0}
 				type candidate struct {
 					cluster string
@@ -175,7 +180,7 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 						cands = append(cands, candidate{eg.org + "/clusters/" + cw.GetName(), cw.GetWeight()})
 					}
 				} else {
-					for _, cl := range slices.Sorted(maps.Keys(published[s.GetHostname()])) {
+					for _, cl := range slices.Sorted(maps.Keys(publishers)) {
 						if ce := clusters[cl]; ce != nil && ce.org == eg.org {
 							cands = append(cands, candidate{cluster: cl})
 						}
@@ -187,9 +192,9 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 					if info.drained {
 						continue
 					}
-					p, ok := published[s.GetHostname()][cand.cluster]
+					p, ok := publishers[cand.cluster]
 					if !ok {
-						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s publishes %s on no IngressGateway: publish it there, or take the cluster off the list", name, s.GetHostname()))
+						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s publishes %s on no IngressGateway of this tenant: publish it there, or take the cluster off the list", name, s.GetHostname()))
 						continue
 					}
 					x, ok := ingressService(cand.cluster, p.ig)

@@ -109,3 +109,44 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 		t.Fatalf("after undrain: %+v", ts)
 	}
 }
+
+// An edge gateway fronts only its own tenant's hostnames: another tenant's
+// IngressGateway publishing the same name is neither a target nor named.
+func TestAnEdgeGatewayFrontsOnlyItsOwnTenantsIngressGateways(t *testing.T) {
+	const org = "organizations/acme"
+	mine, theirs := org+"/tenants/mine/workspaces/w", org+"/tenants/theirs/workspaces/secret"
+	e := newEdges()
+	for _, name := range []string{"edge", "c1"} {
+		put(t, &e, resource.KindCluster, org+"/clusters/"+name, org, &pb.ClusterSpec{Region: "eu"})
+	}
+	put(t, &e, resource.KindIngressGateway, theirs+"/groups/ingress/ingressgateways/bank", theirs+"/groups/ingress", &pb.IngressGatewaySpec{
+		WorkloadSelector: &pb.WorkloadSelector{Namespace: "bank", Labels: map[string]string{"istio": "ingressgateway"}},
+		Http:             []*pb.HTTPServer{{Name: "web", Hostname: "bank.example.com", Port: 80}},
+	})
+	put(t, &e, resource.KindEdgeGateway, mine+"/groups/edge/edgegateways/front", mine+"/groups/edge", &pb.EdgeGatewaySpec{
+		ExternalServers: []*pb.ExternalServer{
+			{Name: "auto", Hostname: "bank.example.com", Port: 80},
+			{Name: "list", Hostname: "bank.example.com", Port: 80, Clusters: []*pb.ClusterWeight{{Name: "c1", Weight: 1}}},
+		},
+	})
+	clusters := map[string]*clusterEntry{}
+	for _, name := range []string{"edge", "c1"} {
+		clusters[org+"/clusters/"+name] = &clusterEntry{fqn: org + "/clusters/" + name, name: name, org: org}
+	}
+	reach := map[string]map[string]bool{theirs + "/groups/ingress": {org + "/clusters/c1": true}, mine + "/groups/edge": {org + "/clusters/edge": true}}
+	services := []registry.Service{{Namespace: "bank", Name: "ingressgateway", Instances: []registry.Instance{
+		{Cluster: org + "/clusters/c1", Ready: 1, Address: "10.0.0.1", Selector: map[string]string{"istio": "ingressgateway"}},
+	}}}
+	out := map[string]*bundle.Multicluster{}
+	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
+	for _, es := range out[org+"/clusters/edge"].Edges {
+		if len(es.Targets) != 0 {
+			t.Fatalf("%s targets another tenant's ingress gateway: %+v", es.Server, es.Targets)
+		}
+		for _, p := range es.Problems {
+			if strings.Contains(p, "theirs") || strings.Contains(p, "secret") || strings.Contains(p, "bank/") {
+				t.Fatalf("%s's problems name the other tenant's objects: %q", es.Server, p)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -45,6 +46,16 @@ const (
 	Failed   = "FAILED"
 )
 
+// internal answers a failure of the server itself: the caller learns that
+// it failed and where to look, the log gets what failed and why.
+func (f Fleet) internal(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New(op+": the request ended before it was answered"))
+	}
+	f.log.Error(op+" failed", "err", err)
+	return connect.NewError(connect.CodeInternal, errors.New(op+" failed on the server: its log says why"))
+}
+
 // DefaultTokenTTL is how long a join token lives unless asked otherwise.
 const DefaultTokenTTL = time.Hour
 
@@ -68,9 +79,6 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 		if ttl <= 0 || ttl > 7*24*time.Hour {
 			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("ttl %s: give a duration between 1s and 168h", ttl))
 		}
-	}
-	if f.agentConnected(fqn) && !req.Msg.GetForce() {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s has a connected agent: a new join would replace its credential; pass --force to move the cluster to a new agent", fqn))
 	}
 	kind := credJoin
 	if req.Msg.GetForce() {
@@ -99,6 +107,11 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 			denied = connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: onboarding issues the cluster's credential; "+reason))
 			return nil
 		}
+		// Only now, to one who may onboard it: whether its agent is there.
+		if f.agentConnected(fqn) && !req.Msg.GetForce() {
+			denied = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s has a connected agent: a new join would replace its credential; pass --force to move the cluster to a new agent", fqn))
+			return nil
+		}
 		for _, k := range []string{credJoin, credJoinForce} {
 			if err := tx.DeleteCredentials(ctx, fqn, k); err != nil {
 				return err
@@ -107,7 +120,7 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: fqn, Kind: kind, Expires: expires})
 	})
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+		return nil, f.internal("onboard", err)
 	}
 	if denied != nil {
 		return nil, denied
@@ -118,16 +131,17 @@ func (f Fleet) Onboard(ctx context.Context, req *connect.Request[pb.OnboardReque
 	return connect.NewResponse(&pb.OnboardResponse{Cluster: fqn, Token: token, ExpireTime: timestamppb.New(expires)}), nil
 }
 
-// readable is the part of a bundle the checker's principal may read: the
-// objects it may read, and the groups they are in.
-func readable(chk *authz.Checker, b *bundle.Bundle) *bundle.Bundle {
-	if b == nil || chk.Principal().Bootstrap() {
+// readable is the part of a bundle the view's principal may read: the
+// objects it may read and the groups they are in, and the parts of the
+// multicluster slice that settings and edge gateways it may read asked for.
+func readable(v *access.View, b *bundle.Bundle) *bundle.Bundle {
+	if b == nil || v.Checker().Principal().Bootstrap() {
 		return b
 	}
 	out := &bundle.Bundle{Cluster: b.Cluster}
 	groups := map[string]bool{}
 	for _, o := range b.Objects {
-		if ok, _ := chk.Can(authz.Read, o.Kind, o.FQN); ok {
+		if v.SeesObject(o.Kind, o.FQN) {
 			out.Objects = append(out.Objects, o)
 			groups[o.Group] = true
 		}
@@ -139,7 +153,41 @@ func readable(chk *authz.Checker, b *bundle.Bundle) *bundle.Bundle {
 			out.Groups = append(out.Groups, g)
 		}
 	}
+	if mc := b.Multicluster; mc != nil {
+		var part bundle.Multicluster
+		for _, ew := range mc.EastWest {
+			if v.SeesObject(resource.KindWorkspaceSetting, ew.Owner) {
+				part.EastWest = append(part.EastWest, ew)
+			}
+		}
+		for _, rs := range mc.Services {
+			if v.SeesObject(resource.KindWorkspaceSetting, rs.Owner) {
+				part.Services = append(part.Services, rs)
+			}
+		}
+		for _, e := range mc.Edges {
+			if v.SeesObject(resource.KindEdgeGateway, e.Owner) {
+				part.Edges = append(part.Edges, e)
+			}
+		}
+		if len(part.EastWest)+len(part.Services)+len(part.Edges) > 0 {
+			out.Multicluster = &part
+		}
+	}
 	return out
+}
+
+// view is the caller's view of the fleet (access.View) over the
+// workspaces the central control plane knows.
+func (f Fleet) view(ctx context.Context) (*access.View, error) {
+	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	ws := maps.Clone(f.mc.workspaces) // the selectors are replaced, never changed
+	f.mu.Unlock()
+	return access.NewView(chk, ws), nil
 }
 
 // clusterStates returns the state of the object fqn (in group) in every
@@ -222,13 +270,13 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 	}
 	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+		return nil, f.internal("status", err)
 	}
 	rec, err := f.st.Get(ctx, fqn)
 	if errors.Is(err, store.ErrNotFound) || err == nil && (rec.Kind != k.Name || !access.CanRead(chk, rec)) {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("%s %s not found", k.Name, fqn))
 	} else if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+		return nil, f.internal("status", err)
 	}
 	select {
 	case <-f.ready:
@@ -250,7 +298,7 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 		// multicluster problems are in the same acknowledgement.
 		group, err := f.st.Get(ctx, rec.Parent)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return nil, connect.NewError(connect.CodeInternal, err)
+			return nil, f.internal("status", err)
 		}
 		need = max(need, group.Revision)
 		f.mu.Lock()
@@ -282,7 +330,7 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 		for _, bk := range bundleKinds(f.reg) {
 			children, err := f.st.List(ctx, store.Query{Kind: bk, Ancestor: fqn})
 			if err != nil {
-				return nil, connect.NewError(connect.CodeInternal, err)
+				return nil, f.internal("status", err)
 			}
 			groups := map[string]int64{}
 			for _, ch := range children {
@@ -292,7 +340,7 @@ func (f Fleet) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatusR
 				if _, ok := groups[ch.Parent]; !ok {
 					g, err := f.st.Get(ctx, ch.Parent)
 					if err != nil && !errors.Is(err, store.ErrNotFound) {
-						return nil, connect.NewError(connect.CodeInternal, err)
+						return nil, f.internal("status", err)
 					}
 					groups[ch.Parent] = g.Revision
 				}
@@ -328,7 +376,7 @@ func (c *Central) judge(out *pb.GetStatusResponse, need int64, fqns ...string) {
 		}
 	}
 	if c.failure != nil && c.rev < need {
-		out.Error = fmt.Sprintf("the central control plane cannot compute bundles past revision %d: %v", c.rev, c.failure.err)
+		out.Error = fmt.Sprintf("the central control plane cannot compute bundles past revision %d since %s: the server log says why", c.rev, c.failure.since.UTC().Format(time.RFC3339))
 	}
 	if out.Error != "" {
 		out.Aggregate = Failed
@@ -338,43 +386,40 @@ func (c *Central) judge(out *pb.GetStatusResponse, need int64, fqns ...string) {
 }
 
 // clusterView is a cluster's current bundle and what its agent reported of
-// it, for a caller who may read the cluster.
+// it, for a caller who sees the cluster.
 type clusterView struct {
 	cl      *cluster
 	bundle  *bundle.Bundle
 	version string
 	rev     int64
 	in      compile.Cluster
-	chk     *authz.Checker
+	view    *access.View
 }
 
-// clusterView looks up the cluster named name (or its FQN) once the central
-// control plane is ready; a cluster the caller may not read is NotFound.
+// clusterView looks up the cluster named name (or its FQN) among those the
+// caller sees (access.View.SeesCluster), once the central control plane is
+// ready. Any other cluster, in any organization, answers exactly as one
+// that does not exist.
 func (f Fleet) clusterView(ctx context.Context, name string) (clusterView, error) {
 	select {
 	case <-f.ready:
 	case <-ctx.Done():
 		return clusterView{}, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
 	}
-	f.mu.Lock()
-	cl, err := f.clusterByName(name)
+	v, err := f.view(ctx)
 	if err != nil {
-		f.mu.Unlock()
+		return clusterView{}, f.internal("fleet view", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cl, err := f.clusterByName(name, v.SeesCluster)
+	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return clusterView{}, connect.NewError(connect.CodeNotFound, err)
+			return clusterView{}, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", name))
 		}
 		return clusterView{}, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	v := clusterView{cl: cl, bundle: f.bundleOf(cl.fqn), version: cl.version, rev: f.rev, in: cl.inv.cluster()}
-	f.mu.Unlock()
-	if v.chk, err = access.ReadChecker(ctx, f.Policies, f.st); err != nil {
-		return clusterView{}, connect.NewError(connect.CodeInternal, err)
-	}
-	crec, err := f.st.Get(ctx, cl.fqn)
-	if err != nil || !access.CanRead(v.chk, crec) {
-		return clusterView{}, connect.NewError(connect.CodeNotFound, fmt.Errorf("no cluster named %q", name))
-	}
-	return v, nil
+	return clusterView{cl: cl, bundle: f.bundleOf(cl.fqn), version: cl.version, rev: f.rev, in: cl.inv.cluster(), view: v}, nil
 }
 
 // GetCompiled implements FleetService.GetCompiled: the cluster's current
@@ -385,13 +430,13 @@ func (f Fleet) GetCompiled(ctx context.Context, req *connect.Request[pb.GetCompi
 	if err != nil {
 		return nil, err
 	}
-	cl, b, version, rev, in, chk := v.cl, v.bundle, v.version, v.rev, v.in, v.chk
-	res := compile.CompileIn(readable(chk, b), in)
+	cl, b, version, rev, in := v.cl, v.bundle, v.version, v.rev, v.in
+	res := compile.CompileIn(readable(v.view, b), in)
 	var docs []string
 	for _, o := range res.Objects {
 		y, err := yaml.Marshal(o.Object)
 		if err != nil {
-			return nil, connect.NewError(connect.CodeInternal, err)
+			return nil, f.internal("get compiled", err)
 		}
 		docs = append(docs, string(y))
 	}
@@ -415,15 +460,14 @@ func (f Fleet) GetEffective(ctx context.Context, req *connect.Request[pb.GetEffe
 	if err != nil {
 		return nil, err
 	}
-	cl, b, in, chk := v.cl, v.bundle, v.in, v.chk
+	cl, b, in := v.cl, v.bundle, v.in
+	// A namespace's settings are its owner's to see: the workspace's
+	// readers, or for a namespace of no workspace the cluster's.
+	if !v.view.Sees(cl.fqn, ns) {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("namespace %s of cluster %s is not one you may see: it is in a workspace you may not read, or in none and you may not read the cluster", ns, cl.name))
+	}
 	eff := compile.Effective(b, in, ns)
 	out := &pb.GetEffectiveResponse{Cluster: cl.fqn, Namespace: ns, Workspace: eff.Workspace}
-	if eff.Workspace != "" {
-		ws, err := f.st.Get(ctx, eff.Workspace)
-		if err != nil || !access.CanRead(chk, ws) {
-			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("namespace %s of cluster %s is in a workspace you may not read", ns, cl.name))
-		}
-	}
 	for _, s := range eff.Settings {
 		out.Settings = append(out.Settings, &pb.EffectiveSetting{Field: s.Field, Value: s.ValueJSON(), Source: s.Source, Level: s.Level,
 			LimitSource: s.LimitSource, LimitLevel: s.LimitLevel})
@@ -435,21 +479,31 @@ func (f Fleet) GetEffective(ctx context.Context, req *connect.Request[pb.GetEffe
 }
 
 // ListServices lists the fleet's services from the registry, with only the
-// instances in clusters the caller may read; a service with none is left
-// out.
+// instances the caller sees: those in namespaces of workspaces it may read,
+// or of no workspace in clusters it may read (access.View). A service with
+// no such instance is left out, and only settings it may read are named as
+// exposing it.
 func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListServicesRequest]) (*connect.Response[pb.ListServicesResponse], error) {
-	chk, err := access.ReadChecker(ctx, f.Policies, f.st)
+	v, err := f.view(ctx)
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
-	}
-	// Read on the cluster; the checker reads creators itself, so no
-	// cluster record is fetched (the bootstrap administrator needs none).
-	visible := func(fqn string) bool {
-		ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn)
-		return ok
+		return nil, f.internal("list services", err)
 	}
 	out := &pb.ListServicesResponse{}
-	services := f.services.Services(visible, registry.Filter{Namespace: req.Msg.GetNamespace(), Name: req.Msg.GetName()})
+	// The view reads nothing: it may be asked under the registry's lock.
+	services := f.services.Services(v.SeesCluster, registry.Filter{Namespace: req.Msg.GetNamespace(), Name: req.Msg.GetName()})
+	kept := services[:0]
+	for _, s := range services {
+		ins := s.Instances[:0]
+		for _, in := range s.Instances {
+			if v.Sees(in.Cluster, s.Namespace) {
+				ins = append(ins, in)
+			}
+		}
+		if s.Instances = ins; len(ins) > 0 {
+			kept = append(kept, s)
+		}
+	}
+	services = kept
 	exposed := make([][]string, len(services))
 	f.mu.Lock()
 	for i, s := range services {
@@ -457,7 +511,13 @@ func (f Fleet) ListServices(ctx context.Context, req *connect.Request[pb.ListSer
 	}
 	f.mu.Unlock()
 	for i, s := range services {
-		info := &pb.FleetServiceInfo{Namespace: s.Namespace, Name: s.Name, Conflicts: s.Conflicts, ExposedBy: exposed[i]}
+		var by []string
+		for _, fqn := range exposed[i] {
+			if v.SeesObject(resource.KindWorkspaceSetting, fqn) {
+				by = append(by, fqn)
+			}
+		}
+		info := &pb.FleetServiceInfo{Namespace: s.Namespace, Name: s.Name, Conflicts: s.Conflicts, ExposedBy: by}
 		for _, p := range s.Ports {
 			info.Ports = append(info.Ports, &pb.FleetServicePort{Name: p.Name, Number: p.Number, Protocol: p.Protocol})
 		}

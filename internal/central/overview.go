@@ -10,8 +10,6 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/access"
-	"flotilla.io/flotilla/internal/authz"
-	"flotilla.io/flotilla/internal/resource"
 )
 
 // Pacing of WatchFleet: how often it looks for changed summaries, and how
@@ -69,7 +67,7 @@ func (c *Central) summaries() map[string]*pb.ClusterSummary {
 // WatchFleet implements FleetService.WatchFleet.
 func (f Fleet) WatchFleet(ctx context.Context, _ *connect.Request[pb.WatchFleetRequest], stream *connect.ServerStream[pb.WatchFleetResponse]) error {
 	var (
-		chk     *authz.Checker
+		view    *access.View
 		checked time.Time
 		sent    map[string]*pb.ClusterSummary
 	)
@@ -78,14 +76,20 @@ func (f Fleet) WatchFleet(ctx context.Context, _ *connect.Request[pb.WatchFleetR
 	for {
 		if time.Since(checked) >= fleetAccessEvery {
 			var err error
-			if chk, err = access.ReadChecker(ctx, f.Policies, f.st); err != nil {
-				return connect.NewError(connect.CodeUnavailable, err)
+			if view, err = f.view(ctx); err != nil {
+				return f.internal("watch fleet", err)
 			}
 			checked = time.Now()
 		}
 		now := f.summaries()
-		for fqn := range now {
-			if ok, _ := chk.Can(authz.Read, resource.KindCluster, fqn); !ok {
+		for fqn, s := range now {
+			switch {
+			case view.ReadsCluster(fqn):
+			case view.SeesCluster(fqn):
+				// A tenant sees the clusters its workspaces reach, not
+				// the count of everyone's resources in them.
+				s.Applied, s.Failed, s.Drifts = 0, 0, 0
+			default:
 				delete(now, fqn)
 			}
 		}

@@ -69,11 +69,11 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		return nil, apierror.Violations(vs, conflict)
 	}
 	if err != nil && !errors.Is(err, errPlanDone) {
-		return nil, connect.NewError(connect.CodeInternal, err)
+		return nil, f.internal("plan", err)
 	}
 	results, err := f.reg.Results(len(objs), written)
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, err)
+		return nil, f.internal("plan", err)
 	}
 
 	type before struct {
@@ -91,7 +91,7 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		}
 		if err := planned.apply(store.Event{Type: store.EventPut, Record: w.Record}, affected); err != nil {
 			f.mu.Unlock()
-			return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("plan %s: %w", w.Record.FQN, err))
+			return nil, f.internal("plan", fmt.Errorf("plan %s: %w", w.Record.FQN, err))
 		}
 	}
 	olds := map[string]before{}
@@ -107,6 +107,12 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	}
 	f.mu.Unlock()
 
+	// The plan shows what the caller may read: another tenant's objects
+	// in the same clusters, and what is wrong with them, are not its to see.
+	v, err := f.view(ctx)
+	if err != nil {
+		return nil, f.internal("plan", err)
+	}
 	out := &pb.PlanResponse{Results: results}
 	for fqn, old := range olds {
 		next := planned.bundle(fqn)
@@ -117,8 +123,8 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		// the same before and after.
 		next.Multicluster = old.multicluster
 		cp := &pb.ClusterPlan{Cluster: old.name}
-		after := compile.CompileIn(next, old.cluster)
-		cp.Changes = diffObjects(compileOrEmpty(old.current, old.cluster).Objects, after.Objects)
+		after := compile.CompileIn(readable(v, next), old.cluster)
+		cp.Changes = diffObjects(compileOrEmpty(readable(v, old.current), old.cluster).Objects, after.Objects)
 		for _, d := range after.Diagnostics {
 			cp.Diagnostics = append(cp.Diagnostics, d.String())
 		}
