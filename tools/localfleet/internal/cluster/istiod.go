@@ -16,11 +16,15 @@ import (
 // built from istio.io/istio by tools/localfleet/istiod).
 const Istiod = "istiod"
 
-// istiodEnv is added to istiod's environment: the namespace it runs in, and
-// no Kubernetes Gateway API controller (the fleet installs only Istio's CRDs).
+// istiodEnv is added to istiod's environment: the namespace it runs in; a
+// Gateway selects gateway pods of its own namespace only, as Flotilla's
+// tenancy needs (else a tenant's Gateway would configure another tenant's
+// gateway pods); and no Kubernetes Gateway API controller (the fleet
+// installs only Istio's CRDs).
 var istiodEnv = []string{
 	"POD_NAMESPACE=istio-system",
 	"POD_NAME=istiod-0",
+	"PILOT_SCOPE_GATEWAY_TO_NAMESPACE=true",
 	"PILOT_ENABLE_GATEWAY_API=false",
 	"PILOT_ENABLE_GATEWAY_API_STATUS=false",
 	"PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false",
