@@ -8,10 +8,22 @@ import { Time } from "../time";
 
 const value = (v?: Value) => (v ? toJsonString(ValueSchema, v) : "—");
 
-/** AuditPage lists who changed what, newest first, with field diffs. Filters live in the URL. */
+/** recordId names a record in either of the audit's logs: changes by revision, refusals by number. */
+const recordId = (r: AuditRecord) => (r.refused ? "s" + String(r.refusal) : "r" + String(r.revision));
+
+/** pageSize is how many records one request asks for. */
+const pageSize = 500;
+
+/**
+ * AuditPage lists who changed what, newest first, with field diffs. Filters live in the URL; kind and
+ * since are applied by the server, the others to the records loaded. "Load older records" follows the
+ * server's page token.
+ */
 export function AuditPage() {
   const { query } = useLocation();
   const [records, setRecords] = useState<AuditRecord[] | null>(null);
+  const [next, setNext] = useState("");
+  const [loading, setLoading] = useState(false);
   const [error, setError] = useState("");
   const kind = query.get("kind") ?? "";
   const actor = query.get("actor") ?? "";
@@ -25,22 +37,29 @@ export function AuditPage() {
     else q.delete(k);
     navigate("/audit" + (q.size ? "?" + q.toString() : ""), true);
   };
+  const request = (pageToken: string) => {
+    const from = since ? new Date(since) : null;
+    return audit.listAudit({ kind, limit: pageSize, pageToken, since: from && !isNaN(from.getTime()) ? timestampFromDate(from) : undefined });
+  };
   useEffect(() => {
     let stop = false;
-    const from = since ? new Date(since) : null;
-    audit
-      .listAudit({ kind, limit: 500, since: from && !isNaN(from.getTime()) ? timestampFromDate(from) : undefined })
-      .then((r) => !stop && (setRecords(r.records), setError("")))
+    setNext("");
+    request("")
+      .then((r) => !stop && (setRecords(r.records), setNext(r.nextPageToken), setError("")))
       .catch((e) => !stop && setError(describe(e)));
     return () => {
       stop = true;
     };
   }, [kind, since]);
+  const loadMore = () => {
+    setLoading(true);
+    request(next)
+      .then((r) => (setRecords((have) => [...(have ?? []), ...r.records]), setNext(r.nextPageToken), setError("")))
+      .catch((e) => setError(describe(e)))
+      .finally(() => setLoading(false));
+  };
   const rows = useMemo(
-    () =>
-      (records ?? [])
-        .filter((r) => (!actor || r.actor.includes(actor)) && (!op || r.operation === op) && (!text || (r.fqn + " " + r.reason).includes(text)))
-        .reverse(),
+    () => (records ?? []).filter((r) => (!actor || r.actor.includes(actor)) && (!op || r.operation === op) && (!text || (r.fqn + " " + r.reason).includes(text))),
     [records, actor, op, text],
   );
   return (
@@ -91,7 +110,7 @@ export function AuditPage() {
           </thead>
           <tbody>
             {rows.map((r) => {
-              const id = String(r.revision) + r.fqn;
+              const id = recordId(r);
               const isOpen = open === id;
               return [
                 <tr key={id} className={r.refused ? "problem" : ""}>
@@ -140,6 +159,16 @@ export function AuditPage() {
             })}
           </tbody>
         </table>
+      )}
+      {records && (
+        <p className="muted" aria-live="polite">
+          {records.length} record{records.length === 1 ? "" : "s"} loaded{next ? "; older ones exist." : " (all there are)."}{" "}
+          {next && (
+            <button type="button" onClick={loadMore} disabled={loading}>
+              {loading ? "Loading…" : "Load older records"}
+            </button>
+          )}
+        </p>
       )}
     </section>
   );
