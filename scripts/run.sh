@@ -34,7 +34,9 @@ trap cleanup EXIT INT TERM
 # (also kept in flotilla-data/bootstrap-admin, mode 0600); the log keeps it.
 # The built-in DNS (GSLB) answers on 127.0.0.1:8053 for the DNSZones with
 # provider BUILTIN: dig @127.0.0.1 -p 8053 <hostname>.
-"$bin/flotilla" server --listen "$listen" --dns-listen "${FLOTILLA_DNS_LISTEN:-127.0.0.1:8053}" >>"$run/server.log" 2>&1 &
+# --gslb-allow-cidr: the demo's entry points (examples/gslb.yaml) are
+# loopback addresses, which health checks reach only in an allowed range.
+"$bin/flotilla" server --listen "$listen" --dns-listen "${FLOTILLA_DNS_LISTEN:-127.0.0.1:8053}" --gslb-allow-cidr 127.0.0.0/8 >>"$run/server.log" 2>&1 &
 server=$!
 pids+=("$server")
 for _ in $(seq 1 100); do

@@ -25,6 +25,7 @@ import (
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/central"
 	"flotilla.io/flotilla/internal/gslb"
+	"flotilla.io/flotilla/internal/gslb/rule"
 	"flotilla.io/flotilla/internal/plane"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
@@ -32,7 +33,7 @@ import (
 )
 
 func newServerCmd(e *env) *cobra.Command {
-	var dnsKubeconfigs []string
+	var dnsKubeconfigs, gslbAllow []string
 	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey, debugListen string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
@@ -48,6 +49,10 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)
+			}
+			allow, err := rule.ParseCIDRs(gslbAllow)
+			if err != nil {
+				return fmt.Errorf("--gslb-allow-cidr: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(e.errOut, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -110,7 +115,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				dnsOpts.Clusters[name] = dyn
 			}
 			p, err := plane.New(e.reg, st, log, plane.Config{API: opts, Shared: strings.HasPrefix(storeArg, "postgres"),
-				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen, DNS: dnsOpts})
+				Central: []central.Option{central.WithAgentCredentialTTL(agentTTL)}, DNSListen: dnsListen, DNS: dnsOpts, GSLBAllow: allow})
 			if err != nil {
 				return err
 			}
@@ -129,6 +134,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringArrayVar(&dnsKubeconfigs, "dns-kubeconfig", nil, "NAME=FILE: a cluster where DNSZones with provider EXTERNAL_DNS (spec.externalDns.kubeconfig NAME) write DNSEndpoint objects for external-dns (repeatable)")
 	cmd.Flags().StringVar(&tsigFile, "dns-tsig-keys", "", "BIND key file (as tsig-keygen writes it) with the TSIG keys that sign updates of DNSZones with provider RFC2136")
 	cmd.Flags().StringVar(&dnsListen, "dns-listen", "", "address (UDP and TCP) of the built-in authoritative DNS server for the DNSZones with provider BUILTIN, e.g. 127.0.0.1:5353; off when empty")
+	cmd.Flags().StringArrayVar(&gslbAllow, "gslb-allow-cidr", nil, "CIDR range that DNSRecordSets' health checks may reach although no cluster reports it, e.g. 10.20.0.0/16 (repeatable); loopback, link-local and this host's own addresses only when a range covers them")
 	cmd.Flags().StringVar(&debugListen, "debug-listen", "", "address of Go's profiling endpoints (/debug/pprof/), without authentication: a loopback address only; off when empty")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")
 	cmd.Flags().StringVar(&storeArg, "store", "sqlite", `"sqlite" (at <data-dir>/flotilla.db) or a postgres://… URL`)

@@ -54,12 +54,13 @@ func TestAnswersHoldTheHealthyEntryPointsOrAllWhenNoneIs(t *testing.T) {
 	check("xapps.example.com", nil, false, false)
 }
 
-// The checker turns an entry point unhealthy after UnhealthyThreshold
-// failed probes in a row and healthy again after HealthyThreshold good
-// ones, against a real HTTP server.
+// The checker probes a passing entry point, turns it unhealthy after
+// UnhealthyThreshold failed probes in a row and healthy again after
+// HealthyThreshold good ones, against a real HTTP server.
 func TestTheCheckerFollowsItsThresholds(t *testing.T) {
 	var failing atomic.Bool
 	var failed, passed atomic.Int32 // probes answered since the last switch
+	seen := make(chan struct{}, 100) // a passing probe reached the endpoint
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -71,22 +72,35 @@ func TestTheCheckerFollowsItsThresholds(t *testing.T) {
 			return
 		}
 		passed.Add(1)
+		select {
+		case seen <- struct{}{}:
+		default:
+		}
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 	addr := ln.Addr().(*net.TCPAddr)
 	ip, _ := netip.AddrFromSlice(addr.IP.To4())
 	changes := make(chan bool, 10)
-	c := NewChecker(func(_ Target, healthy bool) { changes <- healthy })
+	c := NewChecker(loopbackAllowed, func(_ Target, healthy bool) { changes <- healthy })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rs := RecordSet{FQN: "rs", Hostname: "shop.example.com.", EntryPoints: []EntryPoint{{Cluster: "c1", Address: ip}},
 		Check: &Check{Path: "/healthz", Port: uint32(addr.Port), Interval: 50 * time.Millisecond, Timeout: time.Second, UnhealthyThreshold: 3, HealthyThreshold: 2}}
 	c.Sync(ctx, Config{Records: map[string]RecordSet{rs.Hostname: rs}})
 	tg := Target{Record: "rs", Address: ip}
-	time.Sleep(200 * time.Millisecond)
-	if !c.Healthy(tg) {
-		t.Fatal("a passing entry point is unhealthy")
+	// An entry point counts as healthy before its first probe, so wait for
+	// the endpoint to see two probes: the loop records a result before it
+	// makes the next probe, so the first one's is in.
+	for i := range 2 {
+		select {
+		case <-seen:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the endpoint saw %d probes, want 2", i)
+		}
+	}
+	if st, ok := c.State(tg); !ok || !st.Healthy || st.Last.IsZero() || st.Error != "" || st.Refused != "" {
+		t.Fatalf("state after passing probes %+v %v, want healthy and probed", st, ok)
 	}
 	failed.Store(0)
 	failing.Store(true)

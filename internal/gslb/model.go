@@ -18,6 +18,7 @@ import (
 	"time"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/gslb/rule"
 )
 
 // Defaults of a health check.
@@ -31,9 +32,12 @@ const (
 // Config is what is published: the zones the built-in server answers for,
 // the zones kept in other servers, and the record sets.
 type Config struct {
-	Zones   []string // BUILTIN zones: fully qualified, lowercase, with the final dot
-	Remote  []Zone   // RFC2136 zones
-	Records map[string]RecordSet
+	Zones   []string             // BUILTIN zones: fully qualified, lowercase, with the final dot
+	Remote  []Zone               // RFC2136 zones
+	Records map[string]RecordSet // by hostname
+	// Unpublished are the record sets not published, by FQN, with why: a
+	// hostname in no zone its organization owns, or taken by another.
+	Unpublished map[string]string
 }
 
 // Addresses is what hostname should resolve to: its healthy entry points
@@ -126,24 +130,10 @@ type Check struct {
 	UnhealthyThreshold, HealthyThreshold int
 }
 
-// Fqdn makes a name fully qualified and lowercase.
-func Fqdn(name string) string {
-	name = strings.ToLower(strings.TrimSpace(name))
-	if !strings.HasSuffix(name, ".") {
-		name += "."
-	}
-	return name
-}
-
-// InZone reports whether name is zone or below it (both fully qualified).
-func InZone(name, zone string) bool {
-	return name == zone || strings.HasSuffix(name, "."+zone)
-}
-
 // NewRecordSet resolves a stored spec; it fails only on what validation
 // refuses at apply time.
 func NewRecordSet(fqn string, s *pb.DNSRecordSetSpec) (RecordSet, error) {
-	rs := RecordSet{FQN: fqn, Hostname: Fqdn(s.GetHostname()), TTL: s.GetTtl()}
+	rs := RecordSet{FQN: fqn, Hostname: rule.Fqdn(s.GetHostname()), TTL: s.GetTtl()}
 	for _, e := range s.GetEntryPoints() {
 		addr, err := netip.ParseAddr(e.GetAddress())
 		if err != nil {
@@ -176,6 +166,22 @@ func NewRecordSet(fqn string, s *pb.DNSRecordSetSpec) (RecordSet, error) {
 	return rs, nil
 }
 
+// OrgOf is the FQN of the organization an object's FQN lies in
+// ("organizations/acme/tenants/t/..." → "organizations/acme").
+func OrgOf(fqn string) string {
+	parts := strings.SplitN(fqn, "/", 3)
+	if len(parts) < 2 {
+		return fqn
+	}
+	return parts[0] + "/" + parts[1]
+}
+
+// ClusterFQN is the FQN of cluster (a name, as entry points give it) in
+// the organization of the record set recordFQN.
+func ClusterFQN(recordFQN, cluster string) string {
+	return OrgOf(recordFQN) + "/clusters/" + cluster
+}
+
 // Target names one probed entry point of one record set.
 type Target struct {
 	Record  string // the DNSRecordSet's FQN
@@ -188,7 +194,7 @@ type Healthy func(Target) bool
 
 // Record returns the record set published as name.
 func (c Config) Record(name string) (RecordSet, bool) {
-	rs, ok := c.Records[Fqdn(name)]
+	rs, ok := c.Records[rule.Fqdn(name)]
 	return rs, ok
 }
 
@@ -197,9 +203,9 @@ func (c Config) Record(name string) (RecordSet, bool) {
 // When some entry points are healthy, only they are answered; when none is,
 // all are (a failing check must not take the name down).
 func (c Config) Answer(name string, healthy Healthy) (addrs []netip.Addr, ttl uint32, authoritative, found bool) {
-	name = Fqdn(name)
+	name = rule.Fqdn(name)
 	for _, z := range c.Zones {
-		if InZone(name, z) {
+		if rule.InZone(name, z) {
 			authoritative = true
 		}
 	}

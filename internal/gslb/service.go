@@ -20,13 +20,14 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/gslb/rule"
 	"flotilla.io/flotilla/internal/store"
 )
 
 // Kind names of the GSLB kinds.
 const (
-	KindDNSZone      = "DNSZone"
-	KindDNSRecordSet = "DNSRecordSet"
+	KindDNSZone      = rule.KindDNSZone
+	KindDNSRecordSet = rule.KindDNSRecordSet
 )
 
 // Service loads the zones and record sets from the store, probes the entry
@@ -37,6 +38,7 @@ type Service struct {
 	log     *slog.Logger
 	listen  string
 	checker *Checker
+	guard   *fleetGuard
 	cfg     atomic.Pointer[Config]
 	healthy *prometheus.GaugeVec
 	changes *prometheus.CounterVec
@@ -57,6 +59,10 @@ type Options struct {
 	// Clusters are the clusters EXTERNAL_DNS zones write DNSEndpoints to,
 	// by kubeconfig name.
 	Clusters map[string]dynamic.Interface
+	// Probes are the ranges health checks may always reach (flotilla
+	// server --gslb-allow-cidr) and the server host's own addresses, which
+	// they never reach unless a range covers them.
+	Probes rule.Probes
 }
 
 // New returns a service that serves DNS on listen ("host:port"; none when
@@ -70,7 +76,8 @@ func New(st store.Store, log *slog.Logger, listen string, opts Options) *Service
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flotilla_gslb_health_changes_total",
 			Help: "Times an entry point turned healthy or unhealthy."}, []string{"record", "address", "healthy"}),
 	}
-	s.checker = NewChecker(func(t Target, healthy bool) {
+	s.guard = newFleetGuard(opts.Probes)
+	s.checker = NewChecker(s.guard.why, func(t Target, healthy bool) {
 		v := 0.0
 		if healthy {
 			v = 1
@@ -96,6 +103,11 @@ func (s *Service) Register(r prometheus.Registerer) error {
 
 // Checker is the service's health checker.
 func (s *Service) Checker() *Checker { return s.checker }
+
+// UseFleet makes the addresses f reports for a cluster ones that health
+// checks of its entry points may reach. Until it is called, only the
+// ranges of Options.Probes may be probed.
+func (s *Service) UseFleet(f Fleet) { s.guard.useFleet(f) }
 
 func (s *Service) poke() {
 	select {
@@ -174,25 +186,39 @@ func (s *Service) load(ctx context.Context) error {
 			return nil
 		}
 	}
-	cfg := &Config{Records: map[string]RecordSet{}}
+	cfg := &Config{Records: map[string]RecordSet{}, Unpublished: map[string]string{}}
 	zones, err := s.st.List(ctx, store.Query{Kind: KindDNSZone})
 	if err != nil {
 		return err
 	}
+	specs := map[string]*pb.DNSZoneSpec{} // by FQN
+	var claims []rule.Claim
 	for _, z := range zones {
 		spec := &pb.DNSZoneSpec{}
 		if err := protojson.Unmarshal(z.Spec, spec); err != nil {
 			return fmt.Errorf("stored %s: %w", z.FQN, err)
 		}
+		specs[z.FQN] = spec
+		claims = append(claims, rule.Claim{FQN: z.FQN, Org: z.Parent, Zone: rule.Fqdn(spec.GetZone()), Created: z.CreateTime})
+	}
+	// A name has one owning organization: a zone that overlaps an older
+	// one of another organization (stored before apply refused it) is not
+	// served, nor are the record sets in it.
+	owned, lost := rule.Owners(claims)
+	for _, c := range lost {
+		s.log.Warn("DNS zone not served: another organization's older zone overlaps it", "zone", c.FQN)
+	}
+	for _, c := range owned {
+		spec := specs[c.FQN]
 		switch spec.GetProvider() {
 		case "RFC2136":
-			cfg.Remote = append(cfg.Remote, Zone{Name: Fqdn(spec.GetZone()), Provider: "RFC2136",
-				Server: spec.GetRfc2136().GetServer(), Key: Fqdn(spec.GetRfc2136().GetTsigKey())})
+			cfg.Remote = append(cfg.Remote, Zone{Name: c.Zone, Provider: "RFC2136",
+				Server: spec.GetRfc2136().GetServer(), Key: rule.Fqdn(spec.GetRfc2136().GetTsigKey())})
 		case "EXTERNAL_DNS":
-			cfg.Remote = append(cfg.Remote, Zone{Name: Fqdn(spec.GetZone()), Provider: "EXTERNAL_DNS",
+			cfg.Remote = append(cfg.Remote, Zone{Name: c.Zone, Provider: "EXTERNAL_DNS",
 				Kubeconfig: spec.GetExternalDns().GetKubeconfig(), Namespace: spec.GetExternalDns().GetNamespace()})
 		default:
-			cfg.Zones = append(cfg.Zones, Fqdn(spec.GetZone()))
+			cfg.Zones = append(cfg.Zones, c.Zone)
 		}
 	}
 	sets, err := s.st.List(ctx, store.Query{Kind: KindDNSRecordSet})
@@ -211,7 +237,7 @@ func (s *Service) load(ctx context.Context) error {
 		}
 		drained[c.FQN] = spec.GetDrained()
 	}
-	for _, r := range sets {
+	for _, r := range sets { // in FQN order: of two record sets of a hostname, the first is served
 		spec := &pb.DNSRecordSetSpec{}
 		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
 			return fmt.Errorf("stored %s: %w", r.FQN, err)
@@ -220,9 +246,12 @@ func (s *Service) load(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		org := strings.Join(strings.SplitN(r.FQN, "/", 3)[:2], "/")
+		if why := unpublished(rs, owned, lost, cfg.Records); why != "" {
+			cfg.Unpublished[rs.FQN] = why
+			continue
+		}
 		for i, e := range rs.EntryPoints {
-			rs.EntryPoints[i].Drained = drained[org+"/clusters/"+e.Cluster]
+			rs.EntryPoints[i].Drained = drained[ClusterFQN(r.FQN, e.Cluster)]
 		}
 		cfg.Records[rs.Hostname] = rs
 	}
@@ -231,6 +260,26 @@ func (s *Service) load(ctx context.Context) error {
 	s.loaded = rev
 	s.poke()
 	return nil
+}
+
+// unpublished says why rs is not published, or "" when it is: its
+// hostname must lie in a zone its organization owns, and no record set
+// before it may publish the same hostname.
+func unpublished(rs RecordSet, owned, lost []rule.Claim, published map[string]RecordSet) string {
+	org := OrgOf(rs.FQN)
+	mine := func(c rule.Claim) bool { return c.Org == org && rule.InZone(rs.Hostname, c.Zone) }
+	host := strings.TrimSuffix(rs.Hostname, ".")
+	switch {
+	case slices.ContainsFunc(owned, mine):
+	case slices.ContainsFunc(lost, mine):
+		return fmt.Sprintf("not published: %s is in a zone another organization manages", host)
+	default:
+		return fmt.Sprintf("not published: %s is in no DNSZone of the organization", host)
+	}
+	if _, taken := published[rs.Hostname]; taken {
+		return fmt.Sprintf("not published: another record set of the organization publishes %s", host)
+	}
+	return ""
 }
 
 // publishLoop keeps every RFC2136 zone as the intent and the health say:
@@ -253,7 +302,7 @@ func (s *Service) publishAll(ctx context.Context) {
 	for _, z := range cfg.Remote {
 		want := map[string]published{}
 		for host, rs := range cfg.Records {
-			if InZone(host, z.Name) {
+			if rule.InZone(host, z.Name) {
 				want[host] = published{fqn: rs.FQN, ttl: rs.TTL, addrs: rs.Addresses(s.checker.Healthy)}
 			}
 		}
@@ -331,11 +380,14 @@ func (s *Service) Status(fqn string) []*pb.ClusterState {
 		}
 	}
 	if rs == nil {
+		if why, ok := s.cfg.Load().Unpublished[fqn]; ok {
+			return []*pb.ClusterState{{State: "Failed", Message: why}}
+		}
 		return nil
 	}
 	var out []*pb.ClusterState
 	for _, z := range s.cfg.Load().Remote {
-		if !InZone(rs.Hostname, z.Name) {
+		if !rule.InZone(rs.Hostname, z.Name) {
 			continue
 		}
 		s.mu.Lock()
@@ -367,6 +419,11 @@ func (s *Service) Status(fqn string) []*pb.ClusterState {
 		if rs.Check != nil {
 			st, ok := s.checker.State(Target{Record: fqn, Address: e.Address})
 			switch {
+			case ok && st.Refused != "":
+				// Never a probe's error: what the server would have found
+				// there is none of the record set's business.
+				row.State = "Failed"
+				row.Message = fmt.Sprintf("%s: not probed: %s; in the answers unchecked; allow it with flotilla server --gslb-allow-cidr", e.Address, st.Refused)
 			case !ok || st.Last.IsZero():
 				row.Message = e.Address.String() + ": not probed yet"
 			case st.Healthy && st.Error == "":

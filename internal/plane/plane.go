@@ -12,11 +12,13 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/central"
 	"flotilla.io/flotilla/internal/gslb"
+	"flotilla.io/flotilla/internal/gslb/rule"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/ui"
@@ -36,6 +38,10 @@ type Config struct {
 	// DNS are where DNSZones with provider RFC2136 or EXTERNAL_DNS are
 	// published (TSIG keys, clusters for DNSEndpoints).
 	DNS gslb.Options
+	// GSLBAllow are the ranges that DNSRecordSets' health checks may reach
+	// whatever the fleet reports, loopback and the server's own addresses
+	// included when a range covers them (flotilla server --gslb-allow-cidr).
+	GSLBAllow []netip.Prefix
 }
 
 // Plane is a management plane with its central control plane.
@@ -53,12 +59,18 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	if cfg.Shared {
 		copts = append(copts, central.Shared())
 	}
+	probes := rule.Probes{Allow: cfg.GSLBAllow, Own: rule.HostAddresses()}
+	reg = reg.WithGSLBProbes(probes)
+	cfg.DNS.Probes = probes
 	var dns *gslb.Service
 	if cfg.DNSListen != "" || len(cfg.DNS.TSIGKeys) > 0 || len(cfg.DNS.Clusters) > 0 {
 		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen, cfg.DNS)
 		copts = append(copts, central.WithHealth(gslb.KindDNSRecordSet, dns.Status))
 	}
 	cp := central.New(reg, st, log.With("component", "central"), copts...)
+	if dns != nil {
+		dns.UseFleet(cp.Services())
+	}
 	srv := apiserver.New(reg, st, log, append(cfg.API, apiserver.WithReadiness(cp.Health))...)
 	if err := cp.Register(srv.Metrics()); err != nil {
 		return nil, err

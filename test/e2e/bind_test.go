@@ -135,7 +135,7 @@ func TestRFC2136KeepsAZoneInBINDAsTheHealthChecksSay(t *testing.T) {
 	keys := fmt.Sprintf("key \"flotilla\" { algorithm hmac-sha256; secret \"%s\"; };\nkey \"wrong\" { algorithm hmac-sha256; secret \"%s\"; };\n",
 		b.key, base64.StdEncoding.EncodeToString([]byte("not the key bind has, 32 bytes..")))
 	keyFile := writeFile(t, dir, "flotilla.keys", keys)
-	s := startServer(t, t.TempDir(), "--dns-tsig-keys", keyFile)
+	s := startServer(t, t.TempDir(), "--dns-tsig-keys", keyFile, "--gslb-allow-cidr", loopbackRange)
 	_, c2, port := twoEntryPoints(t, "127.0.22", "shop.apps.example.net")
 	intent := shopTenancy + fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
 kind: DNSZone

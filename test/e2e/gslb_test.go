@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,11 @@ import (
 
 	"flotilla.io/flotilla/internal/gslb"
 )
+
+// loopbackRange is what GSLB tests give flotilla server --gslb-allow-cidr:
+// their health endpoints listen on loopback addresses, which the server
+// probes only when a range allows them.
+const loopbackRange = "127.0.0.0/8"
 
 // entryPoint is a real HTTP health endpoint on one loopback address.
 type entryPoint struct {
@@ -161,7 +167,7 @@ spec:
 func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 	dir := t.TempDir()
 	dnsAddr := freePort(t)
-	s := startServer(t, dir, "--dns-listen", dnsAddr)
+	s := startServer(t, dir, "--dns-listen", dnsAddr, "--gslb-allow-cidr", loopbackRange)
 	c1, c2, port := twoEntryPoints(t, "127.0.20", "shop.apps.example.com")
 	if r := s.flotilla(strings.ReplaceAll(gslbIntent, "PORT", port), "apply", "-f", "-"); r.code != 0 {
 		t.Fatalf("apply: %+v", r)
@@ -230,7 +236,12 @@ func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 	// When every entry point fails, the name still answers with all of them.
 	_ = c1.srv.Close()
 	_ = c2.srv.Close()
-	time.Sleep(time.Second) // more than the detection time: both are out by now
+	eventually(t, 5*time.Second, "both entry points out (their status rows Failed)", func() error {
+		if _, rows := s.status("dnsrecordset", "shop"); rows["c1"].State != "Failed" || rows["c2"].State != "Failed" {
+			return fmt.Errorf("rows %+v", rows)
+		}
+		return nil
+	})
 	if err := answers(both); err != nil {
 		t.Fatalf("with every entry point failing: %v", err)
 	}
@@ -283,7 +294,7 @@ func TestTheBuiltInDNSAnswersWithHealthyEntryPoints(t *testing.T) {
 	}
 
 	claimed := "apiVersion: flotilla.io/v1alpha1\nkind: DNSRecordSet\nmetadata: {name: mine, organization: acme, tenant: media, workspace: web}\nspec:\n  hostname: shop.apps.example.com\n  ttl: 30\n  entryPoints: [{cluster: c1, address: 127.0.20.9}]\n"
-	if r := s.flotilla(claimed, "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, "is already published by organizations/acme/tenants/fintech/workspaces/shop/dnsrecordsets/shop") {
+	if r := s.flotilla(claimed, "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, "is already published by another tenant's record set") || strings.Contains(r.stderr, "fintech") {
 		t.Fatalf("a hostname claimed by a second tenant: %+v", r)
 	}
 	if out := s.must("get", "dnsrecordsets", "--org", "acme"); strings.Contains(out, "bad") || strings.Contains(out, "mine") {
@@ -357,7 +368,7 @@ func TestExternalDNSEndpointsFollowTheHealthChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, t.TempDir(), "--dns-kubeconfig", "dns="+c.kubeconfig)
+	s := startServer(t, t.TempDir(), "--dns-kubeconfig", "dns="+c.kubeconfig, "--gslb-allow-cidr", loopbackRange)
 	_, c2, port := twoEntryPoints(t, "127.0.23", "shop.apps.example.io")
 	intent := shopTenancy + `apiVersion: flotilla.io/v1alpha1
 kind: DNSZone
@@ -419,6 +430,170 @@ spec:
 	eventually(t, 20*time.Second, "shop's DNSEndpoint deleted", func() error {
 		if _, err := eps.Get(ctx, gslb.EndpointName("shop.apps.example.io."), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+}
+
+// orgIntent is organization org with tenant t and workspace w, a BUILTIN
+// DNSZone for zone and a record set publishing host at address (no
+// health check).
+func orgIntent(org, zone, host, address string) string {
+	return fmt.Sprintf(`apiVersion: flotilla.io/v1alpha1
+kind: Organization
+metadata: {name: %[1]s}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Tenant
+metadata: {name: t, organization: %[1]s}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: Workspace
+metadata: {name: w, organization: %[1]s, tenant: t}
+spec:
+  namespaceSelector: {names: ["*/%[1]s-web"]}
+---
+apiVersion: flotilla.io/v1alpha1
+kind: DNSZone
+metadata: {name: example, organization: %[1]s}
+spec:
+  zone: %[2]s
+  provider: BUILTIN
+---
+apiVersion: flotilla.io/v1alpha1
+kind: DNSRecordSet
+metadata: {name: shop, organization: %[1]s, tenant: t, workspace: w}
+spec:
+  hostname: %[3]s
+  ttl: 5
+  entryPoints: [{cluster: c1, address: %[4]s}]
+`, org, zone, host, address)
+}
+
+// Organization acme publishes shop.example.com; organization zzz (whose
+// name sorts after acme's) tries to take example.com, a zone inside it and
+// the hostname itself. Each apply is refused without naming acme, nothing
+// of it is stored, and the built-in DNS server keeps answering with
+// acme's address.
+func TestASecondOrganizationCannotTakeAnotherOnesHostname(t *testing.T) {
+	dnsAddr := freePort(t)
+	s := startServer(t, t.TempDir(), "--dns-listen", dnsAddr)
+	if r := s.flotilla(orgIntent("acme", "example.com", "shop.example.com", "127.0.30.1"), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply acme: %+v", r)
+	}
+	answersAcme := func() error {
+		got, rcode, err := lookup(dnsAddr, "shop.example.com")
+		if err == nil && (rcode != dns.RcodeSuccess || !slices.Equal(got, []string{"127.0.30.1"})) {
+			err = fmt.Errorf("answers %v (rcode %s), want acme's [127.0.30.1]", got, dns.RcodeToString[rcode])
+		}
+		return err
+	}
+	eventually(t, 10*time.Second, "acme's answer", answersAcme)
+	for _, tc := range []struct{ zone, host, want string }{
+		{"example.com", "shop.example.com", "spec.zone: example.com is already managed by another organization"},
+		{"Example.COM.", "shop.example.com", "spec.zone: example.com is already managed by another organization"},
+		{"shop.example.com", "shop.example.com", "spec.zone: shop.example.com lies inside a zone another organization manages"},
+		{"com", "shop.example.com", "spec.zone: com contains a zone another organization manages"},
+	} {
+		r := s.flotilla(orgIntent("zzz", tc.zone, tc.host, "127.0.30.2"), "apply", "-f", "-")
+		if r.code == 0 || !strings.Contains(r.stderr, tc.want) || strings.Contains(r.stderr, "acme") {
+			t.Fatalf("zzz's zone %s: exit %d, stderr %q; want a refusal saying %q and not naming acme", tc.zone, r.code, r.stderr, tc.want)
+		}
+	}
+	// zzz's own zone works, and is all zzz has; the hostname in acme's
+	// zone is still not its to publish.
+	if r := s.flotilla(orgIntent("zzz", "example.org", "shop.example.org", "127.0.30.2"), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply zzz's own zone: %+v", r)
+	}
+	if out := s.must("get", "dnszones", "--org", "zzz", "-o", "yaml"); strings.Count(out, "zone: ") != 1 || !strings.Contains(out, "zone: example.org") {
+		t.Fatalf("zzz's zones:\n%s", out)
+	}
+	steal := "apiVersion: flotilla.io/v1alpha1\nkind: DNSRecordSet\nmetadata: {name: steal, organization: zzz, tenant: t, workspace: w}\nspec:\n  hostname: shop.example.com\n  ttl: 5\n  entryPoints: [{cluster: c1, address: 127.0.30.2}]\n"
+	if r := s.flotilla(steal, "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, `spec.hostname: "shop.example.com" is in no zone Flotilla may manage for organization organizations/zzz`) {
+		t.Fatalf("zzz's record set for acme's hostname: %+v", r)
+	}
+	eventually(t, 10*time.Second, "zzz's own name answered", func() error {
+		got, _, err := lookup(dnsAddr, "shop.example.org")
+		if err == nil && !slices.Equal(got, []string{"127.0.30.2"}) {
+			err = fmt.Errorf("answers %v", got)
+		}
+		return err
+	})
+	if err := answersAcme(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A health check of an entry point on 127.0.0.1 or 169.254.169.254 (cloud
+// metadata) is refused at apply time by a server without
+// --gslb-allow-cidr; a server with --gslb-allow-cidr 127.0.0.0/8 accepts
+// the loopback one and probes it (the endpoint sees the request, and the
+// status says healthy), and still refuses 169.254.169.254.
+func TestHealthChecksReachLoopbackOnlyWhenTheServerAllowsIt(t *testing.T) {
+	var probes atomic.Int32
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host == "shop.apps.example.com" {
+			probes.Add(1)
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	zone := shopTenancy + `apiVersion: flotilla.io/v1alpha1
+kind: DNSZone
+metadata: {name: apps, organization: acme}
+spec:
+  zone: apps.example.com
+  provider: BUILTIN
+`
+	intent := func(address string) string {
+		return `apiVersion: flotilla.io/v1alpha1
+kind: DNSRecordSet
+metadata: {name: shop, organization: acme, tenant: fintech, workspace: shop}
+spec:
+  hostname: shop.apps.example.com
+  ttl: 5
+  entryPoints: [{cluster: c1, address: ` + address + `}]
+  healthCheck: {path: /healthz, port: ` + port + `, interval: 200ms}
+`
+	}
+	refused := func(s *server, address, class string) {
+		t.Helper()
+		want := "spec.entryPoints[0].address: " + address + " is " + class + ", where the server sends no health check"
+		if r := s.flotilla(intent(address), "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "--gslb-allow-cidr") {
+			t.Fatalf("%s: exit %d, stderr %q; want a refusal saying %q", address, r.code, r.stderr, want)
+		}
+		if out := s.must("get", "dnsrecordsets", "--org", "acme"); strings.Contains(out, "shop") {
+			t.Fatalf("a refused record set was stored:\n%s", out)
+		}
+	}
+	start := func(args ...string) *server {
+		t.Helper()
+		s := startServer(t, t.TempDir(), append([]string{"--dns-listen", freePort(t)}, args...)...)
+		if r := s.flotilla(zone, "apply", "-f", "-"); r.code != 0 {
+			t.Fatalf("apply the tenancy and zone: %+v", r)
+		}
+		return s
+	}
+	plain := start()
+	refused(plain, "127.0.0.1", "a loopback address")
+	refused(plain, "169.254.169.254", "a link-local address")
+	if n := probes.Load(); n != 0 {
+		t.Fatalf("the endpoint got %d probes from a server that refused the record set", n)
+	}
+
+	allowing := start("--gslb-allow-cidr", loopbackRange)
+	refused(allowing, "169.254.169.254", "a link-local address")
+	if r := allowing.flotilla(intent("127.0.0.1"), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply with 127.0.0.0/8 allowed: %+v", r)
+	}
+	eventually(t, 10*time.Second, "127.0.0.1 probed and healthy", func() error {
+		if _, rows := allowing.status("dnsrecordset", "shop"); probes.Load() == 0 || rows["c1"].State != "Applied" || !strings.Contains(rows["c1"].Message, "127.0.0.1: healthy (probed") {
+			return fmt.Errorf("%d probes, rows %+v", probes.Load(), rows)
 		}
 		return nil
 	})
