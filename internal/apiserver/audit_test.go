@@ -132,8 +132,9 @@ func TestAWorkspaceReaderPagesThroughOnlyItsOwnRecordsAmongThousandsAndTheExport
 			}
 			apply(t, s.client, own...)
 		}
-		all := storedAudit(t, st, store.AuditQuery{}) // oldest first
-		var want []string                             // what rita may read, newest first
+		// What rita may read, newest first, from the whole stored audit.
+		all := storedAudit(t, st, store.AuditQuery{})
+		var want []string
 		for _, r := range slices.Backward(all) {
 			if strings.HasPrefix(r.FQN, w1) || r.FQN == "organizations/acme/accessbindings/w1-reader" {
 				want = append(want, fmt.Sprintf("r%d", r.Revision))
