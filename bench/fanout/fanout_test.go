@@ -39,10 +39,10 @@ type simAgent struct {
 	seen chan string
 }
 
-func (a *simAgent) run(ctx context.Context, url, cred string, ready chan<- error) {
+func (a *simAgent) run(ctx context.Context, url string, cred harness.Sim, ready chan<- error) {
 	client := agentv1connect.NewAgentServiceClient(h2c(), url, connect.WithGRPC())
 	stream := client.Connect(ctx)
-	stream.RequestHeader().Set("Authorization", "Bearer "+cred)
+	stream.RequestHeader().Set("Authorization", cred.Header())
 	if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: a.name, AgentVersion: "sim"}}}); err != nil {
 		ready <- err
 		return
@@ -98,12 +98,12 @@ func benchmarkFanout(b *testing.B, clusters int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		joined, err := p.Agent.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: name, Token: tok.Msg.GetToken()}))
+		sim, err := harness.JoinAgent(ctx, p.Agent, name, tok.Msg.GetToken())
 		if err != nil {
 			b.Fatal(err)
 		}
 		agents[i] = &simAgent{name: name, seen: make(chan string, 16)}
-		go agents[i].run(ctx, p.URL, joined.Msg.GetCredential(), ready)
+		go agents[i].run(ctx, p.URL, sim, ready)
 	}
 	for range clusters {
 		if err := <-ready; err != nil {

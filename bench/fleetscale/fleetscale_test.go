@@ -50,7 +50,8 @@ import (
 // resource, sent as a partial acknowledgement after the first on a
 // stream), reconnecting after 100 ms when its stream ends.
 type sim struct {
-	name, cred string
+	name string
+	cred harness.Sim
 	acked      atomic.Int64 // revision of the last bundle acknowledged
 	streaming  atomic.Bool
 	lastErr    atomic.Value // string: why the last stream ended
@@ -63,7 +64,7 @@ func (s *sim) run(ctx context.Context, client agentv1connect.AgentServiceClient,
 	)
 	for ctx.Err() == nil {
 		stream := client.Connect(ctx)
-		stream.RequestHeader().Set("Authorization", "Bearer "+s.cred)
+		stream.RequestHeader().Set("Authorization", s.cred.Header())
 		if stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: s.name, AgentVersion: "sim", Last: last, AcceptsDeltas: true}}}) == nil {
 			s.streaming.Store(true)
 			var acked *agentv1.Ack // the last acknowledgement on this stream

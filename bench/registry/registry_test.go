@@ -99,7 +99,7 @@ func benchRegistry(b *testing.B, n int) {
 	for i := range n {
 		agentClient, cred := simulators.Join(ctx, b, fleet, name(i))
 		st := agentClient.Connect(ctx)
-		st.RequestHeader().Set("Authorization", "Bearer "+cred)
+		st.RequestHeader().Set("Authorization", cred.Header())
 		if err := st.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: name(i), AgentVersion: "sim"}}}); err != nil {
 			b.Fatal(err)
 		}

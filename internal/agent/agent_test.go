@@ -36,7 +36,7 @@ type corruptingServer struct {
 }
 
 func (s *corruptingServer) Join(context.Context, *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
-	return connect.NewResponse(&agentv1.JoinResponse{Credential: "fla_test", Cluster: "organizations/acme/clusters/c1"}), nil
+	return connect.NewResponse(&agentv1.JoinResponse{Cluster: "organizations/acme/clusters/c1", Audience: "flotilla"}), nil
 }
 
 func (s *corruptingServer) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
@@ -134,7 +134,7 @@ type flakyServer struct {
 }
 
 func (s *flakyServer) Join(context.Context, *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
-	return connect.NewResponse(&agentv1.JoinResponse{Credential: "fla_test", Cluster: "organizations/acme/clusters/c1"}), nil
+	return connect.NewResponse(&agentv1.JoinResponse{Cluster: "organizations/acme/clusters/c1", Audience: "flotilla"}), nil
 }
 
 func (s *flakyServer) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {
@@ -226,7 +226,7 @@ type deltaServer struct {
 }
 
 func (s *deltaServer) Join(context.Context, *connect.Request[agentv1.JoinRequest]) (*connect.Response[agentv1.JoinResponse], error) {
-	return connect.NewResponse(&agentv1.JoinResponse{Credential: "fla_test", Cluster: "organizations/acme/clusters/c1"}), nil
+	return connect.NewResponse(&agentv1.JoinResponse{Cluster: "organizations/acme/clusters/c1", Audience: "flotilla"}), nil
 }
 
 func (s *deltaServer) Connect(ctx context.Context, stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse]) error {

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -19,11 +21,21 @@ import (
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	"flotilla.io/flotilla/internal/ack"
+	"flotilla.io/flotilla/internal/agentcred"
 	"flotilla.io/flotilla/internal/compile"
 )
 
-// credentialSecret holds the agent's long-lived credential in its cluster.
+// credentialSecret holds the agent's credential in its cluster: its
+// private key ("key"), and once a join with it succeeded, the cluster's FQN
+// ("cluster"), the server's audience ("audience") and the SHA-256 of the
+// join token it used ("token-sha256").
 const credentialSecret = "flotilla-agent-credential"
+
+// identity is the agent's key-bound credential.
+type identity struct {
+	key               agentcred.Key
+	cluster, audience string
+}
 
 // ensureNamespaces creates the agent's own namespace and the one that holds
 // the ServiceEntries of services running only in other clusters.
@@ -37,58 +49,78 @@ func ensureNamespaces(ctx context.Context, kube kubernetes.Interface) error {
 	return nil
 }
 
-// credential returns the stored credential, joining with the token file
-// first if there is none. A refused token is terminal: retrying cannot help.
-func (a *Agent) credential(ctx context.Context, client agentv1connect.AgentServiceClient) (string, error) {
+// identity returns the agent's credential. Without one it makes a key
+// pair, stores the private key in the cluster, and only then joins with the
+// token file's token and the public key: an agent that stops between the
+// join and noting it joins again with the same key, which the server takes.
+// A token file with a token other than the one last joined with (the
+// cluster was onboarded again) makes a new key and joins with it. A refused
+// token is terminal: retrying cannot help.
+func (a *Agent) identity(ctx context.Context, client agentv1connect.AgentServiceClient) (identity, error) {
 	secrets := a.kube.CoreV1().Secrets(Namespace)
 	s, err := secrets.Get(ctx, credentialSecret, metav1.GetOptions{})
-	if err == nil {
-		return string(s.Data["credential"]), nil
+	if apierrors.IsNotFound(err) {
+		s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: credentialSecret, Namespace: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"}}}
+	} else if err != nil {
+		return identity{}, fmt.Errorf("read secret %s/%s: %w", Namespace, credentialSecret, err)
 	}
-	if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("read secret %s/%s: %w", Namespace, credentialSecret, err)
+	key, keyErr := agentcred.ParsePEM(s.Data["key"])
+	joined := keyErr == nil && len(s.Data["cluster"]) > 0
+	token, tokenErr := readToken(a.cfg.TokenFile)
+	if joined && (tokenErr != nil || hashToken(token) == string(s.Data["token-sha256"])) {
+		return identity{key: key, cluster: string(s.Data["cluster"]), audience: string(s.Data["audience"])}, nil
 	}
-	token, err := readToken(a.cfg.TokenFile)
-	if err != nil {
-		return "", &terminalError{err}
+	if tokenErr != nil {
+		if len(s.Data["credential"]) > 0 {
+			tokenErr = fmt.Errorf("secret %s/%s holds a bearer credential of an earlier agent, which the server no longer takes: run `flotilla cluster onboard --force %s` and start the agent with --token-file", Namespace, credentialSecret, a.cfg.Cluster)
+		}
+		return identity{}, &terminalError{tokenErr}
 	}
-	res, err := client.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: a.cfg.Cluster, Token: token}))
+	if keyErr != nil || joined {
+		// No key yet (or one joined with an earlier token): a new one,
+		// stored before the join so that no crash can lose it.
+		if key, err = agentcred.Generate(); err != nil {
+			return identity{}, err
+		}
+		s.Data = map[string][]byte{"key": key.PEM()}
+		if s, err = a.saveSecret(ctx, s); err != nil {
+			return identity{}, fmt.Errorf("store the agent's key in secret %s/%s: %w", Namespace, credentialSecret, err)
+		}
+	}
+	res, err := client.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: a.cfg.Cluster, Token: token, PublicKey: key.Public()}))
 	if err != nil {
 		switch connect.CodeOf(err) {
-		case connect.CodeUnauthenticated, connect.CodePermissionDenied:
-			return "", &terminalError{fmt.Errorf("join refused: %s", connect.NewError(connect.CodeOf(err), err).Message())}
+		case connect.CodeUnauthenticated, connect.CodePermissionDenied, connect.CodeInvalidArgument:
+			return identity{}, &terminalError{fmt.Errorf("join refused: %s", connect.NewError(connect.CodeOf(err), err).Message())}
 		}
-		return "", fmt.Errorf("join: %w", err)
+		return identity{}, fmt.Errorf("join: %w", err)
 	}
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: credentialSecret, Namespace: Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"},
-			Annotations: map[string]string{"flotilla.io/cluster": res.Msg.GetCluster()}},
-		Data: map[string][]byte{"credential": []byte(res.Msg.GetCredential())},
+	id := identity{key: key, cluster: res.Msg.GetCluster(), audience: res.Msg.GetAudience()}
+	s.Data["cluster"], s.Data["audience"], s.Data["token-sha256"] = []byte(id.cluster), []byte(id.audience), []byte(hashToken(token))
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
 	}
-	if _, err := secrets.Create(ctx, secret, metav1.CreateOptions{}); err != nil {
-		return "", fmt.Errorf("store credential in secret %s/%s: %w", Namespace, credentialSecret, err)
+	s.Annotations["flotilla.io/cluster"] = id.cluster
+	if _, err := a.saveSecret(ctx, s); err != nil {
+		// Joined: the next attempt joins again with the same key and token.
+		return identity{}, fmt.Errorf("note the join in secret %s/%s: %w", Namespace, credentialSecret, err)
 	}
-	a.log.Info("joined", "cluster", res.Msg.GetCluster(), "credentialExpires", res.Msg.GetExpireTime().AsTime())
-	return res.Msg.GetCredential(), nil
+	a.log.Info("joined", "cluster", id.cluster, "credentialExpires", res.Msg.GetExpireTime().AsTime())
+	return id, nil
 }
 
-// storeCredential keeps a renewed credential in the cluster, for the next
-// session. The stream in use goes on with the old one (still valid).
-func (a *Agent) storeCredential(ctx context.Context, c *agentv1.AgentCredential) error {
+// saveSecret creates or updates the credential's Secret.
+func (a *Agent) saveSecret(ctx context.Context, s *corev1.Secret) (*corev1.Secret, error) {
 	secrets := a.kube.CoreV1().Secrets(Namespace)
-	s, err := secrets.Get(ctx, credentialSecret, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("read secret %s/%s: %w", Namespace, credentialSecret, err)
+	if s.ResourceVersion == "" {
+		return secrets.Create(ctx, s, metav1.CreateOptions{})
 	}
-	if s.Data == nil {
-		s.Data = map[string][]byte{}
-	}
-	s.Data["credential"] = []byte(c.GetCredential())
-	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("store the renewed credential in secret %s/%s: %w", Namespace, credentialSecret, err)
-	}
-	a.log.Info("credential renewed", "expires", c.GetExpireTime().AsTime())
-	return nil
+	return secrets.Update(ctx, s, metav1.UpdateOptions{})
+}
+
+func hashToken(t string) string {
+	sum := sha256.Sum256([]byte(t))
+	return hex.EncodeToString(sum[:])
 }
 
 // terminalError is an error that retrying does not fix.
@@ -119,19 +151,19 @@ func backoff(n int) time.Duration {
 func (a *Agent) sessions(ctx context.Context) error {
 	for attempt, server := 0, 0; ; attempt++ {
 		client := a.clients[server]
-		cred, err := a.credential(ctx, client)
+		id, err := a.identity(ctx, client)
 		var terminal *terminalError
 		if errors.As(err, &terminal) {
 			return err
 		}
 		if err == nil {
 			var established bool
-			established, err = a.session(ctx, client, a.servers[server], cred)
+			established, err = a.session(ctx, client, a.servers[server], id)
 			if established {
 				attempt = 0
 			}
 			if connect.CodeOf(err) == connect.CodeUnauthenticated {
-				return fmt.Errorf("the central control plane refused this cluster's credential (%s): onboard the cluster again and delete secret %s/%s", connect.NewError(connect.CodeOf(err), err).Message(), Namespace, credentialSecret)
+				return fmt.Errorf("the central control plane refused this cluster's credential (%s): run `flotilla cluster onboard --force %s` and restart the agent with the new token in --token-file", connect.NewError(connect.CodeOf(err), err).Message(), a.cfg.Cluster)
 			}
 		}
 		if ctx.Err() != nil {
@@ -166,12 +198,17 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // session runs one stream. established reports whether Hello got through.
-func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceClient, server, cred string) (bool, error) {
+func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceClient, server string, id identity) (bool, error) {
 	var established atomic.Bool // a bundle arrived or a report went out
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A fresh assertion per stream proves that this agent holds the key.
+	assertion, err := id.key.Assert(id.cluster, id.audience, time.Now())
+	if err != nil {
+		return false, err
+	}
 	stream := client.Connect(ctx)
-	stream.RequestHeader().Set("Authorization", "Bearer "+cred)
+	stream.RequestHeader().Set("Authorization", "Bearer "+assertion)
 	defer stream.CloseRequest()
 
 	// What was queued for an earlier session is superseded by Hello and a
@@ -241,10 +278,10 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 				continue
 			}
 			if c := msg.GetCredential(); c != nil {
-				if err := a.storeCredential(ctx, c); err != nil {
-					// The old credential still works; the server renews
-					// again on the next stream.
-					a.log.Error("renewed credential not stored", "err", err)
+				if c.GetFinal() {
+					a.log.Warn("the credential reached its longest life and will not be extended: onboard the cluster again before it expires", "expires", c.GetExpireTime().AsTime())
+				} else {
+					a.log.Info("credential extended", "expires", c.GetExpireTime().AsTime())
 				}
 				continue
 			}

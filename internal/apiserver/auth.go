@@ -9,8 +9,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
-	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/access"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/authz"
@@ -46,9 +44,6 @@ type Auth struct {
 	// UserTTL and MachineTTL bound the life of people's and service
 	// accounts' access tokens.
 	UserTTL, MachineTTL time.Duration
-
-	public *ipLimiter // Token, GetLoginConfig: unauthenticated
-	audits *ipLimiter // refusals recorded per address
 }
 
 // NewAuth returns authentication with the signing keys in keyFile (created
@@ -62,29 +57,7 @@ func NewAuth(keyFile, issuer string) (*Auth, error) {
 		Issuer:   &authn.Issuer{Name: issuer, Keys: ks},
 		Policies: authz.NewCache(),
 		UserTTL:  DefaultUserTokenTTL, MachineTTL: DefaultMachineTokenTTL,
-		// An address may log in a few times a second; a burst covers a
-		// script starting many clients at once.
-		public: newIPLimiter(5, 50),
-		audits: newIPLimiter(10, 100),
 	}, nil
-}
-
-// procedures that take no access token.
-var public = map[string]bool{
-	flotillav1alpha1connect.IdentityServiceTokenProcedure:          true,
-	flotillav1alpha1connect.IdentityServiceGetLoginConfigProcedure: true,
-	agentv1connect.AgentServiceJoinProcedure:                       true,
-}
-
-// writes are the procedures whose refusals the audit records.
-var writes = map[string]bool{
-	flotillav1alpha1connect.ResourceServiceApplyProcedure:                   true,
-	flotillav1alpha1connect.ResourceServiceDeleteProcedure:                  true,
-	flotillav1alpha1connect.FleetServiceOnboardProcedure:                    true,
-	flotillav1alpha1connect.IdentityServiceTokenProcedure:                   true,
-	flotillav1alpha1connect.IdentityServiceCreateServiceAccountKeyProcedure: true,
-	flotillav1alpha1connect.IdentityServiceRotateSigningKeyProcedure:        true,
-	flotillav1alpha1connect.IdentityServiceRemoveSigningKeyProcedure:        true,
 }
 
 // authenticate resolves the caller from the Authorization header.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -29,7 +30,7 @@ type Server struct {
 	metrics  *prometheus.Registry
 	stop     chan struct{}
 	stopOnce sync.Once
-	mux      *http.ServeMux
+	mux      *http.ServeMux // private: services get on it through Mount only
 
 	retain       int64
 	compactEvery time.Duration
@@ -41,6 +42,14 @@ type Server struct {
 	auth     *Auth
 	authn    *authInterceptor
 	hmetrics connect.Interceptor
+
+	limits  Limits              // see WithLimits
+	trusted []netip.Prefix      // see WithTrustedProxies
+	procs   map[string]procKind // every mounted procedure
+	edge    *edge
+
+	notReadyLogged time.Time // when /readyz last logged why (readyMu)
+	readyMu        sync.Mutex
 }
 
 // Option configures a Server.
@@ -67,7 +76,7 @@ func WithEventRetention(keep int64, every time.Duration) Option {
 }
 
 // WithReadiness adds a condition to /readyz: while check fails, the server
-// answers 503 with the check's error, which must be fit for anyone to read.
+// answers 503, and logs the check's error (/readyz answers anyone).
 func WithReadiness(check func() error) Option {
 	return func(s *Server) { s.readiness = append(s.readiness, check) }
 }
@@ -81,7 +90,8 @@ func WithMetrics(reg *prometheus.Registry) Option { return func(s *Server) { s.m
 
 // New returns a server over st. It does not listen until Serve.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Server {
-	s := &Server{reg: reg, st: st, log: log, stop: make(chan struct{}), mux: http.NewServeMux(), retain: DefaultRetainEvents, compactEvery: DefaultCompactInterval}
+	s := &Server{reg: reg, st: st, log: log, stop: make(chan struct{}), mux: http.NewServeMux(), retain: DefaultRetainEvents, compactEvery: DefaultCompactInterval,
+		limits: DefaultLimits(), procs: map[string]procKind{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -93,27 +103,16 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 		// Secure by default: with no way to authenticate, nobody gets in.
 		s.auth = &Auth{Policies: authz.NewCache()}
 	}
-	s.authn = &authInterceptor{auth: s.auth, st: st, log: log}
+	s.edge = newEdge(s.limits, s.metrics)
+	s.authn = &authInterceptor{srv: s, auth: s.auth, st: st, log: log}
 	s.hmetrics = newMetricsInterceptor(s.metrics)
-	hopts := s.HandlerOptions()
-	s.mux.Handle(flotillav1alpha1connect.NewResourceServiceHandler(&Resources{reg: reg, st: st, log: log, stop: s.stop, auth: s.auth}, hopts...))
-	s.mux.Handle(flotillav1alpha1connect.NewAuditServiceHandler(&Audit{reg: reg, st: st, log: log, auth: s.auth}, hopts...))
-	s.mux.Handle(flotillav1alpha1connect.NewIdentityServiceHandler(&Identity{auth: s.auth, reg: reg, st: st, log: log}, hopts...))
+	s.Mount(Service(flotillav1alpha1connect.NewResourceServiceHandler, flotillav1alpha1connect.ResourceServiceHandler(&Resources{reg: reg, st: st, log: log, stop: s.stop, auth: s.auth})))
+	s.Mount(Service(flotillav1alpha1connect.NewAuditServiceHandler, flotillav1alpha1connect.AuditServiceHandler(&Audit{reg: reg, st: st, log: log, auth: s.auth})))
+	s.Mount(Service(flotillav1alpha1connect.NewIdentityServiceHandler, flotillav1alpha1connect.IdentityServiceHandler(&Identity{auth: s.auth, reg: reg, st: st, log: log})))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", s.auth.requireFleetReader(st, promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{})))
 	return s
-}
-
-// HandlerOptions are the options every API handler on the server's port
-// takes: authentication, metrics and the message size limit. The planes
-// that share the port (the central's fleet service) register with them.
-func (s *Server) HandlerOptions() []connect.HandlerOption {
-	return []connect.HandlerOption{
-		connect.WithInterceptors(s.hmetrics, s.authn),
-		connect.WithReadMaxBytes(maxMessageBytes),
-		connect.WithCompressMinBytes(compressMinBytes),
-	}
 }
 
 // compressMinBytes: smaller responses go uncompressed. Compressing a small
@@ -123,16 +122,12 @@ const compressMinBytes = 1024
 // Auth is the server's authentication and authorization.
 func (s *Server) Auth() *Auth { return s.auth }
 
-// Handle adds a handler to the server's mux, for the planes that share its
-// port (the central control plane's agent stream, the UI).
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
-
 // Metrics is the registry served on /metrics, for the planes that share
 // the server to add theirs.
 func (s *Server) Metrics() prometheus.Registerer { return s.metrics }
 
-// Handler is the server's root handler.
-func (s *Server) Handler() http.Handler { return s.edge(s.mux) }
+// Handler is the server's root handler: the mux behind the edge.
+func (s *Server) Handler() http.Handler { return s.edgeHTTP(s.mux) }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -145,7 +140,15 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, check := range s.readiness {
 		if err := check(); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			// /readyz answers anyone: why goes to the log, at most every
+			// ten seconds however often it is asked.
+			s.readyMu.Lock()
+			if time.Since(s.notReadyLogged) > 10*time.Second {
+				s.notReadyLogged = time.Now()
+				s.log.Warn("not ready", "why", err)
+			}
+			s.readyMu.Unlock()
+			http.Error(w, "not ready: the central control plane cannot serve every cluster its current intent (see the server log)", http.StatusServiceUnavailable)
 			return
 		}
 	}
@@ -189,6 +192,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	compacted := make(chan struct{})
 	go func() { s.compactLoop(compactCtx); close(compacted) }()
 	go s.reloadKeys(compactCtx)
+	// Queued refusals are written until the last request in flight is done.
+	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
+	audited := make(chan struct{})
+	go func() { s.edge.auditLoop(auditCtx, s.st, s.log); close(audited) }()
+	defer func() { stopAudit(); <-audited }()
 	defer func() { stopCompacting(); <-compacted }()
 	select {
 	case err := <-errc:

@@ -39,6 +39,7 @@ type Central struct {
 	sendTimeout time.Duration // see DefaultSendTimeout
 	shared      bool          // other server replicas share the store
 	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
+	agents      agentAuth     // agent credentials' options and used assertions (stream.go)
 
 	services *registry.Registry // what runs in the clusters: runtime state, outside the event log
 	mc       *multicluster      // the bundles' multicluster slices; guarded by mu

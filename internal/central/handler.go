@@ -2,9 +2,9 @@ package central
 
 import (
 	"net/http"
+	"time"
 
 	"connectrpc.com/connect"
-	"time"
 
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 )
@@ -15,15 +15,19 @@ import (
 // no memory, and cannot hold up a shutdown.
 const DefaultSendTimeout = 30 * time.Second
 
+// WithSendTimeout bounds one write to an agent's stream (DefaultSendTimeout).
+func WithSendTimeout(d time.Duration) Option { return func(c *Central) { c.sendTimeout = d } }
+
 // compressMinBytes: messages to agents smaller than this go uncompressed.
 const compressMinBytes = 1024
 
-// Handler returns the AgentService's path and handler, with the send timeout
-// applied to every write.
-func (c *Central) Handler() (string, http.Handler) {
+// Handler returns the AgentService's path and handler, built with opts
+// (the API edge's: limits, interceptors), with the send timeout applied to
+// every write. Mount it with apiserver.Server.Mount, never bare.
+func (c *Central) Handler(opts ...connect.HandlerOption) (string, http.Handler) {
 	// Bundle deltas, acknowledgements' answers and credentials are small:
 	// only whole bundles are worth compressing.
-	path, h := agentv1connect.NewAgentServiceHandler(c, connect.WithCompressMinBytes(compressMinBytes))
+	path, h := agentv1connect.NewAgentServiceHandler(c, append(opts, connect.WithCompressMinBytes(compressMinBytes))...)
 	return path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: c.sendTimeout}, r)
 	})

@@ -31,7 +31,7 @@ func TestARuntimeGapOrDigestMismatchAsksForAFullReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := h.agent.Connect(ctx)
-	s.RequestHeader().Set("Authorization", "Bearer "+cred)
+	s.RequestHeader().Set("Authorization", cred.header())
 	send := func(m *agentv1.ConnectRequest) {
 		t.Helper()
 		if err := s.Send(m); err != nil {

@@ -59,7 +59,7 @@ func newClusterCmd(e *env) *cobra.Command {
 	onboard.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
 	onboard.Flags().DurationVar(&ttl, "ttl", central.DefaultTokenTTL, "how long the token stays valid")
 	onboard.Flags().BoolVar(&force, "force", false, "issue a token even though the cluster's agent is connected: joining with it replaces that agent's credential")
-	cmd.AddCommand(onboard, newDrainCmd(e, true), newDrainCmd(e, false))
+	cmd.AddCommand(onboard, newRevokeCmd(e), newDrainCmd(e, true), newDrainCmd(e, false))
 	return cmd
 }
 

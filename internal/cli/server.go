@@ -38,6 +38,7 @@ func newServerCmd(e *env) *cobra.Command {
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
 	var agentTTL time.Duration
+	var trustedProxies []string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the management plane",
@@ -72,6 +73,11 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				return fmt.Errorf("--listen %s: %w", listen, err)
 			}
 			var opts []apiserver.Option
+			proxies, err := apiserver.ParseTrustedProxies(trustedProxies)
+			if err != nil {
+				return fmt.Errorf("--trusted-proxy: %w", err)
+			}
+			opts = append(opts, apiserver.WithTrustedProxies(proxies))
 			switch {
 			case tlsCert != "" && tlsKey != "":
 				opts = append(opts, apiserver.WithTLS(tlsCert, tlsKey))
@@ -135,6 +141,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&tsigFile, "dns-tsig-keys", "", "BIND key file (as tsig-keygen writes it) with the TSIG keys that sign updates of DNSZones with provider RFC2136")
 	cmd.Flags().StringVar(&dnsListen, "dns-listen", "", "address (UDP and TCP) of the built-in authoritative DNS server for the DNSZones with provider BUILTIN, e.g. 127.0.0.1:5353; off when empty")
 	cmd.Flags().StringArrayVar(&gslbAllow, "gslb-allow-cidr", nil, "CIDR range that DNSRecordSets' health checks may reach although no cluster reports it, e.g. 10.20.0.0/16 (repeatable); loopback, link-local and this host's own addresses only when a range covers them")
+	cmd.Flags().StringArrayVar(&trustedProxies, "trusted-proxy", nil, "CIDR (or address) of a proxy in front of the server whose X-Forwarded-For names the client, for rate limits and the audit (repeatable); from other peers the header is ignored")
 	cmd.Flags().StringVar(&debugListen, "debug-listen", "", "address of Go's profiling endpoints (/debug/pprof/), without authentication: a loopback address only; off when empty")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./flotilla-data", "directory for the embedded store and local state")
 	cmd.Flags().StringVar(&storeArg, "store", "sqlite", `"sqlite" (at <data-dir>/flotilla.db) or a postgres://… URL`)

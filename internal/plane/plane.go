@@ -5,7 +5,7 @@
 // wiring can miss a piece.
 //
 //	store ──▶ apiserver (resources, audit, health, metrics)
-//	      └─▶ central (agent stream, fleet service, bundles, status) ──▶ same mux
+//	      └─▶ central (agent stream, fleet service, bundles, status) ──▶ same port, through apiserver.Mount
 package plane
 
 import (
@@ -75,9 +75,12 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	if err := cp.Register(srv.Metrics()); err != nil {
 		return nil, err
 	}
-	srv.Handle(cp.Handler())
-	srv.Handle(flotillav1alpha1connect.NewFleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies}, srv.HandlerOptions()...))
-	srv.Handle("/", ui.Handler())
+	// Every service goes through the API's edge (limits, authentication,
+	// scrubbed errors), the agent's included.
+	cp.SetAudience(srv.Audience())
+	srv.Mount(cp.Handler)
+	srv.Mount(apiserver.Service(flotillav1alpha1connect.NewFleetServiceHandler, flotillav1alpha1connect.FleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies})))
+	srv.HandlePage("/", ui.Handler())
 	p := &Plane{API: srv, Central: cp, GSLB: dns}
 	if dns != nil {
 		if err := dns.Register(srv.Metrics()); err != nil {

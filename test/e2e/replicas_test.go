@@ -20,6 +20,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/agentcred"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/store/postgres/pgtest"
 	"flotilla.io/flotilla/internal/testauth"
@@ -36,7 +37,9 @@ func h2cClient() *http.Client {
 // moves to the next server replica when its stream fails, as the real
 // agent does. server says which replica its live stream is on.
 type simAgent struct {
-	name, cred string
+	name string
+	key  agentcred.Key
+	aud  string
 	urls       []string
 
 	mu     sync.Mutex
@@ -54,7 +57,11 @@ func (a *simAgent) run(ctx context.Context) {
 	for i := 0; ctx.Err() == nil; i++ {
 		url := a.urls[i%len(a.urls)]
 		stream := agentv1connect.NewAgentServiceClient(h2cClient(), url, connect.WithGRPC()).Connect(ctx)
-		stream.RequestHeader().Set("Authorization", "Bearer "+a.cred)
+		assertion, err := a.key.Assert(a.name, a.aud, time.Now())
+		if err != nil {
+			panic(err)
+		}
+		stream.RequestHeader().Set("Authorization", "Bearer "+assertion)
 		if err := stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: &agentv1.Hello{Cluster: a.name, AgentVersion: "sim", Last: last}}}); err == nil {
 			a.mu.Lock()
 			a.server = url
@@ -111,8 +118,10 @@ func connectedAgents(t *testing.T, s *server) int {
 func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 	const sims = 200
 	db := pgtest.NewDatabase(t)
-	a := startServer(t, t.TempDir(), "--store", db)
-	b := startServer(t, t.TempDir(), "--store", db)
+	// The test is the simulated agents' proxy: each joins from an address
+	// of its own, as a fleet would (the per-client limit of Join).
+	a := startServer(t, t.TempDir(), "--store", db, "--trusted-proxy", "127.0.0.0/8")
+	b := startServer(t, t.TempDir(), "--store", db, "--trusted-proxy", "127.0.0.0/8")
 	b.login(bootstrapFile(a.cmd.Dir)) // the store has one bootstrap credential: a made it
 	cs := clusters(t)
 	for _, c := range cs {
@@ -148,7 +157,13 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		joined, err := agentA.Join(ctx, connect.NewRequest(&agentv1.JoinRequest{Cluster: name, Token: tok.Msg.GetToken()}))
+		key, err := agentcred.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		join := connect.NewRequest(&agentv1.JoinRequest{Cluster: name, Token: tok.Msg.GetToken(), PublicKey: key.Public()})
+		join.Header().Set("X-Forwarded-For", fmt.Sprintf("10.0.%d.%d", i/250, i%250+1))
+		joined, err := agentA.Join(ctx, join)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +171,7 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 		if i%4 == 3 {
 			urls = []string{b.url, a.url}
 		}
-		agents[i] = &simAgent{name: name, cred: joined.Msg.GetCredential(), urls: urls}
+		agents[i] = &simAgent{name: name, key: key, aud: joined.Msg.GetAudience(), urls: urls}
 		go agents[i].run(ctx)
 	}
 	// Every cluster converges; replica b answers for the clusters replica a

@@ -80,7 +80,7 @@ func startWith(tb testing.TB, st store.Store, insecure bool, cfg plane.Config) *
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	auth, token := testauth.New(tb)
 	auth.Insecure = insecure
-	cfg.API = append(cfg.API, apiserver.WithAuth(auth))
+	cfg.API = append(cfg.API, apiserver.WithAuth(auth), TrustLoopback)
 	p, err := plane.New(resource.Builtin(), st, log, cfg)
 	if err != nil {
 		tb.Fatal(err)

@@ -596,6 +596,122 @@ func (x *OnboardRequest) GetForce() bool {
 	return false
 }
 
+type RevokeClusterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fqn of the cluster, or give its name and organization in metadata.
+	Fqn           string    `protobuf:"bytes,1,opt,name=fqn,proto3" json:"fqn,omitempty"`
+	Metadata      *Metadata `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeClusterRequest) Reset() {
+	*x = RevokeClusterRequest{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeClusterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeClusterRequest) ProtoMessage() {}
+
+func (x *RevokeClusterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeClusterRequest.ProtoReflect.Descriptor instead.
+func (*RevokeClusterRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RevokeClusterRequest) GetFqn() string {
+	if x != nil {
+		return x.Fqn
+	}
+	return ""
+}
+
+func (x *RevokeClusterRequest) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type RevokeClusterResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// Credentials counts the agent credentials and join tokens deleted.
+	Credentials uint32 `protobuf:"varint,2,opt,name=credentials,proto3" json:"credentials,omitempty"`
+	// StreamEnded says an agent stream of the cluster to the replica that
+	// answered was ended.
+	StreamEnded   bool `protobuf:"varint,3,opt,name=stream_ended,json=streamEnded,proto3" json:"stream_ended,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeClusterResponse) Reset() {
+	*x = RevokeClusterResponse{}
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeClusterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeClusterResponse) ProtoMessage() {}
+
+func (x *RevokeClusterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeClusterResponse.ProtoReflect.Descriptor instead.
+func (*RevokeClusterResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RevokeClusterResponse) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *RevokeClusterResponse) GetCredentials() uint32 {
+	if x != nil {
+		return x.Credentials
+	}
+	return 0
+}
+
+func (x *RevokeClusterResponse) GetStreamEnded() bool {
+	if x != nil {
+		return x.StreamEnded
+	}
+	return false
+}
+
 type OnboardResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -608,7 +724,7 @@ type OnboardResponse struct {
 
 func (x *OnboardResponse) Reset() {
 	*x = OnboardResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +736,7 @@ func (x *OnboardResponse) String() string {
 func (*OnboardResponse) ProtoMessage() {}
 
 func (x *OnboardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[7]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +749,7 @@ func (x *OnboardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OnboardResponse.ProtoReflect.Descriptor instead.
 func (*OnboardResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *OnboardResponse) GetCluster() string {
@@ -673,7 +789,7 @@ type GetStatusRequest struct {
 
 func (x *GetStatusRequest) Reset() {
 	*x = GetStatusRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +801,7 @@ func (x *GetStatusRequest) String() string {
 func (*GetStatusRequest) ProtoMessage() {}
 
 func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[8]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +814,7 @@ func (x *GetStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetStatusRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetStatusRequest) GetKind() string {
@@ -748,7 +864,7 @@ type ClusterState struct {
 
 func (x *ClusterState) Reset() {
 	*x = ClusterState{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +876,7 @@ func (x *ClusterState) String() string {
 func (*ClusterState) ProtoMessage() {}
 
 func (x *ClusterState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[9]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +889,7 @@ func (x *ClusterState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterState.ProtoReflect.Descriptor instead.
 func (*ClusterState) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClusterState) GetCluster() string {
@@ -844,7 +960,7 @@ type GetStatusResponse struct {
 
 func (x *GetStatusResponse) Reset() {
 	*x = GetStatusResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +972,7 @@ func (x *GetStatusResponse) String() string {
 func (*GetStatusResponse) ProtoMessage() {}
 
 func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[10]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +985,7 @@ func (x *GetStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetStatusResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetStatusResponse) GetFqn() string {
@@ -938,7 +1054,7 @@ type GetCompiledRequest struct {
 
 func (x *GetCompiledRequest) Reset() {
 	*x = GetCompiledRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1066,7 @@ func (x *GetCompiledRequest) String() string {
 func (*GetCompiledRequest) ProtoMessage() {}
 
 func (x *GetCompiledRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[11]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1079,7 @@ func (x *GetCompiledRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompiledRequest.ProtoReflect.Descriptor instead.
 func (*GetCompiledRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetCompiledRequest) GetCluster() string {
@@ -988,7 +1104,7 @@ type GetCompiledResponse struct {
 
 func (x *GetCompiledResponse) Reset() {
 	*x = GetCompiledResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1116,7 @@ func (x *GetCompiledResponse) String() string {
 func (*GetCompiledResponse) ProtoMessage() {}
 
 func (x *GetCompiledResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[12]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1129,7 @@ func (x *GetCompiledResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCompiledResponse.ProtoReflect.Descriptor instead.
 func (*GetCompiledResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetCompiledResponse) GetCluster() string {
@@ -1060,7 +1176,7 @@ type PlanRequest struct {
 
 func (x *PlanRequest) Reset() {
 	*x = PlanRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1188,7 @@ func (x *PlanRequest) String() string {
 func (*PlanRequest) ProtoMessage() {}
 
 func (x *PlanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[13]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1201,7 @@ func (x *PlanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanRequest.ProtoReflect.Descriptor instead.
 func (*PlanRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PlanRequest) GetResources() []*Resource {
@@ -1112,7 +1228,7 @@ type PlannedChange struct {
 
 func (x *PlannedChange) Reset() {
 	*x = PlannedChange{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1240,7 @@ func (x *PlannedChange) String() string {
 func (*PlannedChange) ProtoMessage() {}
 
 func (x *PlannedChange) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[14]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1253,7 @@ func (x *PlannedChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedChange.ProtoReflect.Descriptor instead.
 func (*PlannedChange) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PlannedChange) GetAction() string {
@@ -1194,7 +1310,7 @@ type ClusterPlan struct {
 
 func (x *ClusterPlan) Reset() {
 	*x = ClusterPlan{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1322,7 @@ func (x *ClusterPlan) String() string {
 func (*ClusterPlan) ProtoMessage() {}
 
 func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[15]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1335,7 @@ func (x *ClusterPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterPlan.ProtoReflect.Descriptor instead.
 func (*ClusterPlan) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClusterPlan) GetCluster() string {
@@ -1254,7 +1370,7 @@ type PlanResponse struct {
 
 func (x *PlanResponse) Reset() {
 	*x = PlanResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1382,7 @@ func (x *PlanResponse) String() string {
 func (*PlanResponse) ProtoMessage() {}
 
 func (x *PlanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[16]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1395,7 @@ func (x *PlanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanResponse.ProtoReflect.Descriptor instead.
 func (*PlanResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PlanResponse) GetResults() []*ApplyResult {
@@ -1307,7 +1423,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1435,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[17]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1448,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListServicesRequest) GetNamespace() string {
@@ -1358,7 +1474,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1486,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[18]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1499,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListServicesResponse) GetServices() []*FleetServiceInfo {
@@ -1413,7 +1529,7 @@ type FleetServiceInfo struct {
 
 func (x *FleetServiceInfo) Reset() {
 	*x = FleetServiceInfo{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1541,7 @@ func (x *FleetServiceInfo) String() string {
 func (*FleetServiceInfo) ProtoMessage() {}
 
 func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[19]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1554,7 @@ func (x *FleetServiceInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetServiceInfo.ProtoReflect.Descriptor instead.
 func (*FleetServiceInfo) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FleetServiceInfo) GetNamespace() string {
@@ -1494,7 +1610,7 @@ type FleetServicePort struct {
 
 func (x *FleetServicePort) Reset() {
 	*x = FleetServicePort{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[20]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1622,7 @@ func (x *FleetServicePort) String() string {
 func (*FleetServicePort) ProtoMessage() {}
 
 func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[20]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1635,7 @@ func (x *FleetServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetServicePort.ProtoReflect.Descriptor instead.
 func (*FleetServicePort) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *FleetServicePort) GetName() string {
@@ -1560,7 +1676,7 @@ type ServiceInstance struct {
 
 func (x *ServiceInstance) Reset() {
 	*x = ServiceInstance{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[21]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1688,7 @@ func (x *ServiceInstance) String() string {
 func (*ServiceInstance) ProtoMessage() {}
 
 func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[21]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1701,7 @@ func (x *ServiceInstance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceInstance.ProtoReflect.Descriptor instead.
 func (*ServiceInstance) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ServiceInstance) GetCluster() string {
@@ -1634,7 +1750,7 @@ type LocalityCount struct {
 
 func (x *LocalityCount) Reset() {
 	*x = LocalityCount{}
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[22]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1762,7 @@ func (x *LocalityCount) String() string {
 func (*LocalityCount) ProtoMessage() {}
 
 func (x *LocalityCount) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[22]
+	mi := &file_flotilla_v1alpha1_fleet_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1775,7 @@ func (x *LocalityCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalityCount.ProtoReflect.Descriptor instead.
 func (*LocalityCount) Descriptor() ([]byte, []int) {
-	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{22}
+	return file_flotilla_v1alpha1_fleet_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LocalityCount) GetRegion() string {
@@ -1733,7 +1849,14 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12+\n" +
 	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"~\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"a\n" +
+	"\x14RevokeClusterRequest\x12\x10\n" +
+	"\x03fqn\x18\x01 \x01(\tR\x03fqn\x127\n" +
+	"\bmetadata\x18\x02 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\"v\n" +
+	"\x15RevokeClusterResponse\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12 \n" +
+	"\vcredentials\x18\x02 \x01(\rR\vcredentials\x12!\n" +
+	"\fstream_ended\x18\x03 \x01(\bR\vstreamEnded\"~\n" +
 	"\x0fOnboardResponse\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
@@ -1811,9 +1934,10 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\rLocalityCount\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x14\n" +
-	"\x05ready\x18\x03 \x01(\rR\x05ready2\xfe\x04\n" +
+	"\x05ready\x18\x03 \x01(\rR\x05ready2\xe2\x05\n" +
 	"\fFleetService\x12P\n" +
-	"\aOnboard\x12!.flotilla.v1alpha1.OnboardRequest\x1a\".flotilla.v1alpha1.OnboardResponse\x12V\n" +
+	"\aOnboard\x12!.flotilla.v1alpha1.OnboardRequest\x1a\".flotilla.v1alpha1.OnboardResponse\x12b\n" +
+	"\rRevokeCluster\x12'.flotilla.v1alpha1.RevokeClusterRequest\x1a(.flotilla.v1alpha1.RevokeClusterResponse\x12V\n" +
 	"\tGetStatus\x12#.flotilla.v1alpha1.GetStatusRequest\x1a$.flotilla.v1alpha1.GetStatusResponse\x12\\\n" +
 	"\vGetCompiled\x12%.flotilla.v1alpha1.GetCompiledRequest\x1a&.flotilla.v1alpha1.GetCompiledResponse\x12G\n" +
 	"\x04Plan\x12\x1e.flotilla.v1alpha1.PlanRequest\x1a\x1f.flotilla.v1alpha1.PlanResponse\x12_\n" +
@@ -1834,7 +1958,7 @@ func file_flotilla_v1alpha1_fleet_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_fleet_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_flotilla_v1alpha1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
 	(*WatchFleetRequest)(nil),     // 0: flotilla.v1alpha1.WatchFleetRequest
 	(*WatchFleetResponse)(nil),    // 1: flotilla.v1alpha1.WatchFleetResponse
@@ -1843,66 +1967,71 @@ var file_flotilla_v1alpha1_fleet_proto_goTypes = []any{
 	(*EffectiveSetting)(nil),      // 4: flotilla.v1alpha1.EffectiveSetting
 	(*GetEffectiveResponse)(nil),  // 5: flotilla.v1alpha1.GetEffectiveResponse
 	(*OnboardRequest)(nil),        // 6: flotilla.v1alpha1.OnboardRequest
-	(*OnboardResponse)(nil),       // 7: flotilla.v1alpha1.OnboardResponse
-	(*GetStatusRequest)(nil),      // 8: flotilla.v1alpha1.GetStatusRequest
-	(*ClusterState)(nil),          // 9: flotilla.v1alpha1.ClusterState
-	(*GetStatusResponse)(nil),     // 10: flotilla.v1alpha1.GetStatusResponse
-	(*GetCompiledRequest)(nil),    // 11: flotilla.v1alpha1.GetCompiledRequest
-	(*GetCompiledResponse)(nil),   // 12: flotilla.v1alpha1.GetCompiledResponse
-	(*PlanRequest)(nil),           // 13: flotilla.v1alpha1.PlanRequest
-	(*PlannedChange)(nil),         // 14: flotilla.v1alpha1.PlannedChange
-	(*ClusterPlan)(nil),           // 15: flotilla.v1alpha1.ClusterPlan
-	(*PlanResponse)(nil),          // 16: flotilla.v1alpha1.PlanResponse
-	(*ListServicesRequest)(nil),   // 17: flotilla.v1alpha1.ListServicesRequest
-	(*ListServicesResponse)(nil),  // 18: flotilla.v1alpha1.ListServicesResponse
-	(*FleetServiceInfo)(nil),      // 19: flotilla.v1alpha1.FleetServiceInfo
-	(*FleetServicePort)(nil),      // 20: flotilla.v1alpha1.FleetServicePort
-	(*ServiceInstance)(nil),       // 21: flotilla.v1alpha1.ServiceInstance
-	(*LocalityCount)(nil),         // 22: flotilla.v1alpha1.LocalityCount
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*Metadata)(nil),              // 24: flotilla.v1alpha1.Metadata
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
-	(*Resource)(nil),              // 26: flotilla.v1alpha1.Resource
-	(*ApplyResult)(nil),           // 27: flotilla.v1alpha1.ApplyResult
+	(*RevokeClusterRequest)(nil),  // 7: flotilla.v1alpha1.RevokeClusterRequest
+	(*RevokeClusterResponse)(nil), // 8: flotilla.v1alpha1.RevokeClusterResponse
+	(*OnboardResponse)(nil),       // 9: flotilla.v1alpha1.OnboardResponse
+	(*GetStatusRequest)(nil),      // 10: flotilla.v1alpha1.GetStatusRequest
+	(*ClusterState)(nil),          // 11: flotilla.v1alpha1.ClusterState
+	(*GetStatusResponse)(nil),     // 12: flotilla.v1alpha1.GetStatusResponse
+	(*GetCompiledRequest)(nil),    // 13: flotilla.v1alpha1.GetCompiledRequest
+	(*GetCompiledResponse)(nil),   // 14: flotilla.v1alpha1.GetCompiledResponse
+	(*PlanRequest)(nil),           // 15: flotilla.v1alpha1.PlanRequest
+	(*PlannedChange)(nil),         // 16: flotilla.v1alpha1.PlannedChange
+	(*ClusterPlan)(nil),           // 17: flotilla.v1alpha1.ClusterPlan
+	(*PlanResponse)(nil),          // 18: flotilla.v1alpha1.PlanResponse
+	(*ListServicesRequest)(nil),   // 19: flotilla.v1alpha1.ListServicesRequest
+	(*ListServicesResponse)(nil),  // 20: flotilla.v1alpha1.ListServicesResponse
+	(*FleetServiceInfo)(nil),      // 21: flotilla.v1alpha1.FleetServiceInfo
+	(*FleetServicePort)(nil),      // 22: flotilla.v1alpha1.FleetServicePort
+	(*ServiceInstance)(nil),       // 23: flotilla.v1alpha1.ServiceInstance
+	(*LocalityCount)(nil),         // 24: flotilla.v1alpha1.LocalityCount
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*Metadata)(nil),              // 26: flotilla.v1alpha1.Metadata
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
+	(*Resource)(nil),              // 28: flotilla.v1alpha1.Resource
+	(*ApplyResult)(nil),           // 29: flotilla.v1alpha1.ApplyResult
 }
 var file_flotilla_v1alpha1_fleet_proto_depIdxs = []int32{
 	2,  // 0: flotilla.v1alpha1.WatchFleetResponse.clusters:type_name -> flotilla.v1alpha1.ClusterSummary
-	23, // 1: flotilla.v1alpha1.ClusterSummary.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 1: flotilla.v1alpha1.ClusterSummary.last_seen:type_name -> google.protobuf.Timestamp
 	4,  // 2: flotilla.v1alpha1.GetEffectiveResponse.settings:type_name -> flotilla.v1alpha1.EffectiveSetting
-	24, // 3: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	25, // 4: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
-	23, // 5: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
-	24, // 6: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
-	9,  // 7: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
-	10, // 8: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
-	26, // 9: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
-	14, // 10: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
-	27, // 11: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
-	15, // 12: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
-	19, // 13: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
-	20, // 14: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
-	21, // 15: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
-	22, // 16: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
-	23, // 17: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
-	6,  // 18: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
-	8,  // 19: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
-	11, // 20: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
-	13, // 21: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
-	17, // 22: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
-	3,  // 23: flotilla.v1alpha1.FleetService.GetEffective:input_type -> flotilla.v1alpha1.GetEffectiveRequest
-	0,  // 24: flotilla.v1alpha1.FleetService.WatchFleet:input_type -> flotilla.v1alpha1.WatchFleetRequest
-	7,  // 25: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
-	10, // 26: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
-	12, // 27: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
-	16, // 28: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
-	18, // 29: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
-	5,  // 30: flotilla.v1alpha1.FleetService.GetEffective:output_type -> flotilla.v1alpha1.GetEffectiveResponse
-	1,  // 31: flotilla.v1alpha1.FleetService.WatchFleet:output_type -> flotilla.v1alpha1.WatchFleetResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	26, // 3: flotilla.v1alpha1.OnboardRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	27, // 4: flotilla.v1alpha1.OnboardRequest.ttl:type_name -> google.protobuf.Duration
+	26, // 5: flotilla.v1alpha1.RevokeClusterRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	25, // 6: flotilla.v1alpha1.OnboardResponse.expire_time:type_name -> google.protobuf.Timestamp
+	26, // 7: flotilla.v1alpha1.GetStatusRequest.metadata:type_name -> flotilla.v1alpha1.Metadata
+	11, // 8: flotilla.v1alpha1.GetStatusResponse.clusters:type_name -> flotilla.v1alpha1.ClusterState
+	12, // 9: flotilla.v1alpha1.GetStatusResponse.children:type_name -> flotilla.v1alpha1.GetStatusResponse
+	28, // 10: flotilla.v1alpha1.PlanRequest.resources:type_name -> flotilla.v1alpha1.Resource
+	16, // 11: flotilla.v1alpha1.ClusterPlan.changes:type_name -> flotilla.v1alpha1.PlannedChange
+	29, // 12: flotilla.v1alpha1.PlanResponse.results:type_name -> flotilla.v1alpha1.ApplyResult
+	17, // 13: flotilla.v1alpha1.PlanResponse.clusters:type_name -> flotilla.v1alpha1.ClusterPlan
+	21, // 14: flotilla.v1alpha1.ListServicesResponse.services:type_name -> flotilla.v1alpha1.FleetServiceInfo
+	22, // 15: flotilla.v1alpha1.FleetServiceInfo.ports:type_name -> flotilla.v1alpha1.FleetServicePort
+	23, // 16: flotilla.v1alpha1.FleetServiceInfo.instances:type_name -> flotilla.v1alpha1.ServiceInstance
+	24, // 17: flotilla.v1alpha1.ServiceInstance.endpoints:type_name -> flotilla.v1alpha1.LocalityCount
+	25, // 18: flotilla.v1alpha1.ServiceInstance.last_seen:type_name -> google.protobuf.Timestamp
+	6,  // 19: flotilla.v1alpha1.FleetService.Onboard:input_type -> flotilla.v1alpha1.OnboardRequest
+	7,  // 20: flotilla.v1alpha1.FleetService.RevokeCluster:input_type -> flotilla.v1alpha1.RevokeClusterRequest
+	10, // 21: flotilla.v1alpha1.FleetService.GetStatus:input_type -> flotilla.v1alpha1.GetStatusRequest
+	13, // 22: flotilla.v1alpha1.FleetService.GetCompiled:input_type -> flotilla.v1alpha1.GetCompiledRequest
+	15, // 23: flotilla.v1alpha1.FleetService.Plan:input_type -> flotilla.v1alpha1.PlanRequest
+	19, // 24: flotilla.v1alpha1.FleetService.ListServices:input_type -> flotilla.v1alpha1.ListServicesRequest
+	3,  // 25: flotilla.v1alpha1.FleetService.GetEffective:input_type -> flotilla.v1alpha1.GetEffectiveRequest
+	0,  // 26: flotilla.v1alpha1.FleetService.WatchFleet:input_type -> flotilla.v1alpha1.WatchFleetRequest
+	9,  // 27: flotilla.v1alpha1.FleetService.Onboard:output_type -> flotilla.v1alpha1.OnboardResponse
+	8,  // 28: flotilla.v1alpha1.FleetService.RevokeCluster:output_type -> flotilla.v1alpha1.RevokeClusterResponse
+	12, // 29: flotilla.v1alpha1.FleetService.GetStatus:output_type -> flotilla.v1alpha1.GetStatusResponse
+	14, // 30: flotilla.v1alpha1.FleetService.GetCompiled:output_type -> flotilla.v1alpha1.GetCompiledResponse
+	18, // 31: flotilla.v1alpha1.FleetService.Plan:output_type -> flotilla.v1alpha1.PlanResponse
+	20, // 32: flotilla.v1alpha1.FleetService.ListServices:output_type -> flotilla.v1alpha1.ListServicesResponse
+	5,  // 33: flotilla.v1alpha1.FleetService.GetEffective:output_type -> flotilla.v1alpha1.GetEffectiveResponse
+	1,  // 34: flotilla.v1alpha1.FleetService.WatchFleet:output_type -> flotilla.v1alpha1.WatchFleetResponse
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_v1alpha1_fleet_proto_init() }
@@ -1918,7 +2047,7 @@ func file_flotilla_v1alpha1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_fleet_proto_rawDesc), len(file_flotilla_v1alpha1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,9 +23,12 @@ const (
 )
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cluster       string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Token   string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// PublicKey is the agent's Ed25519 public key (32 bytes). The agent made
+	// the key pair in its cluster and stored the private key there first.
+	PublicKey     []byte `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -74,15 +77,23 @@ func (x *JoinRequest) GetToken() string {
 	return ""
 }
 
+func (x *JoinRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 type JoinResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Credential authenticates the cluster's stream from now on.
-	Credential string `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
 	// Cluster is the FQN of the cluster joined.
 	Cluster string `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	// ExpireTime is when the credential expires; the server sends a new one
-	// on the stream well before.
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// ExpireTime is when the credential expires; the server extends it on
+	// the stream well before.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Audience names the server (its token issuer) in the agent's
+	// assertions; assertions for another audience are refused.
+	Audience      string `protobuf:"bytes,4,opt,name=audience,proto3" json:"audience,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -117,13 +128,6 @@ func (*JoinResponse) Descriptor() ([]byte, []int) {
 	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *JoinResponse) GetCredential() string {
-	if x != nil {
-		return x.Credential
-	}
-	return ""
-}
-
 func (x *JoinResponse) GetCluster() string {
 	if x != nil {
 		return x.Cluster
@@ -136,6 +140,13 @@ func (x *JoinResponse) GetExpireTime() *timestamppb.Timestamp {
 		return x.ExpireTime
 	}
 	return nil
+}
+
+func (x *JoinResponse) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
 }
 
 // ConnectRequest is one message from the agent.
@@ -1471,9 +1482,8 @@ type ConnectResponse_Bundle struct {
 }
 
 type ConnectResponse_Credential struct {
-	// Credential replaces the agent's credential before it expires. The
-	// agent stores it and uses it from its next stream on; the one in use
-	// stays valid until it expires.
+	// Credential says the server extended the agent's credential (its key
+	// stays the same).
 	Credential *AgentCredential `protobuf:"bytes,2,opt,name=credential,proto3,oneof"`
 }
 
@@ -1533,11 +1543,14 @@ func (x *Resync) GetReason() string {
 	return ""
 }
 
-// AgentCredential is a cluster's stream credential.
+// AgentCredential is the state of a cluster's key-bound credential.
 type AgentCredential struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Credential    string                 `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ExpireTime is when the credential expires now.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Final says the credential reached its longest life and will not be
+	// extended again: onboard the cluster again before expire_time.
+	Final         bool `protobuf:"varint,3,opt,name=final,proto3" json:"final,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1572,18 +1585,18 @@ func (*AgentCredential) Descriptor() ([]byte, []int) {
 	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
-func (x *AgentCredential) GetCredential() string {
-	if x != nil {
-		return x.Credential
-	}
-	return ""
-}
-
 func (x *AgentCredential) GetExpireTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpireTime
 	}
 	return nil
+}
+
+func (x *AgentCredential) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
 }
 
 // Bundle is the intent for the agent's cluster, or one part of it. It is
@@ -1687,17 +1700,18 @@ var File_flotilla_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflotilla/agent/v1/agent.proto\x12\x11flotilla.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1dflotilla/agent/v1/agent.proto\x12\x11flotilla.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\\\n" +
 	"\vJoinRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"\x85\x01\n" +
-	"\fJoinResponse\x12\x1e\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"credential\x18\x01 \x01(\tR\n" +
-	"credential\x12\x18\n" +
+	"public_key\x18\x03 \x01(\fR\tpublicKey\"\x93\x01\n" +
+	"\fJoinResponse\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\xd9\x02\n" +
+	"expireTime\x12\x1a\n" +
+	"\baudience\x18\x04 \x01(\tR\baudienceJ\x04\b\x01\x10\x02R\n" +
+	"credential\"\xd9\x02\n" +
 	"\x0eConnectRequest\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.flotilla.agent.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\tinventory\x18\x02 \x01(\v2\x1c.flotilla.agent.v1.InventoryH\x00R\tinventory\x12*\n" +
@@ -1812,13 +1826,12 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x06resync\x18\x03 \x01(\v2\x19.flotilla.agent.v1.ResyncH\x00R\x06resyncB\x05\n" +
 	"\x03msg\" \n" +
 	"\x06Resync\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"n\n" +
-	"\x0fAgentCredential\x12\x1e\n" +
-	"\n" +
-	"credential\x18\x01 \x01(\tR\n" +
-	"credential\x12;\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"v\n" +
+	"\x0fAgentCredential\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\x96\x01\n" +
+	"expireTime\x12\x14\n" +
+	"\x05final\x18\x03 \x01(\bR\x05finalJ\x04\b\x01\x10\x02R\n" +
+	"credential\"\x96\x01\n" +
 	"\x06Bundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\fR\acontent\x12\x1a\n" +

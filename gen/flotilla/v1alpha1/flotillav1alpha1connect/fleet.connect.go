@@ -35,6 +35,9 @@ const (
 const (
 	// FleetServiceOnboardProcedure is the fully-qualified name of the FleetService's Onboard RPC.
 	FleetServiceOnboardProcedure = "/flotilla.v1alpha1.FleetService/Onboard"
+	// FleetServiceRevokeClusterProcedure is the fully-qualified name of the FleetService's
+	// RevokeCluster RPC.
+	FleetServiceRevokeClusterProcedure = "/flotilla.v1alpha1.FleetService/RevokeCluster"
 	// FleetServiceGetStatusProcedure is the fully-qualified name of the FleetService's GetStatus RPC.
 	FleetServiceGetStatusProcedure = "/flotilla.v1alpha1.FleetService/GetStatus"
 	// FleetServiceGetCompiledProcedure is the fully-qualified name of the FleetService's GetCompiled
@@ -57,6 +60,11 @@ type FleetServiceClient interface {
 	// Onboard issues a one-time join token for an existing Cluster resource.
 	// Issuing a new token revokes the cluster's earlier unused tokens.
 	Onboard(context.Context, *connect.Request[v1alpha1.OnboardRequest]) (*connect.Response[v1alpha1.OnboardResponse], error)
+	// RevokeCluster deletes a cluster's agent credentials and unused join
+	// tokens, and ends its agent's stream: at once on the replica that
+	// answers, within the stream recheck interval on the others. The cluster
+	// stays; onboard it again to let an agent back in.
+	RevokeCluster(context.Context, *connect.Request[v1alpha1.RevokeClusterRequest]) (*connect.Response[v1alpha1.RevokeClusterResponse], error)
 	// GetStatus reports a resource's state in every cluster it targets.
 	GetStatus(context.Context, *connect.Request[v1alpha1.GetStatusRequest]) (*connect.Response[v1alpha1.GetStatusResponse], error)
 	// GetCompiled returns the native objects a cluster should have now.
@@ -93,6 +101,12 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+FleetServiceOnboardProcedure,
 			connect.WithSchema(fleetServiceMethods.ByName("Onboard")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeCluster: connect.NewClient[v1alpha1.RevokeClusterRequest, v1alpha1.RevokeClusterResponse](
+			httpClient,
+			baseURL+FleetServiceRevokeClusterProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("RevokeCluster")),
 			connect.WithClientOptions(opts...),
 		),
 		getStatus: connect.NewClient[v1alpha1.GetStatusRequest, v1alpha1.GetStatusResponse](
@@ -136,18 +150,24 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 
 // fleetServiceClient implements FleetServiceClient.
 type fleetServiceClient struct {
-	onboard      *connect.Client[v1alpha1.OnboardRequest, v1alpha1.OnboardResponse]
-	getStatus    *connect.Client[v1alpha1.GetStatusRequest, v1alpha1.GetStatusResponse]
-	getCompiled  *connect.Client[v1alpha1.GetCompiledRequest, v1alpha1.GetCompiledResponse]
-	plan         *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
-	listServices *connect.Client[v1alpha1.ListServicesRequest, v1alpha1.ListServicesResponse]
-	getEffective *connect.Client[v1alpha1.GetEffectiveRequest, v1alpha1.GetEffectiveResponse]
-	watchFleet   *connect.Client[v1alpha1.WatchFleetRequest, v1alpha1.WatchFleetResponse]
+	onboard       *connect.Client[v1alpha1.OnboardRequest, v1alpha1.OnboardResponse]
+	revokeCluster *connect.Client[v1alpha1.RevokeClusterRequest, v1alpha1.RevokeClusterResponse]
+	getStatus     *connect.Client[v1alpha1.GetStatusRequest, v1alpha1.GetStatusResponse]
+	getCompiled   *connect.Client[v1alpha1.GetCompiledRequest, v1alpha1.GetCompiledResponse]
+	plan          *connect.Client[v1alpha1.PlanRequest, v1alpha1.PlanResponse]
+	listServices  *connect.Client[v1alpha1.ListServicesRequest, v1alpha1.ListServicesResponse]
+	getEffective  *connect.Client[v1alpha1.GetEffectiveRequest, v1alpha1.GetEffectiveResponse]
+	watchFleet    *connect.Client[v1alpha1.WatchFleetRequest, v1alpha1.WatchFleetResponse]
 }
 
 // Onboard calls flotilla.v1alpha1.FleetService.Onboard.
 func (c *fleetServiceClient) Onboard(ctx context.Context, req *connect.Request[v1alpha1.OnboardRequest]) (*connect.Response[v1alpha1.OnboardResponse], error) {
 	return c.onboard.CallUnary(ctx, req)
+}
+
+// RevokeCluster calls flotilla.v1alpha1.FleetService.RevokeCluster.
+func (c *fleetServiceClient) RevokeCluster(ctx context.Context, req *connect.Request[v1alpha1.RevokeClusterRequest]) (*connect.Response[v1alpha1.RevokeClusterResponse], error) {
+	return c.revokeCluster.CallUnary(ctx, req)
 }
 
 // GetStatus calls flotilla.v1alpha1.FleetService.GetStatus.
@@ -185,6 +205,11 @@ type FleetServiceHandler interface {
 	// Onboard issues a one-time join token for an existing Cluster resource.
 	// Issuing a new token revokes the cluster's earlier unused tokens.
 	Onboard(context.Context, *connect.Request[v1alpha1.OnboardRequest]) (*connect.Response[v1alpha1.OnboardResponse], error)
+	// RevokeCluster deletes a cluster's agent credentials and unused join
+	// tokens, and ends its agent's stream: at once on the replica that
+	// answers, within the stream recheck interval on the others. The cluster
+	// stays; onboard it again to let an agent back in.
+	RevokeCluster(context.Context, *connect.Request[v1alpha1.RevokeClusterRequest]) (*connect.Response[v1alpha1.RevokeClusterResponse], error)
 	// GetStatus reports a resource's state in every cluster it targets.
 	GetStatus(context.Context, *connect.Request[v1alpha1.GetStatusRequest]) (*connect.Response[v1alpha1.GetStatusResponse], error)
 	// GetCompiled returns the native objects a cluster should have now.
@@ -217,6 +242,12 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		FleetServiceOnboardProcedure,
 		svc.Onboard,
 		connect.WithSchema(fleetServiceMethods.ByName("Onboard")),
+		connect.WithHandlerOptions(opts...),
+	)
+	fleetServiceRevokeClusterHandler := connect.NewUnaryHandler(
+		FleetServiceRevokeClusterProcedure,
+		svc.RevokeCluster,
+		connect.WithSchema(fleetServiceMethods.ByName("RevokeCluster")),
 		connect.WithHandlerOptions(opts...),
 	)
 	fleetServiceGetStatusHandler := connect.NewUnaryHandler(
@@ -259,6 +290,8 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		switch r.URL.Path {
 		case FleetServiceOnboardProcedure:
 			fleetServiceOnboardHandler.ServeHTTP(w, r)
+		case FleetServiceRevokeClusterProcedure:
+			fleetServiceRevokeClusterHandler.ServeHTTP(w, r)
 		case FleetServiceGetStatusProcedure:
 			fleetServiceGetStatusHandler.ServeHTTP(w, r)
 		case FleetServiceGetCompiledProcedure:
@@ -282,6 +315,10 @@ type UnimplementedFleetServiceHandler struct{}
 
 func (UnimplementedFleetServiceHandler) Onboard(context.Context, *connect.Request[v1alpha1.OnboardRequest]) (*connect.Response[v1alpha1.OnboardResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.Onboard is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) RevokeCluster(context.Context, *connect.Request[v1alpha1.RevokeClusterRequest]) (*connect.Response[v1alpha1.RevokeClusterResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.FleetService.RevokeCluster is not implemented"))
 }
 
 func (UnimplementedFleetServiceHandler) GetStatus(context.Context, *connect.Request[v1alpha1.GetStatusRequest]) (*connect.Response[v1alpha1.GetStatusResponse], error) {

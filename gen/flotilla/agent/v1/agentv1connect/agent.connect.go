@@ -41,12 +41,15 @@ const (
 
 // AgentServiceClient is a client for the flotilla.agent.v1.AgentService service.
 type AgentServiceClient interface {
-	// Join exchanges a one-time join token for the cluster's long-lived
-	// credential. A used or expired token is refused.
+	// Join exchanges a one-time join token for the cluster's credential: the
+	// agent's public key, bound to the cluster. A used or expired token is
+	// refused, except that the key it was used with may join again with it
+	// (an agent that stopped before it noted the join).
 	Join(context.Context, *connect.Request[v1.JoinRequest]) (*connect.Response[v1.JoinResponse], error)
-	// Connect is the agent's one long-lived stream. The credential goes in the
-	// Authorization header ("Bearer <credential>"); it serves only its own
-	// cluster. The agent sends Hello first.
+	// Connect is the agent's one long-lived stream. The Authorization header
+	// carries "Bearer <assertion>": a fresh assertion signed with the agent's
+	// private key (package agentcred), good for one stream open. It serves
+	// only its own cluster. The agent sends Hello first.
 	Connect(context.Context) *connect.BidiStreamForClient[v1.ConnectRequest, v1.ConnectResponse]
 }
 
@@ -94,12 +97,15 @@ func (c *agentServiceClient) Connect(ctx context.Context) *connect.BidiStreamFor
 
 // AgentServiceHandler is an implementation of the flotilla.agent.v1.AgentService service.
 type AgentServiceHandler interface {
-	// Join exchanges a one-time join token for the cluster's long-lived
-	// credential. A used or expired token is refused.
+	// Join exchanges a one-time join token for the cluster's credential: the
+	// agent's public key, bound to the cluster. A used or expired token is
+	// refused, except that the key it was used with may join again with it
+	// (an agent that stopped before it noted the join).
 	Join(context.Context, *connect.Request[v1.JoinRequest]) (*connect.Response[v1.JoinResponse], error)
-	// Connect is the agent's one long-lived stream. The credential goes in the
-	// Authorization header ("Bearer <credential>"); it serves only its own
-	// cluster. The agent sends Hello first.
+	// Connect is the agent's one long-lived stream. The Authorization header
+	// carries "Bearer <assertion>": a fresh assertion signed with the agent's
+	// private key (package agentcred), good for one stream open. It serves
+	// only its own cluster. The agent sends Hello first.
 	Connect(context.Context, *connect.BidiStream[v1.ConnectRequest, v1.ConnectResponse]) error
 }
 

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flotilla/v1alpha1/fleet.proto.
  */
 export const file_flotilla_v1alpha1_fleet: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbG90aWxsYS92MWFscGhhMS9mbGVldC5wcm90bxIRZmxvdGlsbGEudjFhbHBoYTEiEwoRV2F0Y2hGbGVldFJlcXVlc3QiaAoSV2F0Y2hGbGVldFJlc3BvbnNlEgwKBGZ1bGwYASABKAgSMwoIY2x1c3RlcnMYAiADKAsyIS5mbG90aWxsYS52MWFscGhhMS5DbHVzdGVyU3VtbWFyeRIPCgdyZW1vdmVkGAMgAygJIvYCCg5DbHVzdGVyU3VtbWFyeRILCgNmcW4YASABKAkSDAoEbmFtZRgCIAEoCRIUCgxvcmdhbml6YXRpb24YAyABKAkSDgoGcmVnaW9uGAQgASgJEgwKBHpvbmUYBSABKAkSEQoJY29ubmVjdGVkGAYgASgIEi0KCWxhc3Rfc2VlbhgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOYnVuZGxlX3ZlcnNpb24YCCABKAkSHgoWZGVzaXJlZF9idW5kbGVfdmVyc2lvbhgJIAEoCRIPCgdpbl9zeW5jGAogASgIEhoKEmt1YmVybmV0ZXNfdmVyc2lvbhgLIAEoCRIVCg1pc3Rpb192ZXJzaW9uGAwgASgJEg8KB2FwcGxpZWQYDSABKA0SDgoGZmFpbGVkGA4gASgNEg8KB2RyYWluZWQYDyABKAgSFQoNYWdlbnRfdmVyc2lvbhgQIAEoCRIOCgZkcmlmdHMYESABKA0iOQoTR2V0RWZmZWN0aXZlUmVxdWVzdBIPCgdjbHVzdGVyGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSJ6ChBFZmZlY3RpdmVTZXR0aW5nEg0KBWZpZWxkGAEgASgJEg0KBXZhbHVlGAIgASgJEg4KBnNvdXJjZRgDIAEoCRINCgVsZXZlbBgEIAEoCRIUCgxsaW1pdF9zb3VyY2UYBSABKAkSEwoLbGltaXRfbGV2ZWwYBiABKAkilgEKFEdldEVmZmVjdGl2ZVJlc3BvbnNlEg8KB2NsdXN0ZXIYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEhEKCXdvcmtzcGFjZRgDIAEoCRI1CghzZXR0aW5ncxgEIAMoCzIjLmZsb3RpbGxhLnYxYWxwaGExLkVmZmVjdGl2ZVNldHRpbmcSEAoIcHJvYmxlbXMYBSADKAkigwEKDk9uYm9hcmRSZXF1ZXN0EgsKA2ZxbhgBIAEoCRItCghtZXRhZGF0YRgCIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLk1ldGFkYXRhEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgEIAEoCCJiCg9PbmJvYXJkUmVzcG9uc2USDwoHY2x1c3RlchgBIAEoCRINCgV0b2tlbhgCIAEoCRIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoQR2V0U3RhdHVzUmVxdWVzdBIMCgRraW5kGAEgASgJEgsKA2ZxbhgCIAEoCRItCghtZXRhZGF0YRgDIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLk1ldGFkYXRhEhQKDG1pbl9yZXZpc2lvbhgEIAEoAyJ1CgxDbHVzdGVyU3RhdGUSDwoHY2x1c3RlchgBIAEoCRINCgVzdGF0ZRgCIAEoCRIPCgd2ZXJzaW9uGAMgASgJEg8KB21lc3NhZ2UYBCABKAkSEQoJY29ubmVjdGVkGAUgASgIEhAKCHJldmlzaW9uGAYgASgDIucBChFHZXRTdGF0dXNSZXNwb25zZRILCgNmcW4YASABKAkSDAoEa2luZBgCIAEoCRIRCglhZ2dyZWdhdGUYAyABKAkSMQoIY2x1c3RlcnMYBCADKAsyHy5mbG90aWxsYS52MWFscGhhMS5DbHVzdGVyU3RhdGUSNgoIY2hpbGRyZW4YBSADKAsyJC5mbG90aWxsYS52MWFscGhhMS5HZXRTdGF0dXNSZXNwb25zZRIQCghyZXZpc2lvbhgGIAEoAxIYChBjZW50cmFsX3JldmlzaW9uGAcgASgDEg0KBWVycm9yGAggASgJIiUKEkdldENvbXBpbGVkUmVxdWVzdBIPCgdjbHVzdGVyGAEgASgJInYKE0dldENvbXBpbGVkUmVzcG9uc2USDwoHY2x1c3RlchgBIAEoCRIWCg5idW5kbGVfdmVyc2lvbhgCIAEoCRIQCghyZXZpc2lvbhgFIAEoAxIPCgdvYmplY3RzGAMgASgJEhMKC2RpYWdub3N0aWNzGAQgAygJIj0KC1BsYW5SZXF1ZXN0Ei4KCXJlc291cmNlcxgBIAMoCzIbLmZsb3RpbGxhLnYxYWxwaGExLlJlc291cmNlInIKDVBsYW5uZWRDaGFuZ2USDgoGYWN0aW9uGAEgASgJEhMKC2FwaV92ZXJzaW9uGAIgASgJEgwKBGtpbmQYAyABKAkSEQoJbmFtZXNwYWNlGAQgASgJEgwKBG5hbWUYBSABKAkSDQoFb3duZXIYBiABKAkiZgoLQ2x1c3RlclBsYW4SDwoHY2x1c3RlchgBIAEoCRIxCgdjaGFuZ2VzGAIgAygLMiAuZmxvdGlsbGEudjFhbHBoYTEuUGxhbm5lZENoYW5nZRITCgtkaWFnbm9zdGljcxgDIAMoCSJxCgxQbGFuUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmZsb3RpbGxhLnYxYWxwaGExLkFwcGx5UmVzdWx0EjAKCGNsdXN0ZXJzGAIgAygLMh4uZmxvdGlsbGEudjFhbHBoYTEuQ2x1c3RlclBsYW4iNgoTTGlzdFNlcnZpY2VzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDAoEbmFtZRgCIAEoCSJNChRMaXN0U2VydmljZXNSZXNwb25zZRI1CghzZXJ2aWNlcxgBIAMoCzIjLmZsb3RpbGxhLnYxYWxwaGExLkZsZWV0U2VydmljZUluZm8ixQEKEEZsZWV0U2VydmljZUluZm8SEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkSMgoFcG9ydHMYAyADKAsyIy5mbG90aWxsYS52MWFscGhhMS5GbGVldFNlcnZpY2VQb3J0EjUKCWluc3RhbmNlcxgEIAMoCzIiLmZsb3RpbGxhLnYxYWxwaGExLlNlcnZpY2VJbnN0YW5jZRIRCgljb25mbGljdHMYBSADKAkSEgoKZXhwb3NlZF9ieRgGIAMoCSJCChBGbGVldFNlcnZpY2VQb3J0EgwKBG5hbWUYASABKAkSDgoGbnVtYmVyGAIgASgNEhAKCHByb3RvY29sGAMgASgJIqQBCg9TZXJ2aWNlSW5zdGFuY2USDwoHY2x1c3RlchgBIAEoCRINCgVyZWFkeRgCIAEoDRIzCgllbmRwb2ludHMYAyADKAsyIC5mbG90aWxsYS52MWFscGhhMS5Mb2NhbGl0eUNvdW50Eg0KBXN0YWxlGAQgASgIEi0KCWxhc3Rfc2VlbhgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPAoNTG9jYWxpdHlDb3VudBIOCgZyZWdpb24YASABKAkSDAoEem9uZRgCIAEoCRINCgVyZWFkeRgDIAEoDTL+BAoMRmxlZXRTZXJ2aWNlElAKB09uYm9hcmQSIS5mbG90aWxsYS52MWFscGhhMS5PbmJvYXJkUmVxdWVzdBoiLmZsb3RpbGxhLnYxYWxwaGExLk9uYm9hcmRSZXNwb25zZRJWCglHZXRTdGF0dXMSIy5mbG90aWxsYS52MWFscGhhMS5HZXRTdGF0dXNSZXF1ZXN0GiQuZmxvdGlsbGEudjFhbHBoYTEuR2V0U3RhdHVzUmVzcG9uc2USXAoLR2V0Q29tcGlsZWQSJS5mbG90aWxsYS52MWFscGhhMS5HZXRDb21waWxlZFJlcXVlc3QaJi5mbG90aWxsYS52MWFscGhhMS5HZXRDb21waWxlZFJlc3BvbnNlEkcKBFBsYW4SHi5mbG90aWxsYS52MWFscGhhMS5QbGFuUmVxdWVzdBofLmZsb3RpbGxhLnYxYWxwaGExLlBsYW5SZXNwb25zZRJfCgxMaXN0U2VydmljZXMSJi5mbG90aWxsYS52MWFscGhhMS5MaXN0U2VydmljZXNSZXF1ZXN0GicuZmxvdGlsbGEudjFhbHBoYTEuTGlzdFNlcnZpY2VzUmVzcG9uc2USXwoMR2V0RWZmZWN0aXZlEiYuZmxvdGlsbGEudjFhbHBoYTEuR2V0RWZmZWN0aXZlUmVxdWVzdBonLmZsb3RpbGxhLnYxYWxwaGExLkdldEVmZmVjdGl2ZVJlc3BvbnNlElsKCldhdGNoRmxlZXQSJC5mbG90aWxsYS52MWFscGhhMS5XYXRjaEZsZWV0UmVxdWVzdBolLmZsb3RpbGxhLnYxYWxwaGExLldhdGNoRmxlZXRSZXNwb25zZTABQj1aO2Zsb3RpbGxhLmlvL2Zsb3RpbGxhL2dlbi9mbG90aWxsYS92MWFscGhhMTtmbG90aWxsYXYxYWxwaGExYgZwcm90bzM", [file_flotilla_v1alpha1_resource, file_flotilla_v1alpha1_service, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch1mbG90aWxsYS92MWFscGhhMS9mbGVldC5wcm90bxIRZmxvdGlsbGEudjFhbHBoYTEiEwoRV2F0Y2hGbGVldFJlcXVlc3QiaAoSV2F0Y2hGbGVldFJlc3BvbnNlEgwKBGZ1bGwYASABKAgSMwoIY2x1c3RlcnMYAiADKAsyIS5mbG90aWxsYS52MWFscGhhMS5DbHVzdGVyU3VtbWFyeRIPCgdyZW1vdmVkGAMgAygJIvYCCg5DbHVzdGVyU3VtbWFyeRILCgNmcW4YASABKAkSDAoEbmFtZRgCIAEoCRIUCgxvcmdhbml6YXRpb24YAyABKAkSDgoGcmVnaW9uGAQgASgJEgwKBHpvbmUYBSABKAkSEQoJY29ubmVjdGVkGAYgASgIEi0KCWxhc3Rfc2VlbhgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOYnVuZGxlX3ZlcnNpb24YCCABKAkSHgoWZGVzaXJlZF9idW5kbGVfdmVyc2lvbhgJIAEoCRIPCgdpbl9zeW5jGAogASgIEhoKEmt1YmVybmV0ZXNfdmVyc2lvbhgLIAEoCRIVCg1pc3Rpb192ZXJzaW9uGAwgASgJEg8KB2FwcGxpZWQYDSABKA0SDgoGZmFpbGVkGA4gASgNEg8KB2RyYWluZWQYDyABKAgSFQoNYWdlbnRfdmVyc2lvbhgQIAEoCRIOCgZkcmlmdHMYESABKA0iOQoTR2V0RWZmZWN0aXZlUmVxdWVzdBIPCgdjbHVzdGVyGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSJ6ChBFZmZlY3RpdmVTZXR0aW5nEg0KBWZpZWxkGAEgASgJEg0KBXZhbHVlGAIgASgJEg4KBnNvdXJjZRgDIAEoCRINCgVsZXZlbBgEIAEoCRIUCgxsaW1pdF9zb3VyY2UYBSABKAkSEwoLbGltaXRfbGV2ZWwYBiABKAkilgEKFEdldEVmZmVjdGl2ZVJlc3BvbnNlEg8KB2NsdXN0ZXIYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEhEKCXdvcmtzcGFjZRgDIAEoCRI1CghzZXR0aW5ncxgEIAMoCzIjLmZsb3RpbGxhLnYxYWxwaGExLkVmZmVjdGl2ZVNldHRpbmcSEAoIcHJvYmxlbXMYBSADKAkigwEKDk9uYm9hcmRSZXF1ZXN0EgsKA2ZxbhgBIAEoCRItCghtZXRhZGF0YRgCIAEoCzIbLmZsb3RpbGxhLnYxYWxwaGExLk1ldGFkYXRhEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgEIAEoCCJSChRSZXZva2VDbHVzdGVyUmVxdWVzdBILCgNmcW4YASABKAkSLQoIbWV0YWRhdGEYAiABKAsyGy5mbG90aWxsYS52MWFscGhhMS5NZXRhZGF0YSJTChVSZXZva2VDbHVzdGVyUmVzcG9uc2USDwoHY2x1c3RlchgBIAEoCRITCgtjcmVkZW50aWFscxgCIAEoDRIUCgxzdHJlYW1fZW5kZWQYAyABKAgiYgoPT25ib2FyZFJlc3BvbnNlEg8KB2NsdXN0ZXIYASABKAkSDQoFdG9rZW4YAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKEEdldFN0YXR1c1JlcXVlc3QSDAoEa2luZBgBIAEoCRILCgNmcW4YAiABKAkSLQoIbWV0YWRhdGEYAyABKAsyGy5mbG90aWxsYS52MWFscGhhMS5NZXRhZGF0YRIUCgxtaW5fcmV2aXNpb24YBCABKAMidQoMQ2x1c3RlclN0YXRlEg8KB2NsdXN0ZXIYASABKAkSDQoFc3RhdGUYAiABKAkSDwoHdmVyc2lvbhgDIAEoCRIPCgdtZXNzYWdlGAQgASgJEhEKCWNvbm5lY3RlZBgFIAEoCBIQCghyZXZpc2lvbhgGIAEoAyLnAQoRR2V0U3RhdHVzUmVzcG9uc2USCwoDZnFuGAEgASgJEgwKBGtpbmQYAiABKAkSEQoJYWdncmVnYXRlGAMgASgJEjEKCGNsdXN0ZXJzGAQgAygLMh8uZmxvdGlsbGEudjFhbHBoYTEuQ2x1c3RlclN0YXRlEjYKCGNoaWxkcmVuGAUgAygLMiQuZmxvdGlsbGEudjFhbHBoYTEuR2V0U3RhdHVzUmVzcG9uc2USEAoIcmV2aXNpb24YBiABKAMSGAoQY2VudHJhbF9yZXZpc2lvbhgHIAEoAxINCgVlcnJvchgIIAEoCSIlChJHZXRDb21waWxlZFJlcXVlc3QSDwoHY2x1c3RlchgBIAEoCSJ2ChNHZXRDb21waWxlZFJlc3BvbnNlEg8KB2NsdXN0ZXIYASABKAkSFgoOYnVuZGxlX3ZlcnNpb24YAiABKAkSEAoIcmV2aXNpb24YBSABKAMSDwoHb2JqZWN0cxgDIAEoCRITCgtkaWFnbm9zdGljcxgEIAMoCSI9CgtQbGFuUmVxdWVzdBIuCglyZXNvdXJjZXMYASADKAsyGy5mbG90aWxsYS52MWFscGhhMS5SZXNvdXJjZSJyCg1QbGFubmVkQ2hhbmdlEg4KBmFjdGlvbhgBIAEoCRITCgthcGlfdmVyc2lvbhgCIAEoCRIMCgRraW5kGAMgASgJEhEKCW5hbWVzcGFjZRgEIAEoCRIMCgRuYW1lGAUgASgJEg0KBW93bmVyGAYgASgJImYKC0NsdXN0ZXJQbGFuEg8KB2NsdXN0ZXIYASABKAkSMQoHY2hhbmdlcxgCIAMoCzIgLmZsb3RpbGxhLnYxYWxwaGExLlBsYW5uZWRDaGFuZ2USEwoLZGlhZ25vc3RpY3MYAyADKAkicQoMUGxhblJlc3BvbnNlEi8KB3Jlc3VsdHMYASADKAsyHi5mbG90aWxsYS52MWFscGhhMS5BcHBseVJlc3VsdBIwCghjbHVzdGVycxgCIAMoCzIeLmZsb3RpbGxhLnYxYWxwaGExLkNsdXN0ZXJQbGFuIjYKE0xpc3RTZXJ2aWNlc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkiTQoUTGlzdFNlcnZpY2VzUmVzcG9uc2USNQoIc2VydmljZXMYASADKAsyIy5mbG90aWxsYS52MWFscGhhMS5GbGVldFNlcnZpY2VJbmZvIsUBChBGbGVldFNlcnZpY2VJbmZvEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEjIKBXBvcnRzGAMgAygLMiMuZmxvdGlsbGEudjFhbHBoYTEuRmxlZXRTZXJ2aWNlUG9ydBI1CglpbnN0YW5jZXMYBCADKAsyIi5mbG90aWxsYS52MWFscGhhMS5TZXJ2aWNlSW5zdGFuY2USEQoJY29uZmxpY3RzGAUgAygJEhIKCmV4cG9zZWRfYnkYBiADKAkiQgoQRmxlZXRTZXJ2aWNlUG9ydBIMCgRuYW1lGAEgASgJEg4KBm51bWJlchgCIAEoDRIQCghwcm90b2NvbBgDIAEoCSKkAQoPU2VydmljZUluc3RhbmNlEg8KB2NsdXN0ZXIYASABKAkSDQoFcmVhZHkYAiABKA0SMwoJZW5kcG9pbnRzGAMgAygLMiAuZmxvdGlsbGEudjFhbHBoYTEuTG9jYWxpdHlDb3VudBINCgVzdGFsZRgEIAEoCBItCglsYXN0X3NlZW4YBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKDUxvY2FsaXR5Q291bnQSDgoGcmVnaW9uGAEgASgJEgwKBHpvbmUYAiABKAkSDQoFcmVhZHkYAyABKA0y4gUKDEZsZWV0U2VydmljZRJQCgdPbmJvYXJkEiEuZmxvdGlsbGEudjFhbHBoYTEuT25ib2FyZFJlcXVlc3QaIi5mbG90aWxsYS52MWFscGhhMS5PbmJvYXJkUmVzcG9uc2USYgoNUmV2b2tlQ2x1c3RlchInLmZsb3RpbGxhLnYxYWxwaGExLlJldm9rZUNsdXN0ZXJSZXF1ZXN0GiguZmxvdGlsbGEudjFhbHBoYTEuUmV2b2tlQ2x1c3RlclJlc3BvbnNlElYKCUdldFN0YXR1cxIjLmZsb3RpbGxhLnYxYWxwaGExLkdldFN0YXR1c1JlcXVlc3QaJC5mbG90aWxsYS52MWFscGhhMS5HZXRTdGF0dXNSZXNwb25zZRJcCgtHZXRDb21waWxlZBIlLmZsb3RpbGxhLnYxYWxwaGExLkdldENvbXBpbGVkUmVxdWVzdBomLmZsb3RpbGxhLnYxYWxwaGExLkdldENvbXBpbGVkUmVzcG9uc2USRwoEUGxhbhIeLmZsb3RpbGxhLnYxYWxwaGExLlBsYW5SZXF1ZXN0Gh8uZmxvdGlsbGEudjFhbHBoYTEuUGxhblJlc3BvbnNlEl8KDExpc3RTZXJ2aWNlcxImLmZsb3RpbGxhLnYxYWxwaGExLkxpc3RTZXJ2aWNlc1JlcXVlc3QaJy5mbG90aWxsYS52MWFscGhhMS5MaXN0U2VydmljZXNSZXNwb25zZRJfCgxHZXRFZmZlY3RpdmUSJi5mbG90aWxsYS52MWFscGhhMS5HZXRFZmZlY3RpdmVSZXF1ZXN0GicuZmxvdGlsbGEudjFhbHBoYTEuR2V0RWZmZWN0aXZlUmVzcG9uc2USWwoKV2F0Y2hGbGVldBIkLmZsb3RpbGxhLnYxYWxwaGExLldhdGNoRmxlZXRSZXF1ZXN0GiUuZmxvdGlsbGEudjFhbHBoYTEuV2F0Y2hGbGVldFJlc3BvbnNlMAFCPVo7ZmxvdGlsbGEuaW8vZmxvdGlsbGEvZ2VuL2Zsb3RpbGxhL3YxYWxwaGExO2Zsb3RpbGxhdjFhbHBoYTFiBnByb3RvMw", [file_flotilla_v1alpha1_resource, file_flotilla_v1alpha1_service, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flotilla.v1alpha1.WatchFleetRequest
@@ -333,6 +333,62 @@ export const OnboardRequestSchema: GenMessage<OnboardRequest> = /*@__PURE__*/
   messageDesc(file_flotilla_v1alpha1_fleet, 6);
 
 /**
+ * @generated from message flotilla.v1alpha1.RevokeClusterRequest
+ */
+export type RevokeClusterRequest = Message<"flotilla.v1alpha1.RevokeClusterRequest"> & {
+  /**
+   * Fqn of the cluster, or give its name and organization in metadata.
+   *
+   * @generated from field: string fqn = 1;
+   */
+  fqn: string;
+
+  /**
+   * @generated from field: flotilla.v1alpha1.Metadata metadata = 2;
+   */
+  metadata?: Metadata | undefined;
+};
+
+/**
+ * Describes the message flotilla.v1alpha1.RevokeClusterRequest.
+ * Use `create(RevokeClusterRequestSchema)` to create a new message.
+ */
+export const RevokeClusterRequestSchema: GenMessage<RevokeClusterRequest> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1alpha1_fleet, 7);
+
+/**
+ * @generated from message flotilla.v1alpha1.RevokeClusterResponse
+ */
+export type RevokeClusterResponse = Message<"flotilla.v1alpha1.RevokeClusterResponse"> & {
+  /**
+   * @generated from field: string cluster = 1;
+   */
+  cluster: string;
+
+  /**
+   * Credentials counts the agent credentials and join tokens deleted.
+   *
+   * @generated from field: uint32 credentials = 2;
+   */
+  credentials: number;
+
+  /**
+   * StreamEnded says an agent stream of the cluster to the replica that
+   * answered was ended.
+   *
+   * @generated from field: bool stream_ended = 3;
+   */
+  streamEnded: boolean;
+};
+
+/**
+ * Describes the message flotilla.v1alpha1.RevokeClusterResponse.
+ * Use `create(RevokeClusterResponseSchema)` to create a new message.
+ */
+export const RevokeClusterResponseSchema: GenMessage<RevokeClusterResponse> = /*@__PURE__*/
+  messageDesc(file_flotilla_v1alpha1_fleet, 8);
+
+/**
  * @generated from message flotilla.v1alpha1.OnboardResponse
  */
 export type OnboardResponse = Message<"flotilla.v1alpha1.OnboardResponse"> & {
@@ -359,7 +415,7 @@ export type OnboardResponse = Message<"flotilla.v1alpha1.OnboardResponse"> & {
  * Use `create(OnboardResponseSchema)` to create a new message.
  */
 export const OnboardResponseSchema: GenMessage<OnboardResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 7);
+  messageDesc(file_flotilla_v1alpha1_fleet, 9);
 
 /**
  * @generated from message flotilla.v1alpha1.GetStatusRequest
@@ -396,7 +452,7 @@ export type GetStatusRequest = Message<"flotilla.v1alpha1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 8);
+  messageDesc(file_flotilla_v1alpha1_fleet, 10);
 
 /**
  * ClusterState is one resource's state in one cluster.
@@ -447,7 +503,7 @@ export type ClusterState = Message<"flotilla.v1alpha1.ClusterState"> & {
  * Use `create(ClusterStateSchema)` to create a new message.
  */
 export const ClusterStateSchema: GenMessage<ClusterState> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 9);
+  messageDesc(file_flotilla_v1alpha1_fleet, 11);
 
 /**
  * @generated from message flotilla.v1alpha1.GetStatusResponse
@@ -514,7 +570,7 @@ export type GetStatusResponse = Message<"flotilla.v1alpha1.GetStatusResponse"> &
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 10);
+  messageDesc(file_flotilla_v1alpha1_fleet, 12);
 
 /**
  * @generated from message flotilla.v1alpha1.GetCompiledRequest
@@ -533,7 +589,7 @@ export type GetCompiledRequest = Message<"flotilla.v1alpha1.GetCompiledRequest">
  * Use `create(GetCompiledRequestSchema)` to create a new message.
  */
 export const GetCompiledRequestSchema: GenMessage<GetCompiledRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 11);
+  messageDesc(file_flotilla_v1alpha1_fleet, 13);
 
 /**
  * @generated from message flotilla.v1alpha1.GetCompiledResponse
@@ -574,7 +630,7 @@ export type GetCompiledResponse = Message<"flotilla.v1alpha1.GetCompiledResponse
  * Use `create(GetCompiledResponseSchema)` to create a new message.
  */
 export const GetCompiledResponseSchema: GenMessage<GetCompiledResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 12);
+  messageDesc(file_flotilla_v1alpha1_fleet, 14);
 
 /**
  * @generated from message flotilla.v1alpha1.PlanRequest
@@ -591,7 +647,7 @@ export type PlanRequest = Message<"flotilla.v1alpha1.PlanRequest"> & {
  * Use `create(PlanRequestSchema)` to create a new message.
  */
 export const PlanRequestSchema: GenMessage<PlanRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 13);
+  messageDesc(file_flotilla_v1alpha1_fleet, 15);
 
 /**
  * PlannedChange is one native object that applying would change.
@@ -639,7 +695,7 @@ export type PlannedChange = Message<"flotilla.v1alpha1.PlannedChange"> & {
  * Use `create(PlannedChangeSchema)` to create a new message.
  */
 export const PlannedChangeSchema: GenMessage<PlannedChange> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 14);
+  messageDesc(file_flotilla_v1alpha1_fleet, 16);
 
 /**
  * @generated from message flotilla.v1alpha1.ClusterPlan
@@ -668,7 +724,7 @@ export type ClusterPlan = Message<"flotilla.v1alpha1.ClusterPlan"> & {
  * Use `create(ClusterPlanSchema)` to create a new message.
  */
 export const ClusterPlanSchema: GenMessage<ClusterPlan> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 15);
+  messageDesc(file_flotilla_v1alpha1_fleet, 17);
 
 /**
  * @generated from message flotilla.v1alpha1.PlanResponse
@@ -692,7 +748,7 @@ export type PlanResponse = Message<"flotilla.v1alpha1.PlanResponse"> & {
  * Use `create(PlanResponseSchema)` to create a new message.
  */
 export const PlanResponseSchema: GenMessage<PlanResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 16);
+  messageDesc(file_flotilla_v1alpha1_fleet, 18);
 
 /**
  * @generated from message flotilla.v1alpha1.ListServicesRequest
@@ -716,7 +772,7 @@ export type ListServicesRequest = Message<"flotilla.v1alpha1.ListServicesRequest
  * Use `create(ListServicesRequestSchema)` to create a new message.
  */
 export const ListServicesRequestSchema: GenMessage<ListServicesRequest> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 17);
+  messageDesc(file_flotilla_v1alpha1_fleet, 19);
 
 /**
  * @generated from message flotilla.v1alpha1.ListServicesResponse
@@ -733,7 +789,7 @@ export type ListServicesResponse = Message<"flotilla.v1alpha1.ListServicesRespon
  * Use `create(ListServicesResponseSchema)` to create a new message.
  */
 export const ListServicesResponseSchema: GenMessage<ListServicesResponse> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 18);
+  messageDesc(file_flotilla_v1alpha1_fleet, 20);
 
 /**
  * FleetServiceInfo is one namespace/name across the fleet.
@@ -785,7 +841,7 @@ export type FleetServiceInfo = Message<"flotilla.v1alpha1.FleetServiceInfo"> & {
  * Use `create(FleetServiceInfoSchema)` to create a new message.
  */
 export const FleetServiceInfoSchema: GenMessage<FleetServiceInfo> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 19);
+  messageDesc(file_flotilla_v1alpha1_fleet, 21);
 
 /**
  * @generated from message flotilla.v1alpha1.FleetServicePort
@@ -812,7 +868,7 @@ export type FleetServicePort = Message<"flotilla.v1alpha1.FleetServicePort"> & {
  * Use `create(FleetServicePortSchema)` to create a new message.
  */
 export const FleetServicePortSchema: GenMessage<FleetServicePort> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 20);
+  messageDesc(file_flotilla_v1alpha1_fleet, 22);
 
 /**
  * ServiceInstance is a service in one cluster.
@@ -856,7 +912,7 @@ export type ServiceInstance = Message<"flotilla.v1alpha1.ServiceInstance"> & {
  * Use `create(ServiceInstanceSchema)` to create a new message.
  */
 export const ServiceInstanceSchema: GenMessage<ServiceInstance> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 21);
+  messageDesc(file_flotilla_v1alpha1_fleet, 23);
 
 /**
  * @generated from message flotilla.v1alpha1.LocalityCount
@@ -883,7 +939,7 @@ export type LocalityCount = Message<"flotilla.v1alpha1.LocalityCount"> & {
  * Use `create(LocalityCountSchema)` to create a new message.
  */
 export const LocalityCountSchema: GenMessage<LocalityCount> = /*@__PURE__*/
-  messageDesc(file_flotilla_v1alpha1_fleet, 22);
+  messageDesc(file_flotilla_v1alpha1_fleet, 24);
 
 /**
  * FleetService is the management plane's view of the fleet: onboarding
@@ -903,6 +959,19 @@ export const FleetService: GenService<{
     methodKind: "unary";
     input: typeof OnboardRequestSchema;
     output: typeof OnboardResponseSchema;
+  },
+  /**
+   * RevokeCluster deletes a cluster's agent credentials and unused join
+   * tokens, and ends its agent's stream: at once on the replica that
+   * answers, within the stream recheck interval on the others. The cluster
+   * stays; onboard it again to let an agent back in.
+   *
+   * @generated from rpc flotilla.v1alpha1.FleetService.RevokeCluster
+   */
+  revokeCluster: {
+    methodKind: "unary";
+    input: typeof RevokeClusterRequestSchema;
+    output: typeof RevokeClusterResponseSchema;
   },
   /**
    * GetStatus reports a resource's state in every cluster it targets.
