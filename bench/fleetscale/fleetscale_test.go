@@ -50,11 +50,11 @@ import (
 // resource, sent as a partial acknowledgement after the first on a
 // stream), reconnecting after 100 ms when its stream ends.
 type sim struct {
-	name string
-	cred harness.Sim
-	acked      atomic.Int64 // revision of the last bundle acknowledged
-	streaming  atomic.Bool
-	lastErr    atomic.Value // string: why the last stream ended
+	name      string
+	cred      harness.Sim
+	acked     atomic.Int64 // revision of the last bundle acknowledged
+	streaming atomic.Bool
+	lastErr   atomic.Value // string: why the last stream ended
 }
 
 func (s *sim) run(ctx context.Context, client agentv1connect.AgentServiceClient, wake chan<- struct{}) {

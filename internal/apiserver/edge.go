@@ -144,9 +144,9 @@ const (
 type authClass int
 
 const (
-	byToken  authClass = iota // an access token, checked by the edge
-	public                    // nothing: rate limited per client and in total
-	byAgent                   // the handler checks the agent's assertion
+	byToken authClass = iota // an access token, checked by the edge
+	public                   // nothing: rate limited per client and in total
+	byAgent                  // the handler checks the agent's assertion
 )
 
 // policy is what the edge applies to one procedure.

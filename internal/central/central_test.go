@@ -219,7 +219,7 @@ func (h *harness) joinWith(k agentKey, token string) (agentKey, error) {
 // clock is a test's clock: the wall clock moved by an offset the test sets.
 type clock struct{ offset atomic.Int64 }
 
-func (c *clock) now() time.Time            { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *clock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *clock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 func TestAJoinTokenWorksOnceForItsClusterUntilItExpires(t *testing.T) {

@@ -18,8 +18,8 @@ import (
 	"flotilla.io/flotilla/internal/authz"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
-	"flotilla.io/flotilla/internal/testauth"
 	"flotilla.io/flotilla/internal/store/postgres/pgtest"
+	"flotilla.io/flotilla/internal/testauth"
 )
 
 func TestAJoinWithABadTokenNeverWaitsForTheStoresWriteLock(t *testing.T) {

@@ -40,7 +40,7 @@ type simAgent struct {
 	name string
 	key  agentcred.Key
 	aud  string
-	urls       []string
+	urls []string
 
 	mu     sync.Mutex
 	server string
