@@ -21,6 +21,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/agentcred"
+	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -538,6 +539,9 @@ func (c *Central) stillValid(ctx context.Context, keyHash, fqn string) error {
 
 // receive reads the agent's reports until the stream ends.
 func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], cl *cluster, conn *agentConn) error {
+	// After a report over the registry's bounds, no full report is asked
+	// for until quietUntil: the agent would send the same one again.
+	var quietUntil time.Time
 	for {
 		msg, err := stream.Receive()
 		if err != nil {
@@ -552,10 +556,21 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 			rterr = c.services.Check(cl.fqn, m.Digest)
 		}
 		if rterr != nil {
-			c.log.Warn("runtime state out of sync; asking the agent for a full report", "cluster", cl.fqn, "err", rterr)
-			select {
-			case conn.resync <- rterr.Error():
-			default: // one is pending
+			now := c.now()
+			switch {
+			case errors.Is(rterr, registry.ErrTooLarge):
+				c.log.Warn("runtime report refused: over the registry's bounds; the cluster's runtime state stays as it was", "cluster", cl.fqn, "err", rterr)
+			default:
+				c.log.Warn("runtime state out of sync; asking the agent for a full report", "cluster", cl.fqn, "err", rterr)
+			}
+			if !now.Before(quietUntil) {
+				if errors.Is(rterr, registry.ErrTooLarge) {
+					quietUntil = now.Add(resyncQuiet)
+				}
+				select {
+				case conn.resync <- rterr.Error():
+				default: // one is pending
+				}
 			}
 		}
 		c.mu.Lock()
@@ -593,6 +608,10 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 		c.mu.Unlock()
 	}
 }
+
+// resyncQuiet is how long a stream asks for no full runtime report after
+// one over the registry's bounds.
+const resyncQuiet = time.Minute
 
 // maxPart bounds one bundle message; larger bundles go in parts.
 const maxPart = 1 << 20

@@ -72,11 +72,19 @@ func (r *Registry) signal() {
 
 // Apply applies one Runtime report of cluster. A full report replaces what
 // the registry holds; a delta must carry the seq after the last one applied,
-// or Apply returns ErrOutOfSync and changes nothing.
+// or Apply returns ErrOutOfSync and changes nothing. A report over the
+// bounds (limits.go) is refused whole with ErrTooLarge, naming what is over.
 func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	c := r.clusters[clusterFQN]
+	var have map[string]*agentv1.ServiceState
+	if c != nil && !m.GetFull() {
+		have = c.services
+	}
+	if err := checkBounds(m, have); err != nil {
+		return fmt.Errorf("%s: %w", clusterFQN, err)
+	}
 	if m.GetFull() {
 		c = &cluster{services: map[string]*agentv1.ServiceState{}, connected: true}
 		r.clusters[clusterFQN] = c

@@ -2,10 +2,13 @@ package registry
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 )
@@ -204,4 +207,69 @@ func (r *Registry) digest(cluster string) string {
 	defer r.mu.Unlock()
 	c := r.clusters[cluster]
 	return Digest(c.services, c.gateway)
+}
+
+func TestAReportOverTheBoundsIsRefusedWholeNamingWhatIsOverAndChangesNothing(t *testing.T) {
+	long := strings.Repeat("x", MaxNameBytes+1)
+	many := func(n int) map[string]string {
+		m := map[string]string{}
+		for i := range n {
+			m[fmt.Sprintf("k%d", i)] = "v"
+		}
+		return m
+	}
+	withSvc := func(f func(s *agentv1.ServiceState)) *agentv1.Runtime {
+		s := svc("shop", "web", 1, port("http", 80, "TCP"))
+		f(s)
+		return &agentv1.Runtime{Seq: 2, Services: []*agentv1.ServiceState{s}}
+	}
+	services := func(n int) []*agentv1.ServiceState {
+		out := make([]*agentv1.ServiceState, n)
+		for i := range out {
+			out[i] = svc("ns", fmt.Sprintf("s%d", i), 0)
+		}
+		return out
+	}
+	for name, c := range map[string]struct {
+		report *agentv1.Runtime
+		want   string
+	}{
+		"too many services":      {&agentv1.Runtime{Seq: 1, Full: true, Services: services(MaxServices + 1)}, "services has 50001 entries"},
+		"a delta past the bound":  {&agentv1.Runtime{Seq: 2, Services: services(MaxServices)}, "would hold 50001 services"},
+		"a long name":             {withSvc(func(s *agentv1.ServiceState) { s.Name = long }), "name has 254 bytes"},
+		"a long namespace":        {withSvc(func(s *agentv1.ServiceState) { s.Namespace = long }), "namespace has 254 bytes"},
+		"a long address":          {withSvc(func(s *agentv1.ServiceState) { s.ExternalAddress = long }), "address has 254 bytes"},
+		"too many labels":         {withSvc(func(s *agentv1.ServiceState) { s.Labels = many(MaxLabels + 1) }), "labels has 65 entries"},
+		"too many selector terms": {withSvc(func(s *agentv1.ServiceState) { s.Selector = many(MaxLabels + 1) }), "selector has 65 entries"},
+		"a long label value":      {withSvc(func(s *agentv1.ServiceState) { s.Labels = map[string]string{"app": long} }), "labels has an entry over"},
+		"too many localities": {withSvc(func(s *agentv1.ServiceState) {
+			s.Endpoints = make([]*agentv1.LocalityEndpoints, MaxLocalities+1)
+			for i := range s.Endpoints {
+				s.Endpoints[i] = &agentv1.LocalityEndpoints{Region: "r", Zone: fmt.Sprint(i), Ready: 1}
+			}
+		}), "endpoints has 65 localities"},
+		"too many ports": {withSvc(func(s *agentv1.ServiceState) {
+			for i := range MaxPorts {
+				s.Ports = append(s.Ports, port(fmt.Sprint(i), uint32(i+1), "TCP"))
+			}
+		}), "ports has 257 entries"},
+		"a long gateway address": {&agentv1.Runtime{Seq: 2, EastWestGateway: &agentv1.EastWestGateway{Namespace: "istio-system", Name: "eastwest", Address: long}}, "eastWestGateway.address"},
+		"a long removed key":     {&agentv1.Runtime{Seq: 2, Removed: []string{long + "/" + long}}, "removed has a 509-byte key"},
+	} {
+		r := New()
+		must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{svc("shop", "web", 1, port("http", 80, "TCP"))}}, t0))
+		before, gen := r.Snapshot(c1)
+		err := r.Apply(c1, c.report, t0)
+		if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c1) {
+			t.Errorf("%s: %v; want ErrTooLarge for %s saying %q", name, err, c1, c.want)
+			continue
+		}
+		after, again := r.Snapshot(c1)
+		if gen != again || !proto.Equal(before, after) {
+			t.Errorf("%s: the refused report changed the registry", name)
+		}
+	}
+	// At the bounds, a report is taken.
+	r := New()
+	must(t, r.Apply(c1, &agentv1.Runtime{Seq: 1, Full: true, Services: services(MaxServices)}, t0))
 }
