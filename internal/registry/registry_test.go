@@ -234,7 +234,7 @@ func TestAReportOverTheBoundsIsRefusedWholeNamingWhatIsOverAndChangesNothing(t *
 		report *agentv1.Runtime
 		want   string
 	}{
-		"too many services":      {&agentv1.Runtime{Seq: 1, Full: true, Services: services(MaxServices + 1)}, "services has 50001 entries"},
+		"too many services":       {&agentv1.Runtime{Seq: 1, Full: true, Services: services(MaxServices + 1)}, "services has 50001 entries"},
 		"a delta past the bound":  {&agentv1.Runtime{Seq: 2, Services: services(MaxServices)}, "would hold 50001 services"},
 		"a long name":             {withSvc(func(s *agentv1.ServiceState) { s.Name = long }), "name has 254 bytes"},
 		"a long namespace":        {withSvc(func(s *agentv1.ServiceState) { s.Namespace = long }), "namespace has 254 bytes"},
