@@ -57,7 +57,7 @@ func FuzzTheAPIEdge(f *testing.F) {
 		{0, 0, []byte("\xff\xff\xff\xff garbage")},
 		{1, fuzzGRPC, hello},
 		{1, fuzzGRPC | fuzzRawFrames, []byte{0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3}}, // a frame declaring 4 GiB
-		{1, fuzzGRPC | fuzzRawFrames, []byte{0, 0, 0, 0}},                          // a truncated frame header
+		{1, fuzzGRPC | fuzzRawFrames, []byte{0, 0, 0, 0}},                         // a truncated frame header
 		{1, fuzzGRPC | fuzzGzip | fuzzCompressed, small},
 		{2, 0, []byte(`{"grant":{}}`)},
 		{3, fuzzGzip, []byte("not gzip at all")},
