@@ -70,8 +70,11 @@ type Limits struct {
 	// WatchFleet, ExportAudit).
 	StreamsPerPrincipal int
 	// AuditPerClient and AuditTotal bound the refusals recorded in the
-	// audit; the refusals metric counts every one.
-	AuditPerClient, AuditTotal Rate
+	// audit, and AuditTokenless those of callers without a token (Join,
+	// Token, the agent's stream); the refusals metric counts every one.
+	// Each record is a write under the store's lock: a flood's must not
+	// queue in front of everyone's writes.
+	AuditPerClient, AuditTotal, AuditTokenless Rate
 }
 
 // DefaultLimits are the limits of a server without WithLimits.
@@ -84,12 +87,13 @@ func DefaultLimits() Limits {
 		// joins at a few hundred a second, a flood of bad tokens no faster.
 		JoinTotal:             Rate{200, 400},
 		TokenTotal:            Rate{200, 400},
-		PublicInFlight:        64,
+		PublicInFlight:        8,
 		AuthFailuresPerClient: Rate{10, 100},
 		PlanPerPrincipal:      Rate{10, 100},
 		StreamsPerPrincipal:   16,
 		AuditPerClient:        Rate{10, 100},
 		AuditTotal:            Rate{20, 100},
+		AuditTokenless:        Rate{2, 2},
 	}
 }
 
@@ -309,6 +313,7 @@ type edge struct {
 	perPrincipal *keyLimiter // procedure + subject
 	audits       *keyLimiter // client
 	auditsTotal  *rate.Limiter
+	auditsQueued *rate.Limiter
 	inFlight     chan struct{} // public calls being served
 	// auditQ carries the refusals of callers that presented no token (or
 	// an agent's assertion) to auditLoop: they are answered without
@@ -331,6 +336,7 @@ func newEdge(l Limits, reg prometheus.Registerer) *edge {
 		perPrincipal: newKeyLimiter(),
 		audits:       newKeyLimiter(),
 		auditsTotal:  rate.NewLimiter(rate.Limit(l.AuditTotal.PerSecond), l.AuditTotal.Burst),
+		auditsQueued: rate.NewLimiter(rate.Limit(l.AuditTokenless.PerSecond), l.AuditTokenless.Burst),
 		inFlight:     make(chan struct{}, max(1, l.PublicInFlight)),
 		streams:      map[string]int{},
 		auditQ:       make(chan store.AuditRecord, auditQueue),
@@ -340,7 +346,7 @@ func newEdge(l Limits, reg prometheus.Registerer) *edge {
 		}, []string{"procedure", "code"}),
 		unaudited: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flotilla_api_refusals_unaudited_total",
-			Help: "Refusals of tokenless callers not recorded in the audit because its queue was full.",
+			Help: "Refusals counted but not recorded in the audit: past its rate limits, or its queue full.",
 		}),
 	}
 	reg.MustRegister(e.refusals, e.unaudited)
@@ -465,7 +471,12 @@ func (s *Server) edgeHTTP(next http.Handler) http.Handler {
 		r = r.WithContext(ctx)
 		answer := func(err error, status int) {
 			s.refuse(ctx, proc, st.client, true, "", "", err)
-			io.Copy(io.Discard, io.LimitReader(r.Body, 64<<10)) // let the client see the answer
+			if r.ProtoMajor == 1 {
+				// The body goes unread, and the connection with it: a
+				// refused flood costs no reading (the server lingers so
+				// that the client sees the answer).
+				w.Header().Set("Connection", "close")
+			}
 			if errw.IsSupported(r) {
 				errw.Write(w, r, err)
 			} else {
@@ -473,7 +484,7 @@ func (s *Server) edgeHTTP(next http.Handler) http.Handler {
 			}
 		}
 		if pol.auth == public {
-			if !s.edge.perClient.allow(proc+" "+st.client, s.edge.limits.PublicPerClient) {
+			if !s.edge.perClient.allow(proc+" "+clientKey(st.client), s.edge.limits.PublicPerClient) {
 				answer(connect.NewError(connect.CodeResourceExhausted, errors.New("too many requests from this address: wait a few seconds and retry")), http.StatusTooManyRequests)
 				return
 			}
@@ -618,7 +629,7 @@ func (i *authInterceptor) admit(ctx context.Context, proc, client string, h http
 	if pol.auth == public {
 		return ctx, func() {}, nil
 	}
-	if !e.authFailures.peek(client, e.limits.AuthFailuresPerClient) {
+	if !e.authFailures.peek(clientKey(client), e.limits.AuthFailuresPerClient) {
 		return ctx, nil, connect.NewError(connect.CodeResourceExhausted, errors.New("too many failed authentications from this address: wait a minute, and check the credential"))
 	}
 	if pol.auth == byAgent {
@@ -626,7 +637,7 @@ func (i *authInterceptor) admit(ctx context.Context, proc, client string, h http
 	}
 	actx, err := i.auth.authenticate(ctx, h)
 	if err != nil {
-		e.authFailures.allow(client, e.limits.AuthFailuresPerClient)
+		e.authFailures.allow(clientKey(client), e.limits.AuthFailuresPerClient)
 		return ctx, nil, err
 	}
 	p, _ := authn.FromContext(actx)
@@ -668,7 +679,7 @@ func (i *authInterceptor) after(ctx context.Context, proc, client string, pol po
 		if connect.CodeOf(err) == connect.CodeUnauthenticated {
 			audit = true
 			if pol.auth == byAgent {
-				i.srv.edge.authFailures.allow(client, i.srv.edge.limits.AuthFailuresPerClient)
+				i.srv.edge.authFailures.allow(clientKey(client), i.srv.edge.limits.AuthFailuresPerClient)
 			}
 		}
 		i.srv.refuse(ctx, proc, client, audit, kind, fqn, err)
@@ -766,7 +777,8 @@ func subjectOf(msg any) (kind, fqn string) {
 // bad joins never waits for the store's write lock.
 func (i *authInterceptor) refused(ctx context.Context, client, proc, kind, fqn string, err error, queued bool) {
 	e := i.srv.edge
-	if !e.audits.allow(client, e.limits.AuditPerClient) || !e.auditsTotal.Allow() {
+	if !e.audits.allow(clientKey(client), e.limits.AuditPerClient) || !e.auditsTotal.Allow() || queued && !e.auditsQueued.Allow() {
+		e.unaudited.Inc()
 		return
 	}
 	actor := "anonymous@" + client
@@ -798,6 +810,21 @@ func (i *authInterceptor) refused(ctx context.Context, client, proc, kind, fqn s
 	}
 }
 
+// maxBuckets bounds a limiter's keys (a few hundred bytes each): past it,
+// idle keys are forgotten at once, and a new key is refused while it stays
+// full, so that a flood from countless addresses cannot grow it.
+const maxBuckets = 100_000
+
+// clientKey is what limits key a client on: its address, or for IPv6 its
+// /64 (one host holds a whole /64).
+func clientKey(client string) string {
+	a, err := netip.ParseAddr(client)
+	if err != nil || !a.Is6() {
+		return client
+	}
+	return netip.PrefixFrom(a, 64).Masked().String()
+}
+
 // keyLimiter is a token bucket per key.
 type keyLimiter struct {
 	mu      sync.Mutex
@@ -811,7 +838,7 @@ func newKeyLimiter() *keyLimiter {
 
 // bucket returns key's bucket of rate r; callers hold l.mu.
 func (l *keyLimiter) bucket(key string, r Rate) *rate.Limiter {
-	if time.Since(l.swept) > time.Minute { // forget idle keys
+	if time.Since(l.swept) > time.Minute || len(l.buckets) >= maxBuckets { // forget idle keys
 		for k, b := range l.buckets {
 			if b.Tokens() >= float64(b.Burst()) {
 				delete(l.buckets, k)
@@ -821,22 +848,28 @@ func (l *keyLimiter) bucket(key string, r Rate) *rate.Limiter {
 	}
 	b := l.buckets[key]
 	if b == nil {
+		if len(l.buckets) >= maxBuckets {
+			return nil
+		}
 		b = rate.NewLimiter(rate.Limit(r.PerSecond), r.Burst)
 		l.buckets[key] = b
 	}
 	return b
 }
 
-// allow takes a token from key's bucket.
+// allow takes a token from key's bucket; false also when the limiter is
+// full of busy keys.
 func (l *keyLimiter) allow(key string, r Rate) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.bucket(key, r).Allow()
+	b := l.bucket(key, r)
+	return b != nil && b.Allow()
 }
 
 // peek reports whether key's bucket has a token, without taking it.
 func (l *keyLimiter) peek(key string, r Rate) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.bucket(key, r).Tokens() >= 1
+	b := l.bucket(key, r)
+	return b != nil && b.Tokens() >= 1
 }

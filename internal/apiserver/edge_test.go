@@ -284,6 +284,7 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 func TestJoinIsRateLimitedPerClientKeyedOnTheForwardedAddressOnlyFromATrustedProxy(t *testing.T) {
 	limits := apiserver.DefaultLimits()
 	limits.PublicPerClient = apiserver.Rate{PerSecond: 0.001, Burst: 2}
+	limits.AuditTokenless = apiserver.Rate{PerSecond: 100, Burst: 100} // every refusal audited, for the count below
 	join := func(e *edgePlane, forwardedFor string) error {
 		req := connect.NewRequest(&agentv1.JoinRequest{Cluster: "c1", Token: "flj_garbage", PublicKey: make([]byte, 32)})
 		if forwardedFor != "" {
