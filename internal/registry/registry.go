@@ -314,7 +314,10 @@ func (f Filter) match(s *agentv1.ServiceState) bool {
 
 // Services returns the fleet's services that f matches, by namespace and
 // name, with their instances by cluster. visible, when not nil, limits the
-// clusters included; it is asked once per cluster that has a match.
+// clusters included; it is asked once per cluster that has a match, with
+// the registry locked, so it must not block (no store reads: decide what
+// the caller sees before, as access.View does), or every agent's runtime
+// report waits.
 func (r *Registry) Services(visible func(clusterFQN string) bool, f Filter) []Service {
 	r.mu.Lock()
 	defer r.mu.Unlock()
