@@ -33,14 +33,9 @@ func newClusterCmd(e *env) *cobra.Command {
 		Short: "Print a one-time join token for a cluster (to stdout only) and how to start its agent",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			md := &pb.Metadata{Name: args[0], Organization: org}
-			if org == "" {
-				k, _ := e.reg.Kind("Cluster")
-				r, err := e.find(cmd, k, args[0], &parentFlags{})
-				if err != nil {
-					return err
-				}
-				md = r.GetMetadata()
+			md, err := e.clusterMetadata(cmd, args[0], org)
+			if err != nil {
+				return err
 			}
 			res, err := e.fleet().Onboard(cmd.Context(), connect.NewRequest(&pb.OnboardRequest{Metadata: md, Ttl: durationpb.New(ttl), Force: force}))
 			if err != nil {

@@ -23,14 +23,9 @@ has. To let an agent back in, run ` + "`flotilla cluster onboard NAME`" + ` and 
 the agent with the new token.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			md := &pb.Metadata{Name: args[0], Organization: org}
-			if org == "" {
-				k, _ := e.reg.Kind("Cluster")
-				r, err := e.find(cmd, k, args[0], &parentFlags{})
-				if err != nil {
-					return err
-				}
-				md = r.GetMetadata()
+			md, err := e.clusterMetadata(cmd, args[0], org)
+			if err != nil {
+				return err
 			}
 			res, err := e.fleet().RevokeCluster(cmd.Context(), connect.NewRequest(&pb.RevokeClusterRequest{Metadata: md}))
 			if err != nil {
@@ -47,4 +42,18 @@ the agent with the new token.`,
 	}
 	cmd.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
 	return cmd
+}
+
+// clusterMetadata names cluster name: in organization org, or, without
+// one, wherever the caller's view finds it (an ambiguous name is refused).
+func (e *env) clusterMetadata(cmd *cobra.Command, name, org string) (*pb.Metadata, error) {
+	if org != "" {
+		return &pb.Metadata{Name: name, Organization: org}, nil
+	}
+	k, _ := e.reg.Kind("Cluster")
+	r, err := e.find(cmd, k, name, &parentFlags{})
+	if err != nil {
+		return nil, err
+	}
+	return r.GetMetadata(), nil
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -76,7 +77,7 @@ func TestAServiceAccountLogsInFromTheCLIAndDoesOnlyWhatItsBindingAllows(t *testi
 	}
 }
 
-func TestAnAgentsCredentialIsRenewedAndTheRenewedOneReconnectsAfterTheOldExpires(t *testing.T) {
+func TestAnAgentsKeyBoundCredentialIsExtendedAndTheSameKeyReconnectsAfterItsFirstExpiry(t *testing.T) {
 	c1 := clusters(t)[0]
 	c1.reset(t, "payments")
 	dir := t.TempDir()
@@ -89,41 +90,48 @@ func TestAnAgentsCredentialIsRenewedAndTheRenewedOneReconnectsAfterTheOldExpires
 	}
 	agent := startProcess(t, dir, nil, "agent", "--server", s.url, "--cluster", c1.name, "--token-file", filepath.Join(dir, "c1.token"), "--kubeconfig", c1.kubeconfig)
 	ctx := context.Background()
-	stored := func() string {
+	stored := func() map[string][]byte {
 		sec, err := c1.kube.CoreV1().Secrets("flotilla-system").Get(ctx, "flotilla-agent-credential", metav1.GetOptions{})
 		if err != nil {
-			return ""
+			return nil
 		}
-		return string(sec.Data["credential"])
+		return sec.Data
 	}
-	var first string
-	eventually(t, 30*time.Second, "the agent joins and stores its credential", func() error {
-		if first = stored(); first == "" {
-			return fmt.Errorf("no credential stored yet")
+	var first map[string][]byte
+	eventually(t, 30*time.Second, "the agent joins and notes it", func() error {
+		if first = stored(); len(first["cluster"]) == 0 {
+			return fmt.Errorf("not joined yet")
 		}
 		return nil
 	})
+	if len(first["key"]) == 0 || len(first["credential"]) != 0 {
+		t.Fatalf("the secret holds %d bytes of key and %d of bearer credential; want a key and no bearer secret", len(first["key"]), len(first["credential"]))
+	}
 	joined := time.Now()
-	// Two thirds into its life the server sends a new one; the agent keeps it.
-	eventually(t, ttl, "the agent stores a renewed credential", func() error {
-		if now := stored(); now == first || now == "" {
-			return fmt.Errorf("still the first credential")
+	// Two thirds into its life the server extends it on the stream; the
+	// key stays, and nothing secret travels.
+	eventually(t, ttl, "the server extends the credential", func() error {
+		if !strings.Contains(agent.log.String(), "credential extended") {
+			return fmt.Errorf("no extension yet")
 		}
 		return nil
 	})
-	// Once the first has expired, a new stream (the server restarts) must
-	// use the renewed one.
+	// Past the first expiry, a new stream (the server restarts) is opened
+	// with the same key.
 	if wait := time.Until(joined.Add(ttl + time.Second)); wait > 0 {
-		time.Sleep(wait) // the first credential's expiry is the point of this step
+		time.Sleep(wait) // the first expiry is the point of this step
 	}
 	s.stop()
 	s = s.restart(t)
-	eventually(t, 30*time.Second, "the agent is back on its renewed credential", func() error {
+	eventually(t, 30*time.Second, "the agent is back with its key", func() error {
 		if n := connectedAgents(t, s); n != 1 {
 			return fmt.Errorf("%d agents connected", n)
 		}
 		return nil
 	})
+	if !bytes.Equal(stored()["key"], first["key"]) {
+		t.Fatal("the agent's key changed")
+	}
 	if strings.Contains(agent.log.String(), "refused this cluster's credential") {
 		t.Fatalf("the agent's credential was refused:\n%s", agent.log)
 	}
