@@ -63,7 +63,7 @@ func sameCluster(name, fqn string) bool {
 // Agent authentication defaults.
 const (
 	// DefaultAudience names the server in agents' assertions when no
-	// WithAudience says otherwise (the token issuer's default name).
+	// SetAudience says otherwise (the token issuer's default name).
 	DefaultAudience = "flotilla"
 	// DefaultCredentialRecheck is how often a stream re-reads its
 	// credential: a credential revoked through another replica ends the
@@ -416,6 +416,12 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		c.mu.Unlock()
 		c.log.Info("agent disconnected", "cluster", fqn)
 	}()
+	// A revoke or a join that committed after this stream authenticated
+	// and before it was the cluster's found no stream to end: read the
+	// credential once more. One that commits from now on finds it.
+	if err := c.stillValid(ctx, cred.Hash, fqn); err != nil {
+		return err
+	}
 
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- c.receive(stream, cl, conn) }()
