@@ -56,7 +56,7 @@ type Central struct {
 func (c *Central) Services() *registry.Registry { return c.services }
 
 // DefaultAgentCredentialTTL is how long an agent credential lives. The
-// server sends a new one on the agent's stream once a third of it is left.
+// agent's stream extends it once a third of it is left (stream.go).
 const DefaultAgentCredentialTTL = 30 * 24 * time.Hour
 
 // WithAgentCredentialTTL sets the life of agent credentials.

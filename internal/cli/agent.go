@@ -25,8 +25,11 @@ func newAgentCmd(e *env) *cobra.Command {
 		Short: "Run the agent of one cluster",
 		Long: `Run a cluster's agent: it dials the central control plane (--server), keeps
 the latest bundle in its cluster, and applies it as native Istio objects.
-The join token is needed only the first time; the agent then keeps its
-credential in the cluster (secret flotilla-system/flotilla-agent-credential).
+The join token is needed only the first time: the agent makes a key pair,
+keeps the private key in the cluster (secret
+flotilla-system/flotilla-agent-credential) and joins with the public key; it
+proves the key on every stream. A token file with a new token (the cluster
+was onboarded again) makes it join again with a new key.
 Without --kubeconfig it uses the in-cluster configuration.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
