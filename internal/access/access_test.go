@@ -315,7 +315,7 @@ func TestACreatorIsAdminThroughARevocableBinding(t *testing.T) {
 	}
 	// The group made in the same request got its own, since carl was the
 	// workspace's admin by then.
-	if f.get(ws+"/groups/g9").Annotations[access.CreatorBindingAnnotation] == "" {
+	if f.get(ws + "/groups/g9").Annotations[access.CreatorBindingAnnotation] == "" {
 		t.Fatal("the group carl made has no creator binding")
 	}
 	if ok, why := f.checker(carl).Can(authz.SetPolicy, "Workspace", ws); !ok {

@@ -59,7 +59,7 @@ func TestAnswersHoldTheHealthyEntryPointsOrAllWhenNoneIs(t *testing.T) {
 // HealthyThreshold good ones, against a real HTTP server.
 func TestTheCheckerFollowsItsThresholds(t *testing.T) {
 	var failing atomic.Bool
-	var failed, passed atomic.Int32 // probes answered since the last switch
+	var failed, passed atomic.Int32  // probes answered since the last switch
 	seen := make(chan struct{}, 100) // a passing probe reached the endpoint
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
