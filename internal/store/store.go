@@ -95,11 +95,13 @@ type Change struct {
 }
 
 // AuditRecord describes one mutation: who, when, what and how; or one
-// request that was refused and so changed nothing.
+// request that wrote no intent: a refused request, which changed nothing,
+// or an operation on state the store does not hold (a signing-key
+// rotation, the bootstrap credential's end).
 type AuditRecord struct {
-	Revision int64 // 0 for a refused request
-	// Refusal numbers a refused request in the order refusals were
-	// recorded (1, 2, ...); 0 for a change.
+	Revision int64 // 0 for a request that wrote no intent
+	// Refusal numbers a request that wrote no intent in the order they
+	// were recorded (1, 2, ...); 0 for a change.
 	Refusal   int64
 	Time      time.Time
 	Actor     string // see Actor
@@ -108,9 +110,14 @@ type AuditRecord struct {
 	FQN       string
 	Changes   []Change
 	// Refused is set on a request the server turned down; Reason says why.
+	// On an operation (Refusal set, Refused not), Reason says what it did.
 	Refused bool
 	Reason  string
 }
+
+// Done reports whether r is an operation carried out on state outside the
+// store (not a change, not a refusal).
+func (r AuditRecord) Done() bool { return r.Refusal > 0 && !r.Refused }
 
 // Actor names who made a change and how they proved it, as the audit
 // keeps it: "user:alice@example.com via oidc". System writers pass a plain
@@ -133,9 +140,9 @@ func SplitActor(actor string) (subject, method string) {
 // AuditQuery selects audit records. Audit returns them oldest first: the
 // newest Limit that match, or with After set the oldest Limit after it.
 //
-// The audit is two logs, each in its own order: changes by revision and
-// refused requests by refusal number. With Refused set, Audit merges them
-// by time, taking each log's records in that log's order, so that the
+// The audit is two logs, each in its own order: changes by revision, and
+// requests that wrote no intent (refusals, and operations on state outside
+// the store) by their number. Audit merges them by time, taking each log's records in that log's order, so that the
 // records it returns are a prefix of each log (from the newest, or from
 // After) and the cursor past the last record read (AuditCursor.Past) resumes
 // exactly where it stopped, whatever the clocks did.
@@ -144,7 +151,8 @@ type AuditQuery struct {
 	Kind  string
 	FQN   string // this resource and its descendants
 	Limit int    // at most this many records; 0 means 1000
-	// Refused adds the refused requests, merged in time order.
+	// Refused adds the refused requests. Operations on state outside the
+	// store are always read.
 	Refused bool
 	// Before, when set, keeps only records older than the cursor: pages
 	// read from the newest down pass the cursor past the last record read.
@@ -179,7 +187,7 @@ type AuditCursor struct {
 // Past is the cursor just past r, in whichever direction it was read:
 // r's own log moves to r, the other log stays.
 func (c AuditCursor) Past(r AuditRecord) AuditCursor {
-	if r.Refused {
+	if r.Refusal > 0 {
 		c.Refusal = r.Refusal
 	} else {
 		c.Revision = r.Revision
@@ -317,6 +325,11 @@ type Store interface {
 	// Refuse records a refused request in the audit (Refused and Revision
 	// are ignored). It writes nothing else.
 	Refuse(ctx context.Context, r AuditRecord) error
+	// RecordOperation records in the audit an operation carried out on
+	// state the store does not hold, such as the signing keys (Refused and
+	// Revision are ignored; Reason says what was done). It writes nothing
+	// else.
+	RecordOperation(ctx context.Context, r AuditRecord) error
 	// KindsChanged is Tx.KindsChanged outside a transaction.
 	KindsChanged(ctx context.Context, after int64) ([]string, error)
 	// Credential reads a credential by hash, outside any transaction.

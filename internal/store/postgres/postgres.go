@@ -95,6 +95,6 @@ var Dialect = sqlstore.Dialect{
 	Name: "postgres",
 	// 0x466c6f74 is "Flot": one lock for every Flotilla writer of this database.
 	LockTx:     `SELECT pg_advisory_xact_lock(1181511540)`,
-	Migrations: sqlstore.Migrations(),
+	Migrations: sqlstore.Migrations("postgres"),
 	NotifyTx:   `NOTIFY ` + channel,
 }

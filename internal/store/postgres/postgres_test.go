@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -87,5 +88,65 @@ func TestARuntimeWriteInOneProcessWakesAnother(t *testing.T) {
 		if err != nil || len(got) != 1 || string(got[0].Runtime) != fmt.Sprintf("state %d", i) {
 			t.Fatalf("after write %d the other store reads %+v, %v", i, got, err)
 		}
+	}
+}
+
+// A database whose default collation ignores punctuation (ICU with
+// alternate=shifted, as an operator's locale may) would sort "o/t" after
+// "o0", so the range scan of an ancestor's descendants would miss them.
+// The store pins byte order on its key columns, so it finds them.
+func TestDescendantsAreFoundWhateverTheDatabaseCollation(t *testing.T) {
+	url := pgtest.NewDatabaseWith(t, `TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'und-u-ka-shifted'`)
+	ctx := context.Background()
+	st, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	raw, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var ignoresSlash bool
+	if err := raw.QueryRowContext(ctx, `SELECT 'o/t' > 'o0'`).Scan(&ignoresSlash); err != nil {
+		t.Fatal(err)
+	}
+	if !ignoresSlash {
+		t.Fatal("setup: the database's collation should sort 'o/t' after 'o0'")
+	}
+	recs := []store.Record{
+		{Kind: "Organization", FQN: "organizations/o", Name: "o", Spec: json.RawMessage(`{}`)},
+		{Kind: "Tenant", FQN: "organizations/o/tenants/t", Name: "t", Parent: "organizations/o", Spec: json.RawMessage(`{}`)},
+		{Kind: "Tenant", FQN: "organizations/o/tenants/t-2", Name: "t-2", Parent: "organizations/o", Spec: json.RawMessage(`{}`)},
+	}
+	err = st.Update(ctx, "a", func(tx store.Tx) error {
+		for _, r := range recs {
+			if _, err := tx.Put(ctx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.List(ctx, store.Query{Ancestor: "organizations/o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fqns []string
+	for _, r := range got {
+		fqns = append(fqns, r.FQN)
+	}
+	if want := []string{"organizations/o/tenants/t", "organizations/o/tenants/t-2"}; fmt.Sprint(fqns) != fmt.Sprint(want) {
+		t.Errorf("descendants of organizations/o = %v, want %v in byte order", fqns, want)
+	}
+	audit, err := st.Audit(ctx, store.AuditQuery{FQN: "organizations/o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(audit) != 3 {
+		t.Errorf("audit under organizations/o holds %d records, want 3", len(audit))
 	}
 }

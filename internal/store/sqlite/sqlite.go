@@ -42,6 +42,6 @@ func Open(ctx context.Context, path string, opts ...sqlstore.Option) (*sqlstore.
 // Dialect is SQLite's flavour of the shared SQL core.
 var Dialect = sqlstore.Dialect{
 	Name:         "sqlite",
-	Migrations:   sqlstore.Migrations(),
+	Migrations:   sqlstore.Migrations("sqlite"),
 	SingleWriter: true,
 }

@@ -1,9 +1,9 @@
 package sqlstore
 
-// Migrations returns the schema history. Both databases take the same
-// statements. Append new versions;
-// never edit a released one.
-func Migrations() []string {
+// Migrations returns the schema history of a dialect ("postgres" or
+// "sqlite"). Both take the same statements except where a version says
+// otherwise. Append new versions; never edit a released one.
+func Migrations(dialect string) []string {
 	v1 := `
 CREATE TABLE objects (
 	fqn TEXT PRIMARY KEY,
@@ -108,5 +108,27 @@ ALTER TABLE refused_seq RENAME TO refused;
 CREATE INDEX refused_time ON refused (time);
 CREATE TABLE refusals (last BIGINT NOT NULL);
 INSERT INTO refusals (last) SELECT COALESCE(MAX(seq), 0) FROM refused`
-	return []string{v1, v2, v3, v4, v5, v6, v7}
+	// v8 lets the log of requests that wrote no intent hold, beside the
+	// refusals, the operations carried out on state outside the store
+	// (signing keys, the bootstrap credential): done is 1 for those.
+	v8 := `ALTER TABLE refused ADD COLUMN done INTEGER NOT NULL DEFAULT 0`
+	// v9 pins byte order on the PostgreSQL columns that range scans and
+	// ordered reads use: an ancestor's descendants are read as the range
+	// ('<fqn>/', '<fqn>0'), which holds only if '/' sorts just before '0'
+	// and nothing is ignored, as in the "C" collation but not in every
+	// locale's. SQLite compares TEXT bytewise (BINARY) already.
+	v9 := `SELECT 1`
+	if dialect == "postgres" {
+		v9 = `
+ALTER TABLE objects ALTER COLUMN fqn TYPE TEXT COLLATE "C";
+ALTER TABLE objects ALTER COLUMN kind TYPE TEXT COLLATE "C";
+ALTER TABLE objects ALTER COLUMN parent TYPE TEXT COLLATE "C";
+ALTER TABLE objects ALTER COLUMN namespace TYPE TEXT COLLATE "C";
+ALTER TABLE events ALTER COLUMN fqn TYPE TEXT COLLATE "C";
+ALTER TABLE audit ALTER COLUMN fqn TYPE TEXT COLLATE "C";
+ALTER TABLE refused ALTER COLUMN fqn TYPE TEXT COLLATE "C";
+ALTER TABLE status ALTER COLUMN fqn TYPE TEXT COLLATE "C";
+ALTER TABLE credentials ALTER COLUMN cluster TYPE TEXT COLLATE "C"`
+	}
+	return []string{v1, v2, v3, v4, v5, v6, v7, v8, v9}
 }

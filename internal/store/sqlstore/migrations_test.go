@@ -36,7 +36,7 @@ func refusalsBeforeV7(t *testing.T, driver, url string, dialect sqlstore.Dialect
 		}
 		return st
 	}
-	open(sqlstore.Migrations()[:6]).Close()
+	open(sqlstore.Migrations(dialect.Name)[:6]).Close()
 	raw, err := sql.Open(driver, url)
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ func refusalsBeforeV7(t *testing.T, driver, url string, dialect sqlstore.Dialect
 		}
 	}
 	raw.Close()
-	st := open(sqlstore.Migrations())
+	st := open(sqlstore.Migrations(dialect.Name))
 	defer st.Close()
 	if err := st.Refuse(ctx, store.AuditRecord{Actor: "user:a", Operation: "Get", Reason: "fourth"}); err != nil {
 		t.Fatal(err)

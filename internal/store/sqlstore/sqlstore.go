@@ -471,13 +471,12 @@ func (d *DB) Audit(ctx context.Context, q store.AuditQuery) ([]store.AuditRecord
 	if err != nil {
 		return nil, err
 	}
-	if q.Refused {
-		refused, err := d.auditRows(ctx, q, limit, true)
-		if err != nil {
-			return nil, err
-		}
-		out = mergeAudit(out, refused, limit, up)
+	// The second log: refusals when asked for, operations always.
+	refused, err := d.auditRows(ctx, q, limit, true)
+	if err != nil {
+		return nil, err
 	}
+	out = mergeAudit(out, refused, limit, up)
 	if !up {
 		slices.Reverse(out)
 	}
@@ -533,7 +532,10 @@ func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, refus
 	}
 	sqlText, id := `SELECT revision, 0, time, actor, operation, kind, fqn, changes FROM audit`, "revision"
 	if refused {
-		sqlText, id = `SELECT 0, seq, time, actor, operation, kind, fqn, reason FROM refused`, "seq"
+		sqlText, id = `SELECT 0, seq, time, actor, operation, kind, fqn, reason, done FROM refused`, "seq"
+		if !q.Refused {
+			where = append(where, "done = 1")
+		}
 	}
 	if !q.Since.IsZero() {
 		where = append(where, "time >= "+arg(q.Since.UnixNano()))
@@ -589,13 +591,18 @@ func (d *DB) auditRows(ctx context.Context, q store.AuditQuery, limit int, refus
 			a     store.AuditRecord
 			nanos int64
 			last  string
+			done  int64
 		)
-		if err := rows.Scan(&a.Revision, &a.Refusal, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &last); err != nil {
+		dest := []any{&a.Revision, &a.Refusal, &nanos, &a.Actor, &a.Operation, &a.Kind, &a.FQN, &last}
+		if refused {
+			dest = append(dest, &done)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
 		a.Time = time.Unix(0, nanos).UTC()
 		if refused {
-			a.Refused, a.Reason = true, last
+			a.Refused, a.Reason = done == 0, last
 		} else if err := json.Unmarshal([]byte(last), &a.Changes); err != nil {
 			return nil, fmt.Errorf("decode audit %d: %w", a.Revision, err)
 		}
@@ -627,7 +634,23 @@ func (d *DB) AuditTop(ctx context.Context) (store.AuditCursor, error) {
 // refusals counter, whose row lock (PostgreSQL) or the single writer
 // (SQLite) orders concurrent refusals; it takes no intent lock.
 func (d *DB) Refuse(ctx context.Context, r store.AuditRecord) error {
-	err := d.statusTx(ctx, func(q querier) error {
+	if err := d.noIntent(ctx, r, 0); err != nil {
+		return fmt.Errorf("record a refused request: %w", err)
+	}
+	return nil
+}
+
+// RecordOperation implements store.Store, numbered as Refuse numbers.
+func (d *DB) RecordOperation(ctx context.Context, r store.AuditRecord) error {
+	if err := d.noIntent(ctx, r, 1); err != nil {
+		return fmt.Errorf("record %s in the audit: %w", r.Operation, err)
+	}
+	return nil
+}
+
+// noIntent appends r to the log of requests that wrote no intent.
+func (d *DB) noIntent(ctx context.Context, r store.AuditRecord, done int) error {
+	return d.statusTx(ctx, func(q querier) error {
 		var n int64
 		if _, err := q.ExecContext(ctx, `UPDATE refusals SET last = last + 1`); err != nil {
 			return err
@@ -635,14 +658,10 @@ func (d *DB) Refuse(ctx context.Context, r store.AuditRecord) error {
 		if err := q.scanOne(ctx, `SELECT last FROM refusals`, nil, &n); err != nil {
 			return err
 		}
-		_, err := q.ExecContext(ctx, `INSERT INTO refused (seq, time, actor, operation, kind, fqn, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			n, d.now().UTC().UnixNano(), r.Actor, r.Operation, r.Kind, r.FQN, r.Reason)
+		_, err := q.ExecContext(ctx, `INSERT INTO refused (seq, time, actor, operation, kind, fqn, reason, done) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			n, d.now().UTC().UnixNano(), r.Actor, r.Operation, r.Kind, r.FQN, r.Reason, done)
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("record a refused request: %w", err)
-	}
-	return nil
 }
 
 // KindsChanged implements store.Store.

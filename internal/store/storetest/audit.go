@@ -14,7 +14,7 @@ import (
 
 // auditKey names a record in either log: "r<revision>" or "s<number>".
 func auditKey(r store.AuditRecord) string {
-	if r.Refused {
+	if r.Refusal > 0 {
 		return fmt.Sprintf("s%d", r.Refusal)
 	}
 	return fmt.Sprintf("r%d", r.Revision)
@@ -204,5 +204,52 @@ func testRefusalNumbers(t *testing.T, open Opener) {
 	}
 	if top, err := st.AuditTop(ctx); err != nil || top.Refusal != writers*each+1 {
 		t.Fatalf("top %+v, %v; want refusal %d", top, err, writers*each+1)
+	}
+}
+
+// testAuditOperations: operations on state outside the store are in the
+// audit whether or not refusals are asked for, numbered with the refusals,
+// told apart from them, and paged like them.
+func testAuditOperations(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org)
+	if err := st.Refuse(ctx, store.AuditRecord{Actor: "user:b", Operation: "RotateSigningKey", Kind: "SigningKey", Reason: "permission denied"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RecordOperation(ctx, store.AuditRecord{Actor: "user:admin via bootstrap", Operation: "RotateSigningKey", Kind: "SigningKey", Reason: "key k2 signs"}); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := st.Audit(ctx, store.AuditQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := auditKeys(recs); !slices.Equal(got, []string{"r1", "s2"}) {
+		t.Fatalf("audit without refusals = %v, want the change and the operation [r1 s2]", got)
+	}
+	op := recs[1]
+	if !op.Done() || op.Refused || op.Reason != "key k2 signs" || op.Actor != "user:admin via bootstrap" || op.Kind != "SigningKey" {
+		t.Errorf("operation read back as %+v", op)
+	}
+	all, err := st.Audit(ctx, store.AuditQuery{Refused: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := auditKeys(all); !slices.Equal(got, []string{"r1", "s1", "s2"}) {
+		t.Fatalf("audit with refusals = %v, want [r1 s1 s2]", got)
+	}
+	if all[1].Done() || !all[1].Refused {
+		t.Errorf("the refusal reads as an operation: %+v", all[1])
+	}
+	// Paging down from the newest: the cursor past the operation moves
+	// its log's number, so the next page holds the change alone.
+	page, err := st.Audit(ctx, store.AuditQuery{Limit: 1})
+	if err != nil || len(page) != 1 || auditKey(page[0]) != "s2" {
+		t.Fatalf("first page = %v, %v; want [s2]", auditKeys(page), err)
+	}
+	c := store.AuditCursor{Revision: 1 << 40, Refusal: 1 << 40}.Past(page[0])
+	page, err = st.Audit(ctx, store.AuditQuery{Limit: 5, Before: &c})
+	if err != nil || !slices.Equal(auditKeys(page), []string{"r1"}) {
+		t.Fatalf("second page = %v, %v; want [r1]", auditKeys(page), err)
 	}
 }

@@ -55,6 +55,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"audit read forward after a cursor and below a top is the whole audit, oldest first", testAuditPagesUp},
 		{"audit keeps only records meeting one of the any-of terms", testAuditAnyOf},
 		{"concurrent refusals take the numbers 1..n without gaps or repeats", testRefusalNumbers},
+		{"operations outside the store are audited beside refusals and paged with them", testAuditOperations},
 		{"kinds changed since a revision, in and out of a transaction", testKindsChanged},
 		{"list pages by FQN with after and limit", testListPages},
 		{"expired credentials are removed and counted per cluster and kind", testExpiredCredentials},

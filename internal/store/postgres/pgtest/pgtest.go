@@ -34,6 +34,13 @@ func AdminURL() string {
 // returns its URL.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
+	return NewDatabaseWith(t, "")
+}
+
+// NewDatabaseWith is NewDatabase with options of CREATE DATABASE, such as
+// another template and locale.
+func NewDatabaseWith(t testing.TB, options string) string {
+	t.Helper()
 	ctx := context.Background()
 	admin, err := sql.Open("pgx", AdminURL())
 	if err != nil {
@@ -46,7 +53,7 @@ func NewDatabase(t testing.TB) string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	name := "flotilla_test_" + hex.EncodeToString(b)
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name+" "+options); err != nil {
 		admin.Close()
 		t.Fatalf("create database: %v", err)
 	}
