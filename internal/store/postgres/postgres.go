@@ -55,12 +55,13 @@ func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.D
 }
 
 // listen wakes d's watchers on every NOTIFY of the channel but its own (id).
-// After a lost connection it reconnects with backoff, and wakes the
-// watchers once on reconnecting: commits may have gone unnoticed in
-// between, and a watcher woken for nothing only re-reads.
+// After a lost connection it reconnects with backoff. It wakes the
+// watchers once each time LISTEN takes effect, the first time included:
+// commits made before that (since Open returned, or while disconnected)
+// sent notifications nobody heard, and a watcher woken for nothing only
+// re-reads.
 func listen(ctx context.Context, url, id string, d *sqlstore.DB) {
 	wait := 100 * time.Millisecond
-	first := true
 	// States: connect and LISTEN; wait for notifications until the
 	// connection fails; back off; again, until ctx ends.
 	for ctx.Err() == nil {
@@ -68,10 +69,7 @@ func listen(ctx context.Context, url, id string, d *sqlstore.DB) {
 		if err == nil {
 			if _, err = conn.Exec(ctx, "LISTEN "+channel); err == nil {
 				wait = 100 * time.Millisecond
-				if !first {
-					d.Wake()
-				}
-				first = false
+				d.Wake()
 				for err == nil {
 					var n *pgconn.Notification
 					n, err = conn.WaitForNotification(ctx)
