@@ -30,13 +30,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# On first start the server prints the bootstrap administrator credential
-# (also kept in flotilla-data/bootstrap-admin, mode 0600); the log keeps it.
+# The server writes the bootstrap administrator credential to
+# flotilla-data/bootstrap-admin (mode 0600; never to the log). It lasts 24 h,
+# so each demo start makes a new one (--reset-bootstrap-credential), which
+# also ends the sessions of the last one.
 # The built-in DNS (GSLB) answers on 127.0.0.1:8053 for the DNSZones with
 # provider BUILTIN: dig @127.0.0.1 -p 8053 <hostname>.
 # --gslb-allow-cidr: the demo's entry points (examples/gslb.yaml) are
 # loopback addresses, which health checks reach only in an allowed range.
-"$bin/flotilla" server --listen "$listen" --dns-listen "${FLOTILLA_DNS_LISTEN:-127.0.0.1:8053}" --gslb-allow-cidr 127.0.0.0/8 >>"$run/server.log" 2>&1 &
+"$bin/flotilla" server --reset-bootstrap-credential --listen "$listen" --dns-listen "${FLOTILLA_DNS_LISTEN:-127.0.0.1:8053}" --gslb-allow-cidr 127.0.0.0/8 >>"$run/server.log" 2>&1 &
 server=$!
 pids+=("$server")
 for _ in $(seq 1 100); do

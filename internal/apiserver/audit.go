@@ -87,7 +87,9 @@ func (a *Audit) ListAudit(ctx context.Context, req *connect.Request[pb.ListAudit
 			return nil, internal(a.log, "list audit", err)
 		}
 	}
-	q.AnyOf = rd.scope()
+	if q.AnyOf, err = rd.scope(ctx); err != nil {
+		return nil, internal(a.log, "list audit", err)
+	}
 	q.Limit = max(size, auditBatch)
 	out := &pb.ListAuditResponse{}
 	more := true
@@ -139,7 +141,9 @@ func (a *Audit) ExportAudit(ctx context.Context, req *connect.Request[pb.ExportA
 	if err != nil {
 		return internal(a.log, "export audit", err)
 	}
-	q.AnyOf = rd.scope()
+	if q.AnyOf, err = rd.scope(ctx); err != nil {
+		return internal(a.log, "export audit", err)
+	}
 	q.Limit = exportBatch
 	q.Before = &top
 	// States: read the batch after the cursor, send what the caller may
@@ -212,18 +216,45 @@ func auditRecord(r store.AuditRecord) *pb.AuditRecord {
 //     target (both targets, when the change moved it), as CanRead judges
 //     the binding itself;
 //   - a refused request about no object, the bootstrap administrator and
-//     the caller who made it.
+//     the caller who made it;
+//   - a request about server-wide state the store does not hold (the
+//     signing keys, the bootstrap credential), done or refused, the server
+//     administrators too (serverAdmin).
 type auditReader struct {
 	chk     *authz.Checker
 	st      store.Store
 	targets map[string][]string // "<fqn>@<revision>" -> targets, for this request
+	admin   *bool               // serverAdmin, once asked
+}
+
+// serverWide reports whether r is about server-wide state.
+func serverWide(r store.AuditRecord) bool {
+	return r.FQN == "" && (r.Kind == auditKindSigningKey || r.Kind == auditKindBootstrap)
+}
+
+func (rd *auditReader) serverAdmin(ctx context.Context) (bool, error) {
+	if rd.admin == nil {
+		why, err := serverAdmin(ctx, rd.chk, rd.st)
+		if err != nil {
+			return false, err
+		}
+		ok := why == ""
+		rd.admin = &ok
+	}
+	return *rd.admin, nil
 }
 
 func (rd *auditReader) canRead(ctx context.Context, r store.AuditRecord) (bool, error) {
 	p := rd.chk.Principal()
 	switch {
 	case r.FQN == "":
-		return p.Bootstrap() || r.Actor == store.Actor(p.Subject, p.Method), nil
+		if p.Bootstrap() || r.Actor == store.Actor(p.Subject, p.Method) {
+			return true, nil
+		}
+		if serverWide(r) {
+			return rd.serverAdmin(ctx)
+		}
+		return false, nil
 	case r.Kind == authz.KindAccessBinding:
 		targets, err := rd.bindingTargets(ctx, r)
 		if err != nil {
@@ -328,10 +359,10 @@ func setTarget(changes []store.Change) string {
 // (judged by target afterwards), and its own refusals about no object.
 // It is nil, no narrowing, for the bootstrap administrator and for a
 // caller with grants on very many nodes.
-func (rd *auditReader) scope() []store.AuditMatch {
+func (rd *auditReader) scope(ctx context.Context) ([]store.AuditMatch, error) {
 	p := rd.chk.Principal()
 	if p.Bootstrap() {
-		return nil
+		return nil, nil
 	}
 	subjects := []string{p.Subject}
 	for _, t := range rd.chk.Teams() {
@@ -358,16 +389,21 @@ func (rd *auditReader) scope() []store.AuditMatch {
 		}
 	}
 	if len(roots)+len(orgs) > maxScopeTerms {
-		return nil
+		return nil, nil
 	}
 	out := []store.AuditMatch{{Actor: store.Actor(p.Subject, p.Method), NoFQN: true}}
+	if admin, err := rd.serverAdmin(ctx); err != nil {
+		return nil, err
+	} else if admin {
+		out = append(out, store.AuditMatch{Kind: auditKindSigningKey, NoFQN: true}, store.AuditMatch{Kind: auditKindBootstrap, NoFQN: true})
+	}
 	for _, n := range roots {
 		out = append(out, store.AuditMatch{Under: n})
 	}
 	for _, o := range orgs {
 		out = append(out, store.AuditMatch{Under: o, Kind: authz.KindAccessBinding})
 	}
-	return out
+	return out, nil
 }
 
 func readsSomething(r authz.Role) bool {

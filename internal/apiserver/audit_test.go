@@ -409,3 +409,45 @@ func TestAnExportCutShortResumesFromItsLastBatchWithoutRepeatingOrSkipping(t *te
 		t.Fatalf("first batch + resumed export has %d records; the whole export %d", len(got), len(whole))
 	}
 }
+
+// A signing-key rotation is server-wide: the bootstrap administrator and
+// every administrator of all organizations read its record; a reader of
+// an organization, or an administrator of one organization of two, does
+// not.
+func TestSigningKeyOperationsAreReadByServerAdministratorsOnly(t *testing.T) {
+	s := serve(t, backends[0].open(t))
+	ctx := context.Background()
+	apply(t, s.client, res("Organization", md("acme"), nil), res("Organization", md("zeta"), nil))
+	apply(t, s.client,
+		binding("ops", "organizations/acme", "admin", "user:ops@example.com"),
+		binding("rita", "organizations/acme", "reader", "user:rita@example.com"),
+		binding("ada", "organizations/acme", "admin", "user:ada@example.com"),
+		res("AccessBinding", md("ops", "zeta"), map[string]any{"target": "organizations/zeta", "allow": []any{map[string]any{"role": "admin", "subjects": []any{"user:ops@example.com"}}}}))
+	if _, err := identityClient(s.url, s.token).RotateSigningKey(ctx, connect.NewRequest(&pb.RotateSigningKeyRequest{})); err != nil {
+		t.Fatal(err)
+	}
+	sees := func(who string) bool {
+		t.Helper()
+		c := flotillav1alpha1connect.NewAuditServiceClient(http.DefaultClient, s.url, testauth.Bearer(testauth.Token(t, s.auth, who, authn.MethodOIDC)))
+		var list, export bool
+		out, err := c.ListAudit(ctx, connect.NewRequest(&pb.ListAuditRequest{}))
+		if err != nil {
+			t.Fatalf("%s lists the audit: %v", who, err)
+		}
+		for _, r := range out.Msg.GetRecords() {
+			list = list || r.GetOperation() == "RotateSigningKey"
+		}
+		for _, r := range exportAudit(t, c, &pb.ExportAuditRequest{}) {
+			export = export || r.GetOperation() == "RotateSigningKey"
+		}
+		if list != export {
+			t.Errorf("%s: the list shows the rotation %v, the export %v", who, list, export)
+		}
+		return list
+	}
+	for who, want := range map[string]bool{"user:ops@example.com": true, "user:rita@example.com": false, "user:ada@example.com": false} {
+		if got := sees(who); got != want {
+			t.Errorf("%s reads the rotation's record: %v, want %v", who, got, want)
+		}
+	}
+}

@@ -44,6 +44,14 @@ type Auth struct {
 	// UserTTL and MachineTTL bound the life of people's and service
 	// accounts' access tokens.
 	UserTTL, MachineTTL time.Duration
+	// BootstrapTTL bounds the life of the bootstrap credential from when it
+	// was made (DefaultBootstrapTTL when zero).
+	BootstrapTTL time.Duration
+	// BootstrapFile is this server's copy of the bootstrap credential,
+	// removed when the credential is disabled; may be empty.
+	BootstrapFile string
+
+	st store.Store // checks bootstrap sessions; set by New
 }
 
 // NewAuth returns authentication with the signing keys in keyFile (created
@@ -79,6 +87,9 @@ func (a *Auth) authenticate(ctx context.Context, h http.Header) (context.Context
 	p, err := a.Issuer.Verify(strings.TrimSpace(token))
 	if err != nil {
 		return ctx, connect.NewError(connect.CodeUnauthenticated, err)
+	}
+	if err := a.checkSession(ctx, p); err != nil {
+		return ctx, err
 	}
 	return authn.WithPrincipal(ctx, p), nil
 }

@@ -53,13 +53,15 @@ func (s *Identity) Token(ctx context.Context, req *connect.Request[pb.TokenReque
 	)
 	switch g := req.Msg.GetGrant().(type) {
 	case *pb.TokenRequest_BootstrapCredential:
-		cred, err := s.st.Credential(ctx, authn.HashSecret(strings.TrimSpace(g.BootstrapCredential)))
-		if errors.Is(err, store.ErrNotFound) || err == nil && cred.Kind != bootstrapKind {
-			return nil, unauthenticated("the bootstrap credential is wrong: use the one the server wrote to %s in its data directory", BootstrapAdminFile)
-		} else if err != nil {
+		hash := authn.HashSecret(strings.TrimSpace(g.BootstrapCredential))
+		ok, why, err := s.auth.bootstrapCredential(ctx, s.st, hash)
+		if err != nil {
 			return nil, internal(s.log, "token", err)
+		} else if !ok {
+			return nil, unauthenticated("%s: use the one the server wrote to %s in its data directory", why, BootstrapAdminFile)
 		}
-		p = authn.Principal{Subject: authn.BootstrapSubject, Method: authn.MethodBootstrap}
+		// The token names its credential, so that its session ends with it.
+		p = authn.Principal{Subject: authn.BootstrapSubject, Method: authn.MethodBootstrap, Session: hash}
 	case *pb.TokenRequest_ServiceAccountAssertion:
 		account, keyID, err := authn.AssertionAccount(g.ServiceAccountAssertion)
 		if err != nil {
@@ -151,20 +153,55 @@ func (s *Identity) keyAdmin(ctx context.Context) error {
 	if err != nil {
 		return internal(s.log, "signing keys", err)
 	}
-	if chk.Principal().Bootstrap() {
-		return nil
-	}
-	orgs, err := s.st.List(ctx, store.Query{Kind: resource.KindOrganization})
+	why, err := serverAdmin(ctx, chk, s.st)
 	if err != nil {
 		return internal(s.log, "signing keys", err)
 	}
-	for _, o := range orgs {
-		if ok, _ := chk.Can(authz.SetPolicy, authz.KindAccessBinding, o.FQN); !ok {
-			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: the signing keys serve every organization, so changing them needs SetPolicy on all of them; %s lacks it on %s", chk.Principal().Subject, o.FQN))
-		}
+	if why != "" {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied: the signing keys serve every organization, so changing them needs SetPolicy on all of them; %s", why))
+	}
+	return nil
+}
+
+// serverAdmin says why chk's principal is not an administrator of the
+// whole server (the bootstrap administrator, or a holder of SetPolicy on
+// every organization, of which there is one at least), or "" when it is.
+func serverAdmin(ctx context.Context, chk *authz.Checker, st store.Store) (string, error) {
+	if chk.Principal().Bootstrap() {
+		return "", nil
+	}
+	orgs, err := st.List(ctx, store.Query{Kind: resource.KindOrganization})
+	if err != nil {
+		return "", err
 	}
 	if len(orgs) == 0 {
-		return connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: only the bootstrap administrator changes signing keys before an organization exists"))
+		return "before an organization exists only the bootstrap administrator administers the server", nil
+	}
+	for _, o := range orgs {
+		if ok, _ := chk.Can(authz.SetPolicy, authz.KindAccessBinding, o.FQN); !ok {
+			return fmt.Sprintf("%s lacks SetPolicy on %s", chk.Principal().Subject, o.FQN), nil
+		}
+	}
+	return "", nil
+}
+
+// Kinds of the audit records of operations on server-wide state that the
+// store does not hold. Their records name no object; server
+// administrators read them (see auditReader).
+const (
+	auditKindSigningKey = "SigningKey"
+	auditKindBootstrap  = "BootstrapCredential"
+)
+
+// recordOperation audits an operation already carried out. When the record
+// cannot be written, the caller is told so (the operation stands: the
+// server log keeps it), rather than shown a success the audit lacks.
+func (s *Identity) recordOperation(ctx context.Context, op, kind, what string) error {
+	s.log.Info(what, "operation", op, "by", access.Actor(ctx))
+	err := s.st.RecordOperation(ctx, store.AuditRecord{Actor: access.Actor(ctx), Operation: op, Kind: kind, Reason: what})
+	if err != nil {
+		s.log.Error("audit an operation", "operation", op, "what", what, "err", err)
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s, but the audit could not record it now (the server log has it): check the store", what))
 	}
 	return nil
 }
@@ -191,7 +228,9 @@ func (s *Identity) RotateSigningKey(ctx context.Context, _ *connect.Request[pb.R
 	if err != nil {
 		return nil, internal(s.log, "rotate the signing key", err)
 	}
-	s.log.Info("signing key rotated", "key", k.ID, "by", access.Actor(ctx))
+	if err := s.recordOperation(ctx, "RotateSigningKey", auditKindSigningKey, "signing key "+k.ID+" signs new tokens; the older keys keep verifying"); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(&pb.RotateSigningKeyResponse{Key: signingKeyPB(k, true)}), nil
 }
 
@@ -203,6 +242,8 @@ func (s *Identity) RemoveSigningKey(ctx context.Context, req *connect.Request[pb
 	if err := s.auth.Issuer.Keys.Remove(req.Msg.GetId()); err != nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
 	}
-	s.log.Info("signing key removed", "key", req.Msg.GetId(), "by", access.Actor(ctx))
+	if err := s.recordOperation(ctx, "RemoveSigningKey", auditKindSigningKey, "signing key "+req.Msg.GetId()+" removed: tokens it signed are refused"); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(&pb.RemoveSigningKeyResponse{}), nil
 }

@@ -19,6 +19,8 @@ import (
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/store"
+	"flotilla.io/flotilla/internal/store/postgres"
+	"flotilla.io/flotilla/internal/store/postgres/pgtest"
 	"flotilla.io/flotilla/internal/testauth"
 )
 
@@ -74,42 +76,160 @@ func TestEveryCallButHealthAndLoginNeedsAToken(t *testing.T) {
 	}
 }
 
+// readSecret reads the bootstrap credential file.
+func readSecret(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func bootstrapLogin(ctx context.Context, s *running, secret string) (string, error) {
+	tok, err := identityClient(s.url, "").Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret}}))
+	if err != nil {
+		return "", err
+	}
+	return tok.Msg.GetAccessToken(), nil
+}
+
 func TestBootstrapCredentialIsWrittenOnceAndLogsIn(t *testing.T) {
 	st := backends[0].open(t)
 	s := serve(t, st)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "data", apiserver.BootstrapAdminFile)
-	secret, err := s.auth.EnsureBootstrap(ctx, st, path)
-	if err != nil || secret == "" {
-		t.Fatalf("first start: %q %v", secret, err)
+	b, err := s.auth.EnsureBootstrap(ctx, st, path, apiserver.DefaultBootstrapTTL)
+	if err != nil || !b.Written || time.Until(b.Expires) > apiserver.DefaultBootstrapTTL || time.Until(b.Expires) < apiserver.DefaultBootstrapTTL-time.Minute {
+		t.Fatalf("first start: %+v %v, want a credential written, good for 24 h", b, err)
 	}
 	fi, err := os.Stat(path)
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("bootstrap file: %v %v, want mode 0600", fi, err)
 	}
-	if again, err := s.auth.EnsureBootstrap(ctx, st, path); err != nil || again != "" {
-		t.Fatalf("second start made another credential: %q %v", again, err)
+	secret := readSecret(t, path)
+	if again, err := s.auth.EnsureBootstrap(ctx, st, path, apiserver.DefaultBootstrapTTL); err != nil || again.Written || readSecret(t, path) != secret {
+		t.Fatalf("second start made another credential: %+v %v", again, err)
 	}
-	id := identityClient(s.url, "")
-	tok, err := id.Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret}}))
-	if err != nil || tok.Msg.GetSubject() != authn.BootstrapSubject {
-		t.Fatalf("log in with the bootstrap credential: %v %v", tok, err)
+	tok, err := bootstrapLogin(ctx, s, secret)
+	if err != nil {
+		t.Fatalf("log in with the bootstrap credential: %v", err)
 	}
-	who, err := identityClient(s.url, tok.Msg.GetAccessToken()).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{}))
-	if err != nil || who.Msg.GetMethod() != authn.MethodBootstrap {
+	who, err := identityClient(s.url, tok).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{}))
+	if err != nil || who.Msg.GetMethod() != authn.MethodBootstrap || who.Msg.GetSubject() != authn.BootstrapSubject {
 		t.Fatalf("whoami: %v %v", who, err)
 	}
-	_, err = id.Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret + "x"}}))
-	if connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), apiserver.BootstrapAdminFile) {
+	if _, err := bootstrapLogin(ctx, s, secret+"x"); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), apiserver.BootstrapAdminFile) {
 		t.Fatalf("a wrong bootstrap credential: %v", err)
 	}
-	// Resetting replaces it: the old one stops working.
-	fresh, err := s.auth.ResetBootstrap(ctx, st, path)
-	if err != nil || fresh == "" || fresh == secret {
-		t.Fatalf("reset: %q %v", fresh, err)
+	// Resetting replaces it, mode 0600 whatever the file's mode was: the
+	// old one stops logging in, and the sessions it opened end at once.
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := id.Token(ctx, connect.NewRequest(&pb.TokenRequest{Grant: &pb.TokenRequest_BootstrapCredential{BootstrapCredential: secret}})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+	fresh, err := s.auth.ResetBootstrap(ctx, st, path, apiserver.DefaultBootstrapTTL)
+	if err != nil || !fresh.Written || readSecret(t, path) == secret {
+		t.Fatalf("reset: %+v %v", fresh, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the reset's file: %v %v, want mode 0600", fi, err)
+	}
+	if _, err := bootstrapLogin(ctx, s, secret); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("the replaced credential still logs in: %v", err)
+	}
+	if _, err := identityClient(s.url, tok).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{})); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "replaced") {
+		t.Fatalf("a session of the replaced credential: %v, want Unauthenticated saying it was replaced", err)
+	}
+	if _, err := bootstrapLogin(ctx, s, readSecret(t, path)); err != nil {
+		t.Fatalf("the new credential: %v", err)
+	}
+}
+
+// The bootstrap credential ends: at its TTL (also one made by an older
+// server for a hundred years), and when an administrator disables it,
+// which is refused while nobody else administers every organization.
+func TestTheBootstrapCredentialExpiresAndCanBeDisabledOnceAnotherAdministratorExists(t *testing.T) {
+	st := backends[0].open(t)
+	s := serve(t, st)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), apiserver.BootstrapAdminFile)
+	s.auth.BootstrapFile = path
+
+	// An old server's credential, made 25 hours ago for a century.
+	old, hash := authn.NewSecret("fla_")
+	made := time.Now().Add(-25 * time.Hour)
+	if err := st.Update(ctx, "test", func(tx store.Tx) error {
+		return tx.PutCredential(ctx, store.Credential{Hash: hash, Cluster: "flotilla:bootstrap", Kind: "bootstrap", Expires: made.AddDate(100, 0, 0), CreateTime: made})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bootstrapLogin(ctx, s, old); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "--reset-bootstrap-credential") {
+		t.Fatalf("a bootstrap credential older than 24 h: %v, want Unauthenticated saying it expired and how to renew", err)
+	}
+	if _, err := s.auth.ResetBootstrap(ctx, st, path, apiserver.DefaultBootstrapTTL); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := bootstrapLogin(ctx, s, readSecret(t, path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := identityClient(s.url, tok)
+	disable := func(c flotillav1alpha1connect.IdentityServiceClient) (*pb.DisableBootstrapCredentialResponse, error) {
+		out, err := c.DisableBootstrapCredential(ctx, connect.NewRequest(&pb.DisableBootstrapCredentialRequest{}))
+		if err != nil {
+			return nil, err
+		}
+		return out.Msg, nil
+	}
+	// Nobody else administers anything yet.
+	if _, err := disable(root); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("disable with no other administrator: %v, want FailedPrecondition", err)
+	}
+	apply(t, clientFor(s.url, tok), res("Organization", md("acme"), nil), res("Organization", md("zeta"), nil))
+	apply(t, clientFor(s.url, tok), binding("ops", "organizations/acme", "admin", "user:ops@example.com"), binding("rita", "organizations/acme", "reader", "user:rita@example.com"))
+	// An administrator of one organization of two is not enough.
+	if _, err := disable(root); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("disable with an administrator of acme only: %v, want FailedPrecondition", err)
+	}
+	ops := identityClient(s.url, testauth.Token(t, s.auth, "user:ops@example.com", authn.MethodOIDC))
+	rita := identityClient(s.url, testauth.Token(t, s.auth, "user:rita@example.com", authn.MethodOIDC))
+	if _, err := disable(ops); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("an administrator of one organization disables the bootstrap credential: %v", err)
+	}
+	if _, err := disable(rita); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("a reader disables the bootstrap credential: %v", err)
+	}
+	apply(t, clientFor(s.url, tok), res("AccessBinding", md("ops", "zeta"), map[string]any{"target": "organizations/zeta", "allow": []any{map[string]any{"role": "admin", "subjects": []any{"user:ops@example.com"}}}}))
+	out, err := disable(ops)
+	if err != nil || len(out.GetAdministrators()) != 1 || out.GetAdministrators()[0] != "user:ops@example.com" {
+		t.Fatalf("ops disables the bootstrap credential: %v %v", out, err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the disabled credential's file is still there: %v", err)
+	}
+	// Its sessions end at once, it logs in no more, a restart makes no new
+	// one, and the audit says who disabled it.
+	if _, err := root.WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("a session of the disabled credential: %v", err)
+	}
+	if b, err := s.auth.EnsureBootstrap(ctx, st, path, apiserver.DefaultBootstrapTTL); err != nil || b.Written || !b.Disabled {
+		t.Fatalf("a restart after disabling: %+v %v, want no credential and Disabled", b, err)
+	}
+	var audited bool
+	for _, r := range exportAudit(t, s.audit, &pb.ExportAuditRequest{}) {
+		if r.GetOperation() == "DisableBootstrapCredential" && !r.GetRefused() && r.GetActor() == "user:ops@example.com" {
+			audited = true
+		}
+	}
+	if !audited {
+		t.Error("the audit does not say that ops disabled the bootstrap credential")
+	}
+	// A reset, on the server's host, enables it again.
+	if b, err := s.auth.ResetBootstrap(ctx, st, path, apiserver.DefaultBootstrapTTL); err != nil || !b.Written {
+		t.Fatalf("reset after disabling: %+v %v", b, err)
+	}
+	if _, err := bootstrapLogin(ctx, s, readSecret(t, path)); err != nil {
+		t.Fatalf("the reset credential: %v", err)
 	}
 }
 
@@ -375,3 +495,75 @@ func TestBadInputIsRefusedClearlyAuditedAndWritesNothing(t *testing.T) {
 }
 
 var _ = store.Actor
+
+// Two replicas on one store and one key file rotate the signing key at
+// the same moment, 20 times each: afterwards every token either signed,
+// before or between the rotations, is accepted by both, and every
+// rotation is in the audit with who made it.
+func TestTwoReplicasRotatingAtOnceKeepEveryTokenAndAuditEveryRotation(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	keyFile := filepath.Join(t.TempDir(), apiserver.SigningKeyFile)
+	ctx := context.Background()
+	var replicas []*running
+	for range 2 {
+		st, err := postgres.Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		auth, err := apiserver.NewAuth(keyFile, "flotilla-test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, serveAuth(t, st, auth, testauth.Token(t, auth, authn.BootstrapSubject, authn.MethodBootstrap)))
+	}
+	const rounds = 20
+	tokens := make([][]string, len(replicas))
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, r := range replicas {
+		tokens[i] = append(tokens[i], r.token)
+		wg.Go(func() {
+			admin := identityClient(r.url, r.token)
+			<-start
+			for range rounds {
+				if _, err := admin.RotateSigningKey(ctx, connect.NewRequest(&pb.RotateSigningKeyRequest{})); err != nil {
+					t.Errorf("replica %d rotates: %v", i, err)
+					return
+				}
+				// A token of whichever key this replica signs with now.
+				tokens[i] = append(tokens[i], testauth.Token(t, r.auth, authn.BootstrapSubject, authn.MethodBootstrap))
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range replicas {
+		for j, r := range replicas {
+			for n, tok := range tokens[i] {
+				if _, err := identityClient(r.url, tok).WhoAmI(ctx, connect.NewRequest(&pb.WhoAmIRequest{})); err != nil {
+					t.Errorf("replica %d refuses token %d of replica %d: %v", j, n, i, err)
+				}
+			}
+		}
+	}
+	keys, err := identityClient(replicas[0].url, replicas[0].token).ListSigningKeys(ctx, connect.NewRequest(&pb.ListSigningKeysRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(keys.Msg.GetKeys()), 2*rounds+1; got != want {
+		t.Errorf("%d signing keys after %d rotations on each replica, want %d", got, rounds, want)
+	}
+	var rotations int
+	for _, r := range exportAudit(t, replicas[1].audit, &pb.ExportAuditRequest{}) {
+		if r.GetOperation() == "RotateSigningKey" && !r.GetRefused() {
+			rotations++
+			if r.GetActor() != authn.BootstrapSubject || r.GetMethod() != authn.MethodBootstrap || r.GetKind() != "SigningKey" || !strings.Contains(r.GetReason(), "signs new tokens") {
+				t.Errorf("rotation audited as %v", r)
+			}
+		}
+	}
+	if rotations != 2*rounds {
+		t.Errorf("the audit holds %d rotations, want %d", rotations, 2*rounds)
+	}
+}

@@ -103,6 +103,9 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Optio
 		// Secure by default: with no way to authenticate, nobody gets in.
 		s.auth = &Auth{Policies: authz.NewCache()}
 	}
+	if s.auth.st == nil {
+		s.auth.st = st
+	}
 	s.edge = newEdge(s.limits, s.metrics)
 	s.authn = &authInterceptor{srv: s, auth: s.auth, st: st, log: log}
 	s.hmetrics = newMetricsInterceptor(s.metrics)

@@ -82,12 +82,19 @@ type running struct {
 
 func serve(t *testing.T, st store.Store, opts ...apiserver.Option) *running {
 	t.Helper()
+	auth, token := testauth.New(t)
+	return serveAuth(t, st, auth, token, opts...)
+}
+
+// serveAuth is serve with the given authentication (replicas share one
+// signing key file) and a bootstrap administrator's token of it.
+func serveAuth(t *testing.T, st store.Store, auth *apiserver.Auth, token string, opts ...apiserver.Option) *running {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
-	auth, token := testauth.New(t)
 	srv := apiserver.New(resource.Builtin(), st, log, append([]apiserver.Option{apiserver.WithAuth(auth)}, opts...)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{url: "http://" + ln.Addr().String(), stop: cancel, done: make(chan error, 1), auth: auth, token: token}

@@ -43,6 +43,10 @@ type Principal struct {
 	// Groups are the OIDC provider's groups (people only).
 	Groups  []string
 	Expires time.Time
+	// Session names the credential a token was exchanged for when the
+	// server ends the token's session with it (the bootstrap credential's
+	// hash; empty otherwise).
+	Session string
 }
 
 // Bootstrap reports whether p is the bootstrap administrator, who holds
@@ -67,8 +71,9 @@ func FromContext(ctx context.Context) (Principal, bool) {
 // claims are an access token's claims.
 type claims struct {
 	jwt.RegisteredClaims
-	Method string   `json:"mth"`
-	Groups []string `json:"grp,omitempty"`
+	Method  string   `json:"mth"`
+	Groups  []string `json:"grp,omitempty"`
+	Session string   `json:"sid,omitempty"`
 }
 
 // Issuer mints and verifies the server's access tokens.
@@ -102,7 +107,7 @@ func (is *Issuer) Mint(p Principal, ttl time.Duration) (string, time.Time, error
 			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(exp),
 			ID: base64.RawURLEncoding.EncodeToString(jti[:]),
 		},
-		Method: p.Method, Groups: p.Groups,
+		Method: p.Method, Groups: p.Groups, Session: p.Session,
 	})
 	tok.Header["kid"] = key.ID
 	s, err := tok.SignedString(key.private)
@@ -149,7 +154,7 @@ func (is *Issuer) Verify(token string) (Principal, error) {
 	if c.Subject == "" || c.Method == "" {
 		return Principal{}, errors.New("token refused: it names no subject or method")
 	}
-	return Principal{Subject: c.Subject, Method: c.Method, Groups: c.Groups, Expires: c.ExpiresAt.Time}, nil
+	return Principal{Subject: c.Subject, Method: c.Method, Groups: c.Groups, Expires: c.ExpiresAt.Time, Session: c.Session}, nil
 }
 
 func expiry(c claims) string {

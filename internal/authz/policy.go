@@ -391,6 +391,33 @@ func (p *Policy) GrantsTo(subject string) []Grant {
 	return out
 }
 
+// People lists the people and service accounts the policy names: the
+// subjects of bindings ("user:<name>", "serviceaccount:<fqn>") and the
+// members of teams, sorted. People who are in a team only through an OIDC
+// group are not known until they log in, so they are not listed.
+func (p *Policy) People() []string {
+	set := map[string]bool{}
+	for _, bs := range p.bindings {
+		for _, b := range bs {
+			for _, r := range b.rules {
+				for s := range r.subjects {
+					if !strings.HasPrefix(s, teamPrefix) {
+						set[s] = true
+					}
+				}
+			}
+		}
+	}
+	for _, ts := range p.teams {
+		for _, t := range ts {
+			for m := range t.members {
+				set[m] = true
+			}
+		}
+	}
+	return sortedKeys(set)
+}
+
 // GrantsOfRole lists every grant of the custom role roleFQN
 // ("organizations/<org>/roles/<name>"), sorted by binding.
 func (p *Policy) GrantsOfRole(roleFQN string) []Grant {

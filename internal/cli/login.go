@@ -273,7 +273,25 @@ func newAuthCmd(e *env) *cobra.Command {
 			return nil
 		},
 	})
-	cmd.AddCommand(canI, keys)
+	bootstrap := &cobra.Command{Use: "bootstrap", Short: "The bootstrap administrator credential"}
+	bootstrap.AddCommand(&cobra.Command{
+		Use:   "disable",
+		Short: "End the bootstrap credential and its sessions, once someone else administers every organization",
+		Long: `End the bootstrap administrator credential and every session it opened. It is
+refused until a person, team member or service account holds the admin role
+(SetPolicy) on every organization, so that someone can still change access.
+Only ` + "`flotilla server --reset-bootstrap-credential`" + `, on the server's host, makes a new one.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := e.identity().DisableBootstrapCredential(cmd.Context(), connect.NewRequest(&pb.DisableBootstrapCredentialRequest{}))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "bootstrap credential disabled; administrators of every organization: %s\n", strings.Join(res.Msg.GetAdministrators(), ", "))
+			return nil
+		},
+	})
+	cmd.AddCommand(canI, keys, bootstrap)
 	return cmd
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
@@ -37,7 +38,7 @@ func newServerCmd(e *env) *cobra.Command {
 	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey, debugListen string
 	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
 	var insecure, resetBootstrap bool
-	var agentTTL time.Duration
+	var agentTTL, bootstrapTTL time.Duration
 	var trustedProxies []string
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -54,6 +55,14 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			allow, err := rule.ParseCIDRs(gslbAllow)
 			if err != nil {
 				return fmt.Errorf("--gslb-allow-cidr: %w", err)
+			}
+			if debugListen != "" {
+				if err := requireLoopback(debugListen); err != nil {
+					return fmt.Errorf("--debug-listen %s: %w: the profiling endpoints have no authentication and show the command line (a --store URL's password included), so they serve this host only; reach them from elsewhere through an SSH tunnel", debugListen, err)
+				}
+			}
+			if bootstrapTTL < time.Minute {
+				return fmt.Errorf("--bootstrap-credential-ttl %s: give at least 1m", bootstrapTTL)
 			}
 			log := slog.New(slog.NewTextHandler(e.errOut, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -83,8 +92,12 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 				opts = append(opts, apiserver.WithTLS(tlsCert, tlsKey))
 			case tlsCert != "" || tlsKey != "":
 				return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither for cleartext")
+			default:
+				if requireLoopback(ln.Addr().String()) != nil {
+					log.Warn("serving cleartext HTTP on a non-loopback address: access tokens, credentials and agent secrets cross the network readable by anyone on the path; give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (with --trusted-proxy)", "addr", ln.Addr().String())
+				}
 			}
-			auth, err := serverAuth(ctx, e, st, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA, insecure, resetBootstrap)
+			auth, err := serverAuth(ctx, e, st, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA, insecure, resetBootstrap, bootstrapTTL)
 			if err != nil {
 				return err
 			}
@@ -155,13 +168,16 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&oidcCA, "oidc-ca-file", "", "PEM CA bundle of the OIDC provider's certificate, instead of the system roots")
 	cmd.Flags().DurationVar(&agentTTL, "agent-credential-ttl", central.DefaultAgentCredentialTTL, "life of an agent's credential; the agent's stream extends it when a third is left (never past a year from its join)")
 	cmd.Flags().BoolVar(&insecure, "insecure-no-auth", false, "serve every caller as the administrator, with no login: only for throwaway demos")
-	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one stops working) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile)
+	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one and its sessions stop working; a disabled one is enabled again) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile)
+	cmd.Flags().DurationVar(&bootstrapTTL, "bootstrap-credential-ttl", apiserver.DefaultBootstrapTTL, "life of the bootstrap administrator credential from when it is made; after it, log in another way or --reset-bootstrap-credential")
 	return cmd
 }
 
 // serverAuth sets up authentication: the signing keys, the OIDC provider,
-// and on first start the bootstrap administrator credential, printed once.
-func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA string, insecure, reset bool) (*apiserver.Auth, error) {
+// and on first start the bootstrap administrator credential, written to a
+// 0600 file of the data directory and never printed (logs are read by more
+// people than the administrator).
+func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA string, insecure, reset bool, bootstrapTTL time.Duration) (*apiserver.Auth, error) {
 	if keyFile == "" {
 		keyFile = filepath.Join(dataDir, apiserver.SigningKeyFile)
 	}
@@ -194,19 +210,43 @@ func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, i
 		fmt.Fprintln(e.errOut, strings.Repeat("!", 78))
 	}
 	path := filepath.Join(dataDir, apiserver.BootstrapAdminFile)
+	auth.BootstrapTTL, auth.BootstrapFile = bootstrapTTL, path
 	ensure := auth.EnsureBootstrap
 	if reset {
 		ensure = auth.ResetBootstrap
 	}
-	secret, err := ensure(ctx, st, path)
+	b, err := ensure(ctx, st, path, bootstrapTTL)
 	if err != nil {
 		return nil, fmt.Errorf("create the bootstrap credential: %w", err)
 	}
-	if secret != "" {
-		abs, _ := filepath.Abs(path)
-		fmt.Fprintf(e.out, "Bootstrap administrator credential (shown once; also in %s, mode 0600):\n  %s\nLog in with: flotilla login --bootstrap-file %s\n", abs, secret, abs)
+	abs, _ := filepath.Abs(path)
+	switch {
+	case b.Written:
+		fmt.Fprintf(e.errOut, "Bootstrap administrator credential written to %s (mode 0600), good until %s.\nLog in with: flotilla login --bootstrap-file %s\nThen bind administrators of your own and disable it: flotilla auth bootstrap disable\n",
+			abs, b.Expires.UTC().Format(time.RFC3339), abs)
+	case b.Disabled:
+		fmt.Fprintln(e.errOut, "The bootstrap administrator credential is disabled; --reset-bootstrap-credential, on this host, makes a new one.")
 	}
 	return auth, nil
+}
+
+// requireLoopback refuses a host:port whose host is not a loopback
+// address or "localhost" (an empty host means every address).
+func requireLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	if host == "" {
+		return errors.New("not a loopback address (an empty host is every address)")
+	}
+	return errors.New("not a loopback address")
 }
 
 func openStore(ctx context.Context, arg, dataDir string) (store.Store, string, error) {

@@ -472,6 +472,9 @@ func TestEveryProcedureAsEveryRoleAtEveryLevelFollowsTheDocumentedRules(t *testi
 			record(flotillav1alpha1connect.IdentityServiceRemoveSigningKeyProcedure, "remove a signing key", m.setPolicyEverywhere(), notDenied(err))
 			_, err = c.identity.RotateSigningKey(ctx, connect.NewRequest(&pb.RotateSigningKeyRequest{}))
 			record(flotillav1alpha1connect.IdentityServiceRotateSigningKeyProcedure, "rotate the signing key", m.setPolicyEverywhere(), err)
+			// Allowed: disabled, or refused for want of another administrator.
+			_, err = c.identity.DisableBootstrapCredential(ctx, connect.NewRequest(&pb.DisableBootstrapCredentialRequest{}))
+			record(flotillav1alpha1connect.IdentityServiceDisableBootstrapCredentialProcedure, "disable the bootstrap credential", m.setPolicyEverywhere(), notDenied(err))
 			sa := obj{kind: "ServiceAccount", fqn: org + "/serviceaccounts/ci"}
 			_, err = c.identity.CreateServiceAccountKey(ctx, connect.NewRequest(&pb.CreateServiceAccountKeyRequest{Fqn: sa.fqn}))
 			record(flotillav1alpha1connect.IdentityServiceCreateServiceAccountKeyProcedure, "create a key of "+sa.fqn, m.may("Write", sa), err)

@@ -913,6 +913,88 @@ func (*RemoveSigningKeyResponse) Descriptor() ([]byte, []int) {
 	return file_flotilla_v1alpha1_identity_proto_rawDescGZIP(), []int{16}
 }
 
+type DisableBootstrapCredentialRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisableBootstrapCredentialRequest) Reset() {
+	*x = DisableBootstrapCredentialRequest{}
+	mi := &file_flotilla_v1alpha1_identity_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableBootstrapCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableBootstrapCredentialRequest) ProtoMessage() {}
+
+func (x *DisableBootstrapCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_identity_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableBootstrapCredentialRequest.ProtoReflect.Descriptor instead.
+func (*DisableBootstrapCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_identity_proto_rawDescGZIP(), []int{17}
+}
+
+type DisableBootstrapCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Administrators are the people and service accounts that administer
+	// every organization (SetPolicy on each), who remain.
+	Administrators []string `protobuf:"bytes,1,rep,name=administrators,proto3" json:"administrators,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DisableBootstrapCredentialResponse) Reset() {
+	*x = DisableBootstrapCredentialResponse{}
+	mi := &file_flotilla_v1alpha1_identity_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableBootstrapCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableBootstrapCredentialResponse) ProtoMessage() {}
+
+func (x *DisableBootstrapCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_v1alpha1_identity_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableBootstrapCredentialResponse.ProtoReflect.Descriptor instead.
+func (*DisableBootstrapCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_flotilla_v1alpha1_identity_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DisableBootstrapCredentialResponse) GetAdministrators() []string {
+	if x != nil {
+		return x.Administrators
+	}
+	return nil
+}
+
 var File_flotilla_v1alpha1_identity_proto protoreflect.FileDescriptor
 
 const file_flotilla_v1alpha1_identity_proto_rawDesc = "" +
@@ -971,7 +1053,10 @@ const file_flotilla_v1alpha1_identity_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\v2\x1d.flotilla.v1alpha1.SigningKeyR\x03key\")\n" +
 	"\x17RemoveSigningKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x1a\n" +
-	"\x18RemoveSigningKeyResponse2\xa3\x06\n" +
+	"\x18RemoveSigningKeyResponse\"#\n" +
+	"!DisableBootstrapCredentialRequest\"L\n" +
+	"\"DisableBootstrapCredentialResponse\x12&\n" +
+	"\x0eadministrators\x18\x01 \x03(\tR\x0eadministrators2\xaf\a\n" +
 	"\x0fIdentityService\x12e\n" +
 	"\x0eGetLoginConfig\x12(.flotilla.v1alpha1.GetLoginConfigRequest\x1a).flotilla.v1alpha1.GetLoginConfigResponse\x12J\n" +
 	"\x05Token\x12\x1f.flotilla.v1alpha1.TokenRequest\x1a .flotilla.v1alpha1.TokenResponse\x12M\n" +
@@ -980,7 +1065,8 @@ const file_flotilla_v1alpha1_identity_proto_rawDesc = "" +
 	"\x17CreateServiceAccountKey\x121.flotilla.v1alpha1.CreateServiceAccountKeyRequest\x1a2.flotilla.v1alpha1.CreateServiceAccountKeyResponse\x12h\n" +
 	"\x0fListSigningKeys\x12).flotilla.v1alpha1.ListSigningKeysRequest\x1a*.flotilla.v1alpha1.ListSigningKeysResponse\x12k\n" +
 	"\x10RotateSigningKey\x12*.flotilla.v1alpha1.RotateSigningKeyRequest\x1a+.flotilla.v1alpha1.RotateSigningKeyResponse\x12k\n" +
-	"\x10RemoveSigningKey\x12*.flotilla.v1alpha1.RemoveSigningKeyRequest\x1a+.flotilla.v1alpha1.RemoveSigningKeyResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
+	"\x10RemoveSigningKey\x12*.flotilla.v1alpha1.RemoveSigningKeyRequest\x1a+.flotilla.v1alpha1.RemoveSigningKeyResponse\x12\x89\x01\n" +
+	"\x1aDisableBootstrapCredential\x124.flotilla.v1alpha1.DisableBootstrapCredentialRequest\x1a5.flotilla.v1alpha1.DisableBootstrapCredentialResponseB=Z;flotilla.io/flotilla/gen/flotilla/v1alpha1;flotillav1alpha1b\x06proto3"
 
 var (
 	file_flotilla_v1alpha1_identity_proto_rawDescOnce sync.Once
@@ -994,31 +1080,33 @@ func file_flotilla_v1alpha1_identity_proto_rawDescGZIP() []byte {
 	return file_flotilla_v1alpha1_identity_proto_rawDescData
 }
 
-var file_flotilla_v1alpha1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_flotilla_v1alpha1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_flotilla_v1alpha1_identity_proto_goTypes = []any{
-	(*GetLoginConfigRequest)(nil),           // 0: flotilla.v1alpha1.GetLoginConfigRequest
-	(*GetLoginConfigResponse)(nil),          // 1: flotilla.v1alpha1.GetLoginConfigResponse
-	(*TokenRequest)(nil),                    // 2: flotilla.v1alpha1.TokenRequest
-	(*TokenResponse)(nil),                   // 3: flotilla.v1alpha1.TokenResponse
-	(*WhoAmIRequest)(nil),                   // 4: flotilla.v1alpha1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),                  // 5: flotilla.v1alpha1.WhoAmIResponse
-	(*CanIRequest)(nil),                     // 6: flotilla.v1alpha1.CanIRequest
-	(*CanIResponse)(nil),                    // 7: flotilla.v1alpha1.CanIResponse
-	(*CreateServiceAccountKeyRequest)(nil),  // 8: flotilla.v1alpha1.CreateServiceAccountKeyRequest
-	(*CreateServiceAccountKeyResponse)(nil), // 9: flotilla.v1alpha1.CreateServiceAccountKeyResponse
-	(*SigningKey)(nil),                      // 10: flotilla.v1alpha1.SigningKey
-	(*ListSigningKeysRequest)(nil),          // 11: flotilla.v1alpha1.ListSigningKeysRequest
-	(*ListSigningKeysResponse)(nil),         // 12: flotilla.v1alpha1.ListSigningKeysResponse
-	(*RotateSigningKeyRequest)(nil),         // 13: flotilla.v1alpha1.RotateSigningKeyRequest
-	(*RotateSigningKeyResponse)(nil),        // 14: flotilla.v1alpha1.RotateSigningKeyResponse
-	(*RemoveSigningKeyRequest)(nil),         // 15: flotilla.v1alpha1.RemoveSigningKeyRequest
-	(*RemoveSigningKeyResponse)(nil),        // 16: flotilla.v1alpha1.RemoveSigningKeyResponse
-	(*timestamppb.Timestamp)(nil),           // 17: google.protobuf.Timestamp
+	(*GetLoginConfigRequest)(nil),              // 0: flotilla.v1alpha1.GetLoginConfigRequest
+	(*GetLoginConfigResponse)(nil),             // 1: flotilla.v1alpha1.GetLoginConfigResponse
+	(*TokenRequest)(nil),                       // 2: flotilla.v1alpha1.TokenRequest
+	(*TokenResponse)(nil),                      // 3: flotilla.v1alpha1.TokenResponse
+	(*WhoAmIRequest)(nil),                      // 4: flotilla.v1alpha1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),                     // 5: flotilla.v1alpha1.WhoAmIResponse
+	(*CanIRequest)(nil),                        // 6: flotilla.v1alpha1.CanIRequest
+	(*CanIResponse)(nil),                       // 7: flotilla.v1alpha1.CanIResponse
+	(*CreateServiceAccountKeyRequest)(nil),     // 8: flotilla.v1alpha1.CreateServiceAccountKeyRequest
+	(*CreateServiceAccountKeyResponse)(nil),    // 9: flotilla.v1alpha1.CreateServiceAccountKeyResponse
+	(*SigningKey)(nil),                         // 10: flotilla.v1alpha1.SigningKey
+	(*ListSigningKeysRequest)(nil),             // 11: flotilla.v1alpha1.ListSigningKeysRequest
+	(*ListSigningKeysResponse)(nil),            // 12: flotilla.v1alpha1.ListSigningKeysResponse
+	(*RotateSigningKeyRequest)(nil),            // 13: flotilla.v1alpha1.RotateSigningKeyRequest
+	(*RotateSigningKeyResponse)(nil),           // 14: flotilla.v1alpha1.RotateSigningKeyResponse
+	(*RemoveSigningKeyRequest)(nil),            // 15: flotilla.v1alpha1.RemoveSigningKeyRequest
+	(*RemoveSigningKeyResponse)(nil),           // 16: flotilla.v1alpha1.RemoveSigningKeyResponse
+	(*DisableBootstrapCredentialRequest)(nil),  // 17: flotilla.v1alpha1.DisableBootstrapCredentialRequest
+	(*DisableBootstrapCredentialResponse)(nil), // 18: flotilla.v1alpha1.DisableBootstrapCredentialResponse
+	(*timestamppb.Timestamp)(nil),              // 19: google.protobuf.Timestamp
 }
 var file_flotilla_v1alpha1_identity_proto_depIdxs = []int32{
-	17, // 0: flotilla.v1alpha1.TokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 1: flotilla.v1alpha1.WhoAmIResponse.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 2: flotilla.v1alpha1.SigningKey.create_time:type_name -> google.protobuf.Timestamp
+	19, // 0: flotilla.v1alpha1.TokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 1: flotilla.v1alpha1.WhoAmIResponse.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 2: flotilla.v1alpha1.SigningKey.create_time:type_name -> google.protobuf.Timestamp
 	10, // 3: flotilla.v1alpha1.ListSigningKeysResponse.keys:type_name -> flotilla.v1alpha1.SigningKey
 	10, // 4: flotilla.v1alpha1.RotateSigningKeyResponse.key:type_name -> flotilla.v1alpha1.SigningKey
 	0,  // 5: flotilla.v1alpha1.IdentityService.GetLoginConfig:input_type -> flotilla.v1alpha1.GetLoginConfigRequest
@@ -1029,16 +1117,18 @@ var file_flotilla_v1alpha1_identity_proto_depIdxs = []int32{
 	11, // 10: flotilla.v1alpha1.IdentityService.ListSigningKeys:input_type -> flotilla.v1alpha1.ListSigningKeysRequest
 	13, // 11: flotilla.v1alpha1.IdentityService.RotateSigningKey:input_type -> flotilla.v1alpha1.RotateSigningKeyRequest
 	15, // 12: flotilla.v1alpha1.IdentityService.RemoveSigningKey:input_type -> flotilla.v1alpha1.RemoveSigningKeyRequest
-	1,  // 13: flotilla.v1alpha1.IdentityService.GetLoginConfig:output_type -> flotilla.v1alpha1.GetLoginConfigResponse
-	3,  // 14: flotilla.v1alpha1.IdentityService.Token:output_type -> flotilla.v1alpha1.TokenResponse
-	5,  // 15: flotilla.v1alpha1.IdentityService.WhoAmI:output_type -> flotilla.v1alpha1.WhoAmIResponse
-	7,  // 16: flotilla.v1alpha1.IdentityService.CanI:output_type -> flotilla.v1alpha1.CanIResponse
-	9,  // 17: flotilla.v1alpha1.IdentityService.CreateServiceAccountKey:output_type -> flotilla.v1alpha1.CreateServiceAccountKeyResponse
-	12, // 18: flotilla.v1alpha1.IdentityService.ListSigningKeys:output_type -> flotilla.v1alpha1.ListSigningKeysResponse
-	14, // 19: flotilla.v1alpha1.IdentityService.RotateSigningKey:output_type -> flotilla.v1alpha1.RotateSigningKeyResponse
-	16, // 20: flotilla.v1alpha1.IdentityService.RemoveSigningKey:output_type -> flotilla.v1alpha1.RemoveSigningKeyResponse
-	13, // [13:21] is the sub-list for method output_type
-	5,  // [5:13] is the sub-list for method input_type
+	17, // 13: flotilla.v1alpha1.IdentityService.DisableBootstrapCredential:input_type -> flotilla.v1alpha1.DisableBootstrapCredentialRequest
+	1,  // 14: flotilla.v1alpha1.IdentityService.GetLoginConfig:output_type -> flotilla.v1alpha1.GetLoginConfigResponse
+	3,  // 15: flotilla.v1alpha1.IdentityService.Token:output_type -> flotilla.v1alpha1.TokenResponse
+	5,  // 16: flotilla.v1alpha1.IdentityService.WhoAmI:output_type -> flotilla.v1alpha1.WhoAmIResponse
+	7,  // 17: flotilla.v1alpha1.IdentityService.CanI:output_type -> flotilla.v1alpha1.CanIResponse
+	9,  // 18: flotilla.v1alpha1.IdentityService.CreateServiceAccountKey:output_type -> flotilla.v1alpha1.CreateServiceAccountKeyResponse
+	12, // 19: flotilla.v1alpha1.IdentityService.ListSigningKeys:output_type -> flotilla.v1alpha1.ListSigningKeysResponse
+	14, // 20: flotilla.v1alpha1.IdentityService.RotateSigningKey:output_type -> flotilla.v1alpha1.RotateSigningKeyResponse
+	16, // 21: flotilla.v1alpha1.IdentityService.RemoveSigningKey:output_type -> flotilla.v1alpha1.RemoveSigningKeyResponse
+	18, // 22: flotilla.v1alpha1.IdentityService.DisableBootstrapCredential:output_type -> flotilla.v1alpha1.DisableBootstrapCredentialResponse
+	14, // [14:23] is the sub-list for method output_type
+	5,  // [5:14] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1060,7 +1150,7 @@ func file_flotilla_v1alpha1_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_v1alpha1_identity_proto_rawDesc), len(file_flotilla_v1alpha1_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

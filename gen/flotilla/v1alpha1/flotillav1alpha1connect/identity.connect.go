@@ -54,6 +54,9 @@ const (
 	// IdentityServiceRemoveSigningKeyProcedure is the fully-qualified name of the IdentityService's
 	// RemoveSigningKey RPC.
 	IdentityServiceRemoveSigningKeyProcedure = "/flotilla.v1alpha1.IdentityService/RemoveSigningKey"
+	// IdentityServiceDisableBootstrapCredentialProcedure is the fully-qualified name of the
+	// IdentityService's DisableBootstrapCredential RPC.
+	IdentityServiceDisableBootstrapCredentialProcedure = "/flotilla.v1alpha1.IdentityService/DisableBootstrapCredential"
 )
 
 // IdentityServiceClient is a client for the flotilla.v1alpha1.IdentityService service.
@@ -76,6 +79,12 @@ type IdentityServiceClient interface {
 	RotateSigningKey(context.Context, *connect.Request[v1alpha1.RotateSigningKeyRequest]) (*connect.Response[v1alpha1.RotateSigningKeyResponse], error)
 	// RemoveSigningKey stops a key verifying: tokens it signed are refused.
 	RemoveSigningKey(context.Context, *connect.Request[v1alpha1.RemoveSigningKeyRequest]) (*connect.Response[v1alpha1.RemoveSigningKeyResponse], error)
+	// DisableBootstrapCredential ends the bootstrap administrator's
+	// credential and every session it opened. It is refused until someone
+	// else administers every organization. Only
+	// `flotilla server --reset-bootstrap-credential`, on the server's host,
+	// makes a new one.
+	DisableBootstrapCredential(context.Context, *connect.Request[v1alpha1.DisableBootstrapCredentialRequest]) (*connect.Response[v1alpha1.DisableBootstrapCredentialResponse], error)
 }
 
 // NewIdentityServiceClient constructs a client for the flotilla.v1alpha1.IdentityService service.
@@ -137,19 +146,26 @@ func NewIdentityServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(identityServiceMethods.ByName("RemoveSigningKey")),
 			connect.WithClientOptions(opts...),
 		),
+		disableBootstrapCredential: connect.NewClient[v1alpha1.DisableBootstrapCredentialRequest, v1alpha1.DisableBootstrapCredentialResponse](
+			httpClient,
+			baseURL+IdentityServiceDisableBootstrapCredentialProcedure,
+			connect.WithSchema(identityServiceMethods.ByName("DisableBootstrapCredential")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // identityServiceClient implements IdentityServiceClient.
 type identityServiceClient struct {
-	getLoginConfig          *connect.Client[v1alpha1.GetLoginConfigRequest, v1alpha1.GetLoginConfigResponse]
-	token                   *connect.Client[v1alpha1.TokenRequest, v1alpha1.TokenResponse]
-	whoAmI                  *connect.Client[v1alpha1.WhoAmIRequest, v1alpha1.WhoAmIResponse]
-	canI                    *connect.Client[v1alpha1.CanIRequest, v1alpha1.CanIResponse]
-	createServiceAccountKey *connect.Client[v1alpha1.CreateServiceAccountKeyRequest, v1alpha1.CreateServiceAccountKeyResponse]
-	listSigningKeys         *connect.Client[v1alpha1.ListSigningKeysRequest, v1alpha1.ListSigningKeysResponse]
-	rotateSigningKey        *connect.Client[v1alpha1.RotateSigningKeyRequest, v1alpha1.RotateSigningKeyResponse]
-	removeSigningKey        *connect.Client[v1alpha1.RemoveSigningKeyRequest, v1alpha1.RemoveSigningKeyResponse]
+	getLoginConfig             *connect.Client[v1alpha1.GetLoginConfigRequest, v1alpha1.GetLoginConfigResponse]
+	token                      *connect.Client[v1alpha1.TokenRequest, v1alpha1.TokenResponse]
+	whoAmI                     *connect.Client[v1alpha1.WhoAmIRequest, v1alpha1.WhoAmIResponse]
+	canI                       *connect.Client[v1alpha1.CanIRequest, v1alpha1.CanIResponse]
+	createServiceAccountKey    *connect.Client[v1alpha1.CreateServiceAccountKeyRequest, v1alpha1.CreateServiceAccountKeyResponse]
+	listSigningKeys            *connect.Client[v1alpha1.ListSigningKeysRequest, v1alpha1.ListSigningKeysResponse]
+	rotateSigningKey           *connect.Client[v1alpha1.RotateSigningKeyRequest, v1alpha1.RotateSigningKeyResponse]
+	removeSigningKey           *connect.Client[v1alpha1.RemoveSigningKeyRequest, v1alpha1.RemoveSigningKeyResponse]
+	disableBootstrapCredential *connect.Client[v1alpha1.DisableBootstrapCredentialRequest, v1alpha1.DisableBootstrapCredentialResponse]
 }
 
 // GetLoginConfig calls flotilla.v1alpha1.IdentityService.GetLoginConfig.
@@ -192,6 +208,11 @@ func (c *identityServiceClient) RemoveSigningKey(ctx context.Context, req *conne
 	return c.removeSigningKey.CallUnary(ctx, req)
 }
 
+// DisableBootstrapCredential calls flotilla.v1alpha1.IdentityService.DisableBootstrapCredential.
+func (c *identityServiceClient) DisableBootstrapCredential(ctx context.Context, req *connect.Request[v1alpha1.DisableBootstrapCredentialRequest]) (*connect.Response[v1alpha1.DisableBootstrapCredentialResponse], error) {
+	return c.disableBootstrapCredential.CallUnary(ctx, req)
+}
+
 // IdentityServiceHandler is an implementation of the flotilla.v1alpha1.IdentityService service.
 type IdentityServiceHandler interface {
 	// GetLoginConfig says how people log in (the OIDC issuer and client).
@@ -212,6 +233,12 @@ type IdentityServiceHandler interface {
 	RotateSigningKey(context.Context, *connect.Request[v1alpha1.RotateSigningKeyRequest]) (*connect.Response[v1alpha1.RotateSigningKeyResponse], error)
 	// RemoveSigningKey stops a key verifying: tokens it signed are refused.
 	RemoveSigningKey(context.Context, *connect.Request[v1alpha1.RemoveSigningKeyRequest]) (*connect.Response[v1alpha1.RemoveSigningKeyResponse], error)
+	// DisableBootstrapCredential ends the bootstrap administrator's
+	// credential and every session it opened. It is refused until someone
+	// else administers every organization. Only
+	// `flotilla server --reset-bootstrap-credential`, on the server's host,
+	// makes a new one.
+	DisableBootstrapCredential(context.Context, *connect.Request[v1alpha1.DisableBootstrapCredentialRequest]) (*connect.Response[v1alpha1.DisableBootstrapCredentialResponse], error)
 }
 
 // NewIdentityServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -269,6 +296,12 @@ func NewIdentityServiceHandler(svc IdentityServiceHandler, opts ...connect.Handl
 		connect.WithSchema(identityServiceMethods.ByName("RemoveSigningKey")),
 		connect.WithHandlerOptions(opts...),
 	)
+	identityServiceDisableBootstrapCredentialHandler := connect.NewUnaryHandler(
+		IdentityServiceDisableBootstrapCredentialProcedure,
+		svc.DisableBootstrapCredential,
+		connect.WithSchema(identityServiceMethods.ByName("DisableBootstrapCredential")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flotilla.v1alpha1.IdentityService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case IdentityServiceGetLoginConfigProcedure:
@@ -287,6 +320,8 @@ func NewIdentityServiceHandler(svc IdentityServiceHandler, opts ...connect.Handl
 			identityServiceRotateSigningKeyHandler.ServeHTTP(w, r)
 		case IdentityServiceRemoveSigningKeyProcedure:
 			identityServiceRemoveSigningKeyHandler.ServeHTTP(w, r)
+		case IdentityServiceDisableBootstrapCredentialProcedure:
+			identityServiceDisableBootstrapCredentialHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -326,4 +361,8 @@ func (UnimplementedIdentityServiceHandler) RotateSigningKey(context.Context, *co
 
 func (UnimplementedIdentityServiceHandler) RemoveSigningKey(context.Context, *connect.Request[v1alpha1.RemoveSigningKeyRequest]) (*connect.Response[v1alpha1.RemoveSigningKeyResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.IdentityService.RemoveSigningKey is not implemented"))
+}
+
+func (UnimplementedIdentityServiceHandler) DisableBootstrapCredential(context.Context, *connect.Request[v1alpha1.DisableBootstrapCredentialRequest]) (*connect.Response[v1alpha1.DisableBootstrapCredentialResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flotilla.v1alpha1.IdentityService.DisableBootstrapCredential is not implemented"))
 }
