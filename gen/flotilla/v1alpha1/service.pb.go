@@ -1253,7 +1253,9 @@ type AuditRecord struct {
 	Revision int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	Time     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	Actor    string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
-	// Operation is create, update or delete.
+	// Operation is create, update or delete; for a refused request, or an
+	// operation on server-wide state the store does not hold (the signing
+	// keys, the bootstrap credential), the procedure, e.g. RotateSigningKey.
 	Operation string         `protobuf:"bytes,4,opt,name=operation,proto3" json:"operation,omitempty"`
 	Kind      string         `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
 	Fqn       string         `protobuf:"bytes,6,opt,name=fqn,proto3" json:"fqn,omitempty"`
@@ -1263,10 +1265,12 @@ type AuditRecord struct {
 	// Refused is set on a request the server turned down (bad input, no
 	// credential, no permission); nothing was written for it.
 	Refused bool `protobuf:"varint,9,opt,name=refused,proto3" json:"refused,omitempty"`
-	// Reason says why a refused request was refused.
+	// Reason says why a refused request was refused, or what an operation
+	// on server-wide state did.
 	Reason string `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`
-	// Refusal numbers a refused request (1, 2, ... in the order they were
-	// recorded), as revision numbers a change; 0 for a change.
+	// Refusal numbers a refused request or an operation on server-wide
+	// state (1, 2, ... in the order they were recorded), as revision numbers
+	// a change; 0 for a change.
 	Refusal       int64 `protobuf:"varint,11,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

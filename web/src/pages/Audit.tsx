@@ -8,8 +8,8 @@ import { Time } from "../time";
 
 const value = (v?: Value) => (v ? toJsonString(ValueSchema, v) : "—");
 
-/** recordId names a record in either of the audit's logs: changes by revision, refusals by number. */
-const recordId = (r: AuditRecord) => (r.refused ? "s" + String(r.refusal) : "r" + String(r.revision));
+/** recordId names a record in either of the audit's logs: changes by revision; refusals and operations outside the store by number. */
+const recordId = (r: AuditRecord) => (r.refusal ? "s" + String(r.refusal) : "r" + String(r.revision));
 
 /** pageSize is how many records one request asks for. */
 const pageSize = 500;
@@ -129,7 +129,7 @@ export function AuditPage() {
                 isOpen && (
                   <tr key={id + "-diff"}>
                     <td colSpan={5}>
-                      {r.reason && <p className="error">{r.reason}</p>}
+                      {r.reason && <p className={r.refused ? "error" : ""}>{r.reason}</p>}
                       {r.changes.length === 0 ? (
                         <p className="empty">No field changes.</p>
                       ) : (

@@ -594,7 +594,9 @@ export type AuditRecord = Message<"flotilla.v1alpha1.AuditRecord"> & {
   actor: string;
 
   /**
-   * Operation is create, update or delete.
+   * Operation is create, update or delete; for a refused request, or an
+   * operation on server-wide state the store does not hold (the signing
+   * keys, the bootstrap credential), the procedure, e.g. RotateSigningKey.
    *
    * @generated from field: string operation = 4;
    */
@@ -631,15 +633,17 @@ export type AuditRecord = Message<"flotilla.v1alpha1.AuditRecord"> & {
   refused: boolean;
 
   /**
-   * Reason says why a refused request was refused.
+   * Reason says why a refused request was refused, or what an operation
+   * on server-wide state did.
    *
    * @generated from field: string reason = 10;
    */
   reason: string;
 
   /**
-   * Refusal numbers a refused request (1, 2, ... in the order they were
-   * recorded), as revision numbers a change; 0 for a change.
+   * Refusal numbers a refused request or an operation on server-wide
+   * state (1, 2, ... in the order they were recorded), as revision numbers
+   * a change; 0 for a change.
    *
    * @generated from field: int64 refusal = 11;
    */
