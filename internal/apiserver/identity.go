@@ -35,6 +35,9 @@ var _ flotillav1alpha1connect.IdentityServiceHandler = (*Identity)(nil)
 // GetLoginConfig implements IdentityService.GetLoginConfig.
 func (s *Identity) GetLoginConfig(context.Context, *connect.Request[pb.GetLoginConfigRequest]) (*connect.Response[pb.GetLoginConfigResponse], error) {
 	out := &pb.GetLoginConfigResponse{}
+	if s.auth.Issuer != nil {
+		out.Issuer = s.auth.Issuer.Name
+	}
 	if o := s.auth.OIDC; o != nil {
 		out.OidcIssuer, out.OidcClientId = o.Issuer, o.ClientID
 	}
@@ -71,7 +74,7 @@ func (s *Identity) Token(ctx context.Context, req *connect.Request[pb.TokenReque
 		if err != nil {
 			return nil, err
 		}
-		if err := authn.VerifyAssertion(g.ServiceAccountAssertion, pub, time.Now()); err != nil {
+		if err := authn.VerifyAssertion(g.ServiceAccountAssertion, pub, time.Now(), s.auth.Issuer.Name); err != nil {
 			return nil, connect.NewError(connect.CodeUnauthenticated, err)
 		}
 		p, ttl = authn.Principal{Subject: authn.ServiceAccountPrefix + account, Method: authn.MethodServiceAccount}, s.auth.MachineTTL
@@ -90,11 +93,14 @@ func (s *Identity) Token(ctx context.Context, req *connect.Request[pb.TokenReque
 	return connect.NewResponse(&pb.TokenResponse{AccessToken: token, ExpireTime: timestamppb.New(exp), Subject: p.Subject}), nil
 }
 
-// accountKey finds a service account's public key by id.
+// accountKey finds a service account's public key by id. A missing
+// account or key gets the same answer as a bad signature (ErrAssertion);
+// the log says which it was.
 func (s *Identity) accountKey(ctx context.Context, account, keyID string) (ed25519.PublicKey, error) {
 	rec, err := s.st.Get(ctx, account)
 	if errors.Is(err, store.ErrNotFound) || err == nil && rec.Kind != authz.KindServiceAccount {
-		return nil, unauthenticated("no service account %s", account)
+		s.log.Info("service-account assertion refused: no such service account", "account", account)
+		return nil, connect.NewError(connect.CodeUnauthenticated, authn.ErrAssertion)
 	} else if err != nil {
 		return nil, internal(s.log, "token", err)
 	}
@@ -111,7 +117,8 @@ func (s *Identity) accountKey(ctx context.Context, account, keyID string) (ed255
 			return pub, nil
 		}
 	}
-	return nil, unauthenticated("service account %s has no key %q (removed?): create a key with `flotilla serviceaccount key create`", account, keyID)
+	s.log.Info("service-account assertion refused: the account has no such key (removed?)", "account", account, "key", keyID)
+	return nil, connect.NewError(connect.CodeUnauthenticated, authn.ErrAssertion)
 }
 
 // WhoAmI implements IdentityService.WhoAmI.

@@ -249,8 +249,13 @@ func TestAServiceAccountLogsInWithItsKeyAndOnlyItsKey(t *testing.T) {
 		return authn.ServiceAccountKeyFile{Account: fqn, KeyID: k.Msg.GetKeyId(), PrivateKey: k.Msg.GetPrivateKey()}
 	}
 	ci, other := key("ci"), key("other")
+	cfg, err := identityClient(s.url, "").GetLoginConfig(ctx, connect.NewRequest(&pb.GetLoginConfigRequest{}))
+	if err != nil || cfg.Msg.GetIssuer() != s.auth.Issuer.Name {
+		t.Fatalf("GetLoginConfig names issuer %q (%v), want %q", cfg.Msg.GetIssuer(), err, s.auth.Issuer.Name)
+	}
+	audience := cfg.Msg.GetIssuer()
 	exchange := func(kf authn.ServiceAccountKeyFile, now time.Time) (*pb.TokenResponse, error) {
-		a, err := kf.SignAssertion(now)
+		a, err := kf.SignAssertion(now, audience)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -289,6 +294,33 @@ func TestAServiceAccountLogsInWithItsKeyAndOnlyItsKey(t *testing.T) {
 	}
 	if _, err := exchange(ci, time.Now().Add(-10*time.Minute)); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("an expired assertion: %v", err)
+	}
+	// An assertion made for another deployment (or for the constant
+	// audience of older servers) is refused here.
+	for _, aud := range []string{"https://flotilla.other.example", authn.Audience} {
+		audience = aud
+		if _, err := exchange(ci, time.Now()); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "not this server") {
+			t.Errorf("an assertion for audience %q: %v, want Unauthenticated saying it is not for this server", aud, err)
+		}
+	}
+	audience = cfg.Msg.GetIssuer()
+	// Whether the account or its key exists is not told: no account, no
+	// such key and a wrong signature get one answer.
+	answers := map[string]string{}
+	for name, kf := range map[string]authn.ServiceAccountKeyFile{
+		"no such account":   {Account: "organizations/acme/serviceaccounts/ghost", KeyID: ci.KeyID, PrivateKey: ci.PrivateKey},
+		"no such key":       {Account: ci.Account, KeyID: "k-none", PrivateKey: ci.PrivateKey},
+		"a wrong signature": {Account: ci.Account, KeyID: ci.KeyID, PrivateKey: other.PrivateKey},
+		"another org":       {Account: "organizations/zeta/serviceaccounts/ci", KeyID: ci.KeyID, PrivateKey: ci.PrivateKey},
+	} {
+		_, err := exchange(kf, time.Now())
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Fatalf("%s: %v, want Unauthenticated", name, err)
+		}
+		answers[err.Error()] = name
+	}
+	if len(answers) != 1 {
+		t.Errorf("refusals tell existing accounts and keys apart: %v", answers)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -97,9 +98,9 @@ func ReadServiceAccountKeyFile(path string) (ServiceAccountKeyFile, error) {
 }
 
 // SignAssertion signs the assertion a service account exchanges for an
-// access token: iss and sub are the account, aud is Audience, and it
-// expires a minute after now.
-func (f ServiceAccountKeyFile) SignAssertion(now time.Time) (string, error) {
+// access token at the server whose issuer is audience: iss and sub are the
+// account, aud is audience, and it expires a minute after now.
+func (f ServiceAccountKeyFile) SignAssertion(now time.Time, audience string) (string, error) {
 	priv, err := parsePrivateKey(f.PrivateKey)
 	if err != nil {
 		return "", err
@@ -109,7 +110,7 @@ func (f ServiceAccountKeyFile) SignAssertion(now time.Time) (string, error) {
 		return "", err
 	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodEdDSA, jwt.RegisteredClaims{
-		Issuer: f.Account, Subject: f.Account, Audience: jwt.ClaimStrings{Audience},
+		Issuer: f.Account, Subject: f.Account, Audience: jwt.ClaimStrings{audience},
 		IssuedAt: jwt.NewNumericDate(now), ExpiresAt: jwt.NewNumericDate(now.Add(time.Minute)),
 		ID: base64.RawURLEncoding.EncodeToString(jti[:]),
 	})
@@ -132,17 +133,27 @@ func AssertionAccount(assertion string) (account, keyID string, err error) {
 	return c.Subject, keyID, nil
 }
 
-// VerifyAssertion checks an assertion's signature with pub and its claims.
-func VerifyAssertion(assertion string, pub ed25519.PublicKey, now time.Time) error {
+// ErrAssertion is the one answer to an assertion whose account, key or
+// signature is wrong: the same for each, so that nobody learns from it
+// which service accounts or keys exist.
+var ErrAssertion = errors.New("the service-account assertion does not verify: no service account, key and signature of this server match it; check the key file (`flotilla serviceaccount key create` makes a new key)")
+
+// VerifyAssertion checks an assertion's signature with pub and its claims,
+// for the server whose issuer is audience.
+func VerifyAssertion(assertion string, pub ed25519.PublicKey, now time.Time, audience string) error {
 	var c jwt.RegisteredClaims
 	_, err := jwt.NewParser(jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}), jwt.WithTimeFunc(func() time.Time { return now }),
-		jwt.WithExpirationRequired(), jwt.WithAudience(Audience), jwt.WithLeeway(5*time.Second)).
+		jwt.WithExpirationRequired(), jwt.WithLeeway(5*time.Second)).
 		ParseWithClaims(assertion, &c, func(*jwt.Token) (any, error) { return pub, nil })
 	switch {
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid) || errors.Is(err, jwt.ErrTokenUnverifiable) || errors.Is(err, jwt.ErrTokenMalformed):
+		return ErrAssertion
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return errors.New("the service-account assertion expired: sign a new one (the CLI does so on every login)")
 	case err != nil:
-		return fmt.Errorf("the service-account assertion does not verify: %v", err)
+		return fmt.Errorf("the service-account assertion is refused: %v", err)
+	case !slices.Contains(c.Audience, audience):
+		return fmt.Errorf("the service-account assertion is for %v, not this server (%q): sign it for this server's issuer (the CLI reads it from GetLoginConfig)", []string(c.Audience), audience)
 	case c.Issuer != c.Subject:
 		return errors.New("the service-account assertion's iss and sub differ: both name the account")
 	case c.ExpiresAt.Sub(now) > MaxAssertionLife:

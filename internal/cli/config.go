@@ -194,7 +194,15 @@ func (e *env) exchange(ctx context.Context, x *Context) (*pb.TokenResponse, erro
 		if err != nil {
 			return nil, fmt.Errorf("context %s: %w", x.Name, err)
 		}
-		a, err := kf.SignAssertion(time.Now())
+		// The assertion is for this server only: its audience is the
+		// server's issuer (servers before it had one took "flotilla").
+		audience := authn.Audience
+		if cfg, err := e.identity().GetLoginConfig(ctx, connect.NewRequest(&pb.GetLoginConfigRequest{})); err != nil {
+			return nil, err
+		} else if cfg.Msg.GetIssuer() != "" {
+			audience = cfg.Msg.GetIssuer()
+		}
+		a, err := kf.SignAssertion(time.Now(), audience)
 		if err != nil {
 			return nil, fmt.Errorf("context %s: sign with %s: %w", x.Name, x.ServiceAccountKeyFile, err)
 		}
@@ -241,8 +249,18 @@ var publicProcedures = map[string]bool{
 	flotillav1alpha1connect.IdentityServiceGetLoginConfigProcedure: true,
 }
 
+// carriesCredential says whether a call sends a credential: an access
+// token, or a grant to exchange for one (Token's bootstrap credential,
+// service-account assertion or OIDC ID token).
+func carriesCredential(procedure string) bool {
+	return !publicProcedures[procedure] || procedure == flotillav1alpha1connect.IdentityServiceTokenProcedure
+}
+
 func (b *bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if carriesCredential(req.Spec().Procedure) {
+			b.e.warnClearText()
+		}
 		if !publicProcedures[req.Spec().Procedure] {
 			tok, err := b.e.token(ctx)
 			if err != nil {
@@ -256,6 +274,7 @@ func (b *bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 
 func (b *bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		b.e.warnClearText()
 		conn := next(ctx, spec)
 		if tok, err := b.e.token(ctx); err == nil {
 			conn.RequestHeader().Set("Authorization", "Bearer "+tok)

@@ -61,8 +61,12 @@ func (*GetLoginConfigRequest) Descriptor() ([]byte, []int) {
 type GetLoginConfigResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// OidcIssuer is empty when OIDC login is not configured.
-	OidcIssuer    string `protobuf:"bytes,1,opt,name=oidc_issuer,json=oidcIssuer,proto3" json:"oidc_issuer,omitempty"`
-	OidcClientId  string `protobuf:"bytes,2,opt,name=oidc_client_id,json=oidcClientId,proto3" json:"oidc_client_id,omitempty"`
+	OidcIssuer   string `protobuf:"bytes,1,opt,name=oidc_issuer,json=oidcIssuer,proto3" json:"oidc_issuer,omitempty"`
+	OidcClientId string `protobuf:"bytes,2,opt,name=oidc_client_id,json=oidcClientId,proto3" json:"oidc_client_id,omitempty"`
+	// Issuer is the server's token issuer (its --issuer): the audience of
+	// the service-account assertions it takes, so that an assertion made
+	// for one deployment is refused by another.
+	Issuer        string `protobuf:"bytes,3,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -107,6 +111,13 @@ func (x *GetLoginConfigResponse) GetOidcIssuer() string {
 func (x *GetLoginConfigResponse) GetOidcClientId() string {
 	if x != nil {
 		return x.OidcClientId
+	}
+	return ""
+}
+
+func (x *GetLoginConfigResponse) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
 	}
 	return ""
 }
@@ -199,7 +210,8 @@ type TokenRequest_BootstrapCredential struct {
 
 type TokenRequest_ServiceAccountAssertion struct {
 	// ServiceAccountAssertion is a JWT signed with a service account's key:
-	// iss and sub the account's FQN, aud "flotilla", a short exp and kid the key id.
+	// iss and sub the account's FQN, aud the server's issuer (see
+	// GetLoginConfig), a short exp and kid the key id.
 	ServiceAccountAssertion string `protobuf:"bytes,2,opt,name=service_account_assertion,json=serviceAccountAssertion,proto3,oneof"`
 }
 
@@ -1000,11 +1012,12 @@ var File_flotilla_v1alpha1_identity_proto protoreflect.FileDescriptor
 const file_flotilla_v1alpha1_identity_proto_rawDesc = "" +
 	"\n" +
 	" flotilla/v1alpha1/identity.proto\x12\x11flotilla.v1alpha1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
-	"\x15GetLoginConfigRequest\"_\n" +
+	"\x15GetLoginConfigRequest\"w\n" +
 	"\x16GetLoginConfigResponse\x12\x1f\n" +
 	"\voidc_issuer\x18\x01 \x01(\tR\n" +
 	"oidcIssuer\x12$\n" +
-	"\x0eoidc_client_id\x18\x02 \x01(\tR\foidcClientId\"\xb0\x01\n" +
+	"\x0eoidc_client_id\x18\x02 \x01(\tR\foidcClientId\x12\x16\n" +
+	"\x06issuer\x18\x03 \x01(\tR\x06issuer\"\xb0\x01\n" +
 	"\fTokenRequest\x123\n" +
 	"\x14bootstrap_credential\x18\x01 \x01(\tH\x00R\x13bootstrapCredential\x12<\n" +
 	"\x19service_account_assertion\x18\x02 \x01(\tH\x00R\x17serviceAccountAssertion\x12$\n" +
