@@ -75,15 +75,26 @@ func put(t *testing.T, st store.Store, kind, fqn string, spec any) {
 	}
 }
 
-// freeUDP is a loopback address whose UDP port was free a moment ago.
+// freeUDP is a loopback address whose port was free a moment ago for UDP
+// and TCP both (the DNS server takes both): a UDP port the kernel picks may
+// be a TCP connection's source port of another test.
 func freeUDP(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 50 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := pc.LocalAddr().String()
+		ln, err := net.Listen("tcp", addr)
+		pc.Close()
+		if err == nil {
+			ln.Close()
+			return addr
+		}
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	t.Fatal("no loopback port free for both UDP and TCP in 50 tries")
+	return ""
 }
 
 // run runs a service over st with the built-in DNS on a loopback port and
