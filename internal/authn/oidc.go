@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 )
@@ -23,6 +25,13 @@ type OIDC struct {
 
 	mu       sync.Mutex
 	verifier *oidc.IDTokenVerifier
+	tokenURL string
+
+	// bmu guards what BrowserOrigins knows: the token endpoint's origin
+	// once read, and the read under way.
+	bmu         sync.Mutex
+	tokenOrigin string
+	reading     chan struct{}
 }
 
 func (o *OIDC) verifierFor(ctx context.Context) (*oidc.IDTokenVerifier, error) {
@@ -39,7 +48,65 @@ func (o *OIDC) verifierFor(ctx context.Context) (*oidc.IDTokenVerifier, error) {
 		return nil, fmt.Errorf("the OIDC provider %s does not answer: %w", o.Issuer, err)
 	}
 	o.verifier = p.Verifier(&oidc.Config{ClientID: o.ClientID})
+	o.tokenURL = p.Endpoint().TokenURL
 	return o.verifier, nil
+}
+
+// browserRead bounds a discovery read that BrowserOrigins starts.
+const browserRead = 30 * time.Second
+
+// BrowserOrigins are the origins a browser fetches from when a person
+// logs in to the web UI (authorization code with PKCE): the issuer's, for
+// its discovery document, and its token endpoint's, which only that
+// document names (another host at some providers). Until the document is
+// read, BrowserOrigins starts one read in the background and waits for it
+// until ctx ends; the page then allows the issuer only, and a later page
+// the token endpoint too.
+func (o *OIDC) BrowserOrigins(ctx context.Context) []string {
+	out := []string{originOf(o.Issuer)}
+	o.bmu.Lock()
+	if o.tokenOrigin == "" && o.reading == nil {
+		done := make(chan struct{})
+		o.reading = done
+		go func() {
+			defer close(done)
+			rctx, cancel := context.WithTimeout(context.Background(), browserRead)
+			defer cancel()
+			_, err := o.verifierFor(rctx)
+			o.mu.Lock()
+			tok := o.tokenURL
+			o.mu.Unlock()
+			o.bmu.Lock()
+			defer o.bmu.Unlock()
+			o.reading = nil
+			if err == nil {
+				o.tokenOrigin = originOf(tok)
+			}
+		}()
+	}
+	reading := o.reading
+	o.bmu.Unlock()
+	if reading != nil {
+		select {
+		case <-reading:
+		case <-ctx.Done():
+		}
+	}
+	o.bmu.Lock()
+	defer o.bmu.Unlock()
+	if o.tokenOrigin != "" && o.tokenOrigin != out[0] {
+		out = append(out, o.tokenOrigin)
+	}
+	return out
+}
+
+// originOf is the scheme://host[:port] of a URL, or "" when it has none.
+func originOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 // Verify checks an ID token and returns the person it names (see

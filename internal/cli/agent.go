@@ -51,6 +51,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 				return fmt.Errorf("kubernetes configuration: %w (outside a cluster, pass --kubeconfig)", err)
 			}
 			kube.QPS, kube.Burst = qps, burst
+			e.warnClearText() // the agent's token and assertions
 			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig})
 			if err != nil {
 				return err

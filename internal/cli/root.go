@@ -41,6 +41,9 @@ type env struct {
 	out         io.Writer
 	errOut      io.Writer
 	in          io.Reader
+
+	// warnedClearText: the clear-text warning was printed (once a process).
+	warnedClearText bool
 }
 
 // ExitError makes Execute return a specific exit code after the command has

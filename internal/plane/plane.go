@@ -80,7 +80,12 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	cp.SetAudience(srv.Audience())
 	srv.Mount(cp.Handler)
 	srv.Mount(apiserver.Service(flotillav1alpha1connect.NewFleetServiceHandler, flotillav1alpha1connect.FleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies})))
-	srv.HandlePage("/", ui.Handler())
+	var uiOpts []ui.Option
+	if o := srv.Auth().OIDC; o != nil {
+		// The browser's OIDC login fetches from the issuer.
+		uiOpts = append(uiOpts, ui.ConnectSources(o.BrowserOrigins))
+	}
+	srv.HandlePage("/", ui.Handler(uiOpts...))
 	p := &Plane{API: srv, Central: cp, GSLB: dns}
 	if dns != nil {
 		if err := dns.Register(srv.Metrics()); err != nil {

@@ -31,14 +31,32 @@ async function shot(page, name) {
   await page.screenshot({ path: join(shots, name + ".png"), fullPage: true });
 }
 
+// watchPolicy collects what the pages' Content Security Policy refused:
+// the browser's console report and the securitypolicyviolation event.
+async function watchPolicy(page) {
+  const seen = [];
+  page.on("console", (m) => {
+    if (m.text().includes("Content Security Policy")) seen.push(m.text());
+  });
+  await page.addInitScript(() =>
+    document.addEventListener("securitypolicyviolation", (e) =>
+      console.error(`securitypolicyviolation: Content Security Policy ${e.effectiveDirective} refused ${e.blockedURI}`),
+    ),
+  );
+  return seen;
+}
+
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
 let failed = false;
+let violations = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 }, colorScheme: "light" });
   page.setDefaultTimeout(10_000);
+  violations = await watchPolicy(page);
 
   // 1. Log in: a deep link survives the login.
-  await page.goto(base + "/");
+  const first = await page.goto(base + "/");
+  check((first.headers()["content-security-policy"] ?? "").includes("script-src 'self'"), "the page is served with a strict Content Security Policy");
   await page.getByLabel("Credential or access token").fill("fla_wrong");
   await page.getByRole("button", { name: "Log in" }).click();
   await page.getByRole("alert").waitFor();
@@ -182,9 +200,11 @@ try {
   check((await page.locator("tr[data-cluster]").first().getAttribute("data-cluster")) === "c2", "problems first: the disconnected cluster leads the table");
   await page.emulateMedia({ colorScheme: "dark" });
   await shot(page, "fleet-overview-dark");
+  check(violations.length === 0, "no page broke its Content Security Policy");
 } catch (e) {
   failed = true;
   console.log("FAIL " + (e?.message ?? e));
+  for (const v of violations) console.log("FAIL the Content Security Policy refused: " + v);
 } finally {
   await browser.close();
 }
