@@ -79,6 +79,7 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	type before struct {
 		name         string
 		current      *bundle.Bundle
+		next         *bundle.Bundle // as planned
 		cluster      compile.Cluster
 		multicluster *bundle.Multicluster
 	}
@@ -96,7 +97,10 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 	}
 	olds := map[string]before{}
 	for fqn := range affected {
-		b := before{current: f.bundleOf(fqn), multicluster: f.mc.slices[fqn]}
+		// The planned bundle is assembled under the lock too: the clone
+		// shares the index's unchanged groups, which the index's own
+		// writers change in place.
+		b := before{current: f.bundleOf(fqn), next: planned.bundle(fqn), multicluster: f.mc.slices[fqn]}
 		if ce := planned.clusters[fqn]; ce != nil {
 			b.name = ce.name
 		}
@@ -114,8 +118,8 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		return nil, f.internal("plan", err)
 	}
 	out := &pb.PlanResponse{Results: results}
-	for fqn, old := range olds {
-		next := planned.bundle(fqn)
+	for _, old := range olds {
+		next := old.next
 		if next == nil {
 			continue
 		}
