@@ -123,6 +123,9 @@ type EastWest struct {
 	Service string `json:"service,omitempty"`
 	// Address is where other clusters reach it; empty when unknown.
 	Address string `json:"address,omitempty"`
+	// Refused is the address the cluster reported outside its declared
+	// ranges (spec.addressRanges), which is not used; Address is then empty.
+	Refused string `json:"refused,omitempty"`
 }
 
 // RemoteService is an exposed service with instances in other clusters.
@@ -160,6 +163,9 @@ type RemoteInstance struct {
 	// Address and Port are the remote east-west gateway's.
 	Address string `json:"address"`
 	Port    uint32 `json:"port"`
+	// Refused is the address that cluster reported outside its declared
+	// ranges (spec.addressRanges), which is not used; Address is then empty.
+	Refused string `json:"refused,omitempty"`
 	Region  string `json:"region,omitempty"`
 	Zone    string `json:"zone,omitempty"`
 	// Ready counts the ready endpoints there; zero means none (scaled to

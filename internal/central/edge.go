@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/addrrange"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
@@ -44,6 +45,13 @@ type ingressGateway struct {
 type clusterInfo struct {
 	region, zone string
 	drained      bool
+	// addresses are where the cluster's reported addresses may lie
+	// (spec.addressRanges).
+	addresses addrrange.Set
+}
+
+func (a clusterInfo) equal(b clusterInfo) bool {
+	return a.region == b.region && a.zone == b.zone && a.drained == b.drained && a.addresses.Equal(b.addresses)
 }
 
 func newEdges() edges {
@@ -75,9 +83,16 @@ func (e *edges) apply(ev store.Event) (bool, error) {
 			return false, fmt.Errorf("stored %s: %w", r.FQN, err)
 		}
 		info := clusterInfo{region: spec.GetRegion(), zone: spec.GetZone(), drained: spec.GetDrained()}
+		var err error
+		if info.addresses, err = addrrange.Parse(spec.GetAddressRanges()); err != nil {
+			// Validated on write; a stored one that does not parse allows
+			// nothing rather than everything.
+			info.addresses, _ = addrrange.Parse([]string{"0.0.0.0/32"})
+			err = fmt.Errorf("stored %s: spec.addressRanges%w", r.FQN, err)
+		}
 		old, had := e.clusters[r.FQN]
 		e.clusters[r.FQN] = info
-		return !had || old != info, nil
+		return !had || !old.equal(info), err
 	case resource.KindEdgeGateway:
 		spec := &pb.EdgeGatewaySpec{}
 		if err := protojson.Unmarshal(r.Spec, spec); err != nil {
@@ -204,6 +219,9 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 						continue
 					case x.in.Address == "":
 						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s's ingress gateway Service %s/%s has no address: give it a LoadBalancer address, or annotate it with flotilla.io/external-address", name, x.svc.Namespace, x.svc.Name))
+						continue
+					case !info.addresses.Allows(x.in.Address):
+						es.Problems = append(es.Problems, fmt.Sprintf("cluster %s reports its ingress gateway Service %s/%s at %s, outside the cluster's spec.addressRanges (%s): it gets no traffic; fix the Service's address, or the ranges if they are wrong", name, x.svc.Namespace, x.svc.Name, x.in.Address, info.addresses))
 						continue
 					case x.in.Ready == 0:
 						continue // no ready gateway pod there: no traffic goes to it

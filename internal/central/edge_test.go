@@ -2,6 +2,7 @@ package central
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -107,6 +108,26 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
 	if ts := out[org+"/clusters/edge"].Edges[0].Targets; len(ts) != 3 || ts[2].Cluster != "c3" {
 		t.Fatalf("after undrain: %+v", ts)
+	}
+
+	// c2's owner declares its addresses are in 10.9.0.0/16: the address
+	// its agent reports is outside, so c2 is no target, and the problem
+	// says why.
+	if !put(t, &e, resource.KindCluster, org+"/clusters/c2", org, &pb.ClusterSpec{Region: "us", AddressRanges: []string{"10.9.0.0/16"}}) {
+		t.Fatal("new address ranges are not a change")
+	}
+	out = map[string]*bundle.Multicluster{}
+	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
+	auto = out[org+"/clusters/edge"].Edges[0]
+	for _, tg := range auto.Targets {
+		if tg.Cluster == "c2" {
+			t.Errorf("c2 is a target at %s, outside its declared ranges", tg.Address)
+		}
+	}
+	if !slices.ContainsFunc(auto.Problems, func(p string) bool {
+		return strings.Contains(p, "cluster c2 reports its ingress gateway Service ingress/ingressgateway at 10.0.0.2, outside the cluster's spec.addressRanges (10.9.0.0/16)")
+	}) {
+		t.Errorf("problems %q do not say c2's address is outside its ranges", auto.Problems)
 	}
 }
 

@@ -167,6 +167,9 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 				e := bundle.EastWest{Owner: s.fqn, Namespace: ws.GetNamespace(), Labels: ws.GetLabels()}
 				if g := gateway(fqn); g != nil {
 					e.Service, e.Address = g.GetNamespace()+"/"+g.GetName(), g.GetAddress()
+					if ranges := m.edges.clusters[fqn].addresses; e.Address != "" && !ranges.Allows(e.Address) {
+						e.Address, e.Refused = "", g.GetAddress()+" (outside "+ranges.String()+")"
+					}
 				}
 				mc.EastWest = append(mc.EastWest, e)
 			}
@@ -190,6 +193,11 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 					r := bundle.RemoteInstance{Cluster: name, Ready: in.Ready, Stale: in.Stale}
 					if g := in.Gateway; g != nil {
 						r.Address, r.Port = g.GetAddress(), g.GetPort()
+						// An address outside the ranges its cluster's owner
+						// declared is the agent's word only: not used.
+						if ranges := m.edges.clusters[in.Cluster].addresses; r.Address != "" && !ranges.Allows(r.Address) {
+							r.Address, r.Refused = "", g.GetAddress()+" (outside "+ranges.String()+")"
+						}
 					}
 					r.Region, r.Zone = mainLocality(in)
 					rs.Remotes = append(rs.Remotes, r)

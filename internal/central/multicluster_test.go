@@ -1,6 +1,7 @@
 package central
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/selector"
+	"flotilla.io/flotilla/internal/store"
 )
 
 // The multicluster slices: a setting reaches the clusters its workspace's
@@ -91,5 +93,77 @@ func TestMulticlusterSlicesFollowTheWorkspaceTheLabelsAndTheOrganization(t *test
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("slices (-want +got):\n%s", diff)
+	}
+}
+
+// A cluster whose owner declared where its addresses lie
+// (spec.addressRanges) gets none of its agent's other addresses used: a
+// compromised agent that reports its east-west gateway at an address of
+// its choice draws no failover traffic there, and the slices say which
+// address was refused. A cluster with no ranges is taken at its word.
+func TestReportedAddressesOutsideTheClustersRangesAreNotUsed(t *testing.T) {
+	const (
+		acme = "organizations/acme"
+		ws   = acme + "/tenants/t/workspaces/shop"
+		set  = ws + "/workspacesettings/mc"
+	)
+	sel, err := selector.ParseSet([]string{"*/shop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMulticluster()
+	m.workspaces[ws] = sel
+	m.settings[set] = mcSetting{fqn: set, workspace: ws, org: acme, ew: &pb.EastWestGatewaySettings{
+		WorkloadSelector: &pb.WorkloadSelector{Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}},
+		ExposedServices:  []*pb.ExposedServices{{ServiceLabels: map[string]string{"expose": "yes"}}},
+	}}
+	clusters := map[string]*clusterEntry{}
+	for n, ranges := range map[string][]any{"c1": nil, "c2": {"10.2.0.0/16"}, "c3": {"*.elb.example.com"}} {
+		fqn := acme + "/clusters/" + n
+		clusters[fqn] = &clusterEntry{fqn: fqn, name: n, org: acme}
+		spec, _ := json.Marshal(map[string]any{"addressRanges": ranges})
+		if _, err := m.edges.apply(store.Event{Type: store.EventPut, Record: store.Record{Kind: "Cluster", FQN: fqn, Name: n, Parent: acme, Spec: spec}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := registry.New()
+	for cluster, gw := range map[string]string{"c1": "203.0.113.9", "c2": "10.0.0.2", "c3": "a1.elb.example.com"} {
+		r := &agentv1.Runtime{Seq: 1, Full: true, EastWestGateway: &agentv1.EastWestGateway{Namespace: "istio-system", Name: "eastwest", Address: gw, Port: 15443},
+			Services: []*agentv1.ServiceState{{Namespace: "shop", Name: "reviews", Labels: map[string]string{"expose": "yes"},
+				Ports: []*agentv1.ServicePort{{Name: "http", Port: 9080, Protocol: "TCP"}}, Endpoints: []*agentv1.LocalityEndpoints{{Ready: 1}}}}}
+		if err := reg.Apply(acme+"/clusters/"+cluster, r, time.Unix(0, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	remotes := map[string]bundle.RemoteInstance{}
+	for _, r := range got[acme+"/clusters/c1"].Services[0].Remotes {
+		remotes[r.Cluster] = r
+	}
+	if r := remotes["c2"]; r.Address != "" || r.Refused != "10.0.0.2 (outside 10.2.0.0/16)" {
+		t.Errorf("c2's gateway outside its ranges: address %q, refused %q; want no address and the refusal", r.Address, r.Refused)
+	}
+	if r := remotes["c3"]; r.Address != "a1.elb.example.com" || r.Refused != "" {
+		t.Errorf("c3's gateway inside its ranges: %+v", r)
+	}
+	for _, r := range got[acme+"/clusters/c2"].Services[0].Remotes {
+		if r.Cluster == "c1" && r.Address != "203.0.113.9" {
+			t.Errorf("c1 declares no ranges, so its address is used: %+v", r)
+		}
+	}
+	if e := got[acme+"/clusters/c2"].EastWest[0]; e.Address != "" || e.Refused == "" {
+		t.Errorf("c2's own east-west entry: %+v, want its address refused", e)
+	}
+	// Changing the ranges is a change of the slices' inputs.
+	spec, _ := json.Marshal(map[string]any{"addressRanges": []any{"10.0.0.0/24"}})
+	changed, err := m.edges.apply(store.Event{Type: store.EventPut, Record: store.Record{Kind: "Cluster", FQN: acme + "/clusters/c2", Name: "c2", Parent: acme, Spec: spec}})
+	if err != nil || !changed {
+		t.Fatalf("new ranges: changed %v, %v", changed, err)
+	}
+	got = m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	for _, r := range got[acme+"/clusters/c1"].Services[0].Remotes {
+		if r.Cluster == "c2" && r.Address != "10.0.0.2" {
+			t.Errorf("c2's gateway inside its new ranges: %+v", r)
+		}
 	}
 }

@@ -62,6 +62,8 @@ func (c *compilation) multicluster(mc *bundle.Multicluster) {
 		switch {
 		case ew.Service == "":
 			c.diag(ew.Owner, "spec.eastWestGateway.workloadSelector", "cluster %s has no east-west gateway Service (a Service labelled istio=eastwestgateway): the Gateway is written, but other clusters cannot reach this cluster's services until the gateway is deployed", c.cluster)
+		case ew.Refused != "":
+			c.diag(ew.Owner, "spec.eastWestGateway.workloadSelector", "cluster %s reports its east-west gateway Service %s at %s, outside the cluster's spec.addressRanges: other clusters do not send it traffic; fix the Service's address, or the ranges if they are wrong", c.cluster, ew.Service, ew.Refused)
 		case ew.Address == "":
 			c.diag(ew.Owner, "spec.eastWestGateway.workloadSelector", "the east-west gateway Service %s of cluster %s has no address: give it a LoadBalancer address, or annotate it with flotilla.io/external-address", ew.Service, c.cluster)
 		}
@@ -91,6 +93,9 @@ func (c *compilation) remoteService(s bundle.RemoteService) {
 		switch {
 		case r.Ready == 0:
 			// Scaled to zero there: no traffic goes to it.
+		case r.Refused != "":
+			c.diag(s.Owner, "spec.eastWestGateway", "cluster %s runs %s/%s but reports its east-west gateway at %s, outside that cluster's spec.addressRanges: no traffic goes there; fix the gateway's address, or the ranges if they are wrong",
+				r.Cluster, s.Namespace, s.Name, r.Refused)
 		case r.Address == "":
 			c.diag(s.Owner, "spec.eastWestGateway", "cluster %s runs %s/%s but its east-west gateway has no address: give the gateway's Service a LoadBalancer address, or annotate it with flotilla.io/external-address",
 				r.Cluster, s.Namespace, s.Name)

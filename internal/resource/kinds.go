@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/addrrange"
 	"flotilla.io/flotilla/internal/selector"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -117,6 +118,9 @@ func validateCluster(spec proto.Message) []FieldError {
 		for _, m := range validation.IsValidLabelValue(f.v) {
 			out = append(out, FieldError{Field: "spec." + f.name, Message: fmt.Sprintf("%q: %s", f.v, m)})
 		}
+	}
+	if _, err := addrrange.Parse(c.GetAddressRanges()); err != nil {
+		out = append(out, FieldError{Field: "spec.addressRanges", Message: err.Error()})
 	}
 	if td := c.GetTrustDomain(); td != "" {
 		for _, m := range validation.IsDNS1123Subdomain(td) {

@@ -78,6 +78,7 @@ func TestParseReportsEveryProblemWithItsField(t *testing.T) {
 		{"fqn that disagrees", &pb.Resource{ApiVersion: APIVersion, Kind: "Organization", Metadata: &pb.Metadata{Name: "o", Fqn: "organizations/p"}}, "metadata.fqn", "derived"},
 		{"workspace without selector", &pb.Resource{ApiVersion: APIVersion, Kind: "Workspace", Metadata: &pb.Metadata{Name: "w", Organization: "o", Tenant: "t"}}, "spec.namespaceSelector.names", "is required"},
 		{"bad trust domain", &pb.Resource{ApiVersion: APIVersion, Kind: "Cluster", Metadata: &pb.Metadata{Name: "c", Organization: "o"}, Spec: mustStruct(map[string]any{"trustDomain": "Not_Valid"})}, "spec.trustDomain", "Not_Valid"},
+		{"bad address range", &pb.Resource{ApiVersion: APIVersion, Kind: "Cluster", Metadata: &pb.Metadata{Name: "c", Organization: "o"}, Spec: mustStruct(map[string]any{"addressRanges": []any{"10.0.0.0/8", "10.1.2.3/16"}})}, "spec.addressRanges", "[1]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -327,7 +327,15 @@ type ClusterSpec struct {
 	// Drained takes the cluster's entry points out of DNS answers (`flotilla
 	// cluster drain`), e.g. before an upgrade; `flotilla cluster undrain`
 	// brings them back.
-	Drained       bool `protobuf:"varint,8,opt,name=drained,proto3" json:"drained,omitempty"`
+	Drained bool `protobuf:"varint,8,opt,name=drained,proto3" json:"drained,omitempty"`
+	// AddressRanges are where the addresses this cluster's agent reports may
+	// lie: its east-west gateway's, and its ingress gateways' external
+	// addresses. Each is a CIDR ("10.20.0.0/16"), an address, or "*.<domain>"
+	// for load balancers named by host. An address outside them is not used
+	// (no other cluster, no edge gateway sends traffic to it) and the
+	// diagnostics say so. Empty: every reported address is used, so an agent
+	// that is not what it claims can point other clusters' failover anywhere.
+	AddressRanges []string `protobuf:"bytes,9,rep,name=address_ranges,json=addressRanges,proto3" json:"address_ranges,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -416,6 +424,13 @@ func (x *ClusterSpec) GetDrained() bool {
 		return x.Drained
 	}
 	return false
+}
+
+func (x *ClusterSpec) GetAddressRanges() []string {
+	if x != nil {
+		return x.AddressRanges
+	}
+	return nil
 }
 
 // TeamSpec groups people. A person belongs to a team when listed in
@@ -1028,7 +1043,7 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\x12namespace_selector\x18\x03 \x01(\v2$.flotilla.v1alpha1.NamespaceSelectorR\x11namespaceSelector\x12\x12\n" +
 	"\x04type\x18\x04 \x01(\tR\x04type\x12\x1f\n" +
 	"\vconfig_mode\x18\x05 \x01(\tR\n" +
-	"configMode\"\xd4\x02\n" +
+	"configMode\"\xfb\x02\n" +
 	"\vClusterSpec\x12!\n" +
 	"\fdisplay_name\x18\x01 \x01(\tR\vdisplayName\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x18\n" +
@@ -1037,7 +1052,8 @@ const file_flotilla_v1alpha1_kinds_proto_rawDesc = "" +
 	"\x04zone\x18\x05 \x01(\tR\x04zone\x12B\n" +
 	"\x06labels\x18\x06 \x03(\v2*.flotilla.v1alpha1.ClusterSpec.LabelsEntryR\x06labels\x12!\n" +
 	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\x12\x18\n" +
-	"\adrained\x18\b \x01(\bR\adrained\x1a9\n" +
+	"\adrained\x18\b \x01(\bR\adrained\x12%\n" +
+	"\x0eaddress_ranges\x18\t \x03(\tR\raddressRanges\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8a\x01\n" +
