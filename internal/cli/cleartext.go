@@ -15,14 +15,19 @@ func clearText(server string) bool {
 	if err != nil || u.Scheme != "http" {
 		return false
 	}
-	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
-	if host == "" || host == "localhost" {
-		return false
+	host := u.Hostname()
+	return host != "" && !loopbackHost(host)
+}
+
+// loopbackHost reports whether host is a loopback address (127.0.0.0/8,
+// ::1) or localhost.
+func loopbackHost(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" {
+		return true
 	}
-	if a, err := netip.ParseAddr(host); err == nil && a.Unmap().IsLoopback() {
-		return false
-	}
-	return true
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // warnClearText warns once, on stderr, when the command sends a credential
