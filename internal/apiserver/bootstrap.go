@@ -137,11 +137,39 @@ func (a *Auth) checkSession(ctx context.Context, p authn.Principal) error {
 	ok, why, err := a.bootstrapCredential(ctx, a.st, p.Session)
 	switch {
 	case err != nil:
-		return connect.NewError(connect.CodeUnavailable, errors.New("the bootstrap session cannot be checked now: retry"))
-	case !ok:
+		// While the store is down, a session this server found good a
+		// moment ago goes on (the administrator reads /metrics and
+		// status through an outage); one not checked lately does not.
+		if a.goodLately(p.Session) {
+			return nil
+		}
+		return connect.NewError(connect.CodeUnavailable, errors.New("the store is unavailable, so nothing was written (nor this bootstrap session checked): retry when it is back"))
+	case ok:
+		a.sessionsMu.Lock()
+		if a.sessions == nil {
+			a.sessions = map[string]time.Time{}
+		}
+		a.sessions[p.Session] = time.Now()
+		a.sessionsMu.Unlock()
+		return nil
+	default:
+		a.sessionsMu.Lock()
+		delete(a.sessions, p.Session)
+		a.sessionsMu.Unlock()
 		return connect.NewError(connect.CodeUnauthenticated, errors.New(strings.Replace(why, "the bootstrap credential", "this token's bootstrap credential", 1)))
 	}
-	return nil
+}
+
+// sessionGrace is how long after its last good check a bootstrap session
+// goes on while the store cannot be read. A disable made on another
+// replica in that time is seen when the store answers again.
+const sessionGrace = 5 * time.Minute
+
+func (a *Auth) goodLately(session string) bool {
+	a.sessionsMu.Lock()
+	defer a.sessionsMu.Unlock()
+	t, ok := a.sessions[session]
+	return ok && time.Since(t) < sessionGrace
 }
 
 // serverAdministrators lists the people and service accounts, other than

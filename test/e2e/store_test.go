@@ -169,7 +169,7 @@ func TestBadInputNamesDocumentAndFieldAndLeavesTheStoreUnchanged(t *testing.T) {
 		{"unknown kind", bad + "unknown-kind.yaml", []string{bad + "unknown-kind.yaml:8:", "document 2 (Workspce \"shop\")", "kind:", `did you mean "Workspace"?`}},
 		{"unknown field", bad + "unknown-field.yaml", []string{bad + "unknown-field.yaml:16:", "document 2 (Workspace \"shop\")", "spec.namespaceSelector.exclude", "unknown field"}},
 		{"missing parent", bad + "missing-parent.yaml", []string{bad + "missing-parent.yaml:12:", "document 2 (Workspace \"shop\")", "metadata.tenant", `Tenant "wholesale" does not exist`}},
-		{"namespace owned by another workspace", bad + "owned-namespace.yaml", []string{bad + "owned-namespace.yaml:15:", "document 2 (Workspace \"shop\")", "spec.namespaceSelector.names[1]", "overlaps", "workspaces/payments"}},
+		{"namespace owned by another workspace", bad + "owned-namespace.yaml", []string{bad + "owned-namespace.yaml:15:", "document 2 (Workspace \"shop\")", "spec.namespaceSelector.names[1]", "overlaps", "another tenant's workspace"}},
 		{"stale etag", staleFile, []string{staleFile + etagLine, "document 1 (Tenant \"fintech\")", "metadata.etag", "get it again"}},
 		{"group selector outside its workspace", bad + "group-outside.yaml", []string{bad + "group-outside.yaml:17:", "document 2 (Group \"everything\")", "spec.namespaceSelector.names[1]", "outside workspace"}},
 	}
