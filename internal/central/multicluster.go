@@ -125,10 +125,29 @@ func (m *multicluster) load(ctx context.Context, st store.Reader) error {
 }
 
 // compute builds every cluster's slice from the index's clusters and the
-// registry's services.
+// registry's services. A setting's east-west gateway in a cluster is the
+// Service its workload selector names there (see eastWestIndex); gateway,
+// the Service labelled istio=eastwestgateway that the agent reports, serves
+// a setting that names no selector.
 func (m *multicluster) compute(clusters map[string]*clusterEntry, services []registry.Service, gateway func(clusterFQN string) *agentv1.EastWestGateway) map[string]*bundle.Multicluster {
 	out := map[string]*bundle.Multicluster{}
 	settings := slices.SortedFunc(maps.Values(m.settings), func(a, b mcSetting) int { return cmp.Compare(a.fqn, b.fqn) })
+	gateways := newEastWestIndex(settings, services)
+	gatewayOf := func(cluster string, s mcSetting) *agentv1.EastWestGateway {
+		ws := s.ew.GetWorkloadSelector()
+		if ws == nil {
+			return gateway(cluster)
+		}
+		if g := gateways.find(cluster, ws); g != nil {
+			return g
+		}
+		// No Service's selector agrees with the setting's: the one labelled
+		// istio=eastwestgateway in its namespace, if any.
+		if g := gateway(cluster); g != nil && g.GetNamespace() == ws.GetNamespace() {
+			return g
+		}
+		return nil
+	}
 	for _, s := range settings {
 		sel := m.workspaces[s.workspace]
 		if sel == nil || s.ew == nil {
@@ -165,7 +184,7 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 			}
 			if ws := s.ew.GetWorkloadSelector(); ws != nil {
 				e := bundle.EastWest{Owner: s.fqn, Namespace: ws.GetNamespace(), Labels: ws.GetLabels()}
-				if g := gateway(fqn); g != nil {
+				if g := gatewayOf(fqn, s); g != nil {
 					e.Service, e.Address = g.GetNamespace()+"/"+g.GetName(), g.GetAddress()
 					if ranges := m.edges.clusters[fqn].addresses; e.Address != "" && !ranges.Allows(e.Address) {
 						e.Address, e.Refused = "", g.GetAddress()+" (outside "+ranges.String()+")"
@@ -191,7 +210,7 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 					}
 					in := e.instances[name]
 					r := bundle.RemoteInstance{Cluster: name, Ready: in.Ready, Stale: in.Stale}
-					if g := in.Gateway; g != nil {
+					if g := gatewayOf(in.Cluster, s); g != nil {
 						r.Address, r.Port = g.GetAddress(), g.GetPort()
 						// An address outside the ranges its cluster's owner
 						// declared is the agent's word only: not used.
@@ -209,6 +228,87 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 		}
 	}
 	return out
+}
+
+// eastWestIndex holds, per cluster, the Services that may be east-west
+// gateways: those with a selector in a namespace that some setting's
+// workload selector names.
+type eastWestIndex map[string][]ewCandidate // cluster FQN → by namespace and name
+
+type ewCandidate struct {
+	namespace, name string
+	selector        map[string]string
+	address         string
+	port            uint32
+}
+
+func newEastWestIndex(settings []mcSetting, services []registry.Service) eastWestIndex {
+	namespaces := map[string]bool{}
+	for _, s := range settings {
+		if ws := s.ew.GetWorkloadSelector(); ws != nil {
+			namespaces[ws.GetNamespace()] = true
+		}
+	}
+	x := eastWestIndex{}
+	if len(namespaces) == 0 {
+		return x
+	}
+	for _, svc := range services {
+		if !namespaces[svc.Namespace] {
+			continue
+		}
+		port := uint32(defaultEastWestPort)
+		for _, p := range svc.Ports {
+			if p.Name == "tls" {
+				port = p.Number
+			}
+		}
+		for _, in := range svc.Instances {
+			if len(in.Selector) == 0 {
+				continue
+			}
+			x[in.Cluster] = append(x[in.Cluster], ewCandidate{namespace: svc.Namespace, name: svc.Name, selector: in.Selector, address: in.Address, port: port})
+		}
+	}
+	for _, cs := range x {
+		slices.SortFunc(cs, func(a, b ewCandidate) int {
+			return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+		})
+	}
+	return x
+}
+
+// defaultEastWestPort is Istio's AUTO_PASSTHROUGH port, for a gateway
+// Service with no port named "tls".
+const defaultEastWestPort = 15443
+
+// find returns the east-west gateway that ws names in the cluster: the
+// first Service (by name) in ws's namespace whose selector and ws's labels
+// pick the same pods, one containing the other (Istio's own gateway
+// Service selects {istio: eastwestgateway, app: ..., network: ...}, a
+// setting names {istio: eastwestgateway}; a gateway of one's own may be
+// {app: my-ewgw} on both sides). Nil when none does.
+func (x eastWestIndex) find(cluster string, ws *pb.WorkloadSelector) *agentv1.EastWestGateway {
+	labels := ws.GetLabels()
+	if len(labels) == 0 {
+		return nil
+	}
+	for _, c := range x[cluster] {
+		if c.namespace == ws.GetNamespace() && (contains(c.selector, labels) || contains(labels, c.selector)) {
+			return &agentv1.EastWestGateway{Namespace: c.namespace, Name: c.name, Address: c.address, Port: c.port}
+		}
+	}
+	return nil
+}
+
+// contains reports whether every label of sub is in m with its value.
+func contains(m, sub map[string]string) bool {
+	for k, v := range sub {
+		if w, ok := m[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }
 
 // exposedBy returns the settings that expose the service (in any of its

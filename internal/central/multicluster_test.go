@@ -2,6 +2,7 @@ package central
 
 import (
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -165,5 +166,72 @@ func TestReportedAddressesOutsideTheClustersRangesAreNotUsed(t *testing.T) {
 		if r.Cluster == "c2" && r.Address != "10.0.0.2" {
 			t.Errorf("c2's gateway inside its new ranges: %+v", r)
 		}
+	}
+}
+
+// The east-west gateway is the Service that the setting's workload
+// selector names, in each cluster: a gateway of one's own (app: my-ewgw,
+// no istio label) carries the failover of the setting that names it, and
+// a cluster may run several, one per setting.
+func TestTheEastWestGatewayIsTheOneTheSettingNames(t *testing.T) {
+	const acme = "organizations/acme"
+	shop, err := selector.ParseSet([]string{"*/shop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pay, err := selector.ParseSet([]string{"*/pay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMulticluster()
+	own := acme + "/tenants/t/workspaces/shop/workspacesettings/own"
+	std := acme + "/tenants/t/workspaces/pay/workspacesettings/std"
+	m.workspaces[acme+"/tenants/t/workspaces/shop"] = shop
+	m.workspaces[acme+"/tenants/t/workspaces/pay"] = pay
+	expose := []*pb.ExposedServices{{ServiceLabels: map[string]string{"expose": "yes"}}}
+	m.settings[own] = mcSetting{fqn: own, workspace: acme + "/tenants/t/workspaces/shop", org: acme, ew: &pb.EastWestGatewaySettings{
+		WorkloadSelector: &pb.WorkloadSelector{Namespace: "gw", Labels: map[string]string{"app": "my-ewgw"}}, ExposedServices: expose}}
+	m.settings[std] = mcSetting{fqn: std, workspace: acme + "/tenants/t/workspaces/pay", org: acme, ew: &pb.EastWestGatewaySettings{
+		WorkloadSelector: &pb.WorkloadSelector{Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}}, ExposedServices: expose}}
+	clusters := map[string]*clusterEntry{}
+	for _, n := range []string{"c1", "c2"} {
+		clusters[acme+"/clusters/"+n] = &clusterEntry{fqn: acme + "/clusters/" + n, name: n, org: acme}
+	}
+	reg := registry.New()
+	for i, c := range []string{"c1", "c2"} {
+		addr := func(net string) string { return fmt.Sprintf("10.%s.0.%d", net, i+1) }
+		r := &agentv1.Runtime{Seq: 1, Full: true, Services: []*agentv1.ServiceState{
+			{Namespace: "gw", Name: "my-ewgw", Labels: map[string]string{"app": "my-ewgw"}, Selector: map[string]string{"app": "my-ewgw"},
+				ExternalAddress: addr("1"), Ports: []*agentv1.ServicePort{{Name: "tls", Port: 16443, Protocol: "TCP"}}},
+			{Namespace: "istio-system", Name: "istio-eastwestgateway", Labels: map[string]string{"istio": "eastwestgateway"},
+				Selector: map[string]string{"istio": "eastwestgateway", "app": "istio-eastwestgateway"}, ExternalAddress: addr("2"),
+				Ports: []*agentv1.ServicePort{{Name: "tls", Port: 15443, Protocol: "TCP"}}},
+			{Namespace: "gw", Name: "unrelated", Selector: map[string]string{"app": "other"}, ExternalAddress: addr("9")},
+			{Namespace: "shop", Name: "reviews", Labels: map[string]string{"expose": "yes"}, Ports: []*agentv1.ServicePort{{Name: "http", Port: 9080, Protocol: "TCP"}},
+				Endpoints: []*agentv1.LocalityEndpoints{{Ready: 1}}},
+			{Namespace: "pay", Name: "ledger", Labels: map[string]string{"expose": "yes"}, Ports: []*agentv1.ServicePort{{Name: "http", Port: 9080, Protocol: "TCP"}},
+				Endpoints: []*agentv1.LocalityEndpoints{{Ready: 1}}},
+		}}
+		if err := reg.Apply(acme+"/clusters/"+c, r, time.Unix(0, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	c1 := got[acme+"/clusters/c1"]
+	gateways := map[string]string{}
+	for _, e := range c1.EastWest {
+		gateways[e.Owner] = e.Service + "@" + e.Address
+	}
+	if gateways[own] != "gw/my-ewgw@10.1.0.1" || gateways[std] != "istio-system/istio-eastwestgateway@10.2.0.1" {
+		t.Errorf("c1's east-west gateways by setting: %v", gateways)
+	}
+	remotes := map[string]string{}
+	for _, s := range c1.Services {
+		for _, r := range s.Remotes {
+			remotes[s.Namespace+"/"+s.Name] = fmt.Sprintf("%s:%d", r.Address, r.Port)
+		}
+	}
+	if remotes["shop/reviews"] != "10.1.0.2:16443" || remotes["pay/ledger"] != "10.2.0.2:15443" {
+		t.Errorf("c1 reaches c2's services through %v, want shop/reviews through c2's my-ewgw (10.1.0.2:16443) and pay/ledger through its istio gateway (10.2.0.2:15443)", remotes)
 	}
 }

@@ -490,3 +490,73 @@ func TestFailoverConfigCrossesReplicasAndOutlivesThem(t *testing.T) {
 		t.Fatalf("failover config was removed while replicas died and came back: %v", got)
 	}
 }
+
+// An east-west gateway of one's own, whose pods carry app: my-ewgw and no
+// istio label, named by the WorkspaceSetting's workload selector, carries
+// failover exactly as Istio's default one does: the agents' reports find it
+// by the setting's selector, not by a label Flotilla expects.
+func TestAnEastWestGatewayOfOnesOwnCarriesFailover(t *testing.T) {
+	cs := clusters(t)
+	c1, c2 := cs[0], cs[1]
+	ctx := context.Background()
+	for i, c := range []*kcluster{c1, c2} {
+		c.prepareMulticluster(t, fmt.Sprintf("127.0.11.%d", i+1))
+		// No Service labelled istio=eastwestgateway: only one's own.
+		if err := c.kube.CoreV1().Services("istio-system").Delete(ctx, "eastwest", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		gw := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "my-ewgw", Labels: map[string]string{"app": "my-ewgw"},
+			Annotations: map[string]string{"flotilla.io/external-address": fmt.Sprintf("127.0.12.%d", i+1)}},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "my-ewgw"}, Ports: []corev1.ServicePort{{Name: "tls", Port: 16443}}}}
+		_ = c.kube.CoreV1().Services("istio-system").Delete(ctx, "my-ewgw", metav1.DeleteOptions{})
+		if _, err := c.kube.CoreV1().Services("istio-system").Create(ctx, gw, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = c.kube.CoreV1().Services("istio-system").Delete(context.Background(), "my-ewgw", metav1.DeleteOptions{})
+		})
+	}
+	c1.runService(t, "reviews", 1)
+	c2.runService(t, "reviews", 2)
+
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	intent := strings.Replace(multiclusterIntent, "labels: {istio: eastwestgateway}", "labels: {app: my-ewgw}", 1)
+	if r := s.flotilla(intent, "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %+v", r)
+	}
+	for _, c := range cs {
+		token := strings.TrimSpace(s.must("cluster", "onboard", c.name))
+		if err := os.WriteFile(filepath.Join(dir, c.name+".token"), []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		startProcess(t, dir, nil, "agent", "--server", s.url, "--cluster", c.name, "--token-file", filepath.Join(dir, c.name+".token"), "--kubeconfig", c.kubeconfig)
+	}
+	eventually(t, 60*time.Second, "c1's WorkloadEntry for reviews in c2, through c2's own gateway", func() error {
+		o, err := c1.get(workloadEntryGVR, "shop", "reviews-c2")
+		if err != nil {
+			return err
+		}
+		spec, _ := o.Object["spec"].(map[string]any)
+		if ports, _ := spec["ports"].(map[string]any); spec["address"] != "127.0.12.2" || fmt.Sprint(ports["http"]) != "16443" {
+			return fmt.Errorf("reviews-c2 is %v, want address 127.0.12.2 and port 16443", spec)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the Gateway in each cluster selects the gateway's pods", func() error {
+		for _, c := range cs {
+			o, err := c.get(gatewayGVR, "istio-system", "flotilla-eastwest")
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			if sel, _, _ := unstructured.NestedStringMap(o.Object, "spec", "selector"); sel["app"] != "my-ewgw" {
+				return fmt.Errorf("%s: the east-west Gateway selects %v", c.name, sel)
+			}
+		}
+		return nil
+	})
+	// Status says nothing of a missing east-west gateway.
+	if r := s.must("get", "compiled", "--cluster", "c1"); strings.Contains(r, "no east-west gateway Service") || strings.Contains(r, "has no address") {
+		t.Errorf("c1's compiled output still reports a missing gateway:\n%s", r)
+	}
+}
