@@ -1,15 +1,19 @@
 package cli_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"flotilla.io/flotilla/internal/apiserver"
+	"flotilla.io/flotilla/internal/cli"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store/sqlite"
 	"flotilla.io/flotilla/internal/testauth"
@@ -35,20 +39,34 @@ func serveAt(t *testing.T, ln net.Listener) string {
 	return token
 }
 
-// hostAddress is an address of this machine that is not loopback.
-func hostAddress(t *testing.T) string {
-	t.Helper()
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
-			return n.IP.String()
+// TestMain runs the flotilla command itself when a test starts this binary
+// as the CLI (FLOTILLA_TEST_CLI_ARGS set, arguments separated by \x1f): a
+// process of its own, so that it reads HTTP_PROXY afresh.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("FLOTILLA_TEST_CLI_ARGS"); args != "" {
+		root := cli.NewRoot(os.Stdin, os.Stdout, os.Stderr)
+		root.SetArgs(strings.Split(args, "\x1f"))
+		if err := root.ExecuteContext(context.Background()); err != nil {
+			fmt.Fprintln(os.Stderr, "error:", err)
+			os.Exit(1)
 		}
+		os.Exit(0)
 	}
-	t.Skip("this machine has no non-loopback IPv4 address to serve on")
-	return ""
+	os.Exit(m.Run())
+}
+
+// runThroughProxy runs the CLI in a child process whose HTTP proxy is
+// proxy: a server named by a host beyond loopback is reached on loopback,
+// and nothing leaves the machine.
+func runThroughProxy(t *testing.T, proxy, token string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "FLOTILLA_TEST_CLI_ARGS="+strings.Join(args, "\x1f"), "FLOTILLA_TOKEN="+token,
+		"HTTP_PROXY="+proxy, "http_proxy="+proxy, "NO_PROXY=", "no_proxy=")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
 }
 
 // A command that sends a credential to a plain http:// server across a
@@ -66,13 +84,17 @@ func TestCommandsWarnOfACredentialInClearTextBeyondLoopback(t *testing.T) {
 		t.Fatalf("whoami over loopback: %v %q, stderr %q (want no warning)", err, out, stderr)
 	}
 
-	far, err := net.Listen("tcp", net.JoinHostPort(hostAddress(t), "0"))
+	// A server named by a host beyond loopback (reached, here, through a
+	// proxy on loopback: the API server itself, which takes absolute
+	// request URIs).
+	far, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("FLOTILLA_TOKEN", serveAt(t, far))
-	url := "http://" + far.Addr().String()
-	out, stderr, err = run(t, "whoami", "--server", url)
+	farToken := serveAt(t, far)
+	proxy := "http://" + far.Addr().String()
+	url := "http://flotilla.example.test:8080"
+	out, stderr, err = runThroughProxy(t, proxy, farToken, "whoami", "--server", url)
 	if err != nil || !strings.Contains(out, "user:admin") {
 		t.Fatalf("whoami over %s: %v %q %q", url, err, out, stderr)
 	}
@@ -86,7 +108,7 @@ func TestCommandsWarnOfACredentialInClearTextBeyondLoopback(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("fla_wrong\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, stderr, err = run(t, "login", "--server", url, "--bootstrap-file", bad)
+	_, stderr, err = runThroughProxy(t, proxy, "", "login", "--server", url, "--bootstrap-file", bad)
 	if err == nil || !strings.Contains(stderr, "travels in clear text") {
 		t.Fatalf("login over %s: %v, stderr %q", url, err, stderr)
 	}
