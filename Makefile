@@ -15,7 +15,7 @@ CONNECT_GO_VERSION     := v1.21.1
 
 include tools/localfleet/localfleet.mk
 
-.PHONY: all build run test test-short generate tools lint clean bench ui
+.PHONY: all build run test test-short generate tools lint clean bench bench-smoke ui
 
 all: build
 
@@ -44,10 +44,15 @@ run: build fleet-istio
 	./scripts/run.sh
 
 ## test: every test, with the race detector, against a real local fleet and PostgreSQL,
-## then the local fleet's own tests (its module is separate)
+## then the local fleet's own tests (its module is separate), then every benchmark once
 test: $(UI) fleet-workloads fleet-istio $(BIN)/dex $(BIN)/externaldns-crd.yaml
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory fleet-test
+	$(MAKE) --no-print-directory bench-smoke
+
+## bench-smoke: every benchmark once (-benchtime 1x), so that benchmark code cannot rot (about 3 minutes)
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 15m ./bench/...
 
 ## test-short: unit tests only (no fleet, no database)
 test-short:
