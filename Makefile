@@ -93,10 +93,10 @@ generate: tools web/node_modules/.stamp
 	cd web && npm run generate
 
 ## lint: gofmt and go vet, here and in the local fleet's modules
+# vet -race compiles the dependencies as `make test` does, so the test run
+# reuses them (docs/benchmarks.md: a cold build saves about 2 minutes).
 lint: fleet-lint
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	# -race: vet compiles the dependencies as `make test` does, so the
-	# test run reuses them (a cold CI saves about 2 minutes of 13).
 	$(GO) vet -race ./...
 
 clean:
