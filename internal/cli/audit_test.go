@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -17,10 +16,8 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
-	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/cli"
 	"flotilla.io/flotilla/internal/resource"
-	"flotilla.io/flotilla/internal/store/sqlite"
 	"flotilla.io/flotilla/internal/testauth"
 )
 
@@ -29,24 +26,12 @@ import (
 // FLOTILLA_TOKEN for the CLI.
 func auditServer(t *testing.T, n int) string {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "flotilla.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth, token := testauth.New(t)
-	srv := apiserver.New(resource.Builtin(), st, slog.New(slog.DiscardHandler), apiserver.WithAuth(auth))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		st.Close()
-	})
+	token := serveAt(t, ln)
+	ctx := context.Background()
 	url := "http://" + ln.Addr().String()
 	c := flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, url, testauth.Bearer(token))
 	resources := []*pb.Resource{{ApiVersion: resource.APIVersion, Kind: "Organization", Metadata: &pb.Metadata{Name: "acme"}, Spec: &structpb.Struct{}}}
