@@ -181,7 +181,14 @@ func (a *Audit) query(since *timestamppb.Timestamp, kind, fqn string, refused bo
 	if since != nil {
 		q.Since = since.AsTime()
 	}
-	if kind != "" {
+	switch {
+	case strings.EqualFold(kind, auditKindSigningKey) || strings.EqualFold(kind, auditKindBootstrap):
+		// Server-wide state, no resource kind: its operations' records.
+		q.Kind = auditKindSigningKey
+		if strings.EqualFold(kind, auditKindBootstrap) {
+			q.Kind = auditKindBootstrap
+		}
+	case kind != "":
 		k, ok := a.reg.Lookup(kind)
 		if !ok {
 			return q, connect.NewError(connect.CodeInvalidArgument, a.reg.UnknownKind(kind))

@@ -445,6 +445,16 @@ func TestSigningKeyOperationsAreReadByServerAdministratorsOnly(t *testing.T) {
 		}
 		return list
 	}
+	// The operations of one kind of server-wide state are filtered by it.
+	for kind, want := range map[string]int{"SigningKey": 1, "signingkey": 1, "BootstrapCredential": 0} {
+		out, err := s.audit.ListAudit(ctx, connect.NewRequest(&pb.ListAuditRequest{Kind: kind}))
+		if err != nil {
+			t.Fatalf("audit of kind %s: %v", kind, err)
+		}
+		if got := len(out.Msg.GetRecords()); got != want {
+			t.Errorf("audit of kind %s: %d records, want %d", kind, got, want)
+		}
+	}
 	for who, want := range map[string]bool{"user:ops@example.com": true, "user:rita@example.com": false, "user:ada@example.com": false} {
 		if got := sees(who); got != want {
 			t.Errorf("%s reads the rotation's record: %v, want %v", who, got, want)
