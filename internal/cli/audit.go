@@ -68,7 +68,9 @@ binding's, to whoever may read bindings on its target.`,
 				}
 				sinceTS = timestamppb.New(time.Now().Add(-d))
 			}
-			if kind != "" {
+			// SigningKey and BootstrapCredential name server-wide state, not
+			// a resource kind: the server takes them as they are.
+			if kind != "" && !strings.EqualFold(kind, "SigningKey") && !strings.EqualFold(kind, "BootstrapCredential") {
 				k, err := e.kindArg(kind)
 				if err != nil {
 					return err
@@ -118,7 +120,7 @@ binding's, to whoever may read bindings on its target.`,
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "", "only records newer than this, e.g. 30m, 2h, 7d")
-	cmd.Flags().StringVar(&kind, "kind", "", "only this kind")
+	cmd.Flags().StringVar(&kind, "kind", "", "only this kind (also SigningKey or BootstrapCredential: the operations on them)")
 	cmd.Flags().StringVar(&fqn, "fqn", "", "only this resource and its descendants")
 	cmd.Flags().IntVar(&limit, "limit", defaultAuditLimit, "at most this many of the newest records; 0 for all")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, yaml, json or jsonl (one JSON record a line)")

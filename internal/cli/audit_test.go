@@ -141,3 +141,16 @@ func TestAuditRefusesFlagsThatContradictAnExport(t *testing.T) {
 		}
 	}
 }
+
+// `audit --kind SigningKey` lists the signing-key operations, which no
+// resource kind names.
+func TestAuditOfTheSigningKeysOperations(t *testing.T) {
+	auditServer(t, 0)
+	if _, stderr, err := run(t, "auth", "keys", "rotate"); err != nil {
+		t.Fatalf("rotate: %v %s", err, stderr)
+	}
+	out, stderr, err := run(t, "audit", "--kind", "SigningKey")
+	if err != nil || !strings.Contains(out, "RotateSigningKey") || strings.Contains(out, "Organization") {
+		t.Fatalf("audit --kind SigningKey: %v %q %q, want the rotation only", err, out, stderr)
+	}
+}
