@@ -63,6 +63,9 @@ func Parse(entries []string) (Set, error) {
 	return s, nil
 }
 
+// None is a set that allows no address.
+func None() Set { return Set{text: "none"} }
+
 // Declared reports whether the set has any range.
 func (s Set) Declared() bool { return s.text != "" }
 

@@ -181,13 +181,9 @@ func (a *Audit) query(since *timestamppb.Timestamp, kind, fqn string, refused bo
 	if since != nil {
 		q.Since = since.AsTime()
 	}
-	switch {
-	case strings.EqualFold(kind, auditKindSigningKey) || strings.EqualFold(kind, auditKindBootstrap):
-		// Server-wide state, no resource kind: its operations' records.
-		q.Kind = auditKindSigningKey
-		if strings.EqualFold(kind, auditKindBootstrap) {
-			q.Kind = auditKindBootstrap
-		}
+	switch k := ServerWideAuditKind(kind); {
+	case k != "":
+		q.Kind = k
 	case kind != "":
 		k, ok := a.reg.Lookup(kind)
 		if !ok {

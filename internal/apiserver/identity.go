@@ -200,6 +200,18 @@ const (
 	auditKindBootstrap  = "BootstrapCredential"
 )
 
+// ServerWideAuditKind returns the audit kind of server-wide state that
+// name spells (in any case), or "" when it names none: no resource kind
+// names these, so the audit's kind filter takes them besides the registry's.
+func ServerWideAuditKind(name string) string {
+	for _, k := range []string{auditKindSigningKey, auditKindBootstrap} {
+		if strings.EqualFold(name, k) {
+			return k
+		}
+	}
+	return ""
+}
+
 // recordOperation audits an operation already carried out. When the record
 // cannot be written, the caller is told so (the operation stands: the
 // server log keeps it), rather than shown a success the audit lacks.

@@ -87,7 +87,7 @@ func (e *edges) apply(ev store.Event) (bool, error) {
 		if info.addresses, err = addrrange.Parse(spec.GetAddressRanges()); err != nil {
 			// Validated on write; a stored one that does not parse allows
 			// nothing rather than everything.
-			info.addresses, _ = addrrange.Parse([]string{"0.0.0.0/32"})
+			info.addresses = addrrange.None()
 			err = fmt.Errorf("stored %s: spec.addressRanges%w", r.FQN, err)
 		}
 		old, had := e.clusters[r.FQN]

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/apiserver"
 )
 
 // parseSince accepts Go durations plus days ("7d").
@@ -68,9 +69,7 @@ binding's, to whoever may read bindings on its target.`,
 				}
 				sinceTS = timestamppb.New(time.Now().Add(-d))
 			}
-			// SigningKey and BootstrapCredential name server-wide state, not
-			// a resource kind: the server takes them as they are.
-			if kind != "" && !strings.EqualFold(kind, "SigningKey") && !strings.EqualFold(kind, "BootstrapCredential") {
+			if kind != "" && apiserver.ServerWideAuditKind(kind) == "" {
 				k, err := e.kindArg(kind)
 				if err != nil {
 					return err
