@@ -100,6 +100,7 @@ func CompileIn(b *bundle.Bundle, in Cluster) Result {
 		c.multicluster(b.Multicluster)
 	}
 	c.serviceRoutes()
+	c.gatewayServices()
 	return c.result()
 }
 
@@ -123,7 +124,9 @@ type compilation struct {
 	trustDomains  []string
 	nsSettings    map[string]*namespaceSettings
 	nsSorted      []string
-	routes        []serviceRoute // ServiceRoutes, compiled after the settings
+	routes        []serviceRoute          // ServiceRoutes, compiled after the settings
+	routeOf       map[string]serviceRoute // the ServiceRoutes written, by host
+	gateways      []gatewayService        // IngressGateways' VirtualServices, emitted after the ServiceRoutes
 	hostsOf       map[string][]string
 	// failoverLB is the localityLbSetting of exposed services whose
 	// DestinationRule a ServiceRoute writes, by host.
@@ -145,6 +148,7 @@ func newCompilation(b *bundle.Bundle, in Cluster) *compilation {
 		cache:       in.Cache,
 		settingObjs: map[string][]settingObject{},
 		failoverLB:  map[string]map[string]any{},
+		routeOf:     map[string]serviceRoute{},
 		nsSettings:  map[string]*namespaceSettings{},
 	}
 	for _, ns := range in.Namespaces {

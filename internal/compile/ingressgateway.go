@@ -72,8 +72,8 @@ func (c *compilation) ingressGateway(o bundle.Object, t target) {
 		return
 	}
 	c.emit(o.FQN, gatewayAPIVersion, gatewayKind, ns, o.Name, gatewaySpec(ws.GetLabels(), servers))
-	for _, vs := range services {
-		c.emit(o.FQN, virtualServiceAPIVersion, virtualServiceKind, ns, vs.name, virtualServiceSpec(vs))
+	for _, vs := range services { // emitted by gatewayServices, once the ServiceRoutes are known
+		c.gateways = append(c.gateways, gatewayService{owner: o.FQN, namespace: ns, vs: vs})
 	}
 }
 

@@ -82,6 +82,7 @@ func (c *compilation) serviceRoutes() {
 		}
 		c.emit(r.fqn, networkingAPIVersion, "DestinationRule", r.ns, r.name, c.routeDestinationRule(r, s))
 		c.emit(r.fqn, networkingAPIVersion, "VirtualService", r.ns, r.name, routeVirtualService(r, s))
+		c.routeOf[host] = r
 	}
 }
 
@@ -126,75 +127,64 @@ func (c *compilation) routeDestinationRule(r serviceRoute, s *namespaceSettings)
 
 func routeVirtualService(r serviceRoute, s *namespaceSettings) map[string]any {
 	host := r.host()
-	dest := func(subset string, weight int32, weighted bool) map[string]any {
-		d := map[string]any{"destination": map[string]any{"host": host, "subset": subset}}
-		if subset == "" {
-			d["destination"] = map[string]any{"host": host}
+	var http []any
+	for _, rule := range routeRules(r.spec) {
+		route := map[string]any{"name": rule.name, "route": destinationsSpec(host, 0, rule.dests)}
+		if len(rule.matches) > 0 {
+			route["match"] = matchesSpec(rule.matches)
 		}
-		if weighted {
-			d["weight"] = int64(weight)
-		}
-		return d
-	}
-	resilience := func(route map[string]any) map[string]any {
 		if f, ok := s.fields["traffic.resilience.timeout"]; ok {
 			route["timeout"] = protoDuration(f.Value.(string))
 		}
 		if f, ok := s.fields["traffic.resilience.retries"]; ok {
 			route["retries"] = retriesSpec(f.Value.(*pb.Retries))
 		}
-		return route
+		http = append(http, route)
 	}
-	var http []any
-	for i, hr := range r.spec.GetHttpRoutes() {
-		route := map[string]any{"name": hr.GetName()}
-		if hr.GetName() == "" {
-			route["name"] = "route-" + strconv.Itoa(i)
-		}
-		var matches []any
-		for _, m := range hr.GetMatch() {
-			match := map[string]any{}
-			if m.GetPathPrefix() != "" {
-				match["uri"] = map[string]any{"prefix": m.GetPathPrefix()}
-			}
-			if len(m.GetHeaders()) > 0 {
-				headers := map[string]any{}
-				for _, k := range sortedKeys(m.GetHeaders()) {
-					headers[k] = map[string]any{"exact": m.GetHeaders()[k]}
-				}
-				match["headers"] = headers
-			}
-			matches = append(matches, match)
-		}
-		if len(matches) > 0 {
-			route["match"] = matches
-		}
-		var dests []any
-		for _, d := range hr.GetDestination() {
-			dests = append(dests, dest(d.GetSubset(), d.GetWeight(), len(hr.GetDestination()) > 1))
-		}
-		route["route"] = dests
-		http = append(http, resilience(route))
-	}
-	// The default route: the weighted split, else the one subset, else the
-	// service itself.
-	var dests []any
-	var weighted []*pb.Subset
-	for _, ss := range r.spec.GetSubsets() {
-		if ss.GetWeight() > 0 {
-			weighted = append(weighted, ss)
-		}
-	}
-	switch {
-	case len(weighted) > 0:
-		for _, ss := range weighted {
-			dests = append(dests, dest(ss.GetName(), ss.GetWeight(), len(weighted) > 1))
-		}
-	case len(r.spec.GetSubsets()) == 1:
-		dests = append(dests, dest(r.spec.GetSubsets()[0].GetName(), 0, false))
-	default:
-		dests = append(dests, dest("", 0, false))
-	}
-	http = append(http, resilience(map[string]any{"name": "default", "route": dests}))
 	return map[string]any{"hosts": []any{host}, "http": http}
+}
+
+// routeRule is one route of a ServiceRoute: requests that match any of
+// matches (every request when there are none) go to dests.
+type routeRule struct {
+	name    string
+	matches []httpMatch
+	dests   []destination
+}
+
+// routeRules returns the routes of a valid ServiceRoute in the order Istio
+// tries them: its http routes, then the default route (the weighted split,
+// else the one subset, else the service itself).
+func routeRules(spec *pb.ServiceRouteSpec) []routeRule {
+	var rules []routeRule
+	for i, hr := range spec.GetHttpRoutes() {
+		rule := routeRule{name: hr.GetName()}
+		if rule.name == "" {
+			rule.name = "route-" + strconv.Itoa(i)
+		}
+		for _, m := range hr.GetMatch() {
+			match := httpMatch{}
+			if p := m.GetPathPrefix(); p != "" {
+				match.uri = &stringMatch{kind: "prefix", value: p}
+			}
+			for _, k := range sortedKeys(m.GetHeaders()) {
+				match.headers = append(match.headers, headerMatch{name: k, match: stringMatch{kind: "exact", value: m.GetHeaders()[k]}})
+			}
+			rule.matches = append(rule.matches, match)
+		}
+		for _, d := range hr.GetDestination() {
+			rule.dests = append(rule.dests, destination{subset: d.GetSubset(), weight: d.GetWeight()})
+		}
+		rules = append(rules, rule)
+	}
+	def := routeRule{name: "default"}
+	for _, ss := range spec.GetSubsets() {
+		if ss.GetWeight() > 0 {
+			def.dests = append(def.dests, destination{subset: ss.GetName(), weight: ss.GetWeight()})
+		}
+	}
+	if len(def.dests) == 0 && len(spec.GetSubsets()) == 1 {
+		def.dests = []destination{{subset: spec.GetSubsets()[0].GetName()}}
+	}
+	return append(rules, def)
 }

@@ -16,11 +16,22 @@ type virtualService struct {
 }
 
 // httpRoute sends requests that match any of matches (every request when
-// there are none) to the service host, on port when it is not 0.
+// there are none) to the service host, on port when it is not 0: to dests,
+// the subsets of a ServiceRoute of host (gatewayroutes.go), or to the
+// service itself when there are none.
 type httpRoute struct {
 	matches []httpMatch
 	host    string
 	port    uint32
+	dests   []destination
+}
+
+// destination is one destination of a route: a subset of its service, or
+// the whole service when subset is "". Weights count only when a route has
+// more than one destination; they then sum to 100.
+type destination struct {
+	subset string
+	weight int32
 }
 
 // httpMatch holds when the URI (if set) and every header match.
@@ -49,30 +60,9 @@ func virtualServiceSpec(vs virtualService) map[string]any {
 	}
 	http := make([]any, 0, len(vs.routes))
 	for _, r := range vs.routes {
-		dest := map[string]any{"host": r.host}
-		if r.port != 0 {
-			dest["port"] = map[string]any{"number": int64(r.port)}
-		}
-		route := map[string]any{
-			"route": []any{map[string]any{"destination": dest}},
-		}
+		route := map[string]any{"route": destinationsSpec(r.host, r.port, r.dests)}
 		if len(r.matches) > 0 {
-			matches := make([]any, 0, len(r.matches))
-			for _, m := range r.matches {
-				match := map[string]any{}
-				if m.uri != nil {
-					match["uri"] = m.uri.spec()
-				}
-				if len(m.headers) > 0 {
-					headers := make(map[string]any, len(m.headers))
-					for _, h := range m.headers {
-						headers[h.name] = h.match.spec()
-					}
-					match["headers"] = headers
-				}
-				matches = append(matches, match)
-			}
-			route["match"] = matches
+			route["match"] = matchesSpec(r.matches)
 		}
 		http = append(http, route)
 	}
@@ -81,4 +71,48 @@ func virtualServiceSpec(vs virtualService) map[string]any {
 		"gateways": []any{vs.gateway},
 		"http":     http,
 	}
+}
+
+// destinationsSpec returns a route's destinations on host (and port, when
+// not 0): dests, or the host itself when there are none.
+func destinationsSpec(host string, port uint32, dests []destination) []any {
+	if len(dests) == 0 {
+		dests = []destination{{}}
+	}
+	out := make([]any, 0, len(dests))
+	for _, d := range dests {
+		dest := map[string]any{"host": host}
+		if d.subset != "" {
+			dest["subset"] = d.subset
+		}
+		if port != 0 {
+			dest["port"] = map[string]any{"number": int64(port)}
+		}
+		route := map[string]any{"destination": dest}
+		if len(dests) > 1 {
+			route["weight"] = int64(d.weight)
+		}
+		out = append(out, route)
+	}
+	return out
+}
+
+// matchesSpec returns Istio's HTTPMatchRequests of matches.
+func matchesSpec(matches []httpMatch) []any {
+	out := make([]any, 0, len(matches))
+	for _, m := range matches {
+		match := map[string]any{}
+		if m.uri != nil {
+			match["uri"] = m.uri.spec()
+		}
+		if len(m.headers) > 0 {
+			headers := make(map[string]any, len(m.headers))
+			for _, h := range m.headers {
+				headers[h.name] = h.match.spec()
+			}
+			match["headers"] = headers
+		}
+		out = append(out, match)
+	}
+	return out
 }

@@ -94,11 +94,17 @@ spec:
 // namespace ns would be told, until check passes (30 s at most).
 func (c *kcluster) sidecar(t *testing.T, ns, what string, check func(*xdsprobe.Snapshot) error) {
 	t.Helper()
+	c.xds(t, xdsprobe.Proxy{Namespace: ns, Workload: "productpage", Labels: map[string]string{"app": "productpage"},
+		Cluster: c.name, Network: c.info.Network, Region: c.info.Region, Zone: c.info.Zone}, what, check)
+}
+
+// xds fetches, through the cluster's istiod, what proxy p would be told,
+// until check passes (30 s at most).
+func (c *kcluster) xds(t *testing.T, p xdsprobe.Proxy, what string, check func(*xdsprobe.Snapshot) error) {
+	t.Helper()
 	if c.info.Istiod == nil {
 		t.Fatalf("%s has no istiod: start the fleet with Istio", c.name)
 	}
-	p := xdsprobe.Proxy{Namespace: ns, Workload: "productpage", Labels: map[string]string{"app": "productpage"},
-		Cluster: c.name, Network: c.info.Network, Region: c.info.Region, Zone: c.info.Zone}
 	var last error
 	deadline := time.Now().Add(30 * time.Second)
 	for attempt := 0; attempt < 300 && time.Now().Before(deadline); attempt++ {
