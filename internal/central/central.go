@@ -46,7 +46,7 @@ type Central struct {
 
 	// The stored runtime snapshots this replica has read (see runtime.go);
 	// guarded by mu.
-	runtimeMark int64            // the store's runtime write count at the last complete read
+	runtimeMark int64            // the mark of the runtime feed's last complete read (store.Runtimes)
 	runtimeGens map[string]int64 // by cluster FQN: the Gen of the snapshot last read
 }
 

@@ -307,11 +307,12 @@ type Store interface {
 	// overwritten, deleted with the record. Other processes on the same
 	// database are woken (Changed), so that they read it soon.
 	PutRuntime(ctx context.Context, writes []RuntimeWrite) (fenced []string, err error)
-	// Runtimes returns the stored snapshots whose Gen differs from have's
-	// (an FQN missing from have: every stored one), ordered by FQN, and
-	// mark, which counts the store's runtime writes. When since equals the
-	// current mark, nothing was written since the call that returned it,
-	// and nothing more is read: a caller may ask on every wake-up.
+	// Runtimes is a change feed of the stored snapshots: it returns those
+	// written since the call that returned since as its mark (every one
+	// when since is 0 or less) whose Gen differs from have's (an FQN missing
+	// from have: every one), ordered by FQN, and the mark to pass next. It
+	// reads only those rows, so a caller may ask on every wake-up; the mark
+	// may move when nothing was written.
 	Runtimes(ctx context.Context, since int64, have map[string]int64) (out []Runtime, mark int64, err error)
 	// Compact discards events at or below rev; audit records are kept.
 	Compact(ctx context.Context, rev int64) error

@@ -150,3 +150,62 @@ func TestDescendantsAreFoundWhateverTheDatabaseCollation(t *testing.T) {
 		t.Errorf("audit under organizations/o holds %d records, want 3", len(audit))
 	}
 }
+
+// A runtime write whose transaction began before another's but commits
+// after it is still in the feed: a reader's mark is the oldest transaction
+// running when it read, not the newest write it saw.
+func TestARuntimeWriteThatCommitsLateIsStillInTheFeed(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	st, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	epochs := map[string]int64{}
+	for _, name := range []string{"late", "early"} {
+		fqn := "organizations/" + name
+		if err := st.Update(ctx, "a", func(tx store.Tx) error {
+			_, err := tx.Put(ctx, store.Record{Kind: "Organization", FQN: fqn, Name: name, Spec: json.RawMessage(`{}`)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if epochs[fqn], err = st.ClaimStatus(ctx, fqn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, mark, err := st.Runtimes(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	// The late writer takes its transaction ID first and holds it open.
+	late, err := raw.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback()
+	if _, err := late.ExecContext(ctx, `UPDATE status SET runtime_bytes = 'late', runtime_gen = runtime_gen + 1, runtime_time = 1, runtime_seq = `+postgres.Dialect.RuntimeSeq+` WHERE fqn = 'organizations/late'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutRuntime(ctx, []store.RuntimeWrite{{FQN: "organizations/early", Epoch: epochs["organizations/early"], Runtime: []byte("early")}}); err != nil {
+		t.Fatal(err)
+	}
+	got, mark, err := st.Runtimes(ctx, mark, nil)
+	if err != nil || len(got) != 1 || got[0].FQN != "organizations/early" {
+		t.Fatalf("with the late writer still open, the feed holds %+v, %v; want the early write alone", got, err)
+	}
+	have := map[string]int64{got[0].FQN: got[0].Gen}
+	if err := late.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err = st.Runtimes(ctx, mark, have)
+	if err != nil || len(got) != 1 || got[0].FQN != "organizations/late" || string(got[0].Runtime) != "late" {
+		t.Fatalf("after the late writer commits, the feed since the last mark holds %+v, %v; want the late write", got, err)
+	}
+}

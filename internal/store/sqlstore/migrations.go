@@ -130,5 +130,31 @@ ALTER TABLE refused ALTER COLUMN fqn TYPE TEXT COLLATE "C";
 ALTER TABLE status ALTER COLUMN fqn TYPE TEXT COLLATE "C";
 ALTER TABLE credentials ALTER COLUMN cluster TYPE TEXT COLLATE "C"`
 	}
-	return []string{v1, v2, v3, v4, v5, v6, v7, v8, v9}
+	// v10 stores runtime snapshots as bytes (runtime_bytes; v6 kept them as
+	// base64 text) and numbers their writes for a change feed: a reader
+	// asks for the rows whose runtime_seq is at or above the mark its last
+	// read returned, through an index, instead of scanning the fleet. On
+	// PostgreSQL runtime_seq is the writing transaction's ID and the mark
+	// the oldest transaction still running when the reader looked, so no
+	// row is shared by the writers (v6's counter row in meta was written by
+	// every runtime write of every replica); a transaction that commits
+	// late is still read, since its ID is at or above that mark. SQLite has
+	// one writer at a time, so the counter stays and numbers the writes.
+	// SQLite has no base64 decoder in SQL: its rows written before v10
+	// keep their text until their next write, and are read from it.
+	v10 := `
+ALTER TABLE status ADD COLUMN runtime_bytes BLOB;
+ALTER TABLE status ADD COLUMN runtime_seq BIGINT NOT NULL DEFAULT 0;
+UPDATE status SET runtime_seq = 1 WHERE runtime_gen > 0;
+UPDATE meta SET value = 1 WHERE key = 'runtime';
+CREATE INDEX status_runtime_seq ON status (runtime_seq)`
+	if dialect == "postgres" {
+		v10 = `
+ALTER TABLE status ADD COLUMN runtime_bytes BYTEA;
+ALTER TABLE status ADD COLUMN runtime_seq BIGINT NOT NULL DEFAULT 0;
+UPDATE status SET runtime_bytes = decode(runtime, 'base64'), runtime = '', runtime_seq = 1 WHERE runtime_gen > 0;
+DELETE FROM meta WHERE key = 'runtime';
+CREATE INDEX status_runtime_seq ON status (runtime_seq)`
+	}
+	return []string{v1, v2, v3, v4, v5, v6, v7, v8, v9, v10}
 }

@@ -40,6 +40,12 @@ type Dialect struct {
 	// revision, so that other processes on the same database learn of the
 	// commit (PostgreSQL's NOTIFY is delivered at commit).
 	NotifyTx string
+	// The runtime change feed (migration v10). RuntimeSeqTx, when set, runs
+	// first in each runtime write transaction; RuntimeSeq is the
+	// runtime_seq of a row it writes; RuntimeMark, read in the same
+	// statement as the changed rows, is at or below the runtime_seq of
+	// every row written after that statement.
+	RuntimeSeqTx, RuntimeSeq, RuntimeMark string
 }
 
 // DB is a store.Store over a *sql.DB.
@@ -986,17 +992,23 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 	return fenced, nil
 }
 
-// PutRuntime implements store.Store. Snapshots are stored as base64 text:
-// the column type both databases share.
+// PutRuntime implements store.Store. Each written row's runtime_seq puts
+// it in the change feed that Runtimes reads.
 func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]string, error) {
 	var fenced []string
 	now := d.now().UnixNano()
+	update := `UPDATE status SET runtime_bytes = $1, runtime = '', runtime_gen = runtime_gen + 1, runtime_time = $2, runtime_seq = ` +
+		d.dialect.RuntimeSeq + ` WHERE fqn = $3 AND epoch = $4`
 	err := d.statusTx(ctx, func(q querier) error {
 		fenced = fenced[:0]
 		wrote := false
+		if d.dialect.RuntimeSeqTx != "" {
+			if _, err := q.ExecContext(ctx, d.dialect.RuntimeSeqTx); err != nil {
+				return fmt.Errorf("number the runtime write: %w", err)
+			}
+		}
 		for _, w := range writes {
-			res, err := q.ExecContext(ctx, `UPDATE status SET runtime = $1, runtime_gen = runtime_gen + 1, runtime_time = $2 WHERE fqn = $3 AND epoch = $4`,
-				base64.StdEncoding.EncodeToString(w.Runtime), now, w.FQN, w.Epoch)
+			res, err := q.ExecContext(ctx, update, w.Runtime, now, w.FQN, w.Epoch)
 			if err != nil {
 				return fmt.Errorf("write runtime of %s: %w", w.FQN, err)
 			}
@@ -1016,9 +1028,6 @@ func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]str
 		}
 		if !wrote {
 			return nil
-		}
-		if _, err := q.ExecContext(ctx, `UPDATE meta SET value = value + 1 WHERE key = 'runtime'`); err != nil {
-			return fmt.Errorf("count runtime writes: %w", err)
 		}
 		if d.dialect.NotifyTx != "" {
 			if _, err := q.tx.ExecContext(ctx, d.dialect.NotifyTx); err != nil {
@@ -1051,54 +1060,43 @@ func missedWrite(ctx context.Context, q querier, what, fqn string, epoch int64) 
 	return false, false, fmt.Errorf("write %s of %s at epoch %d: no session claimed it (latest claim %d)", what, fqn, epoch, stored)
 }
 
-// Runtimes implements store.Store.
+// Runtimes implements store.Store: one indexed read of the rows written
+// at or after since (the feed may hand back a row again while an older
+// transaction is still open; have filters it out).
 func (d *DB) Runtimes(ctx context.Context, since int64, have map[string]int64) ([]store.Runtime, int64, error) {
-	q := querier{d: d}
-	var mark int64
-	if err := q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'runtime'`, nil, &mark); err != nil {
-		return nil, 0, fmt.Errorf("read the runtime write count: %w", err)
-	}
-	if mark == since {
-		return nil, mark, nil
-	}
-	rows, err := q.QueryContext(ctx, `SELECT fqn, runtime_gen FROM status WHERE runtime_gen > 0 ORDER BY fqn`)
+	rows, err := d.db.QueryContext(ctx, `SELECT m.mark, s.fqn, s.epoch, s.runtime_gen, s.runtime_bytes, s.runtime, s.runtime_time
+FROM (SELECT `+d.dialect.RuntimeMark+` AS mark) m
+LEFT JOIN status s ON s.runtime_seq >= $1 AND s.runtime_gen > 0
+ORDER BY s.fqn`, since)
 	if err != nil {
-		return nil, 0, fmt.Errorf("list runtime snapshots: %w", err)
+		return nil, 0, fmt.Errorf("read the runtime snapshots written since %d: %w", since, err)
 	}
-	var want []string
+	defer rows.Close()
+	var (
+		out  []store.Runtime
+		mark int64
+	)
 	for rows.Next() {
-		var fqn string
-		var gen int64
-		if err := rows.Scan(&fqn, &gen); err != nil {
-			rows.Close()
+		var (
+			fqn, legacy    sql.NullString
+			epoch, gen, at sql.NullInt64
+			snapshot       []byte
+		)
+		if err := rows.Scan(&mark, &fqn, &epoch, &gen, &snapshot, &legacy, &at); err != nil {
 			return nil, 0, err
 		}
-		if have[fqn] != gen {
-			want = append(want, fqn)
+		if !fqn.Valid || have[fqn.String] == gen.Int64 {
+			continue // no row changed (the join's one row), or one the caller has
 		}
+		if snapshot == nil && legacy.String != "" { // written before v10 on SQLite
+			if snapshot, err = base64.StdEncoding.DecodeString(legacy.String); err != nil {
+				return nil, 0, fmt.Errorf("read the runtime snapshot of %s: %w", fqn.String, err)
+			}
+		}
+		out = append(out, store.Runtime{FQN: fqn.String, Epoch: epoch.Int64, Gen: gen.Int64, Runtime: snapshot, Time: time.Unix(0, at.Int64).UTC()})
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, 0, err
-	}
-	out := make([]store.Runtime, 0, len(want))
-	for _, fqn := range want {
-		var (
-			r       = store.Runtime{FQN: fqn}
-			text    string
-			written int64
-		)
-		err := q.scanOne(ctx, `SELECT epoch, runtime_gen, runtime, runtime_time FROM status WHERE fqn = $1`, []any{fqn}, &r.Epoch, &r.Gen, &text, &written)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // deleted meanwhile
-		} else if err != nil {
-			return nil, 0, fmt.Errorf("read the runtime snapshot of %s: %w", fqn, err)
-		}
-		if r.Runtime, err = base64.StdEncoding.DecodeString(text); err != nil {
-			return nil, 0, fmt.Errorf("read the runtime snapshot of %s: %w", fqn, err)
-		}
-		r.Time = time.Unix(0, written).UTC()
-		out = append(out, r)
 	}
 	return out, mark, nil
 }
