@@ -46,7 +46,11 @@ type Central struct {
 
 	// The stored runtime snapshots this replica has read (see runtime.go);
 	// guarded by mu.
-	runtimeMark int64            // the mark of the runtime feed's last complete read (store.Runtimes)
+	runtimeMark int64 // the mark of the runtime feed's last complete read (store.Runtimes)
+	// The status feed (store.Statuses), as runtime's; guarded by mu.
+	statusMark int64
+	refetch    map[string]bool // clusters let go of, whose status to read whole
+
 	runtimeGens map[string]int64 // by cluster FQN: the Gen of the snapshot last read
 }
 
@@ -81,8 +85,9 @@ func WithHealth(kind string, f HealthSource) Option {
 type Option func(*Central)
 
 // Shared says that other server replicas share the store: status of
-// clusters whose agents they serve is then read back from the store every
-// flush interval, so every replica answers status for the whole fleet.
+// clusters whose agents they serve is then read back from the store's
+// status feed every flush interval, so every replica answers status for
+// the whole fleet.
 func Shared() Option { return func(c *Central) { c.shared = true } }
 
 // failure is why the central control plane cannot follow the store.
@@ -120,6 +125,7 @@ type cluster struct {
 	// served it before this one started). A mirror is never written back,
 	// except to mark a dead writer's cluster disconnected.
 	mirror          bool
+	mirrorSays      bool      // the stored status says connected
 	mirrorConnected bool      // the stored status says connected, and its writer renews it
 	statusTime      time.Time // when the mirrored status was written
 }
@@ -168,7 +174,7 @@ const maxDrifts = 20
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
 		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL,
-		services: registry.New(), mc: newMulticluster(), runtimeGens: map[string]int64{}}
+		services: registry.New(), mc: newMulticluster(), runtimeGens: map[string]int64{}, refetch: map[string]bool{}}
 	for _, o := range opts {
 		o(c)
 	}

@@ -4,14 +4,16 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/internal/compile"
-	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -175,7 +177,7 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 	if len(rec.Status) == 0 || json.Unmarshal(rec.Status, &s) != nil {
 		return
 	}
-	cl.mirror, cl.epoch, cl.statusTime = true, rec.StatusEpoch, rec.StatusTime
+	cl.mirror, cl.epoch, cl.statusTime, cl.mirrorSays = true, rec.StatusEpoch, rec.StatusTime, s.Connected
 	cl.mirrorConnected = s.Connected && c.now().Sub(rec.StatusTime) < staleAfter
 	cl.agentVersion = s.AgentVersion
 	if t, err := time.Parse(time.RFC3339, s.LastSeen); err == nil {
@@ -202,40 +204,89 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 	c.services.SetLive(cl.fqn, cl.connected(), cl.lastSeen)
 }
 
-// refreshMirrors reads back the stored status of the clusters that no
-// stream of this replica serves, when it changed.
+// refreshMirrors reads back, from the store's status feed, the stored
+// status of the clusters that no stream of this replica serves, where it
+// moved since the last read, and marks disconnected the mirrors whose
+// writer stopped renewing them.
 func (c *Central) refreshMirrors(ctx context.Context) error {
-	if !c.shared {
-		// Alone on the store: nobody else writes status, so a mirror (left
-		// by this server's previous run) only needs to expire.
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for _, cl := range c.clusters {
-			if cl.mirror && cl.mirrorConnected && c.now().Sub(cl.statusTime) >= staleAfter {
-				cl.mirrorConnected, cl.dirty = false, true
-				c.services.SetLive(cl.fqn, false, cl.lastSeen)
-			}
+	if c.shared {
+		if err := c.readMirrors(ctx); err != nil {
+			return err
 		}
-		return nil
 	}
-	recs, err := c.st.List(ctx, store.Query{Kind: resource.KindCluster})
+	// A mirror that nobody renews any more is a dead writer's (alone on the
+	// store: this server's previous run's).
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cl := range c.clusters {
+		if cl.conn == nil && cl.mirror && cl.mirrorConnected && c.now().Sub(cl.statusTime) >= staleAfter {
+			cl.mirrorConnected, cl.dirty = false, true
+			c.services.SetLive(cl.fqn, false, cl.lastSeen)
+		}
+	}
+	return nil
+}
+
+// readMirrors takes the status rows that moved since the last read into
+// the mirrors, and reads whole the clusters this replica let go of.
+func (c *Central) readMirrors(ctx context.Context) error {
+	c.mu.Lock()
+	since, refetch := c.statusMark, slices.Sorted(maps.Keys(c.refetch))
+	c.mu.Unlock()
+	changes, mark, err := c.st.Statuses(ctx, since)
 	if err != nil {
 		return err
 	}
+	for _, fqn := range refetch {
+		r, err := c.st.Get(ctx, fqn)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		changes = append(changes, store.StatusChange{FQN: fqn, Epoch: r.StatusEpoch, Time: r.StatusTime, Status: r.Status})
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, r := range recs {
-		cl := c.clusters[r.FQN]
-		if cl == nil || cl.conn != nil || cl.dirty {
+	for _, fqn := range refetch {
+		delete(c.refetch, fqn)
+	}
+	complete := true
+	for _, ch := range changes {
+		cl := c.clusters[ch.FQN]
+		switch {
+		case cl == nil:
+			if isClusterFQN(ch.FQN) {
+				complete = false // the index has yet to learn of the cluster: read it again next time
+			}
 			continue
+		case cl.conn != nil:
+			continue // ours: its stream is newer than the store
+		case ch.Status != nil:
+			c.restore(cl, store.Record{Status: ch.Status, StatusEpoch: ch.Epoch, StatusTime: ch.Time})
+		case !cl.mirror:
+			c.refetch[cl.fqn] = true // moved, and this replica has no body of it: read it whole
+		default: // a claim or a renewal: the body stands
+			cl.epoch, cl.statusTime = ch.Epoch, ch.Time
+			live := cl.mirrorSays && c.now().Sub(ch.Time) < staleAfter
+			if live != cl.mirrorConnected {
+				cl.mirrorConnected = live
+				c.services.SetLive(cl.fqn, cl.connected(), cl.lastSeen)
+			}
+			cl.dirty = cl.mirrorSays && !live
 		}
-		fresh := cl.mirrorConnected && c.now().Sub(cl.statusTime) < staleAfter
-		if r.StatusEpoch == cl.epoch && r.StatusTime.Equal(cl.statusTime) && fresh == cl.mirrorConnected {
-			continue
-		}
-		c.restore(cl, r)
+	}
+	if complete {
+		c.statusMark = mark
 	}
 	return nil
+}
+
+// isClusterFQN reports whether fqn names a cluster
+// ("organizations/<org>/clusters/<name>"), not another record with status.
+func isClusterFQN(fqn string) bool {
+	parts := strings.Split(fqn, "/")
+	return len(parts) == 4 && parts[0] == "organizations" && parts[2] == "clusters"
 }
 
 // flushStatus writes the status of every changed cluster, and renews that
@@ -381,5 +432,8 @@ func (c *Central) letGo(writes []store.StatusWrite, fenced []string) {
 			cl.conn = nil
 		}
 		cl.epoch = -1 // write nothing more until an agent connects here again
+		if c.shared {
+			c.refetch[fqn] = true // mirror the new writer's status
+		}
 	}
 }

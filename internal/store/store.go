@@ -216,6 +216,17 @@ type StatusWrite struct {
 	Status json.RawMessage
 }
 
+// StatusChange is a status row as the status feed (Store.Statuses) hands
+// it back.
+type StatusChange struct {
+	FQN   string
+	Epoch int64     // the latest claim (ClaimStatus)
+	Time  time.Time // when the status was last written or renewed
+	// Status is the body, when it was written since the mark read from;
+	// nil when only the claim or the time moved.
+	Status json.RawMessage
+}
+
 // RuntimeWrite is one write of PutRuntime.
 type RuntimeWrite struct {
 	FQN     string
@@ -301,6 +312,12 @@ type Store interface {
 	// older than the record's latest claim is skipped and its FQN returned
 	// in fenced; a write for a record that no longer exists is skipped.
 	PutStatus(ctx context.Context, writes []StatusWrite) (fenced []string, err error)
+	// Statuses is a change feed of status: it returns the rows claimed,
+	// written or renewed since the call that returned since as its mark
+	// (every row when since is 0 or less), ordered by FQN, and the mark to
+	// pass next. It reads only those rows; the feed may hand a row back
+	// again, and the mark may move when nothing was written.
+	Statuses(ctx context.Context, since int64) (out []StatusChange, mark int64, err error)
 	// PutRuntime writes runtime snapshots (what a cluster runs, as its
 	// agent reports it) in one transaction, fenced by the status session as
 	// PutStatus is, and outside the event log: one row per record,

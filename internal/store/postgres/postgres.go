@@ -95,9 +95,9 @@ var Dialect = sqlstore.Dialect{
 	LockTx:     `SELECT pg_advisory_xact_lock(1181511540)`,
 	Migrations: sqlstore.Migrations("postgres"),
 	NotifyTx:   `NOTIFY ` + channel,
-	// The runtime feed: a row carries its writer's transaction ID; a reader's
-	// mark is the oldest transaction running when it read (every later
-	// write, and every write still uncommitted then, is at or above it).
-	RuntimeSeq:  `pg_current_xact_id()::text::bigint`,
-	RuntimeMark: `pg_snapshot_xmin(pg_current_snapshot())::text::bigint`,
+	// The status feeds: a row carries its writer's transaction ID; a
+	// reader's mark is the oldest transaction running when it read (every
+	// later write, and every write still uncommitted then, is at or above it).
+	Seq:  `pg_current_xact_id()::text::bigint`,
+	Mark: `pg_snapshot_xmin(pg_current_snapshot())::text::bigint`,
 }

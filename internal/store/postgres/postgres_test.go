@@ -190,7 +190,7 @@ func TestARuntimeWriteThatCommitsLateIsStillInTheFeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer late.Rollback()
-	if _, err := late.ExecContext(ctx, `UPDATE status SET runtime_bytes = 'late', runtime_gen = runtime_gen + 1, runtime_time = 1, runtime_seq = `+postgres.Dialect.RuntimeSeq+` WHERE fqn = 'organizations/late'`); err != nil {
+	if _, err := late.ExecContext(ctx, `UPDATE status SET runtime_bytes = 'late', runtime_gen = runtime_gen + 1, runtime_time = 1, runtime_seq = `+postgres.Dialect.Seq+` WHERE fqn = 'organizations/late'`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.PutRuntime(ctx, []store.RuntimeWrite{{FQN: "organizations/early", Epoch: epochs["organizations/early"], Runtime: []byte("early")}}); err != nil {

@@ -44,9 +44,9 @@ var Dialect = sqlstore.Dialect{
 	Name:         "sqlite",
 	Migrations:   sqlstore.Migrations("sqlite"),
 	SingleWriter: true,
-	// The runtime feed: one writer at a time, so a counter numbers the
+	// The status feeds: one writer at a time, so a counter numbers the
 	// writes in commit order.
-	RuntimeSeqTx: `UPDATE meta SET value = value + 1 WHERE key = 'runtime'`,
-	RuntimeSeq:   `(SELECT value FROM meta WHERE key = 'runtime')`,
-	RuntimeMark:  `(SELECT value + 1 FROM meta WHERE key = 'runtime')`,
+	SeqTx: `UPDATE meta SET value = value + 1 WHERE key = 'feed'`,
+	Seq:   `(SELECT value FROM meta WHERE key = 'feed')`,
+	Mark:  `(SELECT value + 1 FROM meta WHERE key = 'feed')`,
 }

@@ -130,31 +130,40 @@ ALTER TABLE refused ALTER COLUMN fqn TYPE TEXT COLLATE "C";
 ALTER TABLE status ALTER COLUMN fqn TYPE TEXT COLLATE "C";
 ALTER TABLE credentials ALTER COLUMN cluster TYPE TEXT COLLATE "C"`
 	}
-	// v10 stores runtime snapshots as bytes (runtime_bytes; v6 kept them as
-	// base64 text) and numbers their writes for a change feed: a reader
-	// asks for the rows whose runtime_seq is at or above the mark its last
-	// read returned, through an index, instead of scanning the fleet. On
-	// PostgreSQL runtime_seq is the writing transaction's ID and the mark
-	// the oldest transaction still running when the reader looked, so no
-	// row is shared by the writers (v6's counter row in meta was written by
-	// every runtime write of every replica); a transaction that commits
-	// late is still read, since its ID is at or above that mark. SQLite has
-	// one writer at a time, so the counter stays and numbers the writes.
-	// SQLite has no base64 decoder in SQL: its rows written before v10
-	// keep their text until their next write, and are read from it.
+	// v10 turns the status table into two change feeds, so that a replica
+	// reads only the rows that moved instead of scanning the fleet: seq
+	// numbers every claim, status write and renewal, body_seq every status
+	// body written, runtime_seq every runtime snapshot written. A reader
+	// asks for the rows at or above the mark its last read returned,
+	// through an index. On PostgreSQL a row's number is the writing
+	// transaction's ID and the mark the oldest transaction still running
+	// when the reader looked, so no row is shared by the writers (v6's
+	// counter row in meta was written by every runtime write of every
+	// replica), and a transaction that commits late is still read, since
+	// its ID is at or above that mark. SQLite has one writer at a time, so
+	// a counter in meta numbers the writes. Runtime snapshots are stored as
+	// bytes (runtime_bytes; v6 kept them as base64 text). SQLite has no
+	// base64 decoder in SQL: its rows written before v10 keep their text
+	// until their next write, and are read from it.
 	v10 := `
 ALTER TABLE status ADD COLUMN runtime_bytes BLOB;
 ALTER TABLE status ADD COLUMN runtime_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE status ADD COLUMN seq BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE status ADD COLUMN body_seq BIGINT NOT NULL DEFAULT 1;
 UPDATE status SET runtime_seq = 1 WHERE runtime_gen > 0;
-UPDATE meta SET value = 1 WHERE key = 'runtime';
-CREATE INDEX status_runtime_seq ON status (runtime_seq)`
+UPDATE meta SET key = 'feed', value = 1 WHERE key = 'runtime';
+CREATE INDEX status_runtime_seq ON status (runtime_seq);
+CREATE INDEX status_seq ON status (seq)`
 	if dialect == "postgres" {
 		v10 = `
 ALTER TABLE status ADD COLUMN runtime_bytes BYTEA;
 ALTER TABLE status ADD COLUMN runtime_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE status ADD COLUMN seq BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE status ADD COLUMN body_seq BIGINT NOT NULL DEFAULT 1;
 UPDATE status SET runtime_bytes = decode(runtime, 'base64'), runtime = '', runtime_seq = 1 WHERE runtime_gen > 0;
 DELETE FROM meta WHERE key = 'runtime';
-CREATE INDEX status_runtime_seq ON status (runtime_seq)`
+CREATE INDEX status_runtime_seq ON status (runtime_seq);
+CREATE INDEX status_seq ON status (seq)`
 	}
 	return []string{v1, v2, v3, v4, v5, v6, v7, v8, v9, v10}
 }

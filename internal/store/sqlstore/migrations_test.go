@@ -108,17 +108,14 @@ func snapshotsBeforeV10(t *testing.T, driver, url string, dialect sqlstore.Diale
 	}); err != nil {
 		t.Fatal(err)
 	}
-	epoch, err := old.ClaimStatus(ctx, fqn)
-	if err != nil {
-		t.Fatal(err)
-	}
 	old.Close()
 	raw, err := sql.Open(driver, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// "snap\x00shot\xff" in base64, as v6 to v9 stored it.
-	if _, err := raw.ExecContext(ctx, `UPDATE status SET runtime = 'c25hcABzaG90/w==', runtime_gen = 1, runtime_time = 5 WHERE fqn = $1`, fqn); err != nil {
+	// A claim and "snap\x00shot\xff" in base64, as v6 to v9 stored them.
+	const epoch = 1
+	if _, err := raw.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time, runtime, runtime_gen, runtime_time) VALUES ($1, 1, '', 0, 'c25hcABzaG90/w==', 1, 5)`, fqn); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := raw.ExecContext(ctx, `UPDATE meta SET value = value + 1 WHERE key = 'runtime'`); err != nil {

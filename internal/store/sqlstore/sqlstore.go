@@ -40,12 +40,11 @@ type Dialect struct {
 	// revision, so that other processes on the same database learn of the
 	// commit (PostgreSQL's NOTIFY is delivered at commit).
 	NotifyTx string
-	// The runtime change feed (migration v10). RuntimeSeqTx, when set, runs
-	// first in each runtime write transaction; RuntimeSeq is the
-	// runtime_seq of a row it writes; RuntimeMark, read in the same
-	// statement as the changed rows, is at or below the runtime_seq of
-	// every row written after that statement.
-	RuntimeSeqTx, RuntimeSeq, RuntimeMark string
+	// The status table's change feeds (migration v10). SeqTx, when set,
+	// runs first in each status transaction; Seq numbers a row it writes;
+	// Mark, read in the same statement as the changed rows, is at or below
+	// the number of every row written after that statement.
+	SeqTx, Seq, Mark string
 }
 
 // DB is a store.Store over a *sql.DB.
@@ -915,6 +914,11 @@ func (d *DB) statusTx(ctx context.Context, fn func(q querier) error) error {
 		return fmt.Errorf("begin: %w: %w", store.ErrUnavailable, err)
 	}
 	defer sqlTx.Rollback()
+	if d.dialect.SeqTx != "" {
+		if _, err := sqlTx.ExecContext(ctx, d.dialect.SeqTx); err != nil {
+			return fmt.Errorf("number the status write: %w", err)
+		}
+	}
 	if err := fn(querier{d: d, tx: sqlTx}); err != nil {
 		return err
 	}
@@ -938,7 +942,7 @@ func (d *DB) ClaimStatus(ctx context.Context, fqn string) (int64, error) {
 		if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time) VALUES ($1, 0, '', 0) ON CONFLICT (fqn) DO NOTHING`, fqn); err != nil {
 			return fmt.Errorf("claim status of %s: %w", fqn, err)
 		}
-		if _, err := q.ExecContext(ctx, `UPDATE status SET epoch = epoch + 1 WHERE fqn = $1`, fqn); err != nil {
+		if _, err := q.ExecContext(ctx, `UPDATE status SET epoch = epoch + 1, seq = `+d.dialect.Seq+` WHERE fqn = $1`, fqn); err != nil {
 			return fmt.Errorf("claim status of %s: %w", fqn, err)
 		}
 		return q.scanOne(ctx, `SELECT epoch FROM status WHERE fqn = $1`, []any{fqn}, &epoch)
@@ -958,9 +962,10 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 				err error
 			)
 			if w.Status == nil { // a renewal: the body stands
-				res, err = q.ExecContext(ctx, `UPDATE status SET update_time = $1 WHERE fqn = $2 AND epoch = $3`, now, w.FQN, w.Epoch)
+				res, err = q.ExecContext(ctx, `UPDATE status SET update_time = $1, seq = `+d.dialect.Seq+` WHERE fqn = $2 AND epoch = $3`, now, w.FQN, w.Epoch)
 			} else {
-				res, err = q.ExecContext(ctx, `UPDATE status SET body = $1, update_time = $2 WHERE fqn = $3 AND epoch = $4`, string(w.Status), now, w.FQN, w.Epoch)
+				res, err = q.ExecContext(ctx, `UPDATE status SET body = $1, update_time = $2, seq = `+d.dialect.Seq+`, body_seq = `+d.dialect.Seq+` WHERE fqn = $3 AND epoch = $4`,
+					string(w.Status), now, w.FQN, w.Epoch)
 			}
 			if err != nil {
 				return fmt.Errorf("write status of %s: %w", w.FQN, err)
@@ -979,7 +984,8 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 			case newer:
 				fenced = append(fenced, w.FQN)
 			case gone && w.Epoch == 0 && w.Status != nil:
-				if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time) SELECT fqn, 0, $1, $2 FROM objects WHERE fqn = $3`, string(w.Status), now, w.FQN); err != nil {
+				if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time, seq, body_seq) SELECT fqn, 0, $1, $2, `+d.dialect.Seq+`, `+d.dialect.Seq+` FROM objects WHERE fqn = $3`,
+					string(w.Status), now, w.FQN); err != nil {
 					return fmt.Errorf("write status of %s: %w", w.FQN, err)
 				}
 			} // else deleted with its record, or nothing to renew
@@ -998,15 +1004,10 @@ func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]str
 	var fenced []string
 	now := d.now().UnixNano()
 	update := `UPDATE status SET runtime_bytes = $1, runtime = '', runtime_gen = runtime_gen + 1, runtime_time = $2, runtime_seq = ` +
-		d.dialect.RuntimeSeq + ` WHERE fqn = $3 AND epoch = $4`
+		d.dialect.Seq + ` WHERE fqn = $3 AND epoch = $4`
 	err := d.statusTx(ctx, func(q querier) error {
 		fenced = fenced[:0]
 		wrote := false
-		if d.dialect.RuntimeSeqTx != "" {
-			if _, err := q.ExecContext(ctx, d.dialect.RuntimeSeqTx); err != nil {
-				return fmt.Errorf("number the runtime write: %w", err)
-			}
-		}
 		for _, w := range writes {
 			res, err := q.ExecContext(ctx, update, w.Runtime, now, w.FQN, w.Epoch)
 			if err != nil {
@@ -1065,7 +1066,7 @@ func missedWrite(ctx context.Context, q querier, what, fqn string, epoch int64) 
 // transaction is still open; have filters it out).
 func (d *DB) Runtimes(ctx context.Context, since int64, have map[string]int64) ([]store.Runtime, int64, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT m.mark, s.fqn, s.epoch, s.runtime_gen, s.runtime_bytes, s.runtime, s.runtime_time
-FROM (SELECT `+d.dialect.RuntimeMark+` AS mark) m
+FROM (SELECT `+d.dialect.Mark+` AS mark) m
 LEFT JOIN status s ON s.runtime_seq >= $1 AND s.runtime_gen > 0
 ORDER BY s.fqn`, since)
 	if err != nil {
@@ -1094,6 +1095,44 @@ ORDER BY s.fqn`, since)
 			}
 		}
 		out = append(out, store.Runtime{FQN: fqn.String, Epoch: epoch.Int64, Gen: gen.Int64, Runtime: snapshot, Time: time.Unix(0, at.Int64).UTC()})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	return out, mark, nil
+}
+
+// Statuses implements store.Store: one indexed read of the rows claimed or
+// written at or after since, with the body only where it was written then.
+func (d *DB) Statuses(ctx context.Context, since int64) ([]store.StatusChange, int64, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT m.mark, s.fqn, s.epoch, s.update_time, CASE WHEN s.body_seq >= $1 THEN s.body END
+FROM (SELECT `+d.dialect.Mark+` AS mark) m
+LEFT JOIN status s ON s.seq >= $1
+ORDER BY s.fqn`, since)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read the statuses written since %d: %w", since, err)
+	}
+	defer rows.Close()
+	var (
+		out  []store.StatusChange
+		mark int64
+	)
+	for rows.Next() {
+		var (
+			fqn, body sql.NullString
+			epoch, at sql.NullInt64
+		)
+		if err := rows.Scan(&mark, &fqn, &epoch, &at, &body); err != nil {
+			return nil, 0, err
+		}
+		if !fqn.Valid {
+			continue // nothing changed: the join's one row
+		}
+		c := store.StatusChange{FQN: fqn.String, Epoch: epoch.Int64, Time: time.Unix(0, at.Int64).UTC()}
+		if body.Valid {
+			c.Status = json.RawMessage(body.String)
+		}
+		out = append(out, c)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, 0, err

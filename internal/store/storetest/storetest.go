@@ -43,6 +43,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"status goes with its record", testStatusDeleted},
 		{"runtime snapshots are fenced, counted, read when changed, survive reopening and go with their record", testRuntime},
 		{"the runtime feed hands back only the snapshots written since the mark", testRuntimeFeed},
+		{"the status feed hands back only the rows claimed, written or renewed since the mark", testStatusFeed},
 		{"deleting a record revokes the credentials issued for it, in the same transaction", testDeleteRevokes},
 		{"events never skip revisions while compaction runs", testEventsUnderCompaction},
 		{"events after a compacted revision are refused", testCompact},
@@ -594,6 +595,59 @@ func testRuntimeFeed(t *testing.T, open Opener) {
 	putRuntime(t, st, org.FQN, epochs[org.FQN], "after reopening")
 	if got, _ := read(mark); len(got) != 1 || got[org.FQN] != "after reopening" {
 		t.Fatalf("after reopening: %v", got)
+	}
+}
+
+func testStatusFeed(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	put(t, st, "a", org, org2)
+	epochs := map[string]int64{}
+	for _, fqn := range []string{org.FQN, org2.FQN} {
+		epochs[fqn], _ = st.ClaimStatus(ctx, fqn)
+		putStatus(t, st, fqn, epochs[fqn], `{"n":0}`)
+	}
+	read := func(since int64) (map[string]store.StatusChange, int64) {
+		t.Helper()
+		out, mark, err := st.Statuses(ctx, since)
+		if err != nil {
+			t.Fatalf("statuses: %v", err)
+		}
+		got := map[string]store.StatusChange{}
+		for _, c := range out {
+			got[c.FQN] = c
+		}
+		return got, mark
+	}
+	all, mark := read(0)
+	if len(all) != 2 || string(all[org.FQN].Status) != `{"n":0}` || all[org2.FQN].Epoch != epochs[org2.FQN] || all[org2.FQN].Time.IsZero() {
+		t.Fatalf("the whole feed: %+v", all)
+	}
+	if got, _ := read(mark); len(got) != 0 {
+		t.Fatalf("nothing written since the mark, yet: %+v", got)
+	}
+	// A renewal: the row, without its body.
+	renewed := all[org2.FQN].Time
+	if _, err := st.PutStatus(ctx, []store.StatusWrite{{FQN: org2.FQN, Epoch: epochs[org2.FQN]}}); err != nil {
+		t.Fatal(err)
+	}
+	got, mark := read(mark)
+	if c, ok := got[org2.FQN]; len(got) != 1 || !ok || c.Status != nil || c.Time.Before(renewed) {
+		t.Fatalf("after a renewal of %s: %+v", org2.FQN, got)
+	}
+	// A body: the row with it.
+	putStatus(t, st, org.FQN, epochs[org.FQN], `{"n":1}`)
+	got, mark = read(mark)
+	if len(got) != 1 || string(got[org.FQN].Status) != `{"n":1}` {
+		t.Fatalf("after a status write of %s: %+v", org.FQN, got)
+	}
+	// A claim: the new epoch, without the body. The mark outlives the process.
+	st.Close()
+	st = open(t)
+	newer, _ := st.ClaimStatus(ctx, org2.FQN)
+	got, _ = read(mark)
+	if c := got[org2.FQN]; len(got) != 1 || c.Epoch != newer || c.Status != nil {
+		t.Fatalf("after a claim of %s: %+v", org2.FQN, got)
 	}
 }
 
