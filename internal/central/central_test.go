@@ -487,6 +487,12 @@ func (h *harness) fakeAgentWith(t *testing.T, ctx context.Context, hello *agentv
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h.connectAs(t, ctx, cred, hello)
+}
+
+// connectAs opens a stream to h as the agent holding cred, saying hello.
+func (h *harness) connectAs(t *testing.T, ctx context.Context, cred agentKey, hello *agentv1.Hello) *fakeAgent {
+	t.Helper()
 	s := h.agent.Connect(ctx)
 	s.RequestHeader().Set("Authorization", cred.header())
 	if err := s.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
