@@ -130,6 +130,15 @@ type cluster struct {
 	statusTime      time.Time // when the mirrored status was written
 }
 
+// versionMoved marks the status for writing once the cluster's desired
+// bundle version moved, unless the status is a mirror: the replica that
+// serves the cluster writes it (every replica computes the same version),
+// and a mirror written back here would overwrite that replica's newer
+// status with this one's older copy.
+func (cl *cluster) versionMoved() {
+	cl.dirty = cl.dirty || !cl.mirror
+}
+
 // setAck replaces the cluster's last acknowledgement.
 func (cl *cluster) setAck(a *agentv1.Ack) {
 	cl.ack, cl.resourcesJSON = a, nil
@@ -436,7 +445,7 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 		}
 		if v := c.version(fqn); v != cl.version {
 			cl.version = v
-			cl.dirty = true
+			cl.versionMoved()
 			if cl.conn != nil {
 				cl.conn.poke()
 			}

@@ -393,7 +393,8 @@ func (c *Central) recomputeMulticluster() map[string]bool {
 	for fqn := range changed {
 		if cl := c.clusters[fqn]; cl != nil {
 			if v := c.version(fqn); v != cl.version {
-				cl.version, cl.dirty = v, true
+				cl.version = v
+				cl.versionMoved()
 			}
 		}
 	}

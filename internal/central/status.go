@@ -25,8 +25,8 @@ type inventory struct {
 	Istio             *istioStatus
 	Namespaces        map[string]map[string]string
 	// Policies are the cluster's own objects that Flotilla's output leaves
-	// alone, as its agent last reported them; known to the replica the
-	// agent talks to.
+	// alone, as its agent last reported them (stored in the status, so
+	// that every replica knows them).
 	Policies *agentv1.ClusterPolicies `json:"-"`
 }
 
@@ -95,6 +95,19 @@ type clusterStatus struct {
 	// resource's state), and it is most of the status's size.
 	Resources json.RawMessage `json:"resources,omitempty"`
 	Drift     []driftStatus   `json:"drift,omitempty"`
+	// ClusterPolicies are the cluster's own objects that Flotilla's output
+	// leaves alone, so that every replica compiles, plans and shows the
+	// cluster as the one its agent talks to does.
+	ClusterPolicies *policiesStatus `json:"clusterPolicies,omitempty"`
+}
+
+// policiesStatus is agentv1.ClusterPolicies as stored.
+type policiesStatus struct {
+	// DestinationRules maps a host to its DestinationRule ("<ns>/<name>").
+	DestinationRules map[string]string `json:"destinationRules,omitempty"`
+	// NamespaceWide maps "<Kind>/<namespace>" to a namespace-wide
+	// PeerAuthentication or Sidecar ("<ns>/<name>").
+	NamespaceWide map[string]string `json:"namespaceWide,omitempty"`
 }
 
 type resourceStatus struct {
@@ -146,6 +159,9 @@ func (c *Central) status(cl *cluster) clusterStatus {
 	if !cl.lastSeen.IsZero() {
 		s.LastSeen = cl.lastSeen.UTC().Format(time.RFC3339)
 	}
+	if p := cl.inv.Policies; len(p.GetDestinationRules())+len(p.GetNamespaceWide()) > 0 {
+		s.ClusterPolicies = &policiesStatus{DestinationRules: p.GetDestinationRules(), NamespaceWide: p.GetNamespaceWide()}
+	}
 	if cl.ack != nil {
 		s.BundleVersion = cl.ack.GetBundleVersion()
 		s.BundleRevision = cl.ack.GetRevision()
@@ -192,7 +208,10 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 			cl.ack.Resources = append(cl.ack.Resources, &agentv1.ResourceStatus{Fqn: r.FQN, State: r.State, Message: r.Message, Objects: r.Objects})
 		}
 	}
-	cl.inv.KubernetesVersion, cl.inv.Istio = s.KubernetesVersion, s.Istio
+	cl.inv.KubernetesVersion, cl.inv.Istio, cl.inv.Policies = s.KubernetesVersion, s.Istio, nil
+	if p := s.ClusterPolicies; p != nil {
+		cl.inv.Policies = &agentv1.ClusterPolicies{DestinationRules: p.DestinationRules, NamespaceWide: p.NamespaceWide}
+	}
 	cl.inv.Namespaces = map[string]map[string]string{}
 	for _, ns := range s.Namespaces {
 		cl.inv.Namespaces[ns] = nil
