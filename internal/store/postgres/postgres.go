@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+	"github.com/jackc/pgxlisten"
 
 	"flotilla.io/flotilla/internal/store/sqlstore"
 )
@@ -54,38 +55,42 @@ func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.D
 	return d, nil
 }
 
-// listen wakes d's watchers on every NOTIFY of the channel but its own (id).
-// After a lost connection it reconnects with backoff. It wakes the
-// watchers once each time LISTEN takes effect, the first time included:
-// commits made before that (since Open returned, or while disconnected)
-// sent notifications nobody heard, and a watcher woken for nothing only
-// re-reads.
+// listen wakes d's watchers on every NOTIFY of the channel but its own
+// (id), until ctx ends. pgxlisten reconnects after a lost connection (every
+// reconnectDelay: a wake-up then comes at most that long after the database
+// is back). The watchers are woken once each time LISTEN takes effect, the
+// first time included: commits made before that (since Open returned, or
+// while disconnected) sent notifications nobody heard, and a watcher woken
+// for nothing only re-reads.
 func listen(ctx context.Context, url, id string, d *sqlstore.DB) {
-	wait := 100 * time.Millisecond
-	// States: connect and LISTEN; wait for notifications until the
-	// connection fails; back off; again, until ctx ends.
-	for ctx.Err() == nil {
-		conn, err := pgx.Connect(ctx, url)
-		if err == nil {
-			if _, err = conn.Exec(ctx, "LISTEN "+channel); err == nil {
-				wait = 100 * time.Millisecond
-				d.Wake()
-				for err == nil {
-					var n *pgconn.Notification
-					n, err = conn.WaitForNotification(ctx)
-					if err == nil && n.Payload != id {
-						d.Wake()
-					}
-				}
-			}
-			conn.Close(context.Background())
-		}
-		select {
-		case <-time.After(wait):
-			wait = min(2*wait, 5*time.Second)
-		case <-ctx.Done():
-		}
+	l := &pgxlisten.Listener{
+		Connect:        func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) },
+		ReconnectDelay: reconnectDelay,
 	}
+	l.Handle(channel, waker{id: id, d: d})
+	_ = l.Listen(ctx) // returns when ctx ends
+}
+
+// reconnectDelay is how long the listener waits before it connects again.
+const reconnectDelay = 250 * time.Millisecond
+
+// waker wakes a store's watchers on others' notifications and after each
+// LISTEN.
+type waker struct {
+	id string
+	d  *sqlstore.DB
+}
+
+func (w waker) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
+	if n.Payload != w.id {
+		w.d.Wake()
+	}
+	return nil
+}
+
+func (w waker) HandleBacklog(context.Context, string, *pgx.Conn) error {
+	w.d.Wake()
+	return nil
 }
 
 // Dialect is PostgreSQL's flavour of the shared SQL core.

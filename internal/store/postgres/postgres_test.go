@@ -209,3 +209,59 @@ func TestARuntimeWriteThatCommitsLateIsStillInTheFeed(t *testing.T) {
 		t.Fatalf("after the late writer commits, the feed since the last mark holds %+v, %v; want the late write", got, err)
 	}
 }
+
+// The listener survives losing its connection: after the server ends it
+// (as a restart or a failover would), it connects and listens again, so
+// another process's commits still wake this one's watchers.
+func TestWatchersAreWokenAfterTheListenersConnectionIsCut(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	ctx := context.Background()
+	writer, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	watcher, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watcher.Close()
+	admin, err := sql.Open("pgx", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	for i := range 3 {
+		// End every listening session of this database: the writer's and
+		// the watcher's.
+		var cut int
+		if err := admin.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND query ILIKE 'listen%'`).Scan(&cut); err != nil {
+			t.Fatal(err)
+		}
+		if cut == 0 {
+			t.Fatalf("round %d: no listening session to cut", i)
+		}
+		// Commit until one wakes the watcher: the first may land before its
+		// listener is back, and then only the LISTEN's own wake-up tells.
+		changed := watcher.Changed()
+		deadline := time.After(10 * time.Second)
+		for n := 0; ; n++ {
+			err := writer.Update(ctx, "a", func(tx store.Tx) error {
+				_, err := tx.Put(ctx, store.Record{Kind: "Organization", FQN: fmt.Sprintf("organizations/r%d-%d", i, n), Name: "o", Spec: json.RawMessage(`{}`)})
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-changed:
+			case <-time.After(100 * time.Millisecond):
+				continue
+			case <-deadline:
+				t.Fatalf("round %d: no wake-up within 10 s of the listener's connection being cut", i)
+			}
+			break
+		}
+	}
+}
