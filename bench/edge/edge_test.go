@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +29,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"flotilla.io/flotilla/bench/internal/harness"
+	"flotilla.io/flotilla/bench/internal/quantile"
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
@@ -361,9 +361,7 @@ func BenchmarkJoinFlood(b *testing.B) {
 				b.Errorf("%v refusals counted for %v joins sent, every one refused", counted, sent)
 			}
 			harness.Report(b, flooded, 0, "")
-			q := append([]time.Duration(nil), quiet...)
-			sort.Slice(q, func(i, j int) bool { return q[i] < q[j] })
-			b.ReportMetric(float64(q[len(q)*99/100].Microseconds())/1000, "quiet-p99-ms")
+			quantile.Report(b, "quiet-", append([]time.Duration(nil), quiet...))
 			b.ReportMetric(rssPeak, "rss-peak-MiB")
 			b.ReportMetric(rssPeak-rssBefore, "rss-growth-MiB")
 			b.ReportMetric(heapPeak, "heap-peak-MiB")

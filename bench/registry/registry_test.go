@@ -19,7 +19,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"connectrpc.com/connect"
 
 	"flotilla.io/flotilla/bench/internal/harness"
+	"flotilla.io/flotilla/bench/internal/quantile"
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
@@ -165,10 +165,7 @@ func benchRegistry(b *testing.B, n int) {
 		lat = append(lat, time.Since(start))
 	}
 	b.StopTimer()
-	slices.Sort(lat)
-	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(p(0.5), "p50-ms")
-	b.ReportMetric(p(0.99), "p99-ms")
+	quantile.Report(b, "", lat)
 	b.ReportMetric(rss, "server-RSS-MB")
 }
 

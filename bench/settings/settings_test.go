@@ -19,10 +19,10 @@ package settings
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
+	"flotilla.io/flotilla/bench/internal/quantile"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
 )
@@ -170,12 +170,7 @@ func BenchmarkCompileSettings(b *testing.B) {
 				times = append(times, time.Since(start))
 			}
 			b.StopTimer()
-			slices.Sort(times)
-			q := func(p float64) float64 {
-				return float64(times[min(len(times)-1, int(p*float64(len(times))))].Microseconds()) / 1000
-			}
-			b.ReportMetric(q(0.50), "p50-ms")
-			b.ReportMetric(q(0.99), "p99-ms")
+			quantile.Report(b, "", times)
 			b.ReportMetric(float64(len(r.Objects)), "objects")
 		})
 	}

@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"flotilla.io/flotilla/bench/internal/quantile"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
@@ -136,16 +136,11 @@ func Gateway(host, ns string) *pb.Resource {
 	})
 }
 
-// Report adds p50 and p99 (milliseconds) and, when elapsed is set, a rate
-// to the benchmark's output. ns/op is zeroed: with concurrent clients it
-// means nothing.
+// Report adds the latency quantiles of lat (quantile.Report) and, when elapsed is
+// set, a rate to the benchmark's output. ns/op is zeroed: with concurrent
+// clients it means nothing.
 func Report(b *testing.B, lat []time.Duration, elapsed time.Duration, unit string) {
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	pct := func(p float64) float64 {
-		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
-	}
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	quantile.Report(b, "", lat)
 	if elapsed > 0 {
 		b.ReportMetric(float64(len(lat))/elapsed.Seconds(), unit)
 	}
