@@ -282,6 +282,16 @@ func WithMulticluster(intent string, mc *Multicluster) string {
 	if err != nil {
 		panic("bundle: marshal: " + err.Error())
 	}
+	return WithMulticlusterJSON(intent, data)
+}
+
+// WithMulticlusterJSON is WithMulticluster of the slice whose JSON
+// (json.Marshal of the *Multicluster) is data, for a caller that keeps it
+// encoded; intent alone when data is nil.
+func WithMulticlusterJSON(intent string, data []byte) string {
+	if data == nil {
+		return intent
+	}
 	h := sha256.New()
 	h.Write([]byte(intent))
 	h.Write([]byte{0})

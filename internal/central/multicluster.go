@@ -452,7 +452,7 @@ func (c *Central) version(fqn string) string {
 	if v == "" {
 		return ""
 	}
-	return bundle.WithMulticluster(v, c.mc.slices[fqn])
+	return bundle.WithMulticlusterJSON(v, c.mc.raw[fqn]) // the slice as kept encoded: not marshalled again
 }
 
 // content is the cluster's bundle as JSON, with its multicluster slice.
