@@ -44,7 +44,9 @@ func TestBothValuesIsTheConjunctionOfTwoStringMatches(t *testing.T) {
 }
 
 func TestIntersectKeepsThePairsThatCanBothHold(t *testing.T) {
-	h := func(name, v string) headerMatch { return headerMatch{name: name, match: stringMatch{kind: "exact", value: v}} }
+	h := func(name, v string) headerMatch {
+		return headerMatch{name: name, match: stringMatch{kind: "exact", value: v}}
+	}
 	prefix := func(v string) *stringMatch { return &stringMatch{kind: "prefix", value: v} }
 	gateway := []httpMatch{
 		{uri: prefix("/cart"), headers: []headerMatch{h("a", "1")}},
