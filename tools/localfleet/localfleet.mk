@@ -81,14 +81,17 @@ $(LOCALFLEET_BIN)/istio-crds.yaml: $(LOCALFLEET_ISTIO_MOD)
 	install -D -m 0644 "$$(cd $(LOCALFLEET_DIR)/istiod && $(LOCALFLEET_GO) list -m -f '{{.Dir}}' istio.io/istio)/manifests/charts/base/files/crd-all.gen.yaml" $@
 
 ## fleet-lint: gofmt and go vet of the local fleet's modules (not covered by ./... at the root)
+# vet and the tests take -trimpath, as the binaries' builds do, so that all
+# three share one compilation of the Kubernetes modules (2026-12-03, warm
+# build cache: vet of the local fleet's module 10 s with it, 80 s without).
 fleet-lint:
 	@out=$$(gofmt -l $(LOCALFLEET_DIR)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) vet ./...
-	cd $(LOCALFLEET_DIR)/etcd && go vet ./...
+	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) vet -trimpath ./...
+	cd $(LOCALFLEET_DIR)/etcd && go vet -trimpath ./...
 
 ## fleet-test: tests of the local fleet's module (they start real clusters)
 fleet-test: fleet-workloads fleet-istio
-	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) test ./...
+	cd $(LOCALFLEET_DIR) && $(LOCALFLEET_GO) test -trimpath ./...
 
 ## fleet-bench: start time, `up --clusters 2` time and idle RSS (docs/benchmarks.md, "Local fleet")
 fleet-bench: fleet-workloads fleet-istio
