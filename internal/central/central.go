@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
-	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
@@ -20,11 +18,10 @@ import (
 // Central is the central control plane. Create it with New, serve its
 // handlers, and run Run for its whole life.
 type Central struct {
-	health map[string]HealthSource // by kind: status from runtime health
-	reg    *resource.Registry
-	st     store.Store
-	log    *slog.Logger
-	now    func() time.Time
+	reg *resource.Registry
+	st  store.Store
+	log *slog.Logger
+	now func() time.Time
 
 	mu       sync.Mutex
 	idx      *index              // intent as of rev
@@ -65,21 +62,6 @@ const DefaultAgentCredentialTTL = 30 * 24 * time.Hour
 
 // WithAgentCredentialTTL sets the life of agent credentials.
 func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.agentTTL = d } }
-
-// HealthSource reports the runtime health of a record that is not carried
-// in bundles, one row per place it lives (a DNS record set's entry points):
-// Applied when healthy, Failed with the reason when not.
-type HealthSource func(fqn string) []*pb.ClusterState
-
-// WithHealth makes GetStatus of records of kind come from f.
-func WithHealth(kind string, f HealthSource) Option {
-	return func(c *Central) {
-		if c.health == nil {
-			c.health = map[string]HealthSource{}
-		}
-		c.health[kind] = f
-	}
-}
 
 // Option configures a Central.
 type Option func(*Central)
@@ -474,34 +456,6 @@ func (c *Central) appliedRevision(cl *cluster) int64 {
 		return c.rev
 	}
 	return cl.ack.GetRevision()
-}
-
-// clusterByName finds a cluster by name or FQN among those visible
-// accepts (nil: every cluster). A cluster it refuses is not found, and an
-// ambiguous name lists only the visible clusters. Callers hold c.mu.
-func (c *Central) clusterByName(name string, visible func(fqn string) bool) (*cluster, error) {
-	ok := func(cl *cluster) bool { return visible == nil || visible(cl.fqn) }
-	if cl, found := c.clusters[name]; found && ok(cl) {
-		return cl, nil
-	}
-	var found []*cluster
-	for _, cl := range c.clusters {
-		if cl.name == name && ok(cl) {
-			found = append(found, cl)
-		}
-	}
-	switch len(found) {
-	case 1:
-		return found[0], nil
-	case 0:
-		return nil, fmt.Errorf("cluster %q: %w", name, store.ErrNotFound)
-	}
-	names := make([]string, len(found))
-	for i, cl := range found {
-		names[i] = cl.fqn
-	}
-	sort.Strings(names)
-	return nil, fmt.Errorf("cluster %q is ambiguous (%v): give its FQN", name, names)
 }
 
 // errNoCluster is returned for a stream whose cluster is not (or no longer) known.

@@ -3,10 +3,6 @@ package central
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,34 +22,6 @@ import (
 )
 
 var _ agentv1connect.AgentServiceHandler = (*Central)(nil)
-
-// Credential kinds.
-const (
-	credJoin      = "join"
-	credJoinForce = "join-force" // may replace a connected agent
-	// credAgent is the bearer credential of earlier versions: never
-	// accepted any more; join and revoke delete it.
-	credAgent = "agent"
-	// credAgentKey is bound to the agent's public key: its hash is
-	// agentcred.Hash of the key.
-	credAgentKey = "agent-key"
-)
-
-// agentKinds are the kinds of a cluster's agent credentials and tokens.
-var agentKinds = []string{credAgentKey, credAgent, credJoin, credJoinForce}
-
-// newSecret returns a random secret and the hash stored for it.
-func newSecret(prefix string) (secret, hash string) {
-	b := make([]byte, 32)
-	rand.Read(b)
-	secret = prefix + base64.RawURLEncoding.EncodeToString(b)
-	return secret, hashSecret(secret)
-}
-
-func hashSecret(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
-}
 
 // sameCluster reports whether name (a name or an FQN) names the cluster fqn.
 func sameCluster(name, fqn string) bool {
@@ -155,7 +123,7 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	keyHash := agentcred.Hash(pub)
-	tokenHash := hashSecret(token)
+	tokenHash := agentcred.HashToken(token)
 	cred, err := c.st.Credential(ctx, tokenHash)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, c.storeFailed("join: read the token", err)
@@ -170,7 +138,7 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 	if again {
 		return c.joined(cred.Cluster, c.expiryOf(ctx, keyHash)), nil
 	}
-	if cred.Kind != credJoinForce && c.agentConnected(cred.Cluster) {
+	if cred.Kind != agentcred.KindJoinForce && c.agentConnected(cred.Cluster) {
 		// A join replaces the cluster's credential: never silently take
 		// over from a working agent.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s has a connected agent, and joining would replace its credential: to move the cluster to a new agent, run `flotilla cluster onboard --force`", cred.Cluster))
@@ -190,12 +158,12 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 			return err
 		}
 		// The new credential replaces the cluster's previous ones.
-		for _, k := range []string{credAgentKey, credAgent} {
+		for _, k := range []string{agentcred.KindAgentKey, agentcred.KindAgent} {
 			if err := tx.DeleteCredentials(ctx, cred.Cluster, k); err != nil {
 				return err
 			}
 		}
-		return tx.PutCredential(ctx, store.Credential{Hash: keyHash, Cluster: cred.Cluster, Kind: credAgentKey, Expires: expires})
+		return tx.PutCredential(ctx, store.Credential{Hash: keyHash, Cluster: cred.Cluster, Kind: agentcred.KindAgentKey, Expires: expires})
 	})
 	if err != nil {
 		return nil, c.storeFailed("join", err)
@@ -221,13 +189,13 @@ func (c *Central) Join(ctx context.Context, req *connect.Request[agentv1.JoinReq
 // before it noted it, and joins again.
 func (c *Central) checkJoin(ctx context.Context, get func(context.Context, string) (store.Credential, error), cred store.Credential, readErr error, cluster, keyHash string) (again bool, refusal, err error) {
 	switch {
-	case errors.Is(readErr, store.ErrNotFound) || cred.Kind != credJoin && cred.Kind != credJoinForce:
+	case errors.Is(readErr, store.ErrNotFound) || cred.Kind != agentcred.KindJoin && cred.Kind != agentcred.KindJoinForce:
 		return false, errUnknownToken, nil
 	case !sameCluster(cluster, cred.Cluster):
 		return false, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("this join token is for %s, not %q", cred.Cluster, cluster)), nil
 	case cred.Used:
 		mine, err := get(ctx, keyHash)
-		if err == nil && mine.Kind == credAgentKey && mine.Cluster == cred.Cluster && !c.now().After(mine.Expires) {
+		if err == nil && mine.Kind == agentcred.KindAgentKey && mine.Cluster == cred.Cluster && !c.now().After(mine.Expires) {
 			return true, nil, nil
 		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return false, nil, err
@@ -293,7 +261,7 @@ var errRevoked = connect.NewError(connect.CodeUnauthenticated, errors.New("this 
 func (c *Central) extend(ctx context.Context, fqn, keyHash string) (expires time.Time, final bool, err error) {
 	err = c.st.Update(ctx, "agent:"+fqn, func(tx store.Tx) error {
 		cred, err := tx.GetCredential(ctx, keyHash)
-		if errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != credAgentKey || cred.Cluster != fqn) {
+		if errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != agentcred.KindAgentKey || cred.Cluster != fqn) {
 			return errRevoked
 		} else if err != nil {
 			return err
@@ -330,7 +298,7 @@ func (c *Central) authenticate(ctx context.Context, header string) (string, stor
 	}
 	hash := agentcred.Hash(a.Public)
 	cred, err := c.st.Credential(ctx, hash)
-	if errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != credAgentKey || now.After(cred.Expires)) {
+	if errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != agentcred.KindAgentKey || now.After(cred.Expires)) {
 		return "", store.Credential{}, connect.NewError(connect.CodeUnauthenticated, errors.New("unknown, expired or revoked cluster credential: onboard the cluster again"))
 	} else if err != nil {
 		return "", store.Credential{}, c.storeFailed("authenticate the agent", err)
@@ -535,7 +503,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 func (c *Central) stillValid(ctx context.Context, keyHash, fqn string) error {
 	cred, err := c.st.Credential(ctx, keyHash)
 	switch {
-	case errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != credAgentKey || cred.Cluster != fqn || c.now().After(cred.Expires)):
+	case errors.Is(err, store.ErrNotFound) || err == nil && (cred.Kind != agentcred.KindAgentKey || cred.Cluster != fqn || c.now().After(cred.Expires)):
 		return errRevoked
 	case err != nil && ctx.Err() == nil:
 		c.log.Warn("recheck an agent credential; keeping the stream", "cluster", fqn, "err", err)
