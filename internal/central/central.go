@@ -10,6 +10,7 @@ import (
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
@@ -33,10 +34,10 @@ type Central struct {
 	closing  bool                // set at shutdown: no new streams
 	metrics  *metrics
 
-	sendTimeout time.Duration // see DefaultSendTimeout
-	shared      bool          // other server replicas share the store
-	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
-	agents      agentAuth     // agent credentials' options and used assertions (stream.go)
+	sendTimeout time.Duration        // see DefaultSendTimeout
+	shared      bool                 // other server replicas share the store
+	authCfg     agentauth.Config     // set by the options; auth is made with it in New
+	auth        *agentauth.Authority // agents' credentials: join, stream open, extension, recheck
 
 	services *registry.Registry // what runs in the clusters: runtime state, outside the event log
 	mc       *multicluster      // the bundles' multicluster slices; guarded by mu
@@ -56,12 +57,9 @@ type Central struct {
 // the others.
 func (c *Central) Services() *registry.Registry { return c.services }
 
-// DefaultAgentCredentialTTL is how long an agent credential lives. The
-// agent's stream extends it once a third of it is left (stream.go).
-const DefaultAgentCredentialTTL = 30 * 24 * time.Hour
-
-// WithAgentCredentialTTL sets the life of agent credentials.
-func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.agentTTL = d } }
+// WithAgentCredentialTTL sets the life of agent credentials
+// (agentauth.DefaultTTL).
+func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.authCfg.TTL = d } }
 
 // Option configures a Central.
 type Option func(*Central)
@@ -155,11 +153,12 @@ const maxDrifts = 20
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
-		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL,
+		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout,
 		services: registry.New(), mc: newMulticluster(), runtimeGens: map[string]int64{}, refetch: map[string]bool{}}
 	for _, o := range opts {
 		o(c)
 	}
+	c.auth = agentauth.New(st, log, c.now, c.authCfg)
 	return c
 }
 

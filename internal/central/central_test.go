@@ -27,6 +27,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/agentcred"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/bundle"
@@ -188,7 +189,7 @@ func (k agentKey) header() string { return k.headerAt(time.Now()) }
 
 // headerAt is header made at now (a test's clock).
 func (k agentKey) headerAt(now time.Time) string {
-	a, err := k.key.Assert(k.cluster, cmp.Or(k.audience, DefaultAudience), now)
+	a, err := k.key.Assert(k.cluster, cmp.Or(k.audience, agentauth.DefaultAudience), now)
 	if err != nil {
 		panic(err)
 	}

@@ -18,5 +18,7 @@
 // ...) are in package fleetapi, which does not import this one: they read
 // the control plane only through FleetView (fleetview.go), whose calls take
 // and release the lock themselves, and compile, filter and diff what it
-// returned outside it.
+// returned outside it. Agents' credentials (join, the assertion at stream
+// open, extension, recheck) are package agentauth's; this package keeps the
+// streams they open.
 package central
