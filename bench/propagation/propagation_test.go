@@ -23,7 +23,7 @@ import (
 	"flotilla.io/flotilla/bench/internal/harness"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/agent"
-	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/central/fleetapi"
 	"flotilla.io/flotilla/internal/store/sqlite"
 	"flotilla.io/flotilla/internal/testfleet"
 )
@@ -78,7 +78,7 @@ func BenchmarkPropagationTwoRealClusters(b *testing.B) {
 		// (status is tied to revisions, so it cannot be the previous one's).
 		for deadline := start.Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 			st, err := p.Fleet.GetStatus(ctx, connect.NewRequest(&pb.GetStatusRequest{Kind: "IngressGateway", Fqn: harness.GatewayFQN, MinRevision: res.Msg.GetRevision()}))
-			if err == nil && st.Msg.GetAggregate() == central.Ready && len(st.Msg.GetClusters()) == 2 {
+			if err == nil && st.Msg.GetAggregate() == fleetapi.Ready && len(st.Msg.GetClusters()) == 2 {
 				return time.Since(start)
 			}
 		}

@@ -1,7 +1,8 @@
-// Package agentcred is an agent's key-bound credential. The agent makes an
-// Ed25519 key pair in its own cluster and keeps the private key there; the
-// management plane stores only a hash of the public key, which Join binds
-// to the cluster. Every stream the agent opens carries a fresh assertion
+// Package agentcred is an agent's key-bound credential, and the kinds and
+// join tokens of a cluster's credentials in the store (kinds.go). The
+// agent makes an Ed25519 key pair in its own cluster and keeps the private
+// key there; the management plane stores only a hash of the public key,
+// which Join binds to the cluster. Every stream the agent opens carries a fresh assertion
 // signed with the private key, so what travels on the wire is good for one
 // stream open, for two minutes, at one server:
 //

@@ -1,10 +1,13 @@
 // Package apierror turns invalid input into the errors every API handler
 // returns, so that the resource API and the central control plane's plan
-// report violations the same way. It sits below both.
+// report violations the same way, and a store's failure into an answer
+// that does not show it. It sits below both.
 package apierror
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"sort"
 	"strings"
 
@@ -42,4 +45,15 @@ func withCode(code connect.Code, vs []resource.Violation) error {
 		err.AddDetail(d)
 	}
 	return err
+}
+
+// Unavailable logs a store failure of op and answers without its text:
+// callers learn only that the store did not answer (Unavailable: retry), or
+// that their request ended first.
+func Unavailable(log *slog.Logger, op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New(op+": the request ended first"))
+	}
+	log.Warn(op+" failed", "err", err)
+	return connect.NewError(connect.CodeUnavailable, errors.New(op+": the store did not answer; retry"))
 }

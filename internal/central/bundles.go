@@ -2,7 +2,6 @@ package central
 
 import (
 	"context"
-	"slices"
 	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
@@ -76,21 +75,6 @@ type brokenError struct{ fqn, why string }
 
 func (e *brokenError) Error() string { return e.why }
 
-// bundleKinds are the kinds that travel in bundles: those living in groups,
-// and the settings of organizations, tenants and workspaces (in their
-// scope groups).
-func bundleKinds(reg *resource.Registry) []string {
-	var out []string
-	for _, k := range reg.Kinds() {
-		if k.Parent == resource.KindGroup || slices.Contains(scopeSettings, k.Name) {
-			out = append(out, k.Name)
-		}
-	}
-	return out
-}
-
-var scopeSettings = []string{resource.KindOrganizationSetting, resource.KindTenantSetting, resource.KindWorkspaceSetting}
-
 // readIntent reads what bundles are computed from.
 func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (Intent, error) {
 	var (
@@ -110,7 +94,7 @@ func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (In
 	if in.Groups, err = r.List(ctx, store.Query{Kind: resource.KindGroup}); err != nil {
 		return in, err
 	}
-	for _, k := range bundleKinds(reg) {
+	for _, k := range reg.BundleKinds() {
 		objs, err := r.List(ctx, store.Query{Kind: k})
 		if err != nil {
 			return in, err

@@ -6,12 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
-	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
@@ -20,11 +19,10 @@ import (
 // Central is the central control plane. Create it with New, serve its
 // handlers, and run Run for its whole life.
 type Central struct {
-	health map[string]HealthSource // by kind: status from runtime health
-	reg    *resource.Registry
-	st     store.Store
-	log    *slog.Logger
-	now    func() time.Time
+	reg *resource.Registry
+	st  store.Store
+	log *slog.Logger
+	now func() time.Time
 
 	mu       sync.Mutex
 	idx      *index              // intent as of rev
@@ -36,10 +34,10 @@ type Central struct {
 	closing  bool                // set at shutdown: no new streams
 	metrics  *metrics
 
-	sendTimeout time.Duration // see DefaultSendTimeout
-	shared      bool          // other server replicas share the store
-	agentTTL    time.Duration // life of an agent credential; see DefaultAgentCredentialTTL
-	agents      agentAuth     // agent credentials' options and used assertions (stream.go)
+	sendTimeout time.Duration        // see DefaultSendTimeout
+	shared      bool                 // other server replicas share the store
+	authCfg     agentauth.Config     // set by the options; auth is made with it in New
+	auth        *agentauth.Authority // agents' credentials: join, stream open, extension, recheck
 
 	services *registry.Registry // what runs in the clusters: runtime state, outside the event log
 	mc       *multicluster      // the bundles' multicluster slices; guarded by mu
@@ -59,27 +57,9 @@ type Central struct {
 // the others.
 func (c *Central) Services() *registry.Registry { return c.services }
 
-// DefaultAgentCredentialTTL is how long an agent credential lives. The
-// agent's stream extends it once a third of it is left (stream.go).
-const DefaultAgentCredentialTTL = 30 * 24 * time.Hour
-
-// WithAgentCredentialTTL sets the life of agent credentials.
-func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.agentTTL = d } }
-
-// HealthSource reports the runtime health of a record that is not carried
-// in bundles, one row per place it lives (a DNS record set's entry points):
-// Applied when healthy, Failed with the reason when not.
-type HealthSource func(fqn string) []*pb.ClusterState
-
-// WithHealth makes GetStatus of records of kind come from f.
-func WithHealth(kind string, f HealthSource) Option {
-	return func(c *Central) {
-		if c.health == nil {
-			c.health = map[string]HealthSource{}
-		}
-		c.health[kind] = f
-	}
-}
+// WithAgentCredentialTTL sets the life of agent credentials
+// (agentauth.DefaultTTL).
+func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { c.authCfg.TTL = d } }
 
 // Option configures a Central.
 type Option func(*Central)
@@ -182,11 +162,12 @@ const maxDrifts = 20
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
-		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, agentTTL: DefaultAgentCredentialTTL,
+		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout,
 		services: registry.New(), mc: newMulticluster(), runtimeGens: map[string]int64{}, refetch: map[string]bool{}}
 	for _, o := range opts {
 		o(c)
 	}
+	c.auth = agentauth.New(st, log, c.now, c.authCfg)
 	return c
 }
 
@@ -483,34 +464,6 @@ func (c *Central) appliedRevision(cl *cluster) int64 {
 		return c.rev
 	}
 	return cl.ack.GetRevision()
-}
-
-// clusterByName finds a cluster by name or FQN among those visible
-// accepts (nil: every cluster). A cluster it refuses is not found, and an
-// ambiguous name lists only the visible clusters. Callers hold c.mu.
-func (c *Central) clusterByName(name string, visible func(fqn string) bool) (*cluster, error) {
-	ok := func(cl *cluster) bool { return visible == nil || visible(cl.fqn) }
-	if cl, found := c.clusters[name]; found && ok(cl) {
-		return cl, nil
-	}
-	var found []*cluster
-	for _, cl := range c.clusters {
-		if cl.name == name && ok(cl) {
-			found = append(found, cl)
-		}
-	}
-	switch len(found) {
-	case 1:
-		return found[0], nil
-	case 0:
-		return nil, fmt.Errorf("cluster %q: %w", name, store.ErrNotFound)
-	}
-	names := make([]string, len(found))
-	for i, cl := range found {
-		names[i] = cl.fqn
-	}
-	sort.Strings(names)
-	return nil, fmt.Errorf("cluster %q is ambiguous (%v): give its FQN", name, names)
 }
 
 // errNoCluster is returned for a stream whose cluster is not (or no longer) known.

@@ -27,9 +27,11 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/agentcred"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/central/fleetapi"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/postgres"
@@ -128,7 +130,8 @@ func startOn(t *testing.T, path string, opts ...Option) *harness {
 	srv := apiserver.New(reg, st, log, apiserver.WithReadiness(c.Health), apiserver.WithAuth(auth))
 	c.SetAudience(srv.Audience())
 	srv.Mount(c.Handler)
-	srv.Mount(apiserver.Service(flotillav1alpha1connect.NewFleetServiceHandler, flotillav1alpha1connect.FleetServiceHandler(Fleet{Central: c, Policies: auth.Policies})))
+	fleet := fleetapi.New(c.FleetView(), reg, st, auth.Policies, log, fleetapi.WithClock(c.now))
+	srv.Mount(apiserver.Service(flotillav1alpha1connect.NewFleetServiceHandler, flotillav1alpha1connect.FleetServiceHandler(fleet)))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +189,7 @@ func (k agentKey) header() string { return k.headerAt(time.Now()) }
 
 // headerAt is header made at now (a test's clock).
 func (k agentKey) headerAt(now time.Time) string {
-	a, err := k.key.Assert(k.cluster, cmp.Or(k.audience, DefaultAudience), now)
+	a, err := k.key.Assert(k.cluster, cmp.Or(k.audience, agentauth.DefaultAudience), now)
 	if err != nil {
 		panic(err)
 	}
@@ -540,7 +543,7 @@ func (a *fakeAgent) ack(t *testing.T, b *agentv1.Bundle, fqns ...string) {
 	t.Helper()
 	ack := &agentv1.Ack{BundleVersion: b.GetVersion(), Revision: b.GetRevision()}
 	for _, f := range fqns {
-		ack.Resources = append(ack.Resources, &agentv1.ResourceStatus{Fqn: f, State: StateApplied, Message: "1 object(s)"})
+		ack.Resources = append(ack.Resources, &agentv1.ResourceStatus{Fqn: f, State: fleetapi.StateApplied, Message: "1 object(s)"})
 	}
 	if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack}}); err != nil {
 		t.Fatal(err)
@@ -577,7 +580,7 @@ func TestStatusNeverReportsAChangeReadyBeforeEveryClusterAppliedItsRevision(t *t
 	notReady := func(rev int64, why string) {
 		t.Helper()
 		for i := range 100 {
-			if st := status(rev * int64(i%2)); st.GetAggregate() == Ready {
+			if st := status(rev * int64(i%2)); st.GetAggregate() == fleetapi.Ready {
 				t.Fatalf("READY at read %d %s: %v", i, why, st)
 			}
 		}
@@ -602,14 +605,14 @@ func TestStatusNeverReportsAChangeReadyBeforeEveryClusterAppliedItsRevision(t *t
 		notReady(rev, "when only c1 acknowledged")
 		agents["c2"].ack(t, b2, fqn)
 		deadline := time.Now().Add(10 * time.Second)
-		for st := status(rev); st.GetAggregate() != Ready; st = status(rev) {
+		for st := status(rev); st.GetAggregate() != fleetapi.Ready; st = status(rev) {
 			if time.Now().After(deadline) {
 				t.Fatalf("not READY after both clusters acknowledged revision %d: %v", rev, st)
 			}
 			runtime.Gosched()
 		}
 		for _, row := range status(0).GetClusters() {
-			if row.GetRevision() < rev || row.GetState() != StateApplied {
+			if row.GetRevision() < rev || row.GetState() != fleetapi.StateApplied {
 				t.Fatalf("READY with a cluster at revision %d (<%d): %v", row.GetRevision(), rev, row)
 			}
 		}
@@ -769,7 +772,7 @@ func TestAStoredGroupThatCannotBeUsedShowsAsFailedInStatusReadinessAndMetrics(t 
 	}
 	eventually("FAILED with the reason", func() bool {
 		st = status()
-		return st.GetAggregate() == Failed && strings.Contains(st.GetError(), group+" cannot be used") && strings.Contains(st.GetError(), "bogus")
+		return st.GetAggregate() == fleetapi.Failed && strings.Contains(st.GetError(), group+" cannot be used") && strings.Contains(st.GetError(), "bogus")
 	})
 	if code, body := readyz(); code != http.StatusServiceUnavailable || !strings.Contains(body, "not ready") || !strings.Contains(body, "server log") || strings.Contains(body, "bogus") || strings.Contains(body, "record") {
 		t.Fatalf("readyz with a broken record: %d %q (must say not ready, without internal detail)", code, body)
@@ -965,7 +968,7 @@ func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
 		}
 	}
 	stored(func(s clusterStatus, rs []resourceStatus) bool {
-		return s.BundleVersion == b.GetVersion() && len(rs) == 1 && rs[0].State == StateApplied
+		return s.BundleVersion == b.GetVersion() && len(rs) == 1 && rs[0].State == fleetapi.StateApplied
 	})
 	send := func(ack *agentv1.Ack) {
 		t.Helper()
@@ -975,11 +978,11 @@ func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
 	}
 	send(&agentv1.Ack{BundleVersion: "v-next", Revision: b.GetRevision(), Partial: true})
 	stored(func(s clusterStatus, rs []resourceStatus) bool {
-		return s.BundleVersion == "v-next" && len(rs) == 1 && rs[0].State == StateApplied && rs[0].Message == "1 object(s)"
+		return s.BundleVersion == "v-next" && len(rs) == 1 && rs[0].State == fleetapi.StateApplied && rs[0].Message == "1 object(s)"
 	})
 	send(&agentv1.Ack{BundleVersion: "v-failed", Revision: b.GetRevision(), Partial: true,
-		Resources: []*agentv1.ResourceStatus{{Fqn: fqn, State: StateFailed, Message: "the API server refused it"}}})
+		Resources: []*agentv1.ResourceStatus{{Fqn: fqn, State: fleetapi.StateFailed, Message: "the API server refused it"}}})
 	stored(func(s clusterStatus, rs []resourceStatus) bool {
-		return s.BundleVersion == "v-failed" && len(rs) == 1 && rs[0].State == StateFailed && rs[0].Message == "the API server refused it"
+		return s.BundleVersion == "v-failed" && len(rs) == 1 && rs[0].State == fleetapi.StateFailed && rs[0].Message == "the API server refused it"
 	})
 }

@@ -14,6 +14,7 @@ import (
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/agentcred"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/authz"
 	"flotilla.io/flotilla/internal/resource"
@@ -144,7 +145,7 @@ func TestAStreamEndsOnItsRecheckOnceItsCredentialIsGone(t *testing.T) {
 	// As another replica's revoke leaves it: the credential gone from the
 	// store, this replica not told.
 	if err := h.c.st.Update(ctx, "test", func(tx store.Tx) error {
-		return tx.DeleteCredentials(ctx, "organizations/acme/clusters/c1", credAgentKey)
+		return tx.DeleteCredentials(ctx, "organizations/acme/clusters/c1", agentcred.KindAgentKey)
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/central/fleetapi"
 )
 
 // An agent that takes deltas gets its first bundle whole, then only what
@@ -46,7 +47,7 @@ func TestAStreamThatTakesDeltasGetsOnlyWhatChangedAndPartialAcksKeepStatusWhole(
 		t.Fatalf("first bundle: %d objects, %v", len(held.Objects), err)
 	}
 	whole := &agentv1.Ack{BundleVersion: first.GetVersion(), Revision: first.GetRevision(), Resources: []*agentv1.ResourceStatus{
-		{Fqn: other, State: StateApplied, Message: "1 object(s)"}, {Fqn: shop, State: StateApplied, Message: "1 object(s)"}}}
+		{Fqn: other, State: fleetapi.StateApplied, Message: "1 object(s)"}, {Fqn: shop, State: fleetapi.StateApplied, Message: "1 object(s)"}}}
 	if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: whole}}); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +72,7 @@ func TestAStreamThatTakesDeltasGetsOnlyWhatChangedAndPartialAcksKeepStatusWhole(
 
 	// A partial acknowledgement: shop failed there; other's status stands.
 	now := &agentv1.Ack{BundleVersion: next.GetVersion(), Revision: next.GetRevision(), Resources: []*agentv1.ResourceStatus{
-		{Fqn: other, State: StateApplied, Message: "1 object(s)"}, {Fqn: shop, State: StateFailed, Message: "denied by policy"}}}
+		{Fqn: other, State: fleetapi.StateApplied, Message: "1 object(s)"}, {Fqn: shop, State: fleetapi.StateFailed, Message: "denied by policy"}}}
 	partial := ack.Diff(whole, now)
 	if len(partial.GetResources()) != 1 {
 		t.Fatalf("partial ack: %v", partial)
@@ -95,7 +96,7 @@ func TestAStreamThatTakesDeltasGetsOnlyWhatChangedAndPartialAcksKeepStatusWhole(
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		s, msg := state(shop)
-		if s == StateFailed && msg == "denied by policy" {
+		if s == fleetapi.StateFailed && msg == "denied by policy" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -103,7 +104,7 @@ func TestAStreamThatTakesDeltasGetsOnlyWhatChangedAndPartialAcksKeepStatusWhole(
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if s, _ := state(other); s != StateApplied {
+	if s, _ := state(other); s != fleetapi.StateApplied {
 		t.Fatalf("other in c1 is %s after a partial ack that did not name it", s)
 	}
 

@@ -7,8 +7,18 @@
 //	                                                            │ wake (cap 1, coalescing)
 //	agent ◀──Bundle (only when its version differs)── stream ◀──┘
 //	agent ──Hello/Inventory/Ack/Drift──▶ cluster state ──(≤1/s)──▶ Cluster.status in the store
+//	                                           │
+//	                                           └──FleetView (copies, under mu only while copying)──▶ fleetapi (FleetService)
 //
 // Each cluster has its own wake channel and stream goroutine, so a slow or
 // disconnected cluster never delays another; a disconnected cluster's latest
 // bundle waits for it and is sent when it reconnects.
+//
+// The FleetService's handlers (status, compiled preview, plan, onboarding,
+// ...) are in package fleetapi, which does not import this one: they read
+// the control plane only through FleetView (fleetview.go), whose calls take
+// and release the lock themselves, and compile, filter and diff what it
+// returned outside it. Agents' credentials (join, the assertion at stream
+// open, extension, recheck) are package agentauth's; this package keeps the
+// streams they open.
 package central

@@ -70,7 +70,7 @@ type objectEntry struct {
 
 func newIndex(reg *resource.Registry) *index {
 	in := map[string]bool{}
-	for _, k := range bundleKinds(reg) {
+	for _, k := range reg.BundleKinds() {
 		in[k] = true
 	}
 	return &index{reg: reg, inBundle: in, clusters: map[string]*clusterEntry{}, byOrg: map[string]map[string]bool{}, groups: map[string]*groupEntry{}}

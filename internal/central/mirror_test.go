@@ -10,6 +10,7 @@ import (
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/central/fleetapi"
 	"flotilla.io/flotilla/internal/store/postgres/pgtest"
 )
 
@@ -60,8 +61,8 @@ func TestEveryReplicaAnswersTheStatusOfClustersTheOthersServe(t *testing.T) {
 	rev := apply("shop1.example.com")
 	onA := a.fakeAgent(t, ctx, "c1")
 	onA.ack(t, onA.await(t, "shop1.example.com"), igw)
-	row(a, "a", StateApplied, rev, true)
-	row(b, "b", StateApplied, rev, true)
+	row(a, "a", fleetapi.StateApplied, rev, true)
+	row(b, "b", fleetapi.StateApplied, rev, true)
 
 	// The agent moves to b (it has the bundle, as b's mirror of its status
 	// says, so b sends the next one); a lets go and mirrors b's status from
@@ -71,12 +72,12 @@ func TestEveryReplicaAnswersTheStatusOfClustersTheOthersServe(t *testing.T) {
 	onB := b.connectAs(t, ctx, onA.cred, &agentv1.Hello{Cluster: "c1"})
 	rev = apply("shop2.example.com")
 	onB.ack(t, onB.await(t, "shop2.example.com"), igw)
-	row(b, "b", StateApplied, rev, true)
-	row(a, "a", StateApplied, rev, true)
+	row(b, "b", fleetapi.StateApplied, rev, true)
+	row(a, "a", fleetapi.StateApplied, rev, true)
 
 	// The agent leaves b: both replicas say c1 is disconnected.
 	onB.stream.CloseRequest()
 	onB.stream.CloseResponse()
-	row(b, "b", StateApplied, rev, false)
-	row(a, "a", StateApplied, rev, false)
+	row(b, "b", fleetapi.StateApplied, rev, false)
+	row(a, "a", fleetapi.StateApplied, rev, false)
 }

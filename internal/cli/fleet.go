@@ -14,7 +14,7 @@ import (
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
-	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/central/fleetapi"
 )
 
 func (e *env) fleet() flotillav1alpha1connect.FleetServiceClient {
@@ -52,7 +52,7 @@ func newClusterCmd(e *env) *cobra.Command {
 		},
 	}
 	onboard.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
-	onboard.Flags().DurationVar(&ttl, "ttl", central.DefaultTokenTTL, "how long the token stays valid")
+	onboard.Flags().DurationVar(&ttl, "ttl", fleetapi.DefaultTokenTTL, "how long the token stays valid")
 	onboard.Flags().BoolVar(&force, "force", false, "issue a token even though the cluster's agent is connected: joining with it replaces that agent's credential")
 	cmd.AddCommand(onboard, newRevokeCmd(e), newDrainCmd(e, true), newDrainCmd(e, false))
 	return cmd
@@ -252,7 +252,7 @@ failure or timeout.`,
 				switch {
 				case !wait:
 					return nil
-				case last.GetAggregate() == central.Failed:
+				case last.GetAggregate() == fleetapi.Failed:
 					fmt.Fprintf(e.errOut, "error: %s failed in at least one cluster\n", last.GetFqn())
 				case settled(last):
 					return nil
@@ -276,9 +276,9 @@ failure or timeout.`,
 // computed bundles up to the revision asked for (nothing to wait for).
 func settled(st *pb.GetStatusResponse) bool {
 	switch st.GetAggregate() {
-	case central.Ready, central.Failed:
+	case fleetapi.Ready, fleetapi.Failed:
 		return true
-	case central.Accepted:
+	case fleetapi.Accepted:
 		return st.GetCentralRevision() >= st.GetRevision() && len(st.GetChildren()) == 0 && len(st.GetClusters()) == 0
 	}
 	return false

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"flotilla.io/flotilla/internal/access"
+	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/authn"
 	"flotilla.io/flotilla/internal/central"
@@ -166,7 +167,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&oidcIssuer, "oidc-issuer", "", "URL of the OIDC provider people log in with (flotilla login --oidc)")
 	cmd.Flags().StringVar(&oidcClient, "oidc-client-id", "flotilla", "the OIDC client id of the CLI and the UI")
 	cmd.Flags().StringVar(&oidcCA, "oidc-ca-file", "", "PEM CA bundle of the OIDC provider's certificate, instead of the system roots")
-	cmd.Flags().DurationVar(&agentTTL, "agent-credential-ttl", central.DefaultAgentCredentialTTL, "life of an agent's credential; the agent's stream extends it when a third is left (never past a year from its join)")
+	cmd.Flags().DurationVar(&agentTTL, "agent-credential-ttl", agentauth.DefaultTTL, "life of an agent's credential; the agent's stream extends it when a third is left (never past a year from its join)")
 	cmd.Flags().BoolVar(&insecure, "insecure-no-auth", false, "serve every caller as the administrator, with no login: only for throwaway demos")
 	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one and its sessions stop working; a disabled one is enabled again) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile)
 	cmd.Flags().DurationVar(&bootstrapTTL, "bootstrap-credential-ttl", apiserver.DefaultBootstrapTTL, "life of the bootstrap administrator credential from when it is made; after it, log in another way or --reset-bootstrap-credential")

@@ -1,11 +1,12 @@
 // Package plane assembles the management plane as `flotilla server` runs it:
-// the API server, the central control plane inside it (its agent stream,
-// fleet service and metrics), on one port. The command, the benchmarks and
+// the API server, the central control plane inside it (its agent stream
+// and metrics) and the fleet service over the control plane's view, on one
+// port. The command, the benchmarks and
 // any test that wants the real server build it here, so no copy of the
 // wiring can miss a piece.
 //
 //	store ──▶ apiserver (resources, audit, health, metrics)
-//	      └─▶ central (agent stream, fleet service, bundles, status) ──▶ same port, through apiserver.Mount
+//	      └─▶ central (agent stream, bundles, status) ──FleetView──▶ fleetapi (fleet service) ──▶ same port, through apiserver.Mount
 package plane
 
 import (
@@ -17,6 +18,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/apiserver"
 	"flotilla.io/flotilla/internal/central"
+	"flotilla.io/flotilla/internal/central/fleetapi"
 	"flotilla.io/flotilla/internal/gslb"
 	"flotilla.io/flotilla/internal/gslb/rule"
 	"flotilla.io/flotilla/internal/resource"
@@ -62,10 +64,13 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	probes := rule.Probes{Allow: cfg.GSLBAllow, Own: rule.HostAddresses()}
 	reg = reg.WithGSLBProbes(probes)
 	cfg.DNS.Probes = probes
-	var dns *gslb.Service
+	var (
+		dns      *gslb.Service
+		fleetOpt []fleetapi.Option
+	)
 	if cfg.DNSListen != "" || len(cfg.DNS.TSIGKeys) > 0 || len(cfg.DNS.Clusters) > 0 {
 		dns = gslb.New(st, log.With("component", "gslb"), cfg.DNSListen, cfg.DNS)
-		copts = append(copts, central.WithHealth(gslb.KindDNSRecordSet, dns.Status))
+		fleetOpt = append(fleetOpt, fleetapi.WithHealth(gslb.KindDNSRecordSet, dns.Status))
 	}
 	cp := central.New(reg, st, log.With("component", "central"), copts...)
 	if dns != nil {
@@ -79,7 +84,8 @@ func New(reg *resource.Registry, st store.Store, log *slog.Logger, cfg Config) (
 	// scrubbed errors), the agent's included.
 	cp.SetAudience(srv.Audience())
 	srv.Mount(cp.Handler)
-	srv.Mount(apiserver.Service(flotillav1alpha1connect.NewFleetServiceHandler, flotillav1alpha1connect.FleetServiceHandler(central.Fleet{Central: cp, Policies: srv.Auth().Policies})))
+	fleet := fleetapi.New(cp.FleetView(), reg, st, srv.Auth().Policies, log.With("component", "fleetapi"), fleetOpt...)
+	srv.Mount(apiserver.Service(flotillav1alpha1connect.NewFleetServiceHandler, flotillav1alpha1connect.FleetServiceHandler(fleet)))
 	var uiOpts []ui.Option
 	if o := srv.Auth().OIDC; o != nil {
 		// The browser's OIDC login fetches from the issuer.

@@ -133,6 +133,24 @@ func (r *Registry) Kinds() []*Kind {
 	return out
 }
 
+// BundleKinds are the kinds that travel in bundles: those living in
+// groups, and the settings of organizations, tenants and workspaces (in
+// their scope groups).
+func (r *Registry) BundleKinds() []string {
+	var out []string
+	for _, k := range r.Kinds() {
+		switch k.Name {
+		case KindOrganizationSetting, KindTenantSetting, KindWorkspaceSetting:
+			out = append(out, k.Name)
+			continue
+		}
+		if k.Parent == KindGroup {
+			out = append(out, k.Name)
+		}
+	}
+	return out
+}
+
 // Depth is 0 for a root kind, 1 for its children, and so on.
 func (r *Registry) Depth(k *Kind) int {
 	d := 0

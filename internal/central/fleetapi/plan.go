@@ -1,10 +1,9 @@
-package central
+package fleetapi
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"sort"
 
 	"connectrpc.com/connect"
@@ -24,36 +23,34 @@ var errPlanDone = errors.New("plan: roll back")
 
 // Plan implements FleetService.Plan. It validates the resources exactly as
 // Apply would, in a transaction it never commits and leaves at once (it
-// holds the write lock only while the writes are checked). It then applies
-// the would-be records to a copy-on-write clone of the central control
-// plane's index, outside any lock on the store, and compiles the old and
-// new bundle of each affected cluster against the namespaces its agent last
-// reported.
-func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (*connect.Response[pb.PlanResponse], error) {
-	objs, vs := f.reg.ParseAll(req.Msg.GetResources())
+// holds the write lock only while the writes are checked). It then has the
+// central control plane apply the would-be records to a copy-on-write
+// clone of its index (View.Plan), outside any lock on the store, and
+// compiles the old and new bundle of each affected cluster against the
+// namespaces its agent last reported, outside the control plane's lock.
+func (s *Server) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (*connect.Response[pb.PlanResponse], error) {
+	objs, vs := s.reg.ParseAll(req.Msg.GetResources())
 	if len(vs) > 0 {
 		return nil, apierror.Violations(vs, false)
 	}
 	for _, o := range objs {
 		o.Force = true // show what a forced apply would delete
 	}
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the central control plane is starting"))
+	if err := s.ready(ctx); err != nil {
+		return nil, err
 	}
 	var (
 		written  []resource.Written
 		conflict bool
 		denied   bool
 	)
-	err := f.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
-		chk, err := access.Checker(ctx, f.Policies, tx, tx.Revision())
+	err := s.st.Update(ctx, access.Actor(ctx), func(tx store.Tx) error {
+		chk, err := access.Checker(ctx, s.policies, tx, tx.Revision())
 		if err != nil {
 			return err
 		}
 		guard := access.Guard(chk, tx)
-		if written, vs, conflict, err = f.reg.Write(ctx, tx, objs, func(ctx context.Context, obj *resource.Object, rec *store.Record, old *store.Record) (string, error) {
+		if written, vs, conflict, err = s.reg.Write(ctx, tx, objs, func(ctx context.Context, obj *resource.Object, rec *store.Record, old *store.Record) (string, error) {
 			refusal, err := guard(ctx, obj, rec, old)
 			denied = denied || refusal != ""
 			return refusal, err
@@ -69,66 +66,28 @@ func (f Fleet) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest]) (
 		return nil, apierror.Violations(vs, conflict)
 	}
 	if err != nil && !errors.Is(err, errPlanDone) {
-		return nil, f.internal("plan", err)
+		return nil, s.internal("plan", err)
 	}
-	results, err := f.reg.Results(len(objs), written)
+	results, err := s.reg.Results(len(objs), written)
 	if err != nil {
-		return nil, f.internal("plan", err)
+		return nil, s.internal("plan", err)
 	}
-
-	type before struct {
-		name         string
-		current      *bundle.Bundle
-		next         *bundle.Bundle // as planned
-		cluster      compile.Cluster
-		multicluster *bundle.Multicluster
+	planned, err := s.cp.Plan(written)
+	if err != nil {
+		return nil, s.internal("plan", err)
 	}
-	f.mu.Lock()
-	planned := f.idx.clone()
-	affected := map[string]bool{}
-	for _, w := range written {
-		if w.Outcome == resource.Unchanged || !planned.relevant(w.Record.Kind) {
-			continue
-		}
-		if err := planned.apply(store.Event{Type: store.EventPut, Record: w.Record}, affected); err != nil {
-			f.mu.Unlock()
-			return nil, f.internal("plan", fmt.Errorf("plan %s: %w", w.Record.FQN, err))
-		}
-	}
-	olds := map[string]before{}
-	for fqn := range affected {
-		// The planned bundle is assembled under the lock too: the clone
-		// shares the index's unchanged groups, which the index's own
-		// writers change in place.
-		b := before{current: f.bundleOf(fqn), next: planned.bundle(fqn), multicluster: f.mc.slices[fqn]}
-		if ce := planned.clusters[fqn]; ce != nil {
-			b.name = ce.name
-		}
-		if cl := f.clusters[fqn]; cl != nil {
-			b.cluster = cl.inv.cluster()
-		}
-		olds[fqn] = b
-	}
-	f.mu.Unlock()
 
 	// The plan shows what the caller may read: another tenant's objects
 	// in the same clusters, and what is wrong with them, are not its to see.
-	v, err := f.view(ctx)
+	v, err := s.caller(ctx)
 	if err != nil {
-		return nil, f.internal("plan", err)
+		return nil, s.internal("plan", err)
 	}
 	out := &pb.PlanResponse{Results: results}
-	for _, old := range olds {
-		next := old.next
-		if next == nil {
-			continue
-		}
-		// Plan previews intent: the multicluster slice (runtime state) is
-		// the same before and after.
-		next.Multicluster = old.multicluster
-		cp := &pb.ClusterPlan{Cluster: old.name}
-		after := compile.CompileIn(readable(v, next), old.cluster)
-		cp.Changes = diffObjects(compileOrEmpty(readable(v, old.current), old.cluster).Objects, after.Objects)
+	for _, pc := range planned {
+		cp := &pb.ClusterPlan{Cluster: pc.Name}
+		after := compile.CompileIn(readable(v, pc.Next), pc.In)
+		cp.Changes = diffObjects(compileOrEmpty(readable(v, pc.Current), pc.In).Objects, after.Objects)
 		for _, d := range after.Diagnostics {
 			cp.Diagnostics = append(cp.Diagnostics, d.String())
 		}
