@@ -168,6 +168,13 @@ func TestEdgeGatewaySpreadsAHostnameOverTheClustersIngressGateways(t *testing.T)
 	c1, c2 := cs[0], cs[1]
 	c1.runIngressGateway(t, "127.0.12.1")
 	c2.runIngressGateway(t, "127.0.12.2")
+	// What the gateways and the route name: the ingress gateways' pods, the
+	// frontend service, and c1's edge gateway with its Service.
+	for _, c := range cs {
+		c.runWorkloads(t, workload{namespace: "ingress", name: "ingressgateway", labels: map[string]string{"istio": "ingressgateway"}},
+			workload{namespace: "ingress", name: "frontend", ports: []int32{80}})
+	}
+	c1.runWorkloads(t, workload{namespace: "edge", name: "edgegateway", labels: map[string]string{"istio": "edgegateway"}, ports: []int32{80}})
 	dir := t.TempDir()
 	dnsAddr := freePort(t)
 	s := startServer(t, dir, "--dns-listen", dnsAddr)
@@ -327,4 +334,5 @@ func TestEdgeGatewaySpreadsAHostnameOverTheClustersIngressGateways(t *testing.T)
 	if r := s.flotilla(bad, "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, "spec.externalServers[0].clusters[0].name") || !strings.Contains(r.stderr, `cluster "c9" does not exist`) {
 		t.Fatalf("an unknown cluster in the list: %+v", r)
 	}
+	analyzeClusters(t, c1, c2)
 }

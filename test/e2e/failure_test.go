@@ -117,6 +117,7 @@ func TestFailureMatrix(t *testing.T) {
 	cs := clusters(t)
 	for _, c := range cs {
 		c.reset(t, "payments")
+		c.runWorkloads(t, quickstartWorkloads(8080)...)
 	}
 	dir := t.TempDir()
 	s := startServer(t, dir)
@@ -239,6 +240,7 @@ func TestFailureMatrix(t *testing.T) {
 			checked:  []string{"agents reconnect on their own", "status restored from the store and the agents' Hello", "a new change applies everywhere"},
 			recovery: recovery, how: "server restart → every agent's stream back (the seeds accept 1–2 minutes)"})
 	})
+	analyzeClusters(t, cs...)
 }
 
 func TestFailureMatrixStoreDown(t *testing.T) {
@@ -246,6 +248,7 @@ func TestFailureMatrixStoreDown(t *testing.T) {
 	cs := clusters(t)
 	for _, c := range cs {
 		c.reset(t, "payments")
+		c.runWorkloads(t, quickstartWorkloads(8080)...)
 	}
 	dir := t.TempDir()
 	s := startServer(t, dir, "--store", pg.URL)
@@ -313,6 +316,7 @@ func TestFailureMatrixStoreDown(t *testing.T) {
 	record(matrixRow{scenario: "store down (PostgreSQL stopped)",
 		checked:  []string{"running config untouched", "kubectl works", "agents keep their streams", "apply refused with a clear error and nothing written", "/readyz 503", "a change applies everywhere once the store is back"},
 		recovery: recovery, how: "PostgreSQL start → an apply succeeds and is applied in every cluster"})
+	analyzeClusters(t, cs...)
 }
 
 // freeze stops (SIGSTOP) or continues (SIGCONT) a local-fleet cluster's
@@ -342,6 +346,7 @@ func TestFailureMatrixClusterDownAndLostConnectivity(t *testing.T) {
 	cs := clusters(t)
 	for _, c := range cs {
 		c.reset(t, "payments")
+		c.runWorkloads(t, quickstartWorkloads(8080)...)
 	}
 	c1, c2 := cs[0], cs[1]
 	dir := t.TempDir()
@@ -431,4 +436,5 @@ func TestFailureMatrixClusterDownAndLostConnectivity(t *testing.T) {
 			checked:  []string{"c1 applies a change meanwhile; c2 Pending", "the change queued for c2 is applied when the cluster is back"},
 			recovery: recovery, how: "cluster back → the queued change applied in c2"})
 	})
+	analyzeClusters(t, cs...)
 }

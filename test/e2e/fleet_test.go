@@ -148,6 +148,8 @@ func TestFleetEndToEnd(t *testing.T) {
 	ctx := context.Background()
 	for _, c := range cs {
 		c.reset(t, "payments")
+		// At the end only refused-web, with no port, routes to web.
+		c.runWorkloads(t, quickstartWorkloads(9090)...)
 	}
 	// A VirtualService a user made by hand, in the namespace Flotilla writes to.
 	handmade := &unstructured.Unstructured{Object: map[string]any{
@@ -464,6 +466,7 @@ spec:
 		}
 		checkHandmade(t)
 	})
+	analyzeClusters(t, cs...)
 }
 
 // directGroup is a DIRECT group in the quickstart's workspace.

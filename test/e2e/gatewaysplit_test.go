@@ -82,6 +82,7 @@ spec:
 func TestAServiceRoutesSplitHoldsForTrafficThroughTheIngressGateway(t *testing.T) {
 	c := clusters(t)[0]
 	c.runIngressGateway(t, "127.0.12.1")
+	c.runWorkloads(t, workload{namespace: "ingress", name: "ingressgateway", labels: map[string]string{"istio": "ingressgateway"}}) // its pod
 	c.reset(t, "shop")
 	ctx := context.Background()
 	for _, gvr := range []schema.GroupVersionResource{destRuleGVR, virtualServiceGVR} {
@@ -138,4 +139,5 @@ func TestAServiceRoutesSplitHoldsForTrafficThroughTheIngressGateway(t *testing.T
 		}
 		return nil
 	})
+	analyzeClusters(t, c)
 }

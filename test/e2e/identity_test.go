@@ -80,6 +80,7 @@ func TestAServiceAccountLogsInFromTheCLIAndDoesOnlyWhatItsBindingAllows(t *testi
 func TestAnAgentsKeyBoundCredentialIsExtendedAndTheSameKeyReconnectsAfterItsFirstExpiry(t *testing.T) {
 	c1 := clusters(t)[0]
 	c1.reset(t, "payments")
+	c1.runWorkloads(t, quickstartWorkloads(8080)...)
 	dir := t.TempDir()
 	const ttl = 12 * time.Second
 	s := startServer(t, dir, "--agent-credential-ttl", ttl.String())
@@ -135,4 +136,5 @@ func TestAnAgentsKeyBoundCredentialIsExtendedAndTheSameKeyReconnectsAfterItsFirs
 	if strings.Contains(agent.log.String(), "refused this cluster's credential") {
 		t.Fatalf("the agent's credential was refused:\n%s", agent.log)
 	}
+	analyzeClusters(t, c1)
 }

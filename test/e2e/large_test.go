@@ -35,6 +35,7 @@ func TestAClusterWithTenThousandObjectsConvergesAndAOneObjectChangeRewritesOneOb
 	const n = 10000
 	c1 := clusters(t)[0]
 	c1.reset(t, "payments")
+	c1.runWorkloads(t, workload{namespace: "payments", name: "web", ports: []int32{8080}})
 	t.Cleanup(func() { c1.reset(t, "payments") }) // leave no 10,000 objects for the next test's agent to prune
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -115,5 +116,5 @@ func TestAClusterWithTenThousandObjectsConvergesAndAOneObjectChangeRewritesOneOb
 	if len(rewritten) != 1 || rewritten[0] != "vs00000" {
 		t.Fatalf("a one-object change rewrote %d objects (%v), want only vs00000", len(rewritten), rewritten[:min(5, len(rewritten))])
 	}
-
+	analyzeClusters(t, c1)
 }

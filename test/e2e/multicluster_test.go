@@ -131,6 +131,7 @@ func (c *kcluster) prepareMulticluster(t *testing.T, address string) {
 	t.Cleanup(func() {
 		_ = c.kube.CoreV1().Services("istio-system").Delete(context.Background(), "eastwest", metav1.DeleteOptions{})
 	})
+	c.runWorkloads(t, workload{namespace: "istio-system", name: "eastwest", labels: map[string]string{"istio": "eastwestgateway"}}) // its pod
 }
 
 // The services two clusters report become, in the other cluster, native
@@ -340,6 +341,7 @@ func TestServicesInOneClusterFailOverThroughTheOthersEastWestGateway(t *testing.
 		}
 		return nil
 	})
+	analyzeClusters(t, c1, c2)
 }
 
 // awaitWeight waits until the WorkloadEntry shop/name has the weight.
@@ -489,6 +491,7 @@ func TestFailoverConfigCrossesReplicasAndOutlivesThem(t *testing.T) {
 	if got := deleted(); len(got) != 0 {
 		t.Fatalf("failover config was removed while replicas died and came back: %v", got)
 	}
+	analyzeClusters(t, c1, c2)
 }
 
 // An east-west gateway of one's own, whose pods carry app: my-ewgw and no
@@ -515,6 +518,7 @@ func TestAnEastWestGatewayOfOnesOwnCarriesFailover(t *testing.T) {
 		t.Cleanup(func() {
 			_ = c.kube.CoreV1().Services("istio-system").Delete(context.Background(), "my-ewgw", metav1.DeleteOptions{})
 		})
+		c.runWorkloads(t, workload{namespace: "istio-system", name: "my-ewgw", labels: map[string]string{"app": "my-ewgw"}}) // its pod
 	}
 	c1.runService(t, "reviews", 1)
 	c2.runService(t, "reviews", 2)
@@ -559,4 +563,5 @@ func TestAnEastWestGatewayOfOnesOwnCarriesFailover(t *testing.T) {
 	if r := s.must("get", "compiled", "--cluster", "c1"); strings.Contains(r, "no east-west gateway Service") || strings.Contains(r, "has no address") {
 		t.Errorf("c1's compiled output still reports a missing gateway:\n%s", r)
 	}
+	analyzeClusters(t, c1, c2)
 }

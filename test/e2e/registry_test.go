@@ -62,6 +62,7 @@ func TestTheRegistryEqualsTheClusterAfterItsStreamIsCutInABurst(t *testing.T) {
 	c1 := clusters(t)[0]
 	const ns = "burst"
 	c1.reset(t, ns)
+	c1.runWorkloads(t, quickstartWorkloads(8080)...)
 	ctx := context.Background()
 	t.Cleanup(func() { _ = c1.kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}) })
 
@@ -163,4 +164,5 @@ func TestTheRegistryEqualsTheClusterAfterItsStreamIsCutInABurst(t *testing.T) {
 		}
 		return nil
 	})
+	analyzeClusters(t, c1)
 }

@@ -126,6 +126,7 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 	cs := clusters(t)
 	for _, c := range cs {
 		c.reset(t, "payments")
+		c.runWorkloads(t, quickstartWorkloads(8080)...)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -231,4 +232,5 @@ func TestKillingAReplicaMovesEveryAgentToTheOtherAndLosesNothing(t *testing.T) {
 			}
 		}
 	}
+	analyzeClusters(t, cs...)
 }

@@ -15,6 +15,7 @@ import (
 func TestRevokingAClusterStopsItsAgentAndAnotherOnboardingLetsItBackIn(t *testing.T) {
 	c1 := clusters(t)[0]
 	c1.reset(t, "payments")
+	c1.runWorkloads(t, quickstartWorkloads(8080)...)
 	dir := t.TempDir()
 	s := startServer(t, dir)
 	applyHost(t, s, "revoke.example.com")
@@ -62,4 +63,5 @@ func TestRevokingAClusterStopsItsAgentAndAnotherOnboardingLetsItBackIn(t *testin
 	onboard()
 	start()
 	eventually(t, 30*time.Second, "the agent is back after a new onboarding", connected(1))
+	analyzeClusters(t, c1)
 }

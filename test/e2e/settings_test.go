@@ -381,6 +381,14 @@ func TestSettingsInheritAcrossTwoClustersAndReachTheDataPlane(t *testing.T) {
 	if got, err := c2.get(peerAuthGVR, "shop", "mine"); err != nil || got.GetResourceVersion() != made.GetResourceVersion() {
 		t.Fatalf("c2's own PeerAuthentication was touched: %v", err)
 	}
+	// c2 ran no reviews pods on purpose (the subsets' warning), and c1's lack
+	// the sidecar: run both versions, injected, before Istio's analyzers judge
+	// the DestinationRule's subsets and the namespace's policies.
+	for _, c := range cs {
+		c.runWorkloads(t, workload{namespace: "shop", name: "reviews-v1", labels: map[string]string{"app": "reviews", "version": "v1"}},
+			workload{namespace: "shop", name: "reviews-v2", labels: map[string]string{"app": "reviews", "version": "v2"}})
+	}
+	analyzeClusters(t, cs...)
 }
 
 func writeFile(t *testing.T, dir, name, content string) string {

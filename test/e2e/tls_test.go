@@ -58,6 +58,7 @@ func selfSigned(t *testing.T) (certFile, keyFile string) {
 func TestCLIAndAgentsTalkToAnHTTPSServer(t *testing.T) {
 	c1 := clusters(t)[0]
 	c1.reset(t, "payments")
+	c1.runWorkloads(t, quickstartWorkloads(8080)...)
 	certFile, keyFile := selfSigned(t)
 	dir := t.TempDir()
 	s := startServerTLS(t, dir, certFile, "--tls-cert", certFile, "--tls-key", keyFile)
@@ -89,4 +90,5 @@ func TestCLIAndAgentsTalkToAnHTTPSServer(t *testing.T) {
 	if _, err := c1.get(gatewayGVR, "payments", "shop"); err != nil {
 		t.Fatalf("c1 lacks the gateway: %v", err)
 	}
+	analyzeClusters(t, c1)
 }

@@ -29,6 +29,7 @@ func TestWebUIInARealBrowser(t *testing.T) {
 	cs := clusters(t)
 	for _, c := range cs[:2] {
 		c.reset(t, "payments")
+		c.runWorkloads(t, quickstartWorkloads(8080)...)
 	}
 	dir := t.TempDir()
 	s := startServer(t, dir)
@@ -78,6 +79,7 @@ func TestWebUIInARealBrowser(t *testing.T) {
 	if got := s.must("get", "ingressgateway", "shop", "-o", "yaml"); !strings.Contains(got, "touched: \"yes\"") && !strings.Contains(got, "touched: yes") || strings.Contains(got, "mine.example.com") {
 		t.Fatalf("after the conflict:\n%s", got)
 	}
+	analyzeClusters(t, cs[:2]...)
 }
 
 // runBrowser runs a browser test script of web/ with env, passing each

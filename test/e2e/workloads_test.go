@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"flotilla.io/flotilla/internal/testfleet"
+	"flotilla.io/flotilla/internal/testfleet/analyze"
 	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
 )
 
@@ -88,6 +89,8 @@ func TestThreeClustersWithWorkloadsFollowAScaleToZeroFleetWide(t *testing.T) {
 		if _, err := kube[c.Name].CoreV1().Services("istio-system").Create(ctx, gw, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// The gateway's pod, which the Gateway Flotilla writes selects.
+		(&kcluster{name: c.Name, kube: kube[c.Name]}).runWorkloads(t, workload{namespace: "istio-system", name: "eastwest", labels: map[string]string{"istio": "eastwestgateway"}})
 	}
 	deploy(t, kube["c1"], "reviews", 2)
 	deploy(t, kube["c2"], "reviews", 2)
@@ -219,4 +222,7 @@ func TestThreeClustersWithWorkloadsFollowAScaleToZeroFleetWide(t *testing.T) {
 	eventually(t, 60*time.Second, "c2 back in c1 after scaling up", func() error {
 		return exists("c1", "we", "shop", "reviews-c2")
 	})
+	for _, c := range f.Clusters() {
+		analyze.CheckCluster(t, c.Name, c.RESTConfig(t))
+	}
 }
