@@ -123,6 +123,9 @@ type EastWest struct {
 	Service string `json:"service,omitempty"`
 	// Address is where other clusters reach it; empty when unknown.
 	Address string `json:"address,omitempty"`
+	// Port is the Service's tls port, which the Gateway listens on; 0
+	// when the cluster reported no Service (Istio's 15443 then).
+	Port uint32 `json:"port,omitempty"`
 	// Refused is the address the cluster reported outside its declared
 	// ranges (spec.addressRanges), which is not used; Address is then empty.
 	Refused string `json:"refused,omitempty"`

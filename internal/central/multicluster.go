@@ -185,7 +185,7 @@ func (m *multicluster) compute(clusters map[string]*clusterEntry, services []reg
 			if ws := s.ew.GetWorkloadSelector(); ws != nil {
 				e := bundle.EastWest{Owner: s.fqn, Namespace: ws.GetNamespace(), Labels: ws.GetLabels()}
 				if g := gatewayOf(fqn, s); g != nil {
-					e.Service, e.Address = g.GetNamespace()+"/"+g.GetName(), g.GetAddress()
+					e.Service, e.Address, e.Port = g.GetNamespace()+"/"+g.GetName(), g.GetAddress(), g.GetPort()
 					if ranges := m.edges.clusters[fqn].addresses; e.Address != "" && !ranges.Allows(e.Address) {
 						e.Address, e.Refused = "", g.GetAddress()+" (outside "+ranges.String()+")"
 					}

@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -37,7 +38,7 @@ var failoverOutlierDetection = map[string]any{
 }
 
 // multicluster compiles the bundle's Multicluster slice:
-//   - an Istio Gateway per east-west gateway: port 15443, TLS AUTO_PASSTHROUGH,
+//   - an Istio Gateway per east-west gateway: on its Service's tls port (15443 when it reported none), TLS AUTO_PASSTHROUGH,
 //     hosts *.local, selecting the gateway pods;
 //   - per exposed service with ready instances elsewhere: when it also runs
 //     here, one WorkloadEntry per remote cluster that the local Service
@@ -67,10 +68,11 @@ func (c *compilation) multicluster(mc *bundle.Multicluster) {
 		case ew.Address == "":
 			c.diag(ew.Owner, "spec.eastWestGateway.workloadSelector", "the east-west gateway Service %s of cluster %s has no address: give it a LoadBalancer address, or annotate it with flotilla.io/external-address", ew.Service, c.cluster)
 		}
+		port := cmp.Or(ew.Port, EastWestPort) // the Service's: the port the other clusters' WorkloadEntries name
 		c.emit(ew.Owner, "networking.istio.io/v1", "Gateway", ew.Namespace, EastWestGatewayName, map[string]any{
 			"selector": stringMap(ew.Labels),
 			"servers": []any{map[string]any{
-				"port":  map[string]any{"number": int64(EastWestPort), "name": "tls", "protocol": "TLS"},
+				"port":  map[string]any{"number": int64(port), "name": "tls", "protocol": "TLS"},
 				"tls":   map[string]any{"mode": "AUTO_PASSTHROUGH"},
 				"hosts": []any{"*.local"},
 			}},

@@ -139,9 +139,12 @@ func Files(ctx context.Context, sources ...Source) ([]Finding, error) {
 	if err := sa.AddTestReaderKubeSource(readers); err != nil {
 		return nil, fmt.Errorf("analyze: read sources: %w", err)
 	}
-	if err := sa.AddDefaultResources(); err != nil {
-		return nil, fmt.Errorf("analyze: default resources: %w", err)
-	}
+	// No AddDefaultResources, which istioctl adds to files: a Pod and
+	// Service of a default istio-ingressgateway in istio-system, whose Pod a
+	// Gateway's selector {istio: ingressgateway} then matches beside the
+	// sources' own, so that the namespace the analyzer looks up the
+	// Gateway's credentialName in depends on map order. The sources supply
+	// the cluster, gateways included.
 	return run(ctx, sa)
 }
 
