@@ -73,7 +73,7 @@ func TestMulticlusterSlicesFollowTheWorkspaceTheLabelsAndTheOrganization(t *test
 	ew := func(gw string) []bundle.EastWest {
 		e := bundle.EastWest{Owner: set, Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}}
 		if gw != "" {
-			e.Service, e.Address = "istio-system/eastwest", gw
+			e.Service, e.Address, e.Port = "istio-system/eastwest", gw, 15443
 		}
 		return []bundle.EastWest{e}
 	}

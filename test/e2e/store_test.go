@@ -110,9 +110,9 @@ func TestRestartDurabilityWithTheEmbeddedStore(t *testing.T) {
 }
 
 // storeState is the logical content of the SQLite store's intent: objects,
-// events, audit and the revision. (Not the file's bytes: runtime status is
-// written beside intent at any time, and is not what a refused apply must
-// leave alone.)
+// events, audit and the revision. (Not the file's bytes, nor the feed
+// counter: runtime status is written beside intent at any time, and is not
+// what a refused apply must leave alone.)
 func storeState(t *testing.T, dir string) string {
 	t.Helper()
 	path := filepath.Join(dir, "flotilla-data", "flotilla.db")
@@ -123,7 +123,13 @@ func storeState(t *testing.T, dir string) string {
 	defer db.Close()
 	var b strings.Builder
 	for _, table := range []string{"objects", "events", "audit", "meta"} {
-		rows, err := db.Query("SELECT * FROM " + table + " ORDER BY 1")
+		query := "SELECT * FROM " + table
+		if table == "meta" {
+			// The feed counter numbers runtime and status writes, which
+			// go on while an apply is refused.
+			query += " WHERE key <> 'feed'"
+		}
+		rows, err := db.Query(query + " ORDER BY 1")
 		if err != nil {
 			t.Fatal(err)
 		}
