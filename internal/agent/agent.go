@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"google.golang.org/protobuf/proto"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -51,6 +53,9 @@ type Config struct {
 	RuntimeDigestInterval time.Duration
 	// TLS configures https:// servers; nil uses the system roots.
 	TLS *tls.Config
+	// HealthListen is where the agent answers /healthz and /readyz (e.g.
+	// ":8081" in a pod); empty for none.
+	HealthListen string
 }
 
 // Default client rate limits for the agent's Kubernetes client.
@@ -89,6 +94,9 @@ type Agent struct {
 	rev     int64 // the store revision of current
 	lastAck *agentv1.Ack
 	wake    chan struct{} // capacity 1: reconcile soon
+
+	// started is set once the CRD and namespaces are in place (readyz).
+	started atomic.Bool
 
 	// sleep waits between session attempts (sleepCtx; tests record it).
 	sleep func(ctx context.Context, d time.Duration) bool
@@ -209,22 +217,38 @@ func (a *Agent) onDrift(d apply.Drift) {
 // the stored bundle at once (so a cluster cut off from the central control
 // plane still converges), and keeps a session with the central control plane.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	errs := make(chan error, 8)
+	if a.cfg.HealthListen != "" {
+		ln, err := net.Listen("tcp", a.cfg.HealthListen)
+		if err != nil {
+			return fmt.Errorf("agent: --health-listen: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.serveHealth(ctx, ln); err != nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
 	if err := a.cache.install(ctx); err != nil {
 		return err
 	}
 	if err := ensureNamespaces(ctx, a.kube); err != nil {
 		return err
 	}
+	a.started.Store(true)
 	if b, v, rev, err := a.cache.load(ctx); err != nil {
 		a.log.Error("stored bundle unusable; waiting for the central control plane", "err", err)
 	} else if b != nil {
 		a.log.Info("loaded the stored bundle", "version", v, "revision", rev)
 		a.setBundle(b, v, rev)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
 	for _, run := range []func(context.Context) error{a.applier.Run, a.inv.run, a.rules.run, a.pods.run, a.sessions} {
 		wg.Add(1)
 		go func() {

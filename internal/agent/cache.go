@@ -32,8 +32,9 @@ var (
 	bundleGVR = schema.GroupVersionResource{Group: "flotilla.io", Version: "v1alpha1", Resource: "bundles"}
 )
 
-// bundleCRD describes the flotilla.io Bundle kind the agent installs.
-func bundleCRD() *unstructured.Unstructured {
+// BundleCRD describes the flotilla.io Bundle kind the agent keeps current
+// (the agent chart ships the same in crds/, which a test checks).
+func BundleCRD() *unstructured.Unstructured {
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "apiextensions.k8s.io/v1",
 		"kind":       "CustomResourceDefinition",
@@ -79,7 +80,7 @@ type bundleCache struct {
 // until it is established.
 func (c *bundleCache) install(ctx context.Context) error {
 	crds := c.dyn.Resource(crdGVR)
-	if _, err := crds.Apply(ctx, "bundles.flotilla.io", bundleCRD(), metav1.ApplyOptions{FieldManager: "flotilla-agent", Force: true}); err != nil {
+	if _, err := crds.Apply(ctx, "bundles.flotilla.io", BundleCRD(), metav1.ApplyOptions{FieldManager: "flotilla-agent", Force: true}); err != nil {
 		return fmt.Errorf("install CRD bundles.flotilla.io: %w", err)
 	}
 	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {

@@ -22,7 +22,6 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/agentcred"
-	"flotilla.io/flotilla/internal/compile"
 )
 
 // credentialSecret holds the agent's credential in its cluster: its
@@ -38,12 +37,21 @@ type identity struct {
 }
 
 // ensureNamespaces creates the agent's own namespace and the one that holds
-// the ServiceEntries of services running only in other clusters.
+// the ServiceEntries of services running only in other clusters, unless
+// they exist: the chart creates them, and its agent may not create
+// namespaces.
 func ensureNamespaces(ctx context.Context, kube kubernetes.Interface) error {
-	for _, name := range []string{Namespace, compile.MulticlusterNamespace} {
+	for _, name := range OwnNamespaces() {
+		_, err := kube.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			continue
+		}
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("read namespace %s: %w", name, err)
+		}
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/managed-by": "flotilla"}}}
 		if _, err := kube.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create namespace %s: %w", name, err)
+			return fmt.Errorf("create namespace %s: %w (the agent chart creates it; out of a cluster, the agent's identity needs to)", name, err)
 		}
 	}
 	return nil

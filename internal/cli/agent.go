@@ -16,9 +16,9 @@ import (
 
 func newAgentCmd(e *env) *cobra.Command {
 	var (
-		cluster, tokenFile, kubeconfig, logLevel string
-		qps                                      float32
-		burst                                    int
+		cluster, tokenFile, kubeconfig, logLevel, health string
+		qps                                              float32
+		burst                                            int
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --cluster NAME --token-file FILE [--kubeconfig FILE]",
@@ -52,7 +52,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 			}
 			kube.QPS, kube.Burst = qps, burst
 			e.warnClearText() // the agent's token and assertions
-			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig})
+			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig, HealthListen: health})
 			if err != nil {
 				return err
 			}
@@ -64,6 +64,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 	cmd.Flags().StringVar(&cluster, "cluster", "", "this cluster's name in Flotilla (required)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the join token from `flotilla cluster onboard`")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default: in-cluster configuration)")
+	cmd.Flags().StringVar(&health, "health-listen", "", "address for /healthz and /readyz (e.g. :8081 in a pod); neither depends on reaching the management plane")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().Float32Var(&qps, "kube-qps", agent.DefaultQPS, "requests per second the agent may send its cluster's API server")
 	cmd.Flags().IntVar(&burst, "kube-burst", agent.DefaultBurst, "burst above --kube-qps")
