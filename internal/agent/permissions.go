@@ -29,9 +29,10 @@ const IstiodNamespace = "istio-system"
 // then in the chart, which a test compares); the chart's end-to-end test
 // runs the agent under exactly these rules.
 func Permissions() []Permission {
-	// The applier writes with server-side apply (patch), prunes (delete),
+	// The applier writes with server-side apply (patch, and create for an
+	// apply that creates: the API server checks both), prunes (delete),
 	// lists what it manages and watches it for drift.
-	manage := []string{"get", "list", "watch", "patch", "delete"}
+	manage := []string{"get", "list", "watch", "create", "patch", "delete"}
 	read := []string{"get", "list", "watch"}
 	return []Permission{
 		{Rule: rule("networking.istio.io", manage, "virtualservices", "destinationrules", "gateways", "serviceentries", "sidecars", "workloadentries"),

@@ -1,9 +1,10 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"google.golang.org/protobuf/types/known/structpb"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -11,6 +12,10 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"sigs.k8s.io/yaml"
+
+	"flotilla.io/flotilla/deploy/charts"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
@@ -28,11 +33,37 @@ func newClusterCmd(e *env) *cobra.Command {
 		ttl   time.Duration
 		force bool
 	)
+	var output, agentServer string
 	onboard := &cobra.Command{
 		Use:   "onboard NAME",
-		Short: "Print a one-time join token for a cluster (to stdout only) and how to start its agent",
-		Args:  cobra.ExactArgs(1),
+		Short: "Print a one-time join token for a cluster (to stdout only), or the agent chart's values, or its manifests",
+		Long: `Issue a one-time join token for a cluster's agent (valid for --ttl, one hour by
+default, and usable once) and print it to stdout, with how to start the agent
+on stderr. With -o helm-values it prints the values of the flotilla-agent chart
+instead, for
+
+  flotilla cluster onboard NAME -o helm-values |
+    helm install flotilla-agent deploy/charts/flotilla-agent -n flotilla-system --create-namespace -f -
+
+and with -o manifests the chart rendered as plain YAML, for kubectl apply -f -.
+The agent dials --agent-server (default: the server this CLI talks to) and
+trusts the CA of --ca-file.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			switch output {
+			case "token", "helm-values", "manifests":
+			default:
+				return fmt.Errorf("-o %q: use token, helm-values or manifests", output)
+			}
+			url := cmp.Or(agentServer, e.server)
+			var ca string
+			if e.caFile != "" && output != "token" {
+				b, err := os.ReadFile(e.caFile)
+				if err != nil {
+					return fmt.Errorf("--ca-file: %w", err)
+				}
+				ca = string(b)
+			}
 			md, err := e.clusterMetadata(cmd, args[0], org)
 			if err != nil {
 				return err
@@ -42,15 +73,44 @@ func newClusterCmd(e *env) *cobra.Command {
 				return err
 			}
 			m := res.Msg
-			fmt.Fprintf(e.errOut, "Join token for %s (valid until %s, usable once):\n", m.GetCluster(), m.GetExpireTime().AsTime().Format(time.RFC3339))
+			expires := m.GetExpireTime().AsTime().Format(time.RFC3339)
+			// The cluster as the agent names it: its name, or its FQN when
+			// --org had to say which.
+			cluster := args[0]
+			if org != "" {
+				cluster = m.GetCluster()
+			}
+			switch output {
+			case "helm-values":
+				b, err := yaml.Marshal(charts.AgentValues(cluster, url, ca, m.GetToken()))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.out, "# flotilla-agent values for %s; the join token is valid until %s and usable once.\n%s", m.GetCluster(), expires, b)
+				return nil
+			case "manifests":
+				c, err := charts.Load(charts.Agent)
+				if err != nil {
+					return err
+				}
+				out, err := charts.Render(c, "flotilla-agent", charts.AgentNamespace, charts.AgentValues(cluster, url, ca, m.GetToken()))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.out, "# The agent of %s (chart flotilla-agent, rendered); its join token is valid until %s and usable once.\n# Apply with: kubectl apply --server-side -f -\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n---\n%s", m.GetCluster(), expires, charts.AgentNamespace, out)
+				return nil
+			}
+			fmt.Fprintf(e.errOut, "Join token for %s (valid until %s, usable once):\n", m.GetCluster(), expires)
 			fmt.Fprintln(e.out, m.GetToken())
 			// The token goes to stdout only, never into a hint on stderr that
 			// ends up in scrollback and CI logs.
-			fmt.Fprintf(e.errOut, "\nSave it with `flotilla cluster onboard %s > %s.token` and start the cluster's agent with:\n\n  flotilla agent --server %s --cluster %s --token-file %s.token --kubeconfig <%s's kubeconfig>\n",
-				args[0], args[0], e.server, args[0], args[0], args[0])
+			fmt.Fprintf(e.errOut, "\nSave it with `flotilla cluster onboard %s > %s.token` and start the cluster's agent with:\n\n  flotilla agent --server %s --cluster %s --token-file %s.token --kubeconfig <%s's kubeconfig>\n\nor install it into the cluster with `flotilla cluster onboard %s -o helm-values | helm install flotilla-agent deploy/charts/flotilla-agent -n flotilla-system --create-namespace -f -`\n",
+				args[0], args[0], url, cluster, args[0], args[0], args[0])
 			return nil
 		},
 	}
+	onboard.Flags().StringVarP(&output, "output", "o", "token", "token, helm-values (for the flotilla-agent chart) or manifests (the chart rendered, for kubectl)")
+	onboard.Flags().StringVar(&agentServer, "agent-server", "", "the management plane's URL as the agent dials it (default: --server)")
 	onboard.Flags().StringVar(&org, "org", "", "organization of the cluster (needed only when the name is ambiguous)")
 	onboard.Flags().DurationVar(&ttl, "ttl", fleetapi.DefaultTokenTTL, "how long the token stays valid")
 	onboard.Flags().BoolVar(&force, "force", false, "issue a token even though the cluster's agent is connected: joining with it replaces that agent's credential")

@@ -115,6 +115,13 @@ func TestRestartDurabilityWithTheEmbeddedStore(t *testing.T) {
 // what a refused apply must leave alone.)
 func storeState(t *testing.T, dir string) string {
 	t.Helper()
+	return tableState(t, dir, "objects", "events", "audit", "meta")
+}
+
+// tableState is the content of tables of the SQLite store in dir, every
+// row, but the feed counter of meta.
+func tableState(t *testing.T, dir string, tables ...string) string {
+	t.Helper()
 	path := filepath.Join(dir, "flotilla-data", "flotilla.db")
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	if err != nil {
@@ -122,7 +129,7 @@ func storeState(t *testing.T, dir string) string {
 	}
 	defer db.Close()
 	var b strings.Builder
-	for _, table := range []string{"objects", "events", "audit", "meta"} {
+	for _, table := range tables {
 		query := "SELECT * FROM " + table
 		if table == "meta" {
 			// The feed counter numbers runtime and status writes, which

@@ -1,0 +1,348 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/chart/v2/loader"
+	"helm.sh/helm/v4/pkg/kube"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
+
+	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
+	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
+	"flotilla.io/flotilla/internal/agentcred"
+)
+
+// The agent installed the way a platform team installs it: `flotilla
+// cluster onboard -o helm-values` piped into a Helm install of the agent
+// chart. The agent then runs with exactly the chart's identity (a token of
+// its ServiceAccount from the TokenRequest API, the pod's arguments), and
+// everything it does works under that RBAC, while what it must not do is
+// refused by the real API server.
+func TestTheAgentChartInstallsAndItsAgentWorksWithItsLeastPrivilege(t *testing.T) {
+	c1 := clusters(t)[0]
+	ctx := context.Background()
+	c1.reset(t, "payments")
+	c1.runWorkloads(t, quickstartWorkloads(8080)...) // what the quickstart routes to
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	s.must("apply", "-f", "examples/quickstart.yaml")
+
+	// onboard -o helm-values | helm install.
+	valuesYAML := s.must("cluster", "onboard", c1.name, "-o", "helm-values")
+	var values map[string]any
+	if err := yaml.Unmarshal([]byte(valuesYAML), &values); err != nil {
+		t.Fatalf("helm values: %v\n%s", err, valuesYAML)
+	}
+	if values["cluster"] != c1.name || values["server"].(map[string]any)["url"] != s.url || !strings.HasPrefix(fmt.Sprint(values["joinToken"]), "flj_") {
+		t.Fatalf("onboard -o helm-values:\n%s", valuesYAML)
+	}
+	rel := helmInstall(t, c1, values)
+	t.Cleanup(func() { helmUninstall(t, c1, rel) })
+
+	// The pod as the chart made it: its arguments, its Secret, its
+	// ServiceAccount's token.
+	dep, err := c1.kube.AppsV1().Deployments("flotilla-system").Get(ctx, rel, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := c1.kube.CoreV1().Secrets("flotilla-system").Get(ctx, rel+"-join", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "join-token")
+	if err := os.WriteFile(tokenFile, secret.Data["token"], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	saConfig := serviceAccountConfig(t, c1, "flotilla-system", dep.Spec.Template.Spec.ServiceAccountName)
+	kubeconfig := writeKubeconfig(t, dir, saConfig)
+	health := freePort(t)
+	var args []string
+	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+		switch {
+		case strings.HasPrefix(a, "--token-file="):
+			a = "--token-file=" + tokenFile
+		case strings.HasPrefix(a, "--health-listen="):
+			a = "--health-listen=" + health
+		}
+		args = append(args, a)
+	}
+	agent := startProcess(t, dir, nil, append(args, "--kubeconfig", kubeconfig)...)
+
+	t.Run("it converges the intent under its RBAC", func(t *testing.T) {
+		eventually(t, 60*time.Second, "the quickstart's VirtualService in "+c1.name, func() error {
+			_, err := c1.get(vsGVR, "payments", "shop-shop")
+			return err
+		})
+		eventually(t, 30*time.Second, c1.name+" Applied", func() error {
+			if _, rows := s.status("ingressgateway", "shop"); rows[c1.name].State != "Applied" {
+				return fmt.Errorf("status: %+v", rows[c1.name])
+			}
+			return nil
+		})
+	})
+	t.Run("it repairs drift", func(t *testing.T) {
+		if err := c1.dyn.Resource(vsGVR).Namespace("payments").Delete(ctx, "shop-shop", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "the deleted VirtualService restored", func() error {
+			_, err := c1.get(vsGVR, "payments", "shop-shop")
+			return err
+		})
+	})
+	t.Run("it reports the cluster's services", func(t *testing.T) {
+		eventually(t, 30*time.Second, "payments/api in the registry", func() error {
+			if out := s.must("get", "services", "payments/api"); !strings.Contains(out, c1.name) {
+				return fmt.Errorf("%s", out)
+			}
+			return nil
+		})
+	})
+	t.Run("its probes answer without the management plane", func(t *testing.T) {
+		probe := func(path string) error {
+			res, err := http.Get("http://" + health + path)
+			if err != nil {
+				return err
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			if res.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s: %d %s", path, res.StatusCode, b)
+			}
+			return nil
+		}
+		eventually(t, 10*time.Second, "readyz", func() error { return errors.Join(probe("/healthz"), probe("/readyz")) })
+		s.kill9()
+		// The agent has lost its stream; its probes do not care. Several
+		// rounds, so that a probe tied to the stream would have failed.
+		for range 5 {
+			if err := errors.Join(probe("/healthz"), probe("/readyz")); err != nil {
+				t.Fatalf("with the management plane down: %v\nagent log:\n%s", err, agent.log)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+	t.Run("what its identity may not do is refused", func(t *testing.T) {
+		checkRefused(t, saConfig)
+	})
+	analyzeClusters(t, c1)
+}
+
+// A join token joins once, before it expires; a refused join changes
+// nothing in the store.
+func TestAUsedOrExpiredJoinTokenIsRefusedAndChangesNothing(t *testing.T) {
+	c1 := clusters(t)[0]
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	s.must("apply", "-f", "examples/quickstart.yaml")
+	client := agentv1connect.NewAgentServiceClient(s.client, s.url)
+	join := func(token string) error {
+		key, err := agentcred.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = client.Join(context.Background(), connect.NewRequest(&agentv1.JoinRequest{Cluster: c1.name, Token: token, PublicKey: key.Public()}))
+		return err
+	}
+	refused := func(token, want string) {
+		t.Helper()
+		before := tableState(t, dir, "objects", "events", "audit", "credentials")
+		err := join(token)
+		if connect.CodeOf(err) != connect.CodePermissionDenied || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "flotilla cluster onboard") {
+			t.Fatalf("join: %v, want refused as %q with what to do", err, want)
+		}
+		if after := tableState(t, dir, "objects", "events", "audit", "credentials"); after != before {
+			t.Fatalf("a refused join changed the store:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	}
+
+	used := strings.TrimSpace(s.must("cluster", "onboard", c1.name))
+	if err := join(used); err != nil {
+		t.Fatalf("first join: %v", err)
+	}
+	refused(used, "already used")
+
+	r := s.flotilla("", "cluster", "onboard", c1.name, "--ttl", "1s", "--force")
+	if r.code != 0 {
+		t.Fatalf("onboard --ttl 1s: %+v", r)
+	}
+	// Wait out the token's life (it ends at a time the server set, so this
+	// is not a race), then join.
+	time.Sleep(1100 * time.Millisecond)
+	refused(strings.TrimSpace(r.stdout), "expired")
+}
+
+// helmInstall installs the agent chart from the checkout into c with the
+// Helm SDK, as `helm install flotilla-agent deploy/charts/flotilla-agent -n
+// flotilla-system --create-namespace -f values.yaml` does, and returns the
+// release's name.
+func helmInstall(t *testing.T, c *kcluster, values map[string]any) string {
+	t.Helper()
+	chrt, err := loader.Load(filepath.Join(repoRoot, "deploy", "charts", "flotilla-agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := action.NewInstall(helmConfig(t, c))
+	in.ReleaseName, in.Namespace, in.CreateNamespace = "flotilla-agent", "flotilla-system", true
+	in.ServerSideApply = true
+	in.WaitStrategy = kube.HookOnlyStrategy
+	in.Timeout = time.Minute
+	// The shared test clusters ran agents from outside before: their
+	// flotilla-multicluster namespace exists, and the chart adopts it (what
+	// `helm install --take-ownership` does).
+	in.TakeOwnership = true
+	if _, err := in.Run(chrt, values); err != nil {
+		t.Fatalf("helm install: %v", err)
+	}
+	return in.ReleaseName
+}
+
+func helmUninstall(t *testing.T, c *kcluster, name string) {
+	t.Helper()
+	un := action.NewUninstall(helmConfig(t, c))
+	un.WaitStrategy = kube.HookOnlyStrategy
+	if _, err := un.Run(name); err != nil {
+		t.Errorf("helm uninstall: %v", err)
+	}
+}
+
+func helmConfig(t *testing.T, c *kcluster) *action.Configuration {
+	t.Helper()
+	flags := genericclioptions.NewConfigFlags(false)
+	flags.KubeConfig = &c.kubeconfig
+	ns := "flotilla-system"
+	flags.Namespace = &ns
+	cfg := action.NewConfiguration()
+	if err := cfg.Init(flags, ns, "secret"); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// serviceAccountConfig is c's API server as the ServiceAccount: a token
+// from the TokenRequest API, which is what the kubelet mounts into the pod.
+func serviceAccountConfig(t *testing.T, c *kcluster, namespace, name string) *rest.Config {
+	t.Helper()
+	tr, err := c.kube.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), name,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for %s/%s: %v", namespace, name, err)
+	}
+	admin := c.info.RESTConfig(t)
+	return &rest.Config{Host: admin.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: admin.CAData, CAFile: admin.CAFile}}
+}
+
+func writeKubeconfig(t *testing.T, dir string, cfg *rest.Config) string {
+	t.Helper()
+	ca := cfg.CAData
+	if len(ca) == 0 {
+		b, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca = b
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: ca}
+	kc.AuthInfos["sa"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
+	kc.Contexts["sa"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "sa"}
+	kc.CurrentContext = "sa"
+	path := filepath.Join(dir, "agent-sa.kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// checkRefused tries, as the agent's identity, what its RBAC must not
+// allow, and wants each refused by the API server as forbidden.
+func checkRefused(t *testing.T, cfg *rest.Config) {
+	t.Helper()
+	ctx := context.Background()
+	k := kubernetes.NewForConfigOrDie(cfg)
+	dyn := dynamic.NewForConfigOrDie(cfg)
+	crds := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	patch := []byte(`{"metadata":{"labels":{"taken":"yes"}}}`)
+	attempts := []struct {
+		what string
+		do   func() error
+	}{
+		{"read a Secret outside its namespace", func() error {
+			_, err := k.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+			return err
+		}},
+		{"read Secrets in every namespace", func() error {
+			_, err := k.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+			return err
+		}},
+		{"write a ConfigMap where no intent is", func() error {
+			_, err := k.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+			return err
+		}},
+		{"write a Secret in a tenant's namespace", func() error {
+			_, err := k.CoreV1().Secrets("payments").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+			return err
+		}},
+		{"create a namespace", func() error {
+			_, err := k.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "agent-made"}}, metav1.CreateOptions{})
+			return err
+		}},
+		{"change a workload", func() error {
+			_, err := k.AppsV1().Deployments("istio-system").Patch(ctx, "istiod", "application/merge-patch+json", patch, metav1.PatchOptions{})
+			return err
+		}},
+		{"change another CRD", func() error {
+			_, err := dyn.Resource(crds).Patch(ctx, "virtualservices.networking.istio.io", "application/merge-patch+json", patch, metav1.PatchOptions{})
+			return err
+		}},
+		{"grant itself cluster-admin", func() error {
+			b := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "agent-escalates"},
+				RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "cluster-admin"},
+				Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "flotilla-agent", Namespace: "flotilla-system"}}}
+			_, err := k.RbacV1().ClusterRoleBindings().Create(ctx, b, metav1.CreateOptions{})
+			return err
+		}},
+		{"widen its own Role", func() error {
+			_, err := k.RbacV1().Roles("flotilla-system").Patch(ctx, "flotilla-agent", "application/merge-patch+json",
+				[]byte(`{"rules":[{"apiGroups":["*"],"resources":["*"],"verbs":["*"]}]}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"impersonate someone", func() error {
+			imp := rest.CopyConfig(cfg)
+			imp.Impersonate = rest.ImpersonationConfig{UserName: "system:admin"}
+			_, err := kubernetes.NewForConfigOrDie(imp).CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+			return err
+		}},
+	}
+	for _, a := range attempts {
+		if err := a.do(); !apierrors.IsForbidden(err) {
+			t.Errorf("the agent's identity could %s: %v", a.what, err)
+		}
+	}
+	// And the one thing its CRD rule names is all it may touch there.
+	if _, err := dyn.Resource(crds).Get(ctx, "bundles.flotilla.io", metav1.GetOptions{}); err != nil {
+		t.Errorf("the agent cannot read its own CRD: %v", err)
+	}
+}
