@@ -20,12 +20,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
@@ -344,5 +348,56 @@ func checkRefused(t *testing.T, cfg *rest.Config) {
 	// And the one thing its CRD rule names is all it may touch there.
 	if _, err := dyn.Resource(crds).Get(ctx, "bundles.flotilla.io", metav1.GetOptions{}); err != nil {
 		t.Errorf("the agent cannot read its own CRD: %v", err)
+	}
+}
+
+// `onboard -o manifests` is the chart rendered for users without Helm:
+// every object passes the real API server's validation (a server-side dry
+// run) and carries the cluster's values.
+func TestOnboardManifestsPassTheAPIServersDryRun(t *testing.T) {
+	c1 := clusters(t)[0]
+	ctx := context.Background()
+	s := startServer(t, t.TempDir())
+	s.must("apply", "-f", "examples/quickstart.yaml")
+	out := s.must("cluster", "onboard", c1.name, "-o", "manifests")
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(c1.kube.Discovery()))
+	kinds := map[string]bool{}
+	for _, doc := range strings.Split(out, "\n---\n") {
+		obj := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(doc), &obj.Object); err != nil || len(obj.Object) == 0 {
+			t.Fatalf("document %q: %v", doc, err)
+		}
+		kinds[obj.GetKind()] = true
+		gvk := obj.GroupVersionKind()
+		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r dynamic.ResourceInterface = c1.dyn.Resource(m.Resource)
+		if m.Scope.Name() == meta.RESTScopeNameNamespace {
+			r = c1.dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
+		}
+		dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}
+		if obj.GetKind() == "Namespace" {
+			// For real: a dry run of the objects in it needs it to exist.
+			dry.DryRun = nil
+		}
+		if _, err = r.Create(ctx, obj, dry); apierrors.IsAlreadyExists(err) {
+			err = nil // the namespaces and the CRD the shared clusters have
+		}
+		if err != nil {
+			t.Errorf("%s %s/%s: %v", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
+		}
+		if obj.GetKind() == "Deployment" {
+			args, _, _ := unstructured.NestedSlice(obj.Object, "spec", "template", "spec", "containers")
+			if a := fmt.Sprint(args[0].(map[string]any)["args"]); !strings.Contains(a, "--cluster="+c1.name) || !strings.Contains(a, "--server="+s.url) {
+				t.Errorf("the agent's args: %s", a)
+			}
+		}
+	}
+	for _, k := range []string{"Namespace", "CustomResourceDefinition", "ServiceAccount", "Secret", "ClusterRole", "Role", "Deployment"} {
+		if !kinds[k] {
+			t.Errorf("no %s in the manifests", k)
+		}
 	}
 }
