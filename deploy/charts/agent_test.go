@@ -3,6 +3,8 @@ package charts
 import (
 	"cmp"
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -340,4 +342,39 @@ func podOf(t *testing.T, d *unstructured.Unstructured) *unstructured.Unstructure
 		t.Fatal(err)
 	}
 	return &unstructured.Unstructured{Object: obj}
+}
+
+// docs/install.md's table of the agent's permissions is the list in the
+// code: one row per rule, with its scope, resources and verbs.
+func TestTheInstallGuidesPermissionTableIsTheCodes(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "install.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Split(line, " | "); len(f) == 5 && (strings.HasPrefix(line, "| cluster |") || strings.HasPrefix(line, "| `")) {
+			rows = append(rows, line)
+		}
+	}
+	if len(rows) != len(agent.Permissions()) {
+		t.Errorf("%d rows in the table, %d permissions in the code", len(rows), len(agent.Permissions()))
+	}
+	for _, p := range agent.Permissions() {
+		where := "cluster"
+		if p.Namespace != "" {
+			where = "`" + p.Namespace + "`"
+		}
+		resources, verbs := strings.Join(p.Rule.Resources, ", "), strings.Join(p.Rule.Verbs, ", ")
+		found := false
+		for _, r := range rows {
+			f := strings.Split(strings.Trim(r, "| "), " | ")
+			if f[0] == where && strings.HasPrefix(f[2], resources) && f[3] == verbs {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("docs/install.md has no row for %s %v %s: %s", where, p.Rule.APIGroups, resources, verbs)
+		}
+	}
 }
