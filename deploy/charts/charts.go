@@ -29,7 +29,10 @@ const (
 	AgentNamespace = "flotilla-system"
 )
 
-//go:embed all:flotilla-agent
+// Server is the chart of the management plane (any namespace).
+const Server = "flotilla-server"
+
+//go:embed all:flotilla-agent all:flotilla-server
 var files embed.FS
 
 // Load returns the embedded chart called name.

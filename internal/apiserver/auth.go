@@ -51,6 +51,11 @@ type Auth struct {
 	// BootstrapFile is this server's copy of the bootstrap credential,
 	// removed when the credential is disabled; may be empty.
 	BootstrapFile string
+	// BootstrapCopy, when set, is a second copy of the bootstrap
+	// credential, written with the file and cleared when the credential is
+	// disabled: for a server whose data directory its administrator cannot
+	// read (a pod without a shell).
+	BootstrapCopy BootstrapCopy
 
 	st store.Store // checks bootstrap sessions; set by New
 

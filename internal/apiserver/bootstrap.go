@@ -40,10 +40,23 @@ type Bootstrap struct {
 	Disabled bool
 }
 
+// BootstrapCopy is a place besides the data directory that holds the
+// bootstrap credential: a Kubernetes Secret that its administrator reads
+// with kubectl. Put is called inside the store transaction that makes the
+// credential, so a failed Put leaves no credential that nobody holds.
+type BootstrapCopy interface {
+	// Put stores credential (the file's bytes), replacing what it held.
+	Put(ctx context.Context, credential []byte) error
+	// Clear removes the credential (it was disabled).
+	Clear(ctx context.Context) error
+	// String names the place, for messages.
+	String() string
+}
+
 // EnsureBootstrap creates the bootstrap administrator credential once per
 // store: when the store has none, it makes one good for ttl, writes it to
-// path (mode 0600, atomically) and says so. A store whose credential was
-// disabled gets none.
+// path (mode 0600, atomically) and to a.BootstrapCopy, and says so. A
+// store whose credential was disabled gets none.
 func (a *Auth) EnsureBootstrap(ctx context.Context, st store.Store, path string, ttl time.Duration) (Bootstrap, error) {
 	var out Bootstrap
 	err := st.Update(ctx, "server:bootstrap", func(tx store.Tx) error {
@@ -68,6 +81,11 @@ func (a *Auth) EnsureBootstrap(ctx context.Context, st store.Store, path string,
 		// nobody holds.
 		if err := authn.WriteFileAtomic(path, []byte(s+"\n")); err != nil {
 			return fmt.Errorf("write the bootstrap credential: %w", err)
+		}
+		if c := a.BootstrapCopy; c != nil {
+			if err := c.Put(ctx, []byte(s+"\n")); err != nil {
+				return fmt.Errorf("write the bootstrap credential to %s: %w", c, err)
+			}
 		}
 		out = Bootstrap{Written: true, Expires: now.Add(ttl)}
 		return nil
@@ -237,6 +255,11 @@ func (s *Identity) DisableBootstrapCredential(ctx context.Context, _ *connect.Re
 	if f := s.auth.BootstrapFile; f != "" {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			s.log.Warn("remove the disabled bootstrap credential's file", "file", f, "err", err)
+		}
+	}
+	if c := s.auth.BootstrapCopy; c != nil {
+		if err := c.Clear(ctx); err != nil {
+			s.log.Warn("clear the disabled bootstrap credential's copy", "where", c.String(), "err", err)
 		}
 	}
 	if err := s.recordOperation(ctx, "DisableBootstrapCredential", auditKindBootstrap, "the bootstrap credential and its sessions ended; administrators of every organization: "+strings.Join(admins, ", ")); err != nil {

@@ -244,6 +244,9 @@ func (s *Identity) RotateSigningKey(ctx context.Context, _ *connect.Request[pb.R
 		return nil, err
 	}
 	k, err := s.auth.Issuer.Keys.Rotate()
+	if errors.Is(err, authn.ErrReadOnly) {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+	}
 	if err != nil {
 		return nil, internal(s.log, "rotate the signing key", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -60,6 +61,13 @@ type KeySet struct {
 	lastRead  time.Time // when the newest re-read of the file began; refreshMu
 }
 
+// ErrReadOnly is the error of a change to a key file that this process may
+// read but not change: one mounted read-only (a Kubernetes Secret, as the
+// Helm chart mounts it), or another user's. Such a file is changed where
+// it comes from, and servers pick the change up by re-reading it (Reload,
+// and Lookup of a key they do not hold).
+var ErrReadOnly = errors.New("read-only")
+
 // MinRefresh is the shortest time between two re-reads of the key file
 // that Lookup makes for keys it does not know: tokens with made-up key
 // ids cost at most one small file read per MinRefresh, and a token of a
@@ -86,6 +94,9 @@ func OpenKeySet(path string) (*KeySet, error) {
 		key, err := newKey()
 		return []Key{key}, err
 	})
+	if errors.Is(err, ErrReadOnly) {
+		return nil, fmt.Errorf("signing key file %s does not exist, and its directory is %w to this server, so it cannot make it: give the file (the Helm chart's Secret holds it under the key %s)", path, ErrReadOnly, filepath.Base(path))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -148,6 +159,9 @@ func (ks *KeySet) change(create bool, fn func(onDisk []Key) ([]Key, error)) erro
 		return err
 	}
 	lock, err := os.OpenFile(ks.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		return fmt.Errorf("signing key file %s is %w to this server (%v): change the keys where the file comes from (with the Helm chart, its Secret: see docs/install.md); every server re-reads the file within seconds of a change", ks.path, ErrReadOnly, err)
+	}
 	if err != nil {
 		return fmt.Errorf("lock the signing key file: %w", err)
 	}

@@ -37,7 +37,7 @@ import (
 func newServerCmd(e *env) *cobra.Command {
 	var dnsKubeconfigs, gslbAllow []string
 	var listen, dnsListen, tsigFile, dataDir, storeArg, logLevel, tlsCert, tlsKey, debugListen string
-	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA string
+	var keyFile, issuer, oidcIssuer, oidcClient, oidcCA, bootstrapSecretName, kubeconfig string
 	var insecure, resetBootstrap bool
 	var agentTTL, bootstrapTTL time.Duration
 	var trustedProxies []string
@@ -64,6 +64,15 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 			}
 			if bootstrapTTL < time.Minute {
 				return fmt.Errorf("--bootstrap-credential-ttl %s: give at least 1m", bootstrapTTL)
+			}
+			var bootstrapCopy *bootstrapSecret
+			switch {
+			case bootstrapSecretName != "":
+				if bootstrapCopy, err = newBootstrapSecret(kubeconfig, bootstrapSecretName); err != nil {
+					return err
+				}
+			case kubeconfig != "":
+				return fmt.Errorf("--kubeconfig is the cluster of --bootstrap-secret: give both, or neither")
 			}
 			log := slog.New(slog.NewTextHandler(e.errOut, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -98,7 +107,7 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 					log.Warn("serving cleartext HTTP on a non-loopback address: access tokens, credentials and agent secrets cross the network readable by anyone on the path; give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (with --trusted-proxy)", "addr", ln.Addr().String())
 				}
 			}
-			auth, err := serverAuth(ctx, e, st, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA, insecure, resetBootstrap, bootstrapTTL)
+			auth, err := serverAuth(ctx, e, st, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA, insecure, resetBootstrap, bootstrapTTL, bootstrapCopy)
 			if err != nil {
 				return err
 			}
@@ -169,16 +178,18 @@ SQLite file under ./flotilla-data; --store postgres://... uses PostgreSQL.`,
 	cmd.Flags().StringVar(&oidcCA, "oidc-ca-file", "", "PEM CA bundle of the OIDC provider's certificate, instead of the system roots")
 	cmd.Flags().DurationVar(&agentTTL, "agent-credential-ttl", agentauth.DefaultTTL, "life of an agent's credential; the agent's stream extends it when a third is left (never past a year from its join)")
 	cmd.Flags().BoolVar(&insecure, "insecure-no-auth", false, "serve every caller as the administrator, with no login: only for throwaway demos")
-	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one and its sessions stop working; a disabled one is enabled again) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile)
+	cmd.Flags().BoolVar(&resetBootstrap, "reset-bootstrap-credential", false, "replace the bootstrap administrator credential (the old one and its sessions stop working; a disabled one is enabled again) and write the new one to <data-dir>/"+apiserver.BootstrapAdminFile+" (and to --bootstrap-secret)")
+	cmd.Flags().StringVar(&bootstrapSecretName, "bootstrap-secret", "", "Kubernetes Secret of the server's namespace to write the bootstrap administrator credential to as well (key "+apiserver.BootstrapAdminFile+"), for a server in a pod, whose data directory cannot be read: it must exist (the Helm chart makes it), and the server only patches it")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster of --bootstrap-secret, whose context names the server's namespace (default: in a pod, its service account and namespace)")
 	cmd.Flags().DurationVar(&bootstrapTTL, "bootstrap-credential-ttl", apiserver.DefaultBootstrapTTL, "life of the bootstrap administrator credential from when it is made; after it, log in another way or --reset-bootstrap-credential")
 	return cmd
 }
 
 // serverAuth sets up authentication: the signing keys, the OIDC provider,
 // and on first start the bootstrap administrator credential, written to a
-// 0600 file of the data directory and never printed (logs are read by more
-// people than the administrator).
-func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA string, insecure, reset bool, bootstrapTTL time.Duration) (*apiserver.Auth, error) {
+// 0600 file of the data directory (and to bootstrapCopy, when set) and
+// never printed (logs are read by more people than the administrator).
+func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, issuer, oidcIssuer, oidcClient, oidcCA string, insecure, reset bool, bootstrapTTL time.Duration, bootstrapCopy *bootstrapSecret) (*apiserver.Auth, error) {
 	if keyFile == "" {
 		keyFile = filepath.Join(dataDir, apiserver.SigningKeyFile)
 	}
@@ -212,6 +223,9 @@ func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, i
 	}
 	path := filepath.Join(dataDir, apiserver.BootstrapAdminFile)
 	auth.BootstrapTTL, auth.BootstrapFile = bootstrapTTL, path
+	if bootstrapCopy != nil {
+		auth.BootstrapCopy = bootstrapCopy
+	}
 	ensure := auth.EnsureBootstrap
 	if reset {
 		ensure = auth.ResetBootstrap
@@ -222,6 +236,9 @@ func serverAuth(ctx context.Context, e *env, st store.Store, dataDir, keyFile, i
 	}
 	abs, _ := filepath.Abs(path)
 	switch {
+	case b.Written && bootstrapCopy != nil:
+		fmt.Fprintf(e.errOut, "Bootstrap administrator credential written to %s (mode 0600) and to %s, good until %s.\nFetch it and log in with:\n  kubectl -n %s get secret %s -o jsonpath='{.data.%s}' | base64 -d > %s\n  flotilla login --bootstrap-file %s\nThen bind administrators of your own and disable it: flotilla auth bootstrap disable\n",
+			abs, bootstrapCopy, b.Expires.UTC().Format(time.RFC3339), bootstrapCopy.namespace, bootstrapCopy.name, apiserver.BootstrapAdminFile, apiserver.BootstrapAdminFile, apiserver.BootstrapAdminFile)
 	case b.Written:
 		fmt.Fprintf(e.errOut, "Bootstrap administrator credential written to %s (mode 0600), good until %s.\nLog in with: flotilla login --bootstrap-file %s\nThen bind administrators of your own and disable it: flotilla auth bootstrap disable\n",
 			abs, b.Expires.UTC().Format(time.RFC3339), abs)
