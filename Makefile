@@ -90,7 +90,7 @@ test-short:
 
 ## bench: the benchmarks under bench/, each with the sample size docs/benchmarks.md records
 ## (a long run: the fleet-scale one alone takes tens of minutes); one package: make bench BENCH=gslb
-BENCH_RUNS := apply:2000x fanout:50x propagation:50x fleetscale:10x registry:100x discovery:30x settings:30x gslb:20x edge:20x
+BENCH_RUNS := apply:2000x fanout:50x propagation:50x fleetscale:10x registry:100x discovery:30x settings:30x gslb:20x edge:20x agent:3x
 BENCH      ?= $(foreach r,$(BENCH_RUNS),$(firstword $(subst :, ,$(r))))
 bench: fleet-workloads
 	@set -e; for r in $(BENCH_RUNS); do pkg=$${r%%:*}; n=$${r##*:}; \

@@ -1,8 +1,6 @@
 package harness
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"flag"
@@ -151,23 +149,9 @@ func (s *Server) Stop() {
 
 // RSS is the server's resident set and its peak, in MiB.
 func (s *Server) RSS() (cur, peak float64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	cur, peak, err := ProcMem(s.cmd.Process.Pid)
 	if err != nil {
 		s.tb.Fatal(err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			cur = kb / 1024
-		case "VmHWM:":
-			peak = kb / 1024
-		}
 	}
 	return cur, peak
 }

@@ -1,0 +1,410 @@
+// Package agent measures the agent's footprint as a platform team runs it:
+// the flotilla-agent chart installed with the Helm SDK into a local-fleet
+// cluster, and the agent run as a child process with exactly the chart's
+// Deployment arguments (its token file and health port moved to the
+// benchmark's directory) under a TokenRequest token of the chart's
+// ServiceAccount, so that everything it does passes its RBAC. The management
+// plane is a `flotilla server` child process on SQLite.
+//
+// One iteration is one cycle on the agent's process, read from /proc/<pid>
+// (CPU: utime+stime of stat; memory: VmRSS and VmHWM of status):
+//
+//	idle       10 s converged on a small intent: CPU as % of one core, RSS
+//	apply      one Apply of 1,000 DIRECT VirtualServices → all 1,000 in the
+//	           cluster (listed through the admin client): seconds, CPU seconds
+//	after      the next 10 s: CPU %, RSS at its end, and the peak RSS since
+//	           the apply (VmHWM, reset before it)
+//	prune      the group deleted (cascade) → none of the 1,000 left
+//
+// Results are in docs/benchmarks.md.
+//
+//	make fleet && go test -run '^$' -bench . -benchtime 3x -timeout 30m ./bench/agent/
+//
+// With FLOTILLA_BENCH_AGENT_KUBE_QPS=200 the chart is installed with
+// kubeQPS 200 (burst 400) instead of its default 50 (burst 100).
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/kube"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"flotilla.io/flotilla/bench/internal/harness"
+	"flotilla.io/flotilla/deploy/charts"
+	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
+	"flotilla.io/flotilla/internal/testauth"
+	"flotilla.io/flotilla/internal/testfleet"
+)
+
+// TestMain starts one real cluster, only when benchmarks are asked for.
+func TestMain(m *testing.M) { harness.FleetMain(m, testfleet.Options{Clusters: 1}) }
+
+const (
+	objects  = 1000             // VirtualServices of one apply
+	window   = 10 * time.Second // an idle sample
+	smallNS  = "small"          // the small intent's namespace
+	bulkNS   = "bulk"           // the 1,000 objects' namespace
+	bulkFQN  = "organizations/acme/tenants/t/workspaces/w/groups/bulk"
+	converge = 3 * time.Minute // bound on an apply or a prune reaching the cluster
+)
+
+var vsGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
+
+func BenchmarkAgentUnderItsChartsIdentity(b *testing.B) {
+	ctx := context.Background()
+	c1 := testfleet.Get(b).Cluster(b, "c1")
+	admin := c1.RESTConfig(b)
+	kc := kubernetes.NewForConfigOrDie(admin)
+	meta := metadata.NewForConfigOrDie(admin)
+	// The namespaces intent selects exist: the agent may not create them.
+	for _, ns := range []string{smallNS, bulkNS} {
+		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	dir := b.TempDir()
+	srv := harness.StartServer(b, dir)
+	api := flotillav1alpha1connect.NewResourceServiceClient(http.DefaultClient, srv.URL, testauth.Bearer(srv.Token))
+	fleet := flotillav1alpha1connect.NewFleetServiceClient(http.DefaultClient, srv.URL, testauth.Bearer(srv.Token))
+	if _, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallIntent()})); err != nil {
+		b.Fatalf("apply the small intent: %v", err)
+	}
+
+	// What `flotilla cluster onboard c1 -o helm-values | helm install` does.
+	tok, err := fleet.Onboard(ctx, connect.NewRequest(&pb.OnboardRequest{Metadata: &pb.Metadata{Name: c1.Name, Organization: "acme"}}))
+	if err != nil {
+		b.Fatalf("onboard %s: %v", c1.Name, err)
+	}
+	values := charts.AgentValues(c1.Name, srv.URL, "", tok.Msg.GetToken())
+	// FLOTILLA_BENCH_AGENT_KUBE_QPS installs the chart with another kubeQPS
+	// (and a burst of twice that); the agent's arguments still come from
+	// the chart. Unset, the chart's defaults hold.
+	if v := os.Getenv("FLOTILLA_BENCH_AGENT_KUBE_QPS"); v != "" {
+		qps, err := strconv.Atoi(v)
+		if err != nil || qps < 1 {
+			b.Fatalf("FLOTILLA_BENCH_AGENT_KUBE_QPS=%q: want a whole number of requests per second, e.g. 200", v)
+		}
+		values["kubeQPS"], values["kubeBurst"] = qps, 2*qps
+	}
+	rel := helmInstall(b, c1.Kubeconfig, values)
+	agent := startChartAgent(b, kc, admin.Host, admin.CAData, admin.CAFile, dir, rel)
+
+	count := func() int {
+		l, err := meta.Resource(vsGVR).Namespace(bulkNS).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			b.Fatalf("list VirtualServices in %s: %v", bulkNS, err)
+		}
+		return len(l.Items)
+	}
+	// waitFor polls the cluster every 200 ms until it holds want of the
+	// 1,000 objects; it returns when it saw them.
+	waitFor := func(want int, what string) time.Time {
+		for deadline := time.Now().Add(converge); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if count() == want {
+				return time.Now()
+			}
+			agent.alive()
+		}
+		b.Fatalf("%s: not within %s (%d VirtualServices in %s)\nagent log:\n%s", what, converge, count(), bulkNS, agent.logTail())
+		return time.Time{}
+	}
+	for deadline := time.Now().Add(converge); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := meta.Resource(vsGVR).Namespace(smallNS).Get(ctx, "small", metav1.GetOptions{}); err == nil {
+			break
+		}
+		agent.alive()
+		if time.Now().After(deadline) {
+			b.Fatalf("the small intent did not reach %s within %s\nagent log:\n%s", c1.Name, converge, agent.logTail())
+		}
+	}
+
+	var sum struct{ idleCPU, idleRSS, apply, applyCPU, peak, afterCPU, afterRSS, prune float64 }
+	n := 0
+	for b.Loop() {
+		idleCPU, idleRSS := agent.idle(window)
+
+		agent.resetPeak()
+		cpu0, start := agent.cpu(), time.Now()
+		if _, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: bulkIntent(n)})); err != nil {
+			b.Fatalf("apply %d VirtualServices: %v", objects, err)
+		}
+		done := waitFor(objects, fmt.Sprintf("%d VirtualServices applied", objects))
+		apply, applyCPU := done.Sub(start).Seconds(), agent.cpu()-cpu0
+
+		afterCPU, afterRSS := agent.idle(window)
+		_, peak := agent.mem()
+
+		start = time.Now()
+		if _, err := api.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: "Group", Fqn: bulkFQN, Cascade: true})); err != nil {
+			b.Fatalf("delete group bulk: %v", err)
+		}
+		prune := waitFor(0, fmt.Sprintf("%d VirtualServices pruned", objects)).Sub(start).Seconds()
+
+		b.Logf("sample %d: idle %.2f %% CPU, %.1f MiB; apply %.2f s, %.2f CPU-s, peak %.1f MiB; after %.2f %% CPU, %.1f MiB; prune %.2f s",
+			n, idleCPU, idleRSS, apply, applyCPU, peak, afterCPU, afterRSS, prune)
+		n++
+		sum.idleCPU += idleCPU
+		sum.idleRSS += idleRSS
+		sum.apply += apply
+		sum.applyCPU += applyCPU
+		sum.peak += peak
+		sum.afterCPU += afterCPU
+		sum.afterRSS += afterRSS
+		sum.prune += prune
+	}
+	mean := func(v float64) float64 { return v / float64(n) }
+	b.ReportMetric(mean(sum.idleCPU), "idle-cpu-%")
+	b.ReportMetric(mean(sum.idleRSS), "idle-rss-MiB")
+	b.ReportMetric(mean(sum.apply), "apply1000-s")
+	b.ReportMetric(mean(sum.applyCPU), "apply1000-cpu-s")
+	b.ReportMetric(mean(sum.peak), "peak-rss-MiB")
+	b.ReportMetric(mean(sum.afterCPU), "after-cpu-%")
+	b.ReportMetric(mean(sum.afterRSS), "after-rss-MiB")
+	b.ReportMetric(mean(sum.prune), "prune1000-s")
+	b.ReportMetric(0, "ns/op") // an iteration is a cycle of about a minute: its ns/op means nothing
+}
+
+// res is harness.Resource with an API version of its own: DIRECT objects
+// are Istio's.
+func res(apiVersion, kind string, md *pb.Metadata, spec map[string]any) *pb.Resource {
+	r := harness.Resource(kind, md, spec)
+	r.ApiVersion = apiVersion
+	return r
+}
+
+// smallIntent is organization acme with tenant t and workspace w (namespaces
+// small and bulk everywhere), cluster c1, and one VirtualService in the
+// DIRECT group small.
+func smallIntent() []*pb.Resource {
+	const fv = "flotilla.io/v1alpha1"
+	return []*pb.Resource{
+		res(fv, "Organization", &pb.Metadata{Name: "acme"}, nil),
+		res(fv, "Cluster", &pb.Metadata{Name: "c1", Organization: "acme"}, nil),
+		res(fv, "Tenant", &pb.Metadata{Name: "t", Organization: "acme"}, nil),
+		res(fv, "Workspace", &pb.Metadata{Name: "w", Organization: "acme", Tenant: "t"}, map[string]any{"namespaceSelector": map[string]any{"names": []any{"*/" + smallNS, "*/" + bulkNS}}}),
+		directGroup("small", smallNS),
+		virtualService(&pb.Metadata{Name: "small", Namespace: smallNS, Organization: "acme", Tenant: "t", Workspace: "w", Group: "small"}, "small.example.com"),
+	}
+}
+
+// bulkIntent is the DIRECT group bulk with 1,000 VirtualServices, whose
+// hosts name iteration i.
+func bulkIntent(i int) []*pb.Resource {
+	out := []*pb.Resource{directGroup("bulk", bulkNS)}
+	for j := range objects {
+		md := &pb.Metadata{Name: fmt.Sprintf("vs%04d", j), Namespace: bulkNS, Organization: "acme", Tenant: "t", Workspace: "w", Group: "bulk"}
+		out = append(out, virtualService(md, fmt.Sprintf("h%04d.i%d.example.com", j, i)))
+	}
+	return out
+}
+
+func directGroup(name, ns string) *pb.Resource {
+	return res("flotilla.io/v1alpha1", "Group", &pb.Metadata{Name: name, Organization: "acme", Tenant: "t", Workspace: "w"},
+		map[string]any{"type": "traffic", "configMode": "DIRECT", "namespaceSelector": map[string]any{"names": []any{"*/" + ns}}})
+}
+
+func virtualService(md *pb.Metadata, host string) *pb.Resource {
+	return res("networking.istio.io/v1", "VirtualService", md, map[string]any{
+		"hosts": []any{host},
+		"http":  []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web." + md.Namespace + ".svc.cluster.local"}}}}},
+	})
+}
+
+// helmInstall installs the agent chart into the cluster of kubeconfig with
+// the Helm SDK, as `helm install flotilla-agent deploy/charts/flotilla-agent
+// -n flotilla-system --create-namespace -f values.yaml` does, and returns
+// the release's name. The cluster runs no kubelet: the chart's Deployment
+// gets no pod, and its agent is the benchmark's child process.
+func helmInstall(b *testing.B, kubeconfig string, values map[string]any) string {
+	b.Helper()
+	chrt, err := charts.Load(charts.Agent)
+	if err != nil {
+		b.Fatal(err)
+	}
+	flags := genericclioptions.NewConfigFlags(false)
+	ns := charts.AgentNamespace
+	flags.KubeConfig, flags.Namespace = &kubeconfig, &ns
+	cfg := action.NewConfiguration()
+	if err := cfg.Init(flags, ns, "secret"); err != nil {
+		b.Fatal(err)
+	}
+	in := action.NewInstall(cfg)
+	in.ReleaseName, in.Namespace, in.CreateNamespace = charts.Agent, ns, true
+	in.ServerSideApply = true
+	in.WaitStrategy = kube.HookOnlyStrategy
+	in.Timeout = time.Minute
+	if _, err := in.Run(chrt, values); err != nil {
+		b.Fatalf("helm install: %v", err)
+	}
+	return in.ReleaseName
+}
+
+// startChartAgent runs the agent of release rel as its pod would: the
+// Deployment's arguments, the join token from the chart's Secret, and a
+// kubeconfig holding a TokenRequest token of the chart's ServiceAccount
+// (what the kubelet mounts). Only the token file's path and the health
+// port change, to the benchmark's directory and a free loopback port.
+func startChartAgent(b *testing.B, kc kubernetes.Interface, host string, caData []byte, caFile, dir, rel string) *process {
+	b.Helper()
+	ctx := context.Background()
+	ns := charts.AgentNamespace
+	dep, err := kc.AppsV1().Deployments(ns).Get(ctx, rel, metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	secret, err := kc.CoreV1().Secrets(ns).Get(ctx, rel+"-join", metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "join-token")
+	if err := os.WriteFile(tokenFile, secret.Data["token"], 0o600); err != nil {
+		b.Fatal(err)
+	}
+	sa := dep.Spec.Template.Spec.ServiceAccountName
+	tr, err := kc.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		b.Fatalf("TokenRequest for %s/%s: %v", ns, sa, err)
+	}
+	if len(caData) == 0 {
+		if caData, err = os.ReadFile(caFile); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["c"] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: caData}
+	cfg.AuthInfos["sa"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts["sa"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "sa"}
+	cfg.CurrentContext = "sa"
+	kubeconfig := filepath.Join(dir, "agent-sa.kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, kubeconfig); err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	health := ln.Addr().String()
+	ln.Close()
+	var args []string
+	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+		switch {
+		case strings.HasPrefix(a, "--token-file="):
+			a = "--token-file=" + tokenFile
+		case strings.HasPrefix(a, "--health-listen="):
+			a = "--health-listen=" + health
+		}
+		args = append(args, a)
+	}
+	return startProcess(b, filepath.Join(dir, "agent.log"), append(args, "--kubeconfig", kubeconfig)...)
+}
+
+// process is the agent's process; it is stopped when the benchmark ends.
+type process struct {
+	b    *testing.B
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func startProcess(b *testing.B, logFile string, args ...string) *process {
+	b.Helper()
+	log, err := os.Create(logFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(harness.FlotillaBin(b), args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &process{b: b, cmd: cmd, log: logFile, done: make(chan struct{})}
+	go func() { cmd.Wait(); log.Close(); close(p.done) }()
+	b.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// alive fails the benchmark if the agent has exited.
+func (p *process) alive() {
+	select {
+	case <-p.done:
+		p.b.Fatalf("the agent exited: %v\nagent log:\n%s", p.cmd.ProcessState, p.logTail())
+	default:
+	}
+}
+
+// logTail is the last 4 KiB of the agent's log.
+func (p *process) logTail() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b[max(0, len(b)-4096):])
+}
+
+// cpu is the CPU time the process has used, user and system, in seconds.
+func (p *process) cpu() float64 {
+	p.alive()
+	s, err := harness.ProcCPU(p.cmd.Process.Pid)
+	if err != nil {
+		p.b.Fatal(err)
+	}
+	return s
+}
+
+// mem is the process's resident set and its peak since the last
+// resetPeak, in MiB.
+func (p *process) mem() (rss, peak float64) {
+	p.alive()
+	rss, peak, err := harness.ProcMem(p.cmd.Process.Pid)
+	if err != nil {
+		p.b.Fatal(err)
+	}
+	return rss, peak
+}
+
+func (p *process) resetPeak() {
+	if err := harness.ResetPeak(p.cmd.Process.Pid); err != nil {
+		p.b.Fatalf("reset the agent's peak RSS: %v", err)
+	}
+}
+
+// idle samples the process over d: the CPU it used as % of one core, and
+// its RSS at the end.
+func (p *process) idle(d time.Duration) (cpuPercent, rss float64) {
+	cpu0, t0 := p.cpu(), time.Now()
+	time.Sleep(d) // the sample's window, not a wait for a condition
+	cpuPercent = (p.cpu() - cpu0) / time.Since(t0).Seconds() * 100
+	rss, _ = p.mem()
+	return cpuPercent, rss
+}
