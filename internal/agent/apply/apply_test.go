@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -538,5 +539,81 @@ func TestApplyFromTheInformerCacheIsNeverFooledByItsLag(t *testing.T) {
 		if e.exists(vsGVR, name) {
 			t.Fatalf("round %d: %s, written and at once no longer desired, was not pruned", i, name)
 		}
+	}
+}
+
+// requestCounter counts the requests a client sends, by method and
+// whether they read one object by name: instrumentation of the real client.
+type requestCounter struct {
+	mu     sync.Mutex
+	gets   int // GET of one VirtualService
+	lists  int // GET of a collection
+	others int // discovery, writes
+	rt     http.RoundTripper
+}
+
+func (c *requestCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	switch {
+	case r.Method != http.MethodGet:
+		c.others++
+	case r.URL.Query().Has("limit") || r.URL.Query().Has("labelSelector"):
+		c.lists++
+	case strings.Contains(r.URL.Path, "/virtualservices/"):
+		c.gets++
+	default:
+		c.others++
+	}
+	c.mu.Unlock()
+	return c.rt.RoundTrip(r)
+}
+
+func (c *requestCounter) reads() (gets, lists int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gets, c.lists
+}
+
+// Many new objects of a kind cost one list of the kind, not a read of each
+// before its create (which doubled the requests of a large first apply);
+// an unmanaged object of the same name among them is still refused
+// untouched.
+func TestManyNewObjectsAreCreatedWithoutAReadEachAndAnUnmanagedOneIsStillRefused(t *testing.T) {
+	e := newEnv(t)
+	users := e.createUnmanaged(vsGVR, e.virtualService("vs-007", "users-backend"))
+	counter := &requestCounter{}
+	cfg := rest.CopyConfig(e.cfg)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { counter.rt = rt; return counter }
+	a, err := apply.New(cfg, apply.Options{GVKs: apply.IstioKinds(), Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 100
+	var desired []*unstructured.Unstructured
+	want := map[string]apply.Action{}
+	for i := range n {
+		name := fmt.Sprintf("vs-%03d", i)
+		desired = append(desired, e.virtualService(name, "backend"))
+		want[e.ref("VirtualService", name)] = apply.Created
+	}
+	want[e.ref("VirtualService", "vs-007")] = apply.Failed
+	report := a.Apply(context.Background(), desired)
+	requireActions(t, report, want)
+	if gets, lists := counter.reads(); gets > 1 || lists > 2*len(apply.IstioKinds()) {
+		t.Errorf("creating %d objects read %d objects by name and listed %d times; want a list of the kind, and a read only of the one that exists", n, gets, lists)
+	}
+	if got := e.get(vsGVR, "vs-007"); got.GetResourceVersion() != users.GetResourceVersion() {
+		t.Errorf("the user's VirtualService was written")
+	}
+	// A few new objects are read by name, as before: a list of the whole
+	// kind would cost more than they do.
+	desired = append(desired, e.virtualService("vs-new-1", "backend"), e.virtualService("vs-new-2", "backend"))
+	before, _ := counter.reads()
+	got := actions(a.Apply(context.Background(), desired))
+	if got[e.ref("VirtualService", "vs-new-1")] != apply.Created || got[e.ref("VirtualService", "vs-new-2")] != apply.Created || got[e.ref("VirtualService", "vs-000")] != apply.Unchanged {
+		t.Errorf("second apply: %v", got)
+	}
+	if after, _ := counter.reads(); after-before > 3 {
+		t.Errorf("two new objects took %d reads by name", after-before)
 	}
 }

@@ -254,7 +254,7 @@ func (a *Applier) repair(ctx context.Context, d *desiredObject) (res ObjectResul
 	if a.lookup(d.key) != d {
 		return ObjectResult{}, false, nil
 	}
-	res, err = a.ensure(ctx, d, nil)
+	res, err = a.ensure(ctx, d, nil, false)
 	return res, true, err
 }
 
