@@ -214,9 +214,10 @@ func helmInstall(t *testing.T, c *kcluster, values map[string]any) string {
 	in.WaitStrategy = kube.HookOnlyStrategy
 	in.Timeout = time.Minute
 	// The shared test clusters ran agents from outside before: their
-	// flotilla-multicluster namespace exists, and the chart adopts it (what
-	// `helm install --take-ownership` does).
-	in.TakeOwnership = true
+	// flotilla-multicluster namespace exists, made by the agent (whose
+	// managed-by label conflicts with Helm's), and the chart adopts it:
+	// what `helm install --take-ownership --force-conflicts` does.
+	in.TakeOwnership, in.ForceConflicts = true, true
 	if _, err := in.Run(chrt, values); err != nil {
 		t.Fatalf("helm install: %v", err)
 	}
