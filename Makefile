@@ -80,7 +80,7 @@ image-lint:
 	@out=$$(gofmt -l tools/image); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	cd tools/image && $(GO) vet ./...
 
-## bench-smoke: every benchmark once (-benchtime 1x), so that benchmark code cannot rot (about 3 minutes)
+## bench-smoke: every benchmark once (-benchtime 1x), so that benchmark code cannot rot (about 4 minutes)
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 15m ./bench/...
 
