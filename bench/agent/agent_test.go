@@ -27,29 +27,21 @@ package agent
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"helm.sh/helm/v4/pkg/action"
-	"helm.sh/helm/v4/pkg/kube"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"flotilla.io/flotilla/bench/internal/harness"
 	"flotilla.io/flotilla/deploy/charts"
@@ -57,6 +49,7 @@ import (
 	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/testauth"
 	"flotilla.io/flotilla/internal/testfleet"
+	"flotilla.io/flotilla/internal/testfleet/agentchart"
 )
 
 // TestMain starts one real cluster, only when benchmarks are asked for.
@@ -110,8 +103,10 @@ func BenchmarkAgentUnderItsChartsIdentity(b *testing.B) {
 		}
 		values["kubeQPS"], values["kubeBurst"] = qps, 2*qps
 	}
-	rel := helmInstall(b, c1.Kubeconfig, values)
-	agent := startChartAgent(b, kc, admin.Host, admin.CAData, admin.CAFile, dir, rel)
+	// The agent runs as the chart's pod would (agentchart.PodOf): its
+	// arguments, its join token, its ServiceAccount's token.
+	agentchart.Install(b, c1.Kubeconfig, values)
+	agent := startProcess(b, filepath.Join(dir, "agent.log"), agentchart.PodOf(b, admin, dir).Args...)
 
 	count := func() int {
 		l, err := meta.Resource(vsGVR).Namespace(bulkNS).List(ctx, metav1.ListOptions{})
@@ -232,95 +227,6 @@ func virtualService(md *pb.Metadata, host string) *pb.Resource {
 		"hosts": []any{host},
 		"http":  []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web." + md.Namespace + ".svc.cluster.local"}}}}},
 	})
-}
-
-// helmInstall installs the agent chart into the cluster of kubeconfig with
-// the Helm SDK, as `helm install flotilla-agent deploy/charts/flotilla-agent
-// -n flotilla-system --create-namespace -f values.yaml` does, and returns
-// the release's name. The cluster runs no kubelet: the chart's Deployment
-// gets no pod, and its agent is the benchmark's child process.
-func helmInstall(b *testing.B, kubeconfig string, values map[string]any) string {
-	b.Helper()
-	chrt, err := charts.Load(charts.Agent)
-	if err != nil {
-		b.Fatal(err)
-	}
-	flags := genericclioptions.NewConfigFlags(false)
-	ns := charts.AgentNamespace
-	flags.KubeConfig, flags.Namespace = &kubeconfig, &ns
-	cfg := action.NewConfiguration()
-	if err := cfg.Init(flags, ns, "secret"); err != nil {
-		b.Fatal(err)
-	}
-	in := action.NewInstall(cfg)
-	in.ReleaseName, in.Namespace, in.CreateNamespace = charts.Agent, ns, true
-	in.ServerSideApply = true
-	in.WaitStrategy = kube.HookOnlyStrategy
-	in.Timeout = time.Minute
-	if _, err := in.Run(chrt, values); err != nil {
-		b.Fatalf("helm install: %v", err)
-	}
-	return in.ReleaseName
-}
-
-// startChartAgent runs the agent of release rel as its pod would: the
-// Deployment's arguments, the join token from the chart's Secret, and a
-// kubeconfig holding a TokenRequest token of the chart's ServiceAccount
-// (what the kubelet mounts). Only the token file's path and the health
-// port change, to the benchmark's directory and a free loopback port.
-func startChartAgent(b *testing.B, kc kubernetes.Interface, host string, caData []byte, caFile, dir, rel string) *process {
-	b.Helper()
-	ctx := context.Background()
-	ns := charts.AgentNamespace
-	dep, err := kc.AppsV1().Deployments(ns).Get(ctx, rel, metav1.GetOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	secret, err := kc.CoreV1().Secrets(ns).Get(ctx, rel+"-join", metav1.GetOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tokenFile := filepath.Join(dir, "join-token")
-	if err := os.WriteFile(tokenFile, secret.Data["token"], 0o600); err != nil {
-		b.Fatal(err)
-	}
-	sa := dep.Spec.Template.Spec.ServiceAccountName
-	tr, err := kc.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}}, metav1.CreateOptions{})
-	if err != nil {
-		b.Fatalf("TokenRequest for %s/%s: %v", ns, sa, err)
-	}
-	if len(caData) == 0 {
-		if caData, err = os.ReadFile(caFile); err != nil {
-			b.Fatal(err)
-		}
-	}
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["c"] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: caData}
-	cfg.AuthInfos["sa"] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
-	cfg.Contexts["sa"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "sa"}
-	cfg.CurrentContext = "sa"
-	kubeconfig := filepath.Join(dir, "agent-sa.kubeconfig")
-	if err := clientcmd.WriteToFile(*cfg, kubeconfig); err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	health := ln.Addr().String()
-	ln.Close()
-	var args []string
-	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
-		switch {
-		case strings.HasPrefix(a, "--token-file="):
-			a = "--token-file=" + tokenFile
-		case strings.HasPrefix(a, "--health-listen="):
-			a = "--health-listen=" + health
-		}
-		args = append(args, a)
-	}
-	return startProcess(b, filepath.Join(dir, "agent.log"), append(args, "--kubeconfig", kubeconfig)...)
 }
 
 // process is the agent's process; it is stopped when the benchmark ends.

@@ -6,17 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"helm.sh/helm/v4/pkg/action"
-	"helm.sh/helm/v4/pkg/chart/v2/loader"
-	"helm.sh/helm/v4/pkg/kube"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -24,19 +18,17 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
 	"flotilla.io/flotilla/internal/agentcred"
+	"flotilla.io/flotilla/internal/testfleet/agentchart"
 )
 
 // The agent installed the way a platform team installs it: `flotilla
@@ -63,37 +55,12 @@ func TestTheAgentChartInstallsAndItsAgentWorksWithItsLeastPrivilege(t *testing.T
 	if values["cluster"] != c1.name || values["server"].(map[string]any)["url"] != s.url || !strings.HasPrefix(fmt.Sprint(values["joinToken"]), "flj_") {
 		t.Fatalf("onboard -o helm-values:\n%s", valuesYAML)
 	}
-	rel := helmInstall(t, c1, values)
-	t.Cleanup(func() { helmUninstall(t, c1, rel) })
-
+	agentchart.Install(t, c1.kubeconfig, values)
 	// The pod as the chart made it: its arguments, its Secret, its
 	// ServiceAccount's token.
-	dep, err := c1.kube.AppsV1().Deployments("flotilla-system").Get(ctx, rel, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, err := c1.kube.CoreV1().Secrets("flotilla-system").Get(ctx, rel+"-join", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokenFile := filepath.Join(dir, "join-token")
-	if err := os.WriteFile(tokenFile, secret.Data["token"], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	saConfig := serviceAccountConfig(t, c1, "flotilla-system", dep.Spec.Template.Spec.ServiceAccountName)
-	kubeconfig := writeKubeconfig(t, dir, saConfig)
-	health := freePort(t)
-	var args []string
-	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
-		switch {
-		case strings.HasPrefix(a, "--token-file="):
-			a = "--token-file=" + tokenFile
-		case strings.HasPrefix(a, "--health-listen="):
-			a = "--health-listen=" + health
-		}
-		args = append(args, a)
-	}
-	agent := startProcess(t, dir, nil, append(args, "--kubeconfig", kubeconfig)...)
+	pod := agentchart.PodOf(t, c1.info.RESTConfig(t), dir)
+	health, saConfig := pod.Health, pod.Identity
+	agent := startProcess(t, dir, nil, pod.Args...)
 
 	t.Run("it converges the intent under its RBAC", func(t *testing.T) {
 		eventually(t, 60*time.Second, "the quickstart's VirtualService in "+c1.name, func() error {
@@ -196,89 +163,6 @@ func TestAUsedOrExpiredJoinTokenIsRefusedAndChangesNothing(t *testing.T) {
 	// is not a race), then join.
 	time.Sleep(1100 * time.Millisecond)
 	refused(strings.TrimSpace(r.stdout), "expired")
-}
-
-// helmInstall installs the agent chart from the checkout into c with the
-// Helm SDK, as `helm install flotilla-agent deploy/charts/flotilla-agent -n
-// flotilla-system --create-namespace -f values.yaml` does, and returns the
-// release's name.
-func helmInstall(t *testing.T, c *kcluster, values map[string]any) string {
-	t.Helper()
-	chrt, err := loader.Load(filepath.Join(repoRoot, "deploy", "charts", "flotilla-agent"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := action.NewInstall(helmConfig(t, c))
-	in.ReleaseName, in.Namespace, in.CreateNamespace = "flotilla-agent", "flotilla-system", true
-	in.ServerSideApply = true
-	in.WaitStrategy = kube.HookOnlyStrategy
-	in.Timeout = time.Minute
-	// The shared test clusters ran agents from outside before: their
-	// flotilla-multicluster namespace exists, made by the agent (whose
-	// managed-by label conflicts with Helm's), and the chart adopts it:
-	// what `helm install --take-ownership --force-conflicts` does.
-	in.TakeOwnership, in.ForceConflicts = true, true
-	if _, err := in.Run(chrt, values); err != nil {
-		t.Fatalf("helm install: %v", err)
-	}
-	return in.ReleaseName
-}
-
-func helmUninstall(t *testing.T, c *kcluster, name string) {
-	t.Helper()
-	un := action.NewUninstall(helmConfig(t, c))
-	un.WaitStrategy = kube.HookOnlyStrategy
-	if _, err := un.Run(name); err != nil {
-		t.Errorf("helm uninstall: %v", err)
-	}
-}
-
-func helmConfig(t *testing.T, c *kcluster) *action.Configuration {
-	t.Helper()
-	flags := genericclioptions.NewConfigFlags(false)
-	flags.KubeConfig = &c.kubeconfig
-	ns := "flotilla-system"
-	flags.Namespace = &ns
-	cfg := action.NewConfiguration()
-	if err := cfg.Init(flags, ns, "secret"); err != nil {
-		t.Fatal(err)
-	}
-	return cfg
-}
-
-// serviceAccountConfig is c's API server as the ServiceAccount: a token
-// from the TokenRequest API, which is what the kubelet mounts into the pod.
-func serviceAccountConfig(t *testing.T, c *kcluster, namespace, name string) *rest.Config {
-	t.Helper()
-	tr, err := c.kube.CoreV1().ServiceAccounts(namespace).CreateToken(context.Background(), name,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(3600))}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest for %s/%s: %v", namespace, name, err)
-	}
-	admin := c.info.RESTConfig(t)
-	return &rest.Config{Host: admin.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: admin.CAData, CAFile: admin.CAFile}}
-}
-
-func writeKubeconfig(t *testing.T, dir string, cfg *rest.Config) string {
-	t.Helper()
-	ca := cfg.CAData
-	if len(ca) == 0 {
-		b, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ca = b
-	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["c"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: ca}
-	kc.AuthInfos["sa"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
-	kc.Contexts["sa"] = &clientcmdapi.Context{Cluster: "c", AuthInfo: "sa"}
-	kc.CurrentContext = "sa"
-	path := filepath.Join(dir, "agent-sa.kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // checkRefused tries, as the agent's identity, what its RBAC must not
