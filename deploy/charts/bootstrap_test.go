@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +27,7 @@ import (
 
 	"flotilla.io/flotilla/deploy/charts"
 	"flotilla.io/flotilla/internal/cli"
+	"flotilla.io/flotilla/internal/syncbuf"
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
@@ -235,29 +235,11 @@ func writeKubeconfig(t *testing.T, admin *rest.Config, token, ns string) string 
 	return path
 }
 
-// lockedBuffer is a bytes.Buffer safe to read while the server writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // runServer runs `flotilla server` on a loopback port with args until it
 // serves, and returns what stops it; or the error it stopped with.
-func runServer(t *testing.T, ctx context.Context, args ...string) (stop func(), errOut *lockedBuffer, err error) {
+func runServer(t *testing.T, ctx context.Context, args ...string) (stop func(), errOut *syncbuf.Buffer, err error) {
 	t.Helper()
-	errOut = &lockedBuffer{}
+	errOut = &syncbuf.Buffer{}
 	root := cli.NewRoot(strings.NewReader(""), errOut, errOut)
 	root.SetArgs(append([]string{"server", "--listen", "127.0.0.1:0"}, args...))
 	ctx, cancel := context.WithCancel(ctx)

@@ -46,9 +46,6 @@ func Load(name string) (*chart.Chart, error) {
 		if err != nil {
 			return err
 		}
-		if path.Ext(p) == ".go" {
-			return nil
-		}
 		bufs = append(bufs, &archive.BufferedFile{Name: strings.TrimPrefix(p, name+"/"), Data: data})
 		return nil
 	})

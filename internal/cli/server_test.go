@@ -1,35 +1,16 @@
 package cli_test
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"flotilla.io/flotilla/internal/cli"
+	"flotilla.io/flotilla/internal/syncbuf"
 )
-
-// lockedBuffer is a bytes.Buffer safe to read while the server writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The profiling endpoints serve this host only: any other address is
 // refused before the server opens its store or listens.
@@ -50,7 +31,7 @@ func TestDebugListenRefusesNonLoopbackAddresses(t *testing.T) {
 // server's output names the file and the expiry, never the secret.
 func TestTheBootstrapCredentialIsNeverPrinted(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	var out, errOut lockedBuffer
+	var out, errOut syncbuf.Buffer
 	root := cli.NewRoot(strings.NewReader(""), &out, &errOut)
 	root.SetArgs([]string{"server", "--listen", "127.0.0.1:0", "--data-dir", dir, "--debug-listen", "127.0.0.1:0"})
 	ctx, cancel := context.WithCancel(context.Background())
