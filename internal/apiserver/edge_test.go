@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,6 +32,7 @@ import (
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 	"flotilla.io/flotilla/internal/store/sqlite"
+	"flotilla.io/flotilla/internal/syncbuf"
 	"flotilla.io/flotilla/internal/testauth"
 )
 
@@ -50,22 +50,7 @@ type edgePlane struct {
 }
 
 // syncBuffer is a log the test reads while the server writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 // startEdge starts a plane over st (a fresh SQLite store when nil).
 func startEdge(t testing.TB, st store.Store, opts ...apiserver.Option) *edgePlane {

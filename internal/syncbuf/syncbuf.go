@@ -8,6 +8,8 @@ import (
 )
 
 // Buffer is safe for concurrent Write and String; the zero value is empty.
+// It has no other methods, so that io.Copy cannot bypass the lock through
+// a promoted ReadFrom.
 type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
