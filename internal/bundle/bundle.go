@@ -281,26 +281,7 @@ func WithMulticluster(intent string, mc *Multicluster) string {
 	if mc == nil {
 		return intent
 	}
-	data, err := json.Marshal(mc)
-	if err != nil {
-		panic("bundle: marshal: " + err.Error())
-	}
-	return WithMulticlusterJSON(intent, data)
-}
-
-// WithMulticlusterJSON is WithMulticluster of the slice whose JSON
-// (json.Marshal of the *Multicluster) is data, for a caller that keeps it
-// encoded; intent alone when data is nil.
-func WithMulticlusterJSON(intent string, data []byte) string {
-	if data == nil {
-		return intent
-	}
-	h := sha256.New()
-	h.Write([]byte(intent))
-	h.Write([]byte{0})
-	h.Write(data)
-	sum := h.Sum(nil)
-	return hex.EncodeToString(sum[:16])
+	return WithMulticlusterDigest(intent, mc.Digest())
 }
 
 // Group returns the group with the given FQN.

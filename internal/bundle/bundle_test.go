@@ -36,17 +36,3 @@ func TestGroupFindsByFQN(t *testing.T) {
 		t.Fatal("found a missing group")
 	}
 }
-
-func TestWithMulticlusterJSONIsWithMulticlusterOfTheEncodedSlice(t *testing.T) {
-	mc := &Multicluster{Services: []RemoteService{{Owner: "o", Namespace: "shop", Name: "reviews", Remotes: []RemoteInstance{{Cluster: "c2", Ready: 3}}}}}
-	data, err := json.Marshal(mc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := WithMulticlusterJSON("v1", data), WithMulticluster("v1", mc); got != want {
-		t.Fatalf("from the JSON %s, from the slice %s", got, want)
-	}
-	if got := WithMulticlusterJSON("v1", nil); got != "v1" {
-		t.Fatalf("without a slice: %s, want the intent's version", got)
-	}
-}

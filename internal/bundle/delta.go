@@ -19,6 +19,9 @@ type Delta struct {
 	// the cluster has none any more).
 	SetMulticluster bool          `json:"setMulticluster,omitempty"`
 	Multicluster    *Multicluster `json:"multicluster,omitempty"`
+	// MulticlusterPatch, when set, changes the bundle's slice part by part
+	// instead (the slice is never both replaced and patched).
+	MulticlusterPatch *MulticlusterPatch `json:"multiclusterPatch,omitempty"`
 }
 
 // Apply returns the bundle that d makes of b. b is left as it is; the
@@ -57,8 +60,11 @@ func (b *Bundle) Apply(d Delta) *Bundle {
 		}
 	}
 	out.Objects = append(out.Objects, d.Objects...)
-	if d.SetMulticluster {
+	switch {
+	case d.SetMulticluster:
 		out.Multicluster = d.Multicluster
+	case !d.MulticlusterPatch.Empty():
+		out.Multicluster = b.Multicluster.Patch(d.MulticlusterPatch)
 	}
 	out.Normalize()
 	return out
@@ -66,5 +72,5 @@ func (b *Bundle) Apply(d Delta) *Bundle {
 
 // Empty reports whether d changes nothing.
 func (d Delta) Empty() bool {
-	return len(d.Groups)+len(d.RemovedGroups)+len(d.Objects)+len(d.Removed) == 0 && !d.SetMulticluster
+	return len(d.Groups)+len(d.RemovedGroups)+len(d.Objects)+len(d.Removed) == 0 && !d.SetMulticluster && d.MulticlusterPatch.Empty()
 }

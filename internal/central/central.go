@@ -11,6 +11,8 @@ import (
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/internal/agentauth"
+	"flotilla.io/flotilla/internal/central/discovery"
+	"flotilla.io/flotilla/internal/central/intent"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
@@ -25,7 +27,7 @@ type Central struct {
 	now func() time.Time
 
 	mu       sync.Mutex
-	idx      *index              // intent as of rev
+	idx      *intent.Index       // intent as of rev
 	clusters map[string]*cluster // by FQN
 	rev      int64               // store revision the index and versions reflect
 	broken   map[string]string   // FQN -> why a stored record cannot be used
@@ -39,8 +41,8 @@ type Central struct {
 	authCfg     agentauth.Config     // set by the options; auth is made with it in New
 	auth        *agentauth.Authority // agents' credentials: join, stream open, extension, recheck
 
-	services *registry.Registry // what runs in the clusters: runtime state, outside the event log
-	mc       *multicluster      // the bundles' multicluster slices; guarded by mu
+	services *registry.Registry   // what runs in the clusters: runtime state, outside the event log
+	disc     *discovery.Discovery // the bundles' multicluster slices, under a lock of their own
 
 	// The stored runtime snapshots this replica has read (see runtime.go);
 	// guarded by mu.
@@ -161,12 +163,13 @@ const maxDrifts = 20
 
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
-	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: newIndex(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
+	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: intent.New(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
 		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout,
-		services: registry.New(), mc: newMulticluster(), runtimeGens: map[string]int64{}, refetch: map[string]bool{}}
+		services: registry.New(), runtimeGens: map[string]int64{}, refetch: map[string]bool{}}
 	for _, o := range opts {
 		o(c)
 	}
+	c.disc = discovery.New(c.services)
 	c.auth = agentauth.New(st, log, c.now, c.authCfg)
 	return c
 }
@@ -321,13 +324,12 @@ func (c *Central) reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the store's revision: %w", err)
 	}
-	in, err := readIntent(ctx, c.reg, c.st)
+	in, err := intent.Read(ctx, c.reg, c.st)
 	if err != nil {
 		return fmt.Errorf("read intent: %w", err)
 	}
-	idx, broken := buildIndex(c.reg, in)
-	mc := newMulticluster()
-	if err := mc.load(ctx, c.st); err != nil {
+	idx, broken := intent.Build(c.reg, in)
+	if err := c.disc.Load(ctx, c.st); err != nil {
 		return fmt.Errorf("read workspace settings: %w", err)
 	}
 	statuses := map[string]store.Record{}
@@ -341,13 +343,12 @@ func (c *Central) reload(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idx, c.broken, c.rev = idx, broken, rev
-	c.mc.workspaces, c.mc.settings, c.mc.edges = mc.workspaces, mc.settings, mc.edges // c.mc itself stays: runMulticluster holds its wake channel
-	c.syncClusters(allClusters(idx), statuses)
+	c.syncClusters(idx.ClusterSet(), statuses)
 	// The slices are computed before any agent is served: a bundle sent
 	// without them would remove every cluster's remote endpoints until the
 	// agents report again.
 	c.restoreRuntime(snaps, mark)
-	c.wake(c.recomputeMulticluster())
+	c.wake(c.updateSlices())
 	return nil
 }
 
@@ -361,36 +362,28 @@ func (c *Central) applyEvents(evs []store.Event) {
 	slicesNow := false
 	for _, ev := range evs {
 		c.rev = ev.Revision
-		if c.mc.relevant(ev.Record.Kind) {
-			now, err := c.mc.apply(ev)
+		if discovery.Relevant(ev.Record.Kind) {
+			now, err := c.disc.Apply(ev)
 			if err != nil {
 				c.log.Error("stored record cannot be used for multicluster or edge config", "fqn", ev.Record.FQN, "err", err)
 			}
 			slicesNow = slicesNow || now
 		}
-		if !c.idx.relevant(ev.Record.Kind) {
+		if !c.idx.Relevant(ev.Record.Kind) {
 			continue
 		}
-		if err := c.idx.apply(ev, affected); err != nil {
+		if err := c.idx.Apply(ev, affected); err != nil {
 			c.broken[ev.Record.FQN] = err.Error()
 			c.log.Error("stored intent cannot be used; bundles keep its previous state", "fqn", ev.Record.FQN, "revision", ev.Revision, "err", err)
 			continue
 		}
 		delete(c.broken, ev.Record.FQN)
 	}
-	c.idx.rehash()
+	c.idx.Rehash()
 	c.syncClusters(affected, nil)
 	if slicesNow { // still under c.mu: no stream sends this revision without its slices
-		c.wake(c.recomputeMulticluster())
+		c.wake(c.updateSlices())
 	}
-}
-
-func allClusters(idx *index) map[string]bool {
-	out := make(map[string]bool, len(idx.clusters))
-	for fqn := range idx.clusters {
-		out[fqn] = true
-	}
-	return out
 }
 
 // syncClusters brings the named clusters' state in line with the index:
@@ -404,9 +397,9 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 		}
 	}
 	for fqn := range fqns {
-		ce := c.idx.clusters[fqn]
+		name, _, known := c.idx.Cluster(fqn)
 		cl := c.clusters[fqn]
-		if ce == nil {
+		if !known {
 			if cl != nil {
 				if cl.conn != nil {
 					cl.conn.end("the cluster was deleted from Flotilla")
@@ -418,7 +411,7 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 			continue
 		}
 		if cl == nil {
-			cl = &cluster{fqn: fqn, name: ce.name}
+			cl = &cluster{fqn: fqn, name: name}
 			if r, ok := stored[fqn]; ok {
 				c.restore(cl, r)
 			}

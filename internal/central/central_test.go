@@ -48,47 +48,6 @@ func rec(kind, fqn, spec string) store.Record {
 	return store.Record{Kind: kind, FQN: fqn, Name: name, Parent: parent, Spec: json.RawMessage(spec), ETag: "e"}
 }
 
-func TestBundlesCarryTheGroupsWhoseSelectorsReachTheCluster(t *testing.T) {
-	reg := resource.Builtin()
-	g := "organizations/acme/tenants/t/workspaces/w/groups/"
-	in := Intent{
-		Clusters: []store.Record{rec("Cluster", "organizations/acme/clusters/c1", `{}`), rec("Cluster", "organizations/acme/clusters/c2", `{}`), rec("Cluster", "organizations/other/clusters/c1", `{}`)},
-		Groups: []store.Record{
-			rec("Group", g+"all", `{"type":"gateway","configMode":"BRIDGED","namespaceSelector":{"names":["*/pay"]}}`),
-			rec("Group", g+"one", `{"type":"traffic","configMode":"DIRECT","namespaceSelector":{"names":["c2/pay"]}}`),
-		},
-		Objects: []store.Record{rec("IngressGateway", g+"all/ingressgateways/shop", `{"a":1}`), rec("VirtualService", g+"one/virtualservices/vs", `{}`)},
-	}
-	got, err := Bundles(reg, in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	summary := func(fqn string) string {
-		b := got[fqn]
-		var parts []string
-		for _, o := range b.Objects {
-			parts = append(parts, o.Kind+":"+o.Name)
-		}
-		return fmt.Sprintf("%s %d groups %v", b.Cluster, len(b.Groups), parts)
-	}
-	for fqn, want := range map[string]string{
-		"organizations/acme/clusters/c1":  "c1 1 groups [IngressGateway:shop]",
-		"organizations/acme/clusters/c2":  "c2 2 groups [IngressGateway:shop VirtualService:vs]",
-		"organizations/other/clusters/c1": "c1 0 groups []",
-	} {
-		if s := summary(fqn); s != want {
-			t.Errorf("bundle of %s = %s, want %s", fqn, s, want)
-		}
-	}
-	if got["organizations/acme/clusters/c1"].Objects[0].APIVersion != resource.APIVersion || got["organizations/acme/clusters/c2"].Objects[1].APIVersion != "networking.istio.io/v1" {
-		t.Error("bundle objects lack their kinds' apiVersions")
-	}
-	again, _ := Bundles(reg, in)
-	if again["organizations/acme/clusters/c2"].Version() != got["organizations/acme/clusters/c2"].Version() {
-		t.Error("the same intent gave another version")
-	}
-}
-
 // harness is a management plane with its central control plane on a real socket.
 type harness struct {
 	c     *Central

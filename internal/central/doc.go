@@ -3,9 +3,9 @@
 // cluster's latest bundle, and turns what agents report (inventory, acks,
 // drift) into status.
 //
-//	store ──Changed/Events──▶ recompute ──Bundles (pure)──▶ per-cluster version
-//	                                                            │ wake (cap 1, coalescing)
-//	agent ◀──Bundle (only when its version differs)── stream ◀──┘
+//	store ──Changed/Events──▶ intent.Index (under mu) ──version per cluster──┐
+//	registry ──TakeChanges──▶ discovery.Discovery (its own lock) ──digest───┴▶ version ─wake (cap 1)─▶ stream
+//	agent ◀──Bundle, or a delta: changed objects and slice patches (only when its version differs)── stream
 //	agent ──Hello/Inventory/Ack/Drift──▶ cluster state ──(≤1/s)──▶ Cluster.status in the store
 //	                                           │
 //	                                           └──FleetView (copies, under mu only while copying)──▶ fleetapi (FleetService)
@@ -14,11 +14,15 @@
 // disconnected cluster never delays another; a disconnected cluster's latest
 // bundle waits for it and is sent when it reconnects.
 //
-// The FleetService's handlers (status, compiled preview, plan, onboarding,
-// ...) are in package fleetapi, which does not import this one: they read
-// the control plane only through FleetView (fleetview.go), whose calls take
-// and release the lock themselves, and compile, filter and diff what it
-// returned outside it. Agents' credentials (join, the assertion at stream
-// open, extension, recheck) are package agentauth's; this package keeps the
-// streams they open.
+// The intent index (package intent) and the multicluster slices (package
+// discovery) are pure and do no I/O but their loads; discovery keeps its
+// own lock, so a registry change becomes slices without mu, which is taken
+// only to move the changed clusters' versions. The FleetService's handlers
+// (status, compiled preview, plan, onboarding, ...) are in package
+// fleetapi, which does not import this one: they read the control plane
+// only through FleetView (fleetview.go), whose calls take and release the
+// lock themselves, and compile, filter and diff what it returned outside
+// it. Agents' credentials (join, the assertion at stream open, extension,
+// recheck) are package agentauth's; this package keeps the streams they
+// open.
 package central

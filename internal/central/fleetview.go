@@ -2,7 +2,6 @@ package central
 
 import (
 	"fmt"
-	"maps"
 	"sort"
 	"time"
 
@@ -35,9 +34,7 @@ func (v fleetView) Revision() int64 {
 }
 
 func (v fleetView) Workspaces() map[string]selector.Set {
-	v.c.mu.Lock()
-	defer v.c.mu.Unlock()
-	return maps.Clone(v.c.mc.workspaces) // the selectors are replaced, never changed
+	return v.c.disc.Workspaces() // under the discovery's lock, not c.mu
 }
 
 func (v fleetView) Summaries() map[string]*pb.ClusterSummary {
@@ -46,13 +43,13 @@ func (v fleetView) Summaries() map[string]*pb.ClusterSummary {
 	defer c.mu.Unlock()
 	out := make(map[string]*pb.ClusterSummary, len(c.clusters))
 	for fqn, cl := range c.clusters {
-		ce := c.idx.clusters[fqn]
-		if ce == nil {
+		_, org, known := c.idx.Cluster(fqn)
+		if !known {
 			continue
 		}
-		info := c.mc.edges.clusters[fqn]
+		info := c.disc.Cluster(fqn)
 		s := &pb.ClusterSummary{
-			Fqn: fqn, Name: cl.name, Organization: ce.org, Region: info.region, Zone: info.zone, Drained: info.drained,
+			Fqn: fqn, Name: cl.name, Organization: org, Region: info.Region, Zone: info.Zone, Drained: info.Drained,
 			Connected: cl.connected(), DesiredBundleVersion: cl.version, KubernetesVersion: cl.inv.KubernetesVersion,
 			AgentVersion: cl.agentVersion,
 		}
@@ -150,7 +147,7 @@ func short(v string) string { return v[:min(len(v), 12)] }
 // cluster counts as Applied only once it has applied need. Callers hold c.mu.
 func (c *Central) clusterStates(group, fqn string, need int64) []*pb.ClusterState {
 	var out []*pb.ClusterState
-	for _, cf := range c.idx.targets(group, fqn) {
+	for _, cf := range c.idx.Targets(group, fqn) {
 		cl := c.clusters[cf]
 		if cl == nil {
 			continue
@@ -197,11 +194,9 @@ func (v fleetView) Services(visible func(cluster string) bool, f registry.Filter
 }
 
 func (v fleetView) ExposedBy(services []registry.Service) [][]string {
-	v.c.mu.Lock()
-	defer v.c.mu.Unlock()
 	out := make([][]string, len(services))
 	for i, s := range services {
-		out[i] = v.c.exposedBy(s)
+		out[i] = v.c.disc.ExposedBy(s) // under the discovery's lock, not c.mu
 	}
 	return out
 }
@@ -210,13 +205,13 @@ func (v fleetView) Plan(written []resource.Written) ([]fleetapi.PlannedCluster, 
 	c := v.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	planned := c.idx.clone()
+	planned := c.idx.Clone()
 	affected := map[string]bool{}
 	for _, w := range written {
-		if w.Outcome == resource.Unchanged || !planned.relevant(w.Record.Kind) {
+		if w.Outcome == resource.Unchanged || !planned.Relevant(w.Record.Kind) {
 			continue
 		}
-		if err := planned.apply(store.Event{Type: store.EventPut, Record: w.Record}, affected); err != nil {
+		if err := planned.Apply(store.Event{Type: store.EventPut, Record: w.Record}, affected); err != nil {
 			return nil, fmt.Errorf("plan %s: %w", w.Record.FQN, err)
 		}
 	}
@@ -225,14 +220,15 @@ func (v fleetView) Plan(written []resource.Written) ([]fleetapi.PlannedCluster, 
 		// The planned bundle is assembled under the lock too: the clone
 		// shares the index's unchanged groups, which the index's own
 		// writers change in place. Compiling them is the caller's, after.
-		next := planned.bundle(fqn)
+		next := planned.Bundle(fqn)
 		if next == nil {
 			continue
 		}
 		// Plan previews intent: the multicluster slice (runtime state) is
 		// the same before and after.
-		next.Multicluster = c.mc.slices[fqn]
-		pc := fleetapi.PlannedCluster{Name: planned.clusters[fqn].name, Current: c.bundleOf(fqn), Next: next}
+		next.Multicluster = c.disc.Slice(fqn)
+		name, _, _ := planned.Cluster(fqn)
+		pc := fleetapi.PlannedCluster{Name: name, Current: c.bundleOf(fqn), Next: next}
 		if cl := c.clusters[fqn]; cl != nil {
 			pc.In = cl.inv.cluster()
 		}

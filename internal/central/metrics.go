@@ -12,6 +12,7 @@ type metrics struct {
 	deltas    prometheus.Counter
 	resyncs   prometheus.Counter
 	recompute prometheus.Histogram
+	discovery prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -32,6 +33,11 @@ func newMetrics() *metrics {
 			Name:    "flotilla_central_recompute_seconds",
 			Help:    "Time to apply a batch of intent changes to the index and rehash the affected clusters' bundles (or to reload it whole).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		discovery: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "flotilla_central_discovery_update_seconds",
+			Help:    "Time to bring the multicluster slices up to a burst of registry or input changes (a rebuild, or the changed services' parts only).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
 	}
 }
@@ -54,7 +60,7 @@ func (c *Central) Register(r prometheus.Registerer) error {
 		})
 	}
 	for _, col := range []prometheus.Collector{
-		c.metrics.sends, c.metrics.deltas, c.metrics.resyncs, c.metrics.recompute,
+		c.metrics.sends, c.metrics.deltas, c.metrics.resyncs, c.metrics.recompute, c.metrics.discovery,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_bundles_failing", Help: "1 while some bundles cannot be computed (see /readyz, status and the server log), else 0."}, func() float64 {
 			return boolFloat(c.Health() != nil)
 		}),

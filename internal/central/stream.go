@@ -2,7 +2,6 @@ package central
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -175,21 +174,23 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		select {
 		case <-conn.wake:
 			c.mu.Lock()
-			version, rev := cl.version, c.rev
+			rev := c.rev
 			var (
-				content []byte
-				base    string
-				next    *sentBundle
+				version, base string
+				content       []byte
+				next          *sentBundle
 			)
-			if version != sent && version != "" {
-				if conn.deltas && delivered != nil {
-					content, err = json.Marshal(c.delta(fqn, delivered))
-					base = sent
-				} else {
-					content, err = c.content(fqn)
+			if v := c.version(fqn); v != sent && v != "" {
+				from := delivered
+				if !conn.deltas {
+					from = nil
 				}
-				if conn.deltas {
-					next = c.delivered(fqn)
+				version, content, next, err = c.outgoing(fqn, from, conn.deltas)
+				if from != nil {
+					base = sent
+				}
+				if version == sent {
+					content = nil // moved back between the two reads: nothing to send
 				}
 			}
 			c.mu.Unlock()

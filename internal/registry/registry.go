@@ -43,6 +43,93 @@ type Registry struct {
 	clusters map[string]*cluster // by cluster FQN
 	changed  chan struct{}       // capacity 1: a pending signal coalesces the next ones
 	gen      uint64              // counts changes of content
+	pending  Changes             // what moved since the last TakeChanges
+}
+
+// Changes says what moved in the registry: the services (by Key) whose
+// instances changed in some cluster, including their liveness, and the
+// clusters (FQNs) whose east-west gateway did.
+type Changes struct {
+	Services map[string]bool
+	Gateways map[string]bool
+}
+
+// Empty reports whether nothing moved.
+func (c Changes) Empty() bool { return len(c.Services) == 0 && len(c.Gateways) == 0 }
+
+// gatewayMoved notes that cluster's east-west gateway changed. Callers
+// hold r.mu.
+func (r *Registry) gatewayMoved(clusterFQN string) {
+	if r.pending.Gateways == nil {
+		r.pending.Gateways = map[string]bool{}
+	}
+	r.pending.Gateways[clusterFQN] = true
+}
+
+// ServiceKeys returns the keys of the services cluster runs, sorted.
+func (r *Registry) ServiceKeys(clusterFQN string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c := r.clusters[clusterFQN]; c != nil {
+		return slices.Sorted(maps.Keys(c.services))
+	}
+	return nil
+}
+
+// TakeChanges returns what moved since its last call, and forgets it.
+func (r *Registry) TakeChanges() Changes {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.pending
+	r.pending = Changes{}
+	return out
+}
+
+// moved notes that the service with key changed. Callers hold r.mu.
+func (r *Registry) moved(key string) {
+	if r.pending.Services == nil {
+		r.pending.Services = map[string]bool{}
+	}
+	r.pending.Services[key] = true
+}
+
+// movedAll notes that every service of the cluster changed (its liveness
+// or its whole state), and its gateway if it has one. Callers hold r.mu.
+func (r *Registry) movedAll(fqn string, c *cluster) {
+	if c == nil {
+		return
+	}
+	for k := range c.services {
+		r.moved(k)
+	}
+	if c.gateway != nil {
+		r.gatewayMoved(fqn)
+	}
+}
+
+// replaced notes what differs between a cluster's old and new state.
+// Callers hold r.mu.
+func (r *Registry) replaced(fqn string, old, c *cluster) {
+	if old == nil {
+		r.movedAll(fqn, c)
+		return
+	}
+	for k, s := range c.services {
+		if o := old.services[k]; o == nil || !proto.Equal(o, s) {
+			r.moved(k)
+		}
+	}
+	for k := range old.services {
+		if c.services[k] == nil {
+			r.moved(k)
+		}
+	}
+	if old.connected != c.connected {
+		r.movedAll(fqn, c)
+	}
+	if !proto.Equal(old.gateway, c.gateway) {
+		r.gatewayMoved(fqn)
+	}
 }
 
 // cluster is one cluster's reported state.
@@ -85,6 +172,7 @@ func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) e
 	if err := checkBounds(m, have); err != nil {
 		return fmt.Errorf("%s: %w", clusterFQN, err)
 	}
+	old := c
 	if m.GetFull() {
 		c = &cluster{services: map[string]*agentv1.ServiceState{}, connected: true}
 		r.clusters[clusterFQN] = c
@@ -95,9 +183,13 @@ func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) e
 		}
 		return fmt.Errorf("%w: %s sent delta %d after %d", ErrOutOfSync, clusterFQN, m.GetSeq(), have)
 	}
+	if !m.GetFull() && !c.connected { // its services are live again
+		r.movedAll(clusterFQN, c)
+	}
 	c.seq = m.GetSeq()
 	c.connected = true
 	c.lastSeen = now
+	gateway := c.gateway
 	for _, s := range m.GetServices() {
 		c.services[Key(s.GetNamespace(), s.GetName())] = s
 	}
@@ -109,6 +201,23 @@ func (r *Registry) Apply(clusterFQN string, m *agentv1.Runtime, now time.Time) e
 	}
 	if g := m.GetEastWestGateway(); g != nil {
 		c.gateway = g
+	}
+	if m.GetFull() {
+		c.gateway = m.GetEastWestGateway()
+		if old != nil {
+			gateway = old.gateway
+		}
+		r.replaced(clusterFQN, old, c)
+	} else {
+		for _, s := range m.GetServices() {
+			r.moved(Key(s.GetNamespace(), s.GetName()))
+		}
+		for _, k := range m.GetRemoved() {
+			r.moved(k)
+		}
+		if !proto.Equal(gateway, c.gateway) {
+			r.gatewayMoved(clusterFQN)
+		}
 	}
 	r.gen++
 	c.gen = r.gen
@@ -157,6 +266,7 @@ func (r *Registry) Restore(clusterFQN string, snap *agentv1.Runtime, connected b
 	for _, s := range snap.GetServices() {
 		c.services[Key(s.GetNamespace(), s.GetName())] = s
 	}
+	r.replaced(clusterFQN, r.clusters[clusterFQN], c)
 	r.gen++
 	c.gen = r.gen
 	r.clusters[clusterFQN] = c
@@ -176,6 +286,7 @@ func (r *Registry) SetLive(clusterFQN string, connected bool, lastSeen time.Time
 	c.lastSeen = lastSeen
 	if c.connected != connected {
 		c.connected = connected
+		r.movedAll(clusterFQN, c)
 		r.signal()
 	}
 }
@@ -206,6 +317,7 @@ func (r *Registry) Disconnected(clusterFQN string, now time.Time) {
 	if c := r.clusters[clusterFQN]; c != nil && c.connected {
 		c.connected = false
 		c.lastSeen = now
+		r.movedAll(clusterFQN, c)
 		r.signal()
 	}
 }
@@ -224,7 +336,8 @@ func (r *Registry) Gateway(clusterFQN string) *agentv1.EastWestGateway {
 func (r *Registry) Remove(clusterFQN string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.clusters[clusterFQN]; ok {
+	if c, ok := r.clusters[clusterFQN]; ok {
+		r.movedAll(clusterFQN, c)
 		delete(r.clusters, clusterFQN)
 		r.signal()
 	}

@@ -1,4 +1,4 @@
-package central
+package discovery
 
 import (
 	"encoding/json"
@@ -53,9 +53,9 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 			{Name: "list", Hostname: "shop.example.com", Port: 443, Clusters: []*pb.ClusterWeight{{Name: "c2", Weight: 7}, {Name: "edge", Weight: 1}}},
 		},
 	})
-	clusters := map[string]*clusterEntry{}
+	clusters := map[string]clusterRef{}
 	for name := range regions {
-		clusters[org+"/clusters/"+name] = &clusterEntry{fqn: org + "/clusters/" + name, name: name, org: org}
+		clusters[org+"/clusters/"+name] = clusterRef{name: name, org: org}
 	}
 	reach := map[string]map[string]bool{
 		ws + "/groups/ingress": {org + "/clusters/c1": true, org + "/clusters/c2": true, org + "/clusters/c3": true, org + "/clusters/c4": true, org + "/clusters/c5": true},
@@ -68,12 +68,12 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 	services := []registry.Service{{Namespace: "ingress", Name: "ingressgateway", Instances: []registry.Instance{
 		gw("c1", "10.0.0.1", 2), gw("c2", "10.0.0.2", 1), gw("c3", "10.0.0.3", 1), gw("c4", "", 1), gw("c5", "10.0.0.5", 0),
 	}}}
-	out := map[string]*bundle.Multicluster{}
-	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
+	var out map[string][]bundle.EdgeServer
+	out = e.compute(clusters, func(g string) map[string]bool { return reach[g] }, services)
 	if len(out) != 1 || out[org+"/clusters/edge"] == nil {
 		t.Fatalf("slices for %v, want the edge cluster's only", out)
 	}
-	got, _ := json.MarshalIndent(out[org+"/clusters/edge"].Edges, "", " ")
+	got, _ := json.MarshalIndent(out[org+"/clusters/edge"], "", " ")
 	var edges []bundle.EdgeServer
 	_ = json.Unmarshal(got, &edges)
 	if len(edges) != 2 {
@@ -104,9 +104,8 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 	if put(t, &e, resource.KindCluster, org+"/clusters/c3", org, &pb.ClusterSpec{Region: "us"}) {
 		t.Fatal("the same cluster spec again is a change")
 	}
-	out = map[string]*bundle.Multicluster{}
-	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
-	if ts := out[org+"/clusters/edge"].Edges[0].Targets; len(ts) != 3 || ts[2].Cluster != "c3" {
+	out = e.compute(clusters, func(g string) map[string]bool { return reach[g] }, services)
+	if ts := out[org+"/clusters/edge"][0].Targets; len(ts) != 3 || ts[2].Cluster != "c3" {
 		t.Fatalf("after undrain: %+v", ts)
 	}
 
@@ -116,9 +115,8 @@ func TestEdgeSliceTargetsThePublishingClustersIngressGateways(t *testing.T) {
 	if !put(t, &e, resource.KindCluster, org+"/clusters/c2", org, &pb.ClusterSpec{Region: "us", AddressRanges: []string{"10.9.0.0/16"}}) {
 		t.Fatal("new address ranges are not a change")
 	}
-	out = map[string]*bundle.Multicluster{}
-	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
-	auto = out[org+"/clusters/edge"].Edges[0]
+	out = e.compute(clusters, func(g string) map[string]bool { return reach[g] }, services)
+	auto = out[org+"/clusters/edge"][0]
 	for _, tg := range auto.Targets {
 		if tg.Cluster == "c2" {
 			t.Errorf("c2 is a target at %s, outside its declared ranges", tg.Address)
@@ -150,17 +148,17 @@ func TestAnEdgeGatewayFrontsOnlyItsOwnTenantsIngressGateways(t *testing.T) {
 			{Name: "list", Hostname: "bank.example.com", Port: 80, Clusters: []*pb.ClusterWeight{{Name: "c1", Weight: 1}}},
 		},
 	})
-	clusters := map[string]*clusterEntry{}
+	clusters := map[string]clusterRef{}
 	for _, name := range []string{"edge", "c1"} {
-		clusters[org+"/clusters/"+name] = &clusterEntry{fqn: org + "/clusters/" + name, name: name, org: org}
+		clusters[org+"/clusters/"+name] = clusterRef{name: name, org: org}
 	}
 	reach := map[string]map[string]bool{theirs + "/groups/ingress": {org + "/clusters/c1": true}, mine + "/groups/edge": {org + "/clusters/edge": true}}
 	services := []registry.Service{{Namespace: "bank", Name: "ingressgateway", Instances: []registry.Instance{
 		{Cluster: org + "/clusters/c1", Ready: 1, Address: "10.0.0.1", Selector: map[string]string{"istio": "ingressgateway"}},
 	}}}
-	out := map[string]*bundle.Multicluster{}
-	e.compute(out, clusters, func(g string) map[string]bool { return reach[g] }, services)
-	for _, es := range out[org+"/clusters/edge"].Edges {
+	var out map[string][]bundle.EdgeServer
+	out = e.compute(clusters, func(g string) map[string]bool { return reach[g] }, services)
+	for _, es := range out[org+"/clusters/edge"] {
 		if len(es.Targets) != 0 {
 			t.Fatalf("%s targets another tenant's ingress gateway: %+v", es.Server, es.Targets)
 		}

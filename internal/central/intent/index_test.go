@@ -1,10 +1,11 @@
-package central
+package intent
 
 import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -135,18 +136,18 @@ func TestTheIncrementalIndexAlwaysAgreesWithBundlesComputedFromScratch(t *testin
 	for seed := range uint64(20) {
 		rnd := rand.New(rand.NewPCG(seed, 1))
 		w := world{}
-		idx := newIndex(reg)
+		idx := New(reg)
 		for step := range 200 {
 			ev := randomChange(rnd, w)
 			before := map[string]string{}
 			for f := range idx.clusters {
-				before[f] = idx.version(f)
+				before[f] = idx.Version(f)
 			}
 			affected := map[string]bool{}
-			if err := idx.apply(ev, affected); err != nil {
+			if err := idx.Apply(ev, affected); err != nil {
 				t.Fatalf("seed %d step %d: %v", seed, step, err)
 			}
-			idx.rehash()
+			idx.Rehash()
 			if ev.Type == store.EventDelete {
 				delete(w, ev.Record.FQN)
 			} else {
@@ -160,22 +161,22 @@ func TestTheIncrementalIndexAlwaysAgreesWithBundlesComputedFromScratch(t *testin
 				t.Fatalf("seed %d step %d: index has %d clusters, want %d", seed, step, len(idx.clusters), len(want))
 			}
 			for f, b := range want {
-				got := idx.bundle(f)
+				got := idx.Bundle(f)
 				if diff := cmp.Diff(b, got); diff != "" {
 					t.Fatalf("seed %d step %d (%v %s): bundle of %s differs (-scratch +index):\n%s", seed, step, ev.Type, ev.Record.FQN, f, diff)
 				}
-				if v := idx.version(f); v != b.Version() {
+				if v := idx.Version(f); v != b.Version() {
 					t.Fatalf("seed %d step %d: version of %s is %s, the bundle hashes to %s", seed, step, f, v, b.Version())
 				}
 				var decoded bundle.Bundle
-				content, err := idx.content(f)
+				content, err := idx.Content(f)
 				if err != nil || json.Unmarshal(content, &decoded) != nil {
 					t.Fatalf("content of %s does not decode: %v", f, err)
 				}
 				if diff := cmp.Diff(b, &decoded); diff != "" {
 					t.Fatalf("seed %d step %d: content of %s differs:\n%s", seed, step, f, diff)
 				}
-				if before[f] != idx.version(f) && !affected[f] {
+				if before[f] != idx.Version(f) && !affected[f] {
 					t.Fatalf("seed %d step %d: %s changed version but was not reported affected", seed, step, f)
 				}
 			}
@@ -190,22 +191,22 @@ func TestTheIncrementalIndexAlwaysAgreesWithBundlesComputedFromScratch(t *testin
 func TestADeltaAgainstAnyDeliveredBundleGivesTheCurrentOne(t *testing.T) {
 	reg := resource.Builtin()
 	type stream struct {
-		sent    map[string]sentGroup
+		sent    map[string]SentGroup
 		bundle  *bundle.Bundle
 		version string
 	}
 	for seed := range uint64(20) {
 		rnd := rand.New(rand.NewPCG(seed, 2))
 		w := world{}
-		idx := newIndex(reg)
+		idx := New(reg)
 		streams := map[string]*stream{}
 		deltas := 0
 		for step := range 300 {
 			ev := randomChange(rnd, w)
-			if err := idx.apply(ev, map[string]bool{}); err != nil {
+			if err := idx.Apply(ev, map[string]bool{}); err != nil {
 				t.Fatalf("seed %d step %d: %v", seed, step, err)
 			}
-			idx.rehash()
+			idx.Rehash()
 			if ev.Type == store.EventDelete {
 				delete(w, ev.Record.FQN)
 			} else {
@@ -217,9 +218,9 @@ func TestADeltaAgainstAnyDeliveredBundleGivesTheCurrentOne(t *testing.T) {
 				}
 			}
 			for f := range idx.clusters {
-				want := idx.bundle(f)
-				if s := streams[f]; s != nil && s.version != idx.version(f) {
-					data, err := json.Marshal(idx.delta(f, s.sent))
+				want := idx.Bundle(f)
+				if s := streams[f]; s != nil && s.version != idx.Version(f) {
+					data, err := json.Marshal(idx.Delta(f, s.sent))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -231,14 +232,14 @@ func TestADeltaAgainstAnyDeliveredBundleGivesTheCurrentOne(t *testing.T) {
 					if diff := cmp.Diff(want, got); diff != "" {
 						t.Fatalf("seed %d step %d: %s from its delta differs (-index +applied):\n%s", seed, step, f, diff)
 					}
-					if got.Version() != idx.version(f) {
-						t.Fatalf("seed %d step %d: %s from its delta hashes to %s, want %s", seed, step, f, got.Version(), idx.version(f))
+					if got.Version() != idx.Version(f) {
+						t.Fatalf("seed %d step %d: %s from its delta hashes to %s, want %s", seed, step, f, got.Version(), idx.Version(f))
 					}
 					deltas++
 				}
 				// Streams deliver now and then, so deltas span several changes.
 				if streams[f] == nil || rnd.IntN(3) == 0 {
-					streams[f] = &stream{sent: idx.sent(f), bundle: want, version: idx.version(f)}
+					streams[f] = &stream{sent: idx.Sent(f), bundle: want, version: idx.Version(f)}
 				}
 			}
 		}
@@ -252,13 +253,13 @@ func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
 	reg := resource.Builtin()
 	rnd := rand.New(rand.NewPCG(7, 7))
 	w := world{}
-	idx := newIndex(reg)
+	idx := New(reg)
 	for range 100 {
 		ev := randomChange(rnd, w)
-		if err := idx.apply(ev, map[string]bool{}); err != nil {
+		if err := idx.Apply(ev, map[string]bool{}); err != nil {
 			t.Fatal(err)
 		}
-		idx.rehash()
+		idx.Rehash()
 		if ev.Type == store.EventDelete {
 			delete(w, ev.Record.FQN)
 		} else {
@@ -268,23 +269,23 @@ func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
 	snapshot := func() map[string]string {
 		out := map[string]string{}
 		for f := range idx.clusters {
-			c, _ := idx.content(f)
-			out[f] = idx.version(f) + string(c)
+			c, _ := idx.Content(f)
+			out[f] = idx.Version(f) + string(c)
 		}
 		return out
 	}
 	live := snapshot()
 	for range 200 {
-		c, wc := idx.clone(), world{}
+		c, wc := idx.Clone(), world{}
 		for f, r := range w {
 			wc[f] = r
 		}
 		for range 5 {
 			ev := randomChange(rnd, wc)
-			if err := c.apply(ev, map[string]bool{}); err != nil {
+			if err := c.Apply(ev, map[string]bool{}); err != nil {
 				t.Fatal(err)
 			}
-			c.rehash()
+			c.Rehash()
 			if ev.Type == store.EventDelete {
 				delete(wc, ev.Record.FQN)
 			} else {
@@ -294,5 +295,55 @@ func TestAPlanOnACloneLeavesTheLiveIndexAlone(t *testing.T) {
 	}
 	if diff := cmp.Diff(live, snapshot()); diff != "" {
 		t.Fatalf("changes to clones leaked into the live index:\n%s", diff)
+	}
+}
+
+func rec(kind, fqn, spec string) store.Record {
+	name := fqn[strings.LastIndex(fqn, "/")+1:]
+	parent := ""
+	if i := strings.LastIndex(fqn, "/"); i > 0 && strings.Count(fqn, "/") > 1 {
+		parent = fqn[:strings.LastIndex(fqn[:i], "/")]
+	}
+	return store.Record{Kind: kind, FQN: fqn, Name: name, Parent: parent, Spec: json.RawMessage(spec), ETag: "e"}
+}
+
+func TestBundlesCarryTheGroupsWhoseSelectorsReachTheCluster(t *testing.T) {
+	reg := resource.Builtin()
+	g := "organizations/acme/tenants/t/workspaces/w/groups/"
+	in := Intent{
+		Clusters: []store.Record{rec("Cluster", "organizations/acme/clusters/c1", `{}`), rec("Cluster", "organizations/acme/clusters/c2", `{}`), rec("Cluster", "organizations/other/clusters/c1", `{}`)},
+		Groups: []store.Record{
+			rec("Group", g+"all", `{"type":"gateway","configMode":"BRIDGED","namespaceSelector":{"names":["*/pay"]}}`),
+			rec("Group", g+"one", `{"type":"traffic","configMode":"DIRECT","namespaceSelector":{"names":["c2/pay"]}}`),
+		},
+		Objects: []store.Record{rec("IngressGateway", g+"all/ingressgateways/shop", `{"a":1}`), rec("VirtualService", g+"one/virtualservices/vs", `{}`)},
+	}
+	got, err := Bundles(reg, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	summary := func(fqn string) string {
+		b := got[fqn]
+		var parts []string
+		for _, o := range b.Objects {
+			parts = append(parts, o.Kind+":"+o.Name)
+		}
+		return fmt.Sprintf("%s %d groups %v", b.Cluster, len(b.Groups), parts)
+	}
+	for fqn, want := range map[string]string{
+		"organizations/acme/clusters/c1":  "c1 1 groups [IngressGateway:shop]",
+		"organizations/acme/clusters/c2":  "c2 2 groups [IngressGateway:shop VirtualService:vs]",
+		"organizations/other/clusters/c1": "c1 0 groups []",
+	} {
+		if s := summary(fqn); s != want {
+			t.Errorf("bundle of %s = %s, want %s", fqn, s, want)
+		}
+	}
+	if got["organizations/acme/clusters/c1"].Objects[0].APIVersion != resource.APIVersion || got["organizations/acme/clusters/c2"].Objects[1].APIVersion != "networking.istio.io/v1" {
+		t.Error("bundle objects lack their kinds' apiVersions")
+	}
+	again, _ := Bundles(reg, in)
+	if again["organizations/acme/clusters/c2"].Version() != got["organizations/acme/clusters/c2"].Version() {
+		t.Error("the same intent gave another version")
 	}
 }

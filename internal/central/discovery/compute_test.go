@@ -1,4 +1,4 @@
-package central
+package discovery
 
 import (
 	"encoding/json"
@@ -31,17 +31,17 @@ func TestMulticlusterSlicesFollowTheWorkspaceTheLabelsAndTheOrganization(t *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMulticluster()
-	m.workspaces[ws] = sel
-	m.settings[set] = mcSetting{fqn: set, workspace: ws, org: acme, ew: &pb.EastWestGatewaySettings{
+	m := New(nil)
+	m.in.workspaces[ws] = sel
+	m.in.settings[set] = setting{fqn: set, workspace: ws, org: acme, ew: &pb.EastWestGatewaySettings{
 		WorkloadSelector: &pb.WorkloadSelector{Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}},
 		ExposedServices:  []*pb.ExposedServices{{ServiceLabels: map[string]string{"expose": "yes"}}},
 	}}
-	clusters := map[string]*clusterEntry{}
+	clusters := m.in.clusters
 	for _, n := range []string{"c1", "c2", "c3", "c4"} {
-		clusters[acme+"/clusters/"+n] = &clusterEntry{fqn: acme + "/clusters/" + n, name: n, org: acme}
+		clusters[acme+"/clusters/"+n] = clusterRef{name: n, org: acme}
 	}
-	clusters["organizations/other/clusters/c1"] = &clusterEntry{fqn: "organizations/other/clusters/c1", name: "c1", org: "organizations/other"}
+	clusters["organizations/other/clusters/c1"] = clusterRef{name: "c1", org: "organizations/other"}
 
 	reg := registry.New()
 	svc := func(ns, name string, labels map[string]string, ready ...uint32) *agentv1.ServiceState {
@@ -69,7 +69,7 @@ func TestMulticlusterSlicesFollowTheWorkspaceTheLabelsAndTheOrganization(t *test
 	report("organizations/other/clusters/c1", "10.9.9.9", svc("shop", "reviews", exposed, 7))
 	reg.Disconnected(acme+"/clusters/c2", time.Unix(60, 0))
 
-	got := m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	got := computeAll(m, reg)
 	ew := func(gw string) []bundle.EastWest {
 		e := bundle.EastWest{Owner: set, Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}}
 		if gw != "" {
@@ -112,18 +112,18 @@ func TestReportedAddressesOutsideTheClustersRangesAreNotUsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMulticluster()
-	m.workspaces[ws] = sel
-	m.settings[set] = mcSetting{fqn: set, workspace: ws, org: acme, ew: &pb.EastWestGatewaySettings{
+	m := New(nil)
+	m.in.workspaces[ws] = sel
+	m.in.settings[set] = setting{fqn: set, workspace: ws, org: acme, ew: &pb.EastWestGatewaySettings{
 		WorkloadSelector: &pb.WorkloadSelector{Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}},
 		ExposedServices:  []*pb.ExposedServices{{ServiceLabels: map[string]string{"expose": "yes"}}},
 	}}
-	clusters := map[string]*clusterEntry{}
+	clusters := m.in.clusters
 	for n, ranges := range map[string][]any{"c1": nil, "c2": {"10.2.0.0/16"}, "c3": {"*.elb.example.com"}} {
 		fqn := acme + "/clusters/" + n
-		clusters[fqn] = &clusterEntry{fqn: fqn, name: n, org: acme}
+		clusters[fqn] = clusterRef{name: n, org: acme}
 		spec, _ := json.Marshal(map[string]any{"addressRanges": ranges})
-		if _, err := m.edges.apply(store.Event{Type: store.EventPut, Record: store.Record{Kind: "Cluster", FQN: fqn, Name: n, Parent: acme, Spec: spec}}); err != nil {
+		if _, err := m.in.edges.apply(store.Event{Type: store.EventPut, Record: store.Record{Kind: "Cluster", FQN: fqn, Name: n, Parent: acme, Spec: spec}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -136,7 +136,7 @@ func TestReportedAddressesOutsideTheClustersRangesAreNotUsed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	got := computeAll(m, reg)
 	remotes := map[string]bundle.RemoteInstance{}
 	for _, r := range got[acme+"/clusters/c1"].Services[0].Remotes {
 		remotes[r.Cluster] = r
@@ -157,11 +157,11 @@ func TestReportedAddressesOutsideTheClustersRangesAreNotUsed(t *testing.T) {
 	}
 	// Changing the ranges is a change of the slices' inputs.
 	spec, _ := json.Marshal(map[string]any{"addressRanges": []any{"10.0.0.0/24"}})
-	changed, err := m.edges.apply(store.Event{Type: store.EventPut, Record: store.Record{Kind: "Cluster", FQN: acme + "/clusters/c2", Name: "c2", Parent: acme, Spec: spec}})
+	changed, err := m.in.edges.apply(store.Event{Type: store.EventPut, Record: store.Record{Kind: "Cluster", FQN: acme + "/clusters/c2", Name: "c2", Parent: acme, Spec: spec}})
 	if err != nil || !changed {
 		t.Fatalf("new ranges: changed %v, %v", changed, err)
 	}
-	got = m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	got = computeAll(m, reg)
 	for _, r := range got[acme+"/clusters/c1"].Services[0].Remotes {
 		if r.Cluster == "c2" && r.Address != "10.0.0.2" {
 			t.Errorf("c2's gateway inside its new ranges: %+v", r)
@@ -183,19 +183,19 @@ func TestTheEastWestGatewayIsTheOneTheSettingNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMulticluster()
+	m := New(nil)
 	own := acme + "/tenants/t/workspaces/shop/workspacesettings/own"
 	std := acme + "/tenants/t/workspaces/pay/workspacesettings/std"
-	m.workspaces[acme+"/tenants/t/workspaces/shop"] = shop
-	m.workspaces[acme+"/tenants/t/workspaces/pay"] = pay
+	m.in.workspaces[acme+"/tenants/t/workspaces/shop"] = shop
+	m.in.workspaces[acme+"/tenants/t/workspaces/pay"] = pay
 	expose := []*pb.ExposedServices{{ServiceLabels: map[string]string{"expose": "yes"}}}
-	m.settings[own] = mcSetting{fqn: own, workspace: acme + "/tenants/t/workspaces/shop", org: acme, ew: &pb.EastWestGatewaySettings{
+	m.in.settings[own] = setting{fqn: own, workspace: acme + "/tenants/t/workspaces/shop", org: acme, ew: &pb.EastWestGatewaySettings{
 		WorkloadSelector: &pb.WorkloadSelector{Namespace: "gw", Labels: map[string]string{"app": "my-ewgw"}}, ExposedServices: expose}}
-	m.settings[std] = mcSetting{fqn: std, workspace: acme + "/tenants/t/workspaces/pay", org: acme, ew: &pb.EastWestGatewaySettings{
+	m.in.settings[std] = setting{fqn: std, workspace: acme + "/tenants/t/workspaces/pay", org: acme, ew: &pb.EastWestGatewaySettings{
 		WorkloadSelector: &pb.WorkloadSelector{Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}}, ExposedServices: expose}}
-	clusters := map[string]*clusterEntry{}
+	clusters := m.in.clusters
 	for _, n := range []string{"c1", "c2"} {
-		clusters[acme+"/clusters/"+n] = &clusterEntry{fqn: acme + "/clusters/" + n, name: n, org: acme}
+		clusters[acme+"/clusters/"+n] = clusterRef{name: n, org: acme}
 	}
 	reg := registry.New()
 	for i, c := range []string{"c1", "c2"} {
@@ -216,7 +216,7 @@ func TestTheEastWestGatewayIsTheOneTheSettingNames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := m.compute(clusters, reg.Services(nil, registry.Filter{}), reg.Gateway)
+	got := computeAll(m, reg)
 	c1 := got[acme+"/clusters/c1"]
 	gateways := map[string]string{}
 	for _, e := range c1.EastWest {
@@ -234,4 +234,18 @@ func TestTheEastWestGatewayIsTheOneTheSettingNames(t *testing.T) {
 	if remotes["shop/reviews"] != "10.1.0.2:16443" || remotes["pay/ledger"] != "10.2.0.2:15443" {
 		t.Errorf("c1 reaches c2's services through %v, want shop/reviews through c2's my-ewgw (10.1.0.2:16443) and pay/ledger through its istio gateway (10.2.0.2:15443)", remotes)
 	}
+}
+
+// computeAll rebuilds every slice of d over reg and returns them, by cluster.
+func computeAll(d *Discovery, reg *registry.Registry) map[string]*bundle.Multicluster {
+	d.reg = reg
+	d.mu.Lock()
+	d.dirty = true
+	d.mu.Unlock()
+	d.Update(nil)
+	out := map[string]*bundle.Multicluster{}
+	for fqn := range d.digests {
+		out[fqn] = d.Slice(fqn)
+	}
+	return out
 }

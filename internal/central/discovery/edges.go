@@ -1,4 +1,4 @@
-package central
+package discovery
 
 import (
 	"cmp"
@@ -19,7 +19,7 @@ import (
 
 // edges holds what the edge slices are computed from: the edge gateways,
 // the ingress gateways that publish hostnames, and the clusters' regions
-// and drain state. Part of multicluster, guarded by Central.mu.
+// and drain state. Part of the inputs, guarded by Discovery.mu.
 //
 //	EdgeGateway server (hostname) ─▶ IngressGateways publishing it ─▶ the clusters they reach
 //	  ─▶ each cluster's ingress gateway Service in the registry (address, ready)
@@ -99,7 +99,7 @@ func (e *edges) apply(ev store.Event) (bool, error) {
 			delete(e.gateways, r.FQN)
 			return true, fmt.Errorf("stored %s: %w", r.FQN, err)
 		}
-		e.gateways[r.FQN] = edgeGateway{fqn: r.FQN, group: r.Parent, org: orgOf(r.FQN), servers: spec.GetExternalServers()}
+		e.gateways[r.FQN] = edgeGateway{fqn: r.FQN, group: r.Parent, org: resource.OrganizationOf(r.FQN), servers: spec.GetExternalServers()}
 		return true, nil
 	case resource.KindIngressGateway:
 		spec := &pb.IngressGatewaySpec{}
@@ -108,7 +108,7 @@ func (e *edges) apply(ev store.Event) (bool, error) {
 			return true, fmt.Errorf("stored %s: %w", r.FQN, err)
 		}
 		ws := spec.GetWorkloadSelector()
-		e.ingresses[r.FQN] = ingressGateway{fqn: r.FQN, group: r.Parent, org: orgOf(r.FQN),
+		e.ingresses[r.FQN] = ingressGateway{fqn: r.FQN, group: r.Parent, org: resource.OrganizationOf(r.FQN),
 			namespace: ws.GetNamespace(), labels: ws.GetLabels(), servers: spec.GetHttp()}
 		return true, nil
 	}
@@ -122,11 +122,12 @@ type publisher struct {
 	server *pb.HTTPServer
 }
 
-// compute adds the edge servers of every edge cluster to out. groups
-// gives the clusters a group reaches.
-func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string]*clusterEntry, groups func(fqn string) map[string]bool, services []registry.Service) {
+// compute returns the edge servers of every edge cluster, by cluster FQN.
+// groups gives the clusters a group reaches.
+func (e *edges) compute(clusters map[string]clusterRef, groups func(fqn string) map[string]bool, services []registry.Service) map[string][]bundle.EdgeServer {
+	out := map[string][]bundle.EdgeServer{}
 	if len(e.gateways) == 0 {
-		return
+		return out
 	}
 	// Who publishes each hostname, per tenant and cluster: the first
 	// IngressGateway by FQN whose group reaches the cluster. An edge
@@ -138,7 +139,7 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 		ig := e.ingresses[fqn]
 		for cl := range groups(ig.group) {
 			for _, s := range ig.servers {
-				key := tenantHost{tenantOf(ig.fqn), s.GetHostname()}
+				key := tenantHost{resource.TenantOf(ig.fqn), s.GetHostname()}
 				byCluster := published[key]
 				if byCluster == nil {
 					byCluster = map[string]publisher{}
@@ -173,17 +174,15 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 	for _, fqn := range slices.Sorted(maps.Keys(e.gateways)) {
 		eg := e.gateways[fqn]
 		for _, edgeCluster := range slices.Sorted(maps.Keys(groups(eg.group))) {
-			ec := clusters[edgeCluster]
-			if ec == nil || ec.org != eg.org {
+			if ec, ok := clusters[edgeCluster]; !ok || ec.org != eg.org {
 				continue
 			}
-			mc := out[edgeCluster]
-			if mc == nil {
-				mc = &bundle.Multicluster{}
-				out[edgeCluster] = mc
+			if _, ok := out[edgeCluster]; !ok {
+				out[edgeCluster] = nil // an edge cluster has a slice, even with no server
 			}
+
 			for _, s := range eg.servers {
-				publishers := published[tenantHost{tenantOf(eg.fqn), s.GetHostname()}]
+				publishers := published[tenantHost{resource.TenantOf(eg.fqn), s.GetHostname()}]
 				es := bundle.EdgeServer{Owner: eg.fqn, Server: s.GetName(), Weighted: len(s.GetClusters()) > 0}
 				type candidate struct {
 					cluster string
@@ -196,7 +195,7 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 					}
 				} else {
 					for _, cl := range slices.Sorted(maps.Keys(publishers)) {
-						if ce := clusters[cl]; ce != nil && ce.org == eg.org {
+						if ce, ok := clusters[cl]; ok && ce.org == eg.org {
 							cands = append(cands, candidate{cluster: cl})
 						}
 					}
@@ -242,10 +241,36 @@ func (e *edges) compute(out map[string]*bundle.Multicluster, clusters map[string
 					}
 				}
 				slices.SortFunc(es.Targets, func(a, b bundle.EdgeTarget) int { return cmp.Compare(a.Cluster, b.Cluster) })
-				mc.Edges = append(mc.Edges, es)
+				out[edgeCluster] = append(out[edgeCluster], es)
 			}
 		}
 	}
+	return out
+}
+
+// ingressNamespaces are the namespaces where a Service may be an ingress
+// gateway an edge targets: a change elsewhere leaves the edges alone.
+func (e *edges) ingressNamespaces() map[string]bool {
+	out := map[string]bool{}
+	if len(e.gateways) == 0 {
+		return out
+	}
+	for _, ig := range e.ingresses {
+		out[ig.namespace] = true
+	}
+	return out
+}
+
+// groups are the groups the edge gateways and ingress gateways name.
+func (e *edges) groups() []string {
+	set := map[string]bool{}
+	for _, g := range e.gateways {
+		set[g.group] = true
+	}
+	for _, ig := range e.ingresses {
+		set[ig.group] = true
+	}
+	return slices.Sorted(maps.Keys(set))
 }
 
 // selects reports whether a Service with selector picks pods with labels:

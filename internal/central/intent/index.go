@@ -1,7 +1,8 @@
-package central
+package intent
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -15,7 +16,7 @@ import (
 	"flotilla.io/flotilla/internal/store"
 )
 
-// index is the intent that bundles are computed from, kept current from
+// Index is the intent that bundles are computed from, kept current from
 // the store's event log: clusters, groups and the objects inside groups,
 // with each object's and each group's digest cached (package bundle's hash
 // tree). A change rehashes the objects and groups it touched and then only
@@ -27,7 +28,7 @@ import (
 // copies an entry before changing it, so Plan can apply a hypothetical
 // change to a clone without a store transaction and without touching the
 // live index.
-type index struct {
+type Index struct {
 	reg *resource.Registry
 	// inBundle holds the kinds that live in groups and travel in bundles.
 	inBundle map[string]bool
@@ -68,17 +69,39 @@ type objectEntry struct {
 	json []byte
 }
 
-func newIndex(reg *resource.Registry) *index {
+// ErrNoCluster is returned for a cluster the index does not hold.
+var ErrNoCluster = errors.New("cluster not registered")
+
+// Cluster returns a cluster's name and organization; false when the
+// index does not hold it.
+func (x *Index) Cluster(fqn string) (name, org string, ok bool) {
+	if ce := x.clusters[fqn]; ce != nil {
+		return ce.name, ce.org, true
+	}
+	return "", "", false
+}
+
+// ClusterSet returns the FQNs of every cluster, as a new set.
+func (x *Index) ClusterSet() map[string]bool {
+	out := make(map[string]bool, len(x.clusters))
+	for fqn := range x.clusters {
+		out[fqn] = true
+	}
+	return out
+}
+
+// New returns an empty index of the registry's kinds.
+func New(reg *resource.Registry) *Index {
 	in := map[string]bool{}
 	for _, k := range reg.BundleKinds() {
 		in[k] = true
 	}
-	return &index{reg: reg, inBundle: in, clusters: map[string]*clusterEntry{}, byOrg: map[string]map[string]bool{}, groups: map[string]*groupEntry{}}
+	return &Index{reg: reg, inBundle: in, clusters: map[string]*clusterEntry{}, byOrg: map[string]map[string]bool{}, groups: map[string]*groupEntry{}}
 }
 
 // clone returns a copy-on-write copy of x.
-func (x *index) clone() *index {
-	c := &index{reg: x.reg, inBundle: x.inBundle, cow: true,
+func (x *Index) Clone() *Index {
+	c := &Index{reg: x.reg, inBundle: x.inBundle, cow: true,
 		clusters: make(map[string]*clusterEntry, len(x.clusters)),
 		byOrg:    make(map[string]map[string]bool, len(x.byOrg)),
 		groups:   make(map[string]*groupEntry, len(x.groups))}
@@ -95,7 +118,7 @@ func (x *index) clone() *index {
 }
 
 // reach returns the FQNs of the clusters the group selects; read only.
-func (x *index) reach(group string) map[string]bool {
+func (x *Index) Reach(group string) map[string]bool {
 	if g := x.groups[group]; g != nil {
 		return g.clusters
 	}
@@ -103,7 +126,7 @@ func (x *index) reach(group string) map[string]bool {
 }
 
 // relevant reports whether a record of this kind can change a bundle.
-func (x *index) relevant(kind string) bool {
+func (x *Index) Relevant(kind string) bool {
 	return kind == resource.KindCluster || kind == resource.KindGroup || isScope(kind) || x.inBundle[kind]
 }
 
@@ -119,7 +142,7 @@ func isScope(kind string) bool {
 // apply applies one event and adds the FQNs of the clusters whose bundle it
 // may have changed to affected. It fails only on a stored record it cannot
 // decode, and then changes nothing.
-func (x *index) apply(ev store.Event, affected map[string]bool) error {
+func (x *Index) Apply(ev store.Event, affected map[string]bool) error {
 	r := ev.Record
 	del := ev.Type == store.EventDelete
 	switch {
@@ -135,7 +158,7 @@ func (x *index) apply(ev store.Event, affected map[string]bool) error {
 			return nil // the rest of a cluster's spec does not change its bundle
 		}
 		affected[r.FQN] = true
-		x.syncTrustDomains(orgOf(r.FQN), affected)
+		x.syncTrustDomains(resource.OrganizationOf(r.FQN), affected)
 	case isScope(r.Kind):
 		if del {
 			return x.removeGroup(r.FQN, affected)
@@ -172,7 +195,7 @@ func (x *index) apply(ev store.Event, affected map[string]bool) error {
 	return nil
 }
 
-func (x *index) newObject(r store.Record) (*objectEntry, error) {
+func (x *Index) newObject(r store.Record) (*objectEntry, error) {
 	apiVersion := resource.APIVersion
 	if k, ok := x.reg.Kind(r.Kind); ok {
 		apiVersion = k.APIVersion()
@@ -198,7 +221,7 @@ func trustDomainOf(r store.Record) string {
 
 // syncTrustDomains keeps the organization's scope group listing its
 // clusters' trust domains.
-func (x *index) syncTrustDomains(org string, affected map[string]bool) {
+func (x *Index) syncTrustDomains(org string, affected map[string]bool) {
 	g := x.groups[org]
 	if g == nil {
 		return
@@ -216,7 +239,7 @@ func (x *index) syncTrustDomains(org string, affected map[string]bool) {
 }
 
 // trustDomains are the sorted trust domains of an organization's clusters.
-func (x *index) trustDomains(org string) []string {
+func (x *Index) trustDomains(org string) []string {
 	var out []string
 	for c := range x.byOrg[org] {
 		out = append(out, x.clusters[c].trustDomain)
@@ -225,8 +248,8 @@ func (x *index) trustDomains(org string) []string {
 	return slices.Compact(out)
 }
 
-func (x *index) addCluster(r store.Record, td string) {
-	c := &clusterEntry{fqn: r.FQN, name: r.Name, org: orgOf(r.FQN), trustDomain: td}
+func (x *Index) addCluster(r store.Record, td string) {
+	c := &clusterEntry{fqn: r.FQN, name: r.Name, org: resource.OrganizationOf(r.FQN), trustDomain: td}
 	x.clusters[r.FQN] = c
 	orgs := x.byOrg[c.org]
 	if x.cow || orgs == nil {
@@ -244,7 +267,7 @@ func (x *index) addCluster(r store.Record, td string) {
 	sort.Strings(c.groups)
 }
 
-func (x *index) removeCluster(fqn string) {
+func (x *Index) removeCluster(fqn string) {
 	c := x.clusters[fqn]
 	if c == nil {
 		return
@@ -259,7 +282,7 @@ func (x *index) removeCluster(fqn string) {
 	}
 }
 
-func (x *index) putGroup(r store.Record, affected map[string]bool) error {
+func (x *Index) putGroup(r store.Record, affected map[string]bool) error {
 	spec, sel, err := resource.StoredGroup(r)
 	if err != nil {
 		return err
@@ -273,7 +296,7 @@ func (x *index) putGroup(r store.Record, affected map[string]bool) error {
 var everyCluster, _ = selector.ParseSet([]string{"*/*"})
 
 // putScope puts an organization, tenant or workspace as its scope group.
-func (x *index) putScope(r store.Record, affected map[string]bool) error {
+func (x *Index) putScope(r store.Record, affected map[string]bool) error {
 	g := bundle.Group{FQN: r.FQN, ConfigMode: compile.ConfigModeBridged, Namespaces: []string{}}
 	switch r.Kind {
 	case resource.KindOrganization:
@@ -298,10 +321,10 @@ func (x *index) putScope(r store.Record, affected map[string]bool) error {
 }
 
 // setGroup puts a group with the clusters of its organization it selects.
-func (x *index) setGroup(def bundle.Group, sel selector.Set, affected map[string]bool) {
+func (x *Index) setGroup(def bundle.Group, sel selector.Set, affected map[string]bool) {
 	g := x.mutGroup(def.FQN)
 	if g == nil {
-		g = &groupEntry{org: orgOf(def.FQN), objects: map[string]*objectEntry{}, clusters: map[string]bool{}}
+		g = &groupEntry{org: resource.OrganizationOf(def.FQN), objects: map[string]*objectEntry{}, clusters: map[string]bool{}}
 		x.groups[def.FQN] = g
 	}
 	g.group = def
@@ -330,7 +353,7 @@ func (x *index) setGroup(def bundle.Group, sel selector.Set, affected map[string
 	}
 }
 
-func (x *index) removeGroup(fqn string, affected map[string]bool) error {
+func (x *Index) removeGroup(fqn string, affected map[string]bool) error {
 	g := x.groups[fqn]
 	if g == nil {
 		return nil
@@ -347,7 +370,7 @@ func (x *index) removeGroup(fqn string, affected map[string]bool) error {
 // mutGroup returns the group to change: in a clone, a private copy; in
 // the live index, the group with a private objects map if streams may
 // hold the current one.
-func (x *index) mutGroup(fqn string) *groupEntry {
+func (x *Index) mutGroup(fqn string) *groupEntry {
 	g := x.groups[fqn]
 	if g == nil {
 		return nil
@@ -369,7 +392,7 @@ func (x *index) mutGroup(fqn string) *groupEntry {
 }
 
 // mutCluster returns the cluster to change: in a clone, a private copy.
-func (x *index) mutCluster(fqn string) *clusterEntry {
+func (x *Index) mutCluster(fqn string) *clusterEntry {
 	c := x.clusters[fqn]
 	if c == nil || !x.cow {
 		return c
@@ -383,7 +406,7 @@ func (x *index) mutCluster(fqn string) *clusterEntry {
 // rehash recomputes the digests of the groups changed since the last call.
 // Changes only mark a group stale, so a batch of events (one transaction
 // can put ten thousand objects in one group) rehashes each group once.
-func (x *index) rehash() {
+func (x *Index) Rehash() {
 	for fqn, g := range x.groups {
 		if g.stale {
 			g = x.mutGroup(fqn)
@@ -406,9 +429,9 @@ func (g *groupEntry) rehash() {
 	g.hash, g.stale = bundle.GroupHash(g.group, hashes), false
 }
 
-// sentGroup is a group as a stream delivered it: its digest, definition
+// SentGroup is a group as a stream delivered it: its digest, definition
 // and objects (a frozen map, never changed after).
-type sentGroup struct {
+type SentGroup struct {
 	hash    bundle.Hash
 	group   bundle.Group
 	objects map[string]*objectEntry
@@ -416,16 +439,16 @@ type sentGroup struct {
 
 // sent returns what a stream that delivers the cluster's bundle now has
 // delivered, by group FQN, and freezes it. Call rehash first after changes.
-func (x *index) sent(fqn string) map[string]sentGroup {
+func (x *Index) Sent(fqn string) map[string]SentGroup {
 	c := x.clusters[fqn]
 	if c == nil {
 		return nil
 	}
-	out := make(map[string]sentGroup, len(c.groups))
+	out := make(map[string]SentGroup, len(c.groups))
 	for _, gf := range c.groups {
 		g := x.groups[gf]
 		g.frozen = true
-		out[gf] = sentGroup{hash: g.hash, group: g.group, objects: g.objects}
+		out[gf] = SentGroup{hash: g.hash, group: g.group, objects: g.objects}
 	}
 	return out
 }
@@ -433,7 +456,7 @@ func (x *index) sent(fqn string) map[string]sentGroup {
 // delta returns what changed in the cluster's bundle since a stream
 // delivered sent: groups and objects added, changed (objects are compared
 // by entry: every write makes a new one) and removed, each sorted by FQN.
-func (x *index) delta(fqn string, sent map[string]sentGroup) bundle.Delta {
+func (x *Index) Delta(fqn string, sent map[string]SentGroup) bundle.Delta {
 	var d bundle.Delta
 	c := x.clusters[fqn]
 	if c == nil {
@@ -480,7 +503,7 @@ func sameGroup(a, b bundle.Group) bool {
 
 // version is the cluster's bundle version, from cached group digests:
 // call rehash first after changes.
-func (x *index) version(fqn string) string {
+func (x *Index) Version(fqn string) string {
 	c := x.clusters[fqn]
 	if c == nil {
 		return ""
@@ -494,7 +517,7 @@ func (x *index) version(fqn string) string {
 
 // bundle assembles the cluster's bundle. The objects are shared with the
 // index: callers must not change them.
-func (x *index) bundle(fqn string) *bundle.Bundle {
+func (x *Index) Bundle(fqn string) *bundle.Bundle {
 	c := x.clusters[fqn]
 	if c == nil {
 		return nil
@@ -513,10 +536,10 @@ func (x *index) bundle(fqn string) *bundle.Bundle {
 
 // content is the cluster's bundle as JSON, assembled from the objects'
 // cached JSON; it decodes to bundle(fqn).
-func (x *index) content(fqn string) ([]byte, error) {
+func (x *Index) Content(fqn string) ([]byte, error) {
 	c := x.clusters[fqn]
 	if c == nil {
-		return nil, fmt.Errorf("cluster %s: %w", fqn, errNoCluster)
+		return nil, fmt.Errorf("cluster %s: %w", fqn, ErrNoCluster)
 	}
 	var objs []*objectEntry
 	groups := make([]bundle.Group, 0, len(c.groups))
@@ -552,7 +575,7 @@ func (x *index) content(fqn string) ([]byte, error) {
 }
 
 // carries reports whether the cluster's bundle holds the object.
-func (x *index) carries(cluster, group, object string) bool {
+func (x *Index) Carries(cluster, group, object string) bool {
 	g := x.groups[group]
 	if g == nil || !g.clusters[cluster] {
 		return false
@@ -562,7 +585,7 @@ func (x *index) carries(cluster, group, object string) bool {
 }
 
 // targets lists the clusters whose bundle holds the object, sorted.
-func (x *index) targets(group, object string) []string {
+func (x *Index) Targets(group, object string) []string {
 	g := x.groups[group]
 	if g == nil {
 		return nil

@@ -1,8 +1,7 @@
-package central
+package intent
 
 import (
 	"context"
-	"strings"
 
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/resource"
@@ -19,38 +18,20 @@ type Intent struct {
 	Objects []store.Record
 }
 
-// orgOf is the organization FQN of a record's FQN.
-func orgOf(fqn string) string {
-	parts := strings.SplitN(fqn, "/", 3)
-	if len(parts) < 2 {
-		return fqn
-	}
-	return parts[0] + "/" + parts[1]
-}
-
-// tenantOf is the FQN of the tenant fqn lies in ("" for none).
-func tenantOf(fqn string) string {
-	parts := strings.SplitN(fqn, "/", 5)
-	if len(parts) < 4 || parts[2] != "tenants" {
-		return ""
-	}
-	return strings.Join(parts[:4], "/")
-}
-
 // buildIndex indexes intent read whole. Records that cannot be used are
 // left out and returned in broken, by FQN, with the reason.
-func buildIndex(reg *resource.Registry, in Intent) (*index, map[string]string) {
-	idx := newIndex(reg)
+func Build(reg *resource.Registry, in Intent) (*Index, map[string]string) {
+	idx := New(reg)
 	broken := map[string]string{}
 	affected := map[string]bool{}
 	for _, list := range [][]store.Record{in.Clusters, in.Scopes, in.Groups, in.Objects} {
 		for _, r := range list {
-			if err := idx.apply(store.Event{Type: store.EventPut, Record: r}, affected); err != nil {
+			if err := idx.Apply(store.Event{Type: store.EventPut, Record: r}, affected); err != nil {
 				broken[r.FQN] = err.Error()
 			}
 		}
 	}
-	idx.rehash()
+	idx.Rehash()
 	return idx, broken
 }
 
@@ -60,13 +41,13 @@ func buildIndex(reg *resource.Registry, in Intent) (*index, map[string]string) {
 // namespace gets its policy without a round trip. It is pure, and it is
 // what the central control plane's incremental index must always agree with.
 func Bundles(reg *resource.Registry, in Intent) (map[string]*bundle.Bundle, error) {
-	idx, broken := buildIndex(reg, in)
+	idx, broken := Build(reg, in)
 	for fqn, why := range broken {
 		return nil, &brokenError{fqn: fqn, why: why}
 	}
 	out := make(map[string]*bundle.Bundle, len(idx.clusters))
 	for fqn := range idx.clusters {
-		out[fqn] = idx.bundle(fqn)
+		out[fqn] = idx.Bundle(fqn)
 	}
 	return out, nil
 }
@@ -76,7 +57,7 @@ type brokenError struct{ fqn, why string }
 func (e *brokenError) Error() string { return e.why }
 
 // readIntent reads what bundles are computed from.
-func readIntent(ctx context.Context, reg *resource.Registry, r store.Reader) (Intent, error) {
+func Read(ctx context.Context, reg *resource.Registry, r store.Reader) (Intent, error) {
 	var (
 		in  Intent
 		err error
