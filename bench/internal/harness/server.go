@@ -74,12 +74,26 @@ type Server struct {
 	addr      string
 	Token     string // the bootstrap administrator's
 	cmd       *exec.Cmd
+	extra     []string
 	done      chan struct{}
 	cleanedUp bool
 }
 
-// StartServer starts a server on a free loopback port with its data in dir.
-func StartServer(tb testing.TB, dir string) *Server {
+// StartServer starts a server on a free loopback port with its data in dir,
+// and extra flags (a --store URL, a shared --signing-key-file…).
+func StartServer(tb testing.TB, dir string, extra ...string) *Server {
+	tb.Helper()
+	return startServer(tb, dir, "", extra)
+}
+
+// StartServerReplica starts another replica of a server on a shared store (in
+// extra), whose administrator token (from the first replica) it takes.
+func StartServerReplica(tb testing.TB, dir, token string, extra ...string) *Server {
+	tb.Helper()
+	return startServer(tb, dir, token, extra)
+}
+
+func startServer(tb testing.TB, dir, token string, extra []string) *Server {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -87,7 +101,7 @@ func StartServer(tb testing.TB, dir string) *Server {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	s := &Server{tb: tb, Dir: dir, addr: addr, URL: "http://" + addr}
+	s := &Server{tb: tb, Dir: dir, addr: addr, URL: "http://" + addr, extra: extra, Token: token}
 	s.Start()
 	return s
 }
@@ -100,6 +114,7 @@ func (s *Server) Start() {
 		level = "warn"
 	}
 	args := append([]string{"server", "--listen", s.addr, "--data-dir", s.Dir, "--log-level", level}, ProxyFlags...)
+	args = append(args, s.extra...)
 	if d := os.Getenv("FLOTILLA_BENCH_DEBUG_LISTEN"); d != "" {
 		args = append(args, "--debug-listen", d) // profile the server: go tool pprof http://<d>/debug/pprof/profile
 	}
@@ -146,6 +161,9 @@ func (s *Server) Stop() {
 		<-s.done
 	}
 }
+
+// Pid is the server process's id.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
 
 // RSS is the server's resident set and its peak, in MiB.
 func (s *Server) RSS() (cur, peak float64) {

@@ -975,19 +975,31 @@ func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]strin
 			} else if n == 1 {
 				continue
 			}
+			if w.Epoch == 0 && w.Status != nil {
+				// A writer with no session, and no row at epoch 0: the record
+				// never had a status, or another writer without one (another
+				// replica) is creating it now, or a session claimed it. One
+				// upsert settles the first two; the last fences this write.
+				res, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time, seq, body_seq) SELECT fqn, 0, $1, $2, `+d.dialect.Seq+`, `+d.dialect.Seq+` FROM objects WHERE fqn = $3
+ON CONFLICT (fqn) DO UPDATE SET body = excluded.body, update_time = excluded.update_time, seq = excluded.seq, body_seq = excluded.body_seq WHERE status.epoch = 0`,
+					string(w.Status), now, w.FQN)
+				if err != nil {
+					return fmt.Errorf("write status of %s: %w", w.FQN, err)
+				}
+				if n, err := res.RowsAffected(); err != nil {
+					return err
+				} else if n == 1 {
+					continue
+				}
+			}
 			// No row at this epoch: a newer session holds the record, or the
-			// record is gone, or it never had a status (epoch 0).
-			newer, gone, err := missedWrite(ctx, q, "status", w.FQN, w.Epoch)
+			// record is gone (or, for a renewal, it never had a status).
+			newer, _, err := missedWrite(ctx, q, "status", w.FQN, w.Epoch)
 			switch {
 			case err != nil:
 				return err
 			case newer:
 				fenced = append(fenced, w.FQN)
-			case gone && w.Epoch == 0 && w.Status != nil:
-				if _, err := q.ExecContext(ctx, `INSERT INTO status (fqn, epoch, body, update_time, seq, body_seq) SELECT fqn, 0, $1, $2, `+d.dialect.Seq+`, `+d.dialect.Seq+` FROM objects WHERE fqn = $3`,
-					string(w.Status), now, w.FQN); err != nil {
-					return fmt.Errorf("write status of %s: %w", w.FQN, err)
-				}
 			} // else deleted with its record, or nothing to renew
 		}
 		return nil

@@ -41,6 +41,7 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"status writes take no revision, event or audit, and spec writes keep them", testPutStatus},
 		{"a status write of an older session is fenced by a newer claim", testStatusFencing},
 		{"status goes with its record", testStatusDeleted},
+		{"first status writes racing without a session all commit, one body each", testStatusFirstWritesRace},
 		{"runtime snapshots are fenced, counted, read when changed, survive reopening and go with their record", testRuntime},
 		{"the runtime feed hands back only the snapshots written since the mark", testRuntimeFeed},
 		{"the status feed hands back only the rows claimed, written or renewed since the mark", testStatusFeed},
@@ -444,6 +445,42 @@ func testStatusFencing(t *testing.T, open Opener) {
 	st = open(t)
 	if e, err := st.ClaimStatus(ctx, org.FQN); err != nil || e != newer+1 {
 		t.Fatalf("claim after reopening: %d, %v; want %d", e, err, newer+1)
+	}
+}
+
+// Replicas that serve none of a new record's sessions may both write its
+// first status (epoch 0) at once: neither write fails, and the record has
+// one of their bodies.
+func testStatusFirstWritesRace(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	var recs []store.Record
+	for i := range 40 {
+		recs = append(recs, rec("Organization", fmt.Sprintf("organizations/race%02d", i), "", fmt.Sprintf("race%02d", i), `{}`))
+	}
+	put(t, st, "a", recs...)
+	const writers = 4
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			var batch []store.StatusWrite
+			for i := range recs {
+				r := recs[(i*(w+1))%len(recs)] // each writer in its own order
+				batch = append(batch, store.StatusWrite{FQN: r.FQN, Status: json.RawMessage(fmt.Sprintf(`{"writer":%d}`, w))})
+			}
+			_, err := st.PutStatus(ctx, batch)
+			errs <- err
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatalf("a first status write failed under a race: %v", err)
+		}
+	}
+	for _, r := range recs {
+		if read, _ := st.Get(ctx, r.FQN); !strings.HasPrefix(string(read.Status), `{"writer":`) {
+			t.Fatalf("%s has status %q, want one writer's", r.FQN, read.Status)
+		}
 	}
 }
 
