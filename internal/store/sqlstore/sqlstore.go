@@ -150,8 +150,28 @@ type querier struct {
 	tx *sql.Tx
 }
 
+// cache prepares query on the pool, for the statement cache.
+func (d *DB) cache(query string) {
+	s, err := d.db.PrepareContext(context.Background(), query)
+	if err != nil {
+		return // closed meanwhile: the next use prepares again
+	}
+	if _, loaded := d.stmts.LoadOrStore(query, s); loaded {
+		s.Close()
+	}
+}
+
 func (q querier) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	v, ok := q.d.stmts.Load(query)
+	if !ok && q.tx != nil {
+		// Preparing on the pool would wait for a connection while this
+		// transaction holds one: with every connection in a transaction
+		// that prepares, none would ever come back. Prepare on the
+		// transaction's own connection, and cache it for the pool once a
+		// connection is free.
+		go q.d.cache(query)
+		return q.tx.PrepareContext(ctx, query)
+	}
 	if !ok {
 		s, err := q.d.db.PrepareContext(ctx, query)
 		if err != nil {
@@ -950,10 +970,20 @@ func (d *DB) ClaimStatus(ctx context.Context, fqn string) (int64, error) {
 	return epoch, err
 }
 
+// byFQN returns the writes sorted by FQN: every transaction that writes
+// several status rows locks them in one order, so two replicas' writes
+// (status and runtime alike) wait for each other instead of deadlocking.
+func byFQN[W any](writes []W, fqn func(W) string) []W {
+	out := slices.Clone(writes)
+	slices.SortStableFunc(out, func(a, b W) int { return strings.Compare(fqn(a), fqn(b)) })
+	return out
+}
+
 // PutStatus implements store.Store.
 func (d *DB) PutStatus(ctx context.Context, writes []store.StatusWrite) ([]string, error) {
 	var fenced []string
 	now := d.now().UnixNano()
+	writes = byFQN(writes, func(w store.StatusWrite) string { return w.FQN })
 	err := d.statusTx(ctx, func(q querier) error {
 		fenced = fenced[:0]
 		for _, w := range writes {
@@ -1017,6 +1047,7 @@ func (d *DB) PutRuntime(ctx context.Context, writes []store.RuntimeWrite) ([]str
 	now := d.now().UnixNano()
 	update := `UPDATE status SET runtime_bytes = $1, runtime = '', runtime_gen = runtime_gen + 1, runtime_time = $2, runtime_seq = ` +
 		d.dialect.Seq + ` WHERE fqn = $3 AND epoch = $4`
+	writes = byFQN(writes, func(w store.RuntimeWrite) string { return w.FQN })
 	err := d.statusTx(ctx, func(q querier) error {
 		fenced = fenced[:0]
 		wrote := false

@@ -42,6 +42,8 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 		{"a status write of an older session is fenced by a newer claim", testStatusFencing},
 		{"status goes with its record", testStatusDeleted},
 		{"first status writes racing without a session all commit, one body each", testStatusFirstWritesRace},
+		{"status and runtime batches of many rows, given in opposite orders at once, all commit", testStatusBatchesInAnyOrder},
+		{"more transactions at once than the pool has connections, each preparing a statement, all commit", testTransactionsOutnumberThePool},
 		{"runtime snapshots are fenced, counted, read when changed, survive reopening and go with their record", testRuntime},
 		{"the runtime feed hands back only the snapshots written since the mark", testRuntimeFeed},
 		{"the status feed hands back only the rows claimed, written or renewed since the mark", testStatusFeed},
@@ -480,6 +482,87 @@ func testStatusFirstWritesRace(t *testing.T, open Opener) {
 	for _, r := range recs {
 		if read, _ := st.Get(ctx, r.FQN); !strings.HasPrefix(string(read.Status), `{"writer":`) {
 			t.Fatalf("%s has status %q, want one writer's", r.FQN, read.Status)
+		}
+	}
+}
+
+// A fresh store's first status writes, more at once than its pool has
+// connections: each transaction's statements are new, and preparing them
+// must not wait for a connection that another open transaction holds.
+func testTransactionsOutnumberThePool(t *testing.T, open Opener) {
+	st := open(t)
+	var recs []store.Record
+	for i := range 48 {
+		recs = append(recs, rec("Organization", fmt.Sprintf("organizations/pool%02d", i), "", fmt.Sprintf("pool%02d", i), `{}`))
+	}
+	put(t, st, "a", recs...)
+	st.Close()
+	st = open(t) // no statement prepared yet
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, len(recs))
+	for _, r := range recs {
+		go func() {
+			_, err := st.PutStatus(ctx, []store.StatusWrite{{FQN: r.FQN, Status: json.RawMessage(`{"ok":true}`)}})
+			errs <- err
+		}()
+	}
+	for range recs {
+		if err := <-errs; err != nil {
+			t.Fatalf("a status write failed (the pool starved?): %v", err)
+		}
+	}
+}
+
+// Two replicas write status and runtime snapshots of the same clusters in
+// batches at once, each batch in its own order: no write fails (on
+// PostgreSQL, rows locked in two orders deadlocked).
+func testStatusBatchesInAnyOrder(t *testing.T, open Opener) {
+	st := open(t)
+	ctx := context.Background()
+	var recs []store.Record
+	for i := range 30 {
+		recs = append(recs, rec("Organization", fmt.Sprintf("organizations/batch%02d", i), "", fmt.Sprintf("batch%02d", i), `{}`))
+	}
+	put(t, st, "a", recs...)
+	epochs := map[string]int64{}
+	for _, r := range recs {
+		e, err := st.ClaimStatus(ctx, r.FQN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		epochs[r.FQN] = e
+	}
+	errs := make(chan error, 2)
+	go func() {
+		for range 20 {
+			var batch []store.StatusWrite
+			for _, r := range recs {
+				batch = append(batch, store.StatusWrite{FQN: r.FQN, Epoch: epochs[r.FQN], Status: json.RawMessage(`{"ok":true}`)})
+			}
+			if _, err := st.PutStatus(ctx, batch); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() {
+		for range 20 {
+			var batch []store.RuntimeWrite
+			for i := len(recs) - 1; i >= 0; i-- {
+				batch = append(batch, store.RuntimeWrite{FQN: recs[i].FQN, Epoch: epochs[recs[i].FQN], Runtime: []byte("snapshot")})
+			}
+			if _, err := st.PutRuntime(ctx, batch); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a batch failed: %v", err)
 		}
 	}
 }
