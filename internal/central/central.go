@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flotilla.io/flotilla/internal/central/clusterstatus"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -92,7 +93,7 @@ type cluster struct {
 	// resourcesJSON is ack's resource statuses as stored (nil until the
 	// status is next written); setAck clears it.
 	resourcesJSON json.RawMessage
-	inv           inventory
+	inv           clusterstatus.Inventory
 	drifts        []*agentv1.Drift // newest last, bounded
 	dirty         bool             // status not yet written to the store
 	written       time.Time        // when status was last written (body or lease)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"flotilla.io/flotilla/internal/central/clusterstatus"
 	"fmt"
 	"io"
 	"log/slog"
@@ -599,7 +600,7 @@ func TestAStatusWriteOfAReplacedSessionIsFencedAndLetsGo(t *testing.T) {
 		t.Fatal("the stream of a fenced session stayed open")
 	}
 	rec, _ := h.c.st.Get(ctx, c1)
-	var s clusterStatus
+	var s clusterstatus.Status
 	json.Unmarshal(rec.Status, &s)
 	before := string(rec.Status)
 	h.c.mu.Lock()
@@ -899,7 +900,7 @@ func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
 	}
 	b := a.await(t, "one.example.com")
 	a.ack(t, b, fqn)
-	stored := func(want func(s clusterStatus, rs []resourceStatus) bool) clusterStatus {
+	stored := func(want func(s clusterstatus.Status, rs []clusterstatus.Resource) bool) clusterstatus.Status {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
@@ -910,8 +911,8 @@ func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var s clusterStatus
-			var rs []resourceStatus
+			var s clusterstatus.Status
+			var rs []clusterstatus.Resource
 			_ = json.Unmarshal(rec.Status, &s)
 			_ = json.Unmarshal(s.Resources, &rs)
 			if want(s, rs) {
@@ -926,7 +927,7 @@ func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	stored(func(s clusterStatus, rs []resourceStatus) bool {
+	stored(func(s clusterstatus.Status, rs []clusterstatus.Resource) bool {
 		return s.BundleVersion == b.GetVersion() && len(rs) == 1 && rs[0].State == fleetapi.StateApplied
 	})
 	send := func(ack *agentv1.Ack) {
@@ -936,12 +937,12 @@ func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
 		}
 	}
 	send(&agentv1.Ack{BundleVersion: "v-next", Revision: b.GetRevision(), Partial: true})
-	stored(func(s clusterStatus, rs []resourceStatus) bool {
+	stored(func(s clusterstatus.Status, rs []clusterstatus.Resource) bool {
 		return s.BundleVersion == "v-next" && len(rs) == 1 && rs[0].State == fleetapi.StateApplied && rs[0].Message == "1 object(s)"
 	})
 	send(&agentv1.Ack{BundleVersion: "v-failed", Revision: b.GetRevision(), Partial: true,
 		Resources: []*agentv1.ResourceStatus{{Fqn: fqn, State: fleetapi.StateFailed, Message: "the API server refused it"}}})
-	stored(func(s clusterStatus, rs []resourceStatus) bool {
+	stored(func(s clusterstatus.Status, rs []clusterstatus.Resource) bool {
 		return s.BundleVersion == "v-failed" && len(rs) == 1 && rs[0].State == fleetapi.StateFailed && rs[0].Message == "the API server refused it"
 	})
 }

@@ -104,7 +104,7 @@ func (v fleetView) Cluster(fqn string) (fleetapi.Cluster, bool) {
 	if cl == nil {
 		return fleetapi.Cluster{}, false
 	}
-	return fleetapi.Cluster{FQN: cl.fqn, Name: cl.name, Bundle: c.bundleOf(fqn), Version: cl.version, Revision: c.rev, In: cl.inv.cluster()}, true
+	return fleetapi.Cluster{FQN: cl.fqn, Name: cl.name, Bundle: c.bundleOf(fqn), Version: cl.version, Revision: c.rev, In: cl.inv.Cluster()}, true
 }
 
 func (v fleetView) ObjectStatus(q fleetapi.StatusQuery) fleetapi.Status {
@@ -230,7 +230,7 @@ func (v fleetView) Plan(written []resource.Written) ([]fleetapi.PlannedCluster, 
 		name, _, _ := planned.Cluster(fqn)
 		pc := fleetapi.PlannedCluster{Name: name, Current: c.bundleOf(fqn), Next: next}
 		if cl := c.clusters[fqn]; cl != nil {
-			pc.In = cl.inv.cluster()
+			pc.In = cl.inv.Cluster()
 		}
 		out = append(out, pc)
 	}

@@ -5,177 +5,48 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flotilla.io/flotilla/internal/central/clusterstatus"
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
-	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/store"
 )
 
-// inventory is a cluster's reported facts. Its services and endpoints are
-// runtime state, kept in the registry (package registry), not here: the
-// Cluster's status would otherwise churn with every endpoint.
-type inventory struct {
-	KubernetesVersion string
-	Istio             *istioStatus
-	Namespaces        map[string]map[string]string
-	// Policies are the cluster's own objects that Flotilla's output leaves
-	// alone, as its agent last reported them (stored in the status, so
-	// that every replica knows them).
-	Policies *agentv1.ClusterPolicies `json:"-"`
-}
-
-// cluster is what the compiler needs to know of the cluster, as the agent
-// reported it.
-func (inv *inventory) cluster() compile.Cluster {
-	return compile.Cluster{Namespaces: inv.namespaceNames(), DestinationRules: inv.Policies.GetDestinationRules(), NamespaceWide: inv.Policies.GetNamespaceWide()}
-}
-
-type istioStatus struct {
-	Installed bool   `json:"installed"`
-	Version   string `json:"version,omitempty"`
-}
-
-// merge applies a full or delta inventory report.
-func (inv *inventory) merge(m *agentv1.Inventory) {
-	if m.GetFull() || inv.Namespaces == nil {
-		inv.Namespaces = map[string]map[string]string{}
-	}
-	if v := m.GetKubernetesVersion(); v != "" {
-		inv.KubernetesVersion = v
-	}
-	if m.GetIstio() != nil {
-		inv.Istio = &istioStatus{Installed: m.GetIstio().GetInstalled(), Version: m.GetIstio().GetVersion()}
-	}
-	for _, ns := range m.GetNamespaces() {
-		inv.Namespaces[ns.GetName()] = ns.GetLabels()
-	}
-	for _, ns := range m.GetRemovedNamespaces() {
-		delete(inv.Namespaces, ns)
-	}
-	if p := m.GetClusterPolicies(); p != nil {
-		inv.Policies = p
-	}
-}
-
-// namespaceNames lists the reported namespaces, sorted.
-func (inv *inventory) namespaceNames() []string {
-	out := make([]string, 0, len(inv.Namespaces))
-	for ns := range inv.Namespaces {
-		out = append(out, ns)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// clusterStatus is the Cluster resource's status as stored and shown by
-// `flotilla get cluster -o yaml`.
-type clusterStatus struct {
-	Connected            bool   `json:"connected"`
-	LastSeen             string `json:"lastSeen,omitempty"`
-	AgentVersion         string `json:"agentVersion,omitempty"`
-	BundleVersion        string `json:"bundleVersion,omitempty"`
-	DesiredBundleVersion string `json:"desiredBundleVersion,omitempty"`
-	// BundleRevision is the store revision of the bundle the agent
-	// acknowledged; AppliedRevision is the newest store revision the
-	// cluster is known to have applied (at least BundleRevision).
-	BundleRevision    int64        `json:"bundleRevision,omitempty"`
-	AppliedRevision   int64        `json:"appliedRevision,omitempty"`
-	KubernetesVersion string       `json:"kubernetesVersion,omitempty"`
-	Istio             *istioStatus `json:"istio,omitempty"`
-	Namespaces        []string     `json:"namespaces,omitempty"`
-	// Resources is the JSON of a []resourceStatus: the cluster keeps it
-	// encoded (cluster.resourcesJSON), as it changes far less often than
-	// the rest of the status (a partial acknowledgement rarely changes a
-	// resource's state), and it is most of the status's size.
-	Resources json.RawMessage `json:"resources,omitempty"`
-	Drift     []driftStatus   `json:"drift,omitempty"`
-	// ClusterPolicies are the cluster's own objects that Flotilla's output
-	// leaves alone, so that every replica compiles, plans and shows the
-	// cluster as the one its agent talks to does.
-	ClusterPolicies *policiesStatus `json:"clusterPolicies,omitempty"`
-}
-
-// policiesStatus is agentv1.ClusterPolicies as stored.
-type policiesStatus struct {
-	// DestinationRules maps a host to its DestinationRule ("<ns>/<name>").
-	DestinationRules map[string]string `json:"destinationRules,omitempty"`
-	// NamespaceWide maps "<Kind>/<namespace>" to a namespace-wide
-	// PeerAuthentication or Sidecar ("<ns>/<name>").
-	NamespaceWide map[string]string `json:"namespaceWide,omitempty"`
-}
-
-type resourceStatus struct {
-	FQN     string   `json:"fqn"`
-	State   string   `json:"state"`
-	Message string   `json:"message,omitempty"`
-	Objects []string `json:"objects,omitempty"`
-}
-
-type driftStatus struct {
-	FQN      string `json:"fqn,omitempty"`
-	Object   string `json:"object"`
-	Change   string `json:"change"`
-	Restored bool   `json:"restored"`
-	Message  string `json:"message,omitempty"`
-}
-
-// encode is the status as stored. The resources' JSON is spliced in as
-// kept: encoding/json would re-validate and compact it, which costs more
-// than encoding the rest.
-func (s clusterStatus) encode() ([]byte, error) {
-	res := s.Resources
-	s.Resources = nil
-	b, err := json.Marshal(s)
-	if err != nil || len(res) == 0 {
-		return b, err
-	}
-	out := make([]byte, 0, len(b)+len(res)+13)
-	out = append(out, b[:len(b)-1]...) // without the closing brace
-	if len(b) > 2 {
-		out = append(out, ',')
-	}
-	out = append(out, `"resources":`...)
-	out = append(out, res...)
-	return append(out, '}'), nil
-}
-
 // status renders what is known of the cluster. Callers hold Central.mu.
-func (c *Central) status(cl *cluster) clusterStatus {
-	s := clusterStatus{
+func (c *Central) status(cl *cluster) clusterstatus.Status {
+	s := clusterstatus.Status{
 		AppliedRevision:      c.appliedRevision(cl),
 		Connected:            cl.connected(),
 		AgentVersion:         cl.agentVersion,
 		DesiredBundleVersion: cl.version,
 		KubernetesVersion:    cl.inv.KubernetesVersion,
 		Istio:                cl.inv.Istio,
-		Namespaces:           cl.inv.namespaceNames(),
+		Namespaces:           cl.inv.NamespaceNames(),
 	}
 	if !cl.lastSeen.IsZero() {
 		s.LastSeen = cl.lastSeen.UTC().Format(time.RFC3339)
 	}
 	if p := cl.inv.Policies; len(p.GetDestinationRules())+len(p.GetNamespaceWide()) > 0 {
-		s.ClusterPolicies = &policiesStatus{DestinationRules: p.GetDestinationRules(), NamespaceWide: p.GetNamespaceWide()}
+		s.ClusterPolicies = &clusterstatus.Policies{DestinationRules: p.GetDestinationRules(), NamespaceWide: p.GetNamespaceWide()}
 	}
 	if cl.ack != nil {
 		s.BundleVersion = cl.ack.GetBundleVersion()
 		s.BundleRevision = cl.ack.GetRevision()
 		if cl.resourcesJSON == nil && len(cl.ack.GetResources()) > 0 {
-			list := make([]resourceStatus, 0, len(cl.ack.GetResources()))
+			list := make([]clusterstatus.Resource, 0, len(cl.ack.GetResources()))
 			for _, r := range cl.ack.GetResources() {
-				list = append(list, resourceStatus{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
+				list = append(list, clusterstatus.Resource{FQN: r.GetFqn(), State: r.GetState(), Message: r.GetMessage(), Objects: r.GetObjects()})
 			}
 			cl.resourcesJSON, _ = json.Marshal(list) // plain strings
 		}
 		s.Resources = cl.resourcesJSON
 	}
 	for _, d := range cl.drifts {
-		s.Drift = append(s.Drift, driftStatus{FQN: d.GetFqn(), Object: fmt.Sprintf("%s %s/%s", d.GetKind(), d.GetNamespace(), d.GetName()), Change: d.GetChange(), Restored: d.GetRestored(), Message: d.GetMessage()})
+		s.Drift = append(s.Drift, clusterstatus.Drift{FQN: d.GetFqn(), Object: fmt.Sprintf("%s %s/%s", d.GetKind(), d.GetNamespace(), d.GetName()), Change: d.GetChange(), Restored: d.GetRestored(), Message: d.GetMessage()})
 	}
 	return s
 }
@@ -189,7 +60,7 @@ const staleAfter = 3 * leaseInterval
 // central control plane before the agent reconnects, and a replica answers
 // for clusters it does not serve. Callers hold c.mu.
 func (c *Central) restore(cl *cluster, rec store.Record) {
-	var s clusterStatus
+	var s clusterstatus.Status
 	if len(rec.Status) == 0 || json.Unmarshal(rec.Status, &s) != nil {
 		return
 	}
@@ -201,7 +72,7 @@ func (c *Central) restore(cl *cluster, rec store.Record) {
 	}
 	cl.setAck(nil)
 	if s.BundleVersion != "" {
-		var resources []resourceStatus
+		var resources []clusterstatus.Resource
 		_ = json.Unmarshal(s.Resources, &resources) // a stored status this server wrote
 		cl.setAck(&agentv1.Ack{BundleVersion: s.BundleVersion, Revision: s.BundleRevision})
 		for _, r := range resources {
@@ -317,7 +188,7 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	c.mu.Lock()
 	now := c.now()
 	var writes []store.StatusWrite
-	var bodies []clusterStatus // of the last writes, in order; encoded after c.mu
+	var bodies []clusterstatus.Status // of the last writes, in order; encoded after c.mu
 	var changed []bodyCandidate
 	for fqn, cl := range c.clusters {
 		due := cl.conn != nil && now.Sub(cl.written) >= leaseInterval
@@ -350,7 +221,7 @@ func (c *Central) flushStatus(ctx context.Context) error {
 	// writes with a body are the last ones, in the order of bodies.
 	first := len(writes) - len(bodies)
 	for i, body := range bodies {
-		b, err := body.encode()
+		b, err := body.Encode()
 		if err != nil {
 			return err
 		}

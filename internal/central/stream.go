@@ -296,7 +296,7 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 		cl.dirty = true
 		switch m := msg.GetMsg().(type) {
 		case *agentv1.ConnectRequest_Inventory:
-			cl.inv.merge(m.Inventory)
+			cl.inv.Merge(m.Inventory)
 		case *agentv1.ConnectRequest_Ack:
 			a := m.Ack
 			if a.GetPartial() {

@@ -125,10 +125,7 @@ func (p *part) view(fqn string) *bundle.RemoteService {
 	if p == nil {
 		return nil
 	}
-	rs := p.header
-	if sel, ok := p.hosts[fqn]; ok {
-		rs.Local, rs.Selector = true, sel
-	}
+	rs := p.headerFor(fqn)
 	for _, c := range p.order {
 		if c != fqn {
 			rs.Remotes = append(rs.Remotes, p.remotes[c])
@@ -138,6 +135,28 @@ func (p *part) view(fqn string) *bundle.RemoteService {
 		return nil
 	}
 	return &rs
+}
+
+// visible reports whether the cluster's view of the part has an instance:
+// one besides its own.
+func (p *part) visible(fqn string) bool {
+	if p == nil {
+		return false
+	}
+	n := len(p.remotes)
+	if _, own := p.remotes[fqn]; own {
+		n--
+	}
+	return n > 0
+}
+
+// headerFor is the service's header as the cluster sees it, without remotes.
+func (p *part) headerFor(fqn string) bundle.RemoteService {
+	rs := p.header
+	if sel, ok := p.hosts[fqn]; ok {
+		rs.Local, rs.Selector = true, sel
+	}
+	return rs
 }
 
 // diff says what moved from p to next: nil for nothing, else the clusters

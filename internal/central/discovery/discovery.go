@@ -556,35 +556,33 @@ func (d *Discovery) Next(fqn string, since *Mark) Send {
 			moved[k][cl] = true
 		}
 	}
-	keys := slices.SortedFunc(maps.Keys(moved), func(a, b partKey) int { return cmp.Or(cmp.Compare(a.setting, b.setting), cmp.Compare(a.key, b.key)) })
-	for _, k := range keys {
+	// In no particular order: a patch's services, and their instances, may
+	// come in any (sorting them cost more than the rest, per stream).
+	for k := range moved {
 		ns, name, _ := strings.Cut(k.key, "/")
 		sk := bundle.ServiceKey{Owner: k.setting, Namespace: ns, Name: name}
-		rs := d.bySetting[k.setting][k.key].view(fqn)
-		if rs == nil {
+		part := d.bySetting[k.setting][k.key]
+		if !part.visible(fqn) {
 			p.Services = append(p.Services, bundle.ServicePatch{Key: sk, Removed: true})
 			continue
 		}
+		// Only the moved instances, looked up: a view of the whole part
+		// would cost every instance, for every stream.
 		sp := bundle.ServicePatch{Key: sk}
 		if header[k] {
-			head := *rs
-			head.Remotes = nil
+			head := part.headerFor(fqn)
 			sp.Header = &head
 		}
-		have := map[string]bundle.RemoteInstance{}
-		for _, r := range rs.Remotes {
-			have[r.Cluster] = r
-		}
-		for _, cl := range slices.Sorted(maps.Keys(moved[k])) {
-			ref, ok := d.in.clusters[cl]
-			if !ok {
-				ref.name = cl[strings.LastIndexByte(cl, '/')+1:]
-			}
-			if r, ok := have[ref.name]; ok {
+		for cl := range moved[k] {
+			if r, ok := part.remotes[cl]; ok && cl != fqn {
 				sp.Remotes = append(sp.Remotes, r)
-			} else {
-				sp.RemovedRemotes = append(sp.RemovedRemotes, ref.name)
+				continue
 			}
+			name := cl[strings.LastIndexByte(cl, '/')+1:]
+			if ref, ok := d.in.clusters[cl]; ok {
+				name = ref.name
+			}
+			sp.RemovedRemotes = append(sp.RemovedRemotes, name)
 		}
 		p.Services = append(p.Services, sp)
 	}
