@@ -12,6 +12,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,11 +50,22 @@ func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.D
 		return nil, err
 	}
 	lctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); listen(lctx, url, id, d) }()
+	done, listening := make(chan struct{}), make(chan struct{})
+	go func() { defer close(done); listen(lctx, url, id, d, listening) }()
 	d.OnClose(func() { stop(); <-done })
+	// The store is open once its watchers hear other processes' commits
+	// (bounded: a listener that cannot connect yet keeps trying, and its
+	// first LISTEN wakes the watchers anyway).
+	select {
+	case <-listening:
+	case <-time.After(listenWait):
+	case <-ctx.Done():
+	}
 	return d, nil
 }
+
+// listenWait bounds how long Open waits for its first LISTEN.
+const listenWait = 5 * time.Second
 
 // listen wakes d's watchers on every NOTIFY of the channel but its own
 // (id), until ctx ends. pgxlisten reconnects after a lost connection (every
@@ -62,12 +74,12 @@ func Open(ctx context.Context, url string, opts ...sqlstore.Option) (*sqlstore.D
 // first time included: commits made before that (since Open returned, or
 // while disconnected) sent notifications nobody heard, and a watcher woken
 // for nothing only re-reads.
-func listen(ctx context.Context, url, id string, d *sqlstore.DB) {
+func listen(ctx context.Context, url, id string, d *sqlstore.DB, listening chan struct{}) {
 	l := &pgxlisten.Listener{
 		Connect:        func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, url) },
 		ReconnectDelay: reconnectDelay,
 	}
-	l.Handle(channel, waker{id: id, d: d})
+	l.Handle(channel, &waker{id: id, d: d, listening: listening})
 	_ = l.Listen(ctx) // returns when ctx ends
 }
 
@@ -77,19 +89,22 @@ const reconnectDelay = 250 * time.Millisecond
 // waker wakes a store's watchers on others' notifications and after each
 // LISTEN.
 type waker struct {
-	id string
-	d  *sqlstore.DB
+	id        string
+	d         *sqlstore.DB
+	listening chan struct{} // closed after the first LISTEN
+	once      sync.Once
 }
 
-func (w waker) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
+func (w *waker) HandleNotification(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
 	if n.Payload != w.id {
 		w.d.Wake()
 	}
 	return nil
 }
 
-func (w waker) HandleBacklog(context.Context, string, *pgx.Conn) error {
+func (w *waker) HandleBacklog(context.Context, string, *pgx.Conn) error {
 	w.d.Wake()
+	w.once.Do(func() { close(w.listening) })
 	return nil
 }
 

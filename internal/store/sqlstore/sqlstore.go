@@ -148,16 +148,25 @@ func splitStatements(s string) []string {
 type querier struct {
 	d  *DB
 	tx *sql.Tx
+	// missed collects the queries a transaction prepared on its own
+	// connection, for the statement cache once it ended (see stmt).
+	missed *[]string
 }
 
-// cache prepares query on the pool, for the statement cache.
-func (d *DB) cache(query string) {
-	s, err := d.db.PrepareContext(context.Background(), query)
-	if err != nil {
-		return // closed meanwhile: the next use prepares again
-	}
-	if _, loaded := d.stmts.LoadOrStore(query, s); loaded {
-		s.Close()
+// cacheMissed prepares on the pool, for the cache, the queries a
+// transaction that has ended prepared on its own connection.
+func (d *DB) cacheMissed(missed *[]string) {
+	for _, query := range *missed {
+		if _, ok := d.stmts.Load(query); ok {
+			continue
+		}
+		s, err := d.db.PrepareContext(context.Background(), query)
+		if err != nil {
+			return // closed meanwhile: the next use prepares again
+		}
+		if _, loaded := d.stmts.LoadOrStore(query, s); loaded {
+			s.Close()
+		}
 	}
 }
 
@@ -167,9 +176,11 @@ func (q querier) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 		// Preparing on the pool would wait for a connection while this
 		// transaction holds one: with every connection in a transaction
 		// that prepares, none would ever come back. Prepare on the
-		// transaction's own connection, and cache it for the pool once a
-		// connection is free.
-		go q.d.cache(query)
+		// transaction's own connection, and cache it for the pool once
+		// the transaction ended (cacheMissed).
+		if q.missed != nil {
+			*q.missed = append(*q.missed, query)
+		}
 		return q.tx.PrepareContext(ctx, query)
 	}
 	if !ok {
@@ -392,8 +403,10 @@ func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) erro
 	if err != nil {
 		return err
 	}
+	var missed []string
+	defer d.cacheMissed(&missed) // after the rollback below: no connection held
 	defer sqlTx.Rollback()
-	t := &tx{q: querier{d: d, tx: sqlTx}, actor: actor, now: d.now().UTC()}
+	t := &tx{q: querier{d: d, tx: sqlTx, missed: &missed}, actor: actor, now: d.now().UTC()}
 	if err := t.q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'revision'`, nil, &t.rev); err != nil {
 		return fmt.Errorf("read revision: %w", err)
 	}
@@ -933,13 +946,15 @@ func (d *DB) statusTx(ctx context.Context, fn func(q querier) error) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w: %w", store.ErrUnavailable, err)
 	}
+	var missed []string
+	defer d.cacheMissed(&missed) // after the rollback below: no connection held
 	defer sqlTx.Rollback()
 	if d.dialect.SeqTx != "" {
 		if _, err := sqlTx.ExecContext(ctx, d.dialect.SeqTx); err != nil {
 			return fmt.Errorf("number the status write: %w", err)
 		}
 	}
-	if err := fn(querier{d: d, tx: sqlTx}); err != nil {
+	if err := fn(querier{d: d, tx: sqlTx, missed: &missed}); err != nil {
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {
