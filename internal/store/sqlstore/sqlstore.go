@@ -148,15 +148,16 @@ func splitStatements(s string) []string {
 type querier struct {
 	d  *DB
 	tx *sql.Tx
-	// missed collects the queries a transaction prepared on its own
-	// connection, for the statement cache once it ended (see stmt).
-	missed *[]string
+	// missed holds the statements a transaction prepared on its own
+	// connection (see stmt), by query: for the rest of the transaction,
+	// and for the pool's cache once it ended (cacheMissed).
+	missed map[string]*sql.Stmt
 }
 
 // cacheMissed prepares on the pool, for the cache, the queries a
 // transaction that has ended prepared on its own connection.
-func (d *DB) cacheMissed(missed *[]string) {
-	for _, query := range *missed {
+func (d *DB) cacheMissed(missed map[string]*sql.Stmt) {
+	for query := range missed {
 		if _, ok := d.stmts.Load(query); ok {
 			continue
 		}
@@ -178,10 +179,14 @@ func (q querier) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 		// that prepares, none would ever come back. Prepare on the
 		// transaction's own connection, and cache it for the pool once
 		// the transaction ended (cacheMissed).
-		if q.missed != nil {
-			*q.missed = append(*q.missed, query)
+		if s, ok := q.missed[query]; ok {
+			return s, nil
 		}
-		return q.tx.PrepareContext(ctx, query)
+		s, err := q.tx.PrepareContext(ctx, query)
+		if err == nil && q.missed != nil {
+			q.missed[query] = s
+		}
+		return s, err
 	}
 	if !ok {
 		s, err := q.d.db.PrepareContext(ctx, query)
@@ -403,10 +408,10 @@ func (d *DB) Update(ctx context.Context, actor string, fn func(tx store.Tx) erro
 	if err != nil {
 		return err
 	}
-	var missed []string
-	defer d.cacheMissed(&missed) // after the rollback below: no connection held
+	missed := map[string]*sql.Stmt{}
+	defer d.cacheMissed(missed) // after the rollback below: no connection held
 	defer sqlTx.Rollback()
-	t := &tx{q: querier{d: d, tx: sqlTx, missed: &missed}, actor: actor, now: d.now().UTC()}
+	t := &tx{q: querier{d: d, tx: sqlTx, missed: missed}, actor: actor, now: d.now().UTC()}
 	if err := t.q.scanOne(ctx, `SELECT value FROM meta WHERE key = 'revision'`, nil, &t.rev); err != nil {
 		return fmt.Errorf("read revision: %w", err)
 	}
@@ -946,15 +951,15 @@ func (d *DB) statusTx(ctx context.Context, fn func(q querier) error) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w: %w", store.ErrUnavailable, err)
 	}
-	var missed []string
-	defer d.cacheMissed(&missed) // after the rollback below: no connection held
+	missed := map[string]*sql.Stmt{}
+	defer d.cacheMissed(missed) // after the rollback below: no connection held
 	defer sqlTx.Rollback()
 	if d.dialect.SeqTx != "" {
 		if _, err := sqlTx.ExecContext(ctx, d.dialect.SeqTx); err != nil {
 			return fmt.Errorf("number the status write: %w", err)
 		}
 	}
-	if err := fn(querier{d: d, tx: sqlTx, missed: &missed}); err != nil {
+	if err := fn(querier{d: d, tx: sqlTx, missed: missed}); err != nil {
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {
