@@ -205,11 +205,20 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// session runs one stream. established reports whether Hello got through.
+// stableSession is how long a stream must stay open, without a message
+// from the server, to count as a session that resets the backoff.
+const stableSession = 10 * time.Second
+
+// session runs one stream. established reports whether the server took it:
+// it sent a message, or the stream stayed open for stableSession. A report
+// the agent sent proves nothing: a client's Send succeeds before the server
+// has answered, even on a stream the server then refuses.
 func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceClient, server string, id identity) (bool, error) {
-	var established atomic.Bool // a bundle arrived or a report went out
+	var established atomic.Bool
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stable := time.AfterFunc(stableSession, func() { established.Store(true) })
+	defer stable.Stop()
 	// A fresh assertion per stream proves that this agent holds the key.
 	assertion, err := id.key.Assert(id.cluster, id.audience, time.Now())
 	if err != nil {
@@ -277,6 +286,7 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 				recvErr <- err
 				return
 			}
+			established.Store(true)
 			if r := msg.GetResync(); r != nil {
 				a.log.Warn("the central control plane asks for the full runtime state", "reason", r.GetReason())
 				select {
@@ -294,7 +304,6 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 				continue
 			}
 			if m := msg.GetBundle(); m != nil {
-				established.Store(true)
 				b, err := parts.add(m)
 				if err != nil {
 					a.log.Error("bundle part out of order", "err", err)
@@ -326,7 +335,6 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 				return err
 			}
 		}
-		established.Store(true)
 		return nil
 	}
 	sendRuntime := func(m *agentv1.Runtime) error {
@@ -345,12 +353,12 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 				acked = full
 			}
 			if err := send(m); err != nil {
-				return true, err
+				return established.Load(), err
 			}
 		case <-rtReady:
 			rtReady = nil
 			if err := sendRuntime(rt.fullReport()); err != nil {
-				return true, err
+				return established.Load(), err
 			}
 			rtChanged = a.rt.changed
 		case <-rtChanged:
@@ -359,7 +367,7 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 			}
 			if m := rt.delta(); m != nil {
 				if err := sendRuntime(m); err != nil {
-					return true, err
+					return established.Load(), err
 				}
 			}
 		case <-resync:
@@ -367,14 +375,14 @@ func (a *Agent) session(ctx context.Context, client agentv1connect.AgentServiceC
 				continue // the first full report is still to come
 			}
 			if err := sendRuntime(rt.fullReport()); err != nil {
-				return true, err
+				return established.Load(), err
 			}
 		case <-digest.C:
 			if rtChanged == nil {
 				continue
 			}
 			if err := send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Digest{Digest: rt.digest()}}); err != nil {
-				return true, err
+				return established.Load(), err
 			}
 		case err := <-recvErr:
 			return established.Load(), err
