@@ -66,6 +66,10 @@ type Options struct {
 	// Cluster.Istiod says where. It needs `make fleet-istio` and about 150
 	// MB more per cluster.
 	Istio bool
+	// Bare is how many clusters, the last ones, start bare: without Istio's
+	// CRDs, the istio-system namespace and istiod, as a cluster that
+	// Flotilla installs Istio into (IstioInstallation) starts.
+	Bare int
 }
 
 // Fleet is a running local fleet. Stop must be called to end it.
@@ -97,6 +101,8 @@ type Cluster struct {
 	PIDs map[string]int
 	// Istiod is where the cluster's istiod listens; nil without Istio.
 	Istiod *Istiod
+	// Bare is true for a cluster started without Istio (Options.Bare).
+	Bare bool
 }
 
 // Istiod is where a cluster's istiod listens, all on loopback.
@@ -122,6 +128,7 @@ type manifest struct {
 		Network    string         `json:"network"`
 		PIDs       map[string]int `json:"pids"`
 		Istiod     *Istiod        `json:"istiod"`
+		Bare       bool           `json:"bare"`
 	} `json:"clusters"`
 }
 
@@ -186,9 +193,13 @@ func start(bin, dir string, opts Options) (*Fleet, error) {
 	}
 	defer readyR.Close()
 
-	cmd := exec.Command(filepath.Join(bin, "localfleet"), "run",
-		"--clusters="+strconv.Itoa(opts.Clusters), "--dir="+dir, "--bin-dir="+bin,
-		"--workloads="+strconv.FormatBool(opts.Workloads), "--istio="+strconv.FormatBool(opts.Istio), "--stop-on-stdin-close", "--remove-dir", "--ready-fd=3")
+	args := []string{"run",
+		"--clusters=" + strconv.Itoa(opts.Clusters), "--dir=" + dir, "--bin-dir=" + bin,
+		"--workloads=" + strconv.FormatBool(opts.Workloads), "--istio=" + strconv.FormatBool(opts.Istio), "--stop-on-stdin-close", "--remove-dir", "--ready-fd=3"}
+	if opts.Bare > 0 {
+		args = append(args, "--bare="+strconv.Itoa(opts.Bare))
+	}
+	cmd := exec.Command(filepath.Join(bin, "localfleet"), args...)
 	cmd.Stdin = stdinR
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = []*os.File{readyW}
@@ -246,7 +257,7 @@ func (f *Fleet) Clusters() []Cluster {
 	for _, c := range f.manifest.Clusters {
 		out = append(out, Cluster{
 			Name: c.Name, Server: c.Server, Kubeconfig: c.Kubeconfig,
-			Region: c.Region, Zone: c.Zone, Network: c.Network, PIDs: c.PIDs, Istiod: c.Istiod,
+			Region: c.Region, Zone: c.Zone, Network: c.Network, PIDs: c.PIDs, Istiod: c.Istiod, Bare: c.Bare,
 		})
 	}
 	return out

@@ -59,6 +59,9 @@ $(LOCALFLEET_BIN)/kwok: $(LOCALFLEET_KWOK_MOD)
 
 # kwok's "fast" node and pod stages (what kwokctl installs by default), from
 # the pinned kwok module: nodes become Ready at once, pods Running with an IP.
+# The heartbeat stage posts a node's status only every 10 minutes and leaves
+# the rest to the node's Lease, which kwok renews only when given
+# --node-lease-duration-seconds (package cluster passes it; see workloads.go).
 LOCALFLEET_KWOK_STAGES := node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
 	pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml
 $(LOCALFLEET_BIN)/kwok-stages.yaml: $(LOCALFLEET_KWOK_MOD)

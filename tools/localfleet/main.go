@@ -4,14 +4,18 @@
 //
 // Usage:
 //
-//	localfleet up   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio]   start in the background
-//	localfleet down --dir DIR                                                          stop what up started
-//	localfleet run  --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio]   run in the foreground
+//	localfleet up    --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M]   start in the background
+//	localfleet down  --dir DIR                                                                     stop what up started
+//	localfleet run   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M]   run in the foreground
+//	localfleet stop  --dir DIR --cluster C                                                         crash one cluster, keeping its data
+//	localfleet start --dir DIR --cluster C                                                         bring it back
 //
 // up starts a detached `localfleet run` (the supervisor) and returns once
 // every cluster is ready. The supervisor owns every etcd, kube-apiserver and istiod,
 // each of which dies with it (parent-death signal); down signals the
-// supervisor, which stops its clusters and exits. See docs/localfleet.md.
+// supervisor, which stops its clusters and exits. stop and start ask the
+// supervisor, over its control socket DIR/localfleet.sock, to kill one
+// cluster's processes and to start them again. See docs/localfleet.md.
 package main
 
 import (
@@ -31,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	"flotilla.io/flotilla/tools/localfleet/internal/control"
 	"flotilla.io/flotilla/tools/localfleet/internal/fleet"
 	"flotilla.io/flotilla/tools/localfleet/internal/proc"
 )
@@ -44,6 +49,9 @@ const (
 // readyLine is what the supervisor writes to its ready descriptor.
 const readyLine = "ready"
 
+// The supervisor's control socket drives its fleet.
+var _ control.Clusters = (*fleet.Fleet)(nil)
+
 func main() {
 	if len(os.Args) < 2 {
 		usage()
@@ -56,6 +64,10 @@ func main() {
 		err = run(os.Args[2:])
 	case "down":
 		err = down(os.Args[2:])
+	case "stop":
+		err = stopCluster(os.Args[2:])
+	case "start":
+		err = startCluster(os.Args[2:])
 	default:
 		usage()
 	}
@@ -67,9 +79,14 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  localfleet up   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bin-dir D] [--crds FILE]
-  localfleet run  --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bin-dir D] [--crds FILE] [--stop-on-stdin-close] [--remove-dir] [--ready-fd N]
-  localfleet down --dir DIR
+  localfleet up    --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--bin-dir D] [--crds FILE]
+  localfleet run   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--bin-dir D] [--crds FILE] [--stop-on-stdin-close] [--remove-dir] [--ready-fd N]
+  localfleet down  --dir DIR
+  localfleet stop  --dir DIR --cluster C     kill C's processes as a crash would; its data, address and certificates are kept
+  localfleet start --dir DIR --cluster C     start a stopped C again
+
+--bare M starts the last M of the N clusters bare: without Istio's CRDs, the
+istio-system namespace and istiod, as clusters never prepared for Istio.
 `)
 	os.Exit(2)
 }
@@ -83,6 +100,7 @@ type startFlags struct {
 	crds       string
 	workloads  bool
 	istio      bool
+	bare       int
 }
 
 func (s *startFlags) register(fs *flag.FlagSet) {
@@ -93,6 +111,7 @@ func (s *startFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.crds, "crds", "", "Istio CRD YAML (default: istio-crds.yaml in the bin directory)")
 	fs.BoolVar(&s.workloads, "workloads", false, "also run kube-controller-manager, kube-scheduler and kwok, so that pods run (build with `make fleet-workloads`)")
 	fs.BoolVar(&s.istio, "istio", false, "also run an istiod per cluster, its xDS and debug ports on loopback (build with `make fleet-istio`)")
+	fs.IntVar(&s.bare, "bare", 0, "start the last `M` clusters bare: without Istio's CRDs, the istio-system namespace and istiod")
 }
 
 // resolve checks the flags and fills in the defaults, all as absolute paths.
@@ -102,6 +121,9 @@ func (s *startFlags) resolve() error {
 	}
 	if s.clusters < 1 {
 		return fmt.Errorf("--clusters must be at least 1, got %d", s.clusters)
+	}
+	if s.bare < 0 || s.bare > s.clusters {
+		return fmt.Errorf("--bare must be 0 to --clusters (%d), got %d", s.clusters, s.bare)
 	}
 	if s.binDir == "" {
 		exe, err := os.Executable()
@@ -144,7 +166,7 @@ func (s *startFlags) args() []string {
 	return []string{
 		"--clusters=" + strconv.Itoa(s.clusters), "--dir=" + s.dir, "--name-prefix=" + s.namePrefix,
 		"--bin-dir=" + s.binDir, "--crds=" + s.crds, "--workloads=" + strconv.FormatBool(s.workloads),
-		"--istio=" + strconv.FormatBool(s.istio),
+		"--istio=" + strconv.FormatBool(s.istio), "--bare=" + strconv.Itoa(s.bare),
 	}
 }
 
@@ -225,7 +247,11 @@ func up(args []string) error {
 	fmt.Printf("fleet of %d clusters ready in %.1fs (supervisor pid %d, stop with `localfleet down --dir %s`)\n",
 		len(m.Clusters), time.Since(start).Seconds(), m.SupervisorPID, s.dir)
 	for _, c := range m.Clusters {
-		fmt.Printf("  %-6s %-24s %s/%s  KUBECONFIG=%s\n", c.Name, c.Server, c.Region, c.Zone, c.Kubeconfig)
+		bare := ""
+		if c.Bare {
+			bare = "  (bare)"
+		}
+		fmt.Printf("  %-6s %-24s %s/%s  KUBECONFIG=%s%s\n", c.Name, c.Server, c.Region, c.Zone, c.Kubeconfig, bare)
 		if c.Istiod != nil {
 			fmt.Printf("         istiod xDS %s, debug http://%s/debug\n", c.Istiod.GRPC, c.Istiod.HTTP)
 		}
@@ -276,7 +302,7 @@ func run(args []string) error {
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	f, err := fleet.Start(startCtx, fleet.Options{
 		Clusters: s.clusters, NamePrefix: s.namePrefix, Dir: s.dir,
-		BinDir: s.binDir, CRDs: s.crds, Workloads: s.workloads, Istio: s.istio, Log: log,
+		BinDir: s.binDir, CRDs: s.crds, Workloads: s.workloads, Istio: s.istio, Bare: s.bare, Log: log,
 	})
 	cancelStart()
 	if err != nil {
@@ -294,21 +320,41 @@ func run(args []string) error {
 		ready.Close()
 	}
 
+	// The control socket serves `localfleet stop` and `start` until the
+	// fleet stops; a fleet without one still serves everything else.
+	controlCtx, stopControl := context.WithCancel(ctx)
+	controlDone := make(chan struct{})
+	if l, err := control.Listen(s.dir); err != nil {
+		log.Warn("no control socket: `localfleet stop` and `start` cannot reach this fleet", "err", err)
+		close(controlDone)
+	} else {
+		go func() {
+			defer close(controlDone)
+			if err := control.Serve(controlCtx, l, f, log); err != nil {
+				log.Warn("control socket", "err", err)
+			}
+		}()
+	}
+	shutdown := func() {
+		stopControl()
+		<-controlDone
+		f.Stop()
+	}
+
 	// States: serving → stopping, on a signal, closed stdin or a dead component.
-	exited := f.Exited()
 	select {
 	case <-ctx.Done():
 		log.Info("stopping fleet", "reason", context.Cause(ctx))
-		f.Stop()
+		shutdown()
 		if *removeDir {
 			if err := os.RemoveAll(s.dir); err != nil {
 				return fmt.Errorf("remove fleet dir: %w", err)
 			}
 		}
 		return nil
-	case err := <-exited:
+	case err := <-f.Failed():
 		log.Error("component died; stopping fleet", "err", err)
-		f.Stop()
+		shutdown()
 		return err
 	}
 }
@@ -354,8 +400,76 @@ func down(args []string) error {
 	}
 	_ = os.Remove(filepath.Join(*dir, fleet.ManifestFile))
 	_ = os.Remove(filepath.Join(*dir, pidFile))
+	_ = os.Remove(filepath.Join(*dir, control.SocketFile))
 	fmt.Printf("fleet in %s stopped\n", *dir)
 	return nil
+}
+
+// stopCluster asks the supervisor in DIR to stop one cluster.
+func stopCluster(args []string) error {
+	f, err := parseClusterFlags("stop", args, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	if err := control.StopCluster(ctx, f.dir, f.name); err != nil {
+		return err
+	}
+	fmt.Printf("cluster %s stopped, its data kept (start it again with `localfleet start --dir %s --cluster %s`)\n", f.name, f.dir, f.name)
+	return nil
+}
+
+// startCluster asks the supervisor in DIR to start a stopped cluster again.
+func startCluster(args []string) error {
+	f, err := parseClusterFlags("start", args, 2*time.Minute)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	start := time.Now()
+	if err := control.StartCluster(ctx, f.dir, f.name); err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	m, err := fleet.ReadManifest(f.dir)
+	if err != nil {
+		return err
+	}
+	for _, c := range m.Clusters {
+		if c.Name == f.name {
+			fmt.Printf("cluster %s ready again in %.1fs at %s  KUBECONFIG=%s\n", c.Name, elapsed.Seconds(), c.Server, c.Kubeconfig)
+		}
+	}
+	return nil
+}
+
+// clusterFlags are the flags of stop and start.
+type clusterFlags struct {
+	dir, name string
+	timeout   time.Duration
+}
+
+// parseClusterFlags parses the flags of command stop or start and checks
+// that a fleet runs in --dir.
+func parseClusterFlags(command string, args []string, timeout time.Duration) (clusterFlags, error) {
+	var f clusterFlags
+	fs := flag.NewFlagSet(command, flag.ExitOnError)
+	fs.StringVar(&f.dir, "dir", "", "fleet directory given to up (required)")
+	fs.StringVar(&f.name, "cluster", "", "name of the cluster, such as c1 (required)")
+	fs.DurationVar(&f.timeout, "timeout", timeout, "how long to wait for the cluster to "+command)
+	_ = fs.Parse(args)
+	if f.dir == "" {
+		return f, errors.New("--dir is required")
+	}
+	if f.name == "" {
+		return f, errors.New("--cluster is required")
+	}
+	if _, ok := runningSupervisor(f.dir); !ok {
+		return f, fmt.Errorf("no fleet running in %s", f.dir)
+	}
+	return f, nil
 }
 
 // runningSupervisor returns the pid in DIR's pid file if that process is a

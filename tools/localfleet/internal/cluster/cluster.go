@@ -2,7 +2,9 @@
 // kube-apiserver on free loopback ports, secured with TLS and a bearer token
 // for an administrator in group system:masters; optionally (Spec.Workloads)
 // also kube-controller-manager, kube-scheduler and kwok with one simulated
-// node.
+// node, and (StartIstiod) an istiod. Kill crashes every component of the
+// cluster and Restart brings them back on the same data, ports and
+// credentials.
 //
 // Layout of a cluster's directory (Spec.Dir):
 //
@@ -24,6 +26,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/discovery"
@@ -71,9 +74,16 @@ type Spec struct {
 	Workloads bool
 	// Region and Zone label the simulated node (with Workloads).
 	Region, Zone string
+	// OnExit, if set, is called with an error naming the component whenever
+	// a component of the started cluster exits without Stop or Kill having
+	// asked it to. It is called from a goroutine of its own and should not
+	// block.
+	OnExit func(error)
 }
 
-// Cluster is a running control plane. Stop must be called to end it.
+// Cluster is a control plane that Start started. Stop must be called to end
+// it. Kill stops it as a crash would, and Restart starts it again with the
+// same data, ports and credentials. Its methods are safe for concurrent use.
 type Cluster struct {
 	Spec
 	// Server is the API server's URL, https://127.0.0.1:port.
@@ -82,7 +92,15 @@ type Cluster struct {
 	// with rest.CopyConfig.
 	Config *rest.Config
 
-	// procs are the running components in start order.
+	// Chosen by the first start and kept for Restart.
+	etcdURL, peerURL string
+	port             int // kube-apiserver's secure port
+	creds            credentials
+	istiod           *istiodRun // nil until StartIstiod succeeds
+
+	// mu guards procs and serializes Stop, Kill, Restart and StartIstiod.
+	mu sync.Mutex
+	// procs are the running components in start order; none when stopped.
 	procs []*proc.Process
 }
 
@@ -91,8 +109,9 @@ type Cluster struct {
 var errExited = errors.New("component exited during start")
 
 // Start starts etcd and kube-apiserver (and with Workloads the rest) and
-// returns once the API server reports ready (and the node is Ready). A start that fails because a component exits early is retried on new
-// ports, up to three times.
+// returns once the API server reports ready (and the node is Ready). A start
+// that fails because a component exits early is retried on new ports, up to
+// three times.
 func Start(ctx context.Context, spec Spec, log *slog.Logger) (*Cluster, error) {
 	var err error
 	for attempt := 1; attempt <= 3; attempt++ {
@@ -121,49 +140,125 @@ func start(ctx context.Context, spec Spec, log *slog.Logger) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
-	server := "https://127.0.0.1:" + strconv.Itoa(ports[2])
-
 	creds, err := writeCredentials(pkiDir, spec.Name)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Spec: spec, Server: server}
+	server := "https://127.0.0.1:" + strconv.Itoa(ports[2])
+	c := &Cluster{
+		Spec:    spec,
+		Server:  server,
+		etcdURL: "http://127.0.0.1:" + strconv.Itoa(ports[0]),
+		peerURL: "http://127.0.0.1:" + strconv.Itoa(ports[1]),
+		port:    ports[2],
+		creds:   creds,
+		Config: &rest.Config{
+			Host:            server,
+			BearerToken:     creds.token,
+			TLSClientConfig: rest.TLSClientConfig{CAData: creds.caPEM},
+			QPS:             100,
+			Burst:           200,
+		},
+	}
+	if err := writeKubeconfig(spec.Kubeconfig, spec.Name, server, creds); err != nil {
+		return nil, err
+	}
 	ok := false
 	defer func() {
 		if !ok {
-			c.Stop()
+			c.stop()
 		}
 	}()
-
-	etcd, err := c.start(Etcd, []string{
-		"--name", spec.Name,
-		"--data-dir", filepath.Join(spec.Dir, "etcd"),
-		"--listen-client-url", etcdURL,
-		"--listen-peer-url", peerURL,
-	}, nil)
-	if err != nil {
+	if err := c.startControlPlane(ctx, log); err != nil {
 		return nil, err
 	}
-	log.Debug("started etcd", "cluster", spec.Name, "pid", etcd.PID(), "url", etcdURL)
-	if err := waitEtcd(ctx, etcdURL, etcd); err != nil {
-		return nil, err
+	if spec.Workloads {
+		if err := c.startWorkloads(ctx, log); err != nil {
+			return nil, err
+		}
+		if err := c.createNode(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.waitWorkloads(ctx); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	c.watch(c.procs...)
+	return c, nil
+}
+
+// Restart starts a cluster that Kill stopped: the same components with the
+// same data, ports and credentials, so that its kubeconfig and fleet.json
+// stay true. It returns once the cluster is as ready as Start left it. If it
+// fails, the cluster is left stopped.
+func (c *Cluster) Restart(ctx context.Context, log *slog.Logger) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.procs) > 0 {
+		return fmt.Errorf("cluster %s is running; stop it first", c.Name)
+	}
+	if err := c.restart(ctx, log); err != nil {
+		c.stop()
+		return fmt.Errorf("restart cluster %s: %w", c.Name, err)
+	}
+	c.watch(c.procs...)
+	return nil
+}
+
+func (c *Cluster) restart(ctx context.Context, log *slog.Logger) error {
+	if err := c.startControlPlane(ctx, log); err != nil {
+		return err
+	}
+	if c.Workloads {
+		if err := c.releaseNodeLease(ctx); err != nil {
+			return err
+		}
+		if err := c.startWorkloads(ctx, log); err != nil {
+			return err
+		}
+		if err := c.waitWorkloads(ctx); err != nil {
+			return err
+		}
+	}
+	if c.istiod != nil {
+		if _, err := c.runIstiod(ctx, *c.istiod, log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startControlPlane starts etcd and kube-apiserver on the cluster's ports
+// and waits until the API server is ready.
+func (c *Cluster) startControlPlane(ctx context.Context, log *slog.Logger) error {
+	etcd, err := c.start(Etcd, []string{
+		"--name", c.Name,
+		"--data-dir", filepath.Join(c.Dir, "etcd"),
+		"--listen-client-url", c.etcdURL,
+		"--listen-peer-url", c.peerURL,
+	}, nil)
+	if err != nil {
+		return err
+	}
+	log.Debug("started etcd", "cluster", c.Name, "pid", etcd.PID(), "url", c.etcdURL)
+	if err := waitEtcd(ctx, c.etcdURL, etcd); err != nil {
+		return err
 	}
 
 	apiserver, err := c.start(KubeAPIServer, []string{
-		"--etcd-servers=" + etcdURL,
+		"--etcd-servers=" + c.etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
-		"--secure-port=" + strconv.Itoa(ports[2]),
-		"--tls-cert-file=" + creds.servingCert,
-		"--tls-private-key-file=" + creds.servingKey,
-		"--client-ca-file=" + creds.caCert,
-		"--token-auth-file=" + creds.tokens,
+		"--secure-port=" + strconv.Itoa(c.port),
+		"--tls-cert-file=" + c.creds.servingCert,
+		"--tls-private-key-file=" + c.creds.servingKey,
+		"--client-ca-file=" + c.creds.caCert,
+		"--token-auth-file=" + c.creds.tokens,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file=" + creds.saKey,
-		"--service-account-signing-key-file=" + creds.saKey,
+		"--service-account-key-file=" + c.creds.saKey,
+		"--service-account-signing-key-file=" + c.creds.saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--allow-privileged=true",
 		// The kubernetes Service's endpoints would be 127.0.0.1, which
@@ -173,34 +268,14 @@ func start(ctx context.Context, spec Spec, log *slog.Logger) (*Cluster, error) {
 		"--profiling=false",
 	}, apiserverEnv)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	log.Debug("started kube-apiserver", "cluster", spec.Name, "pid", apiserver.PID(), "server", server)
-
-	if err := writeKubeconfig(spec.Kubeconfig, spec.Name, server, creds); err != nil {
-		return nil, err
-	}
-	c.Config = &rest.Config{
-		Host:            server,
-		BearerToken:     creds.token,
-		TLSClientConfig: rest.TLSClientConfig{CAData: creds.caPEM},
-		QPS:             100,
-		Burst:           200,
-	}
-	if err := waitReady(ctx, c.Config, apiserver); err != nil {
-		return nil, err
-	}
-	if spec.Workloads {
-		if err := c.startWorkloads(ctx, creds, log); err != nil {
-			return nil, err
-		}
-	}
-	ok = true
-	return c, nil
+	log.Debug("started kube-apiserver", "cluster", c.Name, "pid", apiserver.PID(), "server", c.Server)
+	return waitReady(ctx, c.Config, apiserver)
 }
 
 // start starts component name from BinDir, logging to DIR/<name>.log, and
-// records it for Stop.
+// records it for Stop. The caller holds mu, or is the only user of c.
 func (c *Cluster) start(name string, args, env []string) (*proc.Process, error) {
 	p, err := proc.Start(name, filepath.Join(c.BinDir, name), args, env, filepath.Join(c.Dir, name+".log"))
 	if err != nil {
@@ -215,8 +290,28 @@ func (c *Cluster) forget(p *proc.Process) {
 	c.procs = slices.DeleteFunc(c.procs, func(q *proc.Process) bool { return q == p })
 }
 
-// PIDs returns the process id of each component, keyed by component name.
+// watch reports to OnExit the exits of procs that nobody asked for. It is
+// called once the components are ready, so that a start that failed, and was
+// retried, is not reported.
+func (c *Cluster) watch(procs ...*proc.Process) {
+	if c.OnExit == nil {
+		return
+	}
+	for _, p := range procs {
+		go func() {
+			<-p.Done()
+			if !p.Stopping() {
+				c.OnExit(fmt.Errorf("cluster %s: %w", c.Name, p.ExitError()))
+			}
+		}()
+	}
+}
+
+// PIDs returns the process id of each running component, keyed by component
+// name; it is empty while the cluster is stopped.
 func (c *Cluster) PIDs() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	pids := make(map[string]int, len(c.procs))
 	for _, p := range c.procs {
 		pids[p.Name] = p.PID()
@@ -224,25 +319,36 @@ func (c *Cluster) PIDs() map[string]int {
 	return pids
 }
 
-// Exited returns a channel that receives one error, naming the component,
-// for each component that exits. Exits caused by Stop are reported too.
-func (c *Cluster) Exited() <-chan error {
-	ch := make(chan error, len(c.procs))
-	for _, p := range c.procs {
-		go func() {
-			<-p.Done()
-			ch <- fmt.Errorf("cluster %s: %w", c.Name, p.ExitError())
-		}()
-	}
-	return ch
+// Stop stops the components in the reverse order of their start, so etcd
+// goes last, and waits for each to exit. Stopping a stopped cluster does
+// nothing.
+func (c *Cluster) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stop()
 }
 
-// Stop stops the components in the reverse order of their start, so etcd
-// goes last, and waits for each to exit.
-func (c *Cluster) Stop() {
+func (c *Cluster) stop() {
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		c.procs[i].Stop(stopGrace)
 	}
+	c.procs = nil
+}
+
+// Kill stops the cluster as a crash would: it sends SIGKILL to every
+// component, with no SIGTERM first, and waits for them to exit. The data,
+// ports and credentials are kept for Restart.
+func (c *Cluster) Kill() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.procs) == 0 {
+		return fmt.Errorf("cluster %s is already stopped", c.Name)
+	}
+	for _, p := range c.procs {
+		p.Kill()
+	}
+	c.procs = nil
+	return nil
 }
 
 // credentials are the paths of a cluster's credential files, plus the token

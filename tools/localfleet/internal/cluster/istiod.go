@@ -48,18 +48,45 @@ type IstiodSpec struct {
 	Network string
 }
 
+// istiodRun is how istiod was started, kept so that Restart starts it again
+// on the same ports.
+type istiodRun struct {
+	spec IstiodSpec
+	// ports are, in order, the HTTP, gRPC, monitoring, secure gRPC and HTTPS
+	// ports.
+	ports []int
+}
+
+func (r istiodRun) addrs() IstiodAddrs {
+	return IstiodAddrs{HTTP: loopback(r.ports[0]), GRPC: loopback(r.ports[1]), Monitoring: loopback(r.ports[2])}
+}
+
+func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
 // StartIstiod starts istiod against the cluster's API server, as cluster ID
 // Name, and returns once it reports ready. Call it after Istio's CRDs are
-// Established and istio-system exists. istiod is stopped with the cluster.
+// Established and istio-system exists. istiod is stopped with the cluster,
+// and started again by Restart.
 // A start that fails because istiod exits early (a port taken between
 // choosing it and binding it) is retried on new ports, up to three times.
 func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Logger) (IstiodAddrs, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.procs) == 0 {
+		return IstiodAddrs{}, fmt.Errorf("start istiod in cluster %s: the cluster is stopped", c.Name)
+	}
 	var err error
 	for attempt := 1; attempt <= 3; attempt++ {
-		var a IstiodAddrs
-		a, err = c.startIstiod(ctx, spec, log)
-		if err == nil {
-			return a, nil
+		var ports []int
+		if ports, err = freePorts(5); err != nil {
+			break
+		}
+		run := istiodRun{spec: spec, ports: ports}
+		var p *proc.Process
+		if p, err = c.runIstiod(ctx, run, log); err == nil {
+			c.istiod = &run
+			c.watch(p)
+			return run.addrs(), nil
 		}
 		if !errors.Is(err, errExited) {
 			break
@@ -69,13 +96,9 @@ func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 	return IstiodAddrs{}, err
 }
 
-func (c *Cluster) startIstiod(ctx context.Context, spec IstiodSpec, log *slog.Logger) (IstiodAddrs, error) {
-	ports, err := freePorts(5)
-	if err != nil {
-		return IstiodAddrs{}, err
-	}
-	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
-	a := IstiodAddrs{HTTP: addr(0), GRPC: addr(1), Monitoring: addr(2)}
+// runIstiod starts istiod as run says and waits until it reports ready.
+func (c *Cluster) runIstiod(ctx context.Context, run istiodRun, log *slog.Logger) (*proc.Process, error) {
+	a := run.addrs()
 	p, err := c.start(Istiod, []string{
 		"discovery",
 		"--kubeconfig=" + c.Kubeconfig,
@@ -84,17 +107,17 @@ func (c *Cluster) startIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 		"--httpAddr=" + a.HTTP,
 		"--grpcAddr=" + a.GRPC,
 		"--monitoringAddr=" + a.Monitoring,
-		"--secureGRPCAddr=" + addr(3),
-		"--httpsAddr=" + addr(4),
+		"--secureGRPCAddr=" + loopback(run.ports[3]),
+		"--httpsAddr=" + loopback(run.ports[4]),
 		// Absent files: istiod then reads the mesh config from the istio
 		// ConfigMap, whose absence means Istio's defaults.
 		"--meshConfig=" + filepath.Join(c.Dir, "mesh.yaml"),
 		"--networksConfig=" + filepath.Join(c.Dir, "meshNetworks.yaml"),
 		"--shutdownDuration=1s",
 		"--log_output_level=default:info",
-	}, append(istiodEnv, "ISTIO_META_NETWORK="+spec.Network, "CLUSTER_ID="+c.Name))
+	}, append(istiodEnv, "ISTIO_META_NETWORK="+run.spec.Network, "CLUSTER_ID="+c.Name))
 	if err != nil {
-		return IstiodAddrs{}, err
+		return nil, err
 	}
 	log.Debug("started istiod", "cluster", c.Name, "pid", p.PID(), "xds", a.GRPC, "http", a.HTTP)
 	err = poll(ctx, []*proc.Process{p}, "istiod at "+a.HTTP, func(ctx context.Context) error {
@@ -117,7 +140,7 @@ func (c *Cluster) startIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 		// the cluster's components must not see it exit.
 		p.Stop(stopGrace)
 		c.forget(p)
-		return IstiodAddrs{}, fmt.Errorf("start istiod in cluster %s: %w", c.Name, err)
+		return nil, fmt.Errorf("start istiod in cluster %s: %w", c.Name, err)
 	}
-	return a, nil
+	return p, nil
 }

@@ -1,12 +1,16 @@
 // Package fleet starts and stops a local fleet: N clusters started in
-// parallel, each prepared for Istio, and described by DIR/fleet.json.
+// parallel, each prepared for Istio unless it is bare, and described by
+// DIR/fleet.json.
 //
 //	Start ──┬─ cluster.Start(c1) ── istio.Install(c1) ── [StartIstiod(c1)] ──┬── WriteManifest ── (serve) ── Stop
-//	        └─ cluster.Start(c2) ── istio.Install(c2) ── [StartIstiod(c2)] ──┘
+//	        └─ cluster.Start(c2)   (bare: no istio.Install, no istiod)  ──────┘
+//
+// While it serves, StopCluster crashes one cluster and StartCluster brings it
+// back, each rewriting fleet.json.
 //
 // Layout of DIR:
 //
-//	fleet.json           the Manifest, written once every cluster is ready
+//	fleet.json           the Manifest, written once every cluster is ready, then on every StopCluster and StartCluster
 //	<name>.kubeconfig    administrator kubeconfig of each cluster
 //	<name>/              the cluster's credentials, etcd data and logs
 //	localfleet.log       the supervisor's log (written by the command)
@@ -20,7 +24,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"flotilla.io/flotilla/tools/localfleet/internal/cluster"
@@ -55,9 +61,13 @@ type Options struct {
 	// Workloads adds kube-controller-manager, kube-scheduler and kwok to
 	// every cluster (see cluster.Spec.Workloads).
 	Workloads bool
-	// Istio adds an istiod (pilot-discovery) to every cluster, started once
-	// Istio's CRDs are installed.
+	// Istio adds an istiod (pilot-discovery) to every cluster but the bare
+	// ones, started once Istio's CRDs are installed.
 	Istio bool
+	// Bare is how many clusters, the last ones, are started bare: without
+	// Istio's CRDs, the istio-system namespace and istiod, as a cluster that
+	// was never prepared for Istio. 0 to Clusters.
+	Bare int
 	// Log receives progress messages.
 	Log *slog.Logger
 }
@@ -89,6 +99,14 @@ type ClusterInfo struct {
 	PIDs map[string]int `json:"pids"`
 	// Istiod is where the cluster's istiod listens; nil without Istio.
 	Istiod *cluster.IstiodAddrs `json:"istiod,omitempty"`
+	// Bare is true for a cluster started without Istio's CRDs, the
+	// istio-system namespace and istiod. Network is still the one it would be
+	// labelled with.
+	Bare bool `json:"bare,omitempty"`
+	// Stopped is true while the cluster is stopped (StopCluster, `localfleet
+	// stop`); PIDs is then empty. Its data, Server and Kubeconfig stay valid
+	// for StartCluster.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // Topology returns the region, zone and Istio network of the i-th cluster,
@@ -98,9 +116,20 @@ func Topology(i int) (region, zone, network string) {
 	return "region-" + strconv.Itoa(i), "zone-" + strconv.Itoa(i) + "a", "network-" + strconv.Itoa(i)
 }
 
-// Fleet is a running set of clusters. Stop must be called to end it.
+// Fleet is a running set of clusters. Stop must be called to end it. Its
+// methods are safe for concurrent use.
 type Fleet struct {
+	dir      string
+	log      *slog.Logger
 	clusters []*cluster.Cluster
+	// failed holds the first exit of a component that nobody stopped.
+	failed chan error
+
+	// ops serializes StopCluster and StartCluster, so that the manifest
+	// they write follows the order of what they did.
+	ops sync.Mutex
+	// mu guards manifest.
+	mu       sync.Mutex
 	manifest Manifest
 }
 
@@ -110,6 +139,9 @@ type Fleet struct {
 func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	if opts.Clusters < 1 {
 		return nil, fmt.Errorf("clusters must be at least 1, got %d", opts.Clusters)
+	}
+	if opts.Bare < 0 || opts.Bare > opts.Clusters {
+		return nil, fmt.Errorf("bare clusters must be 0 to %d (the number of clusters), got %d", opts.Clusters, opts.Bare)
 	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -124,7 +156,10 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 	}
 
 	f := &Fleet{
+		dir:      dir,
+		log:      opts.Log,
 		clusters: make([]*cluster.Cluster, opts.Clusters),
+		failed:   make(chan error, 1),
 		manifest: Manifest{SupervisorPID: os.Getpid(), Clusters: make([]ClusterInfo, opts.Clusters)},
 	}
 	// The first failure cancels the other clusters' starts.
@@ -136,6 +171,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 		wg.Go(func() {
 			name := opts.NamePrefix + strconv.Itoa(i+1)
 			region, zone, network := Topology(i + 1)
+			bare := i >= opts.Clusters-opts.Bare
 			spec := cluster.Spec{
 				Name:       name,
 				Dir:        filepath.Join(dir, name),
@@ -144,6 +180,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 				Workloads:  opts.Workloads,
 				Region:     region,
 				Zone:       zone,
+				OnExit:     f.componentExited,
 			}
 			c, err := cluster.Start(ctx, spec, opts.Log)
 			if err != nil {
@@ -152,14 +189,16 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 				return
 			}
 			f.clusters[i] = c
-			labels := map[string]string{LabelRegion: region, LabelZone: zone, LabelCluster: name, LabelNetwork: network}
-			if err := istio.Install(ctx, c.Config, crds, labels); err != nil {
-				errs[i] = fmt.Errorf("prepare cluster %s: %w", name, err)
-				cancel()
-				return
+			info := ClusterInfo{Name: name, Server: c.Server, Kubeconfig: spec.Kubeconfig, Region: region, Zone: zone, Network: network, Bare: bare}
+			if !bare {
+				labels := map[string]string{LabelRegion: region, LabelZone: zone, LabelCluster: name, LabelNetwork: network}
+				if err := istio.Install(ctx, c.Config, crds, labels); err != nil {
+					errs[i] = fmt.Errorf("prepare cluster %s: %w", name, err)
+					cancel()
+					return
+				}
 			}
-			info := ClusterInfo{Name: name, Server: c.Server, Kubeconfig: spec.Kubeconfig, Region: region, Zone: zone, Network: network}
-			if opts.Istio {
+			if opts.Istio && !bare {
 				addrs, err := c.StartIstiod(ctx, cluster.IstiodSpec{Network: network}, opts.Log)
 				if err != nil {
 					errs[i] = err
@@ -170,7 +209,7 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 			}
 			info.PIDs = c.PIDs()
 			f.manifest.Clusters[i] = info
-			opts.Log.Info("cluster ready", "cluster", name, "server", c.Server)
+			opts.Log.Info("cluster ready", "cluster", name, "server", c.Server, "bare", bare)
 		})
 	}
 	wg.Wait()
@@ -201,25 +240,82 @@ func firstCauses(errs []error) error {
 }
 
 // Manifest returns the description of the fleet.
-func (f *Fleet) Manifest() Manifest { return f.manifest }
+func (f *Fleet) Manifest() Manifest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := f.manifest
+	m.Clusters = slices.Clone(m.Clusters)
+	return m
+}
 
-// Exited returns a channel that receives an error whenever a component of any
-// cluster exits, including exits caused by Stop.
-func (f *Fleet) Exited() <-chan error {
-	n := 0
-	for _, c := range f.clusters {
-		n += len(c.PIDs())
+// Failed returns a channel that receives the first exit of a component that
+// neither Stop nor StopCluster asked for, as an error naming the cluster and
+// the component.
+func (f *Fleet) Failed() <-chan error { return f.failed }
+
+func (f *Fleet) componentExited(err error) {
+	select {
+	case f.failed <- err:
+	default: // the first failure is already waiting
 	}
-	ch := make(chan error, n)
-	for _, c := range f.clusters {
-		go func() {
-			from := c.Exited()
-			for range len(c.PIDs()) {
-				ch <- <-from
-			}
-		}()
+}
+
+// StopCluster stops cluster name as a crash would (every process SIGKILLed,
+// istiod included) and marks it stopped in fleet.json. Its etcd data, ports
+// and credentials are kept for StartCluster; the other clusters are left
+// alone.
+func (f *Fleet) StopCluster(name string) error {
+	f.ops.Lock()
+	defer f.ops.Unlock()
+	i, err := f.index(name)
+	if err != nil {
+		return err
 	}
-	return ch
+	if err := f.clusters[i].Kill(); err != nil {
+		return err
+	}
+	f.log.Info("cluster stopped", "cluster", name)
+	return f.update(i)
+}
+
+// StartCluster starts a cluster that StopCluster stopped, on the same data,
+// ports and credentials, and returns once it is as ready as Start left it.
+func (f *Fleet) StartCluster(ctx context.Context, name string) error {
+	f.ops.Lock()
+	defer f.ops.Unlock()
+	i, err := f.index(name)
+	if err != nil {
+		return err
+	}
+	if err := f.clusters[i].Restart(ctx, f.log); err != nil {
+		return err
+	}
+	f.log.Info("cluster started again", "cluster", name, "server", f.clusters[i].Server)
+	return f.update(i)
+}
+
+// index returns the position of cluster name.
+func (f *Fleet) index(name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var names []string
+	for i, c := range f.manifest.Clusters {
+		if c.Name == name {
+			return i, nil
+		}
+		names = append(names, c.Name)
+	}
+	return 0, fmt.Errorf("no cluster %q in the fleet; its clusters are %s", name, strings.Join(names, ", "))
+}
+
+// update records the processes of cluster i in the manifest and writes it.
+func (f *Fleet) update(i int) error {
+	pids := f.clusters[i].PIDs()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.manifest.Clusters[i].PIDs = pids
+	f.manifest.Clusters[i].Stopped = len(pids) == 0
+	return WriteManifest(f.dir, f.manifest)
 }
 
 // Stop stops every cluster in parallel and waits for all processes to exit.

@@ -11,10 +11,20 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"flotilla.io/flotilla/tools/localfleet/internal/istio"
 	"flotilla.io/flotilla/tools/localfleet/internal/proc"
+)
+
+var (
+	crdResource       = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	namespaceResource = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 )
 
 // binDir returns the repository's bin/ (or $FLOTILLA_BIN_DIR), failing tb
@@ -115,5 +125,58 @@ func TestStartedFleetIsDescribedServedOverVerifiedTLSAndFullyStopped(t *testing.
 	stopped = true
 	if alive := proc.WaitGone(pids, time.Second); len(alive) > 0 {
 		t.Errorf("processes %v still alive after Stop", alive)
+	}
+}
+
+func TestABareClusterHasNoIstioCRDsNorIstioSystemWhileAPreparedOneHas(t *testing.T) {
+	opts := testOptions(t, 2)
+	opts.Bare = 1
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Stop()
+
+	m := f.Manifest()
+	if m.Clusters[0].Bare || !m.Clusters[1].Bare {
+		t.Fatalf("fleet.json marks c1 bare %v and c2 bare %v, want only c2", m.Clusters[0].Bare, m.Clusters[1].Bare)
+	}
+	for _, c := range m.Clusters {
+		cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crds, err := client.Resource(crdResource).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatalf("%s: list crds: %v", c.Name, err)
+		}
+		networking := 0
+		for _, crd := range crds.Items {
+			if strings.HasSuffix(crd.GetName(), ".networking.istio.io") {
+				networking++
+			}
+		}
+		_, nsErr := client.Resource(namespaceResource).Get(ctx, istio.Namespace, metav1.GetOptions{})
+		switch {
+		case c.Bare && (networking > 0 || !apierrors.IsNotFound(nsErr)):
+			t.Errorf("bare %s has %d networking.istio.io CRDs and namespace %s (get: %v), want none", c.Name, networking, istio.Namespace, nsErr)
+		case !c.Bare && (networking == 0 || nsErr != nil):
+			t.Errorf("%s has %d networking.istio.io CRDs and namespace %s (get: %v), want them", c.Name, networking, istio.Namespace, nsErr)
+		}
+	}
+}
+
+func TestMoreBareClustersThanClustersIsRefused(t *testing.T) {
+	opts := testOptions(t, 1)
+	opts.Bare = 2
+	if f, err := Start(context.Background(), opts); err == nil {
+		f.Stop()
+		t.Fatal("Start with Bare 2 of 1 cluster succeeded, want an error")
 	}
 }

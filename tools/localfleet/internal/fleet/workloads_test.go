@@ -17,6 +17,115 @@ import (
 )
 
 func TestWorkloadsTurnADeploymentIntoRunningPodsWithIPsAndEndpointSlices(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, client := startWorkloads(ctx, t)
+	c1 := f.Manifest().Clusters[0]
+	for _, name := range []string{"kube-controller-manager", "kube-scheduler", "kwok"} {
+		if c1.PIDs[name] == 0 {
+			t.Errorf("manifest has no pid for %s: %v", name, c1.PIDs)
+		}
+	}
+	createWeb(ctx, t, client)
+	waitRunningWithEndpoints(ctx, t, client, c1.Zone)
+}
+
+// readyFor is how long TestNodeAndPodsStayReadyPastTheNodeMonitorGracePeriod
+// watches. kube-controller-manager marks a node NotReady, and every pod on it
+// Ready=False, once neither the node's status nor its Lease has been renewed
+// for its node-monitor grace period (50 s, checked every 5 s). kwok posts the
+// node's status when it creates the node and then only every 10 minutes; the
+// Lease must carry the node in between. The first grace period catches a node
+// with no Lease, the second one whose Lease was created but is not renewed;
+// the rest is margin for a loaded machine. Nothing shorter shows the
+// difference: this is a real wait on kube-controller-manager's clock.
+const readyFor = 2*50*time.Second + 5*time.Second + 25*time.Second
+
+func TestNodeAndPodsStayReadyPastTheNodeMonitorGracePeriod(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute+readyFor)
+	defer cancel()
+	f, client := startWorkloads(ctx, t)
+	c1 := f.Manifest().Clusters[0]
+	node := c1.Name + "-node-1"
+	createWeb(ctx, t, client)
+	waitRunningWithEndpoints(ctx, t, client, c1.Zone)
+
+	// Fail as soon as anything goes unready, rather than only at the end.
+	start := time.Now()
+	for time.Since(start) < readyFor {
+		if err := nodeAndPodsReady(ctx, client, node, c1.Zone); err != nil {
+			t.Fatalf("%s after the pods were ready: %v", time.Since(start).Round(time.Second), err)
+		}
+		time.Sleep(5 * time.Second)
+	}
+	if err := nodeAndPodsReady(ctx, client, node, c1.Zone); err != nil {
+		t.Fatalf("%s after the pods were ready: %v", time.Since(start).Round(time.Second), err)
+	}
+
+	lease, err := client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("lease of node %s: %v", node, err)
+	}
+	if lease.Spec.RenewTime == nil || lease.Spec.LeaseDurationSeconds == nil {
+		t.Fatalf("lease of node %s has no renew time or duration: %+v", node, lease.Spec)
+	}
+	renewed := lease.Spec.RenewTime.Time
+	if d := time.Duration(*lease.Spec.LeaseDurationSeconds) * time.Second; renewed.Before(start) || time.Since(renewed) > d {
+		t.Errorf("lease of node %s last renewed at %s: before the watch began (%s), or more than its duration %s ago",
+			node, renewed.Format(time.RFC3339), start.Format(time.RFC3339), d)
+	}
+}
+
+// nodeAndPodsReady checks that node is Ready and that the web pods are Ready
+// behind ready endpoints in zone.
+func nodeAndPodsReady(ctx context.Context, client kubernetes.Interface, node, zone string) error {
+	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	var ready *corev1.NodeCondition
+	for i, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			ready = &n.Status.Conditions[i]
+		}
+	}
+	if ready == nil || ready.Status != corev1.ConditionTrue {
+		return fmt.Errorf("node %s is not Ready: %+v", node, ready)
+	}
+	pods, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil {
+		return err
+	}
+	for _, p := range pods.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status != corev1.ConditionTrue {
+				return fmt.Errorf("pod %s is not Ready: %s: %s", p.Name, c.Reason, c.Message)
+			}
+		}
+	}
+	// Running pods with IPs, all behind ready endpoints, which only Ready
+	// pods get: so a pod without a Ready condition fails here.
+	return runningWithEndpoints(ctx, client, 2, zone)
+}
+
+// waitRunningWithEndpoints waits until runningWithEndpoints holds for the 2
+// replicas of web.
+func waitRunningWithEndpoints(ctx context.Context, t *testing.T, client kubernetes.Interface, zone string) {
+	t.Helper()
+	var last error
+	for ctx.Err() == nil {
+		if last = runningWithEndpoints(ctx, client, 2, zone); last == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("deployment web never had 2 running pods behind ready endpoints: %v", last)
+}
+
+// startWorkloads starts a fleet of one cluster with workloads, stopped when
+// the test ends, and returns it with a client of its cluster.
+func startWorkloads(ctx context.Context, t *testing.T) (*Fleet, kubernetes.Interface) {
+	t.Helper()
 	opts := testOptions(t, 1)
 	for _, name := range []string{"kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml"} {
 		if _, err := os.Stat(filepath.Join(opts.BinDir, name)); err != nil {
@@ -24,20 +133,14 @@ func TestWorkloadsTurnADeploymentIntoRunningPodsWithIPsAndEndpointSlices(t *test
 		}
 	}
 	opts.Workloads = true
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, opts)
+	f, err := Start(startCtx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Stop()
-	c1 := f.Manifest().Clusters[0]
-	for _, name := range []string{"kube-controller-manager", "kube-scheduler", "kwok"} {
-		if c1.PIDs[name] == 0 {
-			t.Errorf("manifest has no pid for %s: %v", name, c1.PIDs)
-		}
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", c1.Kubeconfig)
+	t.Cleanup(f.Stop)
+	cfg, err := clientcmd.BuildConfigFromFlags("", f.Manifest().Clusters[0].Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +148,13 @@ func TestWorkloadsTurnADeploymentIntoRunningPodsWithIPsAndEndpointSlices(t *test
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f, client
+}
 
+// createWeb creates Deployment web with 2 replicas and Service web in
+// namespace default.
+func createWeb(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+	t.Helper()
 	labels := map[string]string{"app": "web"}
 	replicas := int32(2)
 	deploy := &appsv1.Deployment{
@@ -71,15 +180,6 @@ func TestWorkloadsTurnADeploymentIntoRunningPodsWithIPsAndEndpointSlices(t *test
 	if _, err := client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create service: %v", err)
 	}
-
-	var last error
-	for ctx.Err() == nil {
-		if last = runningWithEndpoints(ctx, client, 2, c1.Zone); last == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("deployment web never had 2 running pods behind ready endpoints: %v", last)
 }
 
 // runningWithEndpoints checks that service web in default has want Running

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -28,6 +29,8 @@ type Process struct {
 	logPath string
 	done    chan struct{}
 	err     error // set before done is closed
+	// stopping is set by Stop and Kill before they signal the process.
+	stopping atomic.Bool
 }
 
 // Start starts the executable at path with args and this process's
@@ -68,9 +71,14 @@ func (p *Process) ExitError() error {
 	return fmt.Errorf("%s (pid %d) exited: %v; last lines of %s:\n%s", p.Name, p.PID(), p.err, p.logPath, Tail(p.logPath, 15))
 }
 
+// Stopping reports whether Stop or Kill has been called, so that an exit is
+// one that was asked for.
+func (p *Process) Stopping() bool { return p.stopping.Load() }
+
 // Stop sends SIGTERM to the process group, waits up to grace for the process
 // to exit, then sends SIGKILL to the group and waits for the exit.
 func (p *Process) Stop(grace time.Duration) {
+	p.stopping.Store(true)
 	pgid := -p.PID()
 	select {
 	case <-p.done:
@@ -84,6 +92,14 @@ func (p *Process) Stop(grace time.Duration) {
 	// Kill the group even after the leader exited: it takes any stragglers
 	// that the leader left behind.
 	_ = syscall.Kill(pgid, syscall.SIGKILL)
+	<-p.done
+}
+
+// Kill sends SIGKILL to the process group at once, as a crash would, and
+// waits for the exit.
+func (p *Process) Kill() {
+	p.stopping.Store(true)
+	_ = syscall.Kill(-p.PID(), syscall.SIGKILL)
 	<-p.done
 }
 
