@@ -91,7 +91,7 @@ test-short:
 ## bench: the benchmarks under bench/, each with the sample size docs/benchmarks.md records
 ## (a long run: the fleet-scale one alone takes tens of minutes); one package: make bench BENCH=gslb.
 ## FLOTILLA_BENCH_FULL=1 gives the benchmarks that read it their documented sizes (bench-smoke runs small ones)
-BENCH_RUNS := apply:2000x fanout:50x propagation:50x fleetscale:10x registry:100x discovery:30x discoveryscale:3000x settings:30x gslb:20x edge:20x agent:3x
+BENCH_RUNS := apply:2000x fanout:50x propagation:50x fleetscale:10x registry:100x discovery:30x discoveryscale:3000x settings:30x gslb:20x edge:20x agent:3x istiorender:20x istioinstall:5x
 BENCH      ?= $(foreach r,$(BENCH_RUNS),$(firstword $(subst :, ,$(r))))
 bench: fleet-workloads
 	@set -e; for r in $(BENCH_RUNS); do pkg=$${r%%:*}; n=$${r##*:}; \

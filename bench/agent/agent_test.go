@@ -29,10 +29,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -106,7 +104,7 @@ func BenchmarkAgentUnderItsChartsIdentity(b *testing.B) {
 	// The agent runs as the chart's pod would (agentchart.PodOf): its
 	// arguments, its join token, its ServiceAccount's token.
 	agentchart.Install(b, c1.Kubeconfig, values)
-	agent := startProcess(b, filepath.Join(dir, "agent.log"), agentchart.PodOf(b, admin, dir).Args...)
+	agent := harness.StartProcess(b, filepath.Join(dir, "agent.log"), agentchart.PodOf(b, admin, dir).Args...)
 
 	count := func() int {
 		l, err := meta.Resource(vsGVR).Namespace(bulkNS).List(ctx, metav1.ListOptions{})
@@ -122,36 +120,36 @@ func BenchmarkAgentUnderItsChartsIdentity(b *testing.B) {
 			if count() == want {
 				return time.Now()
 			}
-			agent.alive()
+			agent.Alive()
 		}
-		b.Fatalf("%s: not within %s (%d VirtualServices in %s)\nagent log:\n%s", what, converge, count(), bulkNS, agent.logTail())
+		b.Fatalf("%s: not within %s (%d VirtualServices in %s)\nagent log:\n%s", what, converge, count(), bulkNS, agent.LogTail())
 		return time.Time{}
 	}
 	for deadline := time.Now().Add(converge); ; time.Sleep(200 * time.Millisecond) {
 		if _, err := meta.Resource(vsGVR).Namespace(smallNS).Get(ctx, "small", metav1.GetOptions{}); err == nil {
 			break
 		}
-		agent.alive()
+		agent.Alive()
 		if time.Now().After(deadline) {
-			b.Fatalf("the small intent did not reach %s within %s\nagent log:\n%s", c1.Name, converge, agent.logTail())
+			b.Fatalf("the small intent did not reach %s within %s\nagent log:\n%s", c1.Name, converge, agent.LogTail())
 		}
 	}
 
 	var sum struct{ idleCPU, idleRSS, apply, applyCPU, peak, afterCPU, afterRSS, prune float64 }
 	n := 0
 	for b.Loop() {
-		idleCPU, idleRSS := agent.idle(window)
+		idleCPU, idleRSS := agent.Idle(window)
 
-		agent.resetPeak()
-		cpu0, start := agent.cpu(), time.Now()
+		agent.ResetPeak()
+		cpu0, start := agent.CPU(), time.Now()
 		if _, err := api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: bulkIntent(n)})); err != nil {
 			b.Fatalf("apply %d VirtualServices: %v", objects, err)
 		}
 		done := waitFor(objects, fmt.Sprintf("%d VirtualServices applied", objects))
-		apply, applyCPU := done.Sub(start).Seconds(), agent.cpu()-cpu0
+		apply, applyCPU := done.Sub(start).Seconds(), agent.CPU()-cpu0
 
-		afterCPU, afterRSS := agent.idle(window)
-		_, peak := agent.mem()
+		afterCPU, afterRSS := agent.Idle(window)
+		_, peak := agent.Mem()
 
 		start = time.Now()
 		if _, err := api.Delete(ctx, connect.NewRequest(&pb.DeleteRequest{Kind: "Group", Fqn: bulkFQN, Cascade: true})); err != nil {
@@ -227,90 +225,4 @@ func virtualService(md *pb.Metadata, host string) *pb.Resource {
 		"hosts": []any{host},
 		"http":  []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "web." + md.Namespace + ".svc.cluster.local"}}}}},
 	})
-}
-
-// process is the agent's process; it is stopped when the benchmark ends.
-type process struct {
-	b    *testing.B
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-}
-
-func startProcess(b *testing.B, logFile string, args ...string) *process {
-	b.Helper()
-	log, err := os.Create(logFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(harness.FlotillaBin(b), args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	p := &process{b: b, cmd: cmd, log: logFile, done: make(chan struct{})}
-	go func() { cmd.Wait(); log.Close(); close(p.done) }()
-	b.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-// alive fails the benchmark if the agent has exited.
-func (p *process) alive() {
-	select {
-	case <-p.done:
-		p.b.Fatalf("the agent exited: %v\nagent log:\n%s", p.cmd.ProcessState, p.logTail())
-	default:
-	}
-}
-
-// logTail is the last 4 KiB of the agent's log.
-func (p *process) logTail() string {
-	b, _ := os.ReadFile(p.log)
-	return string(b[max(0, len(b)-4096):])
-}
-
-// cpu is the CPU time the process has used, user and system, in seconds.
-func (p *process) cpu() float64 {
-	p.alive()
-	s, err := harness.ProcCPU(p.cmd.Process.Pid)
-	if err != nil {
-		p.b.Fatal(err)
-	}
-	return s
-}
-
-// mem is the process's resident set and its peak since the last
-// resetPeak, in MiB.
-func (p *process) mem() (rss, peak float64) {
-	p.alive()
-	rss, peak, err := harness.ProcMem(p.cmd.Process.Pid)
-	if err != nil {
-		p.b.Fatal(err)
-	}
-	return rss, peak
-}
-
-func (p *process) resetPeak() {
-	if err := harness.ResetPeak(p.cmd.Process.Pid); err != nil {
-		p.b.Fatalf("reset the agent's peak RSS: %v", err)
-	}
-}
-
-// idle samples the process over d: the CPU it used as % of one core, and
-// its RSS at the end.
-func (p *process) idle(d time.Duration) (cpuPercent, rss float64) {
-	cpu0, t0 := p.cpu(), time.Now()
-	time.Sleep(d) // the sample's window, not a wait for a condition
-	cpuPercent = (p.cpu() - cpu0) / time.Since(t0).Seconds() * 100
-	rss, _ = p.mem()
-	return cpuPercent, rss
 }

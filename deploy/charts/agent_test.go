@@ -3,6 +3,7 @@ package charts
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -47,6 +48,7 @@ func everyAgentValue() map[string]any {
 		"resources":        map[string]any{"requests": map[string]any{"cpu": "100m", "memory": "128Mi"}, "limits": map[string]any{"memory": "1Gi"}},
 		"healthPort":       9090,
 		"istioNamespace":   "istio-system",
+		"istioLifecycle":   map[string]any{"enabled": true},
 		"networkPolicy": map[string]any{"enabled": true,
 			"managementPlane": map[string]any{"cidrs": []any{"192.0.2.0/24"}, "port": 8443},
 			"apiServer":       map[string]any{"cidrs": []any{"198.51.100.10/32"}, "port": 443}},
@@ -267,6 +269,42 @@ func TestAgentChartGrantsExactlyThePermissionsOfTheCode(t *testing.T) {
 	}
 }
 
+// With istioLifecycle.enabled, the chart grants besides them exactly
+// internal/agent.LifecyclePermissions, in a ClusterRole of its own, and
+// starts the agent with --istio-lifecycle; without, neither.
+func TestAgentChartGrantsTheLifecyclePermissionsOnlyWhenAskedTo(t *testing.T) {
+	lifecycle := func(objs []*unstructured.Unstructured) ([]rbacv1.PolicyRule, bool) {
+		var rules []rbacv1.PolicyRule
+		for _, o := range objs {
+			if o.GetKind() != "ClusterRole" || o.GetName() != "flotilla-agent-istio-lifecycle" {
+				continue
+			}
+			var role rbacv1.ClusterRole
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(o.Object, &role); err != nil {
+				t.Fatal(err)
+			}
+			rules = role.Rules
+		}
+		dep := find(objs, "Deployment", AgentNamespace)
+		containers, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+		args := fmt.Sprint(containers[0].(map[string]any)["args"])
+		return rules, strings.Contains(args, "--istio-lifecycle")
+	}
+	if rules, flag := lifecycle(renderAgent(t, AgentNamespace, agentValues())); rules != nil || flag {
+		t.Fatalf("off by default, yet rules %v, flag %v", rules, flag)
+	}
+	values := agentValues()
+	values["istioLifecycle"] = map[string]any{"enabled": true}
+	rules, flag := lifecycle(renderAgent(t, AgentNamespace, values))
+	var want []rbacv1.PolicyRule
+	for _, p := range agent.LifecyclePermissions() {
+		want = append(want, p.Rule)
+	}
+	if diff := gocmp.Diff(want, rules); diff != "" || !flag {
+		t.Fatalf("the lifecycle ClusterRole differs from agent.LifecyclePermissions (-code +chart), flag %v:\n%s", flag, diff)
+	}
+}
+
 // The chart's CRD is the one the agent keeps current.
 func TestAgentChartShipsTheAgentsBundleCRD(t *testing.T) {
 	crd := find(renderAgent(t, AgentNamespace, agentValues()), "CustomResourceDefinition", "")
@@ -375,6 +413,32 @@ func TestTheInstallGuidesPermissionTableIsTheCodes(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("docs/install.md has no row for %s %v %s: %s", where, p.Rule.APIGroups, resources, verbs)
+		}
+	}
+}
+
+// docs/install.md's lifecycle table is internal/agent.LifecyclePermissions.
+func TestTheInstallGuidesLifecycleTableIsTheCodes(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "install.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "| cluster (lifecycle) |") {
+			rows = append(rows, line)
+		}
+	}
+	if len(rows) != len(agent.LifecyclePermissions()) {
+		t.Errorf("%d lifecycle rows in the table, %d in the code", len(rows), len(agent.LifecyclePermissions()))
+	}
+	for i, p := range agent.LifecyclePermissions() {
+		if i >= len(rows) {
+			break
+		}
+		f := strings.Split(strings.Trim(rows[i], "| "), " | ")
+		if f[2] != strings.Join(p.Rule.Resources, ", ") || f[3] != strings.Join(p.Rule.Verbs, ", ") {
+			t.Errorf("row %d of the lifecycle table says %s: %s; the code %v: %v", i, f[2], f[3], p.Rule.Resources, p.Rule.Verbs)
 		}
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"google.golang.org/protobuf/proto"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +19,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
@@ -56,6 +62,11 @@ type Config struct {
 	// HealthListen is where the agent answers /healthz and /readyz (e.g.
 	// ":8081" in a pod); empty for none.
 	HealthListen string
+	// IstioLifecycle lets the agent install and upgrade Istio from the
+	// IstioInstallations that select its cluster, with the permissions of
+	// LifecyclePermissions besides Permissions. Off, those installations
+	// are reported as not applied here, and nothing of them is written.
+	IstioLifecycle bool
 }
 
 // Default client rate limits for the agent's Kubernetes client.
@@ -139,7 +150,11 @@ func New(cfg Config) (*Agent, error) {
 		wake:   make(chan struct{}, 1),
 		sleep:  sleepCtx,
 	}
-	a.applier, err = apply.New(kcfg, apply.Options{GVKs: apply.IstioKinds(), Logger: cfg.Log.With("component", "applier"), OnDrift: a.onDrift})
+	kinds := apply.IstioKinds()
+	if cfg.IstioLifecycle {
+		kinds = append(kinds, LifecycleKinds()...)
+	}
+	a.applier, err = apply.New(kcfg, apply.Options{GVKs: kinds, Logger: cfg.Log.With("component", "applier"), OnDrift: a.onDrift})
 	if err != nil {
 		return nil, fmt.Errorf("agent: applier: %w", err)
 	}
@@ -314,6 +329,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 	}
 	hosts, wide := a.rules.hosts(), a.rules.namespaceWide()
 	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: hosts, NamespaceWide: wide, Cache: &a.compiled})
+	if !a.cfg.IstioLifecycle {
+		res = withoutLifecycle(b, res, a.cfg.Cluster)
+	} else if err := a.lifecycleNamespaces(ctx, res.Objects, namespaces); err != nil {
+		a.log.Warn("create the namespaces Istio goes into", "err", err) // the apply reports each object it could not write
+	}
 	a.reportPolicies(&agentv1.ClusterPolicies{DestinationRules: hosts, NamespaceWide: wide})
 	report := a.applier.Apply(ctx, res.Objects)
 	ack := buildAck(version, b, res, report, a.pods.warnings(a.cfg.Cluster, res.Objects))
@@ -332,6 +352,63 @@ func (a *Agent) reconcile(ctx context.Context) {
 	if !stale {
 		a.send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack}})
 	}
+}
+
+// withoutLifecycle drops what IstioInstallations rendered, for an agent
+// that does not manage Istio, with a diagnostic on each that selected the
+// cluster: nothing of an installation is written or pruned there; the
+// central control plane's plan shows what it would render.
+func withoutLifecycle(b *bundle.Bundle, res compile.Result, cluster string) compile.Result {
+	installs := map[string]bool{}
+	for _, o := range b.Objects {
+		if o.Kind == compile.KindIstioInstallation {
+			installs[o.FQN] = true
+		}
+	}
+	if len(installs) == 0 {
+		return res
+	}
+	kept := res.Objects[:0:0]
+	dropped := map[string]bool{}
+	for _, o := range res.Objects {
+		if owner := o.GetAnnotations()[compile.AnnotationOwner]; installs[owner] {
+			dropped[owner] = true
+			continue
+		}
+		kept = append(kept, o)
+	}
+	res.Objects = kept
+	for _, fqn := range slices.Sorted(maps.Keys(dropped)) {
+		res.Diagnostics = append(res.Diagnostics, compile.Diagnostic{FQN: fqn, Message: fmt.Sprintf(
+			"cluster %s's agent does not manage Istio's lifecycle, so this installation is not applied there and nothing of it is written: install the agent chart with istioLifecycle.enabled=true (the agent's --istio-lifecycle), which grants what it needs", cluster)})
+	}
+	return res
+}
+
+// lifecycleNamespaces creates the namespaces that what IstioInstallations
+// rendered goes into and that the cluster lacks (istio-system on a bare
+// cluster). They are not Flotilla's objects: never pruned, for a namespace
+// holds more than what Flotilla put there.
+func (a *Agent) lifecycleNamespaces(ctx context.Context, objs []*unstructured.Unstructured, existing []string) error {
+	have := map[string]bool{}
+	for _, ns := range existing {
+		have[ns] = true
+	}
+	var errs []error
+	for _, o := range objs {
+		ns := o.GetNamespace()
+		if ns == "" || have[ns] || !strings.Contains(o.GetAnnotations()[compile.AnnotationOwner], "/istioinstallations/") {
+			continue
+		}
+		have[ns] = true
+		created := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{"flotilla.io/created-for": "istio"}}}
+		if _, err := a.kube.CoreV1().Namespaces().Create(ctx, created, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			errs = append(errs, fmt.Errorf("create namespace %s: %w", ns, err))
+		} else if err == nil {
+			a.log.Info("created a namespace for Istio", "namespace", ns)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // buildAck turns compile diagnostics and the apply report into one status
@@ -372,7 +449,7 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 			switch r.Action {
 			case apply.Failed:
 				failures = append(failures, fmt.Sprintf("%s %s/%s: %s", r.Kind, r.Namespace, r.Name, r.Message))
-			case apply.Deleted:
+			case apply.Deleted, apply.Released:
 			default:
 				rs.Objects = append(rs.Objects, fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name))
 			}

@@ -4,6 +4,7 @@ import (
 	"slices"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"flotilla.io/flotilla/internal/compile"
 )
@@ -55,6 +56,58 @@ func Permissions() []Permission {
 			Why: "the agent's own credential (secret " + credentialSecret + "): its private key, made in the cluster"},
 		{Namespace: IstiodNamespace, Rule: rule("apps", []string{"get", "list"}, "deployments"),
 			Why: "inventory: whether istiod runs, and its version"},
+	}
+}
+
+// LifecyclePermissions are what an agent that manages Istio's lifecycle
+// (Config.IstioLifecycle, the chart's istioLifecycle.enabled) needs besides
+// Permissions: to apply, prune and repair what Istio's charts render
+// (package istioinstall), and to create the namespaces it goes into.
+// Istio's control plane holds broad roles, and Kubernetes lets a subject
+// create a role only with every permission in it or with escalate, so this
+// is as strong as cluster-admin: it is off unless asked for.
+func LifecyclePermissions() []Permission {
+	manage := []string{"get", "list", "watch", "create", "patch", "delete"}
+	return []Permission{
+		{Rule: rule("apiextensions.k8s.io", manage, "customresourcedefinitions"),
+			Why: "Istio's CRDs (the base chart)"},
+		{Rule: rule("admissionregistration.k8s.io", manage, "mutatingwebhookconfigurations", "validatingwebhookconfigurations", "validatingadmissionpolicies", "validatingadmissionpolicybindings"),
+			Why: "each revision's injection webhook, revision tags and validation"},
+		{Rule: rule("rbac.authorization.k8s.io", append(slices.Clone(manage), "escalate", "bind"), "clusterroles", "clusterrolebindings", "roles", "rolebindings"),
+			Why: "the roles of istiod, the gateways, istio-cni and ztunnel (escalate and bind: they hold permissions the agent does not)"},
+		{Rule: rule("", manage, "services", "serviceaccounts", "configmaps", "resourcequotas"),
+			Why: "istiod's and the gateways' Services, accounts and mesh configuration"},
+		{Rule: rule("", []string{"create"}, "namespaces"),
+			Why: "the namespaces Istio and its gateways go into, when missing (never deleted)"},
+		{Rule: rule("apps", manage, "deployments", "daemonsets"),
+			Why: "istiod, the gateways, istio-cni and ztunnel"},
+		{Rule: rule("autoscaling", manage, "horizontalpodautoscalers"),
+			Why: "istiod's and the gateways' autoscalers"},
+		{Rule: rule("policy", manage, "poddisruptionbudgets"),
+			Why: "istiod's and the gateways' disruption budgets"},
+		{Rule: rule("networking.k8s.io", manage, "networkpolicies"),
+			Why: "the network policies Istio's charts render when asked to"},
+	}
+}
+
+// LifecycleKinds are the kinds Istio's charts render, for the applier's
+// Options.GVKs: the last of a kind is pruned too when an installation goes.
+func LifecycleKinds() []schema.GroupVersionKind {
+	return []schema.GroupVersionKind{
+		{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"},
+		{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "MutatingWebhookConfiguration"},
+		{Group: "admissionregistration.k8s.io", Version: "v1", Kind: "ValidatingWebhookConfiguration"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRole"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "ClusterRoleBinding"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "Role"},
+		{Group: "rbac.authorization.k8s.io", Version: "v1", Kind: "RoleBinding"},
+		{Version: "v1", Kind: "Service"},
+		{Version: "v1", Kind: "ServiceAccount"},
+		{Version: "v1", Kind: "ConfigMap"},
+		{Group: "apps", Version: "v1", Kind: "Deployment"},
+		{Group: "apps", Version: "v1", Kind: "DaemonSet"},
+		{Group: "autoscaling", Version: "v2", Kind: "HorizontalPodAutoscaler"},
+		{Group: "policy", Version: "v1", Kind: "PodDisruptionBudget"},
 	}
 }
 

@@ -76,6 +76,9 @@ func matrixObjects() []mobj {
 		{"team", res("Team", md("devs", "acme"), map[string]any{"members": []any{"nobody@example.com"}})},
 		{"sa", res("ServiceAccount", md("ci", "acme"), nil)},
 		{"role", res("Role", md("viewer", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Read"}, "kinds": []any{"*"}}}})},
+		// The mesh's control plane is the organization's: no tenant,
+		// workspace or cluster binding reaches it.
+		{"ii", res("IstioInstallation", md("stable", "acme"), map[string]any{"clusters": map[string]any{"names": []any{"*"}}, "version": "1.31"})},
 	}, istioObjects("")...)
 }
 
@@ -120,6 +123,7 @@ func matrixNew() []mobj {
 		{"new-team", res("Team", md("ops", "acme"), nil)},
 		{"new-sa", res("ServiceAccount", md("deploy", "acme"), nil)},
 		{"new-role", res("Role", md("auditor", "acme"), map[string]any{"rules": []any{map[string]any{"permissions": []any{"Read"}, "kinds": []any{"*"}}}})},
+		{"new-ii", res("IstioInstallation", md("canary", "acme"), map[string]any{"clusters": map[string]any{"names": []any{"c1"}}, "version": "1.31", "revision": "canary"})},
 	}, istioObjects("new-")...)
 }
 
@@ -134,8 +138,8 @@ var (
 		"cluster":      "organizations/acme/clusters/c1",
 	}
 	reach = map[string][]string{ // level → the objects (existing and new) a binding there covers
-		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "wss", "igw", "istio", "c1", "c2", "team", "sa", "role",
-			"new-tenant", "new-ws", "new-group", "new-wss", "new-igw", "new-istio", "new-cluster", "new-team", "new-sa", "new-role"},
+		"organization": {"org", "t1", "t2", "w1", "w2", "g1", "g2", "wss", "igw", "istio", "c1", "c2", "team", "sa", "role", "ii",
+			"new-tenant", "new-ws", "new-group", "new-wss", "new-igw", "new-istio", "new-cluster", "new-team", "new-sa", "new-role", "new-ii"},
 		"tenant":    {"t1", "w1", "w2", "g1", "g2", "wss", "igw", "istio", "new-ws", "new-group", "new-wss", "new-igw", "new-istio"},
 		"workspace": {"w1", "g1", "g2", "wss", "igw", "istio", "new-group", "new-wss", "new-igw", "new-istio"},
 		"group":     {"g1", "igw", "new-igw"},

@@ -17,6 +17,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"maps"
 	"sort"
 )
 
@@ -33,6 +34,25 @@ type Group struct {
 	// of its clusters, sorted: authorization policies name principals in
 	// each of them.
 	TrustDomains []string `json:"trustDomains,omitempty"`
+	// Cluster is, in the cluster group (Type "cluster", the cluster's own
+	// FQN, in every bundle), what the cluster's spec says of it: what
+	// IstioInstallations select by and render with.
+	Cluster *ClusterFacts `json:"cluster,omitempty"`
+}
+
+// ClusterFacts are the parts of a Cluster's spec its own bundle carries.
+type ClusterFacts struct {
+	Network string            `json:"network,omitempty"`
+	Region  string            `json:"region,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+}
+
+// Equal reports whether f and o say the same (both may be nil).
+func (f *ClusterFacts) Equal(o *ClusterFacts) bool {
+	if f == nil || o == nil {
+		return f == o
+	}
+	return f.Network == o.Network && f.Region == o.Region && maps.Equal(f.Labels, o.Labels)
 }
 
 // Object is one intent resource inside a group.

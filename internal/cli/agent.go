@@ -19,6 +19,7 @@ func newAgentCmd(e *env) *cobra.Command {
 		cluster, tokenFile, kubeconfig, logLevel, health string
 		qps                                              float32
 		burst                                            int
+		lifecycle                                        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent --cluster NAME --token-file FILE [--kubeconfig FILE]",
@@ -52,7 +53,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 			}
 			kube.QPS, kube.Burst = qps, burst
 			e.warnClearText() // the agent's token and assertions
-			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig, HealthListen: health})
+			a, err := agent.New(agent.Config{Server: e.server, Cluster: cluster, TokenFile: tokenFile, Kube: kube, Version: Version, Log: log, TLS: e.tlsConfig, HealthListen: health, IstioLifecycle: lifecycle})
 			if err != nil {
 				return err
 			}
@@ -68,6 +69,7 @@ Without --kubeconfig it uses the in-cluster configuration.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().Float32Var(&qps, "kube-qps", agent.DefaultQPS, "requests per second the agent may send its cluster's API server")
 	cmd.Flags().IntVar(&burst, "kube-burst", agent.DefaultBurst, "burst above --kube-qps")
+	cmd.Flags().BoolVar(&lifecycle, "istio-lifecycle", false, "install and upgrade Istio from the IstioInstallations that select this cluster (needs the chart's istioLifecycle.enabled permissions)")
 	cmd.MarkFlagRequired("cluster")
 	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // Cache remembers, from the last two compilations, which emitted objects
@@ -20,6 +21,9 @@ import (
 type Cache struct {
 	prev, cur         map[[sha256.Size]byte]bool
 	prevSpec, curSpec map[[sha256.Size]byte]proto.Message
+	// renders are the IstioInstallations rendered by the last compilation
+	// (package istioinstall), and those of this one.
+	renders, nextRenders map[[sha256.Size]byte][]*unstructured.Unstructured
 }
 
 // spec returns the decoded spec of kind that the cache holds for raw.
@@ -142,4 +146,5 @@ func (c *Cache) rotate() {
 	}
 	c.prev, c.cur = c.cur, nil
 	c.prevSpec, c.curSpec = c.curSpec, nil
+	c.renders, c.nextRenders = c.nextRenders, nil
 }

@@ -101,6 +101,7 @@ func CompileIn(b *bundle.Bundle, in Cluster) Result {
 	}
 	c.serviceRoutes()
 	c.gatewayServices()
+	c.istioPass()
 	return c.result()
 }
 
@@ -133,6 +134,8 @@ type compilation struct {
 	failoverLB map[string]map[string]any
 	// edges are the edge slice's servers, by edgeKey.
 	edges map[string]bundle.EdgeServer
+	// installs are the bundle's valid IstioInstallations, in FQN order.
+	installs []istioInstallation
 }
 
 // newCompilation prepares a compilation of b: groups and objects sorted, so
@@ -207,6 +210,8 @@ func (c *compilation) object(o bundle.Object) {
 		c.setting(o, g, sel)
 	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == KindServiceRoute:
 		c.serviceRoute(o, g, t)
+	case o.APIVersion == IngressGatewayAPIVersion && o.Kind == KindIstioInstallation:
+		c.istioInstallation(o)
 	case g.ConfigMode == ConfigModeDirect:
 		c.direct(o, t)
 	default:

@@ -30,6 +30,9 @@ const (
 	GroupTypeOrganization = "organization"
 	GroupTypeTenant       = "tenant"
 	GroupTypeWorkspace    = "workspace"
+	// GroupTypeCluster is a cluster's own group, in its bundle alone: what
+	// its spec says of it (bundle.ClusterFacts), and no objects.
+	GroupTypeCluster = "cluster"
 )
 
 // Levels of the settings hierarchy, highest first.

@@ -134,13 +134,13 @@ func (r *Registry) Kinds() []*Kind {
 }
 
 // BundleKinds are the kinds that travel in bundles: those living in
-// groups, and the settings of organizations, tenants and workspaces (in
-// their scope groups).
+// groups, and the settings of organizations, tenants and workspaces and the
+// organization's IstioInstallations (in their scope groups).
 func (r *Registry) BundleKinds() []string {
 	var out []string
 	for _, k := range r.Kinds() {
 		switch k.Name {
-		case KindOrganizationSetting, KindTenantSetting, KindWorkspaceSetting:
+		case KindOrganizationSetting, KindTenantSetting, KindWorkspaceSetting, KindIstioInstallation:
 			out = append(out, k.Name)
 			continue
 		}

@@ -57,6 +57,7 @@ func Builtin(extra ...*Kind) *Registry {
 	kinds = append(kinds, meshKinds()...)
 	kinds = append(kinds, settingKinds()...)
 	kinds = append(kinds, dnsKinds()...)
+	kinds = append(kinds, istioKinds()...)
 	reg = NewRegistry(append(kinds, extra...)...)
 	return reg
 }

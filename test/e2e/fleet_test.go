@@ -40,11 +40,28 @@ type kcluster struct {
 func clusters(t *testing.T) []*kcluster {
 	var out []*kcluster
 	for _, c := range fleet.Clusters() {
-		cfg := c.RESTConfig(t)
-		cfg.QPS, cfg.Burst = 50, 100
-		out = append(out, &kcluster{name: c.Name, kubeconfig: c.Kubeconfig, kube: kubernetes.NewForConfigOrDie(cfg), dyn: dynamic.NewForConfigOrDie(cfg), info: c})
+		if !c.Bare {
+			out = append(out, kclusterOf(t, c))
+		}
 	}
 	return out
+}
+
+// bareCluster is the fleet's cluster without Istio (c3).
+func bareCluster(t *testing.T) *kcluster {
+	for _, c := range fleet.Clusters() {
+		if c.Bare {
+			return kclusterOf(t, c)
+		}
+	}
+	t.Fatal("the e2e fleet has no bare cluster")
+	return nil
+}
+
+func kclusterOf(t *testing.T, c testfleet.Cluster) *kcluster {
+	cfg := c.RESTConfig(t)
+	cfg.QPS, cfg.Burst = 50, 100
+	return &kcluster{name: c.Name, kubeconfig: c.Kubeconfig, kube: kubernetes.NewForConfigOrDie(cfg), dyn: dynamic.NewForConfigOrDie(cfg), info: c}
 }
 
 // reset gives a cluster a fresh start: no agent state, a clean test namespace.

@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -229,6 +230,7 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
 
+	first := a.foundations(ctx, desired)
 	objs, results := a.prepare(desired)
 	a.mu.RLock()
 	previous := a.desired
@@ -268,6 +270,9 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 			known = live[k]
 		}
 		res, _ := a.ensure(ctx, d, known, absent[k])
+		if f, ok := first[k]; ok && res.Action == Unchanged {
+			res = f // written a moment ago, by foundations
+		}
 		if res.Action != Failed {
 			d.applied.Store(true)
 		}
@@ -277,6 +282,83 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 	results = append(results, a.prune(ctx, objs, live)...)
 	sortResults(results)
 	return Report{Results: results}
+}
+
+var (
+	crdKind       = schema.GroupKind{Group: "apiextensions.k8s.io", Kind: "CustomResourceDefinition"}
+	namespaceKind = schema.GroupKind{Kind: "Namespace"}
+)
+
+// establishWait bounds how long Apply waits for new CRDs to be served.
+const establishWait = 30 * time.Second
+
+// foundations applies, before anything else is mapped, the desired CRDs and
+// namespaces that no Apply has written yet: what the rest may need (Istio's
+// CRDs, before the Istio objects compiled from intent, on a cluster that had
+// none). It waits, within establishWait, for new CRDs to be served, then
+// forgets the cached discovery. It returns what it wrote; failures are left
+// to the main pass, which tries again and reports them.
+func (a *Applier) foundations(ctx context.Context, desired []*unstructured.Unstructured) map[objKey]ObjectResult {
+	out := map[objKey]ObjectResult{}
+	var crds []string
+	for _, in := range desired {
+		gk := in.GroupVersionKind().GroupKind()
+		if gk != crdKind && gk != namespaceKind {
+			continue
+		}
+		d, err := a.prepareOne(in)
+		if d == nil || err != nil {
+			continue
+		}
+		if prev := a.lookup(d.key); prev != nil && prev.applied.Load() && prev.hash == d.hash {
+			continue // in place since an earlier Apply: the main pass keeps it
+		}
+		res, err := a.ensure(ctx, d, nil, false)
+		if err != nil || res.Action == Unchanged {
+			continue
+		}
+		out[d.key] = res
+		if gk == crdKind {
+			crds = append(crds, d.key.Name)
+		}
+	}
+	if len(crds) > 0 {
+		a.waitEstablished(ctx, crds)
+		a.mapper.Reset()
+	}
+	return out
+}
+
+// waitEstablished waits until the API server serves each CRD (its
+// Established condition), or establishWait passes.
+func (a *Applier) waitEstablished(ctx context.Context, names []string) {
+	ctx, cancel := context.WithTimeout(ctx, establishWait)
+	defer cancel()
+	crds := a.dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	for _, name := range names {
+		for {
+			got, err := crds.Get(ctx, name, metav1.GetOptions{})
+			if err == nil && established(got) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				a.log.Warn("CRDs not served yet; objects of their kinds fail until the next apply", "waited", establishWait, "crd", name)
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func established(crd *unstructured.Unstructured) bool {
+	conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
+			return true
+		}
+	}
+	return false
 }
 
 // prepare checks and maps every desired object and computes its hash.
@@ -531,7 +613,7 @@ func (a *Applier) ensure(ctx context.Context, d *desiredObject, live *unstructur
 		}
 	}
 	if live != nil {
-		if live.GetLabels()[ManagedByLabel] != ManagedByValue {
+		if live.GetLabels()[ManagedByLabel] != ManagedByValue && !adoptable(d, live) {
 			err := fmt.Errorf("%s exists and is %w (no %s=%s label): rename one of them or delete it",
 				d.id(), errUnmanaged, ManagedByLabel, ManagedByValue)
 			return d.failed(err), err
@@ -619,6 +701,29 @@ func (a *Applier) listKeys(ctx context.Context, m *meta.RESTMapping) (map[objKey
 
 // prune deletes the live managed objects that carry an owner annotation and
 // are not desired.
+// KeepAnnotation=KeepValue on an object (Helm's resource policy) makes
+// pruning release it instead of deleting it: Flotilla's label and
+// annotations are removed, and the object stays as its own.
+const (
+	KeepAnnotation = "helm.sh/resource-policy"
+	KeepValue      = "keep"
+)
+
+// adoptable reports whether an object that is not Flotilla's may be taken
+// over: both it and the desired one say they outlive their owner
+// (KeepAnnotation), as Istio's CRDs do, whether an earlier Istio install
+// left them or Flotilla released them.
+func adoptable(d *desiredObject, live *unstructured.Unstructured) bool {
+	return d.obj.GetAnnotations()[KeepAnnotation] == KeepValue && live.GetAnnotations()[KeepAnnotation] == KeepValue
+}
+
+// release removes Flotilla's label and annotations from a live object.
+func (a *Applier) release(ctx context.Context, m *meta.RESTMapping, obj *unstructured.Unstructured) error {
+	patch := []byte(fmt.Sprintf(`{"metadata":{"labels":{%q:null},"annotations":{%q:null,%q:null}}}`, ManagedByLabel, OwnerAnnotation, HashAnnotation))
+	_, err := a.resource(m, obj.GetNamespace()).Patch(ctx, obj.GetName(), types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
 func (a *Applier) prune(ctx context.Context, desired map[objKey]*desiredObject, live map[objKey]*unstructured.Unstructured) []ObjectResult {
 	var results []ObjectResult
 	for _, k := range slices.SortedFunc(maps.Keys(live), compareKeys) {
@@ -629,7 +734,16 @@ func (a *Applier) prune(ctx context.Context, desired map[objKey]*desiredObject, 
 		}
 		res := ObjectResult{Owner: owner, APIVersion: obj.GetAPIVersion(), Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Action: Deleted}
 		m, err := a.restMapping(obj.GroupVersionKind())
-		if err == nil {
+		if err == nil && obj.GetAnnotations()[KeepAnnotation] == KeepValue {
+			// Released, not deleted: Istio's CRDs carry this, since
+			// deleting one deletes every object of its kind.
+			if err = a.release(ctx, m, obj); err == nil {
+				a.written.Delete(k)
+				a.log.Info("released, not pruned (resource policy keep)", "object", id(k.Kind, k.Namespace, k.Name), "owner", owner)
+				results = append(results, ObjectResult{Owner: owner, APIVersion: obj.GetAPIVersion(), Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, Action: Released})
+				continue
+			}
+		} else if err == nil {
 			err = a.deleteIfUnchanged(ctx, m, obj)
 			if apierrors.IsConflict(err) {
 				// The copy may be an informer's, behind the object: read it

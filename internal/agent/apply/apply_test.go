@@ -617,3 +617,89 @@ func TestManyNewObjectsAreCreatedWithoutAReadEachAndAnUnmanagedOneIsStillRefused
 		t.Errorf("two new objects took %d reads by name", after-before)
 	}
 }
+
+// A CRD and an object of its kind in one desired set: one Apply writes the
+// CRD first, waits for it to be served, and creates the object, so a bare
+// cluster that gets Istio's CRDs and Istio objects at once converges in one
+// pass. The next Apply changes nothing; a later one without them prunes both.
+func TestACRDAndObjectsOfItsKindConvergeInOneApply(t *testing.T) {
+	e := newEnv(t)
+	group := strings.ReplaceAll(e.ns, "-", "") + ".example.com"
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	crd := managed(&unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+		"metadata": map[string]any{"name": "widgets." + group},
+		"spec": map[string]any{
+			"group": group, "scope": "Namespaced",
+			"names": map[string]any{"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+			"versions": []any{map[string]any{"name": "v1", "served": true, "storage": true,
+				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
+		},
+	}})
+	widget := managed(&unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": group + "/v1", "kind": "Widget",
+		"metadata": map[string]any{"name": "w1", "namespace": e.ns},
+		"spec":     map[string]any{"size": int64(3)},
+	}})
+	t.Cleanup(func() { e.dyn.Resource(crdGVR).Delete(context.Background(), crd.GetName(), metav1.DeleteOptions{}) })
+	a := e.newApplier(nil)
+	r := a.Apply(context.Background(), []*unstructured.Unstructured{widget, crd}) // the object first: order is the applier's
+	requireActions(t, r, map[string]apply.Action{
+		"CustomResourceDefinition /" + crd.GetName(): apply.Created,
+		e.ref("Widget", "w1"):                        apply.Created,
+	})
+	r = a.Apply(context.Background(), []*unstructured.Unstructured{widget, crd})
+	requireActions(t, r, map[string]apply.Action{
+		"CustomResourceDefinition /" + crd.GetName(): apply.Unchanged,
+		e.ref("Widget", "w1"):                        apply.Unchanged,
+	})
+	r = a.Apply(context.Background(), nil)
+	if got := actions(r); got["CustomResourceDefinition /"+crd.GetName()] != apply.Deleted || got[e.ref("Widget", "w1")] != apply.Deleted {
+		t.Fatalf("an empty set left them: %+v", r.Results)
+	}
+}
+
+// An object whose resource policy says keep (Istio's CRDs: deleting one
+// deletes every object of its kind) is released when no longer desired:
+// it stays, without Flotilla's label and annotations, and no later apply
+// touches it.
+func TestAnObjectWhosePolicyIsKeepIsReleasedNotPruned(t *testing.T) {
+	e := newEnv(t)
+	cm := managed(&unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap",
+		"metadata": map[string]any{"name": "kept", "namespace": e.ns},
+		"data":     map[string]any{"a": "b"},
+	}})
+	ann := cm.GetAnnotations()
+	ann[apply.KeepAnnotation] = apply.KeepValue
+	cm.SetAnnotations(ann)
+	cmGVR := schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+	a := e.newApplier(nil)
+	requireActions(t, a.Apply(context.Background(), []*unstructured.Unstructured{cm}), map[string]apply.Action{e.ref("ConfigMap", "kept"): apply.Created})
+	requireActions(t, a.Apply(context.Background(), nil), map[string]apply.Action{e.ref("ConfigMap", "kept"): apply.Released})
+	got := e.get(cmGVR, "kept")
+	if got.GetLabels()[apply.ManagedByLabel] != "" || got.GetAnnotations()[apply.OwnerAnnotation] != "" || got.GetAnnotations()[apply.HashAnnotation] != "" {
+		t.Fatalf("released object still Flotilla's: %v %v", got.GetLabels(), got.GetAnnotations())
+	}
+	if got.GetAnnotations()[apply.KeepAnnotation] != apply.KeepValue {
+		t.Fatalf("the policy annotation went too: %v", got.GetAnnotations())
+	}
+	rv := got.GetResourceVersion()
+	requireActions(t, a.Apply(context.Background(), nil), map[string]apply.Action{})
+	if e.get(cmGVR, "kept").GetResourceVersion() != rv {
+		t.Fatal("a later apply touched the released object")
+	}
+	// Desired again, it is taken back: both say they outlive their owner.
+	requireActions(t, a.Apply(context.Background(), []*unstructured.Unstructured{cm}), map[string]apply.Action{e.ref("ConfigMap", "kept"): apply.Updated})
+	if got := e.get(cmGVR, "kept"); got.GetLabels()[apply.ManagedByLabel] != apply.ManagedByValue {
+		t.Fatalf("not adopted: %v", got.GetLabels())
+	}
+	// One without the policy is never taken over.
+	other := cm.DeepCopy()
+	other.SetName("users")
+	e.createUnmanaged(cmGVR, other)
+	r := a.Apply(context.Background(), []*unstructured.Unstructured{cm, other})
+	if actions(r)[e.ref("ConfigMap", "users")] != apply.Failed {
+		t.Fatalf("an unmanaged object without the keep policy was taken over: %+v", r.Results)
+	}
+}

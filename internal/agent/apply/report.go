@@ -19,6 +19,9 @@ const (
 	Unchanged Action = "Unchanged"
 	// Deleted: the object was managed by Flotilla, no longer desired, and pruned.
 	Deleted Action = "Deleted"
+	// Released: no longer desired, but its resource policy says keep
+	// (KeepAnnotation): Flotilla's label and annotations were removed instead.
+	Released Action = "Released"
 	// Failed: the object could not be made to match; Message says why.
 	Failed Action = "Failed"
 )

@@ -101,9 +101,10 @@ func (s *Server) GetStatus(ctx context.Context, req *connect.Request[pb.GetStatu
 		out.Revision, out.CentralRevision = need, s.cp.Revision()
 		out.Aggregate = aggregate(out.Clusters)
 	case k.Parent == resource.KindGroup || k.Name == resource.KindOrganizationSetting || k.Name == resource.KindTenantSetting ||
-		k.Name == resource.KindWorkspaceSetting:
-		// Settings live in their scope's group; a workspace setting's
-		// multicluster problems are in the same acknowledgement.
+		k.Name == resource.KindWorkspaceSetting || k.Name == resource.KindIstioInstallation:
+		// Settings and IstioInstallations live in their scope's group; a
+		// workspace setting's multicluster problems are in the same
+		// acknowledgement.
 		group, err := s.st.Get(ctx, rec.Parent)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return nil, s.internal("status", err)

@@ -150,12 +150,18 @@ func (x *Index) Apply(ev store.Event, affected map[string]bool) error {
 		td := trustDomainOf(r)
 		if del {
 			x.removeCluster(r.FQN)
+			if err := x.removeGroup(r.FQN, affected); err != nil {
+				return err
+			}
 		} else if c, ok := x.clusters[r.FQN]; !ok {
 			x.addCluster(r, td)
+			x.putClusterGroup(r, affected)
 		} else if c.trustDomain != td {
 			x.mutCluster(r.FQN).trustDomain = td
+			x.putClusterGroup(r, affected)
 		} else {
-			return nil // the rest of a cluster's spec does not change its bundle
+			x.putClusterGroup(r, affected)
+			return nil // the rest of a cluster's spec is in its cluster group
 		}
 		affected[r.FQN] = true
 		x.syncTrustDomains(resource.OrganizationOf(r.FQN), affected)
@@ -206,6 +212,30 @@ func (x *Index) newObject(r store.Record) (*objectEntry, error) {
 		return nil, fmt.Errorf("encode %s: %w", r.FQN, err)
 	}
 	return &objectEntry{obj: o, hash: bundle.ObjectHash(o), json: data}, nil
+}
+
+// putClusterGroup keeps the cluster's own group, which only its bundle
+// carries: what its spec says of it, for the IstioInstallations that
+// select and render by it.
+func (x *Index) putClusterGroup(r store.Record, affected map[string]bool) {
+	var spec struct {
+		Network string            `json:"network"`
+		Region  string            `json:"region"`
+		Labels  map[string]string `json:"labels"`
+	}
+	_ = json.Unmarshal(r.Spec, &spec) // the store holds validated specs
+	facts := &bundle.ClusterFacts{Network: spec.Network, Region: spec.Region, Labels: spec.Labels}
+	if len(facts.Labels) == 0 {
+		facts.Labels = nil
+	}
+	if old := x.groups[r.FQN]; old != nil && old.group.Cluster.Equal(facts) {
+		return
+	}
+	sel, err := selector.ParseSet([]string{r.Name + "/*"})
+	if err != nil {
+		return // cluster names are DNS labels, which always parse
+	}
+	x.setGroup(bundle.Group{FQN: r.FQN, Type: compile.GroupTypeCluster, ConfigMode: compile.ConfigModeBridged, Namespaces: []string{}, Cluster: facts}, sel, affected)
 }
 
 // trustDomainOf is a stored cluster's trust domain.
@@ -498,7 +528,7 @@ func (x *Index) Delta(fqn string, sent map[string]SentGroup) bundle.Delta {
 
 func sameGroup(a, b bundle.Group) bool {
 	return a.FQN == b.FQN && a.Type == b.Type && a.ConfigMode == b.ConfigMode && slices.Equal(a.Namespaces, b.Namespaces) &&
-		slices.Equal(a.TrustDomains, b.TrustDomains)
+		slices.Equal(a.TrustDomains, b.TrustDomains) && a.Cluster.Equal(b.Cluster)
 }
 
 // version is the cluster's bundle version, from cached group digests:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"flotilla.io/flotilla/internal/bundle"
+	"flotilla.io/flotilla/internal/compile"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -331,12 +333,22 @@ func TestBundlesCarryTheGroupsWhoseSelectorsReachTheCluster(t *testing.T) {
 		return fmt.Sprintf("%s %d groups %v", b.Cluster, len(b.Groups), parts)
 	}
 	for fqn, want := range map[string]string{
-		"organizations/acme/clusters/c1":  "c1 1 groups [IngressGateway:shop]",
-		"organizations/acme/clusters/c2":  "c2 2 groups [IngressGateway:shop VirtualService:vs]",
-		"organizations/other/clusters/c1": "c1 0 groups []",
+		"organizations/acme/clusters/c1":  "c1 2 groups [IngressGateway:shop]",
+		"organizations/acme/clusters/c2":  "c2 3 groups [IngressGateway:shop VirtualService:vs]",
+		"organizations/other/clusters/c1": "c1 1 groups []",
 	} {
 		if s := summary(fqn); s != want {
 			t.Errorf("bundle of %s = %s, want %s", fqn, s, want)
+		}
+		// Every bundle carries its own cluster group, and no other's.
+		var own []string
+		for _, gr := range got[fqn].Groups {
+			if gr.Type == compile.GroupTypeCluster {
+				own = append(own, gr.FQN)
+			}
+		}
+		if !slices.Equal(own, []string{fqn}) {
+			t.Errorf("bundle of %s carries the cluster groups %v, want its own alone", fqn, own)
 		}
 	}
 	if got["organizations/acme/clusters/c1"].Objects[0].APIVersion != resource.APIVersion || got["organizations/acme/clusters/c2"].Objects[1].APIVersion != "networking.istio.io/v1" {
@@ -345,5 +357,61 @@ func TestBundlesCarryTheGroupsWhoseSelectorsReachTheCluster(t *testing.T) {
 	again, _ := Bundles(reg, in)
 	if again["organizations/acme/clusters/c2"].Version() != got["organizations/acme/clusters/c2"].Version() {
 		t.Error("the same intent gave another version")
+	}
+}
+
+func TestAClusterSpecChangeMovesItsOwnBundleAlone(t *testing.T) {
+	reg := resource.Builtin()
+	idx, broken := Build(reg, Intent{
+		Clusters: []store.Record{rec("Cluster", "organizations/acme/clusters/c1", `{"network":"n1"}`), rec("Cluster", "organizations/acme/clusters/c2", `{}`)},
+		Scopes:   []store.Record{rec("Organization", "organizations/acme", `{}`)},
+	})
+	if len(broken) > 0 {
+		t.Fatal(broken)
+	}
+	c1, c2 := idx.Version("organizations/acme/clusters/c1"), idx.Version("organizations/acme/clusters/c2")
+	for _, tc := range []struct {
+		spec  string
+		moves bool
+	}{
+		{`{"network":"n1","description":"the first"}`, false}, // not carried
+		{`{"network":"n1","labels":{"env":"prod"}}`, true},
+		{`{"network":"n2","labels":{"env":"prod"}}`, true},
+		{`{"network":"n2","labels":{"env":"prod"},"region":"eu"}`, true},
+	} {
+		affected := map[string]bool{}
+		if err := idx.Apply(store.Event{Type: store.EventPut, Record: rec("Cluster", "organizations/acme/clusters/c1", tc.spec)}, affected); err != nil {
+			t.Fatal(err)
+		}
+		idx.Rehash()
+		now := idx.Version("organizations/acme/clusters/c1")
+		if moved := now != c1; moved != tc.moves || affected["organizations/acme/clusters/c1"] != tc.moves {
+			t.Errorf("spec %s: version moved %v, affected %v; want %v", tc.spec, moved, affected, tc.moves)
+		}
+		if idx.Version("organizations/acme/clusters/c2") != c2 || affected["organizations/acme/clusters/c2"] {
+			t.Errorf("spec %s of c1 moved c2's bundle", tc.spec)
+		}
+		c1 = now
+		var facts *bundle.ClusterFacts
+		for _, g := range idx.Bundle("organizations/acme/clusters/c1").Groups {
+			if g.Type == compile.GroupTypeCluster {
+				facts = g.Cluster
+			}
+		}
+		want := &bundle.ClusterFacts{}
+		_ = json.Unmarshal([]byte(tc.spec), want)
+		if !facts.Equal(want) {
+			t.Errorf("spec %s: the cluster group says %+v", tc.spec, facts)
+		}
+	}
+	affected := map[string]bool{}
+	if err := idx.Apply(store.Event{Type: store.EventDelete, Record: rec("Cluster", "organizations/acme/clusters/c1", `{}`)}, affected); err != nil {
+		t.Fatal(err)
+	}
+	if b := idx.Bundle("organizations/acme/clusters/c2"); len(b.Groups) != 2 {
+		t.Errorf("after c1's removal, c2 has the groups %+v", b.Groups)
+	}
+	if _, ok := idx.groups["organizations/acme/clusters/c1"]; ok {
+		t.Error("c1's cluster group outlived it")
 	}
 }
