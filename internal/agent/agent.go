@@ -174,6 +174,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: metadata client: %w", err)
 	}
 	a.pods = newSubsetWatch(md, a.poke)
+	a.inv.proxies, a.inv.webhooks = a.pods.proxiesByRevision, cfg.IstioLifecycle
 	a.inv.policies = func() *agentv1.ClusterPolicies {
 		p := &agentv1.ClusterPolicies{DestinationRules: a.rules.hosts(), NamespaceWide: a.rules.namespaceWide()}
 		a.mu.Lock()

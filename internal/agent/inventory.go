@@ -4,14 +4,10 @@ import (
 	"context"
 	"errors"
 	"sort"
-	"strings"
+	"sync"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -32,11 +28,20 @@ type inventoryWatch struct {
 	nsInf    cache.SharedIndexInformer
 	report   func(*agentv1.ConnectRequest)
 	poke     func()
+	// proxies counts the pods each Istio revision injected.
+	proxies func() map[string]int32
+	// webhooks says the agent may read mutating webhooks (it manages
+	// Istio's lifecycle), to report the revisions' webhooks and tags.
+	webhooks bool
+
+	mu        sync.Mutex
+	lastIstio *agentv1.Istio // what the last report said of Istio
 }
 
 func newInventoryWatch(kube kubernetes.Interface, report func(*agentv1.ConnectRequest), poke func()) *inventoryWatch {
 	f := informers.NewSharedInformerFactory(kube, 30*time.Minute)
-	w := &inventoryWatch{kube: kube, factory: f, nsInf: f.Core().V1().Namespaces().Informer(), report: report, poke: poke}
+	w := &inventoryWatch{kube: kube, factory: f, nsInf: f.Core().V1().Namespaces().Informer(), report: report, poke: poke,
+		proxies: func() map[string]int32 { return nil }}
 	w.nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) {
 			if ns, ok := obj.(*corev1.Namespace); ok {
@@ -76,7 +81,7 @@ func (w *inventoryWatch) run(ctx context.Context) error {
 		return nil // ctx ended
 	}
 	w.poke()
-	<-ctx.Done()
+	w.istioLoop(ctx)
 	w.factory.Shutdown()
 	return nil
 }
@@ -103,7 +108,10 @@ func (w *inventoryWatch) full(ctx context.Context) (*agentv1.Inventory, error) {
 	if v, err := w.kube.Discovery().ServerVersion(); err == nil {
 		inv.KubernetesVersion = v.GitVersion
 	}
-	inv.Istio = istioOf(ctx, w.kube)
+	inv.Istio = istioState(ctx, w.kube, w.webhooks, w.proxies())
+	w.mu.Lock()
+	w.lastIstio = inv.Istio
+	w.mu.Unlock()
 	for _, obj := range w.nsInf.GetStore().List() {
 		inv.Namespaces = append(inv.Namespaces, namespaceOf(obj.(*corev1.Namespace)))
 	}
@@ -113,28 +121,4 @@ func (w *inventoryWatch) full(ctx context.Context) (*agentv1.Inventory, error) {
 
 func namespaceOf(ns *corev1.Namespace) *agentv1.Namespace {
 	return &agentv1.Namespace{Name: ns.Name, Labels: ns.Labels}
-}
-
-// istioOf reports whether istiod runs in istio-system and at which version
-// (its image tag, or its app.kubernetes.io/version label).
-func istioOf(ctx context.Context, kube kubernetes.Interface) *agentv1.Istio {
-	deps, err := kube.AppsV1().Deployments("istio-system").List(ctx, metav1.ListOptions{LabelSelector: labels.Set{"app": "istiod"}.String()})
-	if err != nil && !apierrors.IsNotFound(err) || err == nil && len(deps.Items) == 0 {
-		d, gerr := kube.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
-		if gerr != nil {
-			return &agentv1.Istio{Installed: false}
-		}
-		deps = &appsv1.DeploymentList{Items: []appsv1.Deployment{*d}}
-	}
-	if err != nil {
-		return &agentv1.Istio{Installed: false}
-	}
-	d := deps.Items[0]
-	version := d.Labels["app.kubernetes.io/version"]
-	for _, c := range d.Spec.Template.Spec.Containers {
-		if i := strings.LastIndex(c.Image, ":"); i >= 0 && version == "" {
-			version = c.Image[i+1:]
-		}
-	}
-	return &agentv1.Istio{Installed: true, Version: version}
 }

@@ -66,6 +66,23 @@ func (w *subsetWatch) run(ctx context.Context) error {
 	return nil
 }
 
+// proxiesByRevision counts the pods each Istio revision injected; nil
+// before the pods have synced.
+func (w *subsetWatch) proxiesByRevision() map[string]int32 {
+	if !w.inf.HasSynced() {
+		return nil
+	}
+	out := map[string]int32{}
+	for _, obj := range w.inf.GetStore().List() {
+		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
+			if rev := proxyRevision(m.Labels, m.Annotations); rev != "" {
+				out[rev]++
+			}
+		}
+	}
+	return out
+}
+
 func (w *subsetWatch) relevant(ns string, l map[string]string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

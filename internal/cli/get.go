@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -36,7 +37,7 @@ func newGetCmd(e *env) *cobra.Command {
 plural or short name (org, tenant, ws, grp, cl). Parent flags narrow the
 search; a name that is unique in the fleet needs none.`,
 		Example: "  flotilla get workspaces --org acme\n  flotilla get ws payments -o yaml\n  flotilla get services\n  flotilla get service shop/reviews -o yaml\n" +
-			"  flotilla get compiled --cluster c1\n  flotilla get effective --cluster c1 --namespace shop",
+			"  flotilla get compiled --cluster c1\n  flotilla get effective --cluster c1 --namespace shop\n  flotilla get istio [CLUSTER]",
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] == "compiled" {
@@ -47,6 +48,12 @@ search; a name that is unique in the fleet needs none.`,
 					return err
 				}
 				return e.getEffective(cmd, clusterName, namespace, output)
+			}
+			if args[0] == "istio" {
+				if err := checkOutput(output); err != nil {
+					return err
+				}
+				return e.getIstio(cmd, output, args[1:])
 			}
 			if args[0] == "services" || args[0] == "service" || args[0] == "svc" {
 				if err := checkOutput(output); err != nil {
@@ -420,6 +427,12 @@ func columnsFor(reg *resource.Registry, k *resource.Kind) []column {
 			column{"TYPE", func(r *pb.Resource) string { return specString(r, "type") }},
 			column{"MODE", func(r *pb.Resource) string { return specString(r, "configMode") }},
 			column{"NAMESPACES", func(r *pb.Resource) string { return specString(r, "namespaceSelector", "names") }})
+	case resource.KindIstioInstallation:
+		cols = append(cols,
+			column{"VERSION", func(r *pb.Resource) string { return specString(r, "version") }},
+			column{"REVISION", func(r *pb.Resource) string { return cmp.Or(specString(r, "revision"), "default") }},
+			column{"PROFILE", func(r *pb.Resource) string { return cmp.Or(specString(r, "profile"), "default") }},
+			column{"TAGS", func(r *pb.Resource) string { return specString(r, "tags") }})
 	case resource.KindCluster:
 		cols = append(cols,
 			column{"NETWORK", func(r *pb.Resource) string { return specString(r, "network") }},

@@ -54,7 +54,7 @@ func (c *compilation) istioPass() {
 	revisions := map[string]string{} // revision → FQN
 	tags := map[string]string{}      // tag → revision
 	for _, in := range c.installs {
-		if !selectsCluster(in.spec.GetClusters(), c.cluster, facts) {
+		if !SelectsCluster(in.spec.GetClusters(), c.cluster, facts) {
 			continue
 		}
 		rev := istioinstall.Revision(in.spec)
@@ -81,6 +81,21 @@ func (c *compilation) istioPass() {
 	}
 	if len(mine) == 0 {
 		return
+	}
+	// The unnamed revision's webhook always injects the default tag's
+	// namespaces (istio-injection=enabled): the tag on another revision
+	// would make two webhooks inject them.
+	if unnamed := revisions["default"]; unnamed != "" && tags["default"] != "" && tags["default"] != "default" {
+		for i, in := range mine {
+			if j := slices.Index(in.spec.GetTags(), "default"); j >= 0 {
+				c.diag(in.fqn, "spec.tags", "tag \"default\" would make revision %q inject the namespaces labelled istio-injection=enabled in cluster %s, which the unnamed revision of %s injects too (its webhook always selects them), so two webhooks would inject each pod: give every revision a name (spec.revision) to move the default tag between them",
+					istioinstall.Revision(in.spec), c.cluster, unnamed)
+				spec := cloneInstall(in.spec)
+				spec.Tags = slices.Delete(slices.Clone(spec.Tags), j, j+1)
+				mine[i].spec = spec
+			}
+		}
+		tags["default"] = "default"
 	}
 	// The base chart comes from the installation tagged "default", else
 	// the default revision's, else the first.
@@ -134,9 +149,9 @@ func (c *compilation) clusterFacts() (*bundle.ClusterFacts, string) {
 	return facts, meshID
 }
 
-// selectsCluster reports whether every condition of sel holds for the
+// SelectsCluster reports whether every condition of sel holds for the
 // cluster; an empty selector selects nothing.
-func selectsCluster(sel *flotillav1alpha1.ClusterSelector, name string, facts *bundle.ClusterFacts) bool {
+func SelectsCluster(sel *flotillav1alpha1.ClusterSelector, name string, facts *bundle.ClusterFacts) bool {
 	if len(sel.GetNames()) == 0 && len(sel.GetLabels()) == 0 && len(sel.GetRegions()) == 0 {
 		return false
 	}

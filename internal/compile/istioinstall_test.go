@@ -5,6 +5,11 @@ import (
 	"strings"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+
 	"flotilla.io/flotilla/internal/bundle"
 )
 
@@ -120,4 +125,97 @@ func hasDiag(r Result, fqn, field, says string) bool {
 		}
 	}
 	return false
+}
+
+// injectors returns, for a namespace with nsLabels and a pod without
+// labels, the revisions whose injection webhooks (in every rendered
+// MutatingWebhookConfiguration) would inject that pod: the service each
+// matching webhook calls.
+func injectors(t *testing.T, r Result, nsLabels map[string]string) []string {
+	t.Helper()
+	var out []string
+	for _, o := range r.Objects {
+		if o.GetKind() != "MutatingWebhookConfiguration" {
+			continue
+		}
+		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
+		for _, h := range hooks {
+			hook := h.(map[string]any)
+			matches := func(field string, l map[string]string) bool {
+				raw, ok := hook[field].(map[string]any)
+				if !ok {
+					return true
+				}
+				var sel metav1.LabelSelector
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &sel); err != nil {
+					t.Fatal(err)
+				}
+				s, err := metav1.LabelSelectorAsSelector(&sel)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s.Matches(labels.Set(l))
+			}
+			if matches("namespaceSelector", nsLabels) && matches("objectSelector", nil) {
+				svc, _, _ := unstructured.NestedString(hook, "clientConfig", "service", "name")
+				out = append(out, strings.TrimPrefix(strings.TrimPrefix(svc, "istiod"), "-"))
+			}
+		}
+	}
+	return out
+}
+
+// No namespace is injected by two revisions, whatever the revisions and
+// where the default tag points; each goes to the revision its label, its
+// tag or the default tag names.
+func TestNoNamespaceIsInjectedByTwoRevisions(t *testing.T) {
+	install := func(revision string, tags ...string) string {
+		spec := map[string]any{"clusters": map[string]any{"names": []any{"*"}}, "version": "1.31", "revision": revision, "tags": tags}
+		data, _ := json.Marshal(spec)
+		return string(data)
+	}
+	for _, tc := range []struct {
+		name     string
+		installs map[string]string
+		want     map[string]string // namespace label → the one revision that injects ("": the unnamed; "none": nobody)
+	}{
+		{"unnamed default beside a canary", map[string]string{"stable": install("", "default", "prod-stable"), "canary": install("canary", "prod-canary")},
+			map[string]string{"istio-injection=enabled": "", "istio.io/rev=default": "", "istio.io/rev=prod-stable": "", "istio.io/rev=canary": "canary", "istio.io/rev=prod-canary": "canary", "none": "none"}},
+		{"two named revisions, default on the first", map[string]string{"a": install("1-31-a", "default", "prod-stable"), "b": install("1-31-b", "prod-canary")},
+			map[string]string{"istio-injection=enabled": "1-31-a", "istio.io/rev=prod-stable": "1-31-a", "istio.io/rev=1-31-b": "1-31-b", "istio.io/rev=prod-canary": "1-31-b", "none": "none"}},
+		{"the default tag moved to the second", map[string]string{"a": install("1-31-a", "prod-stable"), "b": install("1-31-b", "default", "prod-canary")},
+			map[string]string{"istio-injection=enabled": "1-31-b", "istio.io/rev=prod-stable": "1-31-a", "istio.io/rev=1-31-a": "1-31-a", "istio.io/rev=prod-canary": "1-31-b", "none": "none"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Compile(istioBundle(nil, tc.installs), nil)
+			if len(r.Diagnostics) > 0 {
+				t.Fatal(r.Diagnostics)
+			}
+			for label, want := range tc.want {
+				ns := map[string]string{}
+				if k, v, ok := strings.Cut(label, "="); ok {
+					ns[k] = v
+				}
+				got := injectors(t, r, ns)
+				if want == "none" {
+					if len(got) != 0 {
+						t.Errorf("a namespace without labels is injected by %v", got)
+					}
+					continue
+				}
+				if len(got) != 1 || got[0] != want {
+					t.Errorf("namespace %s is injected by %q, want by %q alone", label, got, want)
+				}
+			}
+		})
+	}
+	// A default tag on a named revision beside the unnamed one would make
+	// two webhooks inject istio-injection=enabled: refused per cluster.
+	r := Compile(istioBundle(nil, map[string]string{"stable": install(""), "canary": install("canary", "default")}), nil)
+	if !hasDiag(r, "organizations/acme/istioinstallations/canary", "spec.tags", "two webhooks would inject each pod") {
+		t.Fatalf("diagnostics: %v", r.Diagnostics)
+	}
+	if got := injectors(t, r, map[string]string{"istio-injection": "enabled"}); len(got) != 1 || got[0] != "" {
+		t.Errorf("istio-injection=enabled is injected by %q, want the unnamed revision alone", got)
+	}
 }

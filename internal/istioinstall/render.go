@@ -106,7 +106,14 @@ func Render(in Input) ([]*unstructured.Unstructured, error) {
 			return nil, err
 		}
 	}
-	istiod := map[string]any{"revision": rev, "revisionTags": toAny(tagsBut(in.Spec.GetTags(), "default"))}
+	// The unnamed revision's own webhook already injects the namespaces of
+	// the default tag (istio-injection=enabled): a tag webhook beside it
+	// would inject them twice.
+	tags := in.Spec.GetTags()
+	if rev == "" {
+		tags = tagsBut(tags, "default")
+	}
+	istiod := map[string]any{"revision": rev, "revisionTags": toAny(tags)}
 	if slices.Contains(in.Spec.GetTags(), "default") {
 		istiod["defaultRevision"] = Revision(in.Spec)
 	}

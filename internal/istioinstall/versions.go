@@ -95,6 +95,9 @@ func (r *release) load() error {
 				r.err = fmt.Errorf("Istio %s chart %s: %w", r.version, name, err)
 				return
 			}
+			// Istio's release builds stamp the charts' version in; the
+			// module's sources say 1.0.0, which labels would repeat.
+			c.Metadata.Version, c.Metadata.AppVersion = r.tag, r.tag
 			r.charts[name] = c
 			r.defaults[name] = flatDefaults(c.Values)
 		}

@@ -2,11 +2,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -139,6 +142,49 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 			return nil
 		})
 	})
+	t.Run("get istio shows the revision, its webhooks and its proxies", func(t *testing.T) {
+		// A pod its sidecar status says the default revision injected (the
+		// fleet has no istiod serving the webhook, so it is made so).
+		if _, err := c3.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "apps", Annotations: map[string]string{"sidecar.istio.io/status": `{"revision":"default","containers":["istio-proxy"]}`}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web"}}}}
+		// Admission looks the pod's ServiceAccount up; the e2e fleet has no
+		// controller manager to make it.
+		if _, err := c3.kube.CoreV1().ServiceAccounts("apps").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		if _, err := c3.kube.CoreV1().Pods("apps").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 40*time.Second, "get istio "+c3.name, func() error {
+			var rows []struct {
+				Cluster, Revision, Installation, State string
+				Running                                bool
+				Version                                string
+				Replicas                               int
+				Webhooks                               []string
+				Proxies                                int
+			}
+			out := s.must("get", "istio", c3.name, "-o", "json")
+			if err := json.Unmarshal([]byte(out), &rows); err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if len(rows) != 1 {
+				return fmt.Errorf("rows: %s", out)
+			}
+			r := rows[0]
+			if r.Cluster != c3.name || r.Revision != "default" || r.Installation != "stable" || r.State != "Applied" || !r.Running ||
+				r.Version != "1.31.0" || r.Replicas != 1 || !slices.Contains(r.Webhooks, "istio-sidecar-injector") || r.Proxies != 1 {
+				return fmt.Errorf("get istio: %s", out)
+			}
+			return nil
+		})
+		if out := s.must("get", "istio"); !strings.Contains(out, "istio-sidecar-injector") || !strings.Contains(out, "PROXIES") {
+			t.Errorf("get istio's table:\n%s", out)
+		}
+	})
 	// Istio's analyzers judge the cluster as installed.
 	analyzeClusters(t, c3)
 	t.Run("a hand-deleted istiod is repaired", func(t *testing.T) {
@@ -169,6 +215,12 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 			}
 			if crd.GetLabels()["app.kubernetes.io/managed-by"] == "flotilla" {
 				return fmt.Errorf("the VirtualService CRD is still Flotilla's")
+			}
+			return nil
+		})
+		eventually(t, 30*time.Second, "the installation Applied (nothing) in "+c3.name, func() error {
+			if _, rows := s.status("istioinstallation", "stable"); rows[c3.name].State != "Applied" {
+				return fmt.Errorf("status: %+v", rows[c3.name])
 			}
 			return nil
 		})

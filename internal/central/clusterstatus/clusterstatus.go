@@ -33,8 +33,31 @@ func (inv *Inventory) Cluster() compile.Cluster {
 
 // Istio is what the agent reports of the cluster's Istio.
 type Istio struct {
-	Installed bool   `json:"installed"`
-	Version   string `json:"version,omitempty"`
+	Installed bool            `json:"installed"`
+	Version   string          `json:"version,omitempty"`
+	Revisions []IstioRevision `json:"revisions,omitempty"`
+}
+
+// IstioRevision is one istiod revision as the cluster runs it.
+type IstioRevision struct {
+	Name          string   `json:"name"`
+	Version       string   `json:"version,omitempty"`
+	Replicas      int32    `json:"replicas"`
+	ReadyReplicas int32    `json:"readyReplicas"`
+	Tags          []string `json:"tags,omitempty"`
+	Webhooks      []string `json:"webhooks,omitempty"`
+	// Proxies are the pods it injected: what a restart would move.
+	Proxies int32 `json:"proxies"`
+}
+
+// IstioOf is the status document's form of an agent's Istio report.
+func IstioOf(m *agentv1.Istio) *Istio {
+	out := &Istio{Installed: m.GetInstalled(), Version: m.GetVersion()}
+	for _, r := range m.GetRevisions() {
+		out.Revisions = append(out.Revisions, IstioRevision{Name: r.GetName(), Version: r.GetVersion(), Replicas: r.GetReplicas(),
+			ReadyReplicas: r.GetReadyReplicas(), Tags: r.GetTags(), Webhooks: r.GetWebhooks(), Proxies: r.GetProxies()})
+	}
+	return out
 }
 
 // Merge applies a full or delta inventory report.
@@ -46,7 +69,7 @@ func (inv *Inventory) Merge(m *agentv1.Inventory) {
 		inv.KubernetesVersion = v
 	}
 	if m.GetIstio() != nil {
-		inv.Istio = &Istio{Installed: m.GetIstio().GetInstalled(), Version: m.GetIstio().GetVersion()}
+		inv.Istio = IstioOf(m.GetIstio())
 	}
 	for _, ns := range m.GetNamespaces() {
 		inv.Namespaces[ns.GetName()] = ns.GetLabels()

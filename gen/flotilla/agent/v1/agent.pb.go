@@ -534,9 +534,12 @@ func (x *ClusterPolicies) GetNamespaceWide() map[string]string {
 }
 
 type Istio struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Installed     bool                   `protobuf:"varint,1,opt,name=installed,proto3" json:"installed,omitempty"`
-	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Installed bool                   `protobuf:"varint,1,opt,name=installed,proto3" json:"installed,omitempty"`
+	Version   string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Revisions are istiod's revisions in the cluster (Deployments labelled
+	// app=istiod in istio-system), by name.
+	Revisions     []*IstioRevision `protobuf:"bytes,3,rep,name=revisions,proto3" json:"revisions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -585,6 +588,114 @@ func (x *Istio) GetVersion() string {
 	return ""
 }
 
+func (x *Istio) GetRevisions() []*IstioRevision {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+// IstioRevision is one istiod revision as the cluster runs it.
+type IstioRevision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is the revision, "default" for the unnamed one.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Version is its image's tag.
+	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Replicas      int32  `protobuf:"varint,3,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	ReadyReplicas int32  `protobuf:"varint,4,opt,name=ready_replicas,json=readyReplicas,proto3" json:"ready_replicas,omitempty"`
+	// Tags are the revision tags pointing at it (the istio.io/tag label of
+	// the injection webhooks that name it); known only to an agent that may
+	// read webhooks.
+	Tags []string `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"`
+	// Webhooks are its MutatingWebhookConfigurations, by name.
+	Webhooks []string `protobuf:"bytes,6,rep,name=webhooks,proto3" json:"webhooks,omitempty"`
+	// Proxies are the pods it injected (their sidecar.istio.io/status
+	// annotation, or their istio.io/rev label): what a restart would move.
+	Proxies       int32 `protobuf:"varint,7,opt,name=proxies,proto3" json:"proxies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IstioRevision) Reset() {
+	*x = IstioRevision{}
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IstioRevision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IstioRevision) ProtoMessage() {}
+
+func (x *IstioRevision) ProtoReflect() protoreflect.Message {
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IstioRevision.ProtoReflect.Descriptor instead.
+func (*IstioRevision) Descriptor() ([]byte, []int) {
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *IstioRevision) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IstioRevision) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *IstioRevision) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *IstioRevision) GetReadyReplicas() int32 {
+	if x != nil {
+		return x.ReadyReplicas
+	}
+	return 0
+}
+
+func (x *IstioRevision) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *IstioRevision) GetWebhooks() []string {
+	if x != nil {
+		return x.Webhooks
+	}
+	return nil
+}
+
+func (x *IstioRevision) GetProxies() int32 {
+	if x != nil {
+		return x.Proxies
+	}
+	return 0
+}
+
 type Namespace struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -595,7 +706,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +718,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +731,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Namespace) GetName() string {
@@ -649,7 +760,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +772,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +785,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Service) GetNamespace() string {
@@ -716,7 +827,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +839,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +852,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ServicePort) GetName() string {
@@ -789,7 +900,7 @@ type Runtime struct {
 
 func (x *Runtime) Reset() {
 	*x = Runtime{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +912,7 @@ func (x *Runtime) String() string {
 func (*Runtime) ProtoMessage() {}
 
 func (x *Runtime) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +925,7 @@ func (x *Runtime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Runtime.ProtoReflect.Descriptor instead.
 func (*Runtime) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Runtime) GetSeq() uint64 {
@@ -883,7 +994,7 @@ type ServiceState struct {
 
 func (x *ServiceState) Reset() {
 	*x = ServiceState{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1006,7 @@ func (x *ServiceState) String() string {
 func (*ServiceState) ProtoMessage() {}
 
 func (x *ServiceState) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1019,7 @@ func (x *ServiceState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceState.ProtoReflect.Descriptor instead.
 func (*ServiceState) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ServiceState) GetNamespace() string {
@@ -971,7 +1082,7 @@ type LocalityEndpoints struct {
 
 func (x *LocalityEndpoints) Reset() {
 	*x = LocalityEndpoints{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1094,7 @@ func (x *LocalityEndpoints) String() string {
 func (*LocalityEndpoints) ProtoMessage() {}
 
 func (x *LocalityEndpoints) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1107,7 @@ func (x *LocalityEndpoints) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalityEndpoints.ProtoReflect.Descriptor instead.
 func (*LocalityEndpoints) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LocalityEndpoints) GetRegion() string {
@@ -1037,7 +1148,7 @@ type EastWestGateway struct {
 
 func (x *EastWestGateway) Reset() {
 	*x = EastWestGateway{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1160,7 @@ func (x *EastWestGateway) String() string {
 func (*EastWestGateway) ProtoMessage() {}
 
 func (x *EastWestGateway) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1173,7 @@ func (x *EastWestGateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EastWestGateway.ProtoReflect.Descriptor instead.
 func (*EastWestGateway) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EastWestGateway) GetNamespace() string {
@@ -1106,7 +1217,7 @@ type RuntimeDigest struct {
 
 func (x *RuntimeDigest) Reset() {
 	*x = RuntimeDigest{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1229,7 @@ func (x *RuntimeDigest) String() string {
 func (*RuntimeDigest) ProtoMessage() {}
 
 func (x *RuntimeDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1242,7 @@ func (x *RuntimeDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuntimeDigest.ProtoReflect.Descriptor instead.
 func (*RuntimeDigest) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RuntimeDigest) GetSeq() uint64 {
@@ -1167,7 +1278,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1290,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1303,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ack) GetBundleVersion() string {
@@ -1246,7 +1357,7 @@ type ResourceStatus struct {
 
 func (x *ResourceStatus) Reset() {
 	*x = ResourceStatus{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1369,7 @@ func (x *ResourceStatus) String() string {
 func (*ResourceStatus) ProtoMessage() {}
 
 func (x *ResourceStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1382,7 @@ func (x *ResourceStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceStatus.ProtoReflect.Descriptor instead.
 func (*ResourceStatus) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResourceStatus) GetFqn() string {
@@ -1319,7 +1430,7 @@ type Drift struct {
 
 func (x *Drift) Reset() {
 	*x = Drift{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1442,7 @@ func (x *Drift) String() string {
 func (*Drift) ProtoMessage() {}
 
 func (x *Drift) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1455,7 @@ func (x *Drift) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drift.ProtoReflect.Descriptor instead.
 func (*Drift) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Drift) GetFqn() string {
@@ -1411,7 +1522,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1534,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1547,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ConnectResponse) GetMsg() isConnectResponse_Msg {
@@ -1508,7 +1619,7 @@ type Resync struct {
 
 func (x *Resync) Reset() {
 	*x = Resync{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1631,7 @@ func (x *Resync) String() string {
 func (*Resync) ProtoMessage() {}
 
 func (x *Resync) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1644,7 @@ func (x *Resync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resync.ProtoReflect.Descriptor instead.
 func (*Resync) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Resync) GetReason() string {
@@ -1557,7 +1668,7 @@ type AgentCredential struct {
 
 func (x *AgentCredential) Reset() {
 	*x = AgentCredential{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1680,7 @@ func (x *AgentCredential) String() string {
 func (*AgentCredential) ProtoMessage() {}
 
 func (x *AgentCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1693,7 @@ func (x *AgentCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentCredential.ProtoReflect.Descriptor instead.
 func (*AgentCredential) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AgentCredential) GetExpireTime() *timestamppb.Timestamp {
@@ -1626,7 +1737,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1749,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_flotilla_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1762,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_flotilla_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Bundle) GetVersion() string {
@@ -1744,10 +1855,19 @@ const file_flotilla_agent_v1_agent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a@\n" +
 	"\x12NamespaceWideEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +
 	"\x05Istio\x12\x1c\n" +
 	"\tinstalled\x18\x01 \x01(\bR\tinstalled\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\x9c\x01\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12>\n" +
+	"\trevisions\x18\x03 \x03(\v2 .flotilla.agent.v1.IstioRevisionR\trevisions\"\xca\x01\n" +
+	"\rIstioRevision\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1a\n" +
+	"\breplicas\x18\x03 \x01(\x05R\breplicas\x12%\n" +
+	"\x0eready_replicas\x18\x04 \x01(\x05R\rreadyReplicas\x12\x12\n" +
+	"\x04tags\x18\x05 \x03(\tR\x04tags\x12\x1a\n" +
+	"\bwebhooks\x18\x06 \x03(\tR\bwebhooks\x12\x18\n" +
+	"\aproxies\x18\a \x01(\x05R\aproxies\"\x9c\x01\n" +
 	"\tNamespace\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12@\n" +
 	"\x06labels\x18\x02 \x03(\v2(.flotilla.agent.v1.Namespace.LabelsEntryR\x06labels\x1a9\n" +
@@ -1855,7 +1975,7 @@ func file_flotilla_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_flotilla_agent_v1_agent_proto_rawDescData
 }
 
-var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_flotilla_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*JoinRequest)(nil),           // 0: flotilla.agent.v1.JoinRequest
 	(*JoinResponse)(nil),          // 1: flotilla.agent.v1.JoinResponse
@@ -1864,67 +1984,69 @@ var file_flotilla_agent_v1_agent_proto_goTypes = []any{
 	(*Inventory)(nil),             // 4: flotilla.agent.v1.Inventory
 	(*ClusterPolicies)(nil),       // 5: flotilla.agent.v1.ClusterPolicies
 	(*Istio)(nil),                 // 6: flotilla.agent.v1.Istio
-	(*Namespace)(nil),             // 7: flotilla.agent.v1.Namespace
-	(*Service)(nil),               // 8: flotilla.agent.v1.Service
-	(*ServicePort)(nil),           // 9: flotilla.agent.v1.ServicePort
-	(*Runtime)(nil),               // 10: flotilla.agent.v1.Runtime
-	(*ServiceState)(nil),          // 11: flotilla.agent.v1.ServiceState
-	(*LocalityEndpoints)(nil),     // 12: flotilla.agent.v1.LocalityEndpoints
-	(*EastWestGateway)(nil),       // 13: flotilla.agent.v1.EastWestGateway
-	(*RuntimeDigest)(nil),         // 14: flotilla.agent.v1.RuntimeDigest
-	(*Ack)(nil),                   // 15: flotilla.agent.v1.Ack
-	(*ResourceStatus)(nil),        // 16: flotilla.agent.v1.ResourceStatus
-	(*Drift)(nil),                 // 17: flotilla.agent.v1.Drift
-	(*ConnectResponse)(nil),       // 18: flotilla.agent.v1.ConnectResponse
-	(*Resync)(nil),                // 19: flotilla.agent.v1.Resync
-	(*AgentCredential)(nil),       // 20: flotilla.agent.v1.AgentCredential
-	(*Bundle)(nil),                // 21: flotilla.agent.v1.Bundle
-	nil,                           // 22: flotilla.agent.v1.ClusterPolicies.DestinationRulesEntry
-	nil,                           // 23: flotilla.agent.v1.ClusterPolicies.NamespaceWideEntry
-	nil,                           // 24: flotilla.agent.v1.Namespace.LabelsEntry
-	nil,                           // 25: flotilla.agent.v1.Service.LabelsEntry
-	nil,                           // 26: flotilla.agent.v1.ServiceState.LabelsEntry
-	nil,                           // 27: flotilla.agent.v1.ServiceState.SelectorEntry
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(*IstioRevision)(nil),         // 7: flotilla.agent.v1.IstioRevision
+	(*Namespace)(nil),             // 8: flotilla.agent.v1.Namespace
+	(*Service)(nil),               // 9: flotilla.agent.v1.Service
+	(*ServicePort)(nil),           // 10: flotilla.agent.v1.ServicePort
+	(*Runtime)(nil),               // 11: flotilla.agent.v1.Runtime
+	(*ServiceState)(nil),          // 12: flotilla.agent.v1.ServiceState
+	(*LocalityEndpoints)(nil),     // 13: flotilla.agent.v1.LocalityEndpoints
+	(*EastWestGateway)(nil),       // 14: flotilla.agent.v1.EastWestGateway
+	(*RuntimeDigest)(nil),         // 15: flotilla.agent.v1.RuntimeDigest
+	(*Ack)(nil),                   // 16: flotilla.agent.v1.Ack
+	(*ResourceStatus)(nil),        // 17: flotilla.agent.v1.ResourceStatus
+	(*Drift)(nil),                 // 18: flotilla.agent.v1.Drift
+	(*ConnectResponse)(nil),       // 19: flotilla.agent.v1.ConnectResponse
+	(*Resync)(nil),                // 20: flotilla.agent.v1.Resync
+	(*AgentCredential)(nil),       // 21: flotilla.agent.v1.AgentCredential
+	(*Bundle)(nil),                // 22: flotilla.agent.v1.Bundle
+	nil,                           // 23: flotilla.agent.v1.ClusterPolicies.DestinationRulesEntry
+	nil,                           // 24: flotilla.agent.v1.ClusterPolicies.NamespaceWideEntry
+	nil,                           // 25: flotilla.agent.v1.Namespace.LabelsEntry
+	nil,                           // 26: flotilla.agent.v1.Service.LabelsEntry
+	nil,                           // 27: flotilla.agent.v1.ServiceState.LabelsEntry
+	nil,                           // 28: flotilla.agent.v1.ServiceState.SelectorEntry
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
 }
 var file_flotilla_agent_v1_agent_proto_depIdxs = []int32{
-	28, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
+	29, // 0: flotilla.agent.v1.JoinResponse.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 1: flotilla.agent.v1.ConnectRequest.hello:type_name -> flotilla.agent.v1.Hello
 	4,  // 2: flotilla.agent.v1.ConnectRequest.inventory:type_name -> flotilla.agent.v1.Inventory
-	15, // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
-	17, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
-	10, // 5: flotilla.agent.v1.ConnectRequest.runtime:type_name -> flotilla.agent.v1.Runtime
-	14, // 6: flotilla.agent.v1.ConnectRequest.digest:type_name -> flotilla.agent.v1.RuntimeDigest
-	15, // 7: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
+	16, // 3: flotilla.agent.v1.ConnectRequest.ack:type_name -> flotilla.agent.v1.Ack
+	18, // 4: flotilla.agent.v1.ConnectRequest.drift:type_name -> flotilla.agent.v1.Drift
+	11, // 5: flotilla.agent.v1.ConnectRequest.runtime:type_name -> flotilla.agent.v1.Runtime
+	15, // 6: flotilla.agent.v1.ConnectRequest.digest:type_name -> flotilla.agent.v1.RuntimeDigest
+	16, // 7: flotilla.agent.v1.Hello.last:type_name -> flotilla.agent.v1.Ack
 	6,  // 8: flotilla.agent.v1.Inventory.istio:type_name -> flotilla.agent.v1.Istio
-	7,  // 9: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
-	8,  // 10: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
+	8,  // 9: flotilla.agent.v1.Inventory.namespaces:type_name -> flotilla.agent.v1.Namespace
+	9,  // 10: flotilla.agent.v1.Inventory.services:type_name -> flotilla.agent.v1.Service
 	5,  // 11: flotilla.agent.v1.Inventory.cluster_policies:type_name -> flotilla.agent.v1.ClusterPolicies
-	22, // 12: flotilla.agent.v1.ClusterPolicies.destination_rules:type_name -> flotilla.agent.v1.ClusterPolicies.DestinationRulesEntry
-	23, // 13: flotilla.agent.v1.ClusterPolicies.namespace_wide:type_name -> flotilla.agent.v1.ClusterPolicies.NamespaceWideEntry
-	24, // 14: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
-	25, // 15: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
-	9,  // 16: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
-	11, // 17: flotilla.agent.v1.Runtime.services:type_name -> flotilla.agent.v1.ServiceState
-	13, // 18: flotilla.agent.v1.Runtime.east_west_gateway:type_name -> flotilla.agent.v1.EastWestGateway
-	26, // 19: flotilla.agent.v1.ServiceState.labels:type_name -> flotilla.agent.v1.ServiceState.LabelsEntry
-	9,  // 20: flotilla.agent.v1.ServiceState.ports:type_name -> flotilla.agent.v1.ServicePort
-	12, // 21: flotilla.agent.v1.ServiceState.endpoints:type_name -> flotilla.agent.v1.LocalityEndpoints
-	27, // 22: flotilla.agent.v1.ServiceState.selector:type_name -> flotilla.agent.v1.ServiceState.SelectorEntry
-	16, // 23: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
-	21, // 24: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
-	20, // 25: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
-	19, // 26: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
-	28, // 27: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 28: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
-	2,  // 29: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
-	1,  // 30: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
-	18, // 31: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
-	30, // [30:32] is the sub-list for method output_type
-	28, // [28:30] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	23, // 12: flotilla.agent.v1.ClusterPolicies.destination_rules:type_name -> flotilla.agent.v1.ClusterPolicies.DestinationRulesEntry
+	24, // 13: flotilla.agent.v1.ClusterPolicies.namespace_wide:type_name -> flotilla.agent.v1.ClusterPolicies.NamespaceWideEntry
+	7,  // 14: flotilla.agent.v1.Istio.revisions:type_name -> flotilla.agent.v1.IstioRevision
+	25, // 15: flotilla.agent.v1.Namespace.labels:type_name -> flotilla.agent.v1.Namespace.LabelsEntry
+	26, // 16: flotilla.agent.v1.Service.labels:type_name -> flotilla.agent.v1.Service.LabelsEntry
+	10, // 17: flotilla.agent.v1.Service.ports:type_name -> flotilla.agent.v1.ServicePort
+	12, // 18: flotilla.agent.v1.Runtime.services:type_name -> flotilla.agent.v1.ServiceState
+	14, // 19: flotilla.agent.v1.Runtime.east_west_gateway:type_name -> flotilla.agent.v1.EastWestGateway
+	27, // 20: flotilla.agent.v1.ServiceState.labels:type_name -> flotilla.agent.v1.ServiceState.LabelsEntry
+	10, // 21: flotilla.agent.v1.ServiceState.ports:type_name -> flotilla.agent.v1.ServicePort
+	13, // 22: flotilla.agent.v1.ServiceState.endpoints:type_name -> flotilla.agent.v1.LocalityEndpoints
+	28, // 23: flotilla.agent.v1.ServiceState.selector:type_name -> flotilla.agent.v1.ServiceState.SelectorEntry
+	17, // 24: flotilla.agent.v1.Ack.resources:type_name -> flotilla.agent.v1.ResourceStatus
+	22, // 25: flotilla.agent.v1.ConnectResponse.bundle:type_name -> flotilla.agent.v1.Bundle
+	21, // 26: flotilla.agent.v1.ConnectResponse.credential:type_name -> flotilla.agent.v1.AgentCredential
+	20, // 27: flotilla.agent.v1.ConnectResponse.resync:type_name -> flotilla.agent.v1.Resync
+	29, // 28: flotilla.agent.v1.AgentCredential.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 29: flotilla.agent.v1.AgentService.Join:input_type -> flotilla.agent.v1.JoinRequest
+	2,  // 30: flotilla.agent.v1.AgentService.Connect:input_type -> flotilla.agent.v1.ConnectRequest
+	1,  // 31: flotilla.agent.v1.AgentService.Join:output_type -> flotilla.agent.v1.JoinResponse
+	19, // 32: flotilla.agent.v1.AgentService.Connect:output_type -> flotilla.agent.v1.ConnectResponse
+	31, // [31:33] is the sub-list for method output_type
+	29, // [29:31] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_flotilla_agent_v1_agent_proto_init() }
@@ -1940,7 +2062,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 		(*ConnectRequest_Runtime)(nil),
 		(*ConnectRequest_Digest)(nil),
 	}
-	file_flotilla_agent_v1_agent_proto_msgTypes[18].OneofWrappers = []any{
+	file_flotilla_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{
 		(*ConnectResponse_Bundle)(nil),
 		(*ConnectResponse_Credential)(nil),
 		(*ConnectResponse_Resync)(nil),
@@ -1951,7 +2073,7 @@ func file_flotilla_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flotilla_agent_v1_agent_proto_rawDesc), len(file_flotilla_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2,8 +2,9 @@
 // kube-apiserver on free loopback ports, secured with TLS and a bearer token
 // for an administrator in group system:masters; optionally (Spec.Workloads)
 // also kube-controller-manager, kube-scheduler and kwok with one simulated
-// node, and (StartIstiod) an istiod. Kill crashes every component of the
-// cluster and Restart brings them back on the same data, ports and
+// node, (StartIstiod) an istiod, and (RunDeployedIstiods) an istiod for each
+// istiod Deployment that appears in the cluster. Kill crashes every component
+// of the cluster and Restart brings them back on the same data, ports and
 // credentials.
 //
 // Layout of a cluster's directory (Spec.Dir):
@@ -11,6 +12,7 @@
 //	pki/ca.crt, ca.key, apiserver.crt, apiserver.key, sa.key, tokens.csv
 //	etcd/                 etcd's data
 //	<component>.log       one log per component: etcd.log, kube-apiserver.log, …
+//	istiods/<revision>.log  the istiod of each istiod Deployment (RunDeployedIstiods)
 //
 // The kubeconfig goes to Spec.Kubeconfig, which is usually outside Spec.Dir.
 package cluster
@@ -98,8 +100,12 @@ type Cluster struct {
 	creds            credentials
 	istiod           *istiodRun // nil until StartIstiod succeeds
 
-	// mu guards procs and serializes Stop, Kill, Restart and StartIstiod.
+	// mu guards procs and deployed, and serializes Stop, Kill, Restart,
+	// StartIstiod and RunDeployedIstiods.
 	mu sync.Mutex
+	// deployed runs the istiods of istiod Deployments while the cluster
+	// runs; nil until RunDeployedIstiods.
+	deployed *deployedIstiods
 	// procs are the running components in start order; none when stopped.
 	procs []*proc.Process
 }
@@ -203,6 +209,7 @@ func (c *Cluster) Restart(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("restart cluster %s: %w", c.Name, err)
 	}
 	c.watch(c.procs...)
+	c.deployed.start()
 	return nil
 }
 
@@ -320,11 +327,12 @@ func (c *Cluster) PIDs() map[string]int {
 }
 
 // Stop stops the components in the reverse order of their start, so etcd
-// goes last, and waits for each to exit. Stopping a stopped cluster does
-// nothing.
+// goes last, and waits for each to exit; the istiods of Deployments go
+// first. Stopping a stopped cluster does nothing.
 func (c *Cluster) Stop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.deployed.stop()
 	c.stop()
 }
 
@@ -336,14 +344,16 @@ func (c *Cluster) stop() {
 }
 
 // Kill stops the cluster as a crash would: it sends SIGKILL to every
-// component, with no SIGTERM first, and waits for them to exit. The data,
-// ports and credentials are kept for Restart.
+// component, the istiods of Deployments included, with no SIGTERM first, and
+// waits for them to exit. The data, ports and credentials are kept for
+// Restart.
 func (c *Cluster) Kill() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.procs) == 0 {
 		return fmt.Errorf("cluster %s is already stopped", c.Name)
 	}
+	c.deployed.stop()
 	for _, p := range c.procs {
 		p.Kill()
 	}

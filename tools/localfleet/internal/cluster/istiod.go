@@ -51,17 +51,65 @@ type IstiodSpec struct {
 // istiodRun is how istiod was started, kept so that Restart starts it again
 // on the same ports.
 type istiodRun struct {
-	spec IstiodSpec
-	// ports are, in order, the HTTP, gRPC, monitoring, secure gRPC and HTTPS
-	// ports.
-	ports []int
+	spec  IstiodSpec
+	ports istiodPorts
 }
 
-func (r istiodRun) addrs() IstiodAddrs {
-	return IstiodAddrs{HTTP: loopback(r.ports[0]), GRPC: loopback(r.ports[1]), Monitoring: loopback(r.ports[2])}
+// istiodPorts are an istiod's loopback ports, in order: HTTP, gRPC,
+// monitoring, secure gRPC and HTTPS (webhooks).
+type istiodPorts []int
+
+func newIstiodPorts() (istiodPorts, error) { return freePorts(5) }
+
+func (p istiodPorts) addrs() IstiodAddrs {
+	return IstiodAddrs{HTTP: loopback(p[0]), GRPC: loopback(p[1]), Monitoring: loopback(p[2])}
 }
 
 func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+// istiodArgs are the flags that every istiod of the cluster gets, the
+// fleet's own (StartIstiod) and those of istiod Deployments
+// (RunDeployedIstiods): the cluster's API server, and loopback ports of its
+// own. They replace Istio's defaults (:8080, :15010, :15014, :15012 and
+// :15017 on every interface, ControlZ on localhost:9876), which two istiods
+// on one machine cannot share.
+func (c *Cluster) istiodArgs(ports istiodPorts) []string {
+	a := ports.addrs()
+	return []string{
+		"--kubeconfig=" + c.Kubeconfig,
+		"--httpAddr=" + a.HTTP,
+		"--grpcAddr=" + a.GRPC,
+		"--monitoringAddr=" + a.Monitoring,
+		"--secureGRPCAddr=" + loopback(ports[3]),
+		"--httpsAddr=" + loopback(ports[4]),
+		"--ctrlz_port=0", // any free port, on localhost
+		// Absent files: istiod then reads the mesh config from the istio
+		// (or istio-<revision>) ConfigMap, whose absence means Istio's
+		// defaults.
+		"--meshConfig=" + filepath.Join(c.Dir, "mesh.yaml"),
+		"--networksConfig=" + filepath.Join(c.Dir, "meshNetworks.yaml"),
+		"--shutdownDuration=1s",
+	}
+}
+
+// istiodReady is a check for poll: istiod at addr answers /ready with 200.
+func istiodReady(addr string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/ready", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("istiod /ready: %s", resp.Status)
+		}
+		return nil
+	}
+}
 
 // StartIstiod starts istiod against the cluster's API server, as cluster ID
 // Name, and returns once it reports ready. Call it after Istio's CRDs are
@@ -77,8 +125,8 @@ func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 	}
 	var err error
 	for attempt := 1; attempt <= 3; attempt++ {
-		var ports []int
-		if ports, err = freePorts(5); err != nil {
+		var ports istiodPorts
+		if ports, err = newIstiodPorts(); err != nil {
 			break
 		}
 		run := istiodRun{spec: spec, ports: ports}
@@ -86,7 +134,7 @@ func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 		if p, err = c.runIstiod(ctx, run, log); err == nil {
 			c.istiod = &run
 			c.watch(p)
-			return run.addrs(), nil
+			return run.ports.addrs(), nil
 		}
 		if !errors.Is(err, errExited) {
 			break
@@ -98,43 +146,19 @@ func (c *Cluster) StartIstiod(ctx context.Context, spec IstiodSpec, log *slog.Lo
 
 // runIstiod starts istiod as run says and waits until it reports ready.
 func (c *Cluster) runIstiod(ctx context.Context, run istiodRun, log *slog.Logger) (*proc.Process, error) {
-	a := run.addrs()
-	p, err := c.start(Istiod, []string{
+	a := run.ports.addrs()
+	args := append([]string{
 		"discovery",
-		"--kubeconfig=" + c.Kubeconfig,
 		"--clusterID=" + c.Name,
 		"--domain=cluster.local",
-		"--httpAddr=" + a.HTTP,
-		"--grpcAddr=" + a.GRPC,
-		"--monitoringAddr=" + a.Monitoring,
-		"--secureGRPCAddr=" + loopback(run.ports[3]),
-		"--httpsAddr=" + loopback(run.ports[4]),
-		// Absent files: istiod then reads the mesh config from the istio
-		// ConfigMap, whose absence means Istio's defaults.
-		"--meshConfig=" + filepath.Join(c.Dir, "mesh.yaml"),
-		"--networksConfig=" + filepath.Join(c.Dir, "meshNetworks.yaml"),
-		"--shutdownDuration=1s",
 		"--log_output_level=default:info",
-	}, append(istiodEnv, "ISTIO_META_NETWORK="+run.spec.Network, "CLUSTER_ID="+c.Name))
+	}, c.istiodArgs(run.ports)...)
+	p, err := c.start(Istiod, args, append(istiodEnv, "ISTIO_META_NETWORK="+run.spec.Network, "CLUSTER_ID="+c.Name))
 	if err != nil {
 		return nil, err
 	}
 	log.Debug("started istiod", "cluster", c.Name, "pid", p.PID(), "xds", a.GRPC, "http", a.HTTP)
-	err = poll(ctx, []*proc.Process{p}, "istiod at "+a.HTTP, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.HTTP+"/ready", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("istiod /ready: %s", resp.Status)
-		}
-		return nil
-	})
+	err = poll(ctx, []*proc.Process{p}, "istiod at "+a.HTTP, istiodReady(a.HTTP))
 	if err != nil {
 		// A failed istiod is not part of the cluster: a supervisor watching
 		// the cluster's components must not see it exit.
