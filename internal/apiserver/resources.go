@@ -270,6 +270,22 @@ func (s *Resources) Delete(ctx context.Context, req *connect.Request[pb.DeleteRe
 				return errRollback
 			}
 		}
+		if !req.Msg.GetForce() {
+			for _, c := range append(children, rec) {
+				ck, ok := s.reg.Kind(c.Kind)
+				if !ok || ck.CheckDelete == nil {
+					continue
+				}
+				why, err := ck.CheckDelete(ctx, tx, c)
+				if err != nil {
+					return err
+				}
+				if why != "" {
+					refusal = connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s %s: %s", c.Kind, c.FQN, why))
+					return errRollback
+				}
+			}
+		}
 		gone := map[string]bool{fqn: true}
 		for _, c := range children {
 			gone[c.FQN] = true

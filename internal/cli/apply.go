@@ -55,7 +55,7 @@ the order in the files. On any error nothing is written and the exit code is 1.`
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file, directory or - (repeatable)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate and report what would change, without writing")
-	cmd.Flags().BoolVar(&force, "force", false, "allow a change that deletes live objects in clusters (a group whose selector narrows); see `flotilla plan` first")
+	cmd.Flags().BoolVar(&force, "force", false, "allow a change that deletes live objects in clusters (a group whose selector narrows, an Istio revision taken from clusters whose pods still use it); see `flotilla plan` first")
 	return cmd
 }
 

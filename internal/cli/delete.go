@@ -15,6 +15,7 @@ func newDeleteCmd(e *env) *cobra.Command {
 		parents parentFlags
 		files   []string
 		cascade bool
+		force   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "delete (KIND NAME | -f FILE)",
@@ -61,7 +62,7 @@ children first.`,
 				return fmt.Errorf("name what to delete: KIND NAME, or -f FILE")
 			}
 			for _, t := range targets {
-				res, err := e.resources().Delete(cmd.Context(), connect.NewRequest(&pb.DeleteRequest{Kind: t.kind.Name, Metadata: t.md, Cascade: cascade}))
+				res, err := e.resources().Delete(cmd.Context(), connect.NewRequest(&pb.DeleteRequest{Kind: t.kind.Name, Metadata: t.md, Cascade: cascade, Force: force}))
 				if err != nil {
 					return err
 				}
@@ -75,5 +76,6 @@ children first.`,
 	parents.add(cmd)
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "file, directory or - (repeatable)")
 	cmd.Flags().BoolVar(&cascade, "cascade", false, "also delete every descendant")
+	cmd.Flags().BoolVar(&force, "force", false, "delete even what workloads in clusters still use (an IstioInstallation whose revision injected running pods)")
 	return cmd
 }

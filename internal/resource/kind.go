@@ -42,6 +42,10 @@ type Kind struct {
 	ValidateIn func(name, namespace string, spec proto.Message) []FieldError
 	// CheckRefs checks an object against the rest of the store; optional.
 	CheckRefs func(ctx context.Context, r store.Reader, obj *Object) ([]FieldError, error)
+	// CheckDelete says why deleting a stored object would take from
+	// clusters what workloads there still use, which only a forced delete
+	// may; optional. Empty means it may go.
+	CheckDelete func(ctx context.Context, r store.Reader, rec store.Record) (string, error)
 }
 
 // APIVersion is the apiVersion the kind is stored and shown with.

@@ -47,15 +47,18 @@ func clusters(t *testing.T) []*kcluster {
 	return out
 }
 
-// bareCluster is the fleet's cluster without Istio (c3).
-func bareCluster(t *testing.T) *kcluster {
+// bareClusters are the fleet's clusters started without Istio (c3, c4).
+func bareClusters(t *testing.T) []*kcluster {
+	var out []*kcluster
 	for _, c := range fleet.Clusters() {
 		if c.Bare {
-			return kclusterOf(t, c)
+			out = append(out, kclusterOf(t, c))
 		}
 	}
-	t.Fatal("the e2e fleet has no bare cluster")
-	return nil
+	if len(out) < 2 {
+		t.Fatalf("the e2e fleet has %d bare clusters, not 2", len(out))
+	}
+	return out
 }
 
 func kclusterOf(t *testing.T, c testfleet.Cluster) *kcluster {

@@ -4,6 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -63,10 +67,10 @@ spec:
 // the CRDs are released, not deleted (deleting one deletes every object of
 // its kind).
 func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
-	c3 := bareCluster(t)
+	c3 := bareClusters(t)[0]
 	ctx := context.Background()
 	if _, err := c3.kube.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("%s is not bare: istio-system: %v", c3.name, err)
+		t.Fatalf("%s is not bare (run this test first, or alone): istio-system: %v", c3.name, err)
 	}
 	dir := t.TempDir()
 	s := startServer(t, dir)
@@ -197,8 +201,12 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 		})
 	})
 	t.Run("deselected, it is pruned and its CRDs are kept", func(t *testing.T) {
-		if r := s.flotilla(istioIntent(c3.name, "{names: [elsewhere]}"), "apply", "-f", "-"); r.code != 0 {
-			t.Fatalf("apply: %s", r.stderr)
+		// The pod of the revision holds it, unless forced.
+		if r := s.flotilla(istioIntent(c3.name, "{names: [elsewhere]}"), "apply", "-f", "-"); r.code == 0 || !strings.Contains(r.stderr, c3.name+" (1)") {
+			t.Fatalf("deselecting a cluster whose pods use the revision: exit %d, %s", r.code, r.stderr)
+		}
+		if r := s.flotilla(istioIntent(c3.name, "{names: [elsewhere]}"), "apply", "-f", "-", "--force"); r.code != 0 {
+			t.Fatalf("apply --force: %s", r.stderr)
 		}
 		eventually(t, 60*time.Second, "istiod and the gateways pruned", func() error {
 			for _, o := range []struct {
@@ -226,3 +234,172 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 		})
 	})
 }
+
+// revisionIntent is the organization, the bare clusters, and one
+// IstioInstallation per revision (name → tags), all selecting env=lab.
+func revisionIntent(clusters []*kcluster, revisions map[string][]string) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: flotilla.io/v1alpha1\nkind: Organization\nmetadata: {name: acme}\n")
+	for i, c := range clusters {
+		fmt.Fprintf(&b, "---\napiVersion: flotilla.io/v1alpha1\nkind: Cluster\nmetadata: {name: %s, organization: acme}\nspec: {network: net%d, labels: {env: lab}}\n", c.name, i+3)
+	}
+	for _, rev := range slices.Sorted(maps.Keys(revisions)) {
+		tags, _ := json.Marshal(revisions[rev])
+		fmt.Fprintf(&b, "---\napiVersion: flotilla.io/v1alpha1\nkind: IstioInstallation\nmetadata: {name: %s, organization: acme}\n"+
+			"spec: {clusters: {labels: {env: lab}}, version: \"1.31\", revision: %s, tags: %s, values: {istiod: {autoscaleEnabled: false}}}\n", rev, rev, tags)
+	}
+	return b.String()
+}
+
+// tagTarget is the istiod Service that the revision tag's webhook calls in
+// the cluster, for a namespace labelled istio.io/rev=<tag>.
+func tagTarget(ctx context.Context, c *kcluster, tag string) (string, error) {
+	h, err := c.dyn.Resource(mwcGVR).Get(ctx, "istio-revision-tag-"+tag, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	hooks, _, _ := unstructured.NestedSlice(h.Object, "webhooks")
+	var services []string
+	for _, w := range hooks {
+		svc, _, _ := unstructured.NestedString(w.(map[string]any), "clientConfig", "service", "name")
+		values := fmt.Sprint(w.(map[string]any)["namespaceSelector"])
+		if strings.Contains(values, tag) {
+			services = append(services, svc)
+		}
+	}
+	services = slices.Compact(services)
+	if len(services) != 1 {
+		return "", fmt.Errorf("tag %s in %s calls %v", tag, c.name, services)
+	}
+	return services[0], nil
+}
+
+// A canary upgrade by revision on two bare clusters: the new revision is
+// installed beside the old one; moving a revision tag moves its namespaces'
+// injection to the new istiod, and moving it back is the rollback; the old
+// revision is refused for removal while a pod still runs a proxy it
+// injected, and removed, in both clusters, once none does. Every step is in
+// the audit log.
+func TestACanaryUpgradeByRevisionOnTwoClusters(t *testing.T) {
+	cs := bareClusters(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	apply := func(revisions map[string][]string, extra ...string) {
+		t.Helper()
+		if r := s.flotilla(revisionIntent(cs, revisions), append([]string{"apply", "-f", "-"}, extra...)...); r.code != 0 {
+			t.Fatalf("apply: %s", r.stderr)
+		}
+	}
+	apply(map[string][]string{"1-31-a": {"default", "prod-stable"}})
+	for _, c := range cs {
+		c.reset(t, "apps")
+		values := map[string]any{}
+		if err := yaml.Unmarshal([]byte(s.must("cluster", "onboard", c.name, "-o", "helm-values")), &values); err != nil {
+			t.Fatal(err)
+		}
+		values["istioLifecycle"] = map[string]any{"enabled": true}
+		agentchart.Install(t, c.kubeconfig, values)
+		cdir := filepath.Join(dir, c.name)
+		if err := os.MkdirAll(cdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		startProcess(t, cdir, nil, agentchart.PodOf(t, c.info.RESTConfig(t), cdir).Args...)
+	}
+	deployments := func(c *kcluster) ([]string, error) {
+		l, err := c.dyn.Resource(depGVR).Namespace("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, d := range l.Items {
+			out = append(out, d.GetName())
+		}
+		slices.Sort(out)
+		return out, nil
+	}
+	revisionsAre := func(want ...string) func() error {
+		return func() error {
+			for _, c := range cs {
+				got, err := deployments(c)
+				if err != nil || !slices.Equal(got, want) {
+					return fmt.Errorf("%s runs istiod %v (%v), want %v", c.name, got, err, want)
+				}
+			}
+			return nil
+		}
+	}
+	tagIs := func(tag, service string) func() error {
+		return func() error {
+			for _, c := range cs {
+				if got, err := tagTarget(ctx, c, tag); err != nil || got != service {
+					return fmt.Errorf("%s: tag %s calls %q (%v), want %s", c.name, tag, got, err, service)
+				}
+			}
+			return nil
+		}
+	}
+	eventually(t, 90*time.Second, "revision 1-31-a in both clusters", revisionsAre("istiod-1-31-a"))
+	eventually(t, 10*time.Second, "prod-stable on 1-31-a", tagIs("prod-stable", "istiod-1-31-a"))
+
+	// The canary beside it.
+	apply(map[string][]string{"1-31-a": {"default", "prod-stable"}, "1-31-b": {"prod-canary"}})
+	eventually(t, 60*time.Second, "both revisions in both clusters", revisionsAre("istiod-1-31-a", "istiod-1-31-b"))
+	eventually(t, 10*time.Second, "prod-canary on 1-31-b", tagIs("prod-canary", "istiod-1-31-b"))
+	// Move prod-stable to the canary, then back (the rollback), then again.
+	apply(map[string][]string{"1-31-a": {"default"}, "1-31-b": {"prod-stable", "prod-canary"}})
+	eventually(t, 30*time.Second, "prod-stable moved to 1-31-b", tagIs("prod-stable", "istiod-1-31-b"))
+	apply(map[string][]string{"1-31-a": {"default", "prod-stable"}, "1-31-b": {"prod-canary"}})
+	eventually(t, 30*time.Second, "prod-stable rolled back to 1-31-a", tagIs("prod-stable", "istiod-1-31-a"))
+	apply(map[string][]string{"1-31-a": {}, "1-31-b": {"default", "prod-stable", "prod-canary"}})
+	eventually(t, 30*time.Second, "every tag on 1-31-b", errorsJoin(tagIs("prod-stable", "istiod-1-31-b"), tagIs("default", "istiod-1-31-b")))
+
+	// A pod still on 1-31-a in the first cluster holds the old revision.
+	c3 := cs[0]
+	if _, err := c3.kube.CoreV1().ServiceAccounts("apps").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "old", Namespace: "apps", Annotations: map[string]string{"sidecar.istio.io/status": `{"revision":"1-31-a"}`}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "old", Image: "old"}}}}
+	if _, err := c3.kube.CoreV1().Pods("apps").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 40*time.Second, "the old revision's proxy reported", func() error {
+		if out := s.must("get", "istio", c3.name); !regexpMatch(`(?m)^`+c3.name+` +1-31-a +1-31-a +Applied .* 1 +istio-sidecar-injector-1-31-a`, out) {
+			return fmt.Errorf("get istio:\n%s", out)
+		}
+		return nil
+	})
+	r := s.flotilla("", "delete", "istioinstallation", "1-31-a", "--org", "acme")
+	if r.code == 0 || !strings.Contains(r.stderr, c3.name+" (1)") || !strings.Contains(r.stderr, "--force") {
+		t.Fatalf("removing a revision a pod still uses: exit %d, %s", r.code, r.stderr)
+	}
+	if err := c3.kube.CoreV1().Pods("apps").Delete(ctx, "old", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 40*time.Second, "no proxy of the old revision reported", func() error {
+		if out := s.must("get", "istio", c3.name); !regexpMatch(`(?m)^`+c3.name+` +1-31-a +1-31-a +Applied .* 0 +istio-sidecar-injector-1-31-a`, out) {
+			return fmt.Errorf("get istio:\n%s", out)
+		}
+		return nil
+	})
+	s.must("delete", "istioinstallation", "1-31-a", "--org", "acme")
+	eventually(t, 40*time.Second, "the old revision removed from both clusters", revisionsAre("istiod-1-31-b"))
+	audit := s.must("audit", "--since", "1h")
+	if strings.Count(audit, "organizations/acme/istioinstallations/1-31-b") < 4 || !strings.Contains(audit, "organizations/acme/istioinstallations/1-31-a") {
+		t.Errorf("the audit log lacks the upgrade's steps:\n%s", audit)
+	}
+}
+
+func errorsJoin(fs ...func() error) func() error {
+	return func() error {
+		for _, f := range fs {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }

@@ -58,9 +58,9 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	// c1 and c2 run Istio (CRDs, istio-system, istiod); c3 is bare, for
-	// Flotilla to install Istio into (istiolifecycle_test.go).
-	f, err := testfleet.Start(testfleet.Options{Clusters: 3, Istio: true, Bare: 1})
+	// c1 and c2 run Istio (CRDs, istio-system, istiod); c3 and c4 are
+	// bare, for Flotilla to install Istio into (istiolifecycle_test.go).
+	f, err := testfleet.Start(testfleet.Options{Clusters: 4, Istio: true, Bare: 2})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testfleet:", err)
 		os.RemoveAll(dir)

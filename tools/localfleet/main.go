@@ -4,14 +4,15 @@
 //
 // Usage:
 //
-//	localfleet up    --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M]   start in the background
-//	localfleet down  --dir DIR                                                                     stop what up started
-//	localfleet run   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M]   run in the foreground
-//	localfleet stop  --dir DIR --cluster C                                                         crash one cluster, keeping its data
-//	localfleet start --dir DIR --cluster C                                                         bring it back
+//	localfleet up    --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--run-istiods]   start in the background
+//	localfleet down  --dir DIR                                                                                    stop what up started
+//	localfleet run   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--run-istiods]   run in the foreground
+//	localfleet stop  --dir DIR --cluster C                                                                        crash one cluster, keeping its data
+//	localfleet start --dir DIR --cluster C                                                                        bring it back
 //
 // up starts a detached `localfleet run` (the supervisor) and returns once
-// every cluster is ready. The supervisor owns every etcd, kube-apiserver and istiod,
+// every cluster is ready. The supervisor owns every etcd, kube-apiserver and istiod
+// (with --run-istiods also one per istiod Deployment in a cluster),
 // each of which dies with it (parent-death signal); down signals the
 // supervisor, which stops its clusters and exits. stop and start ask the
 // supervisor, over its control socket DIR/localfleet.sock, to kill one
@@ -35,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"flotilla.io/flotilla/tools/localfleet/internal/cluster"
 	"flotilla.io/flotilla/tools/localfleet/internal/control"
 	"flotilla.io/flotilla/tools/localfleet/internal/fleet"
 	"flotilla.io/flotilla/tools/localfleet/internal/proc"
@@ -79,14 +81,20 @@ func main() {
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
-  localfleet up    --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--bin-dir D] [--crds FILE]
-  localfleet run   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--bin-dir D] [--crds FILE] [--stop-on-stdin-close] [--remove-dir] [--ready-fd N]
+  localfleet up    --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--run-istiods] [--bin-dir D] [--crds FILE]
+  localfleet run   --clusters N --dir DIR [--name-prefix c] [--workloads] [--istio] [--bare M] [--run-istiods] [--bin-dir D] [--crds FILE] [--stop-on-stdin-close] [--remove-dir] [--ready-fd N]
   localfleet down  --dir DIR
   localfleet stop  --dir DIR --cluster C     kill C's processes as a crash would; its data, address and certificates are kept
   localfleet start --dir DIR --cluster C     start a stopped C again
 
 --bare M starts the last M of the N clusters bare: without Istio's CRDs, the
 istio-system namespace and istiod, as clusters never prepared for Istio.
+
+--run-istiods makes every cluster run a real istiod for each istiod Deployment
+(istio-system, label app=istiod, one per revision, as Istio's chart installs
+them) with the Deployment's arguments and environment, on loopback ports of its
+own, listed by revision under "istiods" in fleet.json once ready; it is stopped
+when the Deployment goes and restarted when its arguments or environment change.
 `)
 	os.Exit(2)
 }
@@ -101,6 +109,7 @@ type startFlags struct {
 	workloads  bool
 	istio      bool
 	bare       int
+	runIstiods bool
 }
 
 func (s *startFlags) register(fs *flag.FlagSet) {
@@ -112,6 +121,7 @@ func (s *startFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&s.workloads, "workloads", false, "also run kube-controller-manager, kube-scheduler and kwok, so that pods run (build with `make fleet-workloads`)")
 	fs.BoolVar(&s.istio, "istio", false, "also run an istiod per cluster, its xDS and debug ports on loopback (build with `make fleet-istio`)")
 	fs.IntVar(&s.bare, "bare", 0, "start the last `M` clusters bare: without Istio's CRDs, the istio-system namespace and istiod")
+	fs.BoolVar(&s.runIstiods, "run-istiods", false, "run an istiod for each istiod Deployment that appears in a cluster, as its pod would (build with `make fleet-istio`)")
 }
 
 // resolve checks the flags and fills in the defaults, all as absolute paths.
@@ -154,9 +164,9 @@ func (s *startFlags) resolve() error {
 			}
 		}
 	}
-	if s.istio {
+	if s.istio || s.runIstiods {
 		if _, err := os.Stat(filepath.Join(s.binDir, "istiod")); err != nil {
-			return fmt.Errorf("%w (--istio needs `make fleet-istio` at the repository root)", err)
+			return fmt.Errorf("%w (--istio and --run-istiods need `make fleet-istio` at the repository root)", err)
 		}
 	}
 	return nil
@@ -167,6 +177,7 @@ func (s *startFlags) args() []string {
 		"--clusters=" + strconv.Itoa(s.clusters), "--dir=" + s.dir, "--name-prefix=" + s.namePrefix,
 		"--bin-dir=" + s.binDir, "--crds=" + s.crds, "--workloads=" + strconv.FormatBool(s.workloads),
 		"--istio=" + strconv.FormatBool(s.istio), "--bare=" + strconv.Itoa(s.bare),
+		"--run-istiods=" + strconv.FormatBool(s.runIstiods),
 	}
 }
 
@@ -302,7 +313,8 @@ func run(args []string) error {
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	f, err := fleet.Start(startCtx, fleet.Options{
 		Clusters: s.clusters, NamePrefix: s.namePrefix, Dir: s.dir,
-		BinDir: s.binDir, CRDs: s.crds, Workloads: s.workloads, Istio: s.istio, Bare: s.bare, Log: log,
+		BinDir: s.binDir, CRDs: s.crds, Workloads: s.workloads, Istio: s.istio, Bare: s.bare,
+		RunIstiods: s.runIstiods, Log: log,
 	})
 	cancelStart()
 	if err != nil {
@@ -388,6 +400,9 @@ func down(args []string) error {
 	for _, c := range m.Clusters {
 		for name, p := range c.PIDs {
 			pids[p] = name
+		}
+		for _, d := range c.Istiods {
+			pids[d.PID] = cluster.Istiod
 		}
 	}
 	for p, name := range pids {

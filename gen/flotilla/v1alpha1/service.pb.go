@@ -703,7 +703,10 @@ type DeleteRequest struct {
 	Metadata *Metadata              `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	Cascade  bool                   `protobuf:"varint,4,opt,name=cascade,proto3" json:"cascade,omitempty"`
 	// Etag, when set, must match the stored etag.
-	Etag          string `protobuf:"bytes,5,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,5,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Force allows a delete that takes what workloads still use from
+	// clusters (an IstioInstallation whose revision injected running pods).
+	Force         bool `protobuf:"varint,6,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +774,13 @@ func (x *DeleteRequest) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *DeleteRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type DeleteResponse struct {
@@ -1615,13 +1625,14 @@ const file_flotilla_v1alpha1_service_proto_rawDesc = "" +
 	"\fListResponse\x129\n" +
 	"\tresources\x18\x01 \x03(\v2\x1b.flotilla.v1alpha1.ResourceR\tresources\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\x9c\x01\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xb2\x01\n" +
 	"\rDeleteRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03fqn\x18\x02 \x01(\tR\x03fqn\x127\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1b.flotilla.v1alpha1.MetadataR\bmetadata\x12\x18\n" +
 	"\acascade\x18\x04 \x01(\bR\acascade\x12\x12\n" +
-	"\x04etag\x18\x05 \x01(\tR\x04etag\"F\n" +
+	"\x04etag\x18\x05 \x01(\tR\x04etag\x12\x14\n" +
+	"\x05force\x18\x06 \x01(\bR\x05force\"F\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x03(\tR\adeleted\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"I\n" +

@@ -6,7 +6,9 @@
 //	        └─ cluster.Start(c2)   (bare: no istio.Install, no istiod)  ──────┘
 //
 // While it serves, StopCluster crashes one cluster and StartCluster brings it
-// back, each rewriting fleet.json.
+// back, each rewriting fleet.json. With RunIstiods, every cluster also runs
+// an istiod for each istiod Deployment that appears in it, and fleet.json is
+// rewritten whenever one becomes ready or goes.
 //
 // Layout of DIR:
 //
@@ -68,6 +70,11 @@ type Options struct {
 	// Istio's CRDs, the istio-system namespace and istiod, as a cluster that
 	// was never prepared for Istio. 0 to Clusters.
 	Bare int
+	// RunIstiods makes every cluster run a real istiod for each istiod
+	// Deployment in its istio-system (cluster.RunDeployedIstiods), as
+	// Flotilla's agent installs them with Istio's chart; bare clusters
+	// are the main case.
+	RunIstiods bool
 	// Log receives progress messages.
 	Log *slog.Logger
 }
@@ -99,6 +106,9 @@ type ClusterInfo struct {
 	PIDs map[string]int `json:"pids"`
 	// Istiod is where the cluster's istiod listens; nil without Istio.
 	Istiod *cluster.IstiodAddrs `json:"istiod,omitempty"`
+	// Istiods are, by revision, the istiods run for the cluster's istiod
+	// Deployments (RunIstiods) that are ready; nil when none is.
+	Istiods map[string]cluster.DeployedIstiod `json:"istiods,omitempty"`
 	// Bare is true for a cluster started without Istio's CRDs, the
 	// istio-system namespace and istiod. Network is still the one it would be
 	// labelled with.
@@ -221,6 +231,14 @@ func Start(ctx context.Context, opts Options) (*Fleet, error) {
 		f.Stop()
 		return nil, err
 	}
+	if opts.RunIstiods {
+		for i, c := range f.clusters {
+			if err := c.RunDeployedIstiods(opts.Log, func(istiods map[string]cluster.DeployedIstiod) { f.istiodsChanged(i, istiods) }); err != nil {
+				f.Stop()
+				return nil, err
+			}
+		}
+	}
 	return f, nil
 }
 
@@ -316,6 +334,20 @@ func (f *Fleet) update(i int) error {
 	f.manifest.Clusters[i].PIDs = pids
 	f.manifest.Clusters[i].Stopped = len(pids) == 0
 	return WriteManifest(f.dir, f.manifest)
+}
+
+// istiodsChanged records the ready istiods of cluster i's Deployments and
+// writes the manifest.
+func (f *Fleet) istiodsChanged(i int, istiods map[string]cluster.DeployedIstiod) {
+	if len(istiods) == 0 {
+		istiods = nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.manifest.Clusters[i].Istiods = istiods
+	if err := WriteManifest(f.dir, f.manifest); err != nil {
+		f.log.Warn("fleet.json does not show the istiods of Deployments", "cluster", f.manifest.Clusters[i].Name, "err", err)
+	}
 }
 
 // Stop stops every cluster in parallel and waits for all processes to exit.
