@@ -238,6 +238,11 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 // revisionIntent is the organization, the bare clusters, and one
 // IstioInstallation per revision (name → tags), all selecting env=lab.
 func revisionIntent(clusters []*kcluster, revisions map[string][]string) string {
+	return revisionIntentWith(clusters, revisions, "")
+}
+
+// revisionIntentWith is revisionIntent with every installation of profile.
+func revisionIntentWith(clusters []*kcluster, revisions map[string][]string, profile string) string {
 	var b strings.Builder
 	b.WriteString("apiVersion: flotilla.io/v1alpha1\nkind: Organization\nmetadata: {name: acme}\n")
 	for i, c := range clusters {
@@ -246,7 +251,7 @@ func revisionIntent(clusters []*kcluster, revisions map[string][]string) string 
 	for _, rev := range slices.Sorted(maps.Keys(revisions)) {
 		tags, _ := json.Marshal(revisions[rev])
 		fmt.Fprintf(&b, "---\napiVersion: flotilla.io/v1alpha1\nkind: IstioInstallation\nmetadata: {name: %s, organization: acme}\n"+
-			"spec: {clusters: {labels: {env: lab}}, version: \"1.31\", revision: %s, tags: %s, values: {istiod: {autoscaleEnabled: false}}}\n", rev, rev, tags)
+			"spec: {clusters: {labels: {env: lab}}, version: \"1.31\", revision: %s, profile: %q, tags: %s, values: {istiod: {autoscaleEnabled: false}}}\n", rev, rev, profile, tags)
 	}
 	return b.String()
 }
@@ -278,8 +283,8 @@ func tagTarget(ctx context.Context, c *kcluster, tag string) (string, error) {
 // installed beside the old one; moving a revision tag moves its namespaces'
 // injection to the new istiod, and moving it back is the rollback; the old
 // revision is refused for removal while a pod still runs a proxy it
-// injected, and removed, in both clusters, once none does. Every step is in
-// the audit log.
+// injected, and removed, in both clusters, once none does; the ambient
+// profile then brings istio-cni and ztunnel. Every step is in the audit log.
 func TestACanaryUpgradeByRevisionOnTwoClusters(t *testing.T) {
 	cs := bareClusters(t)
 	ctx := context.Background()
@@ -385,6 +390,29 @@ func TestACanaryUpgradeByRevisionOnTwoClusters(t *testing.T) {
 	})
 	s.must("delete", "istioinstallation", "1-31-a", "--org", "acme")
 	eventually(t, 40*time.Second, "the old revision removed from both clusters", revisionsAre("istiod-1-31-b"))
+	// Ambient: the same revision with the ambient profile brings istio-cni
+	// and ztunnel, and istiod with ambient enabled.
+	if r := s.flotilla(revisionIntentWith(cs, map[string][]string{"1-31-b": {"default", "prod-stable", "prod-canary"}}, "ambient"), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply ambient: %s", r.stderr)
+	}
+	dsGVR := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "daemonsets"}
+	eventually(t, 40*time.Second, "ambient in both clusters", func() error {
+		for _, c := range cs {
+			for _, ds := range []string{"istio-cni-node", "ztunnel"} {
+				if _, err := c.dyn.Resource(dsGVR).Namespace("istio-system").Get(ctx, ds, metav1.GetOptions{}); err != nil {
+					return fmt.Errorf("%s: %w", c.name, err)
+				}
+			}
+			d, err := c.dyn.Resource(depGVR).Namespace("istio-system").Get(ctx, "istiod-1-31-b", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(fmt.Sprint(d.Object["spec"]), "name:PILOT_ENABLE_AMBIENT value:true") {
+				return fmt.Errorf("%s: istiod-1-31-b without ambient", c.name)
+			}
+		}
+		return nil
+	})
 	audit := s.must("audit", "--since", "1h")
 	if strings.Count(audit, "organizations/acme/istioinstallations/1-31-b") < 4 || !strings.Contains(audit, "organizations/acme/istioinstallations/1-31-a") {
 		t.Errorf("the audit log lacks the upgrade's steps:\n%s", audit)
