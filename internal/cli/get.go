@@ -541,11 +541,16 @@ func newDescribeCmd(e *env) *cobra.Command {
 		Short: "Show a resource in detail: metadata, spec, status, children and recent changes",
 		Long: `Show a resource in detail: metadata, spec, status, children and recent changes.
 "describe service NAMESPACE/NAME" shows a fleet service instead: its instance
-in each cluster, and the objects generated for it in each cluster.`,
+in each cluster, and the objects generated for it in each cluster.
+"describe istio CLUSTER" shows Istio's control plane in a cluster: each
+revision that an IstioInstallation wants there or that runs there.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] == "service" || args[0] == "services" || args[0] == "svc" {
 				return e.describeService(cmd, args[1])
+			}
+			if args[0] == "istio" {
+				return e.describeIstio(cmd, args[1])
 			}
 			k, r, err := e.findArg(cmd, args[0], args[1], &parents)
 			if err != nil {

@@ -158,3 +158,58 @@ func (e *env) istioRows(ctx context.Context, only []string) ([]istioRow, error) 
 	})
 	return out, nil
 }
+
+// describeIstio prints Istio's control plane in one cluster: per revision,
+// the installation that wants it (version, profile, tags, gateways, its
+// state there) and what runs (istiod's replicas, webhooks, proxies).
+func (e *env) describeIstio(cmd *cobra.Command, cluster string) error {
+	rows, err := e.istioRows(cmd.Context(), []string{cluster})
+	if err != nil {
+		return err
+	}
+	installs, err := e.listAll(cmd.Context(), &pb.ListRequest{Kind: resource.KindIstioInstallation})
+	if err != nil {
+		return err
+	}
+	byName := map[string]*pb.Resource{}
+	for _, in := range installs {
+		byName[in.GetMetadata().GetName()] = in
+	}
+	fmt.Fprintf(e.out, "Cluster:\t%s\n", cluster)
+	if len(rows) == 0 {
+		fmt.Fprintln(e.out, "Revisions:\t<none>: no IstioInstallation selects it, and its agent reports no istiod")
+		return nil
+	}
+	for _, r := range rows {
+		w := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "Revision %s:\n", r.Revision)
+		if in := byName[r.Installation]; in != nil {
+			fmt.Fprintf(w, "  Installation:\t%s (version %s, profile %s)\n", in.GetMetadata().GetFqn(), specString(in, "version"), cmp.Or(specString(in, "profile"), "default"))
+			fmt.Fprintf(w, "  Wanted tags:\t%s\n", cmp.Or(specString(in, "tags"), "<none>"))
+			var gws []string
+			if list, ok := in.GetSpec().AsMap()["gateways"].([]any); ok {
+				for _, g := range list {
+					if m, ok := g.(map[string]any); ok {
+						gws = append(gws, fmt.Sprintf("%v (%v)", m["name"], m["type"]))
+					}
+				}
+			}
+			fmt.Fprintf(w, "  Gateways:\t%s\n", cmp.Or(strings.Join(gws, ", "), "<none>"))
+			fmt.Fprintf(w, "  State:\t%s %s\n", r.State, r.Message)
+		} else {
+			fmt.Fprintf(w, "  Installation:\t<none>: no IstioInstallation wants this revision here\n")
+		}
+		if r.Running {
+			fmt.Fprintf(w, "  istiod:\t%d/%d ready, version %s\n", r.ReadyReplicas, r.Replicas, cmp.Or(r.Version, "?"))
+			fmt.Fprintf(w, "  Tags:\t%s\n", cmp.Or(strings.Join(r.Tags, ", "), "<none>"))
+			fmt.Fprintf(w, "  Webhooks:\t%s\n", cmp.Or(strings.Join(r.Webhooks, ", "), "<none reported>"))
+			fmt.Fprintf(w, "  Proxies:\t%d (pods a restart would move off this revision)\n", r.Proxies)
+		} else {
+			fmt.Fprintf(w, "  istiod:\tnot running (not installed yet, or the agent has not reported it)\n")
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -70,6 +70,10 @@ type Options struct {
 	// CRDs, the istio-system namespace and istiod, as a cluster that
 	// Flotilla installs Istio into (IstioInstallation) starts.
 	Bare int
+	// RunIstiods runs a real istiod for each istiod Deployment that appears
+	// in a cluster (localfleet --run-istiods); Fleet.Istiods says where
+	// they listen. It needs `make fleet-istio`.
+	RunIstiods bool
 }
 
 // Fleet is a running local fleet. Stop must be called to end it.
@@ -148,7 +152,7 @@ func Start(opts Options) (*Fleet, error) {
 		need = append(need, "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml")
 		target = makeWorkloadsTarget
 	}
-	if opts.Istio {
+	if opts.Istio || opts.RunIstiods {
 		need = append(need, "istiod")
 		if opts.Workloads {
 			target += " fleet-istio"
@@ -199,6 +203,9 @@ func start(bin, dir string, opts Options) (*Fleet, error) {
 	if opts.Bare > 0 {
 		args = append(args, "--bare="+strconv.Itoa(opts.Bare))
 	}
+	if opts.RunIstiods {
+		args = append(args, "--run-istiods")
+	}
 	cmd := exec.Command(filepath.Join(bin, "localfleet"), args...)
 	cmd.Stdin = stdinR
 	cmd.Stdout, cmd.Stderr = log, log
@@ -245,6 +252,31 @@ func start(bin, dir string, opts Options) (*Fleet, error) {
 		return nil, fmt.Errorf("read fleet manifest: %w", err)
 	}
 	return f, nil
+}
+
+// Istiods returns where the istiods that run for cluster's istiod
+// Deployments listen, by revision (Options.RunIstiods): those ready now, as
+// fleet.json says at the call.
+func (f *Fleet) Istiods(cluster string) (map[string]Istiod, error) {
+	data, err := os.ReadFile(filepath.Join(f.dir, "fleet.json"))
+	if err != nil {
+		return nil, err
+	}
+	var m struct {
+		Clusters []struct {
+			Name    string            `json:"name"`
+			Istiods map[string]Istiod `json:"istiods"`
+		} `json:"clusters"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("read fleet manifest: %w", err)
+	}
+	for _, c := range m.Clusters {
+		if c.Name == cluster {
+			return c.Istiods, nil
+		}
+	}
+	return nil, fmt.Errorf("no cluster %s in the fleet", cluster)
 }
 
 // Dir returns the fleet directory, which holds fleet.json, the kubeconfigs

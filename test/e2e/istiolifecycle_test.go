@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"flotilla.io/flotilla/internal/testfleet/agentchart"
+	"flotilla.io/flotilla/internal/testfleet/xdsprobe"
 )
 
 var (
@@ -188,6 +189,12 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 		if out := s.must("get", "istio"); !strings.Contains(out, "istio-sidecar-injector") || !strings.Contains(out, "PROXIES") {
 			t.Errorf("get istio's table:\n%s", out)
 		}
+		out := s.must("describe", "istio", c3.name)
+		for _, want := range []string{"Revision default:", "organizations/acme/istioinstallations/stable (version 1.31", "istio-ingressgateway (ingress)", "1 (pods a restart would move"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("describe istio lacks %q:\n%s", want, out)
+			}
+		}
 	})
 	// Istio's analyzers judge the cluster as installed.
 	analyzeClusters(t, c3)
@@ -351,6 +358,26 @@ func TestACanaryUpgradeByRevisionOnTwoClusters(t *testing.T) {
 	apply(map[string][]string{"1-31-a": {"default", "prod-stable"}, "1-31-b": {"prod-canary"}})
 	eventually(t, 60*time.Second, "both revisions in both clusters", revisionsAre("istiod-1-31-a", "istiod-1-31-b"))
 	eventually(t, 10*time.Second, "prod-canary on 1-31-b", tagIs("prod-canary", "istiod-1-31-b"))
+	// A proxy of the new revision, asking its istiod, gets the mesh's
+	// config: a real istiod runs for the Deployment Flotilla installed.
+	for i, c := range cs {
+		eventually(t, 90*time.Second, "istiod-1-31-b serving xDS in "+c.name, func() error {
+			istiods, err := fleet.Istiods(c.name)
+			if err != nil || istiods["1-31-b"].GRPC == "" {
+				return fmt.Errorf("no istiod of 1-31-b in %s yet (%v, %v)", c.name, istiods, err)
+			}
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			snap, err := xdsprobe.Fetch(pctx, istiods["1-31-b"].GRPC, xdsprobe.Proxy{Namespace: "apps", Workload: "web", Labels: map[string]string{"app": "web"}, Cluster: c.name, Network: fmt.Sprintf("net%d", i+3)})
+			if err != nil {
+				return err
+			}
+			if snap.Clusters["outbound|443||kubernetes.default.svc.cluster.local"] == nil {
+				return fmt.Errorf("istiod-1-31-b in %s sent %d clusters, not the kubernetes Service's", c.name, len(snap.Clusters))
+			}
+			return nil
+		})
+	}
 	// Move prod-stable to the canary, then back (the rollback), then again.
 	apply(map[string][]string{"1-31-a": {"default"}, "1-31-b": {"prod-stable", "prod-canary"}})
 	eventually(t, 30*time.Second, "prod-stable moved to 1-31-b", tagIs("prod-stable", "istiod-1-31-b"))

@@ -59,8 +59,9 @@ func TestMain(m *testing.M) {
 		}
 	}
 	// c1 and c2 run Istio (CRDs, istio-system, istiod); c3 and c4 are
-	// bare, for Flotilla to install Istio into (istiolifecycle_test.go).
-	f, err := testfleet.Start(testfleet.Options{Clusters: 4, Istio: true, Bare: 2})
+	// bare, for Flotilla to install Istio into (istiolifecycle_test.go),
+	// and the istiod Deployments it makes there run as real istiods.
+	f, err := testfleet.Start(testfleet.Options{Clusters: 4, Istio: true, Bare: 2, RunIstiods: true})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testfleet:", err)
 		os.RemoveAll(dir)

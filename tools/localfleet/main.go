@@ -11,8 +11,8 @@
 //	localfleet start --dir DIR --cluster C                                                                        bring it back
 //
 // up starts a detached `localfleet run` (the supervisor) and returns once
-// every cluster is ready. The supervisor owns every etcd, kube-apiserver and istiod
-// (with --run-istiods also one per istiod Deployment in a cluster),
+// every cluster is ready. The supervisor owns every etcd, kube-apiserver and
+// istiod (with --run-istiods, also one per istiod Deployment in a cluster),
 // each of which dies with it (parent-death signal); down signals the
 // supervisor, which stops its clusters and exits. stop and start ask the
 // supervisor, over its control socket DIR/localfleet.sock, to kill one

@@ -10,8 +10,8 @@
 // Layout of a cluster's directory (Spec.Dir):
 //
 //	pki/ca.crt, ca.key, apiserver.crt, apiserver.key, sa.key, tokens.csv
-//	etcd/                 etcd's data
-//	<component>.log       one log per component: etcd.log, kube-apiserver.log, …
+//	etcd/                   etcd's data
+//	<component>.log         one log per component: etcd.log, kube-apiserver.log, …
 //	istiods/<revision>.log  the istiod of each istiod Deployment (RunDeployedIstiods)
 //
 // The kubeconfig goes to Spec.Kubeconfig, which is usually outside Spec.Dir.
@@ -469,9 +469,10 @@ func poll(ctx context.Context, procs []*proc.Process, what string, check func(co
 	}
 }
 
-func waitEtcd(ctx context.Context, url string, p *proc.Process) error {
-	return poll(ctx, []*proc.Process{p}, "etcd at "+url, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/health", nil)
+// httpOK is a check for poll: GET url answers 200.
+func httpOK(url string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
 		}
@@ -481,10 +482,14 @@ func waitEtcd(ctx context.Context, url string, p *proc.Process) error {
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("etcd health: %s", resp.Status)
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
 		}
 		return nil
-	})
+	}
+}
+
+func waitEtcd(ctx context.Context, url string, p *proc.Process) error {
+	return poll(ctx, []*proc.Process{p}, "etcd at "+url, httpOK(url+"/health"))
 }
 
 func waitReady(ctx context.Context, cfg *rest.Config, p *proc.Process) error {

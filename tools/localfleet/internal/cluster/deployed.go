@@ -16,7 +16,7 @@ package cluster
 //	        ▲                                                                   │
 //	        └──────────── follow: ready (/ready answers 200), exited ◀──────────┘
 //	        │
-//	        └── changed(the ready istiods by revision) ──▶ the fleet's fleet.json
+//	        └── changed(the ready istiods by revision) ──▶ package fleet: fleet.json
 
 import (
 	"cmp"
@@ -80,9 +80,9 @@ const (
 // on loopback ports of its own, kept while its Deployment exists.
 //
 // changed is called with the istiods that are ready, by revision, whenever
-// that set changes (with an empty one when the cluster stops). It is called
-// from a goroutine of the cluster's, one call at a time, and must not call
-// the cluster's methods; it owns the map it is given.
+// that set changes (so with an empty one when the cluster stops, if any was
+// ready). It is called from a goroutine of the cluster's, one call at a
+// time, and must not call the cluster's methods; it owns the map it is given.
 func (c *Cluster) RunDeployedIstiods(log *slog.Logger, changed func(map[string]DeployedIstiod)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -97,8 +97,8 @@ func (c *Cluster) RunDeployedIstiods(log *slog.Logger, changed func(map[string]D
 }
 
 // deployedIstiods runs the istiods of a cluster's istiod Deployments while
-// the cluster runs: Start and Restart start its loop, Stop and Kill stop it,
-// each holding the cluster's mu.
+// the cluster runs: RunDeployedIstiods and Restart start its loop, Stop and
+// Kill stop it, each holding the cluster's mu.
 type deployedIstiods struct {
 	c       *Cluster // the loop reads only fields that never change: Spec, Config
 	log     *slog.Logger

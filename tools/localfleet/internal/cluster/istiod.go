@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"path/filepath"
 	"strconv"
 
@@ -94,21 +93,7 @@ func (c *Cluster) istiodArgs(ports istiodPorts) []string {
 
 // istiodReady is a check for poll: istiod at addr answers /ready with 200.
 func istiodReady(addr string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/ready", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("istiod /ready: %s", resp.Status)
-		}
-		return nil
-	}
+	return httpOK("http://" + addr + "/ready")
 }
 
 // StartIstiod starts istiod against the cluster's API server, as cluster ID

@@ -16,8 +16,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"flotilla.io/flotilla/tools/localfleet/internal/cluster"
 	"flotilla.io/flotilla/tools/localfleet/internal/istio"
@@ -44,20 +42,8 @@ func TestAnIstiodDeploymentInABareClusterRunsARealIstiodUntilItIsDeleted(t *test
 	opts.Log = slog.New(slog.NewTextHandler(t.Output(), nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Stop()
+	f, cfg, client := startFleet(ctx, t, opts)
 	c1 := f.Manifest().Clusters[0]
-	cfg, err := clientcmd.BuildConfigFromFlags("", c1.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// What the agent does in a bare cluster: Istio's CRDs and istio-system
 	// first, then the istiod chart's mesh ConfigMap and Deployment.

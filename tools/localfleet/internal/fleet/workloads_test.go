@@ -13,6 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -133,6 +134,15 @@ func startWorkloads(ctx context.Context, t *testing.T) (*Fleet, kubernetes.Inter
 		}
 	}
 	opts.Workloads = true
+	f, _, client := startFleet(ctx, t, opts)
+	return f, client
+}
+
+// startFleet starts a fleet with opts, stopped when the test ends, and
+// returns it with the administrator's config and a client of its first
+// cluster.
+func startFleet(ctx context.Context, t *testing.T, opts Options) (*Fleet, *rest.Config, kubernetes.Interface) {
+	t.Helper()
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	f, err := Start(startCtx, opts)
@@ -148,7 +158,7 @@ func startWorkloads(ctx context.Context, t *testing.T) (*Fleet, kubernetes.Inter
 	if err != nil {
 		t.Fatal(err)
 	}
-	return f, client
+	return f, cfg, client
 }
 
 // createWeb creates Deployment web with 2 replicas and Service web in
