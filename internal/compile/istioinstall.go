@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/proto"
-
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	flotillav1alpha1 "flotilla.io/flotilla/gen/flotilla/v1alpha1"
@@ -114,7 +113,7 @@ func (c *compilation) istioPass() {
 		cluster.Network = facts.Network
 	}
 	for i, in := range mine {
-		objs, err := c.cache.render(istioinstall.Input{Spec: in.spec, Cluster: cluster, Base: i == base, DefaultRevision: tagRevision(tags, "default")})
+		objs, err := c.cache.render(istioinstall.Input{Spec: in.spec, Cluster: cluster, Base: i == base, DefaultRevision: tags["default"]})
 		if err != nil {
 			c.diag(in.fqn, "spec", "%v", err)
 			continue
@@ -124,8 +123,6 @@ func (c *compilation) istioPass() {
 		}
 	}
 }
-
-func tagRevision(tags map[string]string, tag string) string { return tags[tag] }
 
 func cloneInstall(s *flotillav1alpha1.IstioInstallationSpec) *flotillav1alpha1.IstioInstallationSpec {
 	return proto.Clone(s).(*flotillav1alpha1.IstioInstallationSpec)
