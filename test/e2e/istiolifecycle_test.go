@@ -458,3 +458,81 @@ func errorsJoin(fs ...func() error) func() error {
 }
 
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+// A cluster cut off from the management plane keeps its Istio as it is,
+// while intent moves on, and gets the change once the link is back.
+func TestACutOffClusterKeepsItsIstioAndGetsTheChangeOnReturn(t *testing.T) {
+	c3 := bareClusters(t)[0]
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	intent := func(replicas int) string {
+		return strings.Replace(istioIntent(c3.name, "{names: ["+c3.name+"]}"), "replicaCount: 1", fmt.Sprintf("replicaCount: %d", replicas), 1)
+	}
+	if r := s.flotilla(intent(1), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %s", r.stderr)
+	}
+	c3.reset(t, "apps")
+	values := map[string]any{}
+	if err := yaml.Unmarshal([]byte(s.must("cluster", "onboard", c3.name, "-o", "helm-values")), &values); err != nil {
+		t.Fatal(err)
+	}
+	// The agent reaches the server through a link the test can cut.
+	link := newPartition(t, s.addr)
+	values["server"] = map[string]any{"url": link.url()}
+	values["istioLifecycle"] = map[string]any{"enabled": true}
+	agentchart.Install(t, c3.kubeconfig, values)
+	startProcess(t, dir, nil, agentchart.PodOf(t, c3.info.RESTConfig(t), dir).Args...)
+	replicas := func() (int64, string, error) {
+		d, err := c3.dyn.Resource(depGVR).Namespace("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
+		if err != nil {
+			return 0, "", err
+		}
+		n, _, _ := unstructured.NestedInt64(d.Object, "spec", "replicas")
+		return n, d.GetResourceVersion(), nil
+	}
+	eventually(t, 90*time.Second, "istiod with 1 replica in "+c3.name, func() error {
+		if n, _, err := replicas(); err != nil || n != 1 {
+			return fmt.Errorf("istiod replicas %d (%v)", n, err)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "the installation Applied", func() error {
+		if _, rows := s.status("istioinstallation", "stable"); rows[c3.name].State != "Applied" {
+			return fmt.Errorf("status: %+v", rows[c3.name])
+		}
+		return nil
+	})
+
+	link.setCut(true)
+	eventually(t, 30*time.Second, c3.name+" seen disconnected", func() error {
+		if _, rows := s.status("istioinstallation", "stable"); rows[c3.name].Connected {
+			return fmt.Errorf("status: %+v", rows[c3.name])
+		}
+		return nil
+	})
+	if r := s.flotilla(intent(2), "apply", "-f", "-"); r.code != 0 {
+		t.Fatalf("apply: %s", r.stderr)
+	}
+	// Cut off, the cluster keeps istiod as it was: read it, raw, over a
+	// bounded window, right after the change was stored.
+	_, rv, err := replicas()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		n, now, err := replicas()
+		if err != nil || n != 1 || now != rv {
+			t.Fatalf("while cut off, istiod changed: replicas %d, resourceVersion %s→%s (%v)", n, rv, now, err)
+		}
+		time.Sleep(100 * time.Millisecond) // the window's pace, not a wait for a condition
+	}
+
+	link.setCut(false)
+	eventually(t, 60*time.Second, "the change in "+c3.name+" once the link is back", func() error {
+		if n, _, err := replicas(); err != nil || n != 2 {
+			return fmt.Errorf("istiod replicas %d (%v)", n, err)
+		}
+		return nil
+	})
+}
