@@ -8,6 +8,7 @@ import (
 	"connectrpc.com/connect"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/gen/flotilla/v1alpha1/flotillav1alpha1connect"
 	"flotilla.io/flotilla/internal/store"
 )
 
@@ -87,25 +88,7 @@ func TestSettingsWithSemanticErrorsAreRefusedWithTheirFieldAndNothingChanges(t *
 				"spec.authorization", "mode CLUSTER allows more callers than NAMESPACE"},
 		}
 		for _, c := range cases {
-			t.Run(c.name, func(t *testing.T) {
-				before := snapshot(t, st)
-				_, err := s.client.Apply(context.Background(), connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{c.res}}))
-				if connect.CodeOf(err) != connect.CodeInvalidArgument {
-					t.Fatalf("apply: %v, want InvalidArgument", err)
-				}
-				found := false
-				for _, v := range violationsOf(t, err) {
-					if v.GetField() == c.field && strings.Contains(v.GetMessage(), c.want) {
-						found = true
-					}
-				}
-				if !found {
-					t.Fatalf("no violation at %s saying %q: %v", c.field, c.want, violationsOf(t, err))
-				}
-				if after := snapshot(t, st); after != before {
-					t.Fatal("a refused apply changed the store")
-				}
-			})
+			t.Run(c.name, func(t *testing.T) { refusedWith(t, s.client, st, c.res, c.field, c.want) })
 		}
 		// What is as strict as the limit, or stricter, is accepted.
 		apply(t, s.client,
@@ -113,4 +96,27 @@ func TestSettingsWithSemanticErrorsAreRefusedWithTheirFieldAndNothingChanges(t *
 			res("ServiceRoute", md("reviews", "acme", "t1", "w1", "net"), map[string]any{"service": "pay/reviews", "subsets": subsets(90, 10)}),
 		)
 	})
+}
+
+// refusedWith applies r and requires it refused as InvalidArgument with a
+// violation at field whose message holds want, and the store unchanged.
+func refusedWith(t *testing.T, client flotillav1alpha1connect.ResourceServiceClient, st store.Store, r *pb.Resource, field, want string) {
+	t.Helper()
+	before := snapshot(t, st)
+	_, err := client.Apply(context.Background(), connect.NewRequest(&pb.ApplyRequest{Resources: []*pb.Resource{r}}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("apply: %v, want InvalidArgument", err)
+	}
+	found := false
+	for _, v := range violationsOf(t, err) {
+		if v.GetField() == field && strings.Contains(v.GetMessage(), want) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no violation at %s saying %q: %v", field, want, violationsOf(t, err))
+	}
+	if after := snapshot(t, st); after != before {
+		t.Fatal("a refused apply changed the store")
+	}
 }
