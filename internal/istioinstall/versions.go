@@ -3,6 +3,7 @@ package istioinstall
 import (
 	"fmt"
 	"io/fs"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -34,9 +35,7 @@ var chartDirs = map[string]string{
 }
 
 // Charts are the chart names, sorted.
-func Charts() []string {
-	return []string{ChartBase, ChartCNI, ChartGateway, ChartIstiod, ChartZtunnel}
-}
+func Charts() []string { return slices.Sorted(maps.Keys(chartDirs)) }
 
 // release is one Istio version this binary ships charts for.
 type release struct {

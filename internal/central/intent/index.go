@@ -218,13 +218,8 @@ func (x *Index) newObject(r store.Record) (*objectEntry, error) {
 // carries: what its spec says of it, for the IstioInstallations that
 // select and render by it.
 func (x *Index) putClusterGroup(r store.Record, affected map[string]bool) {
-	var spec struct {
-		Network string            `json:"network"`
-		Region  string            `json:"region"`
-		Labels  map[string]string `json:"labels"`
-	}
-	_ = json.Unmarshal(r.Spec, &spec) // the store holds validated specs
-	facts := &bundle.ClusterFacts{Network: spec.Network, Region: spec.Region, Labels: spec.Labels}
+	facts := &bundle.ClusterFacts{}
+	_ = json.Unmarshal(r.Spec, facts) // the store holds validated specs; the other fields are not facts
 	if len(facts.Labels) == 0 {
 		facts.Labels = nil
 	}
