@@ -105,6 +105,7 @@ type Agent struct {
 	rev     int64 // the store revision of current
 	lastAck *agentv1.Ack
 	wake    chan struct{} // capacity 1: reconcile soon
+	recheck atomic.Bool   // a reconcile is due after gateRecheck
 
 	// started is set once the CRD and namespaces are in place (readyz).
 	started atomic.Bool
@@ -215,6 +216,17 @@ func (a *Agent) send(m *agentv1.ConnectRequest) {
 }
 
 // poke asks the reconcile loop to run soon.
+// recheckSoon reconciles again after gateRecheck, once however often it
+// is asked before then.
+func (a *Agent) recheckSoon() {
+	if a.recheck.CompareAndSwap(false, true) {
+		time.AfterFunc(gateRecheck, func() {
+			a.recheck.Store(false)
+			a.poke()
+		})
+	}
+}
+
 func (a *Agent) poke() {
 	select {
 	case a.wake <- struct{}{}:
@@ -332,8 +344,13 @@ func (a *Agent) reconcile(ctx context.Context) {
 	res := compile.CompileIn(b, compile.Cluster{Namespaces: namespaces, DestinationRules: hosts, NamespaceWide: wide, Cache: &a.compiled})
 	if !a.cfg.IstioLifecycle {
 		res = withoutLifecycle(b, res, a.cfg.Cluster)
-	} else if err := a.lifecycleNamespaces(ctx, res.Objects, namespaces); err != nil {
-		a.log.Warn("create the namespaces Istio goes into", "err", err) // the apply reports each object it could not write
+	} else {
+		if err := a.lifecycleNamespaces(ctx, res.Objects, namespaces); err != nil {
+			a.log.Warn("create the namespaces Istio goes into", "err", err) // the apply reports each object it could not write
+		}
+		if held := a.holdGateways(ctx, res.Objects); held > 0 {
+			a.recheckSoon()
+		}
 	}
 	a.reportPolicies(&agentv1.ClusterPolicies{DestinationRules: hosts, NamespaceWide: wide})
 	report := a.applier.Apply(ctx, res.Objects)
@@ -444,13 +461,16 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 	}
 	for _, fqn := range owners {
 		rs := &agentv1.ResourceStatus{Fqn: fqn, State: "Applied"}
-		var failures []string
+		var failures, waits []string
 		failures = append(failures, diags[fqn]...)
 		for _, r := range byOwner[fqn] {
 			switch r.Action {
 			case apply.Failed:
 				failures = append(failures, fmt.Sprintf("%s %s/%s: %s", r.Kind, r.Namespace, r.Name, r.Message))
 			case apply.Deleted, apply.Released:
+			case apply.Held:
+				waits = append(waits, fmt.Sprintf("%s %s/%s %s", r.Kind, r.Namespace, r.Name, r.Message))
+				rs.Objects = append(rs.Objects, fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name))
 			default:
 				rs.Objects = append(rs.Objects, fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name))
 			}
@@ -459,6 +479,8 @@ func buildAck(version string, b *bundle.Bundle, res compile.Result, report apply
 		switch {
 		case len(failures) > 0:
 			rs.State, rs.Message = "Failed", strings.Join(failures, "; ")
+		case len(waits) > 0:
+			rs.State, rs.Message = "Pending", strings.Join(waits, "; ")
 		case len(rs.Objects) == 0:
 			rs.Message = "nothing to write in this cluster: no namespace it selects exists here"
 		default:

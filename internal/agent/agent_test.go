@@ -23,7 +23,8 @@ import (
 	"flotilla.io/flotilla/internal/testfleet"
 )
 
-func TestMain(m *testing.M) { testfleet.Main(m, testfleet.Options{Clusters: 1}) }
+// c2 is bare: the Istio lifecycle tests install Istio there.
+func TestMain(m *testing.M) { testfleet.Main(m, testfleet.Options{Clusters: 2, Bare: 1}) }
 
 // corruptingServer is an agent service whose first stream sends a bundle
 // that does not hash to its version (a fault the real server cannot be
@@ -97,6 +98,19 @@ func TestABundleTheAgentCannotStoreIsFetchedAgainOnANewSession(t *testing.T) {
 // agent of cluster c1 on cfg that connects to it, with a join token file.
 func agentOf(t *testing.T, cfg *rest.Config, srv agentv1connect.AgentServiceHandler, log *slog.Logger) *Agent {
 	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
+	a, err := New(Config{Server: serve(t, srv), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// serve serves srv on a loopback port (cleartext HTTP/2) until the test
+// ends, and returns its URL.
+func serve(t *testing.T, srv agentv1connect.AgentServiceHandler) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -108,13 +122,7 @@ func agentOf(t *testing.T, cfg *rest.Config, srv agentv1connect.AgentServiceHand
 	hs := &http.Server{Handler: mux, Protocols: p}
 	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(tokenFile, []byte("flj_test"), 0o600)
-	a, err := New(Config{Server: "http://" + ln.Addr().String(), Cluster: "c1", TokenFile: tokenFile, Kube: cfg, Version: "test", Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return "http://" + ln.Addr().String()
 }
 
 type testWriter struct{ t *testing.T }

@@ -45,6 +45,9 @@ reported.`,
 				if len(c.GetChanges()) == 0 {
 					fmt.Fprintln(e.out, "  no changes")
 				}
+				for _, line := range c.GetIstio() {
+					fmt.Fprintf(e.out, "  istio: %s\n", line)
+				}
 				for _, ch := range c.GetChanges() {
 					fmt.Fprintf(e.out, "  %s %s %s %s/%s  (%s)\n", marks[ch.GetAction()], ch.GetAction(), ch.GetKind(), ch.GetNamespace(), ch.GetName(), ch.GetOwner())
 				}

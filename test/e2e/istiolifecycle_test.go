@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -146,6 +147,29 @@ func TestAnIstioInstallationInstallsIstioIntoABareCluster(t *testing.T) {
 			}
 			return nil
 		})
+		// The gateways came after istiod was available (Istio's order).
+		istiod, err := c3.kube.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var available *metav1.Time
+		for _, c := range istiod.Status.Conditions {
+			if c.Type == appsv1.DeploymentAvailable && c.Status == corev1.ConditionTrue {
+				available = &c.LastTransitionTime
+			}
+		}
+		if available == nil {
+			t.Fatalf("istiod is not Available: %+v", istiod.Status)
+		}
+		for _, name := range []string{"istio-ingressgateway", "istio-eastwestgateway"} {
+			gw, err := c3.kube.AppsV1().Deployments("istio-system").Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gw.CreationTimestamp.Before(available) {
+				t.Errorf("gateway %s was created at %s, before istiod was available (%s)", name, gw.CreationTimestamp, available)
+			}
+		}
 	})
 	t.Run("get istio shows the revision, its webhooks and its proxies", func(t *testing.T) {
 		// A pod its sidecar status says the default revision injected (the
@@ -378,8 +402,17 @@ func TestACanaryUpgradeByRevisionOnTwoClusters(t *testing.T) {
 			return nil
 		})
 	}
+	// plan says, per cluster, what moving the tag does to Istio there,
+	// before it happens.
+	moved := map[string][]string{"1-31-a": {"default"}, "1-31-b": {"prod-stable", "prod-canary"}}
+	pr := s.flotilla(revisionIntent(cs, moved), "plan", "-f", "-")
+	for _, c := range cs {
+		if pr.code != 0 || !regexpMatch(`(?s)cluster `+c.name+`:\n.*?  istio: move tag prod-stable: revision 1-31-a → 1-31-b`, pr.stdout) {
+			t.Fatalf("plan of the tag move for %s (exit %d):\n%s%s", c.name, pr.code, pr.stdout, pr.stderr)
+		}
+	}
 	// Move prod-stable to the canary, then back (the rollback), then again.
-	apply(map[string][]string{"1-31-a": {"default"}, "1-31-b": {"prod-stable", "prod-canary"}})
+	apply(moved)
 	eventually(t, 30*time.Second, "prod-stable moved to 1-31-b", tagIs("prod-stable", "istiod-1-31-b"))
 	apply(map[string][]string{"1-31-a": {"default", "prod-stable"}, "1-31-b": {"prod-canary"}})
 	eventually(t, 30*time.Second, "prod-stable rolled back to 1-31-a", tagIs("prod-stable", "istiod-1-31-a"))

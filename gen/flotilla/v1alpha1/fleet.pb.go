@@ -1303,7 +1303,11 @@ type ClusterPlan struct {
 	Cluster string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	Changes []*PlannedChange       `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
 	// Diagnostics are compile problems the change would cause in this cluster.
-	Diagnostics   []string `protobuf:"bytes,3,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
+	Diagnostics []string `protobuf:"bytes,3,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
+	// Istio says, a line each, what the change does to the cluster's Istio
+	// (IstioInstallations): revisions installed, upgraded or removed, tags
+	// and gateways moved, Istio's CRDs installed or released.
+	Istio         []string `protobuf:"bytes,4,rep,name=istio,proto3" json:"istio,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1355,6 +1359,13 @@ func (x *ClusterPlan) GetChanges() []*PlannedChange {
 func (x *ClusterPlan) GetDiagnostics() []string {
 	if x != nil {
 		return x.Diagnostics
+	}
+	return nil
+}
+
+func (x *ClusterPlan) GetIstio() []string {
+	if x != nil {
+		return x.Istio
 	}
 	return nil
 }
@@ -1900,11 +1911,12 @@ const file_flotilla_v1alpha1_fleet_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x04 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12\x14\n" +
-	"\x05owner\x18\x06 \x01(\tR\x05owner\"\x85\x01\n" +
+	"\x05owner\x18\x06 \x01(\tR\x05owner\"\x9b\x01\n" +
 	"\vClusterPlan\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12:\n" +
 	"\achanges\x18\x02 \x03(\v2 .flotilla.v1alpha1.PlannedChangeR\achanges\x12 \n" +
-	"\vdiagnostics\x18\x03 \x03(\tR\vdiagnostics\"\x84\x01\n" +
+	"\vdiagnostics\x18\x03 \x03(\tR\vdiagnostics\x12\x14\n" +
+	"\x05istio\x18\x04 \x03(\tR\x05istio\"\x84\x01\n" +
 	"\fPlanResponse\x128\n" +
 	"\aresults\x18\x01 \x03(\v2\x1e.flotilla.v1alpha1.ApplyResultR\aresults\x12:\n" +
 	"\bclusters\x18\x02 \x03(\v2\x1e.flotilla.v1alpha1.ClusterPlanR\bclusters\"G\n" +

@@ -176,6 +176,8 @@ type desiredObject struct {
 	// repairs only applied objects, so one the API server rejects is not
 	// reported as drift.
 	applied atomic.Bool
+	// hold is the desired object's HoldAnnotation: what it waits for.
+	hold string
 }
 
 // id names an object in messages: "VirtualService payments/web".
@@ -235,6 +237,7 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 	a.mu.RLock()
 	previous := a.desired
 	a.mu.RUnlock()
+	held := hold(objs, previous)
 	newKinds := a.setDesired(objs)
 	if newKinds {
 		select {
@@ -262,8 +265,14 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 	absent := a.absent(ctx, objs, live, unlisted)
 	for _, k := range slices.SortedFunc(maps.Keys(objs), compareKeys) {
 		d := objs[k]
+		h, isHeld := held[k]
 		if d.mapping == nil {
-			continue // prepare reported why
+			if isHeld {
+				res := d.result(Held, heldMessage(h.why, false, live[k] != nil))
+				res.Owner = h.owner
+				results = append(results, res)
+			}
+			continue // prepare reported why, or held with nothing applied before
 		}
 		var known *unstructured.Unstructured
 		if !unlisted[k.groupKind()] {
@@ -275,6 +284,9 @@ func (a *Applier) Apply(ctx context.Context, desired []*unstructured.Unstructure
 		}
 		if res.Action != Failed {
 			d.applied.Store(true)
+			if isHeld {
+				res.Action, res.Message, res.Owner = Held, heldMessage(h.why, true, true), h.owner
+			}
 		}
 		results = append(results, res)
 	}
@@ -303,7 +315,7 @@ func (a *Applier) foundations(ctx context.Context, desired []*unstructured.Unstr
 	var crds []string
 	for _, in := range desired {
 		gk := in.GroupVersionKind().GroupKind()
-		if gk != crdKind && gk != namespaceKind {
+		if gk != crdKind && gk != namespaceKind || in.GetAnnotations()[HoldAnnotation] != "" {
 			continue
 		}
 		d, err := a.prepareOne(in)
@@ -427,6 +439,8 @@ func (a *Applier) prepareOne(in *unstructured.Unstructured) (*desiredObject, err
 	}
 	annotations := obj.GetAnnotations()
 	delete(annotations, HashAnnotation)
+	d.hold = annotations[HoldAnnotation]
+	delete(annotations, HoldAnnotation)
 	obj.SetAnnotations(annotations)
 	if d.hash, err = contentHash(obj.Object); err != nil {
 		return d, fmt.Errorf("hash %s: %w", name, err)
@@ -435,6 +449,43 @@ func (a *Applier) prepareOne(in *unstructured.Unstructured) (*desiredObject, err
 	obj.SetAnnotations(annotations)
 	d.mapping = m
 	return d, nil
+}
+
+// hold replaces each held desired object (HoldAnnotation) by the one the
+// previous Apply made the cluster hold under its key, if any, so that it
+// stays at that content, drift repair included; one without is kept
+// unmapped, so that it is neither written nor pruned. It returns what each
+// held object waits for.
+func hold(objs, previous map[objKey]*desiredObject) map[objKey]heldObject {
+	held := map[objKey]heldObject{}
+	for k, d := range objs {
+		if d.hold == "" {
+			continue
+		}
+		held[k] = heldObject{why: d.hold, owner: d.owner}
+		if p := previous[k]; p != nil && p.mapping != nil && p.applied.Load() && p.hold == "" {
+			objs[k] = p
+			continue
+		}
+		d.mapping = nil
+	}
+	return held
+}
+
+// heldObject is what a held object waits for, and the owner that wants
+// it moved (the one its result goes to).
+type heldObject struct{ why, owner string }
+
+// heldMessage says what a held object waits for and what became of it.
+func heldMessage(why string, kept, exists bool) string {
+	switch {
+	case kept:
+		return why + "; kept at the content applied before"
+	case exists:
+		return why + "; left as it is"
+	default:
+		return why + "; not created until then"
+	}
 }
 
 // setDesired records objs as the desired set and reports whether it holds

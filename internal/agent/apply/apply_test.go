@@ -703,3 +703,117 @@ func TestAnObjectWhosePolicyIsKeepIsReleasedNotPruned(t *testing.T) {
 		t.Fatalf("an unmanaged object without the keep policy was taken over: %+v", r.Results)
 	}
 }
+
+// held marks a desired object as waiting (HoldAnnotation).
+func held(obj *unstructured.Unstructured, why string) *unstructured.Unstructured {
+	obj = obj.DeepCopy()
+	ann := obj.GetAnnotations()
+	ann[apply.HoldAnnotation] = why
+	obj.SetAnnotations(ann)
+	return obj
+}
+
+// A held object is not created, not moved to new content and not pruned;
+// it keeps the content applied before, drift repair included, and moves
+// once it is no longer held. The hold itself is never written.
+func TestAHeldObjectKeepsItsAppliedContentUntilReleased(t *testing.T) {
+	e := newEnv(t)
+	rec := &driftRecorder{}
+	a := e.newApplier(rec.record)
+	run(t, a)
+	ctx := context.Background()
+
+	// Held with nothing applied before: not created.
+	r := a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("a", "a"), held(e.virtualService("gw", "v1"), "waits for istiod")})
+	requireActions(t, r, map[string]apply.Action{e.ref("VirtualService", "a"): apply.Created, e.ref("VirtualService", "gw"): apply.Held})
+	if e.exists(vsGVR, "gw") {
+		t.Fatal("a held object that was never applied was created")
+	}
+	for _, res := range r.Results {
+		if res.Name == "gw" && !strings.Contains(res.Message, "waits for istiod; not created until then") {
+			t.Errorf("held message %q", res.Message)
+		}
+	}
+
+	// Released: created, and its hash is the one DesiredHash predicts.
+	v1 := e.virtualService("gw", "v1")
+	r = a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("a", "a"), v1})
+	requireActions(t, r, map[string]apply.Action{e.ref("VirtualService", "a"): apply.Unchanged, e.ref("VirtualService", "gw"): apply.Created})
+	want, err := apply.DesiredHash(held(v1, "anything"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := e.get(vsGVR, "gw")
+	if got := live.GetAnnotations()[apply.HashAnnotation]; got != want {
+		t.Fatalf("live hash %s, DesiredHash %s", got, want)
+	}
+	if _, ok := live.GetAnnotations()[apply.HoldAnnotation]; ok {
+		t.Fatal("the hold annotation reached the cluster")
+	}
+
+	// New content, held: the live object keeps v1, and is repaired to v1.
+	rv := live.GetResourceVersion()
+	r = a.Apply(ctx, []*unstructured.Unstructured{e.virtualService("a", "a"), held(e.virtualService("gw", "v2"), "waits for istiod")})
+	requireActions(t, r, map[string]apply.Action{e.ref("VirtualService", "a"): apply.Unchanged, e.ref("VirtualService", "gw"): apply.Held})
+	if got := e.get(vsGVR, "gw").GetResourceVersion(); got != rv {
+		t.Fatalf("the held object was written (resourceVersion %s → %s)", rv, got)
+	}
+	if err := e.dyn.Resource(vsGVR).Namespace(e.ns).Delete(ctx, "gw", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, driftRepairBound, "the held object restored at its applied content", func() bool { return e.exists(vsGVR, "gw") })
+	if diff := cmp.Diff(v1.Object["spec"], e.get(vsGVR, "gw").Object["spec"]); diff != "" {
+		t.Fatalf("restored held object's spec (-applied before +got):\n%s", diff)
+	}
+
+	// A new applier (the agent restarted) holding it: left as it is, not pruned.
+	b := e.newApplier(nil)
+	r = b.Apply(ctx, []*unstructured.Unstructured{e.virtualService("a", "a"), held(e.virtualService("gw", "v2"), "waits")})
+	requireActions(t, r, map[string]apply.Action{e.ref("VirtualService", "a"): apply.Unchanged, e.ref("VirtualService", "gw"): apply.Held})
+	if diff := cmp.Diff(v1.Object["spec"], e.get(vsGVR, "gw").Object["spec"]); diff != "" {
+		t.Fatalf("held object after a restart (-applied before +got):\n%s", diff)
+	}
+
+	// Released: it moves to v2.
+	r = b.Apply(ctx, []*unstructured.Unstructured{e.virtualService("a", "a"), e.virtualService("gw", "v2")})
+	requireActions(t, r, map[string]apply.Action{e.ref("VirtualService", "a"): apply.Unchanged, e.ref("VirtualService", "gw"): apply.Updated})
+	hosts, _, _ := unstructured.NestedSlice(e.get(vsGVR, "gw").Object, "spec", "http")
+	if !strings.Contains(fmt.Sprint(hosts), "v2") {
+		t.Fatalf("released object's routes %v, want v2", hosts)
+	}
+}
+
+// Quantities the API server stores in canonical form (2048Mi as 2Gi, as in
+// Istio's istiod chart) are the content desired: a second Apply leaves the
+// object alone.
+func TestQuantitiesTheAPIServerCanonicalizesAreUpToDate(t *testing.T) {
+	e := newEnv(t)
+	a := e.newApplier(nil)
+	ctx := context.Background()
+	dep := managed(&unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apps/v1", "kind": "Deployment",
+		"metadata": map[string]any{"name": "istiod", "namespace": e.ns},
+		"spec": map[string]any{
+			"selector": map[string]any{"matchLabels": map[string]any{"app": "istiod"}},
+			"template": map[string]any{
+				"metadata": map[string]any{"labels": map[string]any{"app": "istiod"}},
+				"spec": map[string]any{"containers": []any{map[string]any{"name": "discovery", "image": "pilot",
+					"resources": map[string]any{"requests": map[string]any{"cpu": "500m", "memory": "2048Mi"}, "limits": map[string]any{"cpu": "2000m"}}}}},
+			},
+		},
+	}})
+	depGVR := schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
+	t.Cleanup(func() { e.dyn.Resource(depGVR).Namespace(e.ns).Delete(ctx, "istiod", metav1.DeleteOptions{}) })
+	requireActions(t, a.Apply(ctx, []*unstructured.Unstructured{dep}), map[string]apply.Action{e.ref("Deployment", "istiod"): apply.Created})
+	live := e.get(depGVR, "istiod")
+	containers, _, _ := unstructured.NestedSlice(live.Object, "spec", "template", "spec", "containers")
+	if got := fmt.Sprint(containers[0].(map[string]any)["resources"]); !strings.Contains(got, "2Gi") {
+		t.Fatalf("the API server kept %s: this test needs its canonical form", got)
+	}
+	for range 3 {
+		requireActions(t, a.Apply(ctx, []*unstructured.Unstructured{dep}), map[string]apply.Action{e.ref("Deployment", "istiod"): apply.Unchanged})
+	}
+	if got := e.get(depGVR, "istiod").GetResourceVersion(); got != live.GetResourceVersion() {
+		t.Fatalf("the Deployment was written again: resourceVersion %s → %s", live.GetResourceVersion(), got)
+	}
+}

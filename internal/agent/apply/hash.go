@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
@@ -19,7 +20,23 @@ const (
 	OwnerAnnotation = "flotilla.io/owner"
 	// HashAnnotation holds the hash of the desired content last applied.
 	HashAnnotation = "flotilla.io/hash"
+	// HoldAnnotation on a desired object asks Apply not to move it to this
+	// content yet (Held); its value says what it waits for. It is never
+	// written to the cluster.
+	HoldAnnotation = "flotilla.io/hold"
 )
+
+// DesiredHash is the hash Apply stamps (HashAnnotation) on an object it
+// writes from in: what a live object carries once it holds in.
+func DesiredHash(in *unstructured.Unstructured) (string, error) {
+	obj := in.DeepCopy()
+	dropNulls(obj.Object)
+	annotations := obj.GetAnnotations()
+	delete(annotations, HashAnnotation)
+	delete(annotations, HoldAnnotation)
+	obj.SetAnnotations(annotations)
+	return contentHash(obj.Object)
+}
 
 // contentHash returns the hash of an object's content: its labels, its
 // annotations except HashAnnotation, and every top-level field other than
@@ -102,8 +119,9 @@ func projectOnto(live, desired map[string]any) map[string]any {
 }
 
 // project prunes have to the shape of want: maps keep only want's keys, lists
-// of the same length are projected element by element, and anything else is
-// returned as is (and then differs from want if it is not equal).
+// of the same length are projected element by element, a quantity equal to
+// want's is want, and anything else is returned as is (and then differs
+// from want if it is not equal).
 func project(have, want any) any {
 	switch w := want.(type) {
 	case map[string]any:
@@ -128,9 +146,26 @@ func project(have, want any) any {
 			out[i] = project(h[i], w[i])
 		}
 		return out
+	case string:
+		// The API server keeps quantities in canonical form (2048Mi is
+		// 2Gi, 2000m is 2): the same amount is the same content.
+		if h, ok := have.(string); ok && h != w && sameQuantity(h, w) {
+			return w
+		}
+		return have
 	default:
 		return have
 	}
+}
+
+// sameQuantity reports whether two strings are quantities of one amount.
+func sameQuantity(a, b string) bool {
+	qa, err := resource.ParseQuantity(a)
+	if err != nil {
+		return false
+	}
+	qb, err := resource.ParseQuantity(b)
+	return err == nil && qa.Cmp(qb) == 0
 }
 
 // dropNulls removes map entries whose value is nil, recursively. The API

@@ -22,6 +22,11 @@ const (
 	// Released: no longer desired, but its resource policy says keep
 	// (KeepAnnotation): Flotilla's label and annotations were removed instead.
 	Released Action = "Released"
+	// Held: desired with HoldAnnotation, so not moved to its new content
+	// yet: it is kept at the content the applier last made it hold, or, if
+	// there is none, left as it is (or absent) and not pruned. Message says
+	// what it waits for.
+	Held Action = "Held"
 	// Failed: the object could not be made to match; Message says why.
 	Failed Action = "Failed"
 )

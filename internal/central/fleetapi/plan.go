@@ -14,6 +14,7 @@ import (
 	"flotilla.io/flotilla/internal/apierror"
 	"flotilla.io/flotilla/internal/bundle"
 	"flotilla.io/flotilla/internal/compile"
+	"flotilla.io/flotilla/internal/istioinstall"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
 )
@@ -87,7 +88,9 @@ func (s *Server) Plan(ctx context.Context, req *connect.Request[pb.PlanRequest])
 	for _, pc := range planned {
 		cp := &pb.ClusterPlan{Cluster: pc.Name}
 		after := compile.CompileIn(readable(v, pc.Next), pc.In)
-		cp.Changes = diffObjects(compileOrEmpty(readable(v, pc.Current), pc.In).Objects, after.Objects)
+		before := compileOrEmpty(readable(v, pc.Current), pc.In)
+		cp.Changes = diffObjects(before.Objects, after.Objects)
+		cp.Istio = istioinstall.Summary(before.Objects, after.Objects)
 		for _, d := range after.Diagnostics {
 			cp.Diagnostics = append(cp.Diagnostics, d.String())
 		}

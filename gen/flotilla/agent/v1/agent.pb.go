@@ -1345,7 +1345,8 @@ func (x *Ack) GetRemoved() []string {
 type ResourceStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Fqn   string                 `protobuf:"bytes,1,opt,name=fqn,proto3" json:"fqn,omitempty"`
-	// State is Applied or Failed.
+	// State is Applied, Pending (part of it waits: Message says for what)
+	// or Failed.
 	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	// Message explains a failure (the API server's words), or says what was applied.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
