@@ -95,6 +95,9 @@ istio-system namespace and istiod, as clusters never prepared for Istio.
 them) with the Deployment's arguments and environment, on loopback ports of its
 own, listed by revision under "istiods" in fleet.json once ready; it is stopped
 when the Deployment goes and restarted when its arguments or environment change.
+Without --workloads it also writes each such Deployment's status, as the
+Deployment controller would: Available, every replica ready, while its istiod is
+ready, and not otherwise.
 `)
 	os.Exit(2)
 }

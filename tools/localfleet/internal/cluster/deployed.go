@@ -16,6 +16,8 @@ package cluster
 //	        ▲                                                                   │
 //	        └──────────── follow: ready (/ready answers 200), exited ◀──────────┘
 //	        │
+//	        ├── without Spec.Workloads: rolloutStatus of each Deployment ──▶ deployments/status (rollout.go)
+//	        │
 //	        └── changed(the ready istiods by revision) ──▶ package fleet: fleet.json
 
 import (
@@ -77,7 +79,10 @@ const (
 // until the cluster is stopped, and again after every Restart. A
 // Deployment's istiod is stopped when the Deployment is deleted or scaled to
 // zero, and restarted when its arguments or environment change. Each listens
-// on loopback ports of its own, kept while its Deployment exists.
+// on loopback ports of its own, kept while its Deployment exists. Without
+// Spec.Workloads, the cluster also writes each such Deployment's status, as
+// the Deployment controller would (rollout.go): Available, with every
+// replica ready, while its istiod is ready, and not otherwise.
 //
 // changed is called with the istiods that are ready, by revision, whenever
 // that set changes (so with an empty one when the cluster stops, if any was
@@ -169,6 +174,7 @@ func (d *deployedIstiods) run(ctx context.Context) {
 
 	l := &istiodLoop{
 		d:       d,
+		client:  client,
 		lister:  deployments.Lister(),
 		poke:    poke,
 		events:  make(chan istiodEvent),
@@ -179,7 +185,9 @@ func (d *deployedIstiods) run(ctx context.Context) {
 	synced := reg.HasSyncedChecker().Done()
 	// States: syncing (the informer's first list is not delivered yet, so
 	// nothing is started) → reconciling (on every change of a Deployment,
-	// every istiod ready or exited, every back-off ended) → stopping (ctx
+	// every istiod ready or exited, every back-off ended, every retry of a
+	// failed status write: start and stop istiods, then write the
+	// Deployments' statuses, then report the ready istiods) → stopping (ctx
 	// ended: kill every istiod, report none, return).
 	for {
 		select {
@@ -194,6 +202,7 @@ func (d *deployedIstiods) run(ctx context.Context) {
 		}
 		if l.synced {
 			l.reconcile(ctx)
+			l.writeStatuses(ctx)
 		}
 		l.publish()
 	}
@@ -202,6 +211,7 @@ func (d *deployedIstiods) run(ctx context.Context) {
 // istiodLoop is the state of one run of the loop; only its goroutine uses it.
 type istiodLoop struct {
 	d      *deployedIstiods
+	client kubernetes.Interface
 	lister appslisters.DeploymentLister
 	poke   func()
 	synced bool
@@ -214,6 +224,9 @@ type istiodLoop struct {
 	crashed map[string]*crashLoop
 	// published is what changed was last called with.
 	published map[string]DeployedIstiod
+	// statusRetry pokes the loop again after a status write failed; nil
+	// until one fails.
+	statusRetry *time.Timer
 }
 
 // istiodProc is an istiod that the loop started.
@@ -398,7 +411,64 @@ func (l *istiodLoop) killAll() {
 	for _, cl := range l.crashed {
 		cl.timer.Stop()
 	}
+	if l.statusRetry != nil {
+		l.statusRetry.Stop()
+	}
 	l.publish()
+}
+
+// statusRetryAfter is how long the loop waits to write the Deployments'
+// statuses again after a write failed for another reason than a conflict
+// (which writeStatus retries itself).
+const statusRetryAfter = time.Second
+
+// statusWriteTimeout bounds one Deployment's status write, retries
+// included, so that an API server that does not answer holds up the loop
+// only so long.
+const statusWriteTimeout = 10 * time.Second
+
+// writeStatuses writes, in a cluster without workloads, the status of every
+// istiod Deployment that is not being deleted, from whether the istiod run
+// for it is ready (rolloutStatus); a Deployment that runs no istiod (a
+// second one of its revision) has none ready. A status that is already
+// right is not written again. If a write fails, all are tried again after
+// statusRetryAfter. With workloads it writes nothing: kube-controller-manager
+// does, from kwok's pods.
+func (l *istiodLoop) writeStatuses(ctx context.Context) {
+	if l.d.c.Workloads {
+		return
+	}
+	deps, err := l.lister.Deployments(istio.Namespace).List(labels.Everything())
+	if err != nil {
+		l.d.log.Error("list istiod Deployments", "cluster", l.d.c.Name, "err", err)
+		return
+	}
+	ready := map[string]bool{}
+	for _, ip := range l.running {
+		if ip.ready {
+			ready[ip.cmd.deployment] = true
+		}
+	}
+	failed := false
+	for _, dep := range deps {
+		if dep.DeletionTimestamp != nil {
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, statusWriteTimeout)
+		err := writeStatus(wctx, l.client, dep, ready[dep.Name])
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			l.d.log.Warn("istiod Deployment's status not written; trying again", "cluster", l.d.c.Name,
+				"after", statusRetryAfter, "err", err)
+			failed = true
+		}
+	}
+	if failed {
+		if l.statusRetry != nil {
+			l.statusRetry.Stop()
+		}
+		l.statusRetry = time.AfterFunc(statusRetryAfter, l.poke)
+	}
 }
 
 // publish calls changed if the ready istiods are not those it last reported.

@@ -81,12 +81,13 @@ func TestAnIstiodDeploymentInABareClusterRunsARealIstiodUntilItIsDeleted(t *test
 	}
 	conn.Close()
 
-	// A new environment is a new istiod, on the same ports.
-	deploy.Spec.Template.Spec.Containers[0].Env = append(deploy.Spec.Template.Spec.Containers[0].Env,
-		corev1.EnvVar{Name: "PILOT_PUSH_THROTTLE", Value: "50"})
-	if _, err := client.AppsV1().Deployments(istio.Namespace).Update(ctx, deploy, metav1.UpdateOptions{}); err != nil {
-		t.Fatalf("update deployment: %v", err)
-	}
+	// A new environment is a new istiod, on the same ports. (The update
+	// reads the Deployment again on a conflict: the supervisor writes its
+	// status.)
+	updateDeployment(ctx, t, client.AppsV1().Deployments(istio.Namespace), func(d *appsv1.Deployment) {
+		d.Spec.Template.Spec.Containers[0].Env = append(d.Spec.Template.Spec.Containers[0].Env,
+			corev1.EnvVar{Name: "PILOT_PUSH_THROTTLE", Value: "50"})
+	})
 	changed := waitIstiod(ctx, t, opts.Dir, "canary", func(d cluster.DeployedIstiod) bool { return d.PID != first.PID })
 	if changed.IstiodAddrs != first.IstiodAddrs || proc.Alive(first.PID, cluster.Istiod) {
 		t.Errorf("after the change, istiod %+v (first pid alive: %v), want a new process on %+v with the first gone",

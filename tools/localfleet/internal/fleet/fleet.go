@@ -73,7 +73,8 @@ type Options struct {
 	// RunIstiods makes every cluster run a real istiod for each istiod
 	// Deployment in its istio-system (cluster.RunDeployedIstiods), as
 	// Flotilla's agent installs them with Istio's chart; bare clusters
-	// are the main case.
+	// are the main case. Without Workloads, the clusters also write those
+	// Deployments' statuses, from whether their istiods are ready.
 	RunIstiods bool
 	// Log receives progress messages.
 	Log *slog.Logger
