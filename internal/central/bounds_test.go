@@ -78,10 +78,7 @@ func TestARuntimeReportOverTheBoundsIsRefusedWithOneResync(t *testing.T) {
 	// Once the drift report after it is in, the server has read the gap.
 	send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Drift{Drift: &agentv1.Drift{Name: "marker"}}})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		h.c.mu.Lock()
-		n := len(h.c.clusters["organizations/acme/clusters/c1"].drifts)
-		h.c.mu.Unlock()
-		if n == 1 {
+		if cl, _ := h.c.status.Get("organizations/acme/clusters/c1"); len(cl.Drifts) == 1 {
 			break
 		}
 		if time.Now().After(deadline) {

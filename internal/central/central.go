@@ -2,18 +2,16 @@ package central
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"flotilla.io/flotilla/internal/central/clusterstatus"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/central/discovery"
 	"flotilla.io/flotilla/internal/central/intent"
+	"flotilla.io/flotilla/internal/central/statusstore"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/store"
@@ -44,15 +42,7 @@ type Central struct {
 
 	services *registry.Registry   // what runs in the clusters: runtime state, outside the event log
 	disc     *discovery.Discovery // the bundles' multicluster slices, under a lock of their own
-
-	// The stored runtime snapshots this replica has read (see runtime.go);
-	// guarded by mu.
-	runtimeMark int64 // the mark of the runtime feed's last complete read (store.Runtimes)
-	// The status feed (store.Statuses), as runtime's; guarded by mu.
-	statusMark int64
-	refetch    map[string]bool // clusters let go of, whose status to read whole
-
-	runtimeGens map[string]int64 // by cluster FQN: the Gen of the snapshot last read
+	status   *statusstore.Store   // what the agents report, and its sessions, under a lock of its own
 }
 
 // Services is the fleet service registry: the runtime state the agents
@@ -67,10 +57,10 @@ func WithAgentCredentialTTL(d time.Duration) Option { return func(c *Central) { 
 // Option configures a Central.
 type Option func(*Central)
 
-// Shared says that other server replicas share the store: status of
-// clusters whose agents they serve is then read back from the store's
-// status feed every flush interval, so every replica answers status for
-// the whole fleet.
+// Shared says that other server replicas share the store: the status and
+// runtime snapshots of clusters whose agents they serve are then read back
+// (statusstore.Config.Shared), so every replica answers for the whole
+// fleet.
 func Shared() Option { return func(c *Central) { c.shared = true } }
 
 // failure is why the central control plane cannot follow the store.
@@ -79,58 +69,14 @@ type failure struct {
 	since time.Time
 }
 
-// cluster is what Central knows of one cluster. Guarded by Central.mu.
+// cluster is what Central knows of one cluster; what its agent reports is
+// the status store's. Guarded by Central.mu.
 type cluster struct {
 	fqn, name string
 
-	version string // the bundle version the cluster should have (index.version)
-
-	conn         *agentConn // nil while no agent is connected
-	epoch        int64      // the status session this server holds; 0 when none
-	agentVersion string
-	lastSeen     time.Time
-	ack          *agentv1.Ack // set with setAck
-	// resourcesJSON is ack's resource statuses as stored (nil until the
-	// status is next written); setAck clears it.
-	resourcesJSON json.RawMessage
-	inv           clusterstatus.Inventory
-	drifts        []*agentv1.Drift // newest last, bounded
-	dirty         bool             // status not yet written to the store
-	written       time.Time        // when status was last written (body or lease)
-	bodyWritten   time.Time        // when the status body was last written
-	// storedConnected is the connection state in the body last written.
-	storedConnected bool
-
-	runtimeWritten uint64 // the registry Generation of the runtime snapshot last stored
-
-	// mirror is set while the status comes from the store rather than from
-	// a stream of ours: another server replica serves the cluster (or
-	// served it before this one started). A mirror is never written back,
-	// except to mark a dead writer's cluster disconnected.
-	mirror          bool
-	mirrorSays      bool      // the stored status says connected
-	mirrorConnected bool      // the stored status says connected, and its writer renews it
-	statusTime      time.Time // when the mirrored status was written
+	version string     // the bundle version the cluster should have (index.version)
+	conn    *agentConn // nil while no agent is connected
 }
-
-// versionMoved marks the status for writing once the cluster's desired
-// bundle version moved, unless the status is a mirror: the replica that
-// serves the cluster writes it (every replica computes the same version),
-// and a mirror written back here would overwrite that replica's newer
-// status with this one's older copy.
-func (cl *cluster) versionMoved() {
-	cl.dirty = cl.dirty || !cl.mirror
-}
-
-// setAck replaces the cluster's last acknowledgement.
-func (cl *cluster) setAck(a *agentv1.Ack) {
-	cl.ack, cl.resourcesJSON = a, nil
-}
-
-// connected reports whether an agent of the cluster has a live stream, to
-// this replica or, as far as the store says, to another. Callers hold
-// Central.mu.
-func (cl *cluster) connected() bool { return cl.conn != nil || cl.mirror && cl.mirrorConnected }
 
 // agentConn is one live agent stream.
 type agentConn struct {
@@ -140,10 +86,6 @@ type agentConn struct {
 	done   chan struct{} // closed to end the stream; why says why
 	why    string
 	deltas bool // the agent takes bundle deltas and sends partial acks
-
-	// ack is the last acknowledgement on this stream, which a partial one
-	// amends; nil before the first. Guarded by Central.mu.
-	ack *agentv1.Ack
 }
 
 // end ends the stream for the given reason. Callers hold Central.mu.
@@ -159,29 +101,22 @@ func (a *agentConn) poke() {
 	}
 }
 
-// maxDrifts bounds the drift history kept per cluster.
-const maxDrifts = 20
-
 // New returns a central control plane over st.
 func New(reg *resource.Registry, st store.Store, log *slog.Logger, opts ...Option) *Central {
 	c := &Central{reg: reg, st: st, log: log, now: time.Now, idx: intent.New(reg), clusters: map[string]*cluster{}, broken: map[string]string{},
-		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout,
-		services: registry.New(), runtimeGens: map[string]int64{}, refetch: map[string]bool{}}
+		ready: make(chan struct{}), metrics: newMetrics(), sendTimeout: DefaultSendTimeout, services: registry.New()}
 	for _, o := range opts {
 		o(c)
 	}
 	c.disc = discovery.New(c.services)
+	c.status = statusstore.New(st, c.services, streams{c}, log, statusstore.Config{Shared: c.shared, Now: c.now})
 	c.auth = agentauth.New(st, log, c.now, c.authCfg)
 	return c
 }
 
-// flushInterval bounds how often cluster status is written to the store;
-// leaseInterval is how often a connected cluster's status is rewritten even
-// unchanged, so readers can tell a live writer from a dead one.
-const (
-	flushInterval = time.Second
-	leaseInterval = 10 * time.Second
-)
+// flushInterval is how often the status store writes cluster status and
+// runtime snapshots, and reads back other replicas'.
+const flushInterval = time.Second
 
 // eventBatch bounds one read of the event log.
 const eventBatch = 1000
@@ -209,21 +144,21 @@ func (c *Central) Run(ctx context.Context) error {
 		if loaded && c.shared {
 			// A wake-up is a commit, or a runtime snapshot stored by another
 			// replica: read the snapshots that changed (one read when none did).
-			if err := c.refreshRuntime(ctx); err != nil && ctx.Err() == nil {
+			if err := c.status.RefreshRuntime(ctx); err != nil && ctx.Err() == nil {
 				c.log.Warn("read other replicas' runtime snapshots", "err", err)
 			}
 		}
 		select {
 		case <-changed:
 		case <-flush.C:
-			if err := c.flushStatus(ctx); err != nil && ctx.Err() == nil {
+			if err := c.status.Flush(ctx); err != nil && ctx.Err() == nil {
 				c.log.Error("write cluster status", "err", err)
 			}
-			if err := c.flushRuntime(ctx); err != nil && ctx.Err() == nil {
+			if err := c.status.FlushRuntime(ctx); err != nil && ctx.Err() == nil {
 				c.log.Error("write runtime snapshots", "err", err)
 			}
 			if loaded {
-				if err := c.refreshMirrors(ctx); err != nil && ctx.Err() == nil {
+				if err := c.status.Refresh(ctx); err != nil && ctx.Err() == nil {
 					c.log.Warn("read other replicas' cluster status", "err", err)
 				}
 			}
@@ -337,19 +272,22 @@ func (c *Central) reload(ctx context.Context) error {
 	for _, r := range in.Clusters {
 		statuses[r.FQN] = r
 	}
-	snaps, mark, err := c.readRuntime(ctx)
+	snaps, err := c.status.ReadRuntime(ctx)
 	if err != nil {
 		return fmt.Errorf("read runtime snapshots: %w", err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.idx, c.broken, c.rev = idx, broken, rev
-	c.syncClusters(idx.ClusterSet(), statuses)
+	moved := map[string]string{}
+	c.syncClusters(idx.ClusterSet(), statuses, moved)
 	// The slices are computed before any agent is served: a bundle sent
 	// without them would remove every cluster's remote endpoints until the
 	// agents report again.
-	c.restoreRuntime(snaps, mark)
-	c.wake(c.updateSlices())
+	c.status.RestoreRuntime(snaps)
+	changed := c.updateSlices(moved)
+	c.status.SetDesired(c.rev, moved)
+	c.wake(changed)
 	return nil
 }
 
@@ -381,17 +319,19 @@ func (c *Central) applyEvents(evs []store.Event) {
 		delete(c.broken, ev.Record.FQN)
 	}
 	c.idx.Rehash()
-	c.syncClusters(affected, nil)
+	moved := map[string]string{}
+	c.syncClusters(affected, nil, moved)
 	if slicesNow { // still under c.mu: no stream sends this revision without its slices
-		c.wake(c.updateSlices())
+		c.wake(c.updateSlices(moved))
 	}
+	c.status.SetDesired(c.rev, moved)
 }
 
 // syncClusters brings the named clusters' state in line with the index:
 // new clusters appear (with their stored status, when given), deleted ones
-// lose their stream, and changed versions wake their streams. Callers hold
-// c.mu.
-func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Record) {
+// lose their stream, and changed versions wake their streams and are added
+// to moved, for the status store. Callers hold c.mu.
+func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Record, moved map[string]string) {
 	if stored != nil { // a reload: clusters no longer in the index go too
 		for fqn := range c.clusters {
 			fqns[fqn] = true
@@ -408,19 +348,16 @@ func (c *Central) syncClusters(fqns map[string]bool, stored map[string]store.Rec
 				delete(c.clusters, fqn)
 			}
 			c.services.Remove(fqn)
-			delete(c.runtimeGens, fqn)
+			c.status.Forget(fqn)
 			continue
 		}
 		if cl == nil {
 			cl = &cluster{fqn: fqn, name: name}
-			if r, ok := stored[fqn]; ok {
-				c.restore(cl, r)
-			}
+			c.status.Track(fqn, stored[fqn])
 			c.clusters[fqn] = cl
 		}
 		if v := c.version(fqn); v != cl.version {
-			cl.version = v
-			cl.versionMoved()
+			cl.version, moved[fqn] = v, v
 			if cl.conn != nil {
 				cl.conn.poke()
 			}
@@ -438,6 +375,7 @@ func (c *Central) closeStreams() {
 	for _, cl := range c.clusters {
 		if cl.conn != nil {
 			cl.conn.end("the server is shutting down: reconnect")
+			c.status.Close(cl.fqn, cl.conn.epoch)
 			cl.conn = nil
 		}
 	}
@@ -446,18 +384,18 @@ func (c *Central) closeStreams() {
 // Ready is closed once bundles reflect the store.
 func (c *Central) Ready() <-chan struct{} { return c.ready }
 
-// appliedRevision is the store revision the cluster has applied: every
-// intent change up to it is in the bundle its agent acknowledged. Callers
-// hold c.mu.
-func (c *Central) appliedRevision(cl *cluster) int64 {
-	switch {
-	case cl.ack == nil:
-		return 0
-	case cl.ack.GetBundleVersion() == cl.version:
-		// The acknowledged bundle equals the one computed at c.rev.
-		return c.rev
+// streams are the agent streams, as the status store ends them.
+type streams struct{ c *Central }
+
+var _ statusstore.Streams = streams{}
+
+func (s streams) LetGo(fqn string, epoch int64) {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if cl := s.c.clusters[fqn]; cl != nil && cl.conn != nil && cl.conn.epoch == epoch {
+		cl.conn.end("another server replica serves this cluster now")
+		cl.conn = nil
 	}
-	return cl.ack.GetRevision()
 }
 
 // errNoCluster is returned for a stream whose cluster is not (or no longer) known.

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"flotilla.io/flotilla/internal/central/clusterstatus"
 	"fmt"
 	"io"
 	"log/slog"
@@ -579,38 +578,29 @@ func TestStatusNeverReportsAChangeReadyBeforeEveryClusterAppliedItsRevision(t *t
 	}
 }
 
-func TestAStatusWriteOfAReplacedSessionIsFencedAndLetsGo(t *testing.T) {
+// A stream whose status session another server replica claimed (its
+// agent moved there) ends at the next status write, which the claim
+// fences (package statusstore tests what is written then).
+func TestAStreamWhoseStatusSessionAnotherReplicaClaimedEnds(t *testing.T) {
 	h := start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	a := h.fakeAgent(t, ctx, "c1")
 	<-a.bundles
-	const c1 = "organizations/acme/clusters/c1"
-	// Another server replica claims the cluster (its agent moved there).
-	if _, err := h.c.st.ClaimStatus(ctx, c1); err != nil {
+	if _, err := h.c.st.ClaimStatus(ctx, "organizations/acme/clusters/c1"); err != nil {
 		t.Fatal(err)
 	}
-	h.c.mu.Lock()
-	h.c.clusters[c1].dirty = true
-	h.c.mu.Unlock()
-	if err := h.c.flushStatus(ctx); err != nil {
+	// A report moves the status: the next flush writes it, and is fenced.
+	if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Drift{Drift: &agentv1.Drift{Name: "moved"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := <-a.bundles; ok {
+	select {
+	case err := <-a.ended:
+		if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "another server replica serves this cluster now") {
+			t.Fatalf("the stream ended with %v; want Unavailable: another replica serves the cluster", err)
+		}
+	case <-time.After(10 * time.Second):
 		t.Fatal("the stream of a fenced session stayed open")
-	}
-	rec, _ := h.c.st.Get(ctx, c1)
-	var s clusterstatus.Status
-	json.Unmarshal(rec.Status, &s)
-	before := string(rec.Status)
-	h.c.mu.Lock()
-	h.c.clusters[c1].dirty = true
-	h.c.mu.Unlock()
-	if err := h.c.flushStatus(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if rec, _ := h.c.st.Get(ctx, c1); string(rec.Status) != before {
-		t.Fatalf("a server that lost the cluster still writes its status: %s -> %s", before, rec.Status)
 	}
 }
 
@@ -767,30 +757,6 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-func TestAStatusWriteFencedByAReconnectOfOurOwnDoesNotDropTheNewStream(t *testing.T) {
-	h := start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	const c1 = "organizations/acme/clusters/c1"
-	a := h.fakeAgent(t, ctx, "c1")
-	<-a.bundles
-	h.c.mu.Lock()
-	defer h.c.mu.Unlock()
-	cl := h.c.clusters[c1]
-	// A flush took its writes under the cluster's previous session, and
-	// the agent's reconnect here claimed the current one meanwhile.
-	stale := []store.StatusWrite{{FQN: c1, Epoch: cl.epoch - 1}}
-	h.c.letGo(stale, []string{c1})
-	if cl.conn == nil || cl.epoch < 0 || !cl.dirty {
-		t.Fatalf("a fence of our own dropped the stream: conn %v epoch %d dirty %v", cl.conn != nil, cl.epoch, cl.dirty)
-	}
-	// The same fence under the current session means another replica.
-	h.c.letGo([]store.StatusWrite{{FQN: c1, Epoch: cl.epoch}}, []string{c1})
-	if cl.conn != nil || cl.epoch != -1 {
-		t.Fatal("a fence by another replica did not let go of the cluster")
-	}
-}
-
 func TestBundlesOnlyEverReflectWholeTransactions(t *testing.T) {
 	h := start(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -868,81 +834,17 @@ func TestAnUnforcedTokenCannotReplaceAConnectedAgent(t *testing.T) {
 	a := h.fakeAgent(t, ctx, "c1")
 	<-a.bundles
 	// A token issued while the agent was briefly away, used once it is back.
+	const c1 = "organizations/acme/clusters/c1"
 	h.c.mu.Lock()
-	cl := h.c.clusters["organizations/acme/clusters/c1"]
-	conn := cl.conn
-	cl.conn = nil
+	epoch := h.c.clusters[c1].conn.epoch
 	h.c.mu.Unlock()
+	h.c.status.Close(c1, epoch)
 	stale := h.onboard(t, "c1", time.Hour)
-	h.c.mu.Lock()
-	cl.conn = conn
-	h.c.mu.Unlock()
+	h.c.status.Open(c1, epoch, &agentv1.Hello{Cluster: "c1"})
 	if _, err := h.join("c1", stale); connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "connected agent") {
 		t.Fatalf("a join over a connected agent: %v", err)
 	}
 	if _, err := h.hello(t, a.cred, "c1"); err != nil {
 		t.Fatalf("the live agent's credential stopped working: %v", err)
 	}
-}
-
-// The stored status follows partial acknowledgements: one that only moves
-// the version keeps the resources' statuses (kept encoded between writes),
-// and one that changes a resource's state is stored with the change.
-func TestStoredStatusFollowsPartialAcknowledgements(t *testing.T) {
-	h := start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	const c1 = "organizations/acme/clusters/c1"
-	const fqn = "organizations/acme/tenants/t/workspaces/w/groups/g/ingressgateways/shop"
-	a := h.fakeAgent(t, ctx, "c1")
-	if _, err := h.api.Apply(ctx, connect.NewRequest(&pb.ApplyRequest{Resources: smallGateway("one.example.com")})); err != nil {
-		t.Fatal(err)
-	}
-	b := a.await(t, "one.example.com")
-	a.ack(t, b, fqn)
-	stored := func(want func(s clusterstatus.Status, rs []clusterstatus.Resource) bool) clusterstatus.Status {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if err := h.c.flushStatus(ctx); err != nil {
-				t.Fatal(err)
-			}
-			rec, err := h.c.st.Get(ctx, c1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var s clusterstatus.Status
-			var rs []clusterstatus.Resource
-			_ = json.Unmarshal(rec.Status, &s)
-			_ = json.Unmarshal(s.Resources, &rs)
-			if want(s, rs) {
-				return s
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("stored status %s", rec.Status)
-			}
-			h.c.mu.Lock()
-			h.c.clusters[c1].dirty = true
-			h.c.mu.Unlock()
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	stored(func(s clusterstatus.Status, rs []clusterstatus.Resource) bool {
-		return s.BundleVersion == b.GetVersion() && len(rs) == 1 && rs[0].State == fleetapi.StateApplied
-	})
-	send := func(ack *agentv1.Ack) {
-		t.Helper()
-		if err := a.stream.Send(&agentv1.ConnectRequest{Msg: &agentv1.ConnectRequest_Ack{Ack: ack}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send(&agentv1.Ack{BundleVersion: "v-next", Revision: b.GetRevision(), Partial: true})
-	stored(func(s clusterstatus.Status, rs []clusterstatus.Resource) bool {
-		return s.BundleVersion == "v-next" && len(rs) == 1 && rs[0].State == fleetapi.StateApplied && rs[0].Message == "1 object(s)"
-	})
-	send(&agentv1.Ack{BundleVersion: "v-failed", Revision: b.GetRevision(), Partial: true,
-		Resources: []*agentv1.ResourceStatus{{Fqn: fqn, State: fleetapi.StateFailed, Message: "the API server refused it"}}})
-	stored(func(s clusterstatus.Status, rs []clusterstatus.Resource) bool {
-		return s.BundleVersion == "v-failed" && len(rs) == 1 && rs[0].State == fleetapi.StateFailed && rs[0].Message == "the API server refused it"
-	})
 }

@@ -8,7 +8,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "flotilla.io/flotilla/gen/flotilla/v1alpha1"
+	"flotilla.io/flotilla/internal/central/clusterstatus"
 	"flotilla.io/flotilla/internal/central/fleetapi"
+	"flotilla.io/flotilla/internal/central/statusstore"
 	"flotilla.io/flotilla/internal/registry"
 	"flotilla.io/flotilla/internal/resource"
 	"flotilla.io/flotilla/internal/selector"
@@ -16,7 +18,8 @@ import (
 )
 
 // FleetView is the view of the control plane the fleet API serves from.
-// Each of its calls holds c.mu only while it copies what it answers.
+// Each of its calls holds c.mu only while it copies what it answers, and
+// reads what the agents reported from the status store after.
 func (c *Central) FleetView() fleetapi.View { return fleetView{c} }
 
 // fleetView implements fleetapi.View; its methods are the only way the
@@ -40,7 +43,6 @@ func (v fleetView) Workspaces() map[string]selector.Set {
 func (v fleetView) Summaries() map[string]*pb.ClusterSummary {
 	c := v.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	out := make(map[string]*pb.ClusterSummary, len(c.clusters))
 	for fqn, cl := range c.clusters {
 		_, org, known := c.idx.Cluster(fqn)
@@ -48,20 +50,24 @@ func (v fleetView) Summaries() map[string]*pb.ClusterSummary {
 			continue
 		}
 		info := c.disc.Cluster(fqn)
-		s := &pb.ClusterSummary{
-			Fqn: fqn, Name: cl.name, Organization: org, Region: info.Region, Zone: info.Zone, Drained: info.Drained,
-			Connected: cl.connected(), DesiredBundleVersion: cl.version, KubernetesVersion: cl.inv.KubernetesVersion,
-			AgentVersion: cl.agentVersion,
+		out[fqn] = &pb.ClusterSummary{Fqn: fqn, Name: cl.name, Organization: org, Region: info.Region, Zone: info.Zone, Drained: info.Drained, DesiredBundleVersion: cl.version}
+	}
+	c.mu.Unlock()
+	for fqn, st := range c.status.All() { // under the status store's lock, not c.mu
+		s := out[fqn]
+		if s == nil {
+			continue
 		}
-		if cl.inv.Istio != nil && cl.inv.Istio.Installed {
-			s.IstioVersion = cl.inv.Istio.Version
+		s.Connected, s.KubernetesVersion, s.AgentVersion = st.Connected, st.KubernetesVersion, st.AgentVersion
+		if st.Istio != nil && st.Istio.Installed {
+			s.IstioVersion = st.Istio.Version
 		}
-		if !cl.lastSeen.IsZero() {
-			s.LastSeen = timestamppb.New(cl.lastSeen)
+		if !st.LastSeen.IsZero() {
+			s.LastSeen = timestamppb.New(st.LastSeen)
 		}
-		if cl.ack != nil {
-			s.BundleVersion = cl.ack.GetBundleVersion()
-			for _, r := range cl.ack.GetResources() {
+		if st.Ack != nil {
+			s.BundleVersion = st.Ack.GetBundleVersion()
+			for _, r := range st.Ack.GetResources() {
 				switch r.GetState() {
 				case fleetapi.StateApplied:
 					s.Applied++
@@ -70,13 +76,14 @@ func (v fleetView) Summaries() map[string]*pb.ClusterSummary {
 				}
 			}
 		}
-		s.InSync = s.BundleVersion != "" && s.BundleVersion == s.DesiredBundleVersion
-		for _, d := range cl.drifts {
+		for _, d := range st.Drifts {
 			if !d.GetRestored() {
 				s.Drifts++
 			}
 		}
-		out[fqn] = s
+	}
+	for _, s := range out {
+		s.InSync = s.BundleVersion != "" && s.BundleVersion == s.DesiredBundleVersion
 	}
 	return out
 }
@@ -99,70 +106,104 @@ func (v fleetView) ClusterFQNs(name string) []string {
 func (v fleetView) Cluster(fqn string) (fleetapi.Cluster, bool) {
 	c := v.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	cl := c.clusters[fqn]
 	if cl == nil {
+		c.mu.Unlock()
 		return fleetapi.Cluster{}, false
 	}
-	return fleetapi.Cluster{FQN: cl.fqn, Name: cl.name, Bundle: c.bundleOf(fqn), Version: cl.version, Revision: c.rev, In: cl.inv.Cluster()}, true
+	out := fleetapi.Cluster{FQN: cl.fqn, Name: cl.name, Bundle: c.bundleOf(fqn), Version: cl.version, Revision: c.rev}
+	c.mu.Unlock()
+	out.In = c.status.Reported(fqn)
+	return out, true
+}
+
+// target is a cluster whose status rows are judged: its name and version
+// as of rev, copied under c.mu, then its status (withStatus).
+type target struct {
+	fqn, name, version string
+	rev                int64
+	served             bool // a stream of this replica serves it
+	status             statusstore.Cluster
+}
+
+// applied is the store revision the target has applied.
+func (t target) applied() int64 { return clusterstatus.AppliedRevision(t.status.Ack, t.version, t.rev) }
+
+// targets are the named clusters that exist. Callers hold c.mu.
+func (c *Central) targets(fqns ...string) []target {
+	var out []target
+	for _, fqn := range fqns {
+		if cl := c.clusters[fqn]; cl != nil {
+			out = append(out, target{fqn: fqn, name: cl.name, version: cl.version, rev: c.rev, served: cl.conn != nil})
+		}
+	}
+	return out
+}
+
+// withStatus adds to each target its status, under the status store's
+// lock. Callers do not hold c.mu.
+func (c *Central) withStatus(ts []target) []target {
+	for i := range ts {
+		ts[i].status, _ = c.status.Get(ts[i].fqn)
+	}
+	return ts
 }
 
 func (v fleetView) ObjectStatus(q fleetapi.StatusQuery) fleetapi.Status {
 	c := v.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if q.Group == "" {
-		return c.judge(nil, q.Need, q.FQN)
+		defer c.mu.Unlock()
+		return c.judge(q.Need, q.FQN)
 	}
-	return c.judge(c.clusterStates(q.Group, q.FQN, q.Need), q.Need, q.FQN, q.Group)
+	out, ts := c.judge(q.Need, q.FQN, q.Group), c.targets(c.idx.Targets(q.Group, q.FQN)...)
+	c.mu.Unlock()
+	out.Clusters = clusterStates(c.withStatus(ts), q.FQN, q.Need)
+	return out
 }
 
 func (v fleetView) ClusterStatus(fqn string, need int64) fleetapi.Status {
 	c := v.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	var rows []*pb.ClusterState
-	if cl := c.clusters[fqn]; cl != nil {
-		applied := c.appliedRevision(cl)
-		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.connected(), State: fleetapi.StatePending, Revision: applied, Version: cl.ack.GetBundleVersion(), Message: "no agent has acknowledged a bundle yet"}
+	out, ts := c.judge(need, fqn), c.targets(fqn)
+	c.mu.Unlock()
+	for _, t := range c.withStatus(ts) {
+		applied := t.applied()
+		row := &pb.ClusterState{Cluster: t.name, Connected: t.status.Connected, State: fleetapi.StatePending, Revision: applied, Version: t.status.Ack.GetBundleVersion(), Message: "no agent has acknowledged a bundle yet"}
 		switch {
-		case cl.ack == nil:
+		case t.status.Ack == nil:
 		case applied >= need:
 			row.State, row.Message = fleetapi.StateApplied, "converged"
-			if cl.ack.GetBundleVersion() != cl.version {
-				row.Message = fmt.Sprintf("has revision %d; applying %s", applied, short(cl.version))
+			if t.status.Ack.GetBundleVersion() != t.version {
+				row.Message = fmt.Sprintf("has revision %d; applying %s", applied, short(t.version))
 			}
 		default:
-			row.Message = fmt.Sprintf("has revision %d (%s), needs %d (%s)", applied, short(row.Version), need, short(cl.version))
+			row.Message = fmt.Sprintf("has revision %d (%s), needs %d (%s)", applied, short(row.Version), need, short(t.version))
 		}
-		rows = []*pb.ClusterState{row}
+		out.Clusters = []*pb.ClusterState{row}
 	}
-	return c.judge(rows, need, fqn)
+	return out
 }
 
 func short(v string) string { return v[:min(len(v), 12)] }
 
-// clusterStates returns the state of the object fqn (in group) in every
-// cluster whose bundle carries it, judged against store revision need: a
-// cluster counts as Applied only once it has applied need. Callers hold c.mu.
-func (c *Central) clusterStates(group, fqn string, need int64) []*pb.ClusterState {
+// clusterStates returns the state of the object fqn in every target (the
+// clusters whose bundle carries it), judged against store revision need: a
+// cluster counts as Applied only once it has applied need.
+func clusterStates(targets []target, fqn string, need int64) []*pb.ClusterState {
 	var out []*pb.ClusterState
-	for _, cf := range c.idx.Targets(group, fqn) {
-		cl := c.clusters[cf]
-		if cl == nil {
-			continue
-		}
-		applied := c.appliedRevision(cl)
-		row := &pb.ClusterState{Cluster: cl.name, Connected: cl.connected(), State: fleetapi.StatePending, Revision: applied, Version: cl.ack.GetBundleVersion()}
+	for _, t := range targets {
+		applied := t.applied()
+		row := &pb.ClusterState{Cluster: t.name, Connected: t.status.Connected, State: fleetapi.StatePending, Revision: applied, Version: t.status.Ack.GetBundleVersion()}
 		switch {
 		case applied >= need:
 			row.Message = "not in the bundle the cluster applied yet"
-			for _, r := range cl.ack.GetResources() {
+			for _, r := range t.status.Ack.GetResources() {
 				if r.GetFqn() == fqn {
 					row.State, row.Message = r.GetState(), r.GetMessage()
 				}
 			}
-		case cl.conn == nil:
+		case !t.served:
 			row.Message = fmt.Sprintf("agent not connected; has revision %d, revision %d is queued for it", applied, need)
 		default:
 			row.Message = fmt.Sprintf("applying: has revision %d, needs %d", applied, need)
@@ -173,11 +214,11 @@ func (c *Central) clusterStates(group, fqn string, need int64) []*pb.ClusterStat
 	return out
 }
 
-// judge is the status of rows at need: when the central control plane
-// cannot compute bundles up to need, or a record the answer depends on
-// cannot be used, its Error says why. Callers hold c.mu.
-func (c *Central) judge(rows []*pb.ClusterState, need int64, fqns ...string) fleetapi.Status {
-	out := fleetapi.Status{Clusters: rows, Revision: c.rev}
+// judge is the status at need, without its rows: when the central control
+// plane cannot compute bundles up to need, or a record the answer depends
+// on cannot be used, its Error says why. Callers hold c.mu.
+func (c *Central) judge(need int64, fqns ...string) fleetapi.Status {
+	out := fleetapi.Status{Revision: c.rev}
 	for _, f := range fqns {
 		if why, ok := c.broken[f]; ok {
 			out.Error = fmt.Sprintf("%s cannot be used: %s", f, why)
@@ -204,7 +245,6 @@ func (v fleetView) ExposedBy(services []registry.Service) [][]string {
 func (v fleetView) Plan(written []resource.Written) ([]fleetapi.PlannedCluster, error) {
 	c := v.c
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	planned := c.idx.Clone()
 	affected := map[string]bool{}
 	for _, w := range written {
@@ -212,10 +252,12 @@ func (v fleetView) Plan(written []resource.Written) ([]fleetapi.PlannedCluster, 
 			continue
 		}
 		if err := planned.Apply(store.Event{Type: store.EventPut, Record: w.Record}, affected); err != nil {
+			c.mu.Unlock()
 			return nil, fmt.Errorf("plan %s: %w", w.Record.FQN, err)
 		}
 	}
 	var out []fleetapi.PlannedCluster
+	var of []string
 	for fqn := range affected {
 		// The planned bundle is assembled under the lock too: the clone
 		// shares the index's unchanged groups, which the index's own
@@ -228,11 +270,12 @@ func (v fleetView) Plan(written []resource.Written) ([]fleetapi.PlannedCluster, 
 		// the same before and after.
 		next.Multicluster = c.disc.Slice(fqn)
 		name, _, _ := planned.Cluster(fqn)
-		pc := fleetapi.PlannedCluster{Name: name, Current: c.bundleOf(fqn), Next: next}
-		if cl := c.clusters[fqn]; cl != nil {
-			pc.In = cl.inv.Cluster()
-		}
-		out = append(out, pc)
+		out = append(out, fleetapi.PlannedCluster{Name: name, Current: c.bundleOf(fqn), Next: next})
+		of = append(of, fqn)
+	}
+	c.mu.Unlock()
+	for i, fqn := range of {
+		out[i].In = c.status.Reported(fqn) // under the status store's lock, not c.mu
 	}
 	return out, nil
 }

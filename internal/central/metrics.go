@@ -66,8 +66,8 @@ func (c *Central) Register(r prometheus.Registerer) error {
 		}),
 		gauge("flotilla_central_connected_agents", "Agents with a live stream.", func(cl *cluster) bool { return cl.conn != nil }),
 		gauge("flotilla_central_clusters", "Clusters known to the central control plane.", func(*cluster) bool { return true }),
-		gauge("flotilla_central_clusters_behind", "Clusters whose agent has not acknowledged their latest bundle.", func(cl *cluster) bool {
-			return cl.ack.GetBundleVersion() != cl.version
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_clusters_behind", Help: "Clusters whose agent has not acknowledged their latest bundle."}, func() float64 {
+			return float64(c.status.Behind()) // under the status store's lock, not c.mu
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flotilla_central_revision", Help: "Store revision the bundles reflect."}, func() float64 {
 			c.mu.Lock()

@@ -19,26 +19,25 @@ import (
 //	registry change ─┐
 //	input change ────┴─(50 ms)─▶ discovery.Update (its lock) ─▶ changed clusters ─(c.mu)─▶ versions, wake
 
-// moveVersions moves the versions of the clusters whose slice changed.
-// Callers hold c.mu.
-func (c *Central) moveVersions(changed map[string]bool) {
+// moveVersions moves the versions of the clusters whose slice changed, and
+// adds those that moved to moved. Callers hold c.mu.
+func (c *Central) moveVersions(changed map[string]bool, moved map[string]string) {
 	for fqn := range changed {
 		if cl := c.clusters[fqn]; cl != nil {
 			if v := c.version(fqn); v != cl.version {
-				cl.version = v
-				cl.versionMoved()
+				cl.version, moved[fqn] = v, v
 			}
 		}
 	}
 }
 
 // updateSlices brings the slices up to date at once, moves the versions of
-// the clusters whose slice changed, and returns those clusters. Callers
-// hold c.mu, and wake the clusters' streams (wake) once they want them to
-// send.
-func (c *Central) updateSlices() map[string]bool {
+// the clusters whose slice changed (adding them to moved), and returns
+// those clusters. Callers hold c.mu, tell the status store what moved, and
+// wake the clusters' streams (wake) once they want them to send.
+func (c *Central) updateSlices(moved map[string]string) map[string]bool {
 	changed := c.disc.Update(c.idx.Reach)
-	c.moveVersions(changed)
+	c.moveVersions(changed, moved)
 	return changed
 }
 
@@ -88,11 +87,13 @@ func (c *Central) runMulticluster(ctx context.Context) {
 		// it: a server that restarts then never knows less than its clusters
 		// were sent (and other replicas' clusters need it now, not at the
 		// next flush tick).
-		if err := c.flushRuntime(ctx); err != nil && ctx.Err() == nil {
+		if err := c.status.FlushRuntime(ctx); err != nil && ctx.Err() == nil {
 			c.log.Error("write runtime snapshots", "err", err)
 		}
 		c.mu.Lock()
-		c.moveVersions(changed)
+		moved := map[string]string{}
+		c.moveVersions(changed, moved)
+		c.status.SetDesired(c.rev, moved)
 		c.wake(changed)
 		c.mu.Unlock()
 	}

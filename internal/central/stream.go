@@ -11,7 +11,6 @@ import (
 
 	agentv1 "flotilla.io/flotilla/gen/flotilla/agent/v1"
 	"flotilla.io/flotilla/gen/flotilla/agent/v1/agentv1connect"
-	"flotilla.io/flotilla/internal/ack"
 	"flotilla.io/flotilla/internal/agentauth"
 	"flotilla.io/flotilla/internal/apierror"
 	"flotilla.io/flotilla/internal/registry"
@@ -64,9 +63,10 @@ func (c *Central) endStream(fqn, why string) bool {
 		return false
 	}
 	cl.conn.end(why)
+	if c.status.Close(fqn, cl.conn.epoch) {
+		c.services.Disconnected(fqn, c.now())
+	}
 	cl.conn = nil
-	cl.dirty = true
-	c.services.Disconnected(fqn, c.now())
 	return true
 }
 
@@ -95,7 +95,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 
 	// A new status session: from now on, status written for this cluster by
 	// an older stream (here or on another replica) is refused.
-	epoch, err := c.st.ClaimStatus(ctx, fqn)
+	epoch, err := c.status.Claim(ctx, fqn)
 	if errors.Is(err, store.ErrNotFound) {
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("%s: %w", fqn, errNoCluster))
 	} else if err != nil {
@@ -116,14 +116,8 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	if cl.conn != nil {
 		cl.conn.end("replaced by a newer stream from the same cluster") // the newer stream wins
 	}
-	cl.conn, cl.epoch, cl.mirror = conn, epoch, false
-	cl.agentVersion = hello.GetAgentVersion()
-	cl.lastSeen = c.now()
-	if hello.GetLast() != nil {
-		cl.setAck(hello.GetLast())
-	}
-	sent := cl.ack.GetBundleVersion()
-	cl.dirty = true
+	cl.conn = conn
+	sent := c.status.Open(fqn, epoch, hello)
 	c.mu.Unlock()
 	c.log.Info("agent connected", "cluster", fqn, "agentVersion", hello.GetAgentVersion(), "has", sent)
 
@@ -131,10 +125,11 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 		c.mu.Lock()
 		if cl.conn == conn {
 			cl.conn = nil
-			cl.dirty = true
-			// Its services stay, marked stale: a lost control connection
-			// is not an outage.
-			c.services.Disconnected(fqn, c.now())
+			if c.status.Close(fqn, epoch) {
+				// Its services stay, marked stale: a lost control
+				// connection is not an outage.
+				c.services.Disconnected(fqn, c.now())
+			}
 		}
 		c.mu.Unlock()
 		c.log.Info("agent disconnected", "cluster", fqn)
@@ -147,7 +142,7 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	}
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.receive(stream, cl, conn) }()
+	go func() { recvErr <- c.receive(stream, fqn, conn) }()
 
 	// The credential is extended on this stream when its time comes (at
 	// once if it already has); renew fires then, until the extension that
@@ -255,8 +250,9 @@ func (c *Central) Connect(ctx context.Context, stream *connect.BidiStream[agentv
 	}
 }
 
-// receive reads the agent's reports until the stream ends.
-func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], cl *cluster, conn *agentConn) error {
+// receive reads the agent's reports until the stream ends: runtime state
+// goes to the registry, the rest to the status store, both outside c.mu.
+func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.ConnectResponse], fqn string, conn *agentConn) error {
 	// After a report over the registry's bounds, no full report is asked
 	// for until quietUntil: the agent would send the same one again.
 	var quietUntil time.Time
@@ -265,21 +261,20 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 		if err != nil {
 			return err
 		}
-		// Runtime state goes to the registry, outside c.mu.
 		var rterr error
 		switch m := msg.GetMsg().(type) {
 		case *agentv1.ConnectRequest_Runtime:
-			rterr = c.services.Apply(cl.fqn, m.Runtime, c.now())
+			rterr = c.services.Apply(fqn, m.Runtime, c.now())
 		case *agentv1.ConnectRequest_Digest:
-			rterr = c.services.Check(cl.fqn, m.Digest)
+			rterr = c.services.Check(fqn, m.Digest)
 		}
 		if rterr != nil {
 			now := c.now()
 			switch {
 			case errors.Is(rterr, registry.ErrTooLarge):
-				c.log.Warn("runtime report refused: over the registry's bounds; the cluster's runtime state stays as it was", "cluster", cl.fqn, "err", rterr)
+				c.log.Warn("runtime report refused: over the registry's bounds; the cluster's runtime state stays as it was", "cluster", fqn, "err", rterr)
 			default:
-				c.log.Warn("runtime state out of sync; asking the agent for a full report", "cluster", cl.fqn, "err", rterr)
+				c.log.Warn("runtime state out of sync; asking the agent for a full report", "cluster", fqn, "err", rterr)
 			}
 			if !now.Before(quietUntil) {
 				if errors.Is(rterr, registry.ErrTooLarge) {
@@ -291,39 +286,9 @@ func (c *Central) receive(stream *connect.BidiStream[agentv1.ConnectRequest, age
 				}
 			}
 		}
-		c.mu.Lock()
-		cl.lastSeen = c.now()
-		cl.dirty = true
-		switch m := msg.GetMsg().(type) {
-		case *agentv1.ConnectRequest_Inventory:
-			cl.inv.Merge(m.Inventory)
-		case *agentv1.ConnectRequest_Ack:
-			a := m.Ack
-			if a.GetPartial() {
-				if conn.ack == nil {
-					c.mu.Unlock()
-					return connect.NewError(connect.CodeInvalidArgument, errors.New("a partial acknowledgement before any whole one on this stream"))
-				}
-				if len(a.GetResources())+len(a.GetRemoved()) == 0 && cl.ack == conn.ack {
-					// The resources' statuses stand: only the version moved.
-					keep := cl.resourcesJSON
-					a = ack.Merge(conn.ack, a)
-					conn.ack = a
-					cl.setAck(a)
-					cl.resourcesJSON = keep
-					break
-				}
-				a = ack.Merge(conn.ack, a)
-			}
-			conn.ack = a
-			cl.setAck(a)
-		case *agentv1.ConnectRequest_Drift:
-			cl.drifts = append(cl.drifts, m.Drift)
-			if len(cl.drifts) > maxDrifts {
-				cl.drifts = cl.drifts[len(cl.drifts)-maxDrifts:]
-			}
+		if err := c.status.Report(fqn, conn.epoch, msg); err != nil {
+			return connect.NewError(connect.CodeInvalidArgument, err)
 		}
-		c.mu.Unlock()
 	}
 }
 
@@ -354,8 +319,6 @@ func sendBundle(stream *connect.BidiStream[agentv1.ConnectRequest, agentv1.Conne
 // agentConnected reports whether the cluster has a live agent stream, to
 // this replica or, as far as the store says, to another.
 func (c *Central) agentConnected(fqn string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	cl := c.clusters[fqn]
-	return cl != nil && cl.connected()
+	cl, ok := c.status.Get(fqn)
+	return ok && cl.Connected
 }

@@ -109,7 +109,7 @@ type Status struct {
 	Istio             *Istio   `json:"istio,omitempty"`
 	Namespaces        []string `json:"namespaces,omitempty"`
 	// Resources is the JSON of a []Resource: the cluster keeps it
-	// encoded (the central control plane's cluster.resourcesJSON), as it changes far less often than
+	// encoded (package statusstore keeps it so), as it changes far less often than
 	// the rest of the status (a partial acknowledgement rarely changes a
 	// resource's state), and it is most of the status's size.
 	Resources json.RawMessage `json:"resources,omitempty"`
@@ -118,6 +118,22 @@ type Status struct {
 	// leaves alone, so that every replica compiles, plans and shows the
 	// cluster as the one its agent talks to does.
 	ClusterPolicies *Policies `json:"clusterPolicies,omitempty"`
+}
+
+// AppliedRevision is the store revision a cluster has applied, given its
+// agent's last acknowledgement and its desired bundle version, computed at
+// store revision rev: every intent change up to it is in the bundle the
+// agent acknowledged. Equal versions mean equal content, so an agent that
+// acknowledged the desired version has applied rev; otherwise it has
+// applied the revision its acknowledged bundle carried.
+func AppliedRevision(acked *agentv1.Ack, desired string, rev int64) int64 {
+	switch {
+	case acked == nil:
+		return 0
+	case acked.GetBundleVersion() == desired:
+		return rev
+	}
+	return acked.GetRevision()
 }
 
 // Policies is agentv1.ClusterPolicies as stored.
