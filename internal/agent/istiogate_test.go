@@ -131,7 +131,7 @@ func TestAGatewayWaitsForItsRevisionsIstiodToRollOut(t *testing.T) {
 	// that the gateway is on revision rev ("" for absent).
 	stays := func(rev string) {
 		t.Helper()
-		for end := time.Now().Add(2*gateRecheck); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		for end := time.Now().Add(2 * gateRecheck); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 			if got := gatewayRevision(); got != rev {
 				t.Fatalf("the gateway is on revision %q before its istiod rolled out, want %q", got, rev)
 			}
