@@ -12,39 +12,12 @@
 // screenshots of each page are written there when set).
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
-import { mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { check, shot, watchPolicy } from "./browser.mjs";
 
 const base = process.env.FLOTILLA_URL;
 const credential = process.env.FLOTILLA_CREDENTIAL;
-const shots = process.env.FLOTILLA_SCREENSHOTS;
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-
-function check(ok, what) {
-  if (!ok) throw new Error("check failed: " + what);
-  console.log("ok - " + what);
-}
-
-async function shot(page, name) {
-  if (!shots) return;
-  mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: join(shots, name + ".png"), fullPage: true });
-}
-
-// watchPolicy collects what the pages' Content Security Policy refused:
-// the browser's console report and the securitypolicyviolation event.
-async function watchPolicy(page) {
-  const seen = [];
-  page.on("console", (m) => {
-    if (m.text().includes("Content Security Policy")) seen.push(m.text());
-  });
-  await page.addInitScript(() =>
-    document.addEventListener("securitypolicyviolation", (e) =>
-      console.error(`securitypolicyviolation: Content Security Policy ${e.effectiveDirective} refused ${e.blockedURI}`),
-    ),
-  );
-  return seen;
-}
 
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
 let failed = false;

@@ -4,6 +4,8 @@ import { fleet, resources, describe } from "../api";
 import type { Resource } from "../gen/flotilla/v1alpha1/resource_pb.js";
 import type { GetCompiledResponse, GetEffectiveResponse } from "../gen/flotilla/v1alpha1/fleet_pb.js";
 import { Link } from "../router";
+import { stateBadge } from "../clusterstate";
+import { IstioSection, installationsOf } from "./ClusterIstio";
 
 const refreshEvery = 2000;
 
@@ -15,7 +17,7 @@ function str(o: JsonObject | undefined, k: string): string {
   return typeof v === "string" ? v : v === undefined || v === null ? "" : String(v);
 }
 
-/** ClusterPage shows one cluster: facts, namespaces, per-resource status, drift and compiled objects. */
+/** ClusterPage shows one cluster: facts, its Istio, namespaces, per-resource status, drift and compiled objects. */
 export function ClusterPage({ fqn }: { fqn: string }) {
   const [res, setRes] = useState<Resource | null>(null);
   const [compiled, setCompiled] = useState<GetCompiledResponse | null>(null);
@@ -98,6 +100,8 @@ export function ClusterPage({ fqn }: { fqn: string }) {
               </>
             )}
           </dl>
+          <h2>Istio</h2>
+          <IstioSection istio={istio} installs={installationsOf(rows)} desiredBundle={str(status, "desiredBundleVersion")} />
           <h2>Namespaces</h2>
           {namespaces.length === 0 ? <p className="empty">None reported.</p> : <Namespaces cluster={fqn} namespaces={namespaces} />}
           <h2>Resources</h2>
@@ -117,7 +121,7 @@ export function ClusterPage({ fqn }: { fqn: string }) {
                   <tr key={r.fqn} className={r.state === "Failed" ? "problem" : ""}>
                     <td>{r.fqn}</td>
                     <td>
-                      <span className={r.state === "Applied" ? "badge ok" : r.state === "Failed" ? "badge bad" : "badge warn"}>{r.state}</span>
+                      <span className={stateBadge(r.state)}>{r.state}</span>
                     </td>
                     <td>{r.message}</td>
                   </tr>

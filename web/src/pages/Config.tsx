@@ -7,6 +7,7 @@ import { Link } from "../router";
 import { Editor } from "../Editor";
 import { resourceYAML } from "../yamldocs";
 import { Time } from "../time";
+import { stateBadge } from "../clusterstate";
 import { toJsonString } from "@bufbuild/protobuf";
 import { parseAllDocuments, stringify } from "yaml";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
@@ -181,7 +182,7 @@ export function ObjectPage({ kind, fqn }: { kind: string; fqn: string }) {
                     <Link to={"/clusters/" + fqn.split("/").slice(0, 2).join("/") + "/clusters/" + c.cluster}>{c.cluster}</Link>
                   </td>
                   <td data-col="state">
-                    <span className={c.state === "Applied" ? "badge ok" : c.state === "Failed" ? "badge bad" : "badge warn"}>{c.state}</span>
+                    <span className={stateBadge(c.state)}>{c.state}</span>
                     {!c.connected && <span className="badge bad">disconnected</span>}
                   </td>
                   <td>{String(c.revision)}</td>
